@@ -1,0 +1,1 @@
+//! Compute backends. Filled by the model/backend work.
