@@ -1,0 +1,1 @@
+//! Tokenizer, chat templates, incremental detokenization and stop strings.
