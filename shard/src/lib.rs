@@ -5,4 +5,6 @@
 //! over gRPC (`proto/shard.proto`).
 
 pub mod backend;
+pub mod kv_cache;
 pub mod model;
+pub mod sampling;
