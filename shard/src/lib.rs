@@ -5,6 +5,7 @@
 //! over gRPC (`proto/shard.proto`).
 
 pub mod backend;
+pub mod engine;
 pub mod kv_cache;
 pub mod model;
 pub mod sampling;

@@ -1,0 +1,97 @@
+//! The continuous-batching engine (vLLM-style), running on its own OS thread.
+//!
+//! The model forward is CPU-heavy and must never block tokio workers, so the engine owns the
+//! model on a dedicated thread and is driven by a channel of [`Command`]s. Each step it applies
+//! cancellations, schedules (decode running sequences, preempt the newest by recompute when
+//! blocks run out, admit waiting ones FIFO under the token budget, chunking long prompts), runs
+//! ONE batched forward, samples, checks stop conditions and sends ONE `StepOutput` to every
+//! stream that had sequences in the step.
+
+mod actor;
+mod handle;
+mod outputs;
+mod runner;
+mod scheduler;
+mod sequence;
+
+#[cfg(test)]
+pub(crate) mod test_model;
+#[cfg(test)]
+mod tests;
+
+pub use handle::{EngineHandle, OutputStream, spawn_engine};
+
+use crate::model::ModelInfo;
+use pagedserve_proto::v1 as pb;
+use tokio::sync::{mpsc, oneshot};
+
+/// Identifies one output stream (one `Serve` call or one `Generate` call). Request ids are
+/// unique per stream only, so sequences are keyed by `(StreamId, id)`.
+pub type StreamId = u64;
+
+/// Scheduling limits.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Per-step token budget (prefill chunk tokens + decode tokens).
+    pub max_batch_tokens: usize,
+    /// Most sequences in the running batch.
+    pub max_num_seqs: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_tokens: 2048,
+            max_num_seqs: 256,
+        }
+    }
+}
+
+/// Static facts and current occupancy, for `Info`.
+#[derive(Debug, Clone)]
+pub struct EngineSnapshot {
+    pub model: ModelInfo,
+    /// Longest prompt + generated sequence: the model's context, capped by the cache size.
+    pub max_seq_len: usize,
+    pub block_size: usize,
+    pub total_kv_blocks: usize,
+    pub free_kv_blocks: usize,
+    pub running: usize,
+    pub waiting: usize,
+    pub max_batch_tokens: usize,
+    pub preemptions_total: u64,
+}
+
+/// Messages that drive the engine thread.
+#[derive(Debug)]
+pub enum Command {
+    OpenStream {
+        stream: StreamId,
+        sender: mpsc::UnboundedSender<pb::StepOutput>,
+    },
+    /// The stream's consumer is gone: cancel its sequences silently.
+    CloseStream {
+        stream: StreamId,
+    },
+    Submit {
+        stream: StreamId,
+        requests: Vec<pb::Request>,
+    },
+    Cancel {
+        stream: StreamId,
+        ids: Vec<u64>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<EngineSnapshot>,
+    },
+    Shutdown,
+}
+
+/// Errors talking to the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the engine thread has stopped")]
+    Stopped,
+    #[error("cannot start the engine thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}

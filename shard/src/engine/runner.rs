@@ -1,0 +1,259 @@
+//! The engine proper: command handling and one step (schedule -> forward -> sample -> outputs).
+
+use super::outputs::{Outputs, finished_without_token};
+use super::scheduler::{ScheduledChunk, Scheduler};
+use super::sequence::{SeqKey, SeqLimits, Sequence};
+use super::{Command, EngineConfig, EngineSnapshot, StreamId};
+use crate::kv_cache::BlockPool;
+use crate::model::{CausalLm, SeqChunk};
+use pagedserve_proto::v1 as pb;
+use std::ops::ControlFlow;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+pub(crate) struct Engine {
+    model: Box<dyn CausalLm>,
+    pub(crate) scheduler: Scheduler,
+    outputs: Outputs,
+    limits: SeqLimits,
+    config: EngineConfig,
+}
+
+impl Engine {
+    pub fn new(model: Box<dyn CausalLm>, config: EngineConfig) -> Self {
+        let info = model.info();
+        let block_size = model.block_size().max(1);
+        let total_blocks = model.num_kv_blocks();
+        let limits = SeqLimits {
+            max_context: info.max_context,
+            max_seq_len: info.max_context.min(total_blocks * block_size),
+            block_size,
+            total_blocks,
+            vocab_size: info.vocab_size,
+            eos_token_ids: info.eos_token_ids.clone(),
+        };
+        let scheduler = Scheduler::new(BlockPool::new(total_blocks), config);
+        Self {
+            model,
+            scheduler,
+            outputs: Outputs::default(),
+            limits,
+            config,
+        }
+    }
+
+    /// Work to do without waiting for a command: sequences to run or outputs to deliver.
+    pub fn has_work(&self) -> bool {
+        self.scheduler.has_work() || self.outputs.has_pending()
+    }
+
+    pub fn handle(&mut self, command: Command) -> ControlFlow<()> {
+        match command {
+            Command::OpenStream { stream, sender } => self.outputs.open(stream, sender),
+            Command::CloseStream { stream } => self.close_stream(stream),
+            Command::Submit { stream, requests } => self.submit(stream, requests),
+            Command::Cancel { stream, ids } => self.cancel(stream, &ids),
+            Command::Snapshot { reply } => {
+                // The asker may have given up; nothing to do then.
+                let _ = reply.send(self.snapshot());
+            }
+            Command::Shutdown => return ControlFlow::Break(()),
+        }
+        ControlFlow::Continue(())
+    }
+
+    pub fn snapshot(&self) -> EngineSnapshot {
+        EngineSnapshot {
+            model: self.model.info().clone(),
+            max_seq_len: self.limits.max_seq_len,
+            block_size: self.limits.block_size,
+            total_kv_blocks: self.limits.total_blocks,
+            free_kv_blocks: self.scheduler.pool.num_free(),
+            running: self.scheduler.running.len(),
+            waiting: self.scheduler.waiting.len(),
+            max_batch_tokens: self.config.max_batch_tokens,
+            preemptions_total: self.scheduler.preemptions_total,
+        }
+    }
+
+    fn submit(&mut self, stream: StreamId, requests: Vec<pb::Request>) {
+        if !self.outputs.is_open(stream) {
+            tracing::warn!(stream, "submit on a closed stream ignored");
+            return;
+        }
+        for req in requests {
+            let key = SeqKey { stream, id: req.id };
+            let prompt_len = req.prompt_ids.len();
+            let result = if self.scheduler.contains(key) {
+                Err(format!(
+                    "request id {} is already running on this stream",
+                    req.id
+                ))
+            } else {
+                Sequence::from_request(key, req, &self.limits)
+            };
+            match result {
+                Ok(seq) => self.scheduler.waiting.push_back(seq),
+                Err(error) => {
+                    let reason = pb::FinishReason::Error;
+                    let out = finished_without_token(key.id, reason, prompt_len, 0, error);
+                    self.outputs.push(stream, out);
+                }
+            }
+        }
+    }
+
+    fn cancel(&mut self, stream: StreamId, ids: &[u64]) {
+        let removed = self
+            .scheduler
+            .remove_where(|s| s.key.stream == stream && ids.contains(&s.key.id));
+        for seq in removed {
+            let reason = pb::FinishReason::Cancelled;
+            let out = finished_without_token(
+                seq.key.id,
+                reason,
+                seq.prompt_len,
+                seq.num_generated(),
+                String::new(),
+            );
+            self.outputs.push(stream, out);
+        } // dropping `seq` returned its blocks
+    }
+
+    fn close_stream(&mut self, stream: StreamId) {
+        let removed = self.scheduler.remove_where(|s| s.key.stream == stream);
+        if !removed.is_empty() {
+            tracing::info!(
+                stream,
+                sequences = removed.len(),
+                "stream closed; sequences cancelled"
+            );
+        }
+        self.outputs.close(stream);
+    }
+
+    /// One engine step; sends one `StepOutput` to every stream involved.
+    pub fn step(&mut self) {
+        for stream in self.outputs.closed_streams() {
+            self.close_stream(stream);
+        }
+        let started = Instant::now();
+        let chunks = self.scheduler.schedule();
+        let (mut prefill, mut decode) = (0, 0);
+        for c in &chunks {
+            let seq = &self.scheduler.running[c.seq_idx];
+            if c.len == 1 && c.start >= seq.prompt_len {
+                decode += 1;
+            } else {
+                prefill += c.len;
+            }
+        }
+        if !chunks.is_empty() {
+            match self.forward(&chunks) {
+                Ok(rows) => self.apply(&chunks, rows),
+                Err(error) => self.fail(&chunks, &error),
+            }
+            // Dropping finished sequences returns their blocks before stats are taken.
+            self.scheduler.running.retain(|s| s.finish.is_none());
+        }
+        let stats = self.stats(prefill, decode, started.elapsed().as_micros() as u64);
+        for stream in self.outputs.flush(&stats) {
+            self.close_stream(stream);
+        }
+    }
+
+    /// Runs the model over the planned chunks; a model error or panic fails only this step.
+    fn forward(&mut self, chunks: &[ScheduledChunk]) -> Result<Vec<Vec<f32>>, String> {
+        let running = &self.scheduler.running;
+        let batch: Vec<SeqChunk<'_>> = chunks
+            .iter()
+            .map(|c| {
+                let seq = &running[c.seq_idx];
+                SeqChunk {
+                    tokens: &seq.tokens[c.start..c.start + c.len],
+                    start_pos: c.start,
+                    block_table: seq.block_table.ids(),
+                    need_logits: c.need_logits,
+                }
+            })
+            .collect();
+        let model = &mut self.model;
+        let rows = match catch_unwind(AssertUnwindSafe(|| model.forward(&batch))) {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => return Err(format!("model forward failed: {e}")),
+            Err(_) => return Err("model forward panicked".into()),
+        };
+        let expected = chunks.iter().filter(|c| c.need_logits).count();
+        if rows.len() != expected {
+            return Err(format!(
+                "model returned {} logits rows, expected {expected}",
+                rows.len()
+            ));
+        }
+        Ok(rows)
+    }
+
+    /// Advances every chunk's sequence, samples where logits came back, checks stop conditions.
+    fn apply(&mut self, chunks: &[ScheduledChunk], rows: Vec<Vec<f32>>) {
+        let mut rows = rows.into_iter();
+        for c in chunks {
+            let seq = &mut self.scheduler.running[c.seq_idx];
+            seq.num_computed = c.start + c.len;
+            self.outputs.touch(seq.key.stream);
+            if !c.need_logits {
+                continue;
+            }
+            let Some(logits) = rows.next() else {
+                continue; // counted in `forward`
+            };
+            let sampled = seq.sample_next(&logits);
+            seq.finish = seq.stop_reason(sampled.token_id, &self.limits);
+            let out = pb::SequenceOutput {
+                id: seq.key.id,
+                token_ids: vec![sampled.token_id],
+                logprobs: sampled
+                    .logprobs
+                    .as_ref()
+                    .map(Into::into)
+                    .into_iter()
+                    .collect(),
+                finish_reason: seq.finish.unwrap_or(pb::FinishReason::Unspecified) as i32,
+                prompt_tokens: seq.prompt_len as u32,
+                generated_tokens: seq.num_generated() as u32,
+                error: String::new(),
+            };
+            self.outputs.push(seq.key.stream, out);
+        }
+    }
+
+    fn fail(&mut self, chunks: &[ScheduledChunk], error: &str) {
+        tracing::error!(error, sequences = chunks.len(), "step failed");
+        for c in chunks {
+            let seq = &mut self.scheduler.running[c.seq_idx];
+            seq.finish = Some(pb::FinishReason::Error);
+            let out = finished_without_token(
+                seq.key.id,
+                pb::FinishReason::Error,
+                seq.prompt_len,
+                seq.num_generated(),
+                error.to_string(),
+            );
+            self.outputs.push(seq.key.stream, out);
+        }
+    }
+
+    fn stats(&self, prefill: usize, decode: usize, step_time_us: u64) -> pb::ShardStats {
+        let s = &self.scheduler;
+        pb::ShardStats {
+            free_kv_blocks: s.pool.num_free() as u32,
+            total_kv_blocks: s.pool.num_total() as u32,
+            running: s.running.len() as u32,
+            waiting: s.waiting.len() as u32,
+            preempted_waiting: s.waiting.iter().filter(|q| q.preempted).count() as u32,
+            step_prefill_tokens: prefill as u32,
+            step_decode_tokens: decode as u32,
+            step_time_us,
+            preemptions_total: s.preemptions_total,
+        }
+    }
+}

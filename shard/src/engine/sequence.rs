@@ -1,0 +1,135 @@
+//! One request's state inside the engine.
+
+use super::StreamId;
+use crate::kv_cache::{BlockTable, blocks_needed};
+use crate::sampling::{SampledToken, Sampler, SamplingConfig};
+use pagedserve_proto::v1 as pb;
+
+/// A sequence's identity: request ids are unique per stream only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct SeqKey {
+    pub stream: StreamId,
+    pub id: u64,
+}
+
+/// What every new sequence is checked against.
+#[derive(Debug, Clone)]
+pub(crate) struct SeqLimits {
+    pub max_context: usize,
+    pub max_seq_len: usize,
+    pub block_size: usize,
+    pub total_blocks: usize,
+    pub vocab_size: usize,
+    pub eos_token_ids: Vec<u32>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Sequence {
+    pub key: SeqKey,
+    /// Prompt followed by every generated token.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// Leading tokens of `tokens` whose K/V are in the cache.
+    pub num_computed: usize,
+    pub block_table: BlockTable,
+    /// Lives across preemption so seeded sampling and penalties continue where they were.
+    pub sampler: Sampler,
+    max_tokens: usize,
+    stop_token_ids: Vec<u32>,
+    ignore_eos: bool,
+    /// Waiting because it was preempted (for stats).
+    pub preempted: bool,
+    /// Set when the sequence ended this step; it leaves the batch after outputs are built.
+    pub finish: Option<pb::FinishReason>,
+}
+
+impl Sequence {
+    /// Validates `req` into a sequence, or returns the error message for the client.
+    pub fn from_request(key: SeqKey, req: pb::Request, limits: &SeqLimits) -> Result<Self, String> {
+        let prompt_len = req.prompt_ids.len();
+        if prompt_len == 0 {
+            return Err("prompt is empty".into());
+        }
+        if prompt_len > limits.max_context {
+            return Err(format!(
+                "prompt has {prompt_len} tokens, more than the maximum context of {}",
+                limits.max_context
+            ));
+        }
+        let blocks = blocks_needed(prompt_len, limits.block_size);
+        if blocks > limits.total_blocks {
+            return Err(format!(
+                "prompt needs {blocks} KV blocks, more than the {} in the whole cache",
+                limits.total_blocks
+            ));
+        }
+        if let Some(bad) = req
+            .prompt_ids
+            .iter()
+            .find(|&&t| t as usize >= limits.vocab_size)
+        {
+            return Err(format!(
+                "prompt token id {bad} is outside the vocabulary of {}",
+                limits.vocab_size
+            ));
+        }
+        let stopping = req.stopping.unwrap_or_default();
+        if stopping.max_tokens == 0 {
+            return Err("max_tokens must be at least 1".into());
+        }
+        let sampling = req.sampling.unwrap_or_default();
+        let config = SamplingConfig::from_proto(&sampling, req.logprobs, req.top_logprobs)
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            key,
+            tokens: req.prompt_ids,
+            prompt_len,
+            num_computed: 0,
+            block_table: BlockTable::new(limits.block_size),
+            sampler: Sampler::new(config),
+            max_tokens: stopping.max_tokens as usize,
+            stop_token_ids: stopping.stop_token_ids,
+            ignore_eos: stopping.ignore_eos,
+            preempted: false,
+            finish: None,
+        })
+    }
+
+    pub fn num_generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// Tokens still to run through the model before the next token can be sampled.
+    pub fn num_uncomputed(&self) -> usize {
+        self.tokens.len().saturating_sub(self.num_computed)
+    }
+
+    /// Frees the blocks and rewinds so the whole prompt + output is recomputed on readmission.
+    pub fn preempt(&mut self) {
+        self.block_table.clear();
+        self.num_computed = 0;
+        self.preempted = true;
+    }
+
+    /// Samples the next token from this sequence's last-position logits and appends it.
+    pub fn sample_next(&mut self, logits: &[f32]) -> SampledToken {
+        let (prompt, output) = self.tokens.split_at(self.prompt_len);
+        let sampled = self.sampler.sample(logits, prompt, output);
+        self.tokens.push(sampled.token_id);
+        sampled
+    }
+
+    /// Why the sequence must stop after generating `token`, if it must.
+    pub fn stop_reason(&self, token: u32, limits: &SeqLimits) -> Option<pb::FinishReason> {
+        if !self.ignore_eos && limits.eos_token_ids.contains(&token) {
+            return Some(pb::FinishReason::Stop);
+        }
+        if self.stop_token_ids.contains(&token) {
+            return Some(pb::FinishReason::Stop);
+        }
+        if self.num_generated() >= self.max_tokens || self.tokens.len() >= limits.max_seq_len {
+            return Some(pb::FinishReason::Length);
+        }
+        None
+    }
+}

@@ -1,0 +1,354 @@
+//! Engine tests against the paged fake model (`test_model`).
+
+use super::runner::Engine;
+use super::test_model::{FAKE_EOS, FakeLm, ForwardLog};
+use super::{Command, EngineConfig, StreamId};
+use pagedserve_proto::v1 as pb;
+use std::collections::HashMap;
+use tokio::sync::mpsc;
+
+const STREAM: StreamId = 7;
+
+#[derive(Debug, Default, Clone, PartialEq)]
+struct SeqResult {
+    tokens: Vec<u32>,
+    finish: i32,
+    error: String,
+    outputs: usize,
+}
+
+struct Harness {
+    engine: Engine,
+    rx: mpsc::UnboundedReceiver<pb::StepOutput>,
+    log: ForwardLog,
+    results: HashMap<u64, SeqResult>,
+    last_stats: pb::ShardStats,
+    steps: usize,
+}
+
+impl Harness {
+    fn new(model: FakeLm, config: EngineConfig) -> Self {
+        let log = model.log.clone();
+        let mut engine = Engine::new(Box::new(model), config);
+        let (sender, rx) = mpsc::unbounded_channel();
+        let _ = engine.handle(Command::OpenStream {
+            stream: STREAM,
+            sender,
+        });
+        Self {
+            engine,
+            rx,
+            log,
+            results: HashMap::new(),
+            last_stats: pb::ShardStats::default(),
+            steps: 0,
+        }
+    }
+
+    fn submit(&mut self, requests: Vec<pb::Request>) {
+        let _ = self.engine.handle(Command::Submit {
+            stream: STREAM,
+            requests,
+        });
+    }
+
+    fn step(&mut self) {
+        self.engine.step();
+        self.steps += 1;
+        while let Ok(msg) = self.rx.try_recv() {
+            self.last_stats = msg.stats.unwrap_or_default();
+            for out in msg.outputs {
+                let r = self.results.entry(out.id).or_default();
+                r.tokens.extend(&out.token_ids);
+                r.finish = out.finish_reason;
+                r.error = out.error;
+                r.outputs += 1;
+                assert_eq!(r.tokens.len(), out.generated_tokens as usize);
+            }
+        }
+    }
+
+    fn run(&mut self) {
+        for _ in 0..10_000 {
+            if !self.engine.has_work() {
+                return;
+            }
+            self.step();
+        }
+        panic!("engine did not finish");
+    }
+
+    fn free_blocks(&self) -> usize {
+        self.engine.scheduler.pool.num_free()
+    }
+
+    fn forward_calls(&self) -> Vec<Vec<(usize, usize, bool)>> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+fn request(id: u64, prompt: Vec<u32>, max_tokens: u32) -> pb::Request {
+    pb::Request {
+        id,
+        prompt_ids: prompt,
+        stopping: Some(pb::StoppingCriteria {
+            max_tokens,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn prompt(len: usize, seed: u32) -> Vec<u32> {
+    (0..len as u32)
+        .map(|i| 1 + (i * 7 + seed * 13) % 49)
+        .collect()
+}
+
+fn config(max_batch_tokens: usize, max_num_seqs: usize) -> EngineConfig {
+    EngineConfig {
+        max_batch_tokens,
+        max_num_seqs,
+    }
+}
+
+fn solo(prompt: Vec<u32>, max_tokens: u32) -> SeqResult {
+    let mut h = Harness::new(FakeLm::new(4, 256, 1024), EngineConfig::default());
+    h.submit(vec![request(1, prompt, max_tokens)]);
+    h.run();
+    h.results.remove(&1).unwrap_or_default()
+}
+
+const LENGTH: i32 = pb::FinishReason::Length as i32;
+const STOP: i32 = pb::FinishReason::Stop as i32;
+const ERROR: i32 = pb::FinishReason::Error as i32;
+const CANCELLED: i32 = pb::FinishReason::Cancelled as i32;
+
+#[test]
+fn batched_with_preemption_matches_solo_runs() {
+    let lens = [3, 17, 30, 6, 11];
+    let expected: Vec<SeqResult> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| solo(prompt(n, i as u32), 20))
+        .collect();
+    // 14 blocks of 4 = 56 tokens: the longest alone needs 50, all together ~160.
+    let mut h = Harness::new(FakeLm::new(4, 14, 1024), config(64, 16));
+    let reqs = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| request(i as u64, prompt(n, i as u32), 20))
+        .collect();
+    h.submit(reqs);
+    h.run();
+    for (i, want) in expected.iter().enumerate() {
+        let got = &h.results[&(i as u64)];
+        assert_eq!(got.tokens, want.tokens, "sequence {i}");
+        assert_eq!(got.finish, LENGTH);
+    }
+    assert!(h.last_stats.preemptions_total > 0, "expected preemption");
+    assert_eq!(h.free_blocks(), 14);
+    let max_batch = h.forward_calls().iter().map(Vec::len).max();
+    assert!(max_batch >= Some(2), "sequences should share steps");
+}
+
+#[test]
+fn admission_respects_budget_and_max_num_seqs() {
+    let mut h = Harness::new(FakeLm::new(4, 64, 1024), config(10, 2));
+    h.submit((0..3).map(|i| request(i, prompt(4, i as u32), 3)).collect());
+    h.step();
+    let first = h.forward_calls()[0].clone();
+    // Two 4-token prompts fit the budget of 10; the third waits for max_num_seqs.
+    assert_eq!(first, vec![(0, 4, true), (0, 4, true)]);
+    assert_eq!(h.last_stats.running, 2);
+    assert_eq!(h.last_stats.waiting, 1);
+    h.run();
+    for call in h.forward_calls() {
+        assert!(call.iter().map(|c| c.1).sum::<usize>() <= 10);
+        assert!(call.len() <= 2);
+    }
+    assert!(h.results.values().all(|r| r.tokens.len() == 3));
+}
+
+#[test]
+fn long_prompt_prefills_in_chunks() {
+    let want = solo(prompt(20, 3), 4);
+    let mut h = Harness::new(FakeLm::new(4, 64, 1024), config(8, 4));
+    h.submit(vec![request(1, prompt(20, 3), 4)]);
+    h.run();
+    let calls = h.forward_calls();
+    assert_eq!(calls[0], vec![(0, 8, false)]);
+    assert_eq!(calls[1], vec![(8, 8, false)]);
+    assert_eq!(calls[2], vec![(16, 4, true)]);
+    assert_eq!(calls[3], vec![(20, 1, true)]);
+    assert_eq!(h.results[&1].tokens, want.tokens);
+}
+
+#[test]
+fn decodes_share_steps_with_a_chunked_prefill() {
+    let mut h = Harness::new(FakeLm::new(4, 64, 1024), config(6, 4));
+    h.submit(vec![request(1, prompt(2, 1), 10)]);
+    h.step();
+    h.submit(vec![request(2, prompt(12, 2), 2)]);
+    h.step();
+    // The running decode goes first, the new prompt gets the rest of the budget.
+    assert_eq!(h.forward_calls()[1], vec![(2, 1, true), (0, 5, false)]);
+    assert_eq!(h.last_stats.step_decode_tokens, 1);
+    assert_eq!(h.last_stats.step_prefill_tokens, 5);
+}
+
+#[test]
+fn cancel_frees_blocks_at_once() {
+    let mut h = Harness::new(FakeLm::new(4, 32, 1024), config(64, 8));
+    h.submit(vec![
+        request(1, prompt(9, 1), 100),
+        request(2, prompt(5, 2), 100),
+    ]);
+    h.step();
+    h.step();
+    assert!(h.free_blocks() < 32);
+    let _ = h.engine.handle(Command::Cancel {
+        stream: STREAM,
+        ids: vec![1, 2, 99],
+    });
+    assert_eq!(h.free_blocks(), 32);
+    h.run();
+    assert_eq!(h.results[&1].finish, CANCELLED);
+    assert_eq!(h.results[&2].finish, CANCELLED);
+    assert_eq!(h.results[&1].tokens.len(), 2);
+}
+
+#[test]
+fn closed_stream_cancels_its_sequences() {
+    let mut h = Harness::new(FakeLm::new(4, 32, 1024), config(64, 8));
+    h.submit(vec![request(1, prompt(9, 1), 100)]);
+    h.step();
+    h.rx.close();
+    h.step();
+    assert!(!h.engine.has_work());
+    assert_eq!(h.free_blocks(), 32);
+}
+
+#[test]
+fn stop_token_ids_and_max_tokens() {
+    let reference = solo(prompt(5, 4), 12);
+    assert_eq!(reference.tokens.len(), 12);
+    assert_eq!(reference.finish, LENGTH);
+    let stop_at = reference.tokens[5];
+    let first = reference
+        .tokens
+        .iter()
+        .position(|&t| t == stop_at)
+        .unwrap_or(5);
+    let mut req = request(1, prompt(5, 4), 12);
+    if let Some(s) = req.stopping.as_mut() {
+        s.stop_token_ids = vec![stop_at];
+    }
+    let mut h = Harness::new(FakeLm::new(4, 32, 1024), EngineConfig::default());
+    h.submit(vec![req]);
+    h.run();
+    assert_eq!(h.results[&1].tokens, reference.tokens[..=first].to_vec());
+    assert_eq!(h.results[&1].finish, STOP);
+}
+
+#[test]
+fn eos_stops_unless_ignored() {
+    let mut model = FakeLm::new(4, 32, 1024);
+    model.eos_at_len = Some(8);
+    let mut h = Harness::new(model, EngineConfig::default());
+    let mut ignoring = request(2, prompt(5, 1), 6);
+    if let Some(s) = ignoring.stopping.as_mut() {
+        s.ignore_eos = true;
+    }
+    h.submit(vec![request(1, prompt(5, 1), 6), ignoring]);
+    h.run();
+    let r = &h.results[&1];
+    assert_eq!(r.tokens.len(), 4, "prompt 5 + 3 tokens reaches length 8");
+    assert_eq!(r.tokens.last(), Some(&FAKE_EOS));
+    assert_eq!(r.finish, STOP);
+    assert_eq!(h.results[&2].tokens.len(), 6);
+    assert_eq!(h.results[&2].finish, LENGTH);
+}
+
+#[test]
+fn context_limit_gives_length() {
+    let mut h = Harness::new(FakeLm::new(4, 32, 10), EngineConfig::default());
+    h.submit(vec![request(1, prompt(7, 1), 100)]);
+    h.run();
+    assert_eq!(h.results[&1].tokens.len(), 3);
+    assert_eq!(h.results[&1].finish, LENGTH);
+}
+
+#[test]
+fn unservable_requests_fail_alone() {
+    // 8 blocks of 4 = 32 tokens of cache; context 40.
+    let mut h = Harness::new(FakeLm::new(4, 8, 40), EngineConfig::default());
+    let mut bad_sampling = request(5, prompt(3, 1), 2);
+    bad_sampling.sampling = Some(pb::SamplingParams {
+        temperature: -1.0,
+        ..Default::default()
+    });
+    h.submit(vec![
+        request(1, vec![], 4),
+        request(2, prompt(41, 1), 4),
+        request(3, prompt(33, 1), 4),
+        request(4, vec![1, 2, 999], 4),
+        bad_sampling,
+        request(6, prompt(3, 1), 0),
+        request(7, prompt(6, 2), 3),
+        request(7, prompt(6, 2), 3),
+    ]);
+    h.run();
+    for id in 1..=6 {
+        let r = &h.results[&id];
+        assert_eq!(r.finish, ERROR, "request {id}");
+        assert!(!r.error.is_empty());
+        assert!(r.tokens.is_empty());
+    }
+    assert!(h.results[&2].error.contains("context"));
+    assert!(h.results[&3].error.contains("KV blocks"));
+    // The duplicate id is rejected; the first copy is served normally.
+    assert_eq!(h.results[&7].tokens, solo(prompt(6, 2), 3).tokens);
+    assert_eq!(h.results[&7].outputs, 4);
+    assert_eq!(h.free_blocks(), 8);
+}
+
+#[test]
+fn forward_error_fails_the_step_not_the_loop() {
+    let model = FakeLm::new(4, 32, 1024);
+    let fail = model.fail_next.clone();
+    let mut h = Harness::new(model, EngineConfig::default());
+    h.submit(vec![request(1, prompt(5, 1), 4)]);
+    if let Ok(mut f) = fail.lock() {
+        *f = true;
+    }
+    h.run();
+    assert_eq!(h.results[&1].finish, ERROR);
+    assert!(h.results[&1].error.contains("injected"));
+    assert_eq!(h.free_blocks(), 32);
+    h.submit(vec![request(2, prompt(5, 1), 4)]);
+    h.run();
+    assert_eq!(h.results[&2].tokens, solo(prompt(5, 1), 4).tokens);
+}
+
+#[test]
+fn every_step_sends_one_message_per_stream() {
+    let mut h = Harness::new(FakeLm::new(4, 64, 1024), config(64, 8));
+    h.submit(
+        (0..4)
+            .map(|i| request(i, prompt(3 + i as usize, 1), 5))
+            .collect(),
+    );
+    let mut messages = 0;
+    while h.engine.has_work() {
+        h.engine.step();
+        let mut this_step = 0;
+        while let Ok(msg) = h.rx.try_recv() {
+            this_step += 1;
+            assert!(msg.stats.is_some());
+        }
+        assert_eq!(this_step, 1);
+        messages += 1;
+    }
+    assert_eq!(messages, 5);
+}
