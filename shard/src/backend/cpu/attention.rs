@@ -1,0 +1,173 @@
+//! Paged attention on the host: each query row attends causally to its sequence's cached
+//! tokens `0..=pos`, reading K/V block by block through the block table. GQA shares one KV
+//! head between `num_heads / kv_heads` query heads without expanding it.
+
+use crate::backend::cpu::kv::CpuKvCache;
+use crate::backend::cpu::tensor::CpuTensor;
+use crate::backend::{AttnSeq, BackendError, BackendResult};
+
+/// Work of one query head of one row.
+struct HeadJob<'a> {
+    q: &'a [f32],
+    out: &'a mut [f32],
+    kv_head: usize,
+    context: usize,
+    table: &'a [u32],
+}
+
+pub fn paged_attention(
+    q: &CpuTensor,
+    cache: &CpuKvCache,
+    layer: usize,
+    seqs: &[AttnSeq],
+    block_tables: &[u32],
+    num_heads: usize,
+    scale: f32,
+) -> BackendResult<CpuTensor> {
+    let l = cache.layout;
+    check(q, cache, layer, seqs, block_tables, num_heads)?;
+    let hd = l.head_dim;
+    let group = num_heads / l.num_kv_heads;
+    let mut out = CpuTensor::zeros(q.rows, q.cols);
+    let mut jobs = Vec::with_capacity(q.rows * num_heads);
+    let mut out_rows = out.data.chunks_exact_mut(q.cols);
+    let mut row = 0;
+    for seq in seqs {
+        let table = &block_tables[seq.table_start..seq.table_start + seq.table_len];
+        for i in 0..seq.num_rows {
+            // Rows are laid out sequence after sequence, matching `seqs`.
+            let out_row = out_rows.next().ok_or_else(|| shape("rows out of order"))?;
+            debug_assert_eq!(row, seq.row_start + i);
+            let q_row = q.row(seq.row_start + i);
+            for (h, out_head) in out_row.chunks_exact_mut(hd).enumerate() {
+                jobs.push(HeadJob {
+                    q: &q_row[h * hd..(h + 1) * hd],
+                    out: out_head,
+                    kv_head: h / group,
+                    context: seq.start_pos + i + 1,
+                    table,
+                });
+            }
+            row += 1;
+        }
+    }
+    run_jobs(jobs, cache, layer, scale);
+    Ok(out)
+}
+
+/// Splits the head jobs over the cores when there is enough work to pay for a thread.
+fn run_jobs(mut jobs: Vec<HeadJob<'_>>, cache: &CpuKvCache, layer: usize, scale: f32) {
+    let work: usize = jobs.iter().map(|j| j.context).sum::<usize>() * cache.layout.head_dim;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || work < 1 << 16 {
+        let mut scores = Vec::new();
+        jobs.iter_mut()
+            .for_each(|j| attend(j, cache, layer, scale, &mut scores));
+        return;
+    }
+    let per = jobs.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        for part in jobs.chunks_mut(per) {
+            s.spawn(move || {
+                let mut scores = Vec::new();
+                part.iter_mut()
+                    .for_each(|j| attend(j, cache, layer, scale, &mut scores));
+            });
+        }
+    });
+}
+
+fn attend(
+    job: &mut HeadJob<'_>,
+    cache: &CpuKvCache,
+    layer: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+) {
+    let l = cache.layout;
+    let hd = l.head_dim;
+    scores.clear();
+    let mut max = f32::NEG_INFINITY;
+    for t in 0..job.context {
+        let block = job.table[t / l.block_size] as usize;
+        let off = cache.offset(layer, block, job.kv_head, t % l.block_size);
+        let s = dot(job.q, &cache.k[off..off + hd]) * scale;
+        max = max.max(s);
+        scores.push(s);
+    }
+    let mut sum = 0.0;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    job.out.fill(0.0);
+    for (t, p) in scores.iter().enumerate() {
+        let block = job.table[t / l.block_size] as usize;
+        let off = cache.offset(layer, block, job.kv_head, t % l.block_size);
+        let w = p * inv;
+        job.out
+            .iter_mut()
+            .zip(&cache.v[off..off + hd])
+            .for_each(|(o, v)| *o += w * v);
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent accumulators so the loop vectorizes without fast-math.
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+fn check(
+    q: &CpuTensor,
+    cache: &CpuKvCache,
+    layer: usize,
+    seqs: &[AttnSeq],
+    block_tables: &[u32],
+    num_heads: usize,
+) -> BackendResult<()> {
+    let l = cache.layout;
+    if num_heads == 0 || num_heads % l.num_kv_heads != 0 || q.cols != num_heads * l.head_dim {
+        return Err(shape(&format!("q cols {} for {num_heads} heads", q.cols)));
+    }
+    if layer >= l.num_layers {
+        return Err(shape(&format!("layer {layer}")));
+    }
+    let mut next_row = 0;
+    for s in seqs {
+        let table = block_tables
+            .get(s.table_start..s.table_start + s.table_len)
+            .ok_or_else(|| shape("block table range"))?;
+        if s.row_start != next_row || table.len() * l.block_size < s.start_pos + s.num_rows {
+            return Err(shape(&format!("sequence {s:?}")));
+        }
+        if table.iter().any(|&b| b as usize >= l.num_blocks) {
+            return Err(shape("block id out of range"));
+        }
+        next_row += s.num_rows;
+    }
+    if next_row != q.rows {
+        return Err(shape(&format!(
+            "{next_row} sequence rows for {} q rows",
+            q.rows
+        )));
+    }
+    Ok(())
+}
+
+fn shape(detail: &str) -> BackendError {
+    BackendError::Shape {
+        op: "paged_attention",
+        detail: detail.to_string(),
+    }
+}
