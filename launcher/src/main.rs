@@ -1,1 +1,48 @@
-fn main() {}
+//! `pagedserve`: the one command that starts a router and N shards and watches them.
+
+mod args;
+mod children;
+mod default_model;
+mod error;
+mod ports;
+mod readiness;
+mod serve;
+mod supervise;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    let command = Cli::parse().into_command();
+    // Current-thread on purpose: children are spawned from the main thread, which
+    // PR_SET_PDEATHSIG ties their lifetime to (see supervise.rs).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            tracing::error!("could not start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match command {
+        Command::Serve(args) => runtime.block_on(serve::run(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Command line: `pagedserve [serve] [OPTIONS]`, with env fallbacks.
+//!
+//! `serve` is the default subcommand, so `pagedserve --port 8000` serves. `bench` and
+//! `download` come later and slot in beside it in [`Command`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pagedserve",
+    version,
+    about = "OpenAI-compatible LLM server: one router, N shards"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+impl Cli {
+    /// The subcommand to run; no subcommand means `serve` with the top-level flags.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Serve(self.serve))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the shards and the router and watch them (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// A local .gguf file. Absent: the embedded default model (SmolLM2-135M-Instruct Q4_1),
+    /// fetched into $PAGEDSERVE_CACHE on first use.
+    #[arg(long, env = "PAGEDSERVE_MODEL")]
+    pub model: Option<String>,
+
+    /// Model name clients must send in `model`; default: the model file's stem.
+    #[arg(long, env = "MODEL_NAME")]
+    pub served_model_name: Option<String>,
+
+    /// Address the HTTP API listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: String,
+
+    /// Port of the HTTP API.
+    #[arg(long, env = "PORT", default_value_t = 8000)]
+    pub port: u16,
+
+    /// Require `Authorization: Bearer <key>` on every /v1 route.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Hugging Face token, passed through to the children (hub downloads come later).
+    #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
+    pub hf_token: Option<String>,
+
+    /// Number of shard processes (model replicas).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub num_shards: u16,
+
+    /// First shard's gRPC port; shard i listens on base + i. Default: free ports picked for you.
+    #[arg(long)]
+    pub shard_base_port: Option<u16>,
+
+    /// Device each shard runs on.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+
+    /// KV blocks per shard (overrides --kv-cache-memory-mb).
+    #[arg(long)]
+    pub num_kv_blocks: Option<u32>,
+
+    /// KV cache budget per shard, in MiB.
+    #[arg(long)]
+    pub kv_cache_memory_mb: Option<u64>,
+
+    /// Tokens per KV block.
+    #[arg(long)]
+    pub block_size: Option<u32>,
+
+    /// Per-step token budget of each shard's engine.
+    #[arg(long)]
+    pub max_batch_tokens: Option<u32>,
+
+    /// Maximum sequences in each shard's running batch.
+    #[arg(long)]
+    pub max_num_seqs: Option<u32>,
+
+    /// Compute threads per shard; default: available cores / num-shards, at least 1.
+    #[arg(long)]
+    pub threads_per_shard: Option<usize>,
+
+    /// Seconds to wait for every shard and the router to become ready.
+    #[arg(long, default_value_t = 600)]
+    pub startup_timeout_secs: u64,
+
+    /// Seconds children get to exit after SIGTERM/SIGINT before they are killed.
+    #[arg(long, default_value_t = 15)]
+    pub shutdown_timeout_secs: u64,
+
+    /// Directory holding pagedserve-shard and pagedserve-router; default: next to this binary.
+    #[arg(long, env = "PAGEDSERVE_BIN_DIR", hide = true)]
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// Threads each shard may use so that N shards together don't oversubscribe the cores.
+    pub fn effective_threads_per_shard(&self) -> usize {
+        self.threads_per_shard
+            .filter(|&t| t > 0)
+            .unwrap_or_else(|| {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                (cores / usize::from(self.num_shards)).max(1)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        let argv = std::iter::once("pagedserve").chain(args.iter().copied());
+        Cli::try_parse_from(argv).map(Cli::into_command)
+    }
+
+    fn serve(args: &[&str]) -> ServeArgs {
+        match parse(args) {
+            Ok(Command::Serve(s)) => s,
+            Err(e) => panic!("parse {args:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn serve_is_the_default_subcommand() {
+        let top = serve(&["--port", "8123", "--num-shards", "2"]);
+        let sub = serve(&["serve", "--port", "8123", "--num-shards", "2"]);
+        assert_eq!(top.port, 8123);
+        assert_eq!(sub.port, 8123);
+        assert_eq!(top.num_shards, 2);
+        assert_eq!(sub.num_shards, 2);
+    }
+
+    #[test]
+    fn defaults() {
+        let s = serve(&[]);
+        assert_eq!(s.host, "0.0.0.0");
+        assert_eq!(s.num_shards, 1);
+        assert_eq!(s.device, "cpu");
+        assert!(s.shard_base_port.is_none());
+        assert!(s.num_kv_blocks.is_none());
+    }
+
+    #[test]
+    fn zero_shards_is_rejected() {
+        assert!(parse(&["--num-shards", "0"]).is_err());
+    }
+
+    #[test]
+    fn unknown_flag_is_rejected() {
+        assert!(parse(&["--no-such-flag"]).is_err());
+    }
+
+    #[test]
+    fn threads_split_cores_between_shards() {
+        let mut s = serve(&["--num-shards", "256"]);
+        assert_eq!(s.effective_threads_per_shard(), 1, "never below one thread");
+        s.threads_per_shard = Some(3);
+        assert_eq!(s.effective_threads_per_shard(), 3, "explicit value wins");
+        s.threads_per_shard = Some(0);
+        assert_eq!(s.effective_threads_per_shard(), 1, "zero means automatic");
+    }
+}

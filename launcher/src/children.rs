@@ -1,0 +1,224 @@
+//! Command lines of the children: `pagedserve-shard` per shard and one `pagedserve-router`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::args::ServeArgs;
+use crate::error::{LaunchError, Result};
+use crate::supervise::ChildSpec;
+
+pub const SHARD_BIN: &str = "pagedserve-shard";
+pub const ROUTER_BIN: &str = "pagedserve-router";
+
+/// Environment variables that size a shard's compute thread pools (candle/rayon, OpenMP).
+const THREAD_ENV: [&str; 2] = ["RAYON_NUM_THREADS", "OMP_NUM_THREADS"];
+
+/// What every child needs to know about the deployment.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub bin_dir: PathBuf,
+    pub model: PathBuf,
+    pub served_name: String,
+    pub shard_ports: Vec<u16>,
+    pub threads_per_shard: usize,
+}
+
+/// The directory holding the child binaries: `--bin-dir`, else this executable's directory.
+pub fn bin_dir(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir.to_path_buf());
+    }
+    let exe = std::env::current_exe().map_err(LaunchError::CurrentExe)?;
+    exe.parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| LaunchError::CurrentExe(std::io::Error::other("executable has no parent")))
+}
+
+/// Path of a child binary, checked to exist so a missing build is a clear error.
+pub fn binary(dir: &Path, name: &'static str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(LaunchError::BinaryMissing { name, path })
+    }
+}
+
+fn common_env(args: &ServeArgs) -> Vec<(String, String)> {
+    match args.hf_token.as_deref().filter(|t| !t.is_empty()) {
+        Some(token) => vec![("HF_TOKEN".into(), token.into())],
+        None => vec![],
+    }
+}
+
+pub fn shard_spec(args: &ServeArgs, plan: &Plan, shard_id: usize, port: u16) -> Result<ChildSpec> {
+    let mut argv: Vec<OsString> = vec!["--model".into(), plan.model.clone().into_os_string()];
+    let mut flag = |name: &str, value: String| {
+        argv.push(format!("--{name}").into());
+        argv.push(value.into());
+    };
+    flag("served-model-name", plan.served_name.clone());
+    flag("host", "127.0.0.1".into());
+    flag("port", port.to_string());
+    flag("shard-id", shard_id.to_string());
+    flag("device", args.device.clone());
+    let optional = [
+        ("block-size", args.block_size.map(|v| v.to_string())),
+        ("num-kv-blocks", args.num_kv_blocks.map(|v| v.to_string())),
+        (
+            "kv-cache-memory-mb",
+            args.kv_cache_memory_mb.map(|v| v.to_string()),
+        ),
+        (
+            "max-batch-tokens",
+            args.max_batch_tokens.map(|v| v.to_string()),
+        ),
+        ("max-num-seqs", args.max_num_seqs.map(|v| v.to_string())),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            flag(name, value);
+        }
+    }
+    let mut env = common_env(args);
+    let threads = plan.threads_per_shard.to_string();
+    env.extend(
+        THREAD_ENV
+            .iter()
+            .map(|k| ((*k).to_owned(), threads.clone())),
+    );
+    Ok(ChildSpec {
+        name: format!("shard-{shard_id}"),
+        program: binary(&plan.bin_dir, SHARD_BIN)?,
+        args: argv,
+        env,
+        // The shard gets everything by flag; the key is the router's business only.
+        env_remove: vec!["API_KEY".into()],
+    })
+}
+
+pub fn router_spec(args: &ServeArgs, plan: &Plan) -> Result<ChildSpec> {
+    let mut argv: Vec<OsString> = vec!["--model".into(), plan.model.clone().into_os_string()];
+    for (name, value) in [
+        ("served-model-name", plan.served_name.clone()),
+        ("host", args.host.clone()),
+        ("port", args.port.to_string()),
+    ] {
+        argv.push(format!("--{name}").into());
+        argv.push(value.into());
+    }
+    for port in &plan.shard_ports {
+        argv.push("--shard".into());
+        argv.push(format!("http://127.0.0.1:{port}").into());
+    }
+    let mut env = common_env(args);
+    let mut env_remove = vec![];
+    // By environment, not argv: a key on the command line is visible to every local user.
+    match args.api_key.as_deref().filter(|k| !k.is_empty()) {
+        Some(key) => env.push(("API_KEY".into(), key.into())),
+        None => env_remove.push("API_KEY".into()),
+    }
+    Ok(ChildSpec {
+        name: "router".into(),
+        program: binary(&plan.bin_dir, ROUTER_BIN)?,
+        args: argv,
+        env,
+        env_remove,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let argv = ["pagedserve"].into_iter().chain(extra.iter().copied());
+        match crate::args::Cli::try_parse_from(argv).map(crate::args::Cli::into_command) {
+            Ok(crate::args::Command::Serve(s)) => s,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A bin dir with empty stand-ins for the child binaries.
+    fn plan(tag: &str) -> Plan {
+        let dir =
+            std::env::temp_dir().join(format!("pagedserve-children-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for name in [SHARD_BIN, ROUTER_BIN] {
+            std::fs::write(dir.join(name), b"").expect("write");
+        }
+        Plan {
+            bin_dir: dir,
+            model: "/m/x.gguf".into(),
+            served_name: "x".into(),
+            shard_ports: vec![7001, 7002],
+            threads_per_shard: 3,
+        }
+    }
+
+    fn strings(spec: &ChildSpec) -> Vec<String> {
+        spec.args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn value_of(argv: &[String], flag: &str) -> Option<String> {
+        let at = argv.iter().position(|a| a == flag)?;
+        argv.get(at + 1).cloned()
+    }
+
+    #[test]
+    fn shard_gets_its_id_port_and_only_given_options() {
+        let a = args(&["--num-kv-blocks", "64", "--max-num-seqs", "8"]);
+        let spec = shard_spec(&a, &plan("shard"), 1, 7002).expect("spec");
+        let argv = strings(&spec);
+        assert_eq!(value_of(&argv, "--port").as_deref(), Some("7002"));
+        assert_eq!(value_of(&argv, "--shard-id").as_deref(), Some("1"));
+        assert_eq!(value_of(&argv, "--num-kv-blocks").as_deref(), Some("64"));
+        assert_eq!(value_of(&argv, "--max-num-seqs").as_deref(), Some("8"));
+        assert_eq!(value_of(&argv, "--host").as_deref(), Some("127.0.0.1"));
+        assert!(
+            value_of(&argv, "--kv-cache-memory-mb").is_none(),
+            "absent options use the shard's default"
+        );
+        assert!(spec.env.contains(&("RAYON_NUM_THREADS".into(), "3".into())));
+        assert_eq!(spec.name, "shard-1");
+    }
+
+    #[test]
+    fn router_gets_every_shard_and_the_key_by_env() {
+        let a = args(&[
+            "--api-key",
+            "s3cret",
+            "--port",
+            "8123",
+            "--hf-token",
+            "hf_x",
+        ]);
+        let spec = router_spec(&a, &plan("router")).expect("spec");
+        let argv = strings(&spec);
+        let shards: Vec<_> = argv
+            .windows(2)
+            .filter(|w| w[0] == "--shard")
+            .map(|w| w[1].clone())
+            .collect();
+        assert_eq!(shards, ["http://127.0.0.1:7001", "http://127.0.0.1:7002"]);
+        assert_eq!(value_of(&argv, "--port").as_deref(), Some("8123"));
+        assert!(
+            !argv.iter().any(|a| a.contains("s3cret")),
+            "key never on the command line"
+        );
+        assert!(spec.env.contains(&("API_KEY".into(), "s3cret".into())));
+        assert!(spec.env.contains(&("HF_TOKEN".into(), "hf_x".into())));
+    }
+
+    #[test]
+    fn missing_binary_is_named() {
+        let mut p = plan("missing");
+        p.bin_dir = p.bin_dir.join("nowhere");
+        let err = router_spec(&args(&[]), &p).expect_err("no binary there");
+        assert!(err.to_string().contains(ROUTER_BIN), "{err}");
+    }
+}

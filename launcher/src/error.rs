@@ -1,0 +1,63 @@
+//! The launcher's error type: every message says what went wrong and what to do about it.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(
+        "model `{0}` is not an existing file; supported today: a local .gguf file \
+         (--model /path/to/model.gguf) or no --model for the embedded default \
+         (SmolLM2-135M-Instruct Q4_1). Hugging Face repo ids come in a later release"
+    )]
+    ModelNotFound(String),
+
+    #[error("model `{0}` is not a .gguf file; only GGUF models are supported today")]
+    ModelNotGguf(PathBuf),
+
+    #[error("could not fetch the default model: {0}")]
+    DefaultModel(String),
+
+    #[error(
+        "`{name}` not found at {path}; build it with `cargo build` (it must sit next to pagedserve)"
+    )]
+    BinaryMissing { name: &'static str, path: PathBuf },
+
+    #[error("could not find this executable's directory: {0}")]
+    CurrentExe(#[source] std::io::Error),
+
+    #[error("port {port} ({what}) is not available on 127.0.0.1: {source}")]
+    PortBusy {
+        port: u16,
+        what: String,
+        source: std::io::Error,
+    },
+
+    #[error("--shard-base-port {base} with {count} shards runs past port 65535")]
+    PortRange { base: u16, count: u16 },
+
+    #[error("could not pick a free port: {0}")]
+    NoFreePort(#[source] std::io::Error),
+
+    #[error("could not start {name}: {source}")]
+    Spawn {
+        name: String,
+        source: std::io::Error,
+    },
+
+    #[error("{name} exited during start-up ({status}); see its log above")]
+    DiedDuringStartup { name: String, status: String },
+
+    #[error("{name} was not ready after {secs} s")]
+    StartupTimeout { name: String, secs: u64 },
+
+    #[error("{name} exited unexpectedly ({status}); stopped the others")]
+    ChildDied { name: String, status: String },
+
+    #[error("interrupted by a signal during start-up")]
+    Interrupted,
+
+    #[error("could not install a signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, LaunchError>;

@@ -1,0 +1,137 @@
+//! `pagedserve serve`: resolve the model, start the shards, then the router, then watch.
+
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::args::ServeArgs;
+use crate::children::{self, Plan};
+use crate::default_model;
+use crate::error::{LaunchError, Result};
+use crate::ports;
+use crate::readiness;
+use crate::supervise::Supervisor;
+
+/// Runs until a signal (Ok) or until a child dies or start-up fails (Err). Children are
+/// stopped in every case.
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let plan = plan(&args).await?;
+    let mut sup = Supervisor::default();
+    let mut sigint = signal(SignalKind::interrupt()).map_err(LaunchError::Signal)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(LaunchError::Signal)?;
+    let grace = Duration::from_secs(args.shutdown_timeout_secs);
+
+    let outcome = tokio::select! {
+        started = start(&args, &plan, &mut sup) => match started {
+            Ok(()) => watch(&mut sup, &mut sigint, &mut sigterm).await,
+            Err(err) => Outcome::Failed(err),
+        },
+        _ = sigint.recv() => Outcome::Failed(LaunchError::Interrupted),
+        _ = sigterm.recv() => Outcome::Failed(LaunchError::Interrupted),
+    };
+    let (signal, result) = match outcome {
+        Outcome::Signalled(sig) => (sig, Ok(())),
+        Outcome::Failed(err) => (libc::SIGTERM, Err(err)),
+    };
+    tracing::info!("stopping children");
+    sup.shutdown(signal, grace).await;
+    result
+}
+
+enum Outcome {
+    /// Asked to stop by this signal: forward it.
+    Signalled(i32),
+    Failed(LaunchError),
+}
+
+async fn plan(args: &ServeArgs) -> Result<Plan> {
+    let bin_dir = children::bin_dir(args.bin_dir.as_deref())?;
+    // Check both binaries before the (possibly slow) model fetch.
+    children::binary(&bin_dir, children::SHARD_BIN)?;
+    children::binary(&bin_dir, children::ROUTER_BIN)?;
+    let model = default_model::resolve_model(args.model.as_deref()).await?;
+    let served_name = args
+        .served_model_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| default_model::default_served_name(&model));
+    let shard_ports = ports::shard_ports(args.shard_base_port, args.num_shards, args.port)?;
+    Ok(Plan {
+        bin_dir,
+        model,
+        served_name,
+        shard_ports,
+        threads_per_shard: args.effective_threads_per_shard(),
+    })
+}
+
+async fn start(args: &ServeArgs, plan: &Plan, sup: &mut Supervisor) -> Result<()> {
+    let timeout = Duration::from_secs(args.startup_timeout_secs);
+    tracing::info!(
+        model = %plan.model.display(),
+        shards = plan.shard_ports.len(),
+        threads_per_shard = plan.threads_per_shard,
+        "starting shards"
+    );
+    for (id, &port) in plan.shard_ports.iter().enumerate() {
+        sup.spawn(children::shard_spec(args, plan, id, port)?)?;
+    }
+    // Shards load in parallel; waiting on them in order costs nothing extra.
+    for (id, &port) in plan.shard_ports.iter().enumerate() {
+        let what = format!("shard-{id} (127.0.0.1:{port})");
+        readiness::wait_until(sup, &what, timeout, || readiness::shard_serving(port)).await?;
+        tracing::info!("shard-{id} is serving on 127.0.0.1:{port}");
+    }
+    sup.spawn(children::router_spec(args, plan)?)?;
+    let probe_host = readiness::probe_host(&args.host).to_owned();
+    let what = format!("router ({}:{})", args.host, args.port);
+    readiness::wait_until(sup, &what, timeout, || {
+        readiness::http_healthy(&probe_host, args.port)
+    })
+    .await?;
+    let url = format!("http://{}:{}/v1", display_host(&args.host), args.port);
+    tracing::info!(url = %url, model = %plan.served_name, shards = plan.shard_ports.len(), "pagedserve ready");
+    Ok(())
+}
+
+/// Runs after start-up until a signal arrives or a child dies.
+async fn watch(
+    sup: &mut Supervisor,
+    sigint: &mut tokio::signal::unix::Signal,
+    sigterm: &mut tokio::signal::unix::Signal,
+) -> Outcome {
+    tokio::select! {
+        _ = sigint.recv() => Outcome::Signalled(libc::SIGINT),
+        _ = sigterm.recv() => Outcome::Signalled(libc::SIGTERM),
+        exit = sup.next_exit() => {
+            let (name, status) = match exit {
+                Some(e) => (sup.name(e.index).to_owned(), e.describe()),
+                None => ("a child".to_owned(), "unknown".to_owned()),
+            };
+            Outcome::Failed(LaunchError::ChildDied { name, status })
+        }
+    }
+}
+
+/// A host a user can paste into a client: wildcards become localhost.
+fn display_host(host: &str) -> String {
+    match host {
+        "0.0.0.0" | "" => "127.0.0.1".into(),
+        "::" | "[::]" => "[::1]".into(),
+        h if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
+        h => h.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_host_is_pasteable() {
+        assert_eq!(display_host("0.0.0.0"), "127.0.0.1");
+        assert_eq!(display_host("::"), "[::1]");
+        assert_eq!(display_host("fe80::1"), "[fe80::1]");
+        assert_eq!(display_host("example.internal"), "example.internal");
+    }
+}
