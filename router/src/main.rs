@@ -1,1 +1,22 @@
-fn main() {}
+//! `pagedserve-router` binary.
+
+use clap::Parser;
+use pagedserve_router::Args;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    match pagedserve_router::server::run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "router failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

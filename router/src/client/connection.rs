@@ -1,0 +1,127 @@
+//! The connection task of one shard: connect (with backoff), check Health, read Info,
+//! open the Serve stream, then pump submits out and step outputs in until it breaks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pagedserve_proto::ShardClient;
+use pagedserve_proto::v1::health_response::Status;
+use pagedserve_proto::v1::{HealthRequest, InfoRequest, InfoResponse, ShardInput};
+use tokio::sync::mpsc::{self, UnboundedReceiver};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::batching::{self, Outbound};
+use crate::client::shard::ShardHandle;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("invalid shard URL: {0}")]
+    Url(#[from] tonic::transport::Error),
+    #[error("gRPC error: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("shard is not serving yet")]
+    NotServing,
+    #[error("the Serve stream ended")]
+    StreamEnded,
+    #[error("the router's submit queue closed")]
+    QueueClosed,
+}
+
+/// Runs forever (until the submit queue closes): keeps one Serve stream open.
+pub async fn run(shard: Arc<ShardHandle>, mut queue: UnboundedReceiver<Outbound>) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut logged_down = false;
+    loop {
+        match connect(&shard.url).await {
+            Ok((client, info)) => {
+                backoff = FIRST_BACKOFF;
+                logged_down = false;
+                let result = serve(&shard, client, info, &mut queue).await;
+                shard.mark_down(&result.to_string());
+                if matches!(result, ConnectionError::QueueClosed) {
+                    return;
+                }
+                tracing::warn!(shard = %shard.url, error = %result, "shard stream broke; reconnecting");
+            }
+            Err(err) => {
+                if !logged_down {
+                    tracing::info!(shard = %shard.url, error = %err, "waiting for shard");
+                    logged_down = true;
+                }
+            }
+        }
+        fail_queued(&shard, &mut queue);
+        tokio::time::sleep(backoff).await;
+        fail_queued(&shard, &mut queue);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// While the shard is down, queued submits fail instead of waiting for a reconnect.
+fn fail_queued(shard: &ShardHandle, queue: &mut UnboundedReceiver<Outbound>) {
+    while let Ok(item) = queue.try_recv() {
+        if let Outbound::Submit(request) = item {
+            shard.fail(request.id, "shard is down");
+        }
+    }
+}
+
+async fn connect(url: &str) -> Result<(ShardClient<Channel>, InfoResponse), ConnectionError> {
+    let channel = Endpoint::from_shared(url.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let mut client = ShardClient::new(channel);
+    let health = client.health(HealthRequest {}).await?.into_inner();
+    if health.status() != Status::Serving {
+        return Err(ConnectionError::NotServing);
+    }
+    let info = client.info(InfoRequest {}).await?.into_inner();
+    Ok((client, info))
+}
+
+/// Pumps one Serve stream; returns why it stopped.
+async fn serve(
+    shard: &Arc<ShardHandle>,
+    mut client: ShardClient<Channel>,
+    info: InfoResponse,
+    queue: &mut UnboundedReceiver<Outbound>,
+) -> ConnectionError {
+    let (out_tx, out_rx) = mpsc::channel::<ShardInput>(256);
+    let mut inbound = match client.serve(ReceiverStream::new(out_rx)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return status.into(),
+    };
+    tracing::info!(
+        shard = %shard.url, model = %info.model, device = %info.device,
+        max_context = info.max_context, block_size = info.block_size,
+        kv_blocks = info.total_kv_blocks, "shard ready"
+    );
+    shard.mark_ready(info);
+    loop {
+        tokio::select! {
+            item = queue.recv() => {
+                let Some(first) = item else { return ConnectionError::QueueClosed };
+                // Let handlers that are running in this same tick enqueue too.
+                tokio::task::yield_now().await;
+                for message in batching::drain_tick(first, queue, |id| shard.is_live(id)) {
+                    if out_tx.send(message).await.is_err() {
+                        return ConnectionError::StreamEnded;
+                    }
+                }
+            }
+            step = inbound.next() => match step {
+                Some(Ok(step)) => shard.dispatch(step),
+                Some(Err(status)) => return status.into(),
+                None => return ConnectionError::StreamEnded,
+            },
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! All shards of this router: readiness, shared limits, and balanced submission.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pagedserve_proto::v1::Request;
+
+use crate::balance;
+use crate::client::connection;
+use crate::client::shard::{SequenceHandle, ShardHandle};
+use crate::error::ApiError;
+
+pub struct ShardPool {
+    shards: Vec<Arc<ShardHandle>>,
+}
+
+impl ShardPool {
+    /// Creates the pool and spawns one connection task per shard URL.
+    pub fn start(urls: &[String]) -> Arc<Self> {
+        let shards = urls
+            .iter()
+            .enumerate()
+            .map(|(index, url)| {
+                let (shard, queue) = ShardHandle::new(index, url.clone());
+                tokio::spawn(connection::run(Arc::clone(&shard), queue));
+                shard
+            })
+            .collect();
+        Arc::new(Self { shards })
+    }
+
+    pub fn shards(&self) -> &[Arc<ShardHandle>] {
+        &self.shards
+    }
+
+    pub fn any_ready(&self) -> bool {
+        self.shards.iter().any(|s| s.is_ready())
+    }
+
+    /// Waits until some shard is ready; false on timeout.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.any_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    /// The context limit every ready shard honours (the smallest), if any is ready.
+    pub fn max_context(&self) -> Option<u32> {
+        self.shards
+            .iter()
+            .filter(|s| s.is_ready())
+            .filter_map(|s| s.info())
+            .map(|info| info.max_context)
+            .min()
+    }
+
+    /// Submits the sequences of one request to the least-loaded ready shard, together,
+    /// so they share one Submit and (later) the shard's prefix cache.
+    pub fn submit_group(&self, requests: Vec<Request>) -> Result<Vec<SequenceHandle>, ApiError> {
+        let loads: Vec<_> = self.shards.iter().map(|s| s.load()).collect();
+        let shard = balance::pick(&loads)
+            .and_then(|index| self.shards.get(index))
+            .ok_or_else(|| ApiError::Unavailable("No shard is ready to serve requests.".into()))?;
+        Ok(requests.into_iter().map(|r| shard.submit(r)).collect())
+    }
+}

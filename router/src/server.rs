@@ -1,0 +1,99 @@
+//! Startup: tokenizer, shard connections, HTTP listener, graceful shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::args::Args;
+use crate::batching::WaitingGate;
+use crate::client::ShardPool;
+use crate::state::AppState;
+use crate::tokenize::{ModelTokenizer, TokenizeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("loading the tokenizer from {path}: {source}")]
+    Tokenizer {
+        path: PathBuf,
+        source: TokenizeError,
+    },
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Builds the shared state and starts connecting to the shards (in the background).
+pub fn build_state(args: &Args) -> Result<Arc<AppState>, ServerError> {
+    let tokenizer =
+        ModelTokenizer::from_gguf(&args.model).map_err(|source| ServerError::Tokenizer {
+            path: args.model.clone(),
+            source,
+        })?;
+    Ok(Arc::new(AppState {
+        model_name: args.model_name(),
+        tokenizer,
+        shards: ShardPool::start(&args.shards),
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        waiting: WaitingGate::new(args.max_waiting_requests),
+        max_n: args.max_n,
+    }))
+}
+
+/// Serves until SIGINT/SIGTERM.
+pub async fn run(args: Args) -> Result<(), ServerError> {
+    let state = build_state(&args)?;
+    let addr = format!("{}:{}", args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let app = crate::api::router(Arc::clone(&state));
+    tokio::spawn(log_ready(Arc::clone(&state), addr.clone()));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(ServerError::Serve)
+}
+
+/// Logs the ready line once a shard can take requests.
+async fn log_ready(state: Arc<AppState>, addr: String) {
+    while !state.shards.wait_ready(Duration::from_secs(30)).await {
+        tracing::warn!("still waiting for a shard to become ready");
+    }
+    tracing::info!(
+        url = %format!("http://{addr}"),
+        model = %state.model_name,
+        shards = state.shards.shards().len(),
+        "pagedserve router ready"
+    );
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,37 @@
+//! State shared by every handler.
+
+use std::sync::Arc;
+
+use crate::batching::WaitingGate;
+use crate::client::ShardPool;
+use crate::error::ApiError;
+use crate::tokenize::ModelTokenizer;
+
+pub struct AppState {
+    /// The one model name this router serves.
+    pub model_name: String,
+    pub tokenizer: ModelTokenizer,
+    pub shards: Arc<ShardPool>,
+    /// When set, requests need `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    pub waiting: Arc<WaitingGate>,
+    /// Largest `n` a request may ask for.
+    pub max_n: u32,
+}
+
+impl AppState {
+    /// 404 unless `requested` is absent or names the served model.
+    pub fn check_model(&self, requested: Option<&str>) -> Result<(), ApiError> {
+        match requested {
+            Some(name) if name != self.model_name => Err(ApiError::ModelNotFound(name.into())),
+            _ => Ok(()),
+        }
+    }
+
+    /// The context limit of the ready shards; 503 when none is ready.
+    pub fn max_context(&self) -> Result<u32, ApiError> {
+        self.shards
+            .max_context()
+            .ok_or_else(|| ApiError::Unavailable("No shard is ready to serve requests.".into()))
+    }
+}

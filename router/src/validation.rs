@@ -1,0 +1,337 @@
+//! Turns OpenAI request parameters plus tokenized prompts into a checked
+//! `GenerationRequest`, or an `ApiError` that names the offending parameter.
+
+use pagedserve_proto::v1::{SamplingParams, StoppingCriteria};
+
+use crate::api::types::CommonParams;
+use crate::error::ApiError;
+
+/// Largest `top_logprobs` (chat) / `logprobs` (completions) accepted, as vLLM.
+pub const MAX_TOP_LOGPROBS: i64 = 20;
+
+/// Facts about the deployment that bound a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_context: u32,
+    pub vocab_size: usize,
+    pub max_n: u32,
+}
+
+/// A validated request: one group of `n` choices per prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRequest {
+    pub prompts: Vec<Vec<u32>>,
+    /// Per prompt: its max new tokens (explicit, or what the context leaves).
+    pub max_tokens: Vec<u32>,
+    pub n: u32,
+    pub sampling: SamplingParams,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    pub stop: Vec<String>,
+    /// Some(k): return the sampled token's logprob and k alternatives.
+    pub logprobs: Option<u32>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub skip_special_tokens: bool,
+}
+
+impl GenerationRequest {
+    /// Per-sequence stopping criteria for prompt `index`.
+    pub fn stopping(&self, index: usize) -> StoppingCriteria {
+        StoppingCriteria {
+            max_tokens: self.max_tokens.get(index).copied().unwrap_or(1),
+            stop_token_ids: self.stop_token_ids.clone(),
+            ignore_eos: self.ignore_eos,
+        }
+    }
+}
+
+/// Validates everything; `logprobs` is the requested number of alternatives (None: off).
+pub fn validate(
+    common: &CommonParams,
+    prompts: Vec<Vec<u32>>,
+    logprobs: Option<i64>,
+    limits: Limits,
+) -> Result<GenerationRequest, ApiError> {
+    let logprobs = match logprobs {
+        None => None,
+        Some(k) if (0..=MAX_TOP_LOGPROBS).contains(&k) => Some(k as u32),
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "top_logprobs",
+                format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}."),
+            ));
+        }
+    };
+    let requested = requested_max_tokens(common)?;
+    let max_tokens = prompts
+        .iter()
+        .map(|p| resolve_max_tokens(p.len(), requested, limits.max_context))
+        .collect::<Result<Vec<_>, _>>()?;
+    let stop_token_ids = common.stop_token_ids.clone().unwrap_or_default();
+    if let Some(bad) = stop_token_ids
+        .iter()
+        .find(|id| **id as usize >= limits.vocab_size)
+    {
+        return Err(ApiError::invalid_param(
+            "stop_token_ids",
+            format!("stop token id {bad} is outside the vocabulary."),
+        ));
+    }
+    Ok(GenerationRequest {
+        prompts,
+        max_tokens,
+        n: validate_n(common.n, limits.max_n)?,
+        sampling: validate_sampling(common)?,
+        stop_token_ids,
+        ignore_eos: common.ignore_eos.unwrap_or(false),
+        stop: common
+            .stop
+            .clone()
+            .map(|s| s.into_vec())
+            .unwrap_or_default(),
+        logprobs,
+        stream: common.stream.unwrap_or(false),
+        include_usage: common
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        skip_special_tokens: common.skip_special_tokens.unwrap_or(true),
+    })
+}
+
+/// `max_completion_tokens` wins over the older `max_tokens`; both must be >= 1.
+fn requested_max_tokens(common: &CommonParams) -> Result<Option<u32>, ApiError> {
+    let (param, value) = match (common.max_completion_tokens, common.max_tokens) {
+        (Some(v), _) => ("max_completion_tokens", v),
+        (None, Some(v)) => ("max_tokens", v),
+        (None, None) => return Ok(None),
+    };
+    if value < 1 {
+        return Err(ApiError::invalid_param(
+            param,
+            format!("{param} must be at least 1, got {value}."),
+        ));
+    }
+    Ok(Some(u32::try_from(value).unwrap_or(u32::MAX)))
+}
+
+/// Checks the prompt against the context and fills in an absent max_tokens.
+pub fn resolve_max_tokens(
+    prompt_len: usize,
+    requested: Option<u32>,
+    max_context: u32,
+) -> Result<u32, ApiError> {
+    if prompt_len == 0 {
+        return Err(ApiError::invalid_param("prompt", "The prompt is empty."));
+    }
+    let context = max_context as usize;
+    if prompt_len >= context {
+        return Err(ApiError::invalid_param(
+            "messages",
+            format!(
+                "This model's maximum context length is {context} tokens. However, your \
+                 request has {prompt_len} input tokens. Please reduce the length of the \
+                 input messages."
+            ),
+        ));
+    }
+    let room = (context - prompt_len) as u32;
+    match requested {
+        None => Ok(room),
+        Some(max) if max <= room => Ok(max),
+        Some(max) => Err(ApiError::invalid_param(
+            "max_tokens",
+            format!(
+                "This model's maximum context length is {context} tokens. However, you \
+                 requested {} tokens ({prompt_len} in the messages, {max} in the \
+                 completion). Please reduce the length of the messages or completion.",
+                prompt_len as u64 + u64::from(max)
+            ),
+        )),
+    }
+}
+
+fn validate_n(n: Option<i64>, max_n: u32) -> Result<u32, ApiError> {
+    let n = n.unwrap_or(1);
+    if n < 1 || n > i64::from(max_n) {
+        return Err(ApiError::invalid_param(
+            "n",
+            format!("n must be between 1 and {max_n}, got {n}."),
+        ));
+    }
+    Ok(n as u32)
+}
+
+fn check_range(param: &str, value: f32, ok: bool, range: &str) -> Result<(), ApiError> {
+    if ok && value.is_finite() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_param(
+            param,
+            format!("{param} must be {range}, got {value}."),
+        ))
+    }
+}
+
+/// Sampling ranges follow OpenAI (and vLLM for its extensions).
+pub fn validate_sampling(common: &CommonParams) -> Result<SamplingParams, ApiError> {
+    let temperature = common.temperature.unwrap_or(1.0);
+    check_range(
+        "temperature",
+        temperature,
+        (0.0..=2.0).contains(&temperature),
+        "in [0, 2]",
+    )?;
+    let top_p = common.top_p.unwrap_or(1.0);
+    check_range("top_p", top_p, top_p > 0.0 && top_p <= 1.0, "in (0, 1]")?;
+    let min_p = common.min_p.unwrap_or(0.0);
+    check_range("min_p", min_p, (0.0..=1.0).contains(&min_p), "in [0, 1]")?;
+    let presence = common.presence_penalty.unwrap_or(0.0);
+    check_range(
+        "presence_penalty",
+        presence,
+        (-2.0..=2.0).contains(&presence),
+        "in [-2, 2]",
+    )?;
+    let frequency = common.frequency_penalty.unwrap_or(0.0);
+    let ok = (-2.0..=2.0).contains(&frequency);
+    check_range("frequency_penalty", frequency, ok, "in [-2, 2]")?;
+    let repetition = common.repetition_penalty.unwrap_or(1.0);
+    check_range("repetition_penalty", repetition, repetition > 0.0, "> 0")?;
+    let top_k = match common.top_k.unwrap_or(0) {
+        -1 | 0 => 0,
+        k if k >= 1 => u32::try_from(k).unwrap_or(u32::MAX),
+        k => {
+            return Err(ApiError::invalid_param(
+                "top_k",
+                format!("top_k must be -1 (disable) or at least 1, got {k}."),
+            ));
+        }
+    };
+    Ok(SamplingParams {
+        temperature,
+        top_p,
+        top_k,
+        min_p,
+        seed: common.seed.map(|s| s as u64),
+        presence_penalty: presence,
+        frequency_penalty: frequency,
+        repetition_penalty: repetition,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_context: 100,
+        vocab_size: 1000,
+        max_n: 8,
+    };
+
+    fn params(json: &str) -> CommonParams {
+        serde_json::from_str(json).expect("valid params json")
+    }
+
+    fn param_of(result: Result<GenerationRequest, ApiError>) -> Option<String> {
+        match result {
+            Err(ApiError::BadRequest { param, .. }) => param,
+            other => panic!("expected a 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let req = validate(&params("{}"), vec![vec![1; 30]], None, LIMITS).expect("valid");
+        assert_eq!(req.max_tokens, vec![70]);
+        assert_eq!(req.n, 1);
+        assert_eq!(req.sampling.temperature, 1.0);
+        assert_eq!(req.sampling.top_p, 1.0);
+        assert!(req.skip_special_tokens && !req.stream && req.logprobs.is_none());
+    }
+
+    #[test]
+    fn max_tokens_rules() {
+        let p = vec![vec![1; 30]];
+        let bad = validate(&params(r#"{"max_tokens":0}"#), p.clone(), None, LIMITS);
+        assert_eq!(param_of(bad), Some("max_tokens".into()));
+        let bad = validate(
+            &params(r#"{"max_completion_tokens":-3}"#),
+            p.clone(),
+            None,
+            LIMITS,
+        );
+        assert_eq!(param_of(bad), Some("max_completion_tokens".into()));
+        let ok = validate(
+            &params(r#"{"max_tokens":50,"max_completion_tokens":7}"#),
+            p,
+            None,
+            LIMITS,
+        );
+        assert_eq!(ok.map(|r| r.max_tokens).ok(), Some(vec![7]));
+    }
+
+    #[test]
+    fn context_overflow_uses_vllm_message() {
+        let err = resolve_max_tokens(30, Some(80), 100).expect_err("too long");
+        assert_eq!(
+            err.to_string(),
+            "This model's maximum context length is 100 tokens. However, you requested 110 \
+             tokens (30 in the messages, 80 in the completion). Please reduce the length of \
+             the messages or completion."
+        );
+        assert_eq!(resolve_max_tokens(30, Some(70), 100).ok(), Some(70));
+        assert!(
+            resolve_max_tokens(100, None, 100).is_err(),
+            "prompt alone fills the context"
+        );
+        assert!(resolve_max_tokens(0, None, 100).is_err(), "empty prompt");
+    }
+
+    #[test]
+    fn sampling_ranges_name_the_param() {
+        for (json, param) in [
+            (r#"{"temperature":2.5}"#, "temperature"),
+            (r#"{"temperature":-0.1}"#, "temperature"),
+            (r#"{"top_p":0}"#, "top_p"),
+            (r#"{"presence_penalty":3}"#, "presence_penalty"),
+            (r#"{"frequency_penalty":-2.5}"#, "frequency_penalty"),
+            (r#"{"repetition_penalty":0}"#, "repetition_penalty"),
+            (r#"{"min_p":1.5}"#, "min_p"),
+            (r#"{"top_k":-2}"#, "top_k"),
+            (r#"{"n":0}"#, "n"),
+            (r#"{"n":9}"#, "n"),
+            (r#"{"stop_token_ids":[5000]}"#, "stop_token_ids"),
+        ] {
+            let result = validate(&params(json), vec![vec![1]], None, LIMITS);
+            assert_eq!(param_of(result), Some(param.to_string()), "{json}");
+        }
+        let bad_lp = validate(&params("{}"), vec![vec![1]], Some(21), LIMITS);
+        assert_eq!(param_of(bad_lp), Some("top_logprobs".into()));
+    }
+
+    #[test]
+    fn vllm_extensions_pass_through() {
+        let req = validate(
+            &params(
+                r#"{"top_k":-1,"min_p":0.1,"repetition_penalty":1.2,"seed":-1,"ignore_eos":true,
+                "stop":["a","b"],"stop_token_ids":[3],"n":2,"stream":true,
+                "stream_options":{"include_usage":true}}"#,
+            ),
+            vec![vec![1, 2], vec![3]],
+            Some(2),
+            LIMITS,
+        )
+        .expect("valid");
+        assert_eq!(req.sampling.top_k, 0);
+        assert_eq!(req.sampling.seed, Some(u64::MAX));
+        assert_eq!(req.stop, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(req.max_tokens, vec![98, 99]);
+        assert_eq!(req.stopping(1).stop_token_ids, vec![3]);
+        assert!(req.stopping(0).ignore_eos && req.stream && req.include_usage);
+        assert_eq!(req.logprobs, Some(2));
+    }
+}
