@@ -18,9 +18,11 @@ use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(ansi)
         .init();
     let command = Cli::parse().into_command();
     // Current-thread on purpose: children are spawned from the main thread, which
