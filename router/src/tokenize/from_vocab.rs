@@ -1,0 +1,90 @@
+//! Builds a `tokenizers::Tokenizer` from a GGUF vocabulary.
+
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::decoders::byte_level::ByteLevel;
+use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::{AddedToken, Tokenizer};
+
+use super::error::TokenizeError;
+use super::gguf_vocab::{GgufVocab, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED};
+use super::pre_split::byte_level_pre_tokenizer;
+
+/// How the vocabulary maps text to tokens; decides how raw token bytes are recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VocabKind {
+    /// GPT-2 style: every byte is a printable char in the vocabulary.
+    ByteLevel,
+    /// SentencePiece: `▁` for spaces, `<0xNN>` byte-fallback tokens.
+    SentencePiece,
+}
+
+/// Builds the tokenizer and reports which kind of vocabulary it is.
+pub fn build_tokenizer(vocab: &GgufVocab) -> Result<(Tokenizer, VocabKind), TokenizeError> {
+    let (mut tokenizer, kind) = match vocab.model.as_str() {
+        "gpt2" => (byte_level_bpe(vocab)?, VocabKind::ByteLevel),
+        "llama" => (
+            super::sentencepiece::sentencepiece_bpe(vocab)?,
+            VocabKind::SentencePiece,
+        ),
+        other => {
+            return Err(TokenizeError::Unsupported(format!(
+                "GGUF tokenizer model `{other}`"
+            )));
+        }
+    };
+    add_special_tokens(&mut tokenizer, vocab)?;
+    Ok((tokenizer, kind))
+}
+
+fn byte_level_bpe(vocab: &GgufVocab) -> Result<Tokenizer, TokenizeError> {
+    let merges = vocab
+        .merges
+        .iter()
+        .map(|merge| {
+            merge
+                .split_once(' ')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .ok_or_else(|| TokenizeError::Metadata {
+                    key: "tokenizer.ggml.merges",
+                    message: format!("merge `{merge}` is not two space-separated parts"),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(token_ids(vocab), merges)
+        .build()?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(byte_level_pre_tokenizer(vocab.pre.as_deref())?));
+    tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(
+        false, true, true,
+    ))));
+    Ok(tokenizer)
+}
+
+/// token -> id; on a duplicated token string the first id wins, as in llama.cpp.
+pub fn token_ids(vocab: &GgufVocab) -> Vocab {
+    let mut map = Vocab::default();
+    for (id, token) in vocab.tokens.iter().enumerate() {
+        if let Ok(id) = u32::try_from(id) {
+            map.entry(token.clone()).or_insert(id);
+        }
+    }
+    map
+}
+
+/// Control tokens become special added tokens (matched whole in text, dropped by
+/// skip_special_tokens); user-defined ones are matched whole but kept on decode.
+fn add_special_tokens(tokenizer: &mut Tokenizer, vocab: &GgufVocab) -> Result<(), TokenizeError> {
+    let mut special = Vec::new();
+    let mut user = Vec::new();
+    for (token, ty) in vocab.tokens.iter().zip(&vocab.token_types) {
+        match *ty {
+            TOKEN_TYPE_CONTROL => special.push(AddedToken::from(token.clone(), true)),
+            TOKEN_TYPE_USER_DEFINED => user.push(AddedToken::from(token.clone(), false)),
+            _ => {}
+        }
+    }
+    tokenizer.add_special_tokens(special)?;
+    tokenizer.add_tokens(user)?;
+    Ok(())
+}
