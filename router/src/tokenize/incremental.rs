@@ -91,3 +91,116 @@ impl IncrementalDecoder {
         self.prefix_offset = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{smollm2, tiny_tokenizer};
+    use super::*;
+
+    /// Pushes every id, checking no piece carries a broken char; returns the pieces.
+    fn stream(tok: &ModelTokenizer, prompt: &[u32], ids: &[u32], skip: bool) -> Vec<String> {
+        let mut decoder = tok.incremental_decoder(prompt, skip);
+        let mut pieces: Vec<String> = ids
+            .iter()
+            .map(|id| decoder.push(*id).expect("push"))
+            .collect();
+        pieces.push(decoder.flush().expect("flush"));
+        pieces
+    }
+
+    #[test]
+    fn concatenated_pushes_equal_full_decode() {
+        let tok = smollm2();
+        let texts = [
+            "Hello world, this is a test.",
+            "emoji 😀👍🏽 family 👨‍👩‍👧 flag 🇰🇷 done",
+            "日本語のテキスト 中文分词测试，标点。",
+            "<|im_start|>assistant\nThe capital is Seoul.<|im_end|>",
+            "  spaces\n\nand\ttabs  ",
+        ];
+        for text in texts {
+            let ids = tok.encode(text, false).expect("encode");
+            for skip in [false, true] {
+                let pieces = stream(tok, &[], &ids, skip);
+                assert_eq!(
+                    pieces.concat(),
+                    tok.decode(&ids, skip).expect("decode"),
+                    "{text:?}"
+                );
+                assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn multibyte_chars_split_over_byte_tokens_are_held_back() {
+        let tok = smollm2();
+        // "😀" is four bytes; SmolLM2 spells it with several byte-level tokens.
+        let ids = tok.encode("😀", false).expect("encode");
+        assert!(ids.len() > 1, "{ids:?}");
+        let pieces = stream(tok, &[], &ids, false);
+        let (last, held) = pieces[..ids.len()].split_last().expect("non-empty");
+        assert!(held.iter().all(String::is_empty), "{pieces:?}");
+        assert_eq!(last, "😀");
+        // CJK: three bytes per char.
+        let ids = tok.encode("語", false).expect("encode");
+        assert_eq!(stream(tok, &[], &ids, false).concat(), "語");
+    }
+
+    #[test]
+    fn prompt_context_keeps_leading_spaces() {
+        let tok = smollm2();
+        let prompt = tok.encode(
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+            false,
+        );
+        let prompt = prompt.expect("encode");
+        let ids = tok.encode(" Hello world", false).expect("encode");
+        let pieces = stream(tok, &prompt, &ids, true);
+        assert_eq!(pieces.concat(), " Hello world");
+        assert_eq!(pieces[0], " Hello");
+    }
+
+    #[test]
+    fn flush_emits_a_dangling_partial_char_as_replacement() {
+        let tok = smollm2();
+        let ids = tok.encode("a😀", false).expect("encode");
+        let mut decoder = tok.incremental_decoder(&[], false);
+        let mut out = String::new();
+        for id in &ids[..ids.len() - 1] {
+            out.push_str(&decoder.push(*id).expect("push"));
+        }
+        assert_eq!(out, "a");
+        assert_eq!(decoder.flush().expect("flush"), "\u{FFFD}");
+        assert_eq!(decoder.flush().expect("flush"), "");
+    }
+
+    #[test]
+    fn long_generation_keeps_a_small_window() {
+        let tok = tiny_tokenizer();
+        let hello = tok.token_to_id("hello").expect("token");
+        let world = tok.token_to_id("Ġworld").expect("token");
+        let mut decoder = tok.incremental_decoder(&[1, 1, 1, 1, 1, 1, 1, 1], true);
+        let mut out = String::new();
+        for _ in 0..1000 {
+            out.push_str(&decoder.push(hello).expect("push"));
+            out.push_str(&decoder.push(world).expect("push"));
+        }
+        assert_eq!(out, "hello world".repeat(1000));
+        assert!(
+            decoder.ids.len() <= 4,
+            "window grew to {}",
+            decoder.ids.len()
+        );
+    }
+
+    #[test]
+    fn invalid_id_is_an_error() {
+        let tok = tiny_tokenizer();
+        let mut decoder = tok.incremental_decoder(&[], false);
+        assert!(matches!(
+            decoder.push(1_000_000),
+            Err(TokenizeError::InvalidId { id: 1_000_000, .. })
+        ));
+    }
+}

@@ -88,3 +88,91 @@ impl StopMatcher {
         best
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cont(s: &str) -> StopOutcome {
+        StopOutcome::Continue { emit: s.into() }
+    }
+
+    fn stopped(s: &str) -> StopOutcome {
+        StopOutcome::Stopped { emit: s.into() }
+    }
+
+    #[test]
+    fn stop_inside_one_piece() {
+        let mut m = StopMatcher::new(vec!["STOP".into()]);
+        assert_eq!(m.push("abc STOP def"), stopped("abc "));
+        assert_eq!(m.push("more"), stopped(""));
+        assert_eq!(m.flush(), "");
+        assert!(m.is_stopped());
+    }
+
+    #[test]
+    fn stop_spanning_pieces_is_held_then_cut() {
+        let mut m = StopMatcher::new(vec!["\n\nUser:".into()]);
+        assert_eq!(m.push("Hello"), cont("Hello"));
+        assert_eq!(m.push(" there\n"), cont(" there"));
+        assert_eq!(m.push("\nUs"), cont(""));
+        assert_eq!(m.push("er: hi"), stopped(""));
+    }
+
+    #[test]
+    fn held_prefix_is_released_when_it_stops_matching() {
+        let mut m = StopMatcher::new(vec!["<end>".into()]);
+        assert_eq!(m.push("a <en"), cont("a "));
+        assert_eq!(m.push("joy"), cont("<enjoy"));
+        assert_eq!(m.push("<"), cont(""));
+        assert_eq!(m.flush(), "<");
+    }
+
+    #[test]
+    fn earliest_of_several_stops_wins() {
+        let mut m = StopMatcher::new(vec!["world".into(), "lo w".into(), String::new()]);
+        assert_eq!(m.push("hello world"), stopped("hel"));
+        let mut m = StopMatcher::new(vec!["bc".into(), "abcd".into()]);
+        assert_eq!(m.push("xa"), cont("x"));
+        // "abcd" starts before "bc", so it is the match.
+        assert_eq!(m.push("bcd"), stopped(""));
+        let mut m = StopMatcher::new(vec!["bc".into(), "abcd".into()]);
+        assert_eq!(m.push("xabce"), stopped("xa"));
+    }
+
+    #[test]
+    fn multibyte_text_is_cut_on_char_boundaries() {
+        let mut m = StopMatcher::new(vec!["語の".into()]);
+        assert_eq!(m.push("日本語"), cont("日本"));
+        assert_eq!(m.push("で"), cont("語で"));
+        assert_eq!(m.push("語の"), stopped(""));
+        let mut m = StopMatcher::new(vec!["😀!".into()]);
+        assert_eq!(m.push("hi 😀"), cont("hi "));
+        assert_eq!(m.flush(), "😀");
+    }
+
+    #[test]
+    fn no_stops_passes_everything_through() {
+        let mut m = StopMatcher::new(Vec::new());
+        assert_eq!(m.push("anything"), cont("anything"));
+        assert_eq!(m.flush(), "");
+    }
+
+    #[test]
+    fn concatenation_is_the_text_before_the_stop() {
+        // Feed a text char by char and check the output is exactly its prefix before the stop.
+        let text = "The answer is 42.\n###\nignored";
+        let mut m = StopMatcher::new(vec!["\n###".into(), "zzz".into()]);
+        let mut out = String::new();
+        for c in text.chars() {
+            match m.push(&c.to_string()) {
+                StopOutcome::Continue { emit } => out.push_str(&emit),
+                StopOutcome::Stopped { emit } => {
+                    out.push_str(&emit);
+                    break;
+                }
+            }
+        }
+        assert_eq!(out, "The answer is 42.");
+    }
+}
