@@ -10,7 +10,7 @@ pub mod cpu;
 
 use candle_core::quantized::QTensor;
 
-pub use cpu::CpuBackend;
+pub use cpu::{CpuBackend, WeightFormat};
 
 /// Errors raised by a backend op.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,20 @@
 //! sequence's block table, and gets logits back. The model owns the KV-cache *storage*;
 //! the engine owns the *allocation* of blocks (`crate::kv_cache`).
 
+mod batch;
+mod config;
+mod gguf;
+pub mod llama;
+
 use std::path::PathBuf;
+
+use crate::backend::{BackendError, CpuBackend, WeightFormat};
+
+/// Largest model whose weights the CPU backend dequantizes to f32 (see [`WeightFormat`]).
+const CPU_F32_WEIGHTS_MAX_BYTES: usize = 4 << 30;
+
+pub use config::LlamaConfig;
+pub use llama::Llama;
 
 /// Static facts about a loaded model that the engine, the service and the router need.
 #[derive(Debug, Clone)]
@@ -87,6 +100,30 @@ impl From<candle_core::Error> for ModelError {
     fn from(e: candle_core::Error) -> Self {
         ModelError::Backend(e.to_string())
     }
+}
+
+impl From<BackendError> for ModelError {
+    fn from(e: BackendError) -> Self {
+        ModelError::Backend(e.to_string())
+    }
+}
+
+/// Loads a GGUF model onto `opts.device` with a KV cache sized from `opts`.
+pub fn load_model(opts: &LoadOptions) -> Result<Box<dyn CausalLm>, ModelError> {
+    if opts.device != "cpu" {
+        return Err(ModelError::UnsupportedDevice(opts.device.clone()));
+    }
+    let mut file = gguf::GgufFile::open(&opts.model_path)?;
+    let format = if file.total_elems() * 4 <= CPU_F32_WEIGHTS_MAX_BYTES {
+        WeightFormat::F32
+    } else {
+        WeightFormat::Quantized
+    };
+    Ok(Box::new(Llama::load(
+        CpuBackend::new(format),
+        &mut file,
+        opts,
+    )?))
 }
 
 /// A causal language model with a paged KV cache.

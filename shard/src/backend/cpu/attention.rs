@@ -31,13 +31,11 @@ pub fn paged_attention(
     let mut out = CpuTensor::zeros(q.rows, q.cols);
     let mut jobs = Vec::with_capacity(q.rows * num_heads);
     let mut out_rows = out.data.chunks_exact_mut(q.cols);
-    let mut row = 0;
     for seq in seqs {
         let table = &block_tables[seq.table_start..seq.table_start + seq.table_len];
         for i in 0..seq.num_rows {
             // Rows are laid out sequence after sequence, matching `seqs`.
             let out_row = out_rows.next().ok_or_else(|| shape("rows out of order"))?;
-            debug_assert_eq!(row, seq.row_start + i);
             let q_row = q.row(seq.row_start + i);
             for (h, out_head) in out_row.chunks_exact_mut(hd).enumerate() {
                 jobs.push(HeadJob {
@@ -48,7 +46,6 @@ pub fn paged_attention(
                     table,
                 });
             }
-            row += 1;
         }
     }
     run_jobs(jobs, cache, layer, scale);
@@ -137,7 +134,10 @@ fn check(
     num_heads: usize,
 ) -> BackendResult<()> {
     let l = cache.layout;
-    if num_heads == 0 || num_heads % l.num_kv_heads != 0 || q.cols != num_heads * l.head_dim {
+    if num_heads == 0
+        || !num_heads.is_multiple_of(l.num_kv_heads)
+        || q.cols != num_heads * l.head_dim
+    {
         return Err(shape(&format!("q cols {} for {num_heads} heads", q.cols)));
     }
     if layer >= l.num_layers {

@@ -92,6 +92,7 @@ pub fn gather_rows(x: &CpuTensor, rows: &[usize]) -> BackendResult<CpuTensor> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // unwrap is the assertion in tests
 mod tests {
     use super::*;
 

@@ -1,4 +1,5 @@
 //! Paged attention and KV writes against a naive contiguous reference.
+#![allow(clippy::unwrap_used)] // unwrap is the assertion in tests
 
 use super::*;
 use crate::backend::AttnSeq;
@@ -203,32 +204,36 @@ fn kv_write_lands_in_the_right_slot_and_layer() {
 }
 
 #[test]
-fn backend_matmul_uses_quantized_weights() {
+fn backend_matmul_matches_naive_in_both_weight_formats() {
     use candle_core::quantized::GgmlDType;
     let mut rng = Rng(3);
     let (n, k) = (4, 64);
     let w = rng.f32s(n * k);
     let wt = Tensor::from_slice(&w, (n, k), &Device::Cpu).unwrap();
-    let be = CpuBackend::new();
-    let qw = be
-        .load_weight(QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap())
-        .unwrap();
     let x = CpuTensor::new(2, k, rng.f32s(2 * k)).unwrap();
-    let out = be.matmul(&x, &[&qw]).unwrap().remove(0);
-    assert_eq!((out.rows, out.cols), (2, n));
-    for r in 0..2 {
-        for c in 0..n {
-            let want: f32 = x
-                .row(r)
-                .iter()
-                .zip(&w[c * k..(c + 1) * k])
-                .map(|(a, b)| a * b)
-                .sum();
-            assert!(
-                (out.row(r)[c] - want).abs() < 0.05,
-                "{} vs {want}",
-                out.row(r)[c]
-            );
+    // Q8_0 weights; the quantized path also rounds activations to 8 bits.
+    for (format, tol) in [(WeightFormat::F32, 0.02), (WeightFormat::Quantized, 0.05)] {
+        let be = CpuBackend::new(format);
+        let qw = be
+            .load_weight(QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap())
+            .unwrap();
+        let out = be.matmul(&x, &[&qw, &qw]).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].rows, out[0].cols), (2, n));
+        for r in 0..2 {
+            for c in 0..n {
+                let want: f32 = x
+                    .row(r)
+                    .iter()
+                    .zip(&w[c * k..(c + 1) * k])
+                    .map(|(a, b)| a * b)
+                    .sum();
+                assert!(
+                    (out[1].row(r)[c] - want).abs() < tol,
+                    "{format:?}: {} vs {want}",
+                    out[1].row(r)[c]
+                );
+            }
         }
     }
 }

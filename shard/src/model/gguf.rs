@@ -1,0 +1,167 @@
+//! A GGUF file: metadata, tensors on demand, and the model facts derived from them.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+
+use crate::model::ModelError;
+use crate::model::config::opt_usize;
+
+/// Chat-template end-of-turn tokens that also end generation when the template uses them.
+const END_OF_TURN_TOKENS: &[&str] = &["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"];
+
+pub struct GgufFile {
+    path: PathBuf,
+    content: Content,
+    reader: BufReader<File>,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self, ModelError> {
+        let io = |source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut reader = BufReader::new(File::open(path).map_err(io)?);
+        let content = Content::read(&mut reader)
+            .map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            reader,
+        })
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Shape of a tensor as candle reports it (`[out, in]` for matrices).
+    pub fn tensor_dims(&self, name: &str) -> Option<Vec<usize>> {
+        self.content
+            .tensor_infos
+            .get(name)
+            .map(|t| t.shape.dims().to_vec())
+    }
+
+    pub fn tensor(&mut self, name: &str) -> Result<QTensor, ModelError> {
+        if !self.has_tensor(name) {
+            return Err(ModelError::Format(format!(
+                "{}: missing tensor {name}",
+                self.path.display()
+            )));
+        }
+        self.content
+            .tensor(&mut self.reader, name, &Device::Cpu)
+            .map_err(|e| ModelError::Format(format!("tensor {name}: {e}")))
+    }
+
+    /// Elements of all tensors together.
+    pub fn total_elems(&self) -> usize {
+        self.content
+            .tensor_infos
+            .values()
+            .map(|t| t.shape.elem_count())
+            .sum()
+    }
+
+    /// The weight type holding most elements among the matrices, e.g. "q4_1".
+    pub fn dominant_dtype(&self) -> String {
+        let mut by_type: HashMap<GgmlDType, usize> = HashMap::new();
+        for info in self
+            .content
+            .tensor_infos
+            .values()
+            .filter(|t| t.shape.rank() >= 2)
+        {
+            *by_type.entry(info.ggml_dtype).or_default() += info.shape.elem_count();
+        }
+        by_type
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map_or_else(|| "unknown".to_string(), |(t, _)| dtype_name(t))
+    }
+
+    pub fn bos_token_id(&self) -> Result<Option<u32>, ModelError> {
+        token_id(self.metadata(), "tokenizer.ggml.bos_token_id")
+    }
+
+    /// The EOS token plus the template's end-of-turn token, deduplicated.
+    pub fn eos_token_ids(&self) -> Result<Vec<u32>, ModelError> {
+        let md = self.metadata();
+        let mut ids: Vec<u32> = token_id(md, "tokenizer.ggml.eos_token_id")?
+            .into_iter()
+            .collect();
+        let template = md
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok());
+        let tokens = md
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.to_vec().ok());
+        if let (Some(template), Some(tokens)) = (template, tokens) {
+            for marker in END_OF_TURN_TOKENS.iter().filter(|m| template.contains(**m)) {
+                let found = tokens
+                    .iter()
+                    .position(|t| t.to_string().is_ok_and(|s| s == marker));
+                if let Some(id) = found.and_then(|i| u32::try_from(i).ok())
+                    && !ids.contains(&id)
+                {
+                    ids.push(id);
+                }
+            }
+        }
+        Ok(ids)
+    }
+}
+
+fn token_id(md: &HashMap<String, Value>, key: &str) -> Result<Option<u32>, ModelError> {
+    opt_usize(md, key)?
+        .map(|id| u32::try_from(id).map_err(|_| ModelError::Format(format!("{key} = {id}"))))
+        .transpose()
+}
+
+pub fn dtype_name(t: GgmlDType) -> String {
+    match t {
+        GgmlDType::Q2K => "q2_k".into(),
+        GgmlDType::Q3K => "q3_k".into(),
+        GgmlDType::Q4K => "q4_k".into(),
+        GgmlDType::Q5K => "q5_k".into(),
+        GgmlDType::Q6K => "q6_k".into(),
+        GgmlDType::Q8K => "q8_k".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // unwrap is the assertion in tests
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtype_names_are_lowercase_ggml_names() {
+        assert_eq!(dtype_name(GgmlDType::Q4_1), "q4_1");
+        assert_eq!(dtype_name(GgmlDType::Q4K), "q4_k");
+        assert_eq!(dtype_name(GgmlDType::BF16), "bf16");
+    }
+
+    #[test]
+    fn open_reports_missing_and_garbage_files() {
+        let missing = GgufFile::open(Path::new("/nonexistent/model.gguf"));
+        assert!(matches!(missing, Err(ModelError::Io { .. })));
+        let dir = std::env::temp_dir().join(format!("pagedserve-gguf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("bad.gguf");
+        std::fs::write(&bad, b"not a gguf file at all").unwrap();
+        assert!(matches!(GgufFile::open(&bad), Err(ModelError::Format(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
