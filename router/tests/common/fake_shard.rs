@@ -27,6 +27,8 @@ pub struct FakeConfig {
     pub cycle: bool,
     pub step: Duration,
     pub max_context: u32,
+    /// Break every Serve stream with an error when it reaches this step.
+    pub fail_at_step: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -177,6 +179,10 @@ impl FakeShard {
                         running: running.len() as u32,
                         ..Default::default()
                     };
+                    if self.config.fail_at_step == Some(step) {
+                        let _ = tx.send(Err(Status::internal("fake engine crashed"))).await;
+                        return;
+                    }
                     let out = StepOutput { step, outputs, stats: Some(stats) };
                     if tx.send(Ok(out)).await.is_err() {
                         return;

@@ -76,6 +76,7 @@ pub fn config(script: Vec<u32>) -> FakeConfig {
         cycle: false,
         step: Duration::from_millis(2),
         max_context: 256,
+        fail_at_step: None,
     }
 }
 
