@@ -2,11 +2,13 @@
 
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::decoders::byte_level::ByteLevel;
-use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::models::bpe::{BPE, Merges, Vocab};
 use tokenizers::{AddedToken, Tokenizer};
 
 use super::error::TokenizeError;
-use super::gguf_vocab::{GgufVocab, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED};
+use super::gguf_vocab::{
+    GgufVocab, TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_USER_DEFINED,
+};
 use super::pre_split::byte_level_pre_tokenizer;
 
 /// How the vocabulary maps text to tokens; decides how raw token bytes are recovered.
@@ -36,9 +38,9 @@ pub fn build_tokenizer(vocab: &GgufVocab) -> Result<(Tokenizer, VocabKind), Toke
     Ok((tokenizer, kind))
 }
 
-fn byte_level_bpe(vocab: &GgufVocab) -> Result<Tokenizer, TokenizeError> {
-    let merges = vocab
-        .merges
+/// GGUF merges are "left right" strings.
+pub fn parse_merges(merges: &[String]) -> Result<Merges, TokenizeError> {
+    merges
         .iter()
         .map(|merge| {
             merge
@@ -49,9 +51,12 @@ fn byte_level_bpe(vocab: &GgufVocab) -> Result<Tokenizer, TokenizeError> {
                     message: format!("merge `{merge}` is not two space-separated parts"),
                 })
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
+
+fn byte_level_bpe(vocab: &GgufVocab) -> Result<Tokenizer, TokenizeError> {
     let bpe = BPE::builder()
-        .vocab_and_merges(token_ids(vocab), merges)
+        .vocab_and_merges(token_ids(vocab), parse_merges(&vocab.merges)?)
         .build()?;
     let mut tokenizer = Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(byte_level_pre_tokenizer(vocab.pre.as_deref())?));
@@ -72,14 +77,16 @@ pub fn token_ids(vocab: &GgufVocab) -> Vocab {
     map
 }
 
-/// Control tokens become special added tokens (matched whole in text, dropped by
+/// Control (and unknown) tokens become special added tokens (matched whole in text, dropped by
 /// skip_special_tokens); user-defined ones are matched whole but kept on decode.
 fn add_special_tokens(tokenizer: &mut Tokenizer, vocab: &GgufVocab) -> Result<(), TokenizeError> {
     let mut special = Vec::new();
     let mut user = Vec::new();
     for (token, ty) in vocab.tokens.iter().zip(&vocab.token_types) {
         match *ty {
-            TOKEN_TYPE_CONTROL => special.push(AddedToken::from(token.clone(), true)),
+            TOKEN_TYPE_CONTROL | TOKEN_TYPE_UNKNOWN => {
+                special.push(AddedToken::from(token.clone(), true))
+            }
             TOKEN_TYPE_USER_DEFINED => user.push(AddedToken::from(token.clone(), false)),
             _ => {}
         }

@@ -8,6 +8,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use super::error::TokenizeError;
 
 /// GGUF token types (llama.cpp `llama_token_type`).
+pub const TOKEN_TYPE_UNKNOWN: i32 = 2;
 pub const TOKEN_TYPE_CONTROL: i32 = 3;
 pub const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 pub const TOKEN_TYPE_BYTE: i32 = 6;

@@ -23,6 +23,10 @@ mod test_support;
 #[cfg(test)]
 mod tests_chat;
 #[cfg(test)]
+mod tests_sentencepiece;
+#[cfg(test)]
+mod tests_shard_fixture;
+#[cfg(test)]
 mod tests_tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};

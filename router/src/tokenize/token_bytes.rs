@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 
 use super::from_vocab::VocabKind;
-use super::gguf_vocab::{GgufVocab, TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED};
+use super::gguf_vocab::{
+    GgufVocab, TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_USER_DEFINED,
+};
 
 /// Bytes of every token, indexed by id.
 pub fn all_token_bytes(vocab: &GgufVocab, kind: VocabKind) -> Vec<Vec<u8>> {
@@ -13,7 +15,9 @@ pub fn all_token_bytes(vocab: &GgufVocab, kind: VocabKind) -> Vec<Vec<u8>> {
         .iter()
         .zip(&vocab.token_types)
         .map(|(token, ty)| match *ty {
-            TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED => token.as_bytes().to_vec(),
+            TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED | TOKEN_TYPE_UNKNOWN => {
+                token.as_bytes().to_vec()
+            }
             _ => match kind {
                 VocabKind::ByteLevel => byte_level_bytes(token, &byte_of_char),
                 VocabKind::SentencePiece => sentencepiece_bytes(token, *ty),

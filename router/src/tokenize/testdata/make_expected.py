@@ -170,6 +170,52 @@ CUSTOM_CHATS = [
 ]
 
 
+# A synthetic SentencePiece (`llama` GGUF model) vocabulary: no such model is on disk, so
+# transformers' GGUF builder is run on this one, with merges rebuilt from the scores.
+SPM_PIECES = [
+    ("\u2581", -1.0), ("e", -2.0), ("l", -2.1), ("o", -2.2), ("h", -2.3), ("w", -2.4),
+    ("r", -2.5), ("d", -2.6), ("a", -2.7), ("t", -2.8), ("ll", -3.0), ("\u2581h", -3.1),
+    ("\u2581w", -3.2), ("he", -3.3), ("llo", -3.4), ("\u2581he", -3.5), ("\u2581hello", -3.6),
+    ("or", -3.7), ("\u2581wor", -3.8), ("ld", -3.9), ("\u2581world", -4.0), ("\u2581\u2581", -4.1),
+    ("at", -4.2), ("\u2581a", -4.3), ("\u2581at", -4.4), ("é", -4.5), ("<think>", 0.0),
+]
+SPM_TEXTS = [
+    "hello world",
+    " hello",
+    "hello  world",
+    "héllo 😀 wat",
+    "hello\nworld",
+    "<s>hello</s> world",
+    "hello <think>at</think>",
+    "zzz",
+    "",
+]
+
+
+def spm_vocab():
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [2, 3, 3] + [6] * 256
+    scores = [0.0, 0.0, 0.0] + [0.0] * 256
+    for piece, score in SPM_PIECES:
+        tokens.append(piece)
+        types.append(4 if piece.startswith("<") else 1)
+        scores.append(score)
+    return {"tokenizer_type": "llama", "tokens": tokens, "token_type": types, "scores": scores,
+            "bos_token_id": 1, "eos_token_id": 2, "unk_token_id": 0}
+
+
+def spm_fixture():
+    vocab = spm_vocab()
+    tok, _ = convert_gguf_tokenizer("llama", dict(vocab))
+    cases = []
+    for text in SPM_TEXTS:
+        ids = tok.encode(text, add_special_tokens=False).ids
+        cases.append({"text": text, "ids": ids,
+                      "decoded": tok.decode(ids, skip_special_tokens=False),
+                      "decoded_skip_special": tok.decode(ids, skip_special_tokens=True)})
+    return {"vocab": vocab, "cases": cases}
+
+
 def read_tokenizer_dict(path):
     reader = GGUFReader(str(path))
     fields = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer")}
@@ -265,7 +311,12 @@ def main():
             for name, tpl, m, g in CUSTOM_CHATS
         ],
     }
-    for name, data in [("tokenizer_expected.json", tokenizer_fixture), ("chat_expected.json", chat_fixture)]:
+    outputs = [
+        ("tokenizer_expected.json", tokenizer_fixture),
+        ("chat_expected.json", chat_fixture),
+        ("sentencepiece_expected.json", spm_fixture()),
+    ]
+    for name, data in outputs:
         with open(HERE / name, "w", encoding="utf-8") as f:
             json.dump(data, f, ensure_ascii=False, indent=1)
             f.write("\n")
