@@ -53,6 +53,7 @@ pub async fn run(args: Args) -> Result<(), ServerError> {
             addr: addr.clone(),
             source,
         })?;
+    tracing::info!(addr = %addr, shards = ?args.shards, "router listening; connecting to shards");
     let app = crate::api::router(Arc::clone(&state));
     tokio::spawn(log_ready(Arc::clone(&state), addr.clone()));
     axum::serve(listener, app)

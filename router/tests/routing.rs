@@ -64,6 +64,26 @@ async fn completions_with_several_prompt_forms() {
 }
 
 #[tokio::test]
+async fn completions_echo_prefixes_the_prompt() {
+    let Some((h, script)) = harness().await else {
+        return;
+    };
+    let want = h.tokenizer.decode(&script[..2], true).expect("decode");
+    let body = json!({"prompt": ["Say:", "Do:"], "max_tokens": 2, "echo": true, "n": 2});
+    let (status, body) = h.post_json("/v1/completions", body).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let texts: Vec<_> = (0..4).map(|i| body["choices"][i]["text"].clone()).collect();
+    let say = format!("Say:{want}");
+    let dos = format!("Do:{want}");
+    assert_eq!(texts, vec![json!(say), json!(say), json!(dos), json!(dos)]);
+    let stream = json!({"prompt": "Say:", "max_tokens": 2, "echo": true, "stream": true});
+    let response = h.post("/v1/completions", &stream.to_string(), None).await;
+    let payloads = sse_payloads(&common::body_text(response).await);
+    let first: Value = serde_json::from_str(&payloads[0]).expect("json");
+    assert_eq!(first["choices"][0]["text"], "Say:");
+}
+
+#[tokio::test]
 async fn completions_stream_and_logprobs() {
     let Some((h, script)) = harness().await else {
         return;

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
-use crate::api::collect::collect;
+use crate::api::collect::{CollectedChoice, collect};
 use crate::api::generation::{ChoiceUpdate, Generation};
 use crate::api::json::ApiJson;
 use crate::api::sse::{ChunkFormat, sse_response};
@@ -27,7 +27,17 @@ pub async fn completions(
         vocab_size: state.tokenizer.vocab_size(),
         max_n: state.max_n,
     };
+    let echo = match request.echo.unwrap_or(false) {
+        true => echo_texts(&state, &request.prompt, &prompts)?,
+        false => Vec::new(),
+    };
     let validated = validation::validate(&request.common, prompts, request.logprobs, limits)?;
+    let n = validated.n as usize;
+    // Per choice (prompt index × n + i): the prompt text to echo, if asked.
+    let echo: Vec<String> = echo
+        .iter()
+        .flat_map(|text| std::iter::repeat_n(text.clone(), n))
+        .collect();
     let permit = state.waiting.try_acquire()?;
     let generation = Generation::start(Arc::clone(&state), &validated, permit)?;
     let format = CompletionFormat {
@@ -35,31 +45,43 @@ pub async fn completions(
         created: ids::now_unix(),
         model: state.model_name.clone(),
         include_usage: validated.include_usage,
+        echo,
     };
     if validated.stream {
         return Ok(sse_response(generation, format));
     }
     let (choices, usage) = collect(generation).await?;
-    let body = Completion {
+    let want_logprobs = validated.logprobs.is_some();
+    Ok(Json(completion_body(format, choices, usage, want_logprobs)).into_response())
+}
+
+fn completion_body(
+    format: CompletionFormat,
+    choices: Vec<CollectedChoice>,
+    usage: Usage,
+    want_logprobs: bool,
+) -> Completion {
+    let choices = choices
+        .into_iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let prefix = format.echo.get(index).map_or("", String::as_str);
+            CompletionChoice {
+                index: index as u32,
+                logprobs: want_logprobs.then(|| logprobs::completion(&c.tokens, prefix.len())),
+                text: format!("{prefix}{}", c.text),
+                finish_reason: c.finish.map(|f| f.as_str()),
+            }
+        })
+        .collect();
+    Completion {
         id: format.id,
         object: "text_completion",
         created: format.created,
         model: format.model,
-        choices: choices
-            .into_iter()
-            .enumerate()
-            .map(|(index, c)| CompletionChoice {
-                index: index as u32,
-                logprobs: validated
-                    .logprobs
-                    .map(|_| logprobs::completion(&c.tokens, 0)),
-                text: c.text,
-                finish_reason: c.finish.map(|f| f.as_str()),
-            })
-            .collect(),
+        choices,
         usage,
-    };
-    Ok(Json(body).into_response())
+    }
 }
 
 /// Tokenizes (or checks) every prompt of the request.
@@ -93,12 +115,35 @@ pub fn prompt_ids(state: &AppState, prompt: &PromptInput) -> Result<Vec<Vec<u32>
     Ok(prompts)
 }
 
+/// The text of each prompt, for `echo` (token prompts are decoded).
+fn echo_texts(
+    state: &AppState,
+    prompt: &PromptInput,
+    ids: &[Vec<u32>],
+) -> Result<Vec<String>, ApiError> {
+    match prompt {
+        PromptInput::Text(text) => Ok(vec![text.clone()]),
+        PromptInput::Texts(texts) => Ok(texts.clone()),
+        PromptInput::Tokens(_) | PromptInput::TokenLists(_) => ids
+            .iter()
+            .map(|p| {
+                state
+                    .tokenizer
+                    .decode(p, false)
+                    .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))
+            })
+            .collect(),
+    }
+}
+
 /// Streamed `text_completion` chunks.
 pub struct CompletionFormat {
     pub id: String,
     pub created: u64,
     pub model: String,
     pub include_usage: bool,
+    /// Per choice: the prompt text sent first when `echo` is on (else empty).
+    pub echo: Vec<String>,
 }
 
 impl CompletionFormat {
@@ -117,7 +162,19 @@ impl CompletionFormat {
 
 impl ChunkFormat for CompletionFormat {
     fn preamble(&self, _num_choices: usize) -> Vec<String> {
-        Vec::new()
+        self.echo
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                let choice = CompletionChunkChoice {
+                    index: index as u32,
+                    text: text.clone(),
+                    logprobs: None,
+                    finish_reason: None,
+                };
+                self.chunk(vec![choice], None)
+            })
+            .collect()
     }
 
     fn update(&self, update: ChoiceUpdate) -> Vec<String> {

@@ -21,8 +21,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
-    #[error("invalid shard URL: {0}")]
-    Url(#[from] tonic::transport::Error),
+    #[error("connecting: {0}")]
+    Transport(String),
     #[error("gRPC error: {0}")]
     Status(#[from] tonic::Status),
     #[error("shard is not serving yet")]
@@ -69,6 +69,20 @@ fn fail_queued(shard: &ShardHandle, queue: &mut UnboundedReceiver<Outbound>) {
         if let Outbound::Submit(request) = item {
             shard.fail(request.id, "shard is down");
         }
+    }
+}
+
+impl From<tonic::transport::Error> for ConnectionError {
+    fn from(err: tonic::transport::Error) -> Self {
+        // tonic's Display is just "transport error"; the cause is in the source chain.
+        let mut message = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        Self::Transport(message)
     }
 }
 
