@@ -6,8 +6,12 @@
 
 use rand::Rng;
 
+use super::fastmath::{exp, lane_sum};
 use super::filter::weight;
 use super::select::Cand;
+
+/// Tokens per block in `draw_vocab`'s walk.
+const WALK_BLOCK: usize = 256;
 
 /// Draws from `cands` (in their order) with weights exp(logit - max).
 pub(crate) fn draw_candidates(cands: &[Cand], max: f32, rng: &mut impl Rng) -> u32 {
@@ -30,19 +34,26 @@ pub(crate) fn draw_candidates(cands: &[Cand], max: f32, rng: &mut impl Rng) -> u
 }
 
 /// Draws a token id from the whole of `work` with weights exp(v - max), overwriting `work`
-/// with those weights (the caller no longer needs the logits, and this saves a second exp).
+/// with those weights (the caller no longer needs the logits). The walk skips whole blocks by
+/// their vectorized sums and only steps token by token inside the block holding the target.
 pub(crate) fn draw_vocab(work: &mut [f32], max: f32, rng: &mut impl Rng) -> u32 {
-    let mut total = 0.0f64;
     for v in work.iter_mut() {
-        *v = (*v - max).exp();
-        total += f64::from(*v);
+        *v = exp(*v - max);
     }
+    let total = lane_sum(work, |w| w);
     let target = rng.random::<f64>() * total;
     let mut cum = 0.0f64;
-    for (i, &w) in work.iter().enumerate() {
-        cum += f64::from(w);
-        if cum > target {
-            return i as u32;
+    for (b, block) in work.chunks(WALK_BLOCK).enumerate() {
+        let block_sum = lane_sum(block, |w| w);
+        if cum + block_sum <= target {
+            cum += block_sum;
+            continue;
+        }
+        for (j, &w) in block.iter().enumerate() {
+            cum += f64::from(w);
+            if cum > target {
+                return (b * WALK_BLOCK + j) as u32;
+            }
         }
     }
     work.iter().rposition(|&w| w > 0.0).unwrap_or(0) as u32

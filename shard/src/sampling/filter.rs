@@ -7,12 +7,16 @@
 //! unaffected by normalization).
 
 use super::config::SamplingConfig;
-use super::select::{Cand, best_prefix_until, top_n};
+use super::fastmath::{exp, sum_exp};
+use super::select::{Cand, best_first, top_n};
+
+/// Ranges at most this long are sorted rather than split further.
+const SORT_BELOW: usize = 32;
 
 /// Unnormalized probability of a logit relative to the maximum logit.
 #[inline]
 pub(crate) fn weight(v: f32, max: f32) -> f64 {
-    f64::from((v - max).exp())
+    f64::from(exp(v - max))
 }
 
 /// Restricts the support by the active filters. Returns `false` when none is active (the whole
@@ -68,21 +72,44 @@ fn nucleus_len(sorted: &[Cand], max: f32, target: f64) -> Option<usize> {
     None
 }
 
-/// Top-p over the whole vocabulary without sorting it.
+/// Top-p over the whole vocabulary without sorting it; leaves the nucleus in `cands`, unordered.
 ///
 /// Tokens with probability below (1 - top_p) / V cannot be in the nucleus: together they
 /// weigh less than 1 - top_p, so the tokens above that bound already hold more than top_p, and
-/// the nucleus is a prefix of them. Only those candidates are ranked, and only as far as needed.
+/// the nucleus is a prefix of them. Only those candidates enter the weighted quickselect.
 fn nucleus_of_vocab(work: &[f32], max: f32, top_p: f32, cands: &mut Vec<Cand>) {
-    let total: f64 = work.iter().map(|&v| weight(v, max)).sum();
+    let total = sum_exp(work, max);
     // Half the bound, so rounding cannot push a nucleus token below it.
     let bound = (1.0 - f64::from(top_p)) / work.len() as f64 * 0.5;
     let cutoff = (bound * total).ln() as f32;
     cands.clear();
     let kept = work.iter().enumerate().filter(|(_, v)| **v - max >= cutoff);
     cands.extend(kept.map(|(i, &v)| (i as u32, v)));
-    let target = f64::from(top_p) * total;
-    best_prefix_until(cands, |prefix| nucleus_len(prefix, max, target));
+    nucleus_select(cands, max, f64::from(top_p) * total);
+}
+
+/// Truncates `cands` to the shortest best-first prefix whose weight reaches `target`, without
+/// sorting it: a quickselect that halves the range holding the prefix's end and keeps the
+/// weight `acc` of everything before the range. O(n) expected, whatever the distribution's
+/// shape; the kept tokens end up in no particular order (the draw does not need one).
+fn nucleus_select(cands: &mut Vec<Cand>, max: f32, target: f64) {
+    let (mut lo, mut hi) = (0usize, cands.len());
+    let mut acc = 0.0f64;
+    // Invariant: cands[..lo] are the lo best, weigh acc < target; the prefix ends by hi.
+    while hi - lo > SORT_BELOW {
+        let mid = lo + (hi - lo) / 2;
+        cands[lo..hi].select_nth_unstable_by(mid - lo, best_first);
+        let upper: f64 = cands[lo..mid].iter().map(|c| weight(c.1, max)).sum();
+        if acc + upper >= target {
+            hi = mid;
+        } else {
+            acc += upper;
+            lo = mid;
+        }
+    }
+    cands[lo..hi].sort_unstable_by(best_first);
+    let keep = nucleus_len(&cands[lo..hi], max, target - acc).map_or(hi, |k| lo + k);
+    cands.truncate(keep.max(1));
 }
 
 #[cfg(test)]
@@ -157,7 +184,8 @@ mod tests {
         let got = support(&four(), &config(0, 1.0, 0.8));
         assert_eq!(got, Some(vec![2]));
         // After top-p, which alone keeps all four here.
-        assert_eq!(support(&four(), &config(0, 0.95, 0.3)), Some(vec![2, 0, 3]));
+        let got = support(&four(), &config(0, 0.95, 0.3)).map(sorted_ids);
+        assert_eq!(got, Some(vec![0, 2, 3]));
     }
 
     #[test]
@@ -171,20 +199,18 @@ mod tests {
             let max = work.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
             for top_p in [0.05f32, 0.5, 0.9, 0.99] {
                 nucleus_of_vocab(&work, max, top_p, &mut cands);
-                let got: Vec<u32> = cands.iter().map(|c| c.0).collect();
+                let got = sorted_ids(cands.iter().map(|c| c.0).collect());
 
                 let mut all: Vec<(u32, f32)> = work
                     .iter()
                     .enumerate()
                     .map(|(i, &v)| (i as u32, v))
                     .collect();
-                all.sort_by(super::super::select::best_first);
-                let total: f64 = work.iter().map(|&v| weight(v, max)).sum();
+                all.sort_by(best_first);
+                let total = sum_exp(&work, max);
                 let len = nucleus_len(&all, max, f64::from(top_p) * total);
-                let want: Vec<u32> = all[..len.unwrap_or(all.len())]
-                    .iter()
-                    .map(|c| c.0)
-                    .collect();
+                let want = all[..len.unwrap_or(all.len())].iter().map(|c| c.0);
+                let want = sorted_ids(want.collect());
                 assert_eq!(got, want, "spread {temp_spread} top_p {top_p}");
             }
         }

@@ -5,6 +5,7 @@
 //! above -inf the distribution is undefined and every reported logprob is -inf.
 
 use super::TokenLogprobs;
+use super::fastmath::{exp, lane_sum, max_value};
 use super::select::{Cand, key, top_n};
 
 /// The sampled token's logprob plus the `top` best tokens (best first, ties to the lower id;
@@ -18,7 +19,7 @@ pub(crate) fn token_logprobs(
     top_n(logits, top, buf);
     let max = match buf.first() {
         Some(best) => best.1,
-        None => logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(key(v))),
+        None => key(max_value(logits)),
     };
     let lse = log_sum_exp(logits, max);
     let logprob_of = |v: f32| -> f32 {
@@ -43,10 +44,10 @@ fn log_sum_exp(logits: &[f32], max: f32) -> f64 {
     if max == f32::NEG_INFINITY {
         return f64::NEG_INFINITY;
     }
-    let sum: f64 = logits
-        .iter()
-        .map(|&v| f64::from((key(v) - max).exp()))
-        .sum();
+    // As `key`: +inf counts as f32::MAX; NaN needs no care (exp(NaN) is 0 here).
+    let sum = lane_sum(logits, |v| {
+        exp(if v > f32::MAX { f32::MAX } else { v } - max)
+    });
     f64::from(max) + sum.ln()
 }
 

@@ -8,6 +8,7 @@
 
 mod config;
 mod draw;
+mod fastmath;
 mod filter;
 mod logprobs;
 mod penalties;

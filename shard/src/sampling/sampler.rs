@@ -8,6 +8,7 @@ use rand::rngs::StdRng;
 
 use super::config::SamplingConfig;
 use super::draw::{draw_candidates, draw_vocab};
+use super::fastmath::max_value;
 use super::filter::restrict;
 use super::logprobs::token_logprobs;
 use super::penalties::History;
@@ -103,12 +104,10 @@ impl Sampler {
 /// Divides by the temperature and keys every value (see `select::key`); returns the maximum,
 /// -inf when `work` is empty or holds nothing above -inf.
 fn scale(work: &mut [f32], temperature: f32) -> f32 {
-    let mut max = f32::NEG_INFINITY;
     for v in work.iter_mut() {
         *v = key(*v / temperature);
-        max = max.max(*v);
     }
-    max
+    max_value(work)
 }
 
 /// An RNG from OS entropy; should the OS refuse, from the clock and a process-wide counter, so

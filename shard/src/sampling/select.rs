@@ -3,20 +3,18 @@
 
 use std::cmp::Ordering;
 
+use super::fastmath::max_value;
+
 /// A token id and a (working) logit.
 pub(crate) type Cand = (u32, f32);
 
 /// Logit as a rankable number: NaN counts as -inf, +inf as `f32::MAX` (so differences to it stay
 /// finite), and -0.0 as +0.0 (so ties behave like `argmax`'s `>`).
+/// Written as selects so that loops over it vectorize.
 #[inline]
 pub(crate) fn key(v: f32) -> f32 {
-    if v.is_nan() {
-        f32::NEG_INFINITY
-    } else if v == f32::INFINITY {
-        f32::MAX
-    } else {
-        v + 0.0
-    }
+    let v = if v.is_nan() { f32::NEG_INFINITY } else { v };
+    (if v > f32::MAX { f32::MAX } else { v }) + 0.0
 }
 
 /// Best-first total order on keyed candidates: value descending, then id ascending.
@@ -26,18 +24,28 @@ pub(crate) fn best_first(a: &Cand, b: &Cand) -> Ordering {
 }
 
 /// Index of the largest value, ties to the lowest index, NaN never wins; 0 when `values` is
-/// empty or holds nothing above -inf. One pass, no allocation.
+/// empty or holds nothing above -inf. One vectorized pass of per-block maxima, then a scan of
+/// the first block holding the maximum (an index-tracking loop does not vectorize).
 pub(crate) fn argmax(values: &[f32]) -> u32 {
-    let mut best = 0usize;
-    let mut best_v = f32::NEG_INFINITY;
-    for (i, &v) in values.iter().enumerate() {
-        if v > best_v {
-            best = i;
-            best_v = v;
+    let mut best = f32::NEG_INFINITY;
+    let mut best_block = 0;
+    for (b, block) in values.chunks(ARGMAX_BLOCK).enumerate() {
+        let m = max_value(block);
+        if m > best {
+            best = m;
+            best_block = b;
         }
     }
-    best as u32
+    if best == f32::NEG_INFINITY {
+        return 0;
+    }
+    let start = best_block * ARGMAX_BLOCK;
+    let offset = values[start..].iter().position(|&v| v == best).unwrap_or(0);
+    (start + offset) as u32
 }
+
+/// Values per block in `argmax`.
+const ARGMAX_BLOCK: usize = 256;
 
 /// Writes the `n` best entries of `values` (keyed by [`key`]) into `out`, best first.
 ///
@@ -52,15 +60,21 @@ pub(crate) fn top_n(values: &[f32], n: usize, out: &mut Vec<Cand>) {
     }
     let cap = (2 * n).max(n + 32);
     let mut threshold: Option<f32> = None;
-    for (i, &v) in values.iter().enumerate() {
-        let v = key(v);
-        // A later id loses ties, so only strictly better values can displace the n-th best.
-        if threshold.is_some_and(|t| v <= t) {
+    for (c, chunk) in values.chunks(SKIP_CHUNK).enumerate() {
+        // Most chunks hold nothing above the threshold: skip them with one vectorized max.
+        if threshold.is_some_and(|t| max_value(chunk) <= t) {
             continue;
         }
-        out.push((i as u32, v));
-        if out.len() >= cap {
-            threshold = Some(keep_best(out, n));
+        for (j, &raw) in chunk.iter().enumerate() {
+            // A later id loses ties, so only strictly better values can displace the n-th
+            // best. Comparing the raw value first is equivalent (NaN fails, +inf passes).
+            if threshold.is_some_and(|t| raw <= t || raw.is_nan()) {
+                continue;
+            }
+            out.push(((c * SKIP_CHUNK + j) as u32, key(raw)));
+            if out.len() >= cap {
+                threshold = Some(keep_best(out, n));
+            }
         }
     }
     if out.len() > n {
@@ -69,38 +83,15 @@ pub(crate) fn top_n(values: &[f32], n: usize, out: &mut Vec<Cand>) {
     out.sort_unstable_by(best_first);
 }
 
+/// Values per block that `top_n` can skip at once.
+const SKIP_CHUNK: usize = 64;
+
 /// Cuts `cands` to its best `n` (unordered) and returns the worst value kept. `n` >= 1.
 fn keep_best(cands: &mut Vec<Cand>, n: usize) -> f32 {
     let (_, nth, _) = cands.select_nth_unstable_by(n - 1, best_first);
     let worst = nth.1;
     cands.truncate(n);
     worst
-}
-
-/// Sorts `cands` just far enough that its best-first prefix reaches `stop`: the prefix is
-/// sorted with sizes 64, 256, ... until `reached(sorted_prefix)` returns `Some(len)`, which is
-/// then the length kept. O(V) when the answer lies among the first few hundred candidates (the
-/// usual case for top-p on LLM logits) and O(V log V) only for very flat distributions.
-pub(crate) fn best_prefix_until(
-    cands: &mut Vec<Cand>,
-    mut reached: impl FnMut(&[Cand]) -> Option<usize>,
-) {
-    let mut m = 64usize;
-    loop {
-        if m >= cands.len() {
-            cands.sort_unstable_by(best_first);
-            let keep = reached(cands).unwrap_or(cands.len());
-            cands.truncate(keep.max(1));
-            return;
-        }
-        cands.select_nth_unstable_by(m - 1, best_first);
-        cands[..m].sort_unstable_by(best_first);
-        if let Some(keep) = reached(&cands[..m]) {
-            cands.truncate(keep.max(1));
-            return;
-        }
-        m = m.saturating_mul(4);
-    }
 }
 
 #[cfg(test)]
@@ -128,6 +119,14 @@ mod tests {
         assert_eq!(argmax(&[f32::NAN; 3]), 0);
         assert_eq!(argmax(&[]), 0);
         assert_eq!(argmax(&[-5.0, f32::INFINITY, f32::INFINITY]), 1);
+        // Across blocks: the first of equal maxima in different blocks wins.
+        let mut long = vec![0.0f32; 2000];
+        long[1500] = 4.0;
+        long[300] = 4.0;
+        long[299] = f32::NAN;
+        assert_eq!(argmax(&long), 300);
+        long[1999] = 4.5;
+        assert_eq!(argmax(&long), 1999);
     }
 
     #[test]
@@ -167,25 +166,5 @@ mod tests {
         assert_eq!(out[0].1, f32::MAX);
         top_n(&[], 3, &mut out);
         assert!(out.is_empty());
-    }
-
-    #[test]
-    fn best_prefix_until_stops_at_the_requested_length() {
-        let mut rng = StdRng::seed_from_u64(2);
-        let values: Vec<f32> = (0..10_000).map(|_| rng.random::<f32>()).collect();
-        let want = sorted(&values);
-        for stop in [1usize, 10, 64, 65, 300, 9_999] {
-            let mut cands: Vec<Cand> = values
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| (i as u32, v))
-                .collect();
-            best_prefix_until(&mut cands, |p| (p.len() >= stop).then_some(stop));
-            assert_eq!(cands, want[..stop], "stop {stop}");
-        }
-        // Never reached: everything stays, sorted.
-        let mut cands: Vec<Cand> = want.iter().rev().copied().collect();
-        best_prefix_until(&mut cands, |_| None);
-        assert_eq!(cands, want);
     }
 }
