@@ -314,3 +314,39 @@ async fn invalid_requests_get_openai_error_bodies() {
         "nothing invalid reached the shard"
     );
 }
+
+#[tokio::test]
+async fn concurrent_requests_share_one_submit_and_all_complete() {
+    let Some((h, _)) = harness().await else {
+        return;
+    };
+    let body = chat_body(json!({"stream": true})).to_string();
+    // One current-thread runtime: all handlers enqueue before the shard task runs.
+    let responses =
+        futures::future::join_all((0..8).map(|_| h.post("/v1/chat/completions", &body, None)))
+            .await;
+    let texts = futures::future::join_all(responses.into_iter().map(|r| async move {
+        let payloads = sse_payloads(&common::body_text(r).await);
+        payloads
+            .iter()
+            .filter_map(|p| serde_json::from_str::<Value>(p).ok())
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(String::from)
+            })
+            .collect::<String>()
+    }))
+    .await;
+    assert!(texts.iter().all(|t| t == ANSWER), "{texts:?}");
+    let submits = h.shards[0].submits();
+    assert_eq!(
+        submits.len(),
+        1,
+        "same-tick requests batched into one Submit"
+    );
+    let mut ids: Vec<u64> = submits[0].iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 8, "ids unique per stream");
+}
