@@ -9,7 +9,9 @@ use super::error::TokenizeError;
 use super::gguf_vocab::{
     GgufVocab, TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_USER_DEFINED,
 };
+use super::model_tokenizer::{AddSpecial, Parts};
 use super::pre_split::byte_level_pre_tokenizer;
+use super::token_bytes::all_token_bytes;
 
 /// How the vocabulary maps text to tokens; decides how raw token bytes are recovered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +20,28 @@ pub enum VocabKind {
     ByteLevel,
     /// SentencePiece: `▁` for spaces, `<0xNN>` byte-fallback tokens.
     SentencePiece,
+}
+
+/// The tokenizer, token bytes and special tokens a GGUF vocabulary describes.
+pub(super) fn gguf_parts(vocab: &GgufVocab) -> Result<Parts, TokenizeError> {
+    let (tokenizer, kind) = build_tokenizer(vocab)?;
+    let named = |id: Option<u32>| {
+        let id = id?;
+        let text = vocab.tokens.get(usize::try_from(id).ok()?)?;
+        Some((id, text.clone()))
+    };
+    Ok(Parts {
+        tokenizer,
+        token_bytes: all_token_bytes(&vocab.tokens, &vocab.token_types, kind),
+        bos: named(vocab.bos_id),
+        eos: named(vocab.eos_id),
+        extra_eos_ids: vocab.extra_eos_ids.clone(),
+        add_special: AddSpecial::Explicit {
+            bos: vocab.add_bos,
+            eos: vocab.add_eos,
+        },
+        chat_template: vocab.chat_template.clone(),
+    })
 }
 
 /// Builds the tokenizer and reports which kind of vocabulary it is.

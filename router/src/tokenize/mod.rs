@@ -8,6 +8,7 @@ mod chat_template;
 mod error;
 mod from_vocab;
 mod gguf_vocab;
+mod hf_files;
 mod incremental;
 mod model_tokenizer;
 mod pre_split;
@@ -22,6 +23,8 @@ mod token_bytes;
 mod test_support;
 #[cfg(test)]
 mod tests_chat;
+#[cfg(test)]
+mod tests_hf_files;
 #[cfg(test)]
 mod tests_sentencepiece;
 #[cfg(test)]

@@ -7,10 +7,10 @@ use tokenizers::Tokenizer;
 
 use super::chat_template::{ChatMessage, ChatTemplate};
 use super::error::{TemplateError, TokenizeError};
-use super::from_vocab::build_tokenizer;
+use super::from_vocab::gguf_parts;
 use super::gguf_vocab::GgufVocab;
+use super::hf_files::hf_parts;
 use super::incremental::IncrementalDecoder;
-use super::token_bytes::all_token_bytes;
 
 /// The model's tokenizer. Cheap to clone (one `Arc` inside); `Send + Sync`.
 #[derive(Clone)]
@@ -25,9 +25,29 @@ struct Inner {
     bos: Option<(u32, String)>,
     eos: Option<(u32, String)>,
     eos_ids: Vec<u32>,
-    add_bos: bool,
-    add_eos: bool,
+    add_special: AddSpecial,
     chat_template: Option<ChatTemplate>,
+}
+
+/// How `encode(.., add_special_tokens = true)` adds BOS/EOS.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum AddSpecial {
+    /// GGUF: `tokenizer.ggml.add_bos_token` / `add_eos_token`.
+    Explicit { bos: bool, eos: bool },
+    /// tokenizer.json: its post-processor (e.g. Llama-3's `<|begin_of_text|>` template).
+    PostProcessor,
+}
+
+/// Everything a `ModelTokenizer` is made of, from a GGUF or from HF tokenizer files.
+pub(super) struct Parts {
+    pub tokenizer: Tokenizer,
+    pub token_bytes: Vec<Vec<u8>>,
+    pub bos: Option<(u32, String)>,
+    pub eos: Option<(u32, String)>,
+    /// Besides EOS, ids that also end generation (end-of-turn tokens).
+    pub extra_eos_ids: Vec<u32>,
+    pub add_special: AddSpecial,
+    pub chat_template: Option<String>,
 }
 
 impl std::fmt::Debug for ModelTokenizer {
@@ -49,51 +69,58 @@ impl ModelTokenizer {
 
     /// Builds the tokenizer from an already-read GGUF vocabulary.
     pub fn from_vocab(vocab: &GgufVocab) -> Result<Self, TokenizeError> {
-        let (tokenizer, kind) = build_tokenizer(vocab)?;
-        let named = |id: Option<u32>| {
-            let id = id?;
-            let text = vocab.tokens.get(usize::try_from(id).ok()?)?;
-            Some((id, text.clone()))
-        };
-        let (bos, eos) = (named(vocab.bos_id), named(vocab.eos_id));
-        let mut eos_ids: Vec<u32> = eos.iter().map(|(id, _)| *id).collect();
-        for id in &vocab.extra_eos_ids {
-            if !eos_ids.contains(id) && usize::try_from(*id).is_ok_and(|i| i < vocab.tokens.len()) {
-                eos_ids.push(*id);
+        Ok(Self::from_parts(gguf_parts(vocab)?))
+    }
+
+    /// A HF model directory: `tokenizer.json`, and when present `tokenizer_config.json`
+    /// (special tokens, chat template), `chat_template.jinja`, `generation_config.json`.
+    pub fn from_hf_dir(dir: &Path) -> Result<Self, TokenizeError> {
+        Ok(Self::from_parts(hf_parts(dir)?))
+    }
+
+    fn from_parts(parts: Parts) -> Self {
+        let vocab_size = parts.token_bytes.len();
+        let mut eos_ids: Vec<u32> = parts.eos.iter().map(|(id, _)| *id).collect();
+        for id in parts.extra_eos_ids {
+            if !eos_ids.contains(&id) && usize::try_from(id).is_ok_and(|i| i < vocab_size) {
+                eos_ids.push(id);
             }
         }
-        let chat_template = vocab.chat_template.as_ref().map(|source| {
-            ChatTemplate::new(
-                source.clone(),
-                bos.as_ref().map(|(_, t)| t.clone()),
-                eos.as_ref().map(|(_, t)| t.clone()),
-            )
-        });
-        Ok(Self {
+        let name = |t: &Option<(u32, String)>| t.as_ref().map(|(_, text)| text.clone());
+        let chat_template = parts
+            .chat_template
+            .map(|source| ChatTemplate::new(source, name(&parts.bos), name(&parts.eos)));
+        Self {
             inner: Arc::new(Inner {
-                token_bytes: all_token_bytes(vocab, kind),
-                tokenizer,
-                bos,
-                eos,
+                tokenizer: parts.tokenizer,
+                token_bytes: parts.token_bytes,
+                bos: parts.bos,
+                eos: parts.eos,
                 eos_ids,
-                add_bos: vocab.add_bos,
-                add_eos: vocab.add_eos,
+                add_special: parts.add_special,
                 chat_template,
             }),
-        })
+        }
     }
 
     /// Special-token text like `<|im_start|>` in `text` maps to its id; with
     /// `add_special_tokens`, BOS/EOS are added as the model's metadata asks.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TokenizeError> {
+        let (bos, eos) = match self.inner.add_special {
+            AddSpecial::Explicit { bos, eos } => (bos, eos),
+            AddSpecial::PostProcessor => {
+                let encoding = self.inner.tokenizer.encode_fast(text, add_special_tokens)?;
+                return Ok(encoding.get_ids().to_vec());
+            }
+        };
         let encoding = self.inner.tokenizer.encode_fast(text, false)?;
         let body = encoding.get_ids();
         let mut ids = Vec::with_capacity(body.len() + 2);
-        if add_special_tokens && self.inner.add_bos {
+        if add_special_tokens && bos {
             ids.extend(self.inner.bos.as_ref().map(|(id, _)| *id));
         }
         ids.extend_from_slice(body);
-        if add_special_tokens && self.inner.add_eos {
+        if add_special_tokens && eos {
             ids.extend(self.inner.eos.as_ref().map(|(id, _)| *id));
         }
         Ok(ids)

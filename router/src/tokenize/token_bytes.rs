@@ -4,16 +4,16 @@ use std::collections::HashMap;
 
 use super::from_vocab::VocabKind;
 use super::gguf_vocab::{
-    GgufVocab, TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_USER_DEFINED,
+    TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNKNOWN, TOKEN_TYPE_USER_DEFINED,
 };
 
 /// Bytes of every token, indexed by id.
-pub fn all_token_bytes(vocab: &GgufVocab, kind: VocabKind) -> Vec<Vec<u8>> {
+/// `types` are GGUF token types; control, unknown and user-defined tokens are their text.
+pub fn all_token_bytes(tokens: &[String], types: &[i32], kind: VocabKind) -> Vec<Vec<u8>> {
     let byte_of_char = byte_level_decode_map();
-    vocab
-        .tokens
+    tokens
         .iter()
-        .zip(&vocab.token_types)
+        .zip(types)
         .map(|(token, ty)| match *ty {
             TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED | TOKEN_TYPE_UNKNOWN => {
                 token.as_bytes().to_vec()
