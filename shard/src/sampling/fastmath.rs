@@ -17,8 +17,17 @@ pub(crate) fn max_value(values: &[f32]) -> f32 {
             *m = if v > *m { v } else { *m };
         }
     }
-    let mut max = f32::NEG_INFINITY;
-    for &v in lanes.iter().chain(rest) {
+    // Tree reduction: each step is a vector max, unlike a scalar fold over the lanes.
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            let other = lanes[i + width];
+            lanes[i] = if other > lanes[i] { other } else { lanes[i] };
+        }
+        width /= 2;
+    }
+    let mut max = lanes[0];
+    for &v in rest {
         max = if v > max { v } else { max };
     }
     max

@@ -8,7 +8,7 @@
 
 use super::config::SamplingConfig;
 use super::fastmath::{exp, sum_exp};
-use super::select::{Cand, best_first, top_n};
+use super::select::{Cand, best_first, collect_at_least, top_n};
 
 /// Ranges at most this long are sorted rather than split further.
 const SORT_BELOW: usize = 32;
@@ -83,8 +83,7 @@ fn nucleus_of_vocab(work: &[f32], max: f32, top_p: f32, cands: &mut Vec<Cand>) {
     let bound = (1.0 - f64::from(top_p)) / work.len() as f64 * 0.5;
     let cutoff = (bound * total).ln() as f32;
     cands.clear();
-    let kept = work.iter().enumerate().filter(|(_, v)| **v - max >= cutoff);
-    cands.extend(kept.map(|(i, &v)| (i as u32, v)));
+    collect_at_least(work, max + cutoff, cands);
     nucleus_select(cands, max, f64::from(top_p) * total);
 }
 

@@ -13,6 +13,7 @@ mod filter;
 mod logprobs;
 mod penalties;
 mod sampler;
+mod scratch;
 mod select;
 
 pub use config::{GREEDY_TEMPERATURE, MAX_TOP_LOGPROBS, SamplingConfig, SamplingError};

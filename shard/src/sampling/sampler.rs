@@ -1,4 +1,4 @@
-//! [`Sampler`]: one request's sampling state (settings, RNG, penalty counts, scratch buffers).
+//! [`Sampler`]: one request's sampling state (settings, RNG, penalty counts).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -6,14 +6,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use super::SampledToken;
 use super::config::SamplingConfig;
 use super::draw::{draw_candidates, draw_vocab};
 use super::fastmath::max_value;
 use super::filter::restrict;
 use super::logprobs::token_logprobs;
 use super::penalties::History;
-use super::select::{Cand, argmax, key};
-use super::{SampledToken, TokenLogprobs};
+use super::scratch::{Scratch, with_scratch};
+use super::select::{argmax, key};
 
 /// Turns one sequence's logits into its next token, step after step.
 ///
@@ -25,10 +26,6 @@ pub struct Sampler {
     config: SamplingConfig,
     rng: StdRng,
     history: History,
-    /// Penalized, scaled logits; reused between steps.
-    work: Vec<f32>,
-    /// Candidate tokens after top-k / top-p / min-p, or the top logprobs; reused.
-    cands: Vec<Cand>,
 }
 
 impl Sampler {
@@ -42,8 +39,6 @@ impl Sampler {
             config,
             rng,
             history: History::default(),
-            work: Vec::new(),
-            cands: Vec::new(),
         }
     }
 
@@ -62,52 +57,62 @@ impl Sampler {
         prompt_ids: &[u32],
         output_ids: &[u32],
     ) -> SampledToken {
-        let token_id = self.choose(logits, prompt_ids, output_ids);
-        let logprobs = self
-            .config
-            .logprobs
-            .then(|| self.logprobs(logits, token_id));
-        SampledToken { token_id, logprobs }
+        with_scratch(|scratch| {
+            let token_id = self.choose(scratch, logits, prompt_ids, output_ids);
+            let logprobs = self.config.logprobs.then(|| {
+                let top = self.config.top_logprobs as usize;
+                token_logprobs(logits, token_id, top, &mut scratch.cands)
+            });
+            SampledToken { token_id, logprobs }
+        })
     }
 
-    fn logprobs(&mut self, logits: &[f32], token_id: u32) -> TokenLogprobs {
-        let top = self.config.top_logprobs as usize;
-        token_logprobs(logits, token_id, top, &mut self.cands)
-    }
-
-    fn choose(&mut self, logits: &[f32], prompt_ids: &[u32], output_ids: &[u32]) -> u32 {
-        let penalties = self.config.has_penalties();
-        if self.config.is_greedy() && !penalties {
+    fn choose(
+        &mut self,
+        scratch: &mut Scratch,
+        logits: &[f32],
+        prompt_ids: &[u32],
+        output_ids: &[u32],
+    ) -> u32 {
+        let config = &self.config;
+        let penalties = config.has_penalties();
+        if config.is_greedy() && !penalties {
             return argmax(logits);
         }
-        self.work.clear();
-        self.work.extend_from_slice(logits);
+        let work = &mut scratch.work;
+        work.clear();
         if penalties {
-            self.history
-                .apply(&self.config, prompt_ids, output_ids, &mut self.work);
+            work.extend_from_slice(logits);
+            self.history.apply(config, prompt_ids, output_ids, work);
+            if config.is_greedy() {
+                return argmax(work);
+            }
+            scale_in_place(work, config.temperature);
+        } else {
+            // Copy and scale in one (vectorized) pass.
+            let t = config.temperature;
+            work.resize(logits.len(), 0.0);
+            for (w, &v) in work.iter_mut().zip(logits) {
+                *w = key(v / t);
+            }
         }
-        if self.config.is_greedy() {
-            return argmax(&self.work);
-        }
-        let max = scale(&mut self.work, self.config.temperature);
+        let max = max_value(work);
         if max == f32::NEG_INFINITY {
             return 0;
         }
-        if restrict(&self.work, max, &self.config, &mut self.cands) {
-            draw_candidates(&self.cands, max, &mut self.rng)
+        if restrict(work, max, config, &mut scratch.cands) {
+            draw_candidates(&scratch.cands, max, &mut self.rng)
         } else {
-            draw_vocab(&mut self.work, max, &mut self.rng)
+            draw_vocab(work, max, &mut self.rng)
         }
     }
 }
 
-/// Divides by the temperature and keys every value (see `select::key`); returns the maximum,
-/// -inf when `work` is empty or holds nothing above -inf.
-fn scale(work: &mut [f32], temperature: f32) -> f32 {
+/// Divides by the temperature and keys every value (see `select::key`).
+fn scale_in_place(work: &mut [f32], temperature: f32) {
     for v in work.iter_mut() {
         *v = key(*v / temperature);
     }
-    max_value(work)
 }
 
 /// An RNG from OS entropy; should the OS refuse, from the clock and a process-wide counter, so

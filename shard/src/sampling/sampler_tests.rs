@@ -4,6 +4,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use crate::sampling::TokenLogprobs;
 
 fn sampler(config: SamplingConfig) -> Sampler {
     Sampler::new(config)

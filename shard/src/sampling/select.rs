@@ -83,7 +83,23 @@ pub(crate) fn top_n(values: &[f32], n: usize, out: &mut Vec<Cand>) {
     out.sort_unstable_by(best_first);
 }
 
-/// Values per block that `top_n` can skip at once.
+/// Appends `(id, value)` for every value >= `cutoff` to `out`, in id order. Blocks whose
+/// vectorized max is below the cutoff are skipped whole, so a selective cutoff costs little more
+/// than one max pass. NaN never passes.
+pub(crate) fn collect_at_least(values: &[f32], cutoff: f32, out: &mut Vec<Cand>) {
+    for (b, block) in values.chunks(SKIP_CHUNK).enumerate() {
+        if max_value(block) < cutoff {
+            continue;
+        }
+        for (j, &v) in block.iter().enumerate() {
+            if v >= cutoff {
+                out.push(((b * SKIP_CHUNK + j) as u32, v));
+            }
+        }
+    }
+}
+
+/// Values per block that `top_n` and `collect_at_least` can skip at once.
 const SKIP_CHUNK: usize = 64;
 
 /// Cuts `cands` to its best `n` (unordered) and returns the worst value kept. `n` >= 1.
@@ -143,6 +159,22 @@ mod tests {
                 top_n(&values, n, &mut out);
                 assert_eq!(out, want[..n.min(len)], "len {len} n {n}");
             }
+        }
+    }
+
+    #[test]
+    fn collect_at_least_matches_a_filter() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let mut values: Vec<f32> = (0..3000).map(|_| rng.random::<f32>()).collect();
+        values[17] = f32::NAN;
+        values[2999] = f32::INFINITY;
+        for cutoff in [0.0f32, 0.5, 0.999, 2.0, f32::NEG_INFINITY] {
+            let mut got = vec![(9, 9.0)];
+            collect_at_least(&values, cutoff, &mut got);
+            let want = values.iter().enumerate().filter(|(_, v)| **v >= cutoff);
+            let want: Vec<Cand> = want.map(|(i, &v)| (i as u32, v)).collect();
+            assert_eq!(got[0], (9, 9.0), "appends, keeps what was there");
+            assert_eq!(got[1..], want[..], "cutoff {cutoff}");
         }
     }
 
