@@ -23,6 +23,9 @@ pub enum ApiError {
     /// Unknown route (404).
     #[error("{0}")]
     NotFound(String),
+    /// Wrong HTTP method for a known route (405).
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// Too many waiting requests (429); the client should retry after `retry_after_s`.
     #[error("{message}")]
     Overloaded { message: String, retry_after_s: u32 },
@@ -72,6 +75,7 @@ impl ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -84,7 +88,7 @@ impl ApiError {
             Self::BadRequest { param, .. } => ("invalid_request_error", None, param.clone()),
             Self::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key"), None),
             Self::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found"), None),
-            Self::NotFound(_) => ("invalid_request_error", None, None),
+            Self::NotFound(_) | Self::MethodNotAllowed(_) => ("invalid_request_error", None, None),
             Self::Overloaded { .. } => ("rate_limit_error", Some("rate_limit_exceeded"), None),
             Self::Unavailable(_) => ("server_error", Some("service_unavailable"), None),
             Self::Internal(_) => ("server_error", Some("internal_error"), None),

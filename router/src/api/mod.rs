@@ -35,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             auth::require_api_key,
@@ -45,4 +46,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("Not found.".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed("Method not allowed for this route.".into())
 }

@@ -25,6 +25,7 @@ pub struct ShardHandle {
     ready: AtomicBool,
     info: RwLock<Option<InfoResponse>>,
     kv_tokens: AtomicU64,
+    block_size: AtomicU64,
     pending_tokens: AtomicU64,
     next_id: AtomicU64,
     routes: DashMap<u64, Route>,
@@ -41,6 +42,7 @@ impl ShardHandle {
             ready: AtomicBool::new(false),
             info: RwLock::new(None),
             kv_tokens: AtomicU64::new(0),
+            block_size: AtomicU64::new(0),
             pending_tokens: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             routes: DashMap::new(),
@@ -69,10 +71,10 @@ impl ShardHandle {
 
     pub(crate) fn mark_ready(&self, info: InfoResponse) {
         let used = info.total_kv_blocks.saturating_sub(info.free_kv_blocks);
-        self.kv_tokens.store(
-            u64::from(used) * u64::from(info.block_size),
-            Ordering::Relaxed,
-        );
+        let block = u64::from(info.block_size);
+        self.block_size.store(block, Ordering::Relaxed);
+        self.kv_tokens
+            .store(u64::from(used) * block, Ordering::Relaxed);
         if let Ok(mut slot) = self.info.write() {
             *slot = Some(info);
         }
@@ -124,9 +126,9 @@ impl ShardHandle {
     pub(crate) fn dispatch(&self, step: StepOutput) {
         if let Some(stats) = &step.stats {
             let used = stats.total_kv_blocks.saturating_sub(stats.free_kv_blocks);
-            let block = self.info().map_or(0, |i| i.block_size);
+            let block = self.block_size.load(Ordering::Relaxed);
             self.kv_tokens
-                .store(u64::from(used) * u64::from(block), Ordering::Relaxed);
+                .store(u64::from(used) * block, Ordering::Relaxed);
         }
         for output in step.outputs {
             let id = output.id;
