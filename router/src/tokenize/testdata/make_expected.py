@@ -141,6 +141,13 @@ TOJSON = (
     "{{ 'ünï <tag> &' | tojson }}"
 )
 
+# How values print: Python's str() of bools, None, numbers, lists and dicts.
+PRINTING = (
+    "{{ add_generation_prompt }}|{{ none }}|{{ 1 == 1 }}|{{ 3 / 2 }}|{{ 7 // 2 }}|{{ 2 ** 3 }}|"
+    "{{ 'a' ~ 1 }}|{{ 1.0 }}|{{ [1, 'a', none, true] }}|{{ messages[0] }}|"
+    '{{ ["it\'s", \'say "x"\'] }}'
+)
+
 CUSTOM_CHATS = [
     ("mistral_like_ok", MISTRAL_LIKE, [
         {"role": "user", "content": "Hi"},
@@ -166,6 +173,7 @@ CUSTOM_CHATS = [
         {"role": "assistant", "content": "ALL CAPS and a title"},
     ], False),
     ("undefined", UNDEFINED, [{"role": "user", "content": "Hi"}], False),
+    ("printing", PRINTING, [{"role": "user", "content": "Hi"}], True),
     ("tojson", TOJSON, [{"role": "user", "content": "Hi \"there\"\n"}], False),
 ]
 
