@@ -169,14 +169,38 @@ fn frequencies_follow_the_renormalized_filtered_softmax() {
         &want,
     );
     // min_p 0.3: ratios to the best are e^-2, e^-1, e^-2.5, 1, e^-4, e^-0.5 → keeps 3, 5, 1.
-    assert_frequencies(
-        SamplingConfig {
-            min_p: 0.3,
-            ..random_config(1.0, 6)
-        },
-        &logits,
-        &want,
-    );
+    let min_p = SamplingConfig {
+        min_p: 0.3,
+        ..random_config(1.0, 6)
+    };
+    assert_frequencies(min_p, &logits, &want);
+    // top_p 0.85: probabilities .452, .274, .167, .061, ... → the nucleus is 3, 5, 1 (.894).
+    let top_p = SamplingConfig {
+        top_p: 0.85,
+        ..random_config(1.0, 7)
+    };
+    assert_frequencies(top_p, &logits, &want);
+}
+
+#[test]
+fn frequencies_follow_the_penalized_softmax() {
+    // Output [0, 0, 2]: frequency 0.5 and presence 0.25 give logits [1 - 1.25, 1, 1 - 0.75].
+    let config = SamplingConfig {
+        frequency_penalty: 0.5,
+        presence_penalty: 0.25,
+        ..random_config(0.8, 12)
+    };
+    let want = softmax(&[-0.25, 1.0, 0.25], 0.8);
+    let mut s = sampler(config);
+    let mut counts = [0usize; 3];
+    const DRAWS: usize = 100_000;
+    for _ in 0..DRAWS {
+        counts[s.sample(&[1.0, 1.0, 1.0], &[1, 1], &[0, 0, 2]).token_id as usize] += 1;
+    }
+    for (c, p) in counts.iter().zip(&want) {
+        let freq = *c as f64 / DRAWS as f64;
+        assert!((freq - p).abs() < 0.008, "freq {freq} want {p}");
+    }
 }
 
 #[test]
