@@ -44,11 +44,7 @@ pub(crate) fn restrict(
         nucleus_of_vocab(work, max, config.top_p, cands);
     } else if min_p_on {
         cands.clear();
-        let kept = work
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| **v - max >= ln_min_p);
-        cands.extend(kept.map(|(i, &v)| (i as u32, v)));
+        collect_at_least(work, max + ln_min_p, cands);
         return true;
     } else {
         return false;

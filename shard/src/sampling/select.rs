@@ -49,26 +49,35 @@ const ARGMAX_BLOCK: usize = 256;
 
 /// Writes the `n` best entries of `values` (keyed by [`key`]) into `out`, best first.
 ///
-/// One pass with a buffer of at most ~2n candidates: once the buffer is full it is cut back to
-/// the best n (`select_nth_unstable`), and from then on only values strictly above the n-th best
-/// enter. Each cut removes n entries for O(n) work, so the whole thing is O(V + n log n).
+/// First a floor: the n-th largest of the per-block maxima. n blocks reach it, so the top n
+/// all do, and blocks below it are skipped whole. Then one pass over the rest with a buffer
+/// of at most ~2n candidates: once full it is cut back to the best n (`select_nth_unstable`),
+/// and from then on only values strictly above the n-th best enter. Each cut removes n entries
+/// for O(n) work, so the whole thing is O(V + n log n), and ~one vectorized pass when n is
+/// small next to V/64.
 pub(crate) fn top_n(values: &[f32], n: usize, out: &mut Vec<Cand>) {
     out.clear();
     let n = n.min(values.len());
     if n == 0 {
         return;
     }
+    let block_max: Vec<f32> = values.chunks(SKIP_CHUNK).map(max_value).collect();
+    let floor = nth_largest(&block_max, n);
     let cap = (2 * n).max(n + 32);
     let mut threshold: Option<f32> = None;
-    for (c, chunk) in values.chunks(SKIP_CHUNK).enumerate() {
-        // Most chunks hold nothing above the threshold: skip them with one vectorized max.
-        if threshold.is_some_and(|t| max_value(chunk) <= t) {
+    for ((c, chunk), &chunk_max) in values.chunks(SKIP_CHUNK).enumerate().zip(&block_max) {
+        if chunk_max < floor || threshold.is_some_and(|t| chunk_max <= t) {
             continue;
         }
         for (j, &raw) in chunk.iter().enumerate() {
             // A later id loses ties, so only strictly better values can displace the n-th
-            // best. Comparing the raw value first is equivalent (NaN fails, +inf passes).
-            if threshold.is_some_and(|t| raw <= t || raw.is_nan()) {
+            // best. NaN ranks as -inf: only needed while nothing bounds the top n.
+            let skip = if raw.is_nan() {
+                threshold.is_some() || floor > f32::NEG_INFINITY
+            } else {
+                raw < floor || threshold.is_some_and(|t| raw <= t)
+            };
+            if skip {
                 continue;
             }
             out.push(((c * SKIP_CHUNK + j) as u32, key(raw)));
@@ -81,6 +90,17 @@ pub(crate) fn top_n(values: &[f32], n: usize, out: &mut Vec<Cand>) {
         keep_best(out, n);
     }
     out.sort_unstable_by(best_first);
+}
+
+/// The n-th largest of `maxima` (NaN-free); -inf when there are fewer than n, which disables
+/// the floor (and lets NaN, which ranks as -inf, fill the top n when nothing else can).
+fn nth_largest(maxima: &[f32], n: usize) -> f32 {
+    if maxima.len() < n {
+        return f32::NEG_INFINITY;
+    }
+    let mut sorted = maxima.to_vec();
+    let (_, nth, _) = sorted.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a));
+    *nth
 }
 
 /// Appends `(id, value)` for every value >= `cutoff` to `out`, in id order. Blocks whose
@@ -175,6 +195,23 @@ mod tests {
             let want: Vec<Cand> = want.map(|(i, &v)| (i as u32, v)).collect();
             assert_eq!(got[0], (9, 9.0), "appends, keeps what was there");
             assert_eq!(got[1..], want[..], "cutoff {cutoff}");
+        }
+    }
+
+    #[test]
+    fn top_n_with_nan_and_infinities_across_many_blocks() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut out = Vec::new();
+        for fill in [f32::NAN, f32::NEG_INFINITY, 0.0] {
+            let mut values = vec![fill; 5000];
+            for _ in 0..6 {
+                values[rng.random_range(0..5000)] = rng.random::<f32>();
+            }
+            values[4321] = f32::INFINITY;
+            for n in [1usize, 3, 10, 100] {
+                top_n(&values, n, &mut out);
+                assert_eq!(out, sorted(&values)[..n], "fill {fill} n {n}");
+            }
         }
     }
 
