@@ -331,3 +331,9 @@ fn nan_inf_empty_and_bad_history_never_panic() {
         }
     }
 }
+
+#[test]
+fn sampler_can_move_to_the_engine_thread() {
+    fn assert_send<T: Send + 'static>(_: &T) {}
+    assert_send(&sampler(SamplingConfig::greedy()));
+}
