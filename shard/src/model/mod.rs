@@ -15,9 +15,6 @@ use std::path::PathBuf;
 
 use crate::backend::{BackendError, CpuBackend, WeightFormat};
 
-/// Largest model whose weights the CPU backend dequantizes to f32 (see [`WeightFormat`]).
-const CPU_F32_WEIGHTS_MAX_BYTES: usize = 4 << 30;
-
 pub use config::LlamaConfig;
 pub use llama::Llama;
 
@@ -114,16 +111,8 @@ pub fn load_model(opts: &LoadOptions) -> Result<Box<dyn CausalLm>, ModelError> {
         return Err(ModelError::UnsupportedDevice(opts.device.clone()));
     }
     let mut file = gguf::GgufFile::open(&opts.model_path)?;
-    let format = if file.total_elems() * 4 <= CPU_F32_WEIGHTS_MAX_BYTES {
-        WeightFormat::F32
-    } else {
-        WeightFormat::Quantized
-    };
-    Ok(Box::new(Llama::load(
-        CpuBackend::new(format),
-        &mut file,
-        opts,
-    )?))
+    let backend = CpuBackend::new(WeightFormat::Blocks);
+    Ok(Box::new(Llama::load(backend, &mut file, opts)?))
 }
 
 /// A causal language model with a paged KV cache.

@@ -4,6 +4,8 @@
 mod attention;
 mod kv;
 mod ops;
+mod pool;
+mod qweight;
 mod tensor;
 #[cfg(test)]
 mod tests;
@@ -11,10 +13,11 @@ mod tests;
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Device, Tensor};
 
 pub use attention::paged_attention;
 pub use kv::CpuKvCache;
+pub use qweight::CpuWeight;
 pub use tensor::CpuTensor;
 
 use crate::backend::{Backend, BackendError, BackendResult, KvLayout, RopeTable, StepPlan};
@@ -22,30 +25,87 @@ use crate::backend::{Backend, BackendError, BackendResult, KvLayout, RopeTable, 
 /// How matrix weights are held on the CPU.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFormat {
-    /// Dequantized to f32 at load: f32 activations times f32 weights, like the HF reference
-    /// (greedy tokens match it exactly), and faster than candle's x86 Q4_1 path, which has no
-    /// SIMD kernel. Costs 4 bytes per weight, so only for small models.
+    /// GGUF blocks (Q4_1, Q8_0) multiplied with f32 activations by our own kernel
+    /// (`qweight`): compact, and exact to f32 summation order like the HF reference.
+    /// Other types go through candle's `QMatMul`.
     #[default]
+    Blocks,
+    /// Dequantized to f32 at load (4 bytes per weight): a reference path for tests.
     F32,
-    /// Kept quantized (candle `QMatMul`, activations rounded to 8 bits per block): compact,
-    /// for models whose f32 weights would not fit in memory.
-    Quantized,
+    /// candle's `QMatMul` for every type (activations rounded to 8 bits per block).
+    Candle,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug)]
 pub struct CpuBackend {
     format: WeightFormat,
+    pool: pool::Pool,
 }
 
 impl CpuBackend {
     pub fn new(format: WeightFormat) -> Self {
-        Self { format }
+        Self {
+            format,
+            pool: pool::Pool::new(),
+        }
+    }
+
+    /// Splits the output rows of every weight over the pool; one round trip per call.
+    fn matmul_blocks(
+        &self,
+        x: &CpuTensor,
+        ws: &[&Arc<CpuWeight>],
+    ) -> BackendResult<Vec<CpuTensor>> {
+        let x = Arc::new(x.clone());
+        let owned: Vec<Arc<CpuWeight>> = ws.iter().map(|w| Arc::clone(w)).collect();
+        let parts = self.pool.parts();
+        let xs = Arc::clone(&x);
+        let job = Arc::new(move |part: usize| -> Vec<Vec<f32>> {
+            owned
+                .iter()
+                .map(|w| match &**w {
+                    CpuWeight::Blocks(b) => {
+                        let range = pool::share(b.rows, parts, part);
+                        let mut out = vec![0.0; xs.rows * range.len()];
+                        b.matmul_rows(&xs, range, &mut out);
+                        out
+                    }
+                    CpuWeight::Candle(_) => Vec::new(),
+                })
+                .collect()
+        });
+        let shares = self.pool.run(job)?;
+        ws.iter()
+            .enumerate()
+            .map(|(wi, w)| {
+                let (n, _) = w
+                    .dims()
+                    .ok_or_else(|| shape_err("matmul", "mixed weight kinds"))?;
+                let mut out = vec![0.0; x.rows * n];
+                for (part, share) in shares.iter().enumerate() {
+                    let range = pool::share(n, parts, part);
+                    let width = range.len();
+                    for t in 0..x.rows {
+                        out[t * n + range.start..t * n + range.end]
+                            .copy_from_slice(&share[wi][t * width..(t + 1) * width]);
+                    }
+                }
+                CpuTensor::new(x.rows, n, out)
+            })
+            .collect()
+    }
+}
+
+fn shape_err(op: &'static str, detail: &str) -> BackendError {
+    BackendError::Shape {
+        op,
+        detail: detail.to_string(),
     }
 }
 
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
-    type Weight = QMatMul;
+    type Weight = Arc<CpuWeight>;
     type Vector = Vec<f32>;
     type Embedding = Arc<QTensor>;
     type Rope = RopeTable;
@@ -56,11 +116,13 @@ impl Backend for CpuBackend {
         "cpu".to_string()
     }
 
-    fn load_weight(&self, w: QTensor) -> BackendResult<QMatMul> {
-        match self.format {
-            WeightFormat::F32 => Ok(QMatMul::Tensor(w.dequantize(&Device::Cpu)?)),
-            WeightFormat::Quantized => Ok(QMatMul::from_qtensor(w)?),
-        }
+    fn load_weight(&self, w: QTensor) -> BackendResult<Arc<CpuWeight>> {
+        let w = match self.format {
+            WeightFormat::Blocks => CpuWeight::from_qtensor(w)?,
+            WeightFormat::F32 => CpuWeight::Candle(QMatMul::Tensor(w.dequantize(&Device::Cpu)?)),
+            WeightFormat::Candle => CpuWeight::Candle(QMatMul::from_qtensor(w)?),
+        };
+        Ok(Arc::new(w))
     }
 
     fn load_vector(&self, w: QTensor) -> BackendResult<Vec<f32>> {
@@ -99,11 +161,21 @@ impl Backend for CpuBackend {
         ops::rms_norm(x, w, eps)
     }
 
-    fn matmul(&self, x: &CpuTensor, ws: &[&QMatMul]) -> BackendResult<Vec<CpuTensor>> {
-        let xt = x.to_candle()?;
-        ws.iter()
-            .map(|w| CpuTensor::from_candle(&w.forward(&xt)?))
-            .collect()
+    fn matmul(&self, x: &CpuTensor, ws: &[&Arc<CpuWeight>]) -> BackendResult<Vec<CpuTensor>> {
+        for w in ws {
+            if let Some((_, k)) = w.dims()
+                && k != x.cols
+            {
+                return Err(shape_err(
+                    "matmul",
+                    &format!("x has {} cols, w has {k}", x.cols),
+                ));
+            }
+        }
+        if ws.iter().all(|w| w.dims().is_some()) {
+            return self.matmul_blocks(x, ws);
+        }
+        ws.iter().map(|w| w.forward_candle(x)).collect()
     }
 
     fn rope(

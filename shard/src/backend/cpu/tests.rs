@@ -204,36 +204,58 @@ fn kv_write_lands_in_the_right_slot_and_layer() {
 }
 
 #[test]
-fn backend_matmul_matches_naive_in_both_weight_formats() {
+fn backend_matmul_matches_naive_in_every_weight_format() {
     use candle_core::quantized::GgmlDType;
     let mut rng = Rng(3);
-    let (n, k) = (4, 64);
+    // 67 output rows: uneven shares over the pool's threads.
+    let (n, k) = (67, 96);
     let w = rng.f32s(n * k);
     let wt = Tensor::from_slice(&w, (n, k), &Device::Cpu).unwrap();
-    let x = CpuTensor::new(2, k, rng.f32s(2 * k)).unwrap();
-    // Q8_0 weights; the quantized path also rounds activations to 8 bits.
-    for (format, tol) in [(WeightFormat::F32, 0.02), (WeightFormat::Quantized, 0.05)] {
-        let be = CpuBackend::new(format);
-        let qw = be
-            .load_weight(QTensor::quantize(&wt, GgmlDType::Q8_0).unwrap())
+    let x = CpuTensor::new(3, k, rng.f32s(3 * k)).unwrap();
+    let cases = [
+        (WeightFormat::Blocks, GgmlDType::Q4_1),
+        (WeightFormat::Blocks, GgmlDType::Q8_0),
+        (WeightFormat::Blocks, GgmlDType::F32),
+        (WeightFormat::F32, GgmlDType::Q4_1),
+        (WeightFormat::Candle, GgmlDType::Q8_0),
+    ];
+    for (format, dtype) in cases {
+        let q = QTensor::quantize(&wt, dtype).unwrap();
+        // The reference multiplies the dequantized weights in f64.
+        let deq = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
             .unwrap();
+        // Only candle's path rounds activations to 8 bits.
+        let tol = if format == WeightFormat::Candle {
+            0.05
+        } else {
+            1e-4
+        };
+        let be = CpuBackend::new(format);
+        let qw = be.load_weight(q).unwrap();
         let out = be.matmul(&x, &[&qw, &qw]).unwrap();
         assert_eq!(out.len(), 2);
-        assert_eq!((out[0].rows, out[0].cols), (2, n));
-        for r in 0..2 {
+        assert_eq!((out[1].rows, out[1].cols), (3, n));
+        for r in 0..3 {
             for c in 0..n {
-                let want: f32 = x
+                let want: f64 = x
                     .row(r)
                     .iter()
-                    .zip(&w[c * k..(c + 1) * k])
-                    .map(|(a, b)| a * b)
+                    .zip(&deq[c * k..(c + 1) * k])
+                    .map(|(a, b)| *a as f64 * *b as f64)
                     .sum();
+                let got = out[1].row(r)[c];
                 assert!(
-                    (out[1].row(r)[c] - want).abs() < tol,
-                    "{format:?}: {} vs {want}",
-                    out[1].row(r)[c]
+                    (got as f64 - want).abs() < tol,
+                    "{format:?} {dtype:?} [{r}, {c}]: {got} vs {want}"
                 );
             }
         }
+        let bad = CpuTensor::zeros(1, k + 1);
+        assert!(be.matmul(&bad, &[&qw]).is_err() || format != WeightFormat::Blocks);
     }
 }
