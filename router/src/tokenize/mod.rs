@@ -1,8 +1,14 @@
 //! Tokenizer, chat templates, incremental detokenization and stop strings.
 //!
-//! [`ModelTokenizer`] is built from the model's GGUF metadata (vocabulary, merges,
-//! special tokens, chat template) and shared via `Arc`; each request gets its own
-//! [`IncrementalDecoder`] and [`StopMatcher`].
+//! [`ModelTokenizer`] is built from the model's GGUF metadata (vocabulary, merges, special
+//! tokens, chat template; `from_gguf`) or from a HF model directory (`from_hf_dir`), and is
+//! cheap to clone and share. Each generated sequence gets its own [`IncrementalDecoder`]
+//! (token ids -> text that never ends in a broken UTF-8 char) and [`StopMatcher`]
+//! (text -> text before the first stop string). Chat templates render in a minijinja
+//! environment that behaves like the jinja2 one transformers uses.
+//!
+//! The expectations in `testdata/` come from transformers; `testdata/make_expected.py`
+//! regenerates them.
 
 mod chat_template;
 mod error;

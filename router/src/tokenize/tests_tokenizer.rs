@@ -133,3 +133,11 @@ fn missing_gguf_is_a_typed_error() {
         .expect_err("no such file");
     assert!(matches!(err, TokenizeError::Gguf { .. }), "{err}");
 }
+
+#[test]
+fn shared_types_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<super::ModelTokenizer>();
+    assert_send_sync::<super::IncrementalDecoder>();
+    assert_send_sync::<super::StopMatcher>();
+}
