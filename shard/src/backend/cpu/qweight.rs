@@ -131,7 +131,9 @@ impl BlockMatrix {
             for t in 0..x.rows {
                 let xr = x.row(t);
                 out[t * width + i] = match self.kind {
-                    BlockKind::F32 => dot_f32(&self.dense[n * self.cols..(n + 1) * self.cols], xr, simd),
+                    BlockKind::F32 => {
+                        dot_f32(&self.dense[n * self.cols..(n + 1) * self.cols], xr, simd)
+                    }
                     BlockKind::Q4_1 => dot_q4_1(
                         &self.qs[blocks.start * 16..blocks.end * 16],
                         &self.scales[blocks.clone()],
@@ -167,7 +169,12 @@ fn has_avx2() -> bool {
 fn dot_q4_1(qs: &[u8], d: &[f32], m: &[f32], x: &[f32], xsum: &[f32], simd: bool) -> f32 {
     debug_assert!(qs.len() == d.len() * 16 && x.len() == d.len() * QK && xsum.len() == d.len());
     #[cfg(target_arch = "x86_64")]
-    if simd && qs.len() == d.len() * 16 && x.len() == d.len() * QK && m.len() == d.len() && xsum.len() == d.len() {
+    if simd
+        && qs.len() == d.len() * 16
+        && x.len() == d.len() * QK
+        && m.len() == d.len()
+        && xsum.len() == d.len()
+    {
         // SAFETY: AVX2 and FMA were detected; lengths checked above.
         return unsafe { avx2::dot_q4_1(qs, d, m, x, xsum) };
     }
@@ -175,7 +182,9 @@ fn dot_q4_1(qs: &[u8], d: &[f32], m: &[f32], x: &[f32], xsum: &[f32], simd: bool
     let mut total = 0.0;
     for b in 0..d.len() {
         let (q, xb) = (&qs[b * 16..(b + 1) * 16], &x[b * QK..(b + 1) * QK]);
-        let s: f32 = (0..16).map(|j| (q[j] & 0x0F) as f32 * xb[j] + (q[j] >> 4) as f32 * xb[j + 16]).sum();
+        let s: f32 = (0..16)
+            .map(|j| (q[j] & 0x0F) as f32 * xb[j] + (q[j] >> 4) as f32 * xb[j + 16])
+            .sum();
         total += d[b] * s + m[b] * xsum[b];
     }
     total
@@ -192,7 +201,11 @@ fn dot_q8_0(qs: &[u8], d: &[f32], x: &[f32], simd: bool) -> f32 {
     let mut total = 0.0;
     for b in 0..d.len() {
         let (q, xb) = (&qs[b * QK..(b + 1) * QK], &x[b * QK..(b + 1) * QK]);
-        total += d[b] * q.iter().zip(xb).map(|(q, x)| *q as i8 as f32 * x).sum::<f32>();
+        total += d[b]
+            * q.iter()
+                .zip(xb)
+                .map(|(q, x)| *q as i8 as f32 * x)
+                .sum::<f32>();
     }
     total
 }
@@ -219,12 +232,16 @@ mod avx2 {
         let (mut acc, mut acc_m) = (_mm256_setzero_ps(), 0f32);
         for b in 0..d.len() {
             // SAFETY: block b's 16 bytes and 32 floats are in bounds (caller's lengths).
-            let (q, xp) = unsafe { (_mm_loadu_si128(qs.as_ptr().add(b * 16).cast()), x.as_ptr().add(b * 32)) };
+            let (q, xp) = unsafe {
+                (
+                    _mm_loadu_si128(qs.as_ptr().add(b * 16).cast()),
+                    x.as_ptr().add(b * 32),
+                )
+            };
             let lo = _mm_and_si128(q, mask);
             let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
-            let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
-            let (f0, f1) = (f(lo), f(_mm_srli_si128::<8>(lo)));
-            let (f2, f3) = (f(hi), f(_mm_srli_si128::<8>(hi)));
+            let (f0, f1) = (widen(lo), widen(_mm_srli_si128::<8>(lo)));
+            let (f2, f3) = (widen(hi), widen(_mm_srli_si128::<8>(hi)));
             // SAFETY: as above.
             let s = unsafe {
                 let s = _mm256_mul_ps(f0, _mm256_loadu_ps(xp));
@@ -267,12 +284,25 @@ mod avx2 {
         for i in (0..a.len()).step_by(8) {
             // SAFETY: i + 8 <= len by the caller's lengths.
             unsafe {
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc);
+                acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                    acc,
+                );
             }
         }
         hsum(acc)
     }
 
+    /// The low 8 unsigned bytes of `v` as f32 (a fn, not a closure: closures do not inherit
+    /// `target_feature` and would not inline).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn widen(v: __m128i) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
+    }
+
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
