@@ -128,7 +128,28 @@ impl BlockMatrix {
         let width = range.len();
         for (i, n) in range.enumerate() {
             let blocks = n * nb..(n + 1) * nb;
-            for t in 0..x.rows {
+            // Prefill: unpack each Q4_1 block once for four activation rows.
+            let mut t0 = 0;
+            #[cfg(target_arch = "x86_64")]
+            if simd && self.kind == BlockKind::Q4_1 && x.cols == nb * QK {
+                let (qs, d, m) = (
+                    &self.qs[blocks.start * 16..blocks.end * 16],
+                    &self.scales[blocks.clone()],
+                    &self.mins[blocks.clone()],
+                );
+                while t0 + 4 <= x.rows {
+                    let xs = &x.data[t0 * x.cols..(t0 + 4) * x.cols];
+                    let sums = &xsum[t0 * nb..(t0 + 4) * nb];
+                    // SAFETY: AVX2 and FMA were detected; block counts match by construction
+                    // (`qs` 16, `xs` 4 * 32, `sums` 4 per block).
+                    let r = unsafe { avx2::dot_q4_1_x4(qs, d, m, xs, sums) };
+                    for (k, v) in r.into_iter().enumerate() {
+                        out[(t0 + k) * width + i] = v;
+                    }
+                    t0 += 4;
+                }
+            }
+            for t in t0..x.rows {
                 let xr = x.row(t);
                 out[t * width + i] = match self.kind {
                     BlockKind::F32 => {
@@ -212,7 +233,7 @@ fn dot_q8_0(qs: &[u8], d: &[f32], x: &[f32], simd: bool) -> f32 {
 
 fn dot_f32(a: &[f32], b: &[f32], simd: bool) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if simd && a.len() == b.len() && a.len() % 8 == 0 {
+    if simd && a.len() == b.len() && a.len().is_multiple_of(8) {
         // SAFETY: AVX2 and FMA were detected; lengths checked above.
         return unsafe { avx2::dot_f32(a, b) };
     }
@@ -256,12 +277,57 @@ mod avx2 {
         hsum(acc) + acc_m
     }
 
+    /// Four activation rows (`x` is `[4, 32 * d.len()]`, `xsum` `[4, d.len()]`) against one
+    /// weight row.
+    ///
+    /// # Safety
+    /// AVX2+FMA; `qs.len() == 16 * d.len()`, `m.len() == d.len()`, lengths of `x`/`xsum` as said.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q4_1_x4(
+        qs: &[u8],
+        d: &[f32],
+        m: &[f32],
+        x: &[f32],
+        xsum: &[f32],
+    ) -> [f32; 4] {
+        let (nb, cols) = (d.len(), d.len() * 32);
+        let mask = _mm_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc_m = [0f32; 4];
+        for b in 0..nb {
+            // SAFETY: block b's 16 bytes are in bounds (caller's lengths).
+            let q = unsafe { _mm_loadu_si128(qs.as_ptr().add(b * 16).cast()) };
+            let lo = _mm_and_si128(q, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
+            let f = [
+                widen(lo),
+                widen(_mm_srli_si128::<8>(lo)),
+                widen(hi),
+                widen(_mm_srli_si128::<8>(hi)),
+            ];
+            let db = _mm256_set1_ps(d[b]);
+            for r in 0..4 {
+                // SAFETY: row r's 32 floats of block b are in bounds (caller's lengths).
+                let s = unsafe {
+                    let xp = x.as_ptr().add(r * cols + b * 32);
+                    let s = _mm256_mul_ps(f[0], _mm256_loadu_ps(xp));
+                    let s = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(xp.add(8)), s);
+                    let t = _mm256_mul_ps(f[2], _mm256_loadu_ps(xp.add(16)));
+                    _mm256_add_ps(s, _mm256_fmadd_ps(f[3], _mm256_loadu_ps(xp.add(24)), t))
+                };
+                acc[r] = _mm256_fmadd_ps(db, s, acc[r]);
+                acc_m[r] += m[b] * xsum[r * nb + b];
+            }
+        }
+        [0, 1, 2, 3].map(|r| hsum(acc[r]) + acc_m[r])
+    }
+
     /// # Safety
     /// AVX2+FMA; `qs.len() == 32 * d.len() == x.len()`.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_q8_0(qs: &[u8], d: &[f32], x: &[f32]) -> f32 {
         let mut acc = _mm256_setzero_ps();
-        for b in 0..d.len() {
+        for (b, &db) in d.iter().enumerate() {
             let mut s = _mm256_setzero_ps();
             for k in 0..4 {
                 // SAFETY: 8 bytes and 8 floats of block b, in bounds by the caller's lengths.
@@ -271,7 +337,7 @@ mod avx2 {
                     s = _mm256_fmadd_ps(f, _mm256_loadu_ps(x.as_ptr().add(b * 32 + k * 8)), s);
                 }
             }
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d[b]), s, acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(db), s, acc);
         }
         hsum(acc)
     }
@@ -294,8 +360,7 @@ mod avx2 {
         hsum(acc)
     }
 
-    /// The low 8 unsigned bytes of `v` as f32 (a fn, not a closure: closures do not inherit
-    /// `target_feature` and would not inline).
+    /// The low 8 unsigned bytes of `v` as f32.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn widen(v: __m128i) -> __m256 {
