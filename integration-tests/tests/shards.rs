@@ -119,7 +119,7 @@ async fn client_disconnect_frees_kv_blocks() {
 #[test]
 fn sixteen_concurrent_streams_complete() {
     let _one = ONE_AT_A_TIME.blocking_lock();
-    python::run_script(server(), "concurrent.py", &[]);
+    python::run_script(server(), "many_streams.py", &[]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
