@@ -56,7 +56,8 @@ pub fn paged_attention(
 fn run_jobs(mut jobs: Vec<HeadJob<'_>>, cache: &CpuKvCache, layer: usize, scale: f32) {
     let work: usize = jobs.iter().map(|j| j.context).sum::<usize>() * cache.layout.head_dim;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads < 2 || work < 1 << 16 {
+    // A scoped spawn costs tens of microseconds: only worth it for long prefill chunks.
+    if threads < 2 || work < 1 << 20 {
         let mut scores = Vec::new();
         jobs.iter_mut()
             .for_each(|j| attend(j, cache, layer, scale, &mut scores));

@@ -6,6 +6,8 @@ mod kv;
 mod ops;
 mod pool;
 mod qweight;
+#[cfg(target_arch = "x86_64")]
+mod simd_x86;
 mod tensor;
 #[cfg(test)]
 mod tests;

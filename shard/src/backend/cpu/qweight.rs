@@ -8,6 +8,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module};
 use half::f16;
 
+#[cfg(target_arch = "x86_64")]
+use crate::backend::cpu::simd_x86;
 use crate::backend::cpu::tensor::CpuTensor;
 use crate::backend::{BackendError, BackendResult};
 
@@ -124,14 +126,14 @@ impl BlockMatrix {
             BlockKind::Q4_1 => x.data.chunks_exact(QK).map(|c| c.iter().sum()).collect(),
             _ => Vec::new(),
         };
-        let simd = has_avx2();
+        let simd = simd_level();
         let width = range.len();
         for (i, n) in range.enumerate() {
             let blocks = n * nb..(n + 1) * nb;
             // Prefill: unpack each Q4_1 block once for four activation rows.
             let mut t0 = 0;
             #[cfg(target_arch = "x86_64")]
-            if simd && self.kind == BlockKind::Q4_1 && x.cols == nb * QK {
+            if simd != Simd::None && self.kind == BlockKind::Q4_1 && x.cols == nb * QK {
                 let (qs, d, m) = (
                     &self.qs[blocks.start * 16..blocks.end * 16],
                     &self.scales[blocks.clone()],
@@ -140,9 +142,14 @@ impl BlockMatrix {
                 while t0 + 4 <= x.rows {
                     let xs = &x.data[t0 * x.cols..(t0 + 4) * x.cols];
                     let sums = &xsum[t0 * nb..(t0 + 4) * nb];
-                    // SAFETY: AVX2 and FMA were detected; block counts match by construction
+                    // SAFETY: the features were detected; block counts match by construction
                     // (`qs` 16, `xs` 4 * 32, `sums` 4 per block).
-                    let r = unsafe { avx2::dot_q4_1_x4(qs, d, m, xs, sums) };
+                    let r = unsafe {
+                        match simd {
+                            Simd::Avx512 => simd_x86::avx512::dot_q4_1_x4(qs, d, m, xs, sums),
+                            _ => simd_x86::avx2::dot_q4_1_x4(qs, d, m, xs, sums),
+                        }
+                    };
                     for (k, v) in r.into_iter().enumerate() {
                         out[(t0 + k) * width + i] = v;
                     }
@@ -175,29 +182,45 @@ impl BlockMatrix {
     }
 }
 
-fn has_avx2() -> bool {
+/// The widest SIMD level this CPU runs (detected at run time; std caches the CPUID query).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Simd {
+    None,
+    Avx2,
+    Avx512,
+}
+
+fn simd_level() -> Simd {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Simd::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Simd::Avx2;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Simd::None
 }
 
 /// `sum_b d_b * (q_b . x_b) + m_b * sum(x_b)`; `qs` holds 16 bytes per block.
-fn dot_q4_1(qs: &[u8], d: &[f32], m: &[f32], x: &[f32], xsum: &[f32], simd: bool) -> f32 {
+fn dot_q4_1(qs: &[u8], d: &[f32], m: &[f32], x: &[f32], xsum: &[f32], simd: Simd) -> f32 {
     debug_assert!(qs.len() == d.len() * 16 && x.len() == d.len() * QK && xsum.len() == d.len());
     #[cfg(target_arch = "x86_64")]
-    if simd
+    if simd != Simd::None
         && qs.len() == d.len() * 16
         && x.len() == d.len() * QK
         && m.len() == d.len()
         && xsum.len() == d.len()
     {
-        // SAFETY: AVX2 and FMA were detected; lengths checked above.
-        return unsafe { avx2::dot_q4_1(qs, d, m, x, xsum) };
+        // SAFETY: the features were detected; lengths checked above.
+        return unsafe {
+            match simd {
+                Simd::Avx512 => simd_x86::avx512::dot_q4_1(qs, d, m, x, xsum),
+                _ => simd_x86::avx2::dot_q4_1(qs, d, m, x, xsum),
+            }
+        };
     }
     let _ = simd;
     let mut total = 0.0;
@@ -212,11 +235,16 @@ fn dot_q4_1(qs: &[u8], d: &[f32], m: &[f32], x: &[f32], xsum: &[f32], simd: bool
 }
 
 /// `sum_b d_b * (q_b . x_b)`; `qs` holds 32 signed bytes per block.
-fn dot_q8_0(qs: &[u8], d: &[f32], x: &[f32], simd: bool) -> f32 {
+fn dot_q8_0(qs: &[u8], d: &[f32], x: &[f32], simd: Simd) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if simd && qs.len() == d.len() * QK && x.len() == d.len() * QK {
-        // SAFETY: AVX2 and FMA were detected; lengths checked above.
-        return unsafe { avx2::dot_q8_0(qs, d, x) };
+    if simd != Simd::None && qs.len() == d.len() * QK && x.len() == d.len() * QK {
+        // SAFETY: the features were detected; lengths checked above.
+        return unsafe {
+            match simd {
+                Simd::Avx512 => simd_x86::avx512::dot_q8_0(qs, d, x),
+                _ => simd_x86::avx2::dot_q8_0(qs, d, x),
+            }
+        };
     }
     let _ = simd;
     let mut total = 0.0;
@@ -231,150 +259,14 @@ fn dot_q8_0(qs: &[u8], d: &[f32], x: &[f32], simd: bool) -> f32 {
     total
 }
 
-fn dot_f32(a: &[f32], b: &[f32], simd: bool) -> f32 {
+fn dot_f32(a: &[f32], b: &[f32], simd: Simd) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if simd && a.len() == b.len() && a.len().is_multiple_of(8) {
+    if simd != Simd::None && a.len() == b.len() && a.len().is_multiple_of(8) {
         // SAFETY: AVX2 and FMA were detected; lengths checked above.
-        return unsafe { avx2::dot_f32(a, b) };
+        return unsafe { simd_x86::avx2::dot_f32(a, b) };
     }
     let _ = simd;
     a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    /// # Safety
-    /// AVX2+FMA; `qs.len() == 16 * d.len()`, `x.len() == 32 * d.len()`, `m`/`xsum` as `d`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q4_1(qs: &[u8], d: &[f32], m: &[f32], x: &[f32], xsum: &[f32]) -> f32 {
-        let mask = _mm_set1_epi8(0x0F);
-        let (mut acc, mut acc_m) = (_mm256_setzero_ps(), 0f32);
-        for b in 0..d.len() {
-            // SAFETY: block b's 16 bytes and 32 floats are in bounds (caller's lengths).
-            let (q, xp) = unsafe {
-                (
-                    _mm_loadu_si128(qs.as_ptr().add(b * 16).cast()),
-                    x.as_ptr().add(b * 32),
-                )
-            };
-            let lo = _mm_and_si128(q, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
-            let (f0, f1) = (widen(lo), widen(_mm_srli_si128::<8>(lo)));
-            let (f2, f3) = (widen(hi), widen(_mm_srli_si128::<8>(hi)));
-            // SAFETY: as above.
-            let s = unsafe {
-                let s = _mm256_mul_ps(f0, _mm256_loadu_ps(xp));
-                let s = _mm256_fmadd_ps(f1, _mm256_loadu_ps(xp.add(8)), s);
-                let t = _mm256_mul_ps(f2, _mm256_loadu_ps(xp.add(16)));
-                let t = _mm256_fmadd_ps(f3, _mm256_loadu_ps(xp.add(24)), t);
-                _mm256_add_ps(s, t)
-            };
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d[b]), s, acc);
-            acc_m += m[b] * xsum[b];
-        }
-        hsum(acc) + acc_m
-    }
-
-    /// Four activation rows (`x` is `[4, 32 * d.len()]`, `xsum` `[4, d.len()]`) against one
-    /// weight row.
-    ///
-    /// # Safety
-    /// AVX2+FMA; `qs.len() == 16 * d.len()`, `m.len() == d.len()`, lengths of `x`/`xsum` as said.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q4_1_x4(
-        qs: &[u8],
-        d: &[f32],
-        m: &[f32],
-        x: &[f32],
-        xsum: &[f32],
-    ) -> [f32; 4] {
-        let (nb, cols) = (d.len(), d.len() * 32);
-        let mask = _mm_set1_epi8(0x0F);
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut acc_m = [0f32; 4];
-        for b in 0..nb {
-            // SAFETY: block b's 16 bytes are in bounds (caller's lengths).
-            let q = unsafe { _mm_loadu_si128(qs.as_ptr().add(b * 16).cast()) };
-            let lo = _mm_and_si128(q, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16::<4>(q), mask);
-            let f = [
-                widen(lo),
-                widen(_mm_srli_si128::<8>(lo)),
-                widen(hi),
-                widen(_mm_srli_si128::<8>(hi)),
-            ];
-            let db = _mm256_set1_ps(d[b]);
-            for r in 0..4 {
-                // SAFETY: row r's 32 floats of block b are in bounds (caller's lengths).
-                let s = unsafe {
-                    let xp = x.as_ptr().add(r * cols + b * 32);
-                    let s = _mm256_mul_ps(f[0], _mm256_loadu_ps(xp));
-                    let s = _mm256_fmadd_ps(f[1], _mm256_loadu_ps(xp.add(8)), s);
-                    let t = _mm256_mul_ps(f[2], _mm256_loadu_ps(xp.add(16)));
-                    _mm256_add_ps(s, _mm256_fmadd_ps(f[3], _mm256_loadu_ps(xp.add(24)), t))
-                };
-                acc[r] = _mm256_fmadd_ps(db, s, acc[r]);
-                acc_m[r] += m[b] * xsum[r * nb + b];
-            }
-        }
-        [0, 1, 2, 3].map(|r| hsum(acc[r]) + acc_m[r])
-    }
-
-    /// # Safety
-    /// AVX2+FMA; `qs.len() == 32 * d.len() == x.len()`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q8_0(qs: &[u8], d: &[f32], x: &[f32]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        for (b, &db) in d.iter().enumerate() {
-            let mut s = _mm256_setzero_ps();
-            for k in 0..4 {
-                // SAFETY: 8 bytes and 8 floats of block b, in bounds by the caller's lengths.
-                unsafe {
-                    let q = _mm_loadl_epi64(qs.as_ptr().add(b * 32 + k * 8).cast());
-                    let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
-                    s = _mm256_fmadd_ps(f, _mm256_loadu_ps(x.as_ptr().add(b * 32 + k * 8)), s);
-                }
-            }
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(db), s, acc);
-        }
-        hsum(acc)
-    }
-
-    /// # Safety
-    /// AVX2+FMA; `a.len() == b.len()`, a multiple of 8.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        for i in (0..a.len()).step_by(8) {
-            // SAFETY: i + 8 <= len by the caller's lengths.
-            unsafe {
-                acc = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(a.as_ptr().add(i)),
-                    _mm256_loadu_ps(b.as_ptr().add(i)),
-                    acc,
-                );
-            }
-        }
-        hsum(acc)
-    }
-
-    /// The low 8 unsigned bytes of `v` as f32.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn widen(v: __m128i) -> __m256 {
-        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-        _mm_cvtss_f32(s)
-    }
 }
 
 fn parse_q4_1(data: &[u8], rows: usize, cols: usize) -> BackendResult<BlockMatrix> {
@@ -437,4 +329,90 @@ fn check_len(
         });
     }
     Ok(blocks)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // unwrap is the assertion in tests
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 1999) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    /// Every SIMD level this CPU has agrees with the scalar code, for single and 4-row dots.
+    #[test]
+    fn simd_levels_agree_with_scalar() {
+        let (rows, cols) = (5, 96);
+        let nb = cols / QK;
+        let w = candle_core::Tensor::from_vec(data(rows * cols, 1), (rows, cols), &Device::Cpu)
+            .unwrap();
+        let x = CpuTensor::new(5, cols, data(5 * cols, 2)).unwrap();
+        let xsum: Vec<f32> = x.data.chunks_exact(QK).map(|c| c.iter().sum()).collect();
+        let mut levels = vec![Simd::None];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                levels.push(Simd::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                levels.push(Simd::Avx512);
+            }
+        }
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let CpuWeight::Blocks(b) =
+                CpuWeight::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap()
+            else {
+                panic!("block format expected");
+            };
+            let per = if dtype == GgmlDType::Q4_1 { 16 } else { QK };
+            for n in 0..rows {
+                let (qs, d) = (
+                    &b.qs[n * nb * per..(n + 1) * nb * per],
+                    &b.scales[n * nb..(n + 1) * nb],
+                );
+                let dot = |t: usize, simd| match dtype {
+                    GgmlDType::Q4_1 => dot_q4_1(
+                        qs,
+                        d,
+                        &b.mins[n * nb..(n + 1) * nb],
+                        x.row(t),
+                        &xsum[t * nb..(t + 1) * nb],
+                        simd,
+                    ),
+                    _ => dot_q8_0(qs, d, x.row(t), simd),
+                };
+                for t in 0..x.rows {
+                    let want = dot(t, Simd::None);
+                    for &l in &levels {
+                        assert!((dot(t, l) - want).abs() < 1e-4, "{dtype:?} {l:?}");
+                    }
+                }
+                #[cfg(target_arch = "x86_64")]
+                if dtype == GgmlDType::Q4_1 {
+                    let (m, xs, sums) = (
+                        &b.mins[n * nb..(n + 1) * nb],
+                        &x.data[..4 * cols],
+                        &xsum[..4 * nb],
+                    );
+                    for &l in &levels[1..] {
+                        // SAFETY: the level was detected; lengths are the kernel's contract.
+                        let r = unsafe {
+                            match l {
+                                Simd::Avx512 => simd_x86::avx512::dot_q4_1_x4(qs, d, m, xs, sums),
+                                _ => simd_x86::avx2::dot_q4_1_x4(qs, d, m, xs, sums),
+                            }
+                        };
+                        for (t, v) in r.iter().enumerate() {
+                            assert!((v - dot(t, Simd::None)).abs() < 1e-4, "x4 {l:?} row {t}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
