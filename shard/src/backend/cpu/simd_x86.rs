@@ -189,10 +189,10 @@ pub mod avx512 {
     ) -> [f32; 4] {
         let (nb, cols) = (d.len(), d.len() * 32);
         let mut acc = [_mm512_setzero_ps(); 4];
-        for b in 0..nb {
+        for (b, &scale) in d.iter().enumerate() {
             // SAFETY: block b's 16 bytes are in bounds (caller's lengths).
             let (lo, hi) = q4_1_block(unsafe { _mm_loadu_si128(qs.as_ptr().add(b * 16).cast()) });
-            let db = _mm512_set1_ps(d[b]);
+            let db = _mm512_set1_ps(scale);
             for (r, a) in acc.iter_mut().enumerate() {
                 // SAFETY: row r's 32 floats of block b are in bounds (caller's lengths).
                 let s = unsafe {
