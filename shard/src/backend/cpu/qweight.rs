@@ -128,7 +128,36 @@ impl BlockMatrix {
         };
         let simd = simd_level();
         let width = range.len();
-        for (i, n) in range.enumerate() {
+        let mut first = range.start;
+        // Decode (one activation row): four weight rows at a time share each activation load.
+        #[cfg(target_arch = "x86_64")]
+        if simd == Simd::Avx512 && x.rows == 1 && x.cols == nb * QK && self.kind != BlockKind::F32 {
+            while first + 4 <= range.end {
+                let blocks = first * nb..(first + 4) * nb;
+                let d = &self.scales[blocks.clone()];
+                // SAFETY: AVX-512F was detected; each slice covers four rows of `nb` blocks.
+                let r = unsafe {
+                    match self.kind {
+                        BlockKind::Q4_1 => simd_x86::avx512::dot_q4_1_rows4(
+                            &self.qs[blocks.start * 16..blocks.end * 16],
+                            d,
+                            &self.mins[blocks.clone()],
+                            &x.data,
+                            &xsum,
+                        ),
+                        _ => simd_x86::avx512::dot_q8_0_rows4(
+                            &self.qs[blocks.start * QK..blocks.end * QK],
+                            d,
+                            &x.data,
+                        ),
+                    }
+                };
+                out[first - range.start..first - range.start + 4].copy_from_slice(&r);
+                first += 4;
+            }
+        }
+        for n in first..range.end {
+            let i = n - range.start;
             let blocks = n * nb..(n + 1) * nb;
             // Prefill: unpack each Q4_1 block once for four activation rows.
             let mut t0 = 0;

@@ -212,6 +212,69 @@ pub mod avx512 {
         })
     }
 
+    /// Four consecutive Q4_1 weight rows against one activation row (decode): the activation
+    /// block is loaded once for four rows and the four FMA chains run side by side.
+    ///
+    /// # Safety
+    /// AVX-512F; with `nb = x.len() / 32`: `qs.len() == 64 * nb`, `d`/`m` `4 * nb`,
+    /// `xsum.len() == nb`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_q4_1_rows4(
+        qs: &[u8],
+        d: &[f32],
+        m: &[f32],
+        x: &[f32],
+        xsum: &[f32],
+    ) -> [f32; 4] {
+        let nb = xsum.len();
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for b in 0..nb {
+            // SAFETY: block b's 32 floats are in bounds (caller's lengths).
+            let (x0, x1) = unsafe {
+                let xp = x.as_ptr().add(b * 32);
+                (_mm512_loadu_ps(xp), _mm512_loadu_ps(xp.add(16)))
+            };
+            for (r, a) in acc.iter_mut().enumerate() {
+                let blk = r * nb + b;
+                // SAFETY: row r's block b is in bounds (caller's lengths).
+                let (lo, hi) =
+                    q4_1_block(unsafe { _mm_loadu_si128(qs.as_ptr().add(blk * 16).cast()) });
+                let s = _mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0));
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(d[blk]), s, *a);
+            }
+        }
+        [0, 1, 2, 3].map(|r| {
+            let mins: f32 = (0..nb).map(|b| m[r * nb + b] * xsum[b]).sum();
+            _mm512_reduce_add_ps(acc[r]) + mins
+        })
+    }
+
+    /// Four consecutive Q8_0 weight rows against one activation row.
+    ///
+    /// # Safety
+    /// AVX-512F; with `nb = x.len() / 32`: `qs.len() == 128 * nb`, `d.len() == 4 * nb`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_q8_0_rows4(qs: &[u8], d: &[f32], x: &[f32]) -> [f32; 4] {
+        let nb = x.len() / 32;
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for b in 0..nb {
+            // SAFETY: block b's 32 floats and each row's block b are in bounds (caller's lengths).
+            unsafe {
+                let xp = x.as_ptr().add(b * 32);
+                let (x0, x1) = (_mm512_loadu_ps(xp), _mm512_loadu_ps(xp.add(16)));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let p = qs.as_ptr().add((r * nb + b) * 32);
+                    let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())));
+                    let hi =
+                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(16).cast())));
+                    let s = _mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0));
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(d[r * nb + b]), s, *a);
+                }
+            }
+        }
+        [0, 1, 2, 3].map(|r| _mm512_reduce_add_ps(acc[r]))
+    }
+
     /// # Safety
     /// AVX-512F; `qs.len() == 32 * d.len() == x.len()`.
     #[target_feature(enable = "avx512f")]

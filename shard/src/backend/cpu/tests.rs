@@ -205,14 +205,24 @@ fn kv_write_lands_in_the_right_slot_and_layer() {
 
 #[test]
 fn backend_matmul_matches_naive_in_every_weight_format() {
-    use candle_core::quantized::GgmlDType;
     let mut rng = Rng(3);
     // 67 output rows: uneven shares over the pool's threads.
     let (n, k) = (67, 96);
     let w = rng.f32s(n * k);
     let wt = Tensor::from_slice(&w, (n, k), &Device::Cpu).unwrap();
-    // 6 rows: the 4-row prefill kernel plus the single-row tail.
-    let x = CpuTensor::new(6, k, rng.f32s(6 * k)).unwrap();
+    // 6 rows: the 4-row prefill kernel plus the single-row tail; 1 row: the decode kernels.
+    for rows in [6, 1] {
+        check_formats(
+            &wt,
+            &CpuTensor::new(rows, k, rng.f32s(rows * k)).unwrap(),
+            n,
+            k,
+        );
+    }
+}
+
+fn check_formats(wt: &Tensor, x: &CpuTensor, n: usize, k: usize) {
+    use candle_core::quantized::GgmlDType;
     let cases = [
         (WeightFormat::Blocks, GgmlDType::Q4_1),
         (WeightFormat::Blocks, GgmlDType::Q8_0),
@@ -221,7 +231,7 @@ fn backend_matmul_matches_naive_in_every_weight_format() {
         (WeightFormat::Candle, GgmlDType::Q8_0),
     ];
     for (format, dtype) in cases {
-        let q = QTensor::quantize(&wt, dtype).unwrap();
+        let q = QTensor::quantize(wt, dtype).unwrap();
         // The reference multiplies the dequantized weights in f64.
         let deq = q
             .dequantize(&Device::Cpu)
@@ -238,10 +248,10 @@ fn backend_matmul_matches_naive_in_every_weight_format() {
         };
         let be = CpuBackend::new(format);
         let qw = be.load_weight(q).unwrap();
-        let out = be.matmul(&x, &[&qw, &qw]).unwrap();
+        let out = be.matmul(x, &[&qw, &qw]).unwrap();
         assert_eq!(out.len(), 2);
-        assert_eq!((out[1].rows, out[1].cols), (6, n));
-        for r in 0..6 {
+        assert_eq!((out[1].rows, out[1].cols), (x.rows, n));
+        for r in 0..x.rows {
             for c in 0..n {
                 let want: f64 = x
                     .row(r)
