@@ -9,3 +9,4 @@ pub mod engine;
 pub mod kv_cache;
 pub mod model;
 pub mod sampling;
+pub mod service;

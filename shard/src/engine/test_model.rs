@@ -24,6 +24,8 @@ pub(crate) struct FakeLm {
     pub eos_at_len: Option<usize>,
     /// Makes the next forward fail.
     pub fail_next: Arc<Mutex<bool>>,
+    /// Sleep per forward, so tests over a socket can act while sequences still run.
+    pub step_delay: std::time::Duration,
 }
 
 impl FakeLm {
@@ -47,6 +49,7 @@ impl FakeLm {
             log: ForwardLog::default(),
             eos_at_len: None,
             fail_next: Arc::default(),
+            step_delay: std::time::Duration::ZERO,
         }
     }
 
@@ -95,6 +98,7 @@ impl CausalLm for FakeLm {
     }
 
     fn forward(&mut self, batch: &[SeqChunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        std::thread::sleep(self.step_delay);
         if let Ok(mut log) = self.log.lock() {
             log.push(
                 batch

@@ -1,0 +1,38 @@
+//! The gRPC server: the `Shard` service plus reflection (so grpcurl can list and call it).
+
+use super::ShardService;
+use pagedserve_proto::ShardServer;
+use std::future::Future;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// A Submit batch carries whole prompts; tonic's 4 MiB default is too tight for big batches.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    service: ShardService,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServiceError> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pagedserve_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let shard = ShardServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        .add_service(shard)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
