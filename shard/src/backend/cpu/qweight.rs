@@ -120,93 +120,118 @@ impl BlockMatrix {
 
     /// Output rows `range` of `x @ w^T`, written `[x.rows, range.len()]` into `out`.
     pub fn matmul_rows(&self, x: &CpuTensor, range: std::ops::Range<usize>, out: &mut [f32]) {
-        let nb = self.cols / QK;
         // Q4_1's `m` term needs each activation block's sum, shared by all weight rows.
         let xsum: Vec<f32> = match self.kind {
             BlockKind::Q4_1 => x.data.chunks_exact(QK).map(|c| c.iter().sum()).collect(),
             _ => Vec::new(),
         };
         let simd = simd_level();
-        let width = range.len();
+        let first = self.decode_rows4(x, &xsum, range.clone(), out, simd);
+        for n in first..range.end {
+            self.row_dots(x, &xsum, n, n - range.start, range.len(), out, simd);
+        }
+    }
+
+    /// The quantized blocks, scales and mins of `count` weight rows from row `first`.
+    fn rows(&self, first: usize, count: usize) -> (&[u8], &[f32], &[f32]) {
+        let nb = self.cols / QK;
+        let blocks = first * nb..(first + count) * nb;
+        let per = if self.kind == BlockKind::Q4_1 { 16 } else { QK };
+        let mins = if self.kind == BlockKind::Q4_1 {
+            &self.mins[blocks.clone()]
+        } else {
+            &[]
+        };
+        let qs = if self.kind == BlockKind::F32 {
+            &[][..]
+        } else {
+            &self.qs[blocks.start * per..blocks.end * per]
+        };
+        let d = if self.kind == BlockKind::F32 {
+            &[][..]
+        } else {
+            &self.scales[blocks]
+        };
+        (qs, d, mins)
+    }
+
+    /// Decode (one activation row) on AVX-512: four weight rows at a time share each
+    /// activation load. Returns the first row left for [`Self::row_dots`].
+    fn decode_rows4(
+        &self,
+        x: &CpuTensor,
+        xsum: &[f32],
+        range: std::ops::Range<usize>,
+        out: &mut [f32],
+        simd: Simd,
+    ) -> usize {
         let mut first = range.start;
-        // Decode (one activation row): four weight rows at a time share each activation load.
         #[cfg(target_arch = "x86_64")]
-        if simd == Simd::Avx512 && x.rows == 1 && x.cols == nb * QK && self.kind != BlockKind::F32 {
+        if simd == Simd::Avx512 && x.rows == 1 && x.cols == self.cols && self.kind != BlockKind::F32
+        {
             while first + 4 <= range.end {
-                let blocks = first * nb..(first + 4) * nb;
-                let d = &self.scales[blocks.clone()];
-                // SAFETY: AVX-512F was detected; each slice covers four rows of `nb` blocks.
+                let (qs, d, m) = self.rows(first, 4);
+                // SAFETY: AVX-512F was detected; each slice covers four rows of blocks.
                 let r = unsafe {
                     match self.kind {
-                        BlockKind::Q4_1 => simd_x86::avx512::dot_q4_1_rows4(
-                            &self.qs[blocks.start * 16..blocks.end * 16],
-                            d,
-                            &self.mins[blocks.clone()],
-                            &x.data,
-                            &xsum,
-                        ),
-                        _ => simd_x86::avx512::dot_q8_0_rows4(
-                            &self.qs[blocks.start * QK..blocks.end * QK],
-                            d,
-                            &x.data,
-                        ),
+                        BlockKind::Q4_1 => {
+                            simd_x86::avx512::dot_q4_1_rows4(qs, d, m, &x.data, xsum)
+                        }
+                        _ => simd_x86::avx512::dot_q8_0_rows4(qs, d, &x.data),
                     }
                 };
                 out[first - range.start..first - range.start + 4].copy_from_slice(&r);
                 first += 4;
             }
         }
-        for n in first..range.end {
-            let i = n - range.start;
-            let blocks = n * nb..(n + 1) * nb;
-            // Prefill: unpack each Q4_1 block once for four activation rows.
-            let mut t0 = 0;
-            #[cfg(target_arch = "x86_64")]
-            if simd != Simd::None && self.kind == BlockKind::Q4_1 && x.cols == nb * QK {
-                let (qs, d, m) = (
-                    &self.qs[blocks.start * 16..blocks.end * 16],
-                    &self.scales[blocks.clone()],
-                    &self.mins[blocks.clone()],
-                );
-                while t0 + 4 <= x.rows {
-                    let xs = &x.data[t0 * x.cols..(t0 + 4) * x.cols];
-                    let sums = &xsum[t0 * nb..(t0 + 4) * nb];
-                    // SAFETY: the features were detected; block counts match by construction
-                    // (`qs` 16, `xs` 4 * 32, `sums` 4 per block).
-                    let r = unsafe {
-                        match simd {
-                            Simd::Avx512 => simd_x86::avx512::dot_q4_1_x4(qs, d, m, xs, sums),
-                            _ => simd_x86::avx2::dot_q4_1_x4(qs, d, m, xs, sums),
-                        }
-                    };
-                    for (k, v) in r.into_iter().enumerate() {
-                        out[(t0 + k) * width + i] = v;
+        let _ = (x, xsum, out, simd);
+        first
+    }
+
+    /// Weight row `n` against every activation row, into column `i` of `out` (`width` wide).
+    #[allow(clippy::too_many_arguments)] // the hot loop's state, kept in locals
+    fn row_dots(
+        &self,
+        x: &CpuTensor,
+        xsum: &[f32],
+        n: usize,
+        i: usize,
+        width: usize,
+        out: &mut [f32],
+        simd: Simd,
+    ) {
+        let nb = self.cols / QK;
+        let (qs, d, m) = self.rows(n, 1);
+        let mut t0 = 0;
+        // Prefill: unpack each Q4_1 block once for four activation rows.
+        #[cfg(target_arch = "x86_64")]
+        if simd != Simd::None && self.kind == BlockKind::Q4_1 && x.cols == self.cols {
+            while t0 + 4 <= x.rows {
+                let xs = &x.data[t0 * x.cols..(t0 + 4) * x.cols];
+                let sums = &xsum[t0 * nb..(t0 + 4) * nb];
+                // SAFETY: the features were detected; block counts match by construction
+                // (`qs` 16, `xs` 4 * 32, `sums` 4 per block).
+                let r = unsafe {
+                    match simd {
+                        Simd::Avx512 => simd_x86::avx512::dot_q4_1_x4(qs, d, m, xs, sums),
+                        _ => simd_x86::avx2::dot_q4_1_x4(qs, d, m, xs, sums),
                     }
-                    t0 += 4;
-                }
-            }
-            for t in t0..x.rows {
-                let xr = x.row(t);
-                out[t * width + i] = match self.kind {
-                    BlockKind::F32 => {
-                        dot_f32(&self.dense[n * self.cols..(n + 1) * self.cols], xr, simd)
-                    }
-                    BlockKind::Q4_1 => dot_q4_1(
-                        &self.qs[blocks.start * 16..blocks.end * 16],
-                        &self.scales[blocks.clone()],
-                        &self.mins[blocks.clone()],
-                        xr,
-                        &xsum[t * nb..(t + 1) * nb],
-                        simd,
-                    ),
-                    BlockKind::Q8_0 => dot_q8_0(
-                        &self.qs[blocks.start * QK..blocks.end * QK],
-                        &self.scales[blocks.clone()],
-                        xr,
-                        simd,
-                    ),
                 };
+                for (k, v) in r.into_iter().enumerate() {
+                    out[(t0 + k) * width + i] = v;
+                }
+                t0 += 4;
             }
+        }
+        for t in t0..x.rows {
+            let xr = x.row(t);
+            out[t * width + i] = match self.kind {
+                BlockKind::F32 => {
+                    dot_f32(&self.dense[n * self.cols..(n + 1) * self.cols], xr, simd)
+                }
+                BlockKind::Q4_1 => dot_q4_1(qs, d, m, xr, &xsum[t * nb..(t + 1) * nb], simd),
+                BlockKind::Q8_0 => dot_q8_0(qs, d, xr, simd),
+            };
         }
     }
 }
