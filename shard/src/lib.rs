@@ -4,6 +4,7 @@
 //! continuous-batching step loop; `sampling` turns logits into tokens; `service` exposes it all
 //! over gRPC (`proto/shard.proto`).
 
+pub mod args;
 pub mod backend;
 pub mod engine;
 pub mod kv_cache;

@@ -108,7 +108,11 @@ mod tests {
         let held = pool.allocate_many(3);
         assert_eq!(held.as_ref().map(Vec::len), Some(3));
         assert!(pool.allocate_many(2).is_none());
-        assert_eq!(pool.num_free(), 1, "a failed allocate_many must not take blocks");
+        assert_eq!(
+            pool.num_free(),
+            1,
+            "a failed allocate_many must not take blocks"
+        );
         drop(held);
         assert_eq!(pool.num_free(), 4);
     }
