@@ -258,3 +258,46 @@ fn invalid_batches_are_errors_not_panics() {
         Err(ModelError::UnsupportedDevice(_))
     ));
 }
+
+/// A sequence's logits do not depend on what else is in the batch: decoding alone and
+/// decoding beside others (different row counts, so different matmul kernels) agree bit for
+/// bit. The engine's "batched equals alone" guarantee rests on this.
+#[test]
+fn batched_logits_equal_single_sequence_logits_bitwise() {
+    let fixture = load_fixture();
+    let opts = LoadOptions {
+        model_path: model_path(&fixture.model),
+        served_model_name: None,
+        block_size: BLOCK_SIZE,
+        num_kv_blocks: Some(30),
+        kv_cache_bytes: 0,
+        device: "cpu".into(),
+    };
+    let mut model = load_model(&opts).expect("load the default model");
+    let steps = 4;
+    let make = |case: &Case, first_block: u32, chunk: usize| Seq {
+        tokens: case.prompt_ids.clone(),
+        cached: 0,
+        prompt_len: case.prompt_ids.len(),
+        chunk,
+        table: (first_block..first_block + 10).collect(),
+        logits: vec![],
+    };
+    let cases = &fixture.cases[..3];
+    let mut together: Vec<Seq> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| make(c, 10 * i as u32, 7))
+        .collect();
+    while step(model.as_mut(), &mut together, steps) {}
+    for (i, case) in cases.iter().enumerate() {
+        // Alone, whole-prompt prefill, in other blocks (the first ten are reused).
+        let mut alone = vec![make(case, 20 - 10 * (i as u32 % 2), usize::MAX)];
+        while step(model.as_mut(), &mut alone, steps) {}
+        assert_eq!(alone[0].tokens, together[i].tokens, "case {i}: tokens");
+        assert!(
+            alone[0].logits == together[i].logits,
+            "case {i}: logits differ"
+        );
+    }
+}

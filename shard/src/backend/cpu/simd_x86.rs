@@ -1,5 +1,10 @@
 //! x86 SIMD dot products of GGUF weight blocks with f32 activations, chosen at run time
 //! (the build targets baseline x86-64). Callers check lengths; see each `# Safety`.
+//!
+//! Batch invariance: within one SIMD level, the single-row, 4-activation-row and
+//! 4-weight-row variants add in exactly the same order (one accumulator, same per-block
+//! expression, same final reduction), so a sequence's logits are bit-identical whether it
+//! runs alone or in a batch of any size.
 
 pub mod avx2 {
     use std::arch::x86_64::*;
@@ -156,7 +161,7 @@ pub mod avx512 {
     /// AVX-512F; `qs.len() == 16 * d.len()`, `x.len() == 32 * d.len()`, `m`/`xsum` as `d`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_q4_1(qs: &[u8], d: &[f32], m: &[f32], x: &[f32], xsum: &[f32]) -> f32 {
-        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut acc = _mm512_setzero_ps();
         for b in 0..d.len() {
             // SAFETY: block b's 16 bytes and 32 floats are in bounds (caller's lengths).
             let s = unsafe {
@@ -168,11 +173,10 @@ pub mod avx512 {
                     _mm512_mul_ps(lo, _mm512_loadu_ps(xp)),
                 )
             };
-            // Two accumulators halve the FMA latency chain.
-            acc[b & 1] = _mm512_fmadd_ps(_mm512_set1_ps(d[b]), s, acc[b & 1]);
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(d[b]), s, acc);
         }
         let mins: f32 = m.iter().zip(xsum).map(|(a, b)| a * b).sum();
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + mins
+        _mm512_reduce_add_ps(acc) + mins
     }
 
     /// Four activation rows (`x` `[4, 32 * d.len()]`, `xsum` `[4, d.len()]`), one weight row.
@@ -279,7 +283,7 @@ pub mod avx512 {
     /// AVX-512F; `qs.len() == 32 * d.len() == x.len()`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_q8_0(qs: &[u8], d: &[f32], x: &[f32]) -> f32 {
-        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut acc = _mm512_setzero_ps();
         for (b, &db) in d.iter().enumerate() {
             // SAFETY: block b's 32 bytes and 32 floats are in bounds (caller's lengths).
             let s = unsafe {
@@ -294,8 +298,8 @@ pub mod avx512 {
                     _mm512_mul_ps(lo, _mm512_loadu_ps(xp)),
                 )
             };
-            acc[b & 1] = _mm512_fmadd_ps(_mm512_set1_ps(db), s, acc[b & 1]);
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(db), s, acc);
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+        _mm512_reduce_add_ps(acc)
     }
 }
