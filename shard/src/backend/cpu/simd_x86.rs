@@ -162,7 +162,7 @@ pub mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_q4_1(qs: &[u8], d: &[f32], m: &[f32], x: &[f32], xsum: &[f32]) -> f32 {
         let mut acc = _mm512_setzero_ps();
-        for b in 0..d.len() {
+        for (b, &scale) in d.iter().enumerate() {
             // SAFETY: block b's 16 bytes and 32 floats are in bounds (caller's lengths).
             let s = unsafe {
                 let (lo, hi) = q4_1_block(_mm_loadu_si128(qs.as_ptr().add(b * 16).cast()));
@@ -173,7 +173,7 @@ pub mod avx512 {
                     _mm512_mul_ps(lo, _mm512_loadu_ps(xp)),
                 )
             };
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(d[b]), s, acc);
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(scale), s, acc);
         }
         let mins: f32 = m.iter().zip(xsum).map(|(a, b)| a * b).sum();
         _mm512_reduce_add_ps(acc) + mins
