@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 struct Server {
+    addr: std::net::SocketAddr,
     client: ShardClient<Channel>,
     service: ShardService,
     _stop: oneshot::Sender<()>,
@@ -28,6 +29,7 @@ async fn start_server() -> Server {
         .await
         .expect("connect");
     Server {
+        addr,
         client,
         service,
         _stop: stop,
@@ -222,4 +224,42 @@ async fn dropped_serve_stream_frees_its_blocks() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(freed, "blocks of a disconnected stream must be freed");
+}
+
+#[tokio::test]
+async fn reflection_lists_the_shard_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let s = start_server().await;
+    let channel = Channel::from_shared(format!("http://{}", s.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("answer")
+        .expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("unexpected reflection answer: {answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"pagedserve.shard.v1.Shard".to_string()),
+        "{names:?}"
+    );
 }
