@@ -101,8 +101,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 600)]
     pub startup_timeout_secs: u64,
 
-    /// Seconds children get to exit after SIGTERM/SIGINT before they are killed.
-    #[arg(long, default_value_t = 15)]
+    /// Seconds running requests get to finish after SIGTERM/SIGINT (passed to the shards);
+    /// children still running 5 s later are killed.
+    #[arg(long, default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
 
     /// Directory holding pagedserve-shard and pagedserve-router; default: next to this binary.

@@ -62,6 +62,10 @@ pub fn shard_spec(args: &ServeArgs, plan: &Plan, shard_id: usize, port: u16) -> 
     flag("port", port.to_string());
     flag("shard-id", shard_id.to_string());
     flag("device", args.device.clone());
+    flag(
+        "shutdown-timeout-secs",
+        args.shutdown_timeout_secs.to_string(),
+    );
     let optional = [
         ("block-size", args.block_size.map(|v| v.to_string())),
         ("num-kv-blocks", args.num_kv_blocks.map(|v| v.to_string())),

@@ -19,7 +19,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let mut sup = Supervisor::default();
     let mut sigint = signal(SignalKind::interrupt()).map_err(LaunchError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(LaunchError::Signal)?;
-    let grace = Duration::from_secs(args.shutdown_timeout_secs);
+    // The shards drain for shutdown_timeout_secs themselves; allow a little on top.
+    let grace = Duration::from_secs(args.shutdown_timeout_secs.saturating_add(5));
 
     let outcome = tokio::select! {
         started = start(&args, &plan, &mut sup) => match started {

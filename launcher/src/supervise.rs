@@ -161,6 +161,9 @@ fn command(spec: &ChildSpec) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Own process group: a terminal's Ctrl-C reaches only the launcher, which forwards it
+        // once (shards treat a second signal as "exit now, skip the drain").
+        .process_group(0)
         .kill_on_drop(true);
     for key in &spec.env_remove {
         cmd.env_remove(key);
