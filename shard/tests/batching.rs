@@ -83,16 +83,18 @@ fn greedy(id: u64, prompt: &[u32], max_tokens: u32) -> pb::Request {
 async fn run(
     engine: &EngineHandle,
     requests: Vec<pb::Request>,
-) -> (HashMap<u64, Vec<u32>>, pb::ShardStats) {
+) -> (HashMap<u64, Vec<u32>>, pb::ShardStats, Vec<pb::ShardStats>) {
     let mut outputs = engine.open_stream().expect("stream");
     let mut pending = requests.len();
     engine.submit(outputs.id(), requests).expect("submit");
     let mut tokens: HashMap<u64, Vec<u32>> = HashMap::new();
     let mut stats = pb::ShardStats::default();
     let mut max_running = 0;
+    let mut all = Vec::new();
     while pending > 0 {
         let step = outputs.recv().await.expect("engine alive");
         stats = step.stats.unwrap_or_default();
+        all.push(stats);
         max_running = max_running.max(stats.running);
         for out in step.outputs {
             assert!(out.error.is_empty(), "request {}: {}", out.id, out.error);
@@ -104,7 +106,7 @@ async fn run(
         }
     }
     stats.running = max_running;
-    (tokens, stats)
+    (tokens, stats, all)
 }
 
 #[tokio::test]
@@ -113,7 +115,7 @@ async fn batched_with_preemption_gives_the_tokens_of_solo_runs() {
     let solo_engine = engine(64, 2048);
     let mut alone = Vec::new();
     for (i, case) in cases.iter().enumerate() {
-        let (mut tokens, _) = run(
+        let (mut tokens, _, _) = run(
             &solo_engine,
             vec![greedy(i as u64, &case.prompt_ids, NEW_TOKENS)],
         )
@@ -137,7 +139,7 @@ async fn batched_with_preemption_gives_the_tokens_of_solo_runs() {
         .enumerate()
         .map(|(i, c)| greedy(i as u64, &c.prompt_ids, NEW_TOKENS))
         .collect();
-    let (batched, stats) = run(&tiny, requests).await;
+    let (batched, stats, _) = run(&tiny, requests).await;
     for (i, want) in alone.iter().enumerate() {
         assert_eq!(&batched[&(i as u64)], want, "case {i} batched");
     }
@@ -247,4 +249,32 @@ async fn grpc_service_with_the_real_model() {
     }
     assert_eq!(served[&10], want);
     assert_eq!(served[&11], cases()[2].generated_ids[..4]);
+}
+
+/// Output tokens per second through the engine, 1 stream vs 16 concurrent sequences
+/// (`cargo test -p pagedserve-shard --test batching -- --ignored --nocapture`).
+#[tokio::test]
+#[ignore = "measurement, not a check"]
+async fn engine_throughput() {
+    let engine = engine(1024, 2048);
+    let prompt = &cases()[0].prompt_ids;
+    for n in [1u64, 16] {
+        let requests = (0..n).map(|i| greedy(i, prompt, 64)).collect();
+        let started = std::time::Instant::now();
+        let (tokens, _, steps) = run(&engine, requests).await;
+        let secs = started.elapsed().as_secs_f64();
+        let total: usize = tokens.values().map(Vec::len).sum();
+        let decode: Vec<&pb::ShardStats> = steps
+            .iter()
+            .filter(|s| s.step_prefill_tokens == 0 && s.step_decode_tokens == n as u32)
+            .collect();
+        let step_ms = decode.iter().map(|s| s.step_time_us).sum::<u64>() as f64
+            / decode.len().max(1) as f64
+            / 1000.0;
+        println!(
+            "{n} sequences: {total} tokens in {secs:.2} s = {:.1} output tok/s; \
+             full-batch decode step {step_ms:.1} ms",
+            total as f64 / secs
+        );
+    }
 }
