@@ -52,48 +52,58 @@ impl CpuBackend {
         }
     }
 
-    /// Splits the output rows of every weight over the pool; one round trip per call.
+    /// Cuts the output rows of every weight into chunks that the pool's threads claim; one
+    /// pool call for all the weights (q/k/v, gate/up).
     fn matmul_blocks(
         &self,
         x: &CpuTensor,
         ws: &[&Arc<CpuWeight>],
     ) -> BackendResult<Vec<CpuTensor>> {
+        let dims: Vec<usize> = ws
+            .iter()
+            .map(|w| {
+                w.dims()
+                    .map(|(n, _)| n)
+                    .ok_or_else(|| shape_err("matmul", "mixed weight kinds"))
+            })
+            .collect::<BackendResult<_>>()?;
+        let mut chunks = Vec::new();
+        for (wi, &n) in dims.iter().enumerate() {
+            // ~8 chunks per thread and weight, whole 4-row groups for the decode kernel.
+            let rows = n
+                .div_ceil(8 * self.pool.threads())
+                .next_multiple_of(4)
+                .max(32);
+            chunks.extend(
+                (0..n)
+                    .step_by(rows)
+                    .map(|start| (wi, start..(start + rows).min(n))),
+            );
+        }
         let x = Arc::new(x.clone());
         let owned: Vec<Arc<CpuWeight>> = ws.iter().map(|w| Arc::clone(w)).collect();
-        let parts = self.pool.parts();
-        let xs = Arc::clone(&x);
-        let job = Arc::new(move |part: usize| -> Vec<Vec<f32>> {
-            owned
-                .iter()
-                .map(|w| match &**w {
-                    CpuWeight::Blocks(b) => {
-                        let range = pool::share(b.rows, parts, part);
-                        let mut out = vec![0.0; xs.rows * range.len()];
-                        b.matmul_rows(&xs, range, &mut out);
-                        out
-                    }
-                    CpuWeight::Candle(_) => Vec::new(),
-                })
-                .collect()
+        let (xs, plan) = (Arc::clone(&x), Arc::new(chunks));
+        let job_plan = Arc::clone(&plan);
+        let job = Arc::new(move |c: usize| -> Vec<f32> {
+            let (wi, range) = job_plan[c].clone();
+            let mut out = vec![0.0; xs.rows * range.len()];
+            if let CpuWeight::Blocks(b) = &*owned[wi] {
+                b.matmul_rows(&xs, range, &mut out);
+            }
+            out
         });
-        let shares = self.pool.run(job)?;
-        ws.iter()
-            .enumerate()
-            .map(|(wi, w)| {
-                let (n, _) = w
-                    .dims()
-                    .ok_or_else(|| shape_err("matmul", "mixed weight kinds"))?;
-                let mut out = vec![0.0; x.rows * n];
-                for (part, share) in shares.iter().enumerate() {
-                    let range = pool::share(n, parts, part);
-                    let width = range.len();
-                    for t in 0..x.rows {
-                        out[t * n + range.start..t * n + range.end]
-                            .copy_from_slice(&share[wi][t * width..(t + 1) * width]);
-                    }
-                }
-                CpuTensor::new(x.rows, n, out)
-            })
+        let parts = self.pool.run_chunks(plan.len(), job)?;
+        let mut outs: Vec<Vec<f32>> = dims.iter().map(|&n| vec![0.0; x.rows * n]).collect();
+        for ((wi, range), part) in plan.iter().zip(&parts) {
+            let (n, width) = (dims[*wi], range.len());
+            for t in 0..x.rows {
+                outs[*wi][t * n + range.start..t * n + range.end]
+                    .copy_from_slice(&part[t * width..(t + 1) * width]);
+            }
+        }
+        outs.into_iter()
+            .zip(&dims)
+            .map(|(o, &n)| CpuTensor::new(x.rows, n, o))
             .collect()
     }
 }
