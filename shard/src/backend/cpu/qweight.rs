@@ -203,6 +203,19 @@ impl BlockMatrix {
         let nb = self.cols / QK;
         let (qs, d, m) = self.rows(n, 1);
         let mut t0 = 0;
+        // Many sequences' logits: widen each Q8_0 block once for four activation rows.
+        #[cfg(target_arch = "x86_64")]
+        if simd == Simd::Avx512 && self.kind == BlockKind::Q8_0 && x.cols == self.cols {
+            while t0 + 4 <= x.rows {
+                let xs = &x.data[t0 * x.cols..(t0 + 4) * x.cols];
+                // SAFETY: AVX-512F was detected; `qs` is one row of blocks, `xs` four rows.
+                let r = unsafe { simd_x86::avx512::dot_q8_0_x4(qs, d, xs) };
+                for (k, v) in r.into_iter().enumerate() {
+                    out[(t0 + k) * width + i] = v;
+                }
+                t0 += 4;
+            }
+        }
         // Prefill: unpack each Q4_1 block once for four activation rows.
         #[cfg(target_arch = "x86_64")]
         if simd != Simd::None && self.kind == BlockKind::Q4_1 && x.cols == self.cols {
@@ -447,6 +460,19 @@ mod tests {
                     }
                 }
                 #[cfg(target_arch = "x86_64")]
+                if dtype == GgmlDType::Q8_0 && levels.contains(&Simd::Avx512) {
+                    // SAFETY: AVX-512F was detected; one weight row, four activation rows.
+                    let r = unsafe { simd_x86::avx512::dot_q8_0_x4(qs, d, &x.data[..4 * cols]) };
+                    for (t, v) in r.iter().enumerate() {
+                        // Same summation order as the single-row kernel: bit-identical.
+                        assert_eq!(
+                            v.to_bits(),
+                            dot(t, Simd::Avx512).to_bits(),
+                            "q8_0 x4 row {t}"
+                        );
+                    }
+                }
+                #[cfg(target_arch = "x86_64")]
                 if dtype == GgmlDType::Q4_1 {
                     let (m, xs, sums) = (
                         &b.mins[n * nb..(n + 1) * nb],
@@ -462,7 +488,8 @@ mod tests {
                             }
                         };
                         for (t, v) in r.iter().enumerate() {
-                            assert!((v - dot(t, Simd::None)).abs() < 1e-4, "x4 {l:?} row {t}");
+                            // Same summation order as that level's single-row kernel.
+                            assert_eq!(v.to_bits(), dot(t, l).to_bits(), "x4 {l:?} row {t}");
                         }
                     }
                 }

@@ -253,6 +253,36 @@ pub mod avx512 {
         })
     }
 
+    /// One Q8_0 weight row against four activation rows (`x` `[4, 32 * d.len()]`): several
+    /// sequences' logits from the tied output layer, each block widened once.
+    ///
+    /// # Safety
+    /// AVX-512F; `qs.len() == 32 * d.len()`, `x.len() == 4 * 32 * d.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_q8_0_x4(qs: &[u8], d: &[f32], x: &[f32]) -> [f32; 4] {
+        let cols = d.len() * 32;
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for (b, &db) in d.iter().enumerate() {
+            // SAFETY: block b's 32 bytes and each row's 32 floats are in bounds (caller's lengths).
+            unsafe {
+                let p = qs.as_ptr().add(b * 32);
+                let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())));
+                let hi =
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.add(16).cast())));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xp = x.as_ptr().add(r * cols + b * 32);
+                    let s = _mm512_fmadd_ps(
+                        hi,
+                        _mm512_loadu_ps(xp.add(16)),
+                        _mm512_mul_ps(lo, _mm512_loadu_ps(xp)),
+                    );
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(db), s, *a);
+                }
+            }
+        }
+        [0, 1, 2, 3].map(|r| _mm512_reduce_add_ps(acc[r]))
+    }
+
     /// Four consecutive Q8_0 weight rows against one activation row.
     ///
     /// # Safety
