@@ -1,5 +1,7 @@
-//! CPU backend: candle's quantized matmuls (`QMatMul`) for the weights, plain loops for the
-//! rest, and a paged KV cache in host memory.
+//! CPU backend: GGUF weights kept in their block format and multiplied with f32 activations
+//! by our own run-time-dispatched SIMD kernels (`qweight`, `simd_x86`) over a persistent
+//! thread pool (`pool`); candle's `QMatMul` for block types we do not handle (k-quants);
+//! plain loops for the rest; a paged f32 KV cache in host memory (`kv`, `attention`).
 
 mod attention;
 mod kv;
