@@ -301,3 +301,32 @@ fn batched_logits_equal_single_sequence_logits_bitwise() {
         );
     }
 }
+
+#[test]
+fn kv_cache_sizing_errors_are_reported() {
+    let fixture = load_fixture();
+    let base = LoadOptions {
+        model_path: model_path(&fixture.model),
+        served_model_name: None,
+        block_size: BLOCK_SIZE,
+        num_kv_blocks: None,
+        kv_cache_bytes: 1000,
+        device: "cpu".into(),
+    };
+    // 1000 bytes hold no 737,280-byte block.
+    assert!(matches!(load_model(&base), Err(ModelError::KvCache(_))));
+    let absurd = LoadOptions {
+        num_kv_blocks: Some(usize::MAX / 4),
+        ..base.clone()
+    };
+    assert!(matches!(load_model(&absurd), Err(ModelError::KvCache(_))));
+    let zero_block = LoadOptions {
+        block_size: 0,
+        num_kv_blocks: Some(4),
+        ..base
+    };
+    assert!(matches!(
+        load_model(&zero_block),
+        Err(ModelError::KvCache(_))
+    ));
+}

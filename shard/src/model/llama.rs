@@ -79,7 +79,9 @@ impl<B: Backend> Llama<B> {
             cfg.max_context,
         );
         let rope = backend.load_rope(table)?;
-        let cache = backend.alloc_kv_cache(&kv)?;
+        let cache = backend
+            .alloc_kv_cache(&kv)
+            .map_err(|e| ModelError::KvCache(format!("{} blocks: {e}", kv.num_blocks)))?;
         Ok(Self {
             backend,
             cfg,
