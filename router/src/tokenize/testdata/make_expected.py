@@ -4,9 +4,12 @@
 Reference: transformers' own GGUF tokenizer builder (integrations/gguf) fed the GGUF's
 metadata (read with the `gguf` package, so no torch is needed), with the pre-tokenizer
 of SmolLM2's published tokenizer.json (Digits(individual_digits) + ByteLevel) -- transformers
-does not know the `smollm` pre type and would fall back to plain GPT-2 splitting. Both id lists
-are written; the Rust tests compare with `ids`. Chat templates are rendered with transformers'
-`render_jinja_template` (jinja2 with HF's environment).
+does not know the `smollm` pre type and would fall back to plain GPT-2 splitting (for this
+vocabulary the two agree on every test string; `transformers_gguf_ids` is written where they
+would not). Chat templates are rendered with transformers' `render_jinja_template` (jinja2 with
+HF's environment). A synthetic SentencePiece vocabulary goes through the same builder.
+
+Writes tokenizer_expected.json, chat_expected.json and sentencepiece_expected.json here.
 
 Run (outside the repo's tree of dependencies; a throwaway venv is fine):
     python3 -m venv /tmp/tokref-venv
