@@ -75,7 +75,38 @@ fn run_jobs(mut jobs: Vec<HeadJob<'_>>, cache: &CpuKvCache, layer: usize, scale:
     });
 }
 
+/// One head job, on the widest SIMD the CPU has (the body auto-vectorizes; the build targets
+/// baseline x86-64, so AVX2 has to be enabled per function).
 fn attend(
+    job: &mut HeadJob<'_>,
+    cache: &CpuKvCache,
+    layer: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features `attend_avx2` is compiled for.
+        unsafe { attend_avx2(job, cache, layer, scale, scores) };
+        return;
+    }
+    attend_body(job, cache, layer, scale, scores);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn attend_avx2(
+    job: &mut HeadJob<'_>,
+    cache: &CpuKvCache,
+    layer: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+) {
+    attend_body(job, cache, layer, scale, scores);
+}
+
+#[inline(always)]
+fn attend_body(
     job: &mut HeadJob<'_>,
     cache: &CpuKvCache,
     layer: usize,
@@ -111,7 +142,7 @@ fn attend(
     }
 }
 
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight independent accumulators so the loop vectorizes without fast-math.
     let mut acc = [0f32; 8];
