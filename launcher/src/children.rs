@@ -62,6 +62,7 @@ pub fn shard_spec(args: &ServeArgs, plan: &Plan, shard_id: usize, port: u16) -> 
     flag("port", port.to_string());
     flag("shard-id", shard_id.to_string());
     flag("device", args.device.clone());
+    flag("threads", plan.threads_per_shard.to_string());
     flag(
         "shutdown-timeout-secs",
         args.shutdown_timeout_secs.to_string(),
@@ -187,6 +188,7 @@ mod tests {
             value_of(&argv, "--kv-cache-memory-mb").is_none(),
             "absent options use the shard's default"
         );
+        assert_eq!(value_of(&argv, "--threads").as_deref(), Some("3"));
         assert!(spec.env.contains(&("RAYON_NUM_THREADS".into(), "3".into())));
         assert_eq!(spec.name, "shard-1");
     }

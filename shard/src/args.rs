@@ -41,6 +41,9 @@ pub struct Args {
     /// Most sequences in the running batch.
     #[arg(long, default_value_t = 256, value_parser = at_least_one())]
     pub max_num_seqs: usize,
+    /// CPU compute threads (default: every core). The launcher gives each of N shards cores / N.
+    #[arg(long, env = "PAGEDSERVE_THREADS", value_parser = at_least_one())]
+    pub threads: Option<usize>,
     /// "cpu" (CUDA devices come with the CUDA backend).
     #[arg(long, default_value = "cpu")]
     pub device: String,

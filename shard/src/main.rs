@@ -47,6 +47,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }));
     tracing::info!(%addr, model = %args.model.display(), "gRPC listening; loading model");
 
+    if let Some(threads) = args.threads {
+        pagedserve_shard::backend::cpu::set_compute_threads(threads);
+    }
     let opts = args.load_options();
     let loading = tokio::task::spawn_blocking(move || load_model(&opts));
     let model = tokio::select! {

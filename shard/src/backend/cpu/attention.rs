@@ -55,7 +55,7 @@ pub fn paged_attention(
 /// Splits the head jobs over the cores when there is enough work to pay for a thread.
 fn run_jobs(mut jobs: Vec<HeadJob<'_>>, cache: &CpuKvCache, layer: usize, scale: f32) {
     let work: usize = jobs.iter().map(|j| j.context).sum::<usize>() * cache.layout.head_dim;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = super::compute_threads();
     // A scoped spawn costs tens of microseconds: only worth it for long prefill chunks.
     if threads < 2 || work < 1 << 20 {
         let mut scores = Vec::new();

@@ -13,8 +13,11 @@ mod simd_x86;
 mod tensor;
 #[cfg(test)]
 mod tests;
+mod threads;
 
 use std::sync::Arc;
+
+pub use threads::{compute_threads, set_compute_threads};
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Tensor};

@@ -52,9 +52,9 @@ impl<R> Batch<R> {
 }
 
 impl Pool {
-    /// One worker per core beyond the calling thread's (fewer if spawning fails).
+    /// One worker per compute thread beyond the calling thread (fewer if spawning fails).
     pub fn new() -> Self {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = super::compute_threads();
         let workers = (1..threads)
             .map_while(|i| {
                 let (tx, rx) = mpsc::channel::<Job>();
