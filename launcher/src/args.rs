@@ -1,7 +1,7 @@
 //! Command line: `pagedserve [serve] [OPTIONS]`, with env fallbacks.
 //!
-//! `serve` is the default subcommand, so `pagedserve --port 8000` serves. `bench` and
-//! `download` come later and slot in beside it in [`Command`].
+//! `serve` is the default subcommand, so `pagedserve --port 8000` serves; `bench` is the
+//! load generator. `download` comes later and slots in beside them in [`Command`].
 
 use std::path::PathBuf;
 
@@ -32,6 +32,8 @@ impl Cli {
 pub enum Command {
     /// Start the shards and the router and watch them (the default).
     Serve(ServeArgs),
+    /// Load an OpenAI-compatible server and report vLLM-comparable latency and throughput.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -135,6 +137,7 @@ mod tests {
     fn serve(args: &[&str]) -> ServeArgs {
         match parse(args) {
             Ok(Command::Serve(s)) => s,
+            Ok(other) => panic!("parse {args:?}: not serve: {other:?}"),
             Err(e) => panic!("parse {args:?}: {e}"),
         }
     }

@@ -141,6 +141,7 @@ mod tests {
         let argv = ["pagedserve"].into_iter().chain(extra.iter().copied());
         match crate::args::Cli::try_parse_from(argv).map(crate::args::Cli::into_command) {
             Ok(crate::args::Command::Serve(s)) => s,
+            Ok(other) => panic!("not serve: {other:?}"),
             Err(e) => panic!("{e}"),
         }
     }

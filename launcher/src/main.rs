@@ -1,6 +1,7 @@
 //! `pagedserve`: the one command that starts a router and N shards and watches them.
 
 mod args;
+mod bench;
 mod children;
 mod default_model;
 mod error;
@@ -38,7 +39,12 @@ fn main() -> ExitCode {
         }
     };
     let result = match command {
-        Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::Serve(args) => runtime
+            .block_on(serve::run(args))
+            .map_err(|e| e.to_string()),
+        Command::Bench(args) => runtime
+            .block_on(bench::run(args))
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
