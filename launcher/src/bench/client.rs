@@ -46,6 +46,7 @@ pub fn payload(ep: &Endpoint, req: &BenchRequest) -> Value {
 pub async fn send(client: &reqwest::Client, ep: &Endpoint, req: &BenchRequest) -> RequestOutput {
     let mut out = RequestOutput {
         prompt_len: req.prompt_len,
+        requested_output_len: req.output_len,
         ..RequestOutput::default()
     };
     let start = Instant::now();

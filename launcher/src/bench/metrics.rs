@@ -20,6 +20,8 @@ pub struct RequestOutput {
     pub error: Option<String>,
     pub generated_text: String,
     pub prompt_len: usize,
+    /// The `max_tokens` asked for.
+    pub requested_output_len: usize,
     pub ttft: f64,
     pub latency: f64,
     pub itl: Vec<f64>,

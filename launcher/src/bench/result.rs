@@ -76,6 +76,11 @@ pub fn to_json(info: &RunInfo, m: &Metrics, outputs: &[RequestOutput], duration_
     let col = |f: &dyn Fn(&RequestOutput) -> Value| outputs.iter().map(f).collect::<Vec<_>>();
     put("input_lens", json!(col(&|o| json!(o.prompt_len))));
     put("output_lens", json!(m.output_lens));
+    // Not in vLLM's file: shows whether the server produced exactly max_tokens.
+    put(
+        "requested_output_lens",
+        json!(col(&|o| json!(o.requested_output_len))),
+    );
     put("ttfts", json!(col(&|o| json!(o.ttft))));
     put("itls", json!(col(&|o| json!(o.itl))));
     put(
@@ -112,6 +117,7 @@ mod tests {
         let ok = RequestOutput {
             success: true,
             prompt_len: 5,
+            requested_output_len: 3,
             ttft: 0.5,
             latency: 1.5,
             itl: vec![0.5, 0.5],
@@ -145,6 +151,7 @@ mod tests {
         assert_eq!(v["mean_tpot_ms"], 500.0);
         assert_eq!(v["p99_ttft_ms"], 500.0);
         assert_eq!(v["output_lens"], json!([3, 0]));
+        assert_eq!(v["requested_output_lens"], json!([3, 0]));
         assert_eq!(v["errors"], json!(["", "HTTP 429"]));
         assert_eq!(v["itls"][0], json!([0.5, 0.5]));
     }

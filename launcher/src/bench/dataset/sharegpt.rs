@@ -208,3 +208,62 @@ mod tests {
         assert!(!keep(1000, 1049, false), "total over 2048");
     }
 }
+
+#[cfg(test)]
+mod fixture_tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn truncated_fixture_keeps_its_complete_records() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../integration-tests/data/sharegpt_small.json");
+        let data = std::fs::read(&path).expect("fixture");
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&data).is_err(),
+            "cut off"
+        );
+        let recs = read_records(&data, &path).expect("complete records are kept");
+        assert!(recs.truncated);
+        assert_eq!(recs.conversations.len(), 7);
+        assert_eq!(recs.conversations[1].conversations.len(), 4);
+        assert_eq!(recs.conversations[6].conversations[1].value, "4");
+    }
+
+    /// With the default model's tokenizer, vLLM's filter keeps a, b, e and f of the fixture.
+    #[test]
+    fn fixture_filter_with_the_default_tokenizer() {
+        let Some(model) = crate::default_model::default_model_path().filter(|p| p.is_file()) else {
+            eprintln!("default model not cached; skipping");
+            return;
+        };
+        let tok = ModelTokenizer::from_gguf(&model).expect("tokenizer");
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../integration-tests/data/sharegpt_small.json");
+        let data = std::fs::read(&path).expect("fixture");
+        let recs = read_records(&data, &path).expect("records");
+        let reqs = sample(&recs.conversations, 100, 0, None, &tok).expect("sample");
+        let mut prompts: Vec<&str> = reqs.iter().map(|r| &r.prompt[..12]).collect();
+        prompts.sort_unstable();
+        assert_eq!(
+            prompts,
+            [
+                "Give me one ",
+                "Name the thr",
+                "What is the ",
+                "Write a haik"
+            ]
+        );
+        let tip = reqs
+            .iter()
+            .find(|r| r.prompt.starts_with("Give"))
+            .expect("f");
+        let want = tok
+            .encode("Give me one short tip for learning Rust.", true)
+            .expect("ids");
+        assert_eq!(tip.prompt_len, want.len());
+        let only_two = sample(&recs.conversations, 2, 0, None, &tok).expect("sample");
+        assert_eq!(only_two.len(), 2, "stops at num_prompts");
+    }
+}
