@@ -91,10 +91,13 @@ pub async fn send(client: &reqwest::Client, ep: &Endpoint, req: &BenchRequest) -
     timing.finish(out)
 }
 
-/// The clock of one request: first-token time, last token time, end of stream.
+/// The clock of one request: first-token time, the previous chunk's time, end of stream.
 struct Timing {
     start: Instant,
-    last_token: Option<Instant>,
+    got_token: bool,
+    /// Where the next ITL gap starts. vLLM's completions client moves it on text chunks
+    /// only, its chat client on every chunk (role-only and empty ones too); we do the same.
+    last_chunk: Instant,
     done: Option<Instant>,
 }
 
@@ -102,7 +105,8 @@ impl Timing {
     fn new(start: Instant) -> Self {
         Timing {
             start,
-            last_token: None,
+            got_token: false,
+            last_chunk: start,
             done: None,
         }
     }
@@ -124,13 +128,18 @@ impl Timing {
                 text,
                 completion_tokens,
             }) => {
-                if let Some(text) = text {
-                    match self.last_token {
-                        None => out.ttft = now.duration_since(self.start).as_secs_f64(),
-                        Some(prev) => out.itl.push(now.duration_since(prev).as_secs_f64()),
+                if let Some(text) = &text {
+                    if self.got_token {
+                        out.itl
+                            .push(now.duration_since(self.last_chunk).as_secs_f64());
+                    } else {
+                        out.ttft = now.duration_since(self.start).as_secs_f64();
+                        self.got_token = true;
                     }
-                    self.last_token = Some(now);
-                    out.generated_text.push_str(&text);
+                    out.generated_text.push_str(text);
+                }
+                if text.is_some() || api == Api::Chat {
+                    self.last_chunk = now;
                 }
                 if completion_tokens.is_some() {
                     out.usage_output_tokens = completion_tokens;
@@ -141,7 +150,7 @@ impl Timing {
     }
 
     fn finish(self, mut out: RequestOutput) -> RequestOutput {
-        if self.last_token.is_none() {
+        if !self.got_token {
             return failed(out, "never received a chunk with text (no TTFT)".into());
         }
         // Latency ends at `[DONE]` like vLLM's; a server that just closes ends it there.
@@ -237,6 +246,40 @@ mod tests {
         assert!((out.itl[1] - 0.050).abs() < 1e-9);
         assert!((out.latency - 0.150).abs() < 1e-9);
         assert_eq!(out.usage_output_tokens, Some(3));
+    }
+
+    #[test]
+    fn empty_chunks_move_the_itl_clock_for_chat_only() {
+        let start = Instant::now();
+        let at = |ms| start + std::time::Duration::from_millis(ms);
+        let chat = [
+            (50, r#"data: {"choices":[{"delta":{"content":"a"}}]}"#),
+            (90, r#"data: {"choices":[{"delta":{"content":""}}]}"#),
+            (100, r#"data: {"choices":[{"delta":{"content":"b"}}]}"#),
+        ];
+        let completions = [
+            (50, r#"data: {"choices":[{"text":"a"}]}"#),
+            (90, r#"data: {"choices":[{"text":""}]}"#),
+            (100, r#"data: {"choices":[{"text":"b"}]}"#),
+        ];
+        let mut gaps = Vec::new();
+        for (api, lines) in [(Api::Chat, chat), (Api::Completions, completions)] {
+            let mut t = Timing::new(start);
+            let mut out = RequestOutput::default();
+            for (ms, line) in lines {
+                t.on_line(line, api, at(ms), &mut out).expect("no error");
+            }
+            gaps.push(out.itl);
+        }
+        assert_eq!(gaps[0].len(), 1);
+        assert!(
+            (gaps[0][0] - 0.010).abs() < 1e-9,
+            "chat: since the empty chunk"
+        );
+        assert!(
+            (gaps[1][0] - 0.050).abs() < 1e-9,
+            "completions: since the last text"
+        );
     }
 
     #[test]
