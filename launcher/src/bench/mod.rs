@@ -53,19 +53,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let Some(first) = requests.first() else {
         return Err(BenchError::NoRequests);
     };
-    let ep = Endpoint {
-        url: format!("{base_url}{}", args.endpoint),
-        api: if args.endpoint.ends_with("chat/completions") {
-            Api::Chat
-        } else {
-            Api::Completions
-        },
-        model: model.clone(),
-        api_key: args.api_key.clone(),
-        ignore_eos: args.ignore_eos,
-    };
-    probe(&client, &ep, first).await?;
     let offsets = schedule::arrival_offsets(requests.len(), args.request_rate, args.seed)?;
+    let ep = endpoint(&args, &base_url, model);
+    probe(&client, &ep, first).await?;
     let max_concurrency = args.max_concurrency.map(|n| n as usize);
     tracing::info!(
         "sending {} requests to {} (rate {}, max concurrency {})",
@@ -88,30 +78,59 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     print!("{}", report::summary_table(&m, outcome.duration_s));
     print!("{}", report::error_summary(&outcome.outputs));
     if let Some(path) = &args.result_json {
-        let info = result::RunInfo {
-            backend: if ep.api == Api::Chat {
-                "openai-chat"
-            } else {
-                "openai"
-            },
+        let info = run_info(
+            &args,
+            &ep,
             base_url,
-            endpoint: args.endpoint.clone(),
-            model_id: model,
-            tokenizer: tokenizer_path.display().to_string(),
+            &tokenizer_path,
             dataset,
-            num_prompts: requests.len(),
-            request_rate: args.request_rate,
-            max_concurrency,
-            seed: args.seed,
-            ignore_eos: args.ignore_eos,
-        };
-        result::write(
-            path,
-            &result::to_json(&info, &m, &outcome.outputs, outcome.duration_s),
-        )?;
+            requests.len(),
+        );
+        let json = result::to_json(&info, &m, &outcome.outputs, outcome.duration_s);
+        result::write(path, &json)?;
         tracing::info!("results written to {}", path.display());
     }
     Ok(())
+}
+
+fn endpoint(args: &BenchArgs, base_url: &str, model: String) -> Endpoint {
+    Endpoint {
+        url: format!("{base_url}{}", args.endpoint),
+        api: if args.endpoint.ends_with("chat/completions") {
+            Api::Chat
+        } else {
+            Api::Completions
+        },
+        model,
+        api_key: args.api_key.clone(),
+        ignore_eos: args.ignore_eos,
+    }
+}
+
+fn run_info(
+    args: &BenchArgs,
+    ep: &Endpoint,
+    base_url: String,
+    tokenizer_path: &std::path::Path,
+    dataset: String,
+    num_prompts: usize,
+) -> result::RunInfo {
+    result::RunInfo {
+        backend: match ep.api {
+            Api::Chat => "openai-chat",
+            Api::Completions => "openai",
+        },
+        base_url,
+        endpoint: args.endpoint.clone(),
+        model_id: ep.model.clone(),
+        tokenizer: tokenizer_path.display().to_string(),
+        dataset,
+        num_prompts,
+        request_rate: args.request_rate,
+        max_concurrency: args.max_concurrency.map(|n| n as usize),
+        seed: args.seed,
+        ignore_eos: args.ignore_eos,
+    }
 }
 
 /// vLLM's "initial single prompt test run": one short request must succeed before the
