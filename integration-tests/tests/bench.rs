@@ -170,6 +170,29 @@ fn random_prompts_over_chat_and_compare() {
 }
 
 #[test]
+fn jsonl_prompts_with_their_output_lengths() {
+    let data = result_path("prompts").with_extension("jsonl");
+    let lines = "{\"prompt\": \"Tell me a fact about the Moon.\", \"output_len\": 5}\n\n\
+                 {\"prompt\": \"List two fruits.\"}\n";
+    std::fs::write(&data, lines).expect("write prompts");
+    let (r, _) = bench_ok(
+        "jsonl",
+        &[
+            "--dataset-name",
+            "jsonl",
+            "--dataset-path",
+            &data.to_string_lossy(),
+            "--jsonl-output-len",
+            "3",
+            "--num-prompts",
+            "5",
+        ],
+    );
+    assert_all_succeeded(&r, 2);
+    assert_eq!(r["output_lens"], serde_json::json!([5, 3]));
+}
+
+#[test]
 fn unknown_model_fails_fast_with_the_servers_error() {
     let out = bench(&[
         "--dataset-name",
