@@ -38,6 +38,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
 
+    /// Where the prompts come from.
     #[arg(long, value_enum, default_value_t = DatasetName::Sharegpt)]
     pub dataset_name: DatasetName,
 
