@@ -6,6 +6,7 @@
 //! tokens (or fails the step), so batched runs only match solo runs if paging is right.
 
 use crate::model::{CausalLm, ModelError, ModelInfo, SeqChunk};
+use pagedserve_proto::v1 as pb;
 use std::sync::{Arc, Mutex};
 
 /// `(start_pos, len, need_logits)` of every chunk, one entry per forward call.
@@ -126,5 +127,18 @@ impl CausalLm for FakeLm {
             rows.push(logits);
         }
         Ok(rows)
+    }
+}
+
+/// A greedy request for `max_tokens` tokens after `prompt`.
+pub(crate) fn request(id: u64, prompt: Vec<u32>, max_tokens: u32) -> pb::Request {
+    pb::Request {
+        id,
+        prompt_ids: prompt,
+        stopping: Some(pb::StoppingCriteria {
+            max_tokens,
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }

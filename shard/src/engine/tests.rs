@@ -1,7 +1,7 @@
 //! Engine tests against the paged fake model (`test_model`).
 
 use super::runner::Engine;
-use super::test_model::{FAKE_EOS, FakeLm, ForwardLog};
+use super::test_model::{FAKE_EOS, FakeLm, ForwardLog, request};
 use super::{Command, EngineConfig, StreamId};
 use pagedserve_proto::v1 as pb;
 use std::collections::HashMap;
@@ -84,18 +84,6 @@ impl Harness {
 
     fn forward_calls(&self) -> Vec<Vec<(usize, usize, bool)>> {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-}
-
-fn request(id: u64, prompt: Vec<u32>, max_tokens: u32) -> pb::Request {
-    pb::Request {
-        id,
-        prompt_ids: prompt,
-        stopping: Some(pb::StoppingCriteria {
-            max_tokens,
-            ..Default::default()
-        }),
-        ..Default::default()
     }
 }
 

@@ -1,7 +1,7 @@
 //! The service over a real socket, with the engine's paged fake model.
 
 use super::{ShardService, serve_grpc};
-use crate::engine::test_model::FakeLm;
+use crate::engine::test_model::{FakeLm, request};
 use crate::engine::{EngineConfig, EngineHandle, spawn_engine};
 use pagedserve_proto::ShardClient;
 use pagedserve_proto::v1 as pb;
@@ -45,18 +45,6 @@ fn fake_engine() -> EngineHandle {
     // Slow enough that a cancel lands while the sequence still runs (70 steps = 0.7 s).
     model.step_delay = std::time::Duration::from_millis(10);
     spawn_engine(Box::new(model), config).expect("spawn")
-}
-
-fn request(id: u64, prompt: Vec<u32>, max_tokens: u32) -> pb::Request {
-    pb::Request {
-        id,
-        prompt_ids: prompt,
-        stopping: Some(pb::StoppingCriteria {
-            max_tokens,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 async fn health(client: &mut ShardClient<Channel>) -> i32 {
