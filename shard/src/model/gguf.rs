@@ -9,8 +9,9 @@ use candle_core::Device;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 
-use crate::model::ModelError;
 use crate::model::config::opt_usize;
+use crate::model::source::ModelSource;
+use crate::model::{LlamaConfig, ModelError};
 
 /// Chat-template end-of-turn tokens that also end generation when the template uses them.
 const END_OF_TURN_TOKENS: &[&str] = &["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"];
@@ -163,5 +164,31 @@ mod tests {
         std::fs::write(&bad, b"not a gguf file at all").unwrap();
         assert!(matches!(GgufFile::open(&bad), Err(ModelError::Format(_))));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+impl ModelSource for GgufFile {
+    fn config(&self) -> Result<LlamaConfig, ModelError> {
+        LlamaConfig::from_metadata(self.metadata())
+    }
+
+    fn tensor_dims(&self, name: &str) -> Option<Vec<usize>> {
+        GgufFile::tensor_dims(self, name)
+    }
+
+    fn tensor(&mut self, name: &str) -> Result<QTensor, ModelError> {
+        GgufFile::tensor(self, name)
+    }
+
+    fn dtype_name(&self) -> String {
+        self.dominant_dtype()
+    }
+
+    fn eos_token_ids(&self) -> Result<Vec<u32>, ModelError> {
+        GgufFile::eos_token_ids(self)
+    }
+
+    fn bos_token_id(&self) -> Result<Option<u32>, ModelError> {
+        GgufFile::bos_token_id(self)
     }
 }

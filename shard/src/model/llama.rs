@@ -3,7 +3,7 @@
 use crate::backend::{Backend, KvLayout, RopeTable};
 use crate::model::batch::{BatchLimits, build_plan};
 use crate::model::config::LlamaConfig;
-use crate::model::gguf::GgufFile;
+use crate::model::source::ModelSource;
 use crate::model::{CausalLm, LoadOptions, ModelError, ModelInfo, SeqChunk};
 
 struct Layer<B: Backend> {
@@ -32,8 +32,12 @@ pub struct Llama<B: Backend> {
 }
 
 impl<B: Backend> Llama<B> {
-    pub fn load(backend: B, gguf: &mut GgufFile, opts: &LoadOptions) -> Result<Self, ModelError> {
-        let cfg = LlamaConfig::from_metadata(gguf.metadata())?;
+    pub fn load(
+        backend: B,
+        gguf: &mut dyn ModelSource,
+        opts: &LoadOptions,
+    ) -> Result<Self, ModelError> {
+        let cfg = gguf.config()?;
         let vocab_size = match gguf.tensor_dims("token_embd.weight").as_deref() {
             Some([vocab, hidden]) if *hidden == cfg.hidden => *vocab,
             other => {
@@ -44,7 +48,7 @@ impl<B: Backend> Llama<B> {
         };
         let info = ModelInfo {
             name: model_name(opts),
-            dtype: gguf.dominant_dtype(),
+            dtype: gguf.dtype_name(),
             device: backend.device_name(),
             vocab_size,
             max_context: cfg.max_context,
@@ -163,7 +167,11 @@ impl<B: Backend> CausalLm for Llama<B> {
     }
 }
 
-fn load_layer<B: Backend>(b: &B, g: &mut GgufFile, i: usize) -> Result<Layer<B>, ModelError> {
+fn load_layer<B: Backend>(
+    b: &B,
+    g: &mut dyn ModelSource,
+    i: usize,
+) -> Result<Layer<B>, ModelError> {
     let mut w = |name: &str| -> Result<B::Weight, ModelError> {
         Ok(b.load_weight(g.tensor(&format!("blk.{i}.{name}.weight"))?)?)
     };

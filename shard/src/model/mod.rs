@@ -8,8 +8,9 @@
 
 mod batch;
 mod config;
-mod gguf;
+pub mod gguf;
 pub mod llama;
+pub mod source;
 
 use std::path::PathBuf;
 
@@ -17,6 +18,7 @@ use crate::backend::{BackendError, CpuBackend, WeightFormat};
 
 pub use config::LlamaConfig;
 pub use llama::Llama;
+pub use source::ModelSource;
 
 /// Static facts about a loaded model that the engine, the service and the router need.
 #[derive(Debug, Clone)]
