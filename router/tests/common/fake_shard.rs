@@ -126,6 +126,7 @@ impl FakeShard {
             prompt_tokens: seq.prompt_tokens,
             generated_tokens: seq.generated,
             error: String::new(),
+            timings: None,
         }
     }
 

@@ -91,5 +91,6 @@ pub(crate) fn finished_without_token(
         prompt_tokens: prompt_tokens as u32,
         generated_tokens: generated_tokens as u32,
         error,
+        timings: None,
     }
 }

@@ -2,8 +2,10 @@
 
 use super::StreamId;
 use crate::kv_cache::{BlockTable, blocks_needed};
+use crate::model::DeviceSampling;
 use crate::sampling::{SampledToken, Sampler, SamplingConfig};
 use pagedserve_proto::v1 as pb;
+use std::time::Instant;
 
 /// A sequence's identity: request ids are unique per stream only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,6 +36,9 @@ pub(crate) struct Sequence {
     pub block_table: BlockTable,
     /// Lives across preemption so seeded sampling and penalties continue where they were.
     pub sampler: Sampler,
+    /// Seed of draws made on the device (the request's seed, else a random one), so each
+    /// draw depends only on the seed and the token's index.
+    device_seed: u64,
     max_tokens: usize,
     stop_token_ids: Vec<u32>,
     ignore_eos: bool,
@@ -41,6 +46,11 @@ pub(crate) struct Sequence {
     pub preempted: bool,
     /// Set when the sequence ended this step; it leaves the batch after outputs are built.
     pub finish: Option<pb::FinishReason>,
+    /// Arrival on the shard, first scheduling (kept across preemption, as vLLM does) and
+    /// first token, for the finished output's `SequenceTimings`.
+    arrived: Instant,
+    scheduled: Option<Instant>,
+    first_token: Option<Instant>,
 }
 
 impl Sequence {
@@ -86,12 +96,16 @@ impl Sequence {
             prompt_len,
             num_computed: 0,
             block_table: BlockTable::new(limits.block_size),
+            device_seed: config.seed.unwrap_or_else(rand::random),
             sampler: Sampler::new(config),
             max_tokens: stopping.max_tokens as usize,
             stop_token_ids: stopping.stop_token_ids,
             ignore_eos: stopping.ignore_eos,
             preempted: false,
             finish: None,
+            arrived: Instant::now(),
+            scheduled: None,
+            first_token: None,
         })
     }
 
@@ -111,12 +125,59 @@ impl Sequence {
         self.preempted = true;
     }
 
+    /// Notes that a step including this sequence started at `at` (only the first counts).
+    pub fn mark_scheduled(&mut self, at: Instant) {
+        self.scheduled.get_or_insert(at);
+    }
+
+    /// Notes a token sampled at `now`; returns the shard-side timings with the first token
+    /// and with the last (the router falls back on the first when a stop string ends it).
+    pub fn record_token(&mut self, now: Instant) -> Option<pb::SequenceTimings> {
+        let is_first = self.first_token.is_none();
+        let first = *self.first_token.get_or_insert(now);
+        if !is_first && self.finish.is_none() {
+            return None;
+        }
+        let scheduled = self.scheduled.unwrap_or(self.arrived);
+        let micros = |d: std::time::Duration| d.as_micros() as u64;
+        Some(pb::SequenceTimings {
+            queue_time_us: micros(scheduled.saturating_duration_since(self.arrived)),
+            prefill_time_us: micros(first.saturating_duration_since(scheduled)),
+            decode_time_us: micros(now.saturating_duration_since(first)),
+        })
+    }
+
     /// Samples the next token from this sequence's last-position logits and appends it.
     pub fn sample_next(&mut self, logits: &[f32]) -> SampledToken {
         let (prompt, output) = self.tokens.split_at(self.prompt_len);
         let sampled = self.sampler.sample(logits, prompt, output);
         self.tokens.push(sampled.token_id);
         sampled
+    }
+
+    /// Parameters for drawing the next token on the device, when the request needs nothing
+    /// the device sampler lacks (penalties, min_p, logprobs).
+    pub fn device_sampling(&self) -> Option<DeviceSampling> {
+        let c = self.sampler.config();
+        if c.has_penalties() || c.min_p > 0.0 || c.logprobs {
+            return None;
+        }
+        Some(DeviceSampling {
+            temperature: c.temperature,
+            top_k: i32::try_from(c.top_k).unwrap_or(0),
+            top_p: c.top_p,
+            seed: self.device_seed,
+            counter: self.num_generated() as u64,
+        })
+    }
+
+    /// Appends a token drawn on the device.
+    pub fn accept_device_token(&mut self, token_id: u32) -> SampledToken {
+        self.tokens.push(token_id);
+        SampledToken {
+            token_id,
+            logprobs: None,
+        }
     }
 
     /// Why the sequence must stop after generating `token`, if it must.
@@ -131,5 +192,46 @@ impl Sequence {
             return Some(pb::FinishReason::Length);
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod timing_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timings_follow_vllm_semantics_on_first_and_last_token() {
+        let limits = SeqLimits {
+            max_context: 64,
+            max_seq_len: 64,
+            block_size: 16,
+            total_blocks: 4,
+            vocab_size: 100,
+            eos_token_ids: vec![2],
+        };
+        let request = pb::Request {
+            prompt_ids: vec![5, 6, 7],
+            stopping: Some(pb::StoppingCriteria {
+                max_tokens: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let key = SeqKey { stream: 1, id: 1 };
+        let mut seq = Sequence::from_request(key, request, &limits).expect("valid request");
+        let t0 = seq.arrived;
+        let ms = Duration::from_millis;
+        seq.mark_scheduled(t0 + ms(10));
+        let first = seq.record_token(t0 + ms(30)).expect("first token carries timings");
+        assert_eq!((first.queue_time_us, first.prefill_time_us), (10_000, 20_000));
+        assert_eq!(seq.record_token(t0 + ms(35)), None, "middle tokens carry none");
+        seq.preempt();
+        seq.mark_scheduled(t0 + ms(40)); // a reschedule does not move the first one
+        seq.finish = Some(pb::FinishReason::Length);
+        let timings = seq.record_token(t0 + ms(100)).expect("finished");
+        assert_eq!(timings.queue_time_us, 10_000);
+        assert_eq!(timings.prefill_time_us, 20_000);
+        assert_eq!(timings.decode_time_us, 70_000);
     }
 }
