@@ -2,7 +2,6 @@
 
 use super::StreamId;
 use crate::kv_cache::{BlockTable, blocks_needed};
-use crate::model::DeviceSampling;
 use crate::sampling::{SampledToken, Sampler, SamplingConfig};
 use pagedserve_proto::v1 as pb;
 use std::time::Instant;
@@ -36,9 +35,6 @@ pub(crate) struct Sequence {
     pub block_table: BlockTable,
     /// Lives across preemption so seeded sampling and penalties continue where they were.
     pub sampler: Sampler,
-    /// Seed of draws made on the device (the request's seed, else a random one), so each
-    /// draw depends only on the seed and the token's index.
-    device_seed: u64,
     max_tokens: usize,
     stop_token_ids: Vec<u32>,
     ignore_eos: bool,
@@ -96,7 +92,6 @@ impl Sequence {
             prompt_len,
             num_computed: 0,
             block_table: BlockTable::new(limits.block_size),
-            device_seed: config.seed.unwrap_or_else(rand::random),
             sampler: Sampler::new(config),
             max_tokens: stopping.max_tokens as usize,
             stop_token_ids: stopping.stop_token_ids,
@@ -153,31 +148,6 @@ impl Sequence {
         let sampled = self.sampler.sample(logits, prompt, output);
         self.tokens.push(sampled.token_id);
         sampled
-    }
-
-    /// Parameters for drawing the next token on the device, when the request needs nothing
-    /// the device sampler lacks (penalties, min_p, logprobs).
-    pub fn device_sampling(&self) -> Option<DeviceSampling> {
-        let c = self.sampler.config();
-        if c.has_penalties() || c.min_p > 0.0 || c.logprobs {
-            return None;
-        }
-        Some(DeviceSampling {
-            temperature: c.temperature,
-            top_k: i32::try_from(c.top_k).unwrap_or(0),
-            top_p: c.top_p,
-            seed: self.device_seed,
-            counter: self.num_generated() as u64,
-        })
-    }
-
-    /// Appends a token drawn on the device.
-    pub fn accept_device_token(&mut self, token_id: u32) -> SampledToken {
-        self.tokens.push(token_id);
-        SampledToken {
-            token_id,
-            logprobs: None,
-        }
     }
 
     /// Why the sequence must stop after generating `token`, if it must.
