@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::args::Args;
 use crate::batching::WaitingGate;
 use crate::client::ShardPool;
+use crate::metrics::{Metrics, MetricsError};
 use crate::state::AppState;
 use crate::tokenize::{ModelTokenizer, TokenizeError};
 
@@ -24,6 +25,8 @@ pub enum ServerError {
     },
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Builds the shared state and starts connecting to the shards (in the background).
@@ -33,13 +36,15 @@ pub fn build_state(args: &Args) -> Result<Arc<AppState>, ServerError> {
             path: args.model.clone(),
             source,
         })?;
+    let metrics = Arc::new(Metrics::new(&args.model_name())?);
     Ok(Arc::new(AppState {
         model_name: args.model_name(),
         tokenizer,
-        shards: ShardPool::start(&args.shards),
+        shards: ShardPool::start(&args.shards, Arc::clone(&metrics)),
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         waiting: WaitingGate::new(args.max_waiting_requests),
         max_n: args.max_n,
+        metrics,
     }))
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::batching::WaitingGate;
 use crate::client::ShardPool;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::tokenize::ModelTokenizer;
 
 pub struct AppState {
@@ -17,6 +18,8 @@ pub struct AppState {
     pub waiting: Arc<WaitingGate>,
     /// Largest `n` a request may ask for.
     pub max_n: u32,
+    /// The one Prometheus exporter (`GET /metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {

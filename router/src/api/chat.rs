@@ -1,13 +1,14 @@
 //! `POST /v1/chat/completions`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
 use crate::api::collect::collect;
-use crate::api::generation::{ChoiceUpdate, Generation};
+use crate::api::generation::{ChoiceUpdate, Generation, RequestMeta};
 use crate::api::json::ApiJson;
 use crate::api::sse::{ChunkFormat, sse_response};
 use crate::api::types::*;
@@ -21,17 +22,22 @@ pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let arrival = Instant::now();
     state.check_model(request.common.model.as_deref())?;
     let prompt = chat_prompt_ids(&state, &request.messages, true)?;
     let validated = validate_chat(&state, &request, prompt)?;
     let permit = state.waiting.try_acquire()?;
-    let generation = Generation::start(Arc::clone(&state), &validated, permit)?;
     let format = ChatFormat {
         id: ids::response_id("chatcmpl"),
         created: ids::now_unix(),
         model: state.model_name.clone(),
         include_usage: validated.include_usage,
     };
+    let meta = RequestMeta {
+        id: &format.id,
+        arrival,
+    };
+    let generation = Generation::start(Arc::clone(&state), &validated, permit, meta)?;
     if validated.stream {
         return Ok(sse_response(generation, format));
     }

@@ -1,13 +1,14 @@
 //! `POST /v1/completions`: each prompt is a group of `n` choices.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
 use crate::api::collect::{CollectedChoice, collect};
-use crate::api::generation::{ChoiceUpdate, Generation};
+use crate::api::generation::{ChoiceUpdate, Generation, RequestMeta};
 use crate::api::json::ApiJson;
 use crate::api::sse::{ChunkFormat, sse_response};
 use crate::api::types::*;
@@ -20,6 +21,7 @@ pub async fn completions(
     State(state): State<Arc<AppState>>,
     ApiJson(request): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let arrival = Instant::now();
     state.check_model(request.common.model.as_deref())?;
     let prompts = prompt_ids(&state, &request.prompt)?;
     let limits = validation::Limits {
@@ -39,7 +41,6 @@ pub async fn completions(
         .flat_map(|text| std::iter::repeat_n(text.clone(), n))
         .collect();
     let permit = state.waiting.try_acquire()?;
-    let generation = Generation::start(Arc::clone(&state), &validated, permit)?;
     let format = CompletionFormat {
         id: ids::response_id("cmpl"),
         created: ids::now_unix(),
@@ -47,6 +48,11 @@ pub async fn completions(
         include_usage: validated.include_usage,
         echo,
     };
+    let meta = RequestMeta {
+        id: &format.id,
+        arrival,
+    };
+    let generation = Generation::start(Arc::clone(&state), &validated, permit, meta)?;
     if validated.stream {
         return Ok(sse_response(generation, format));
     }

@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 
 use crate::auth;
 use crate::error::ApiError;
+use crate::metrics;
 use crate::state::AppState;
 
 /// Large enough for long prompts given as token-id lists.
@@ -34,11 +35,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(models::health))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
+        .route("/metrics", get(metrics::endpoint::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             auth::require_api_key,
+        ))
+        // Outside the key check, so rejected requests are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            metrics::http::track,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

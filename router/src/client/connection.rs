@@ -2,7 +2,7 @@
 //! open the Serve stream, then pump submits out and step outputs in until it breaks.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pagedserve_proto::ShardClient;
 use pagedserve_proto::v1::health_response::Status;
@@ -14,6 +14,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::batching::{self, Outbound};
 use crate::client::shard::ShardHandle;
+use crate::metrics::Metrics;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -34,15 +35,25 @@ pub enum ConnectionError {
 }
 
 /// Runs forever (until the submit queue closes): keeps one Serve stream open.
-pub async fn run(shard: Arc<ShardHandle>, mut queue: UnboundedReceiver<Outbound>) {
+pub async fn run(
+    shard: Arc<ShardHandle>,
+    mut queue: UnboundedReceiver<Outbound>,
+    metrics: Arc<Metrics>,
+) {
     let mut backoff = FIRST_BACKOFF;
     let mut logged_down = false;
+    let mut served_before = false;
+    metrics.record_shard_up(shard.index, false);
     loop {
-        match connect(&shard.url).await {
+        match connect(&shard.url, shard.index, &metrics).await {
             Ok((client, info)) => {
                 backoff = FIRST_BACKOFF;
                 logged_down = false;
-                let result = serve(&shard, client, info, &mut queue).await;
+                if std::mem::replace(&mut served_before, true) {
+                    metrics.record_shard_restart(shard.index);
+                }
+                let result = serve(&shard, client, info, &mut queue, &metrics).await;
+                metrics.record_shard_up(shard.index, false);
                 shard.mark_down(&result.to_string());
                 if matches!(result, ConnectionError::QueueClosed) {
                     return;
@@ -86,18 +97,26 @@ impl From<tonic::transport::Error> for ConnectionError {
     }
 }
 
-async fn connect(url: &str) -> Result<(ShardClient<Channel>, InfoResponse), ConnectionError> {
+async fn connect(
+    url: &str,
+    index: usize,
+    metrics: &Metrics,
+) -> Result<(ShardClient<Channel>, InfoResponse), ConnectionError> {
     let channel = Endpoint::from_shared(url.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .connect()
         .await?;
     let mut client = ShardClient::new(channel);
+    let started = Instant::now();
     let health = client.health(HealthRequest {}).await?.into_inner();
+    metrics.record_rpc(index, "Health", started.elapsed());
     if health.status() != Status::Serving {
         return Err(ConnectionError::NotServing);
     }
+    let started = Instant::now();
     let info = client.info(InfoRequest {}).await?.into_inner();
+    metrics.record_rpc(index, "Info", started.elapsed());
     Ok((client, info))
 }
 
@@ -107,6 +126,7 @@ async fn serve(
     mut client: ShardClient<Channel>,
     info: InfoResponse,
     queue: &mut UnboundedReceiver<Outbound>,
+    metrics: &Metrics,
 ) -> ConnectionError {
     let (out_tx, out_rx) = mpsc::channel::<ShardInput>(256);
     let mut inbound = match client.serve(ReceiverStream::new(out_rx)).await {
@@ -118,6 +138,9 @@ async fn serve(
         max_context = info.max_context, block_size = info.block_size,
         kv_blocks = info.total_kv_blocks, "shard ready"
     );
+    metrics.record_info(shard.index, &info);
+    metrics.record_shard_up(shard.index, true);
+    shard.set_client(client.clone());
     shard.mark_ready(info);
     loop {
         tokio::select! {
@@ -132,7 +155,12 @@ async fn serve(
                 }
             }
             step = inbound.next() => match step {
-                Some(Ok(step)) => shard.dispatch(step),
+                Some(Ok(step)) => {
+                    if let Some(stats) = &step.stats {
+                        metrics.record_step(shard.index, stats);
+                    }
+                    shard.dispatch(step)
+                }
                 Some(Err(status)) => return status.into(),
                 None => return ConnectionError::StreamEnded,
             },

@@ -1,6 +1,6 @@
 //! What a request sees of its sequence: tokens per step, a finish, or a failure.
 
-use pagedserve_proto::v1::{FinishReason, Logprobs, SequenceOutput};
+use pagedserve_proto::v1::{FinishReason, Logprobs, SequenceOutput, SequenceTimings};
 
 /// Why a sequence ended normally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +29,8 @@ pub struct StepTokens {
     pub finish: Option<Finish>,
     pub prompt_tokens: u32,
     pub generated_tokens: u32,
+    /// The shard's timings (with the first token and with the finish).
+    pub timings: Option<SequenceTimings>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +74,7 @@ impl From<SequenceOutput> for SeqEvent {
             finish,
             prompt_tokens: out.prompt_tokens,
             generated_tokens: out.generated_tokens,
+            timings: out.timings,
         })
     }
 }

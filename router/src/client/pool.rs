@@ -9,6 +9,7 @@ use crate::balance;
 use crate::client::connection;
 use crate::client::shard::{SequenceHandle, ShardHandle};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
 pub struct ShardPool {
     shards: Vec<Arc<ShardHandle>>,
@@ -16,13 +17,14 @@ pub struct ShardPool {
 
 impl ShardPool {
     /// Creates the pool and spawns one connection task per shard URL.
-    pub fn start(urls: &[String]) -> Arc<Self> {
+    pub fn start(urls: &[String], metrics: Arc<Metrics>) -> Arc<Self> {
         let shards = urls
             .iter()
             .enumerate()
             .map(|(index, url)| {
                 let (shard, queue) = ShardHandle::new(index, url.clone());
-                tokio::spawn(connection::run(Arc::clone(&shard), queue));
+                let metrics = Arc::clone(&metrics);
+                tokio::spawn(connection::run(Arc::clone(&shard), queue, metrics));
                 shard
             })
             .collect();

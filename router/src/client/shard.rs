@@ -4,8 +4,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
+use pagedserve_proto::ShardClient;
 use pagedserve_proto::v1::{InfoResponse, Request, StepOutput};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tonic::transport::Channel;
 
 use crate::balance::ShardLoad;
 use crate::batching::Outbound;
@@ -24,6 +26,8 @@ pub struct ShardHandle {
     pub url: String,
     ready: AtomicBool,
     info: RwLock<Option<InfoResponse>>,
+    /// For unary calls beside the Serve stream (`Info` at each metrics scrape).
+    client: RwLock<Option<ShardClient<Channel>>>,
     kv_tokens: AtomicU64,
     block_size: AtomicU64,
     pending_tokens: AtomicU64,
@@ -41,6 +45,7 @@ impl ShardHandle {
             url,
             ready: AtomicBool::new(false),
             info: RwLock::new(None),
+            client: RwLock::new(None),
             kv_tokens: AtomicU64::new(0),
             block_size: AtomicU64::new(0),
             pending_tokens: AtomicU64::new(0),
@@ -58,6 +63,17 @@ impl ShardHandle {
     /// The last `Info` read from the shard.
     pub fn info(&self) -> Option<InfoResponse> {
         self.info.read().ok().and_then(|info| info.clone())
+    }
+
+    /// A client of the current connection, once one was made.
+    pub fn client(&self) -> Option<ShardClient<Channel>> {
+        self.client.read().ok().and_then(|c| c.clone())
+    }
+
+    pub(crate) fn set_client(&self, client: ShardClient<Channel>) {
+        if let Ok(mut slot) = self.client.write() {
+            *slot = Some(client);
+        }
     }
 
     pub fn load(&self) -> ShardLoad {
@@ -114,6 +130,7 @@ impl ShardHandle {
         }
         SequenceHandle {
             id,
+            shard: self.index,
             events: rx,
             guard: SequenceGuard {
                 shard: Arc::clone(self),
@@ -183,6 +200,8 @@ impl Drop for SequenceGuard {
 /// A submitted sequence: its events and the guard that cancels it on drop.
 pub struct SequenceHandle {
     pub id: u64,
+    /// Index of the shard it runs on.
+    pub shard: usize,
     pub events: UnboundedReceiver<SeqEvent>,
     pub guard: SequenceGuard,
 }

@@ -14,6 +14,7 @@ use axum::http::{Request, StatusCode, header};
 use axum::response::Response;
 use pagedserve_router::batching::WaitingGate;
 use pagedserve_router::client::ShardPool;
+use pagedserve_router::metrics::Metrics;
 use pagedserve_router::tokenize::ModelTokenizer;
 use pagedserve_router::{AppState, router};
 use serde_json::Value;
@@ -93,7 +94,8 @@ impl Harness {
         }
         let expected = urls.len();
         urls.extend(options.extra_urls);
-        let pool = ShardPool::start(&urls);
+        let metrics = Arc::new(Metrics::new(MODEL).expect("metrics exporter"));
+        let pool = ShardPool::start(&urls, Arc::clone(&metrics));
         let state = Arc::new(AppState {
             model_name: MODEL.into(),
             tokenizer: tokenizer.clone(),
@@ -101,6 +103,7 @@ impl Harness {
             api_key: options.api_key,
             waiting: WaitingGate::new(options.max_waiting),
             max_n: 8,
+            metrics,
         });
         for _ in 0..250 {
             let ready = state

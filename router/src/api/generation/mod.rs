@@ -5,6 +5,7 @@
 pub mod choice;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::stream::{SelectAll, StreamExt};
 use pagedserve_proto::v1::Request;
@@ -14,9 +15,11 @@ use crate::api::types::Usage;
 use crate::batching::WaitingPermit;
 use crate::client::{SeqEvent, SequenceGuard};
 use crate::error::ApiError;
+use crate::metrics::{RequestTimer, SeqOutcome};
 use crate::state::AppState;
 use crate::validation::GenerationRequest;
 
+pub use crate::metrics::RequestMeta;
 pub use choice::{ChoiceState, ChoiceUpdate, TokenDetail, TokenText};
 
 type IndexedEvents = futures::stream::Map<
@@ -33,6 +36,8 @@ pub struct Generation {
     /// Released at the first output: the request is no longer waiting.
     permit: Option<WaitingPermit>,
     prompt_tokens: u32,
+    /// Metrics and the request's log span; records aborts when dropped early.
+    timer: RequestTimer,
 }
 
 impl Generation {
@@ -41,6 +46,7 @@ impl Generation {
         state: Arc<AppState>,
         request: &GenerationRequest,
         permit: WaitingPermit,
+        meta: RequestMeta<'_>,
     ) -> Result<Self, ApiError> {
         let mut sequences = Vec::new();
         let mut choices = Vec::new();
@@ -65,7 +71,12 @@ impl Generation {
                 choices.push(ChoiceState::new(index, decoder, request.stop.clone(), want));
             }
         }
+        let prompt_lens: Vec<u32> = sequences
+            .iter()
+            .map(|s| s.prompt_ids.len() as u32)
+            .collect();
         let handles = state.shards.submit_group(sequences)?;
+        let shard = handles.first().map_or(0, |h| h.shard);
         let mut events = SelectAll::new();
         let mut guards = Vec::with_capacity(handles.len());
         for (index, handle) in handles.into_iter().enumerate() {
@@ -75,6 +86,8 @@ impl Generation {
             guards.push(Some(handle.guard));
         }
         let prompt_tokens = request.prompts.iter().map(|p| p.len() as u32).sum();
+        let metrics = Arc::clone(&state.metrics);
+        let timer = RequestTimer::new(metrics, meta, shard, &prompt_lens, prompt_tokens);
         Ok(Self {
             state,
             events,
@@ -82,6 +95,7 @@ impl Generation {
             guards,
             permit: Some(permit),
             prompt_tokens,
+            timer,
         })
     }
 
@@ -113,11 +127,27 @@ impl Generation {
             if choice.finished {
                 continue; // output already queued when a stop string ended the choice
             }
+            let now = Instant::now();
             let step = match event {
                 SeqEvent::Step(step) => step,
-                SeqEvent::Failed(message) => return Some(Err(ApiError::Internal(message))),
+                SeqEvent::Failed(message) => {
+                    self.timer.on_end(index, SeqOutcome::Error, now);
+                    return Some(Err(ApiError::Internal(message)));
+                }
             };
+            let count = step.token_ids.len() as u32;
+            self.timer.on_tokens(index, count, now, step.timings);
+            let shard_timings = step.finish.and(step.timings);
             let update = choice.apply(step, &self.state.tokenizer);
+            match &update {
+                Ok(u) => {
+                    if let Some(finish) = u.finish {
+                        let outcome = SeqOutcome::Finished(finish, shard_timings);
+                        self.timer.on_end(index, outcome, now);
+                    }
+                }
+                Err(_) => self.timer.on_end(index, SeqOutcome::Error, now),
+            }
             if choice.finished
                 && let Some(guard) = self.guards.get_mut(index)
             {
