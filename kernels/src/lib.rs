@@ -1,67 +1,77 @@
-//! CUDA kernels for the shard's GPU backend.
+//! CUDA kernels of the shard's GPU backend, with typed launch wrappers.
 //!
-//! The sources live in `kernels/*.cu` and are compiled at shard start by NVRTC for the device's
-//! architecture, then cached on disk. This crate is a skeleton until the CUDA backend lands: it
-//! names the kernels so the shard can refer to them, and reports that none are compiled yet.
+//! The sources live in `kernels/cuda/*.cu`; [`Kernels::load`] compiles them with NVRTC for the
+//! device's architecture at shard start (caching the PTX on disk) and loads every function once.
+//! Wrappers take a stream and typed device views, check sizes (`KernelError::Shape`), launch, and
+//! never synchronize, so a caller can capture them in a CUDA graph. Layouts are those of the
+//! CUDA backend: bf16 activations row-major with one row per token, f32 residual stream, the KV
+//! cache of one layer as K and V each `[num_blocks, KVH, block_size, D]`.
+//!
+//! cudarc loads libcuda and libnvrtc at run time: [`open_device`] returns
+//! `KernelError::NoCuda` where they are missing instead of letting cudarc panic.
 
-/// Every kernel the CUDA backend will compile. Kept in one place so the NVRTC cache key and the
-/// launch wrappers cannot drift apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KernelId {
-    Embedding,
-    ResidualRmsNorm,
-    Rope,
-    KvWrite,
-    PagedDecodeAttention,
-    PagedPrefillAttention,
-    SiluMul,
-    Sample,
+mod attention;
+mod device;
+mod error;
+mod loader;
+mod ops;
+mod rope;
+mod sample;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, LaunchConfig};
+
+pub use attention::{
+    DECODE_PARTITION, MAX_GQA_GROUP, PREFILL_TILE, SUPPORTED_HEAD_DIMS, decode_workspace_len,
+    prefill_tiles,
+};
+pub use device::{driver_present, nvrtc_present, open_device};
+pub use error::KernelError;
+pub use loader::{cached_ptx, compile_ptx, device_arch, full_source};
+
+/// The compiled kernels of one device.
+pub struct Kernels {
+    ctx: Arc<CudaContext>,
+    loaded: loader::Loaded,
 }
 
-impl KernelId {
-    /// All kernels, in compilation order.
-    pub const ALL: [KernelId; 8] = [
-        KernelId::Embedding,
-        KernelId::ResidualRmsNorm,
-        KernelId::Rope,
-        KernelId::KvWrite,
-        KernelId::PagedDecodeAttention,
-        KernelId::PagedPrefillAttention,
-        KernelId::SiluMul,
-        KernelId::Sample,
-    ];
+impl Kernels {
+    /// Compiles (or reads from `cache_dir`) and loads every kernel for `ctx`'s device.
+    pub fn load(ctx: &Arc<CudaContext>, cache_dir: Option<&Path>) -> Result<Kernels, KernelError> {
+        Ok(Kernels {
+            ctx: ctx.clone(),
+            loaded: loader::Loaded::load(ctx, cache_dir)?,
+        })
+    }
 
-    /// The `.cu` file that holds this kernel.
-    pub fn source_file(self) -> &'static str {
-        match self {
-            KernelId::Embedding => "embedding.cu",
-            KernelId::ResidualRmsNorm => "rms_norm.cu",
-            KernelId::Rope => "rope.cu",
-            KernelId::KvWrite => "kv_write.cu",
-            KernelId::PagedDecodeAttention => "paged_decode_attention.cu",
-            KernelId::PagedPrefillAttention => "paged_prefill_attention.cu",
-            KernelId::SiluMul => "silu_mul.cu",
-            KernelId::Sample => "sample.cu",
-        }
+    /// The architecture the kernels were compiled for, e.g. `sm_90`.
+    pub fn arch(&self) -> &str {
+        &self.loaded.arch
+    }
+
+    /// The context the kernels were loaded into.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    fn func(&self, name: &str) -> Result<&CudaFunction, KernelError> {
+        self.loaded.get(name)
     }
 }
 
-/// Errors from kernel compilation and launch.
-#[derive(Debug, thiserror::Error)]
-pub enum KernelError {
-    #[error("the CUDA backend is not built yet: kernel {0:?} is unavailable")]
-    NotAvailable(KernelId),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_kernel_has_a_distinct_source() {
-        let mut files: Vec<_> = KernelId::ALL.iter().map(|k| k.source_file()).collect();
-        files.sort_unstable();
-        files.dedup();
-        assert_eq!(files.len(), KernelId::ALL.len());
+/// Grid-stride launch shape for `n` independent items: enough blocks to fill the device many
+/// times over, capped so the grid stays small.
+pub(crate) fn grid_for(n: usize, threads: u32) -> LaunchConfig {
+    let blocks = n.div_ceil(threads as usize).clamp(1, 65_536) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
     }
 }
+
+// Re-exported so callers name one crate for the types in the wrappers' signatures.
+pub use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+pub use half::bf16;

@@ -1,0 +1,111 @@
+// Row-wise and elementwise kernels: embedding gather, RMSNorm (plain and fused with the residual
+// add), SiLU-mul, and random fills for dummy weights.
+#include "common.cuh"
+
+#define ROW_THREADS 256
+
+// out f32 [T, hidden] = table[tokens[t]]; a token outside the vocabulary gives a zero row.
+extern "C" __global__ void __launch_bounds__(ROW_THREADS)
+    embedding_kernel(float* __restrict__ out, const bf16* __restrict__ table,
+                     const u32* __restrict__ tokens, u32 hidden, u32 vocab) {
+    const u64 t = blockIdx.x;
+    const u32 tok = tokens[t];
+    float* o = out + t * hidden;
+    const bf16* row = table + (u64)tok * hidden;
+    for (u32 i = threadIdx.x * 2; i < hidden; i += ROW_THREADS * 2) {
+        float2 v = make_float2(0.f, 0.f);
+        if (tok < vocab) v = __bfloat1622float2(*(const bf162*)(row + i));
+        *(float2*)(o + i) = v;
+    }
+}
+
+__device__ __forceinline__ void norm_store(bf16* __restrict__ out, const float* __restrict__ x,
+                                           const float* __restrict__ w, u32 hidden, float ss,
+                                           float eps) {
+    const float r = rsqrtf(ss / (float)hidden + eps);
+    for (u32 i = threadIdx.x * 2; i < hidden; i += ROW_THREADS * 2) {
+        const float2 v = *(const float2*)(x + i);
+        const float2 g = *(const float2*)(w + i);
+        *(bf162*)(out + i) = __floats2bfloat162_rn(v.x * r * g.x, v.y * r * g.y);
+    }
+}
+
+// out bf16 = x * rsqrt(mean(x^2) + eps) * w, one block per row.
+extern "C" __global__ void __launch_bounds__(ROW_THREADS)
+    rms_norm_kernel(bf16* __restrict__ out, const float* __restrict__ x,
+                    const float* __restrict__ w, u32 hidden, float eps) {
+    __shared__ float scratch[32];
+    const u64 t = blockIdx.x;
+    const float* xr = x + t * hidden;
+    float ss = 0.f;
+    for (u32 i = threadIdx.x * 2; i < hidden; i += ROW_THREADS * 2) {
+        const float2 v = *(const float2*)(xr + i);
+        ss += v.x * v.x + v.y * v.y;
+    }
+    ss = block_sum<ROW_THREADS>(ss, scratch);
+    norm_store(out + t * hidden, xr, w, hidden, ss, eps);
+}
+
+// x += delta (the residual add), then out = rms_norm(x) * w. Each thread re-reads only the
+// elements it wrote itself, so no barrier is needed between the two passes.
+extern "C" __global__ void __launch_bounds__(ROW_THREADS)
+    add_rms_norm_kernel(float* __restrict__ x, const bf16* __restrict__ delta,
+                        bf16* __restrict__ out, const float* __restrict__ w, u32 hidden,
+                        float eps) {
+    __shared__ float scratch[32];
+    const u64 t = blockIdx.x;
+    float* xr = x + t * hidden;
+    const bf16* dr = delta + t * hidden;
+    float ss = 0.f;
+    for (u32 i = threadIdx.x * 2; i < hidden; i += ROW_THREADS * 2) {
+        float2 v = *(const float2*)(xr + i);
+        const float2 d = __bfloat1622float2(*(const bf162*)(dr + i));
+        v.x += d.x;
+        v.y += d.y;
+        *(float2*)(xr + i) = v;
+        ss += v.x * v.x + v.y * v.y;
+    }
+    ss = block_sum<ROW_THREADS>(ss, scratch);
+    norm_store(out + t * hidden, xr, w, hidden, ss, eps);
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }
+
+// out [T, I] = silu(gu[:, :I]) * gu[:, I:], two elements per thread step.
+extern "C" __global__ void silu_mul_kernel(bf16* __restrict__ out, const bf16* __restrict__ gu,
+                                           u32 inter, u64 rows) {
+    const u64 pairs = rows * inter / 2;
+    for (u64 p = (u64)blockIdx.x * blockDim.x + threadIdx.x; p < pairs;
+         p += (u64)gridDim.x * blockDim.x) {
+        const u64 e = p * 2;
+        const u64 t = e / inter;
+        const u32 i = (u32)(e - t * inter);
+        const bf16* row = gu + t * 2 * inter;
+        const float2 g = __bfloat1622float2(*(const bf162*)(row + i));
+        const float2 u = __bfloat1622float2(*(const bf162*)(row + inter + i));
+        *(bf162*)(out + e) = __floats2bfloat162_rn(silu(g.x) * u.x, silu(g.y) * u.y);
+    }
+}
+
+// Uniform in [center - scale, center + scale) from a hash of (seed, index / 4): one 64-bit hash
+// gives four 16-bit uniforms, plenty for dummy weights and ~4x fewer multiplies.
+__device__ __forceinline__ float rand_at(u64 seed, u64 i, float center, float scale) {
+    const u64 h = hash2(seed, i >> 2);
+    const u32 bits = (u32)(h >> (16 * (i & 3))) & 0xffffu;
+    const float u = ((float)bits + 0.5f) * (1.f / 65536.f);
+    return center + (2.f * u - 1.f) * scale;
+}
+
+extern "C" __global__ void fill_random_bf16_kernel(bf16* __restrict__ out, u64 n, u64 seed,
+                                                   float scale) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (u64)gridDim.x * blockDim.x)
+        out[i] = __float2bfloat16(rand_at(seed, i, 0.f, scale));
+}
+
+extern "C" __global__ void fill_random_f32_kernel(float* __restrict__ out, u64 n, u64 seed,
+                                                  float center, float scale) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (u64)gridDim.x * blockDim.x)
+        out[i] = rand_at(seed, i, center, scale);
+}

@@ -1,0 +1,236 @@
+// Paged prefill attention (causal, chunked), FlashAttention-2 style on tensor cores.
+// Grid (num_tiles, H); a CTA of 4 warps takes PF_TILE = 64 query rows of one sequence chunk and one
+// head, 16 rows per warp. Query row j of a sequence sits at position start_pos + j and sees keys
+// 0..=start_pos + j, all read from the paged cache through the block table (this step's K/V were
+// written by rope_kv_write already). K and V tiles of PF_KT keys go to shared memory with
+// cp.async; S = Q·K^T and O += P·V use mma.sync m16n8k16 (bf16 in, f32 accumulate) with an online
+// softmax in the log2 domain.
+#include "common.cuh"
+
+#define PF_TILE 64
+#define PF_KT 64
+#define PF_THREADS 128
+
+struct PrefillArgs {
+    bf16* out;
+    const bf16* qkv;
+    const bf16* kc;
+    const bf16* vc;
+    const int* block_tables;
+    const int* seq_info;
+    const int* tiles;
+    u32 qkv_stride, H, KVH, block_size, bt_stride, num_blocks, num_seqs;
+    float scale_log2;
+};
+
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+    return (u32)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, u32 src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)),
+                 "l"(src), "r"(src_bytes));
+}
+
+__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], const bf16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(u32 (&r)[4], const bf16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+    const bf162 v = __floats2bfloat162_rn(lo, hi);
+    return *(const u32*)&v;
+}
+
+// Rows of keys kbase.. into dst [PF_KT][D + 8]; keys at or past nkeys become zeros, so that a
+// zero probability never meets a NaN from memory nothing wrote.
+template <int D>
+__device__ __forceinline__ void load_kv_tile(bf16* dst, const bf16* cache, const int* bt_row,
+                                             int kbase, int nkeys, u32 kvh,
+                                             const PrefillArgs& a) {
+    constexpr int CH = D / 8, LDS = D + 8;
+    for (int i = threadIdx.x; i < PF_KT * CH; i += PF_THREADS) {
+        const int r = i / CH, c = i % CH, key = kbase + r;
+        const bf16* src = cache;
+        u32 bytes = 0;
+        if (key < nkeys) {
+            const int b = bt_row[key / (int)a.block_size];
+            if (b >= 0 && (u32)b < a.num_blocks) {
+                src = cache + (((u64)b * a.KVH + kvh) * a.block_size + key % a.block_size) * D +
+                      c * 8;
+                bytes = 16;
+            }
+        }
+        cp_async16(dst + r * LDS + c * 8, src, bytes);
+    }
+}
+
+template <int D>
+__device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
+    constexpr int LDS = D + 8;  // padded rows: ldmatrix rows fall in distinct banks
+    __shared__ __align__(16) bf16 ks[PF_KT * LDS];
+    __shared__ __align__(16) bf16 vs[PF_KT * LDS];
+
+    const int s = a.tiles[2 * blockIdx.x], q0 = a.tiles[2 * blockIdx.x + 1];
+    const u32 h = blockIdx.y;
+    if (s < 0 || (u32)s >= a.num_seqs) return;
+    const int row_start = a.seq_info[3 * s], nrows = a.seq_info[3 * s + 1];
+    const int start_pos = a.seq_info[3 * s + 2];
+    if (q0 < 0 || q0 >= nrows) return;
+    const u32 kvh = h / (a.H / a.KVH);
+    const int nkeys = min(start_pos + min(q0 + PF_TILE, nrows), (int)(a.bt_stride * a.block_size));
+    const int* bt_row = a.block_tables + (u64)s * a.bt_stride;
+
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gid = lane >> 2, tig = lane & 3;
+    const int r0 = q0 + warp * 16 + gid, r1 = r0 + 8;  // rows within the sequence chunk
+    const int last = nrows - 1;
+    const int pos0 = start_pos + min(r0, last), pos1 = start_pos + min(r1, last);
+    const int warp_max_pos = start_pos + min(q0 + (int)warp * 16 + 15, last);
+
+    u32 qf[D / 16][4];
+    {
+        const bf16* qb = a.qkv + (u64)h * D;
+        const bf16* q_r0 = qb + (u64)(row_start + min(r0, last)) * a.qkv_stride;
+        const bf16* q_r1 = qb + (u64)(row_start + min(r1, last)) * a.qkv_stride;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const int c = kk * 16 + tig * 2;
+            qf[kk][0] = *(const u32*)(q_r0 + c);
+            qf[kk][1] = *(const u32*)(q_r1 + c);
+            qf[kk][2] = *(const u32*)(q_r0 + c + 8);
+            qf[kk][3] = *(const u32*)(q_r1 + c + 8);
+        }
+    }
+
+    float o[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;
+
+    const int ntiles = (nkeys + PF_KT - 1) / PF_KT;
+    for (int kt = 0; kt < ntiles; ++kt) {
+        const int kbase = kt * PF_KT;
+        __syncthreads();  // the previous tile's readers are done with ks/vs
+        load_kv_tile<D>(ks, a.kc, bt_row, kbase, nkeys, kvh, a);
+        asm volatile("cp.async.commit_group;\n" ::);
+        load_kv_tile<D>(vs, a.vc, bt_row, kbase, nkeys, kvh, a);
+        asm volatile("cp.async.commit_group;\n" ::);
+        asm volatile("cp.async.wait_group 1;\n" ::);
+        __syncthreads();
+        const bool active = kbase <= warp_max_pos;  // else every key of the tile is masked
+
+        float sacc[PF_KT / 8][4];
+#pragma unroll
+        for (int i = 0; i < PF_KT / 8; ++i) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
+        if (active) {
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+                for (int n2 = 0; n2 < PF_KT / 16; ++n2) {
+                    u32 b[4];
+                    ldsm_x4(b, ks + (n2 * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + kk * 16 +
+                                   ((lane >> 3) & 1) * 8);
+                    mma_bf16(sacc[2 * n2], qf[kk], b[0], b[1]);
+                    mma_bf16(sacc[2 * n2 + 1], qf[kk], b[2], b[3]);
+                }
+            float mx0 = m0, mx1 = m1;
+#pragma unroll
+            for (int nt = 0; nt < PF_KT / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int key = kbase + nt * 8 + tig * 2 + (e & 1);
+                    float v = sacc[nt][e] * a.scale_log2;
+                    if (key > (e < 2 ? pos0 : pos1)) v = NEG_INF;
+                    sacc[nt][e] = v;
+                    if (e < 2) mx0 = fmaxf(mx0, v);
+                    else mx1 = fmaxf(mx1, v);
+                }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(FULL_MASK, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(FULL_MASK, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(FULL_MASK, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(FULL_MASK, mx1, 2));
+            // Tile 0 always holds key 0, visible to every row, so mx is finite from then on.
+            const float al0 = exp2f(m0 - mx0), al1 = exp2f(m1 - mx1);
+            m0 = mx0;
+            m1 = mx1;
+            float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < PF_KT / 8; ++nt) {
+                sacc[nt][0] = exp2f(sacc[nt][0] - m0);
+                sacc[nt][1] = exp2f(sacc[nt][1] - m0);
+                sacc[nt][2] = exp2f(sacc[nt][2] - m1);
+                sacc[nt][3] = exp2f(sacc[nt][3] - m1);
+                rs0 += sacc[nt][0] + sacc[nt][1];
+                rs1 += sacc[nt][2] + sacc[nt][3];
+            }
+            l0 = l0 * al0 + rs0;
+            l1 = l1 * al1 + rs1;
+#pragma unroll
+            for (int dt = 0; dt < D / 8; ++dt) {
+                o[dt][0] *= al0;
+                o[dt][1] *= al0;
+                o[dt][2] *= al1;
+                o[dt][3] *= al1;
+            }
+        }
+        asm volatile("cp.async.wait_group 0;\n" ::);
+        __syncthreads();
+        if (!active) continue;
+#pragma unroll
+        for (int kk = 0; kk < PF_KT / 16; ++kk) {
+            const u32 pa[4] = {pack_bf16(sacc[2 * kk][0], sacc[2 * kk][1]),
+                               pack_bf16(sacc[2 * kk][2], sacc[2 * kk][3]),
+                               pack_bf16(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]),
+                               pack_bf16(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3])};
+#pragma unroll
+            for (int d2 = 0; d2 < D / 16; ++d2) {
+                u32 b[4];
+                ldsm_x4_t(b, vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS +
+                                 d2 * 16 + (lane >> 4) * 8);
+                mma_bf16(o[2 * d2], pa, b[0], b[1]);
+                mma_bf16(o[2 * d2 + 1], pa, b[2], b[3]);
+            }
+        }
+    }
+
+    l0 += __shfl_xor_sync(FULL_MASK, l0, 1);
+    l0 += __shfl_xor_sync(FULL_MASK, l0, 2);
+    l1 += __shfl_xor_sync(FULL_MASK, l1, 1);
+    l1 += __shfl_xor_sync(FULL_MASK, l1, 2);
+    const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+    const u64 ostride = (u64)a.H * D;
+    bf16* ob = a.out + (u64)h * D + tig * 2;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+        if (r0 < nrows)
+            *(u32*)(ob + (u64)(row_start + r0) * ostride + dt * 8) =
+                pack_bf16(o[dt][0] * inv0, o[dt][1] * inv0);
+        if (r1 < nrows)
+            *(u32*)(ob + (u64)(row_start + r1) * ostride + dt * 8) =
+                pack_bf16(o[dt][2] * inv1, o[dt][3] * inv1);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d64(PrefillArgs a) {
+    prefill_impl<64>(a);
+}
+
+extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d128(PrefillArgs a) {
+    prefill_impl<128>(a);
+}

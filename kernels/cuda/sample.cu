@@ -1,0 +1,133 @@
+// Sampling on the device, one CTA per row: greedy argmax, or temperature + top-k + top-p and one
+// Gumbel-max draw from a counter-based hash of (seed, counter, token). No sort: the top-k and top-p
+// thresholds are found by a bitwise binary search over the order-preserving u32 key of the
+// scaled logits, each step one block-wide count or mass reduction. NaN logits count as -inf.
+#include "common.cuh"
+
+#define SAMPLE_THREADS 1024
+
+// Order-preserving map f32 -> u32 (larger float, larger key).
+__device__ __forceinline__ u32 f2key(float f) {
+    const u32 b = __float_as_uint(f);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ __forceinline__ float scaled(const float* lg, u32 i, float inv_t) {
+    const float z = lg[i] * inv_t;
+    return isnan(z) ? NEG_INF : z;
+}
+
+// Block-wide argmax of (value, index): larger value wins, ties go to the lower index.
+__device__ __forceinline__ u32 block_argmax(float v, u32 idx, float* sv, u32* si) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(FULL_MASK, v, o);
+        const u32 oi = __shfl_xor_sync(FULL_MASK, idx, o);
+        if (ov > v || (ov == v && oi < idx)) {
+            v = ov;
+            idx = oi;
+        }
+    }
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) {
+        sv[threadIdx.x >> 5] = v;
+        si[threadIdx.x >> 5] = idx;
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        v = sv[threadIdx.x];
+        idx = si[threadIdx.x];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_xor_sync(FULL_MASK, v, o);
+            const u32 oi = __shfl_xor_sync(FULL_MASK, idx, o);
+            if (ov > v || (ov == v && oi < idx)) {
+                v = ov;
+                idx = oi;
+            }
+        }
+    }
+    return idx;  // valid in thread 0
+}
+
+// Largest key t with count(key(z_i) >= t) >= k: the key of the k-th largest scaled logit.
+__device__ u32 top_k_key(const float* lg, u32 V, float inv_t, u32 k, float* scratch) {
+    u32 res = 0;
+    for (int bit = 31; bit >= 0; --bit) {
+        const u32 cand = res | (1u << bit);
+        float cnt = 0.f;
+        for (u32 i = threadIdx.x; i < V; i += SAMPLE_THREADS)
+            cnt += f2key(scaled(lg, i, inv_t)) >= cand ? 1.f : 0.f;
+        if (block_sum<SAMPLE_THREADS>(cnt, scratch) >= (float)k) res = cand;
+    }
+    return res;
+}
+
+// Largest key t >= lo whose kept mass sum(exp(z_i - m) : key >= t) reaches p * (mass at lo).
+__device__ u32 top_p_key(const float* lg, u32 V, float inv_t, float m, u32 lo, float p,
+                         float* scratch) {
+    float total = 0.f;
+    for (u32 i = threadIdx.x; i < V; i += SAMPLE_THREADS) {
+        const float z = scaled(lg, i, inv_t);
+        if (f2key(z) >= lo) total += exp2f((z - m) * LOG2E);
+    }
+    const float target = p * block_sum<SAMPLE_THREADS>(total, scratch);
+    u32 res = 0;
+    for (int bit = 31; bit >= 0; --bit) {
+        const u32 cand = max(res | (1u << bit), lo);
+        float mass = 0.f;
+        for (u32 i = threadIdx.x; i < V; i += SAMPLE_THREADS) {
+            const float z = scaled(lg, i, inv_t);
+            if (f2key(z) >= cand) mass += exp2f((z - m) * LOG2E);
+        }
+        if (block_sum<SAMPLE_THREADS>(mass, scratch) >= target) res = res | (1u << bit);
+    }
+    return max(res, lo);
+}
+
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
+    sample_kernel(u32* __restrict__ out, const float* __restrict__ logits,
+                  const float* __restrict__ temperature, const int* __restrict__ top_k,
+                  const float* __restrict__ top_p, const u64* __restrict__ seeds,
+                  const u64* __restrict__ counters, u32 V) {
+    __shared__ float scratch[32];
+    __shared__ float sv[32];
+    __shared__ u32 si[32];
+    const u32 b = blockIdx.x;
+    const float* lg = logits + (u64)b * V;
+    const float t = temperature[b];
+    const bool greedy = !(t >= 1e-5f);  // NaN temperature: greedy too
+    const float inv_t = greedy ? 1.f : 1.f / t;
+
+    u32 lo = 0;
+    if (!greedy) {
+        const int k = top_k[b];
+        if (k > 0 && (u32)k < V) lo = top_k_key(lg, V, inv_t, (u32)k, scratch);
+        const float p = top_p[b];
+        if (p < 1.f) {
+            float m = NEG_INF;
+            for (u32 i = threadIdx.x; i < V; i += SAMPLE_THREADS) m = fmaxf(m, scaled(lg, i, inv_t));
+            m = block_max<SAMPLE_THREADS>(m, scratch);
+            lo = top_p_key(lg, V, inv_t, m, lo, fmaxf(p, 0.f), scratch);
+        }
+    }
+    const u64 seed = seeds[b], counter = counters[b];
+    float best = NEG_INF;
+    u32 best_i = 0xffffffffu;
+    for (u32 i = threadIdx.x; i < V; i += SAMPLE_THREADS) {
+        const float z = scaled(lg, i, inv_t);
+        if (z == NEG_INF || f2key(z) < lo) continue;
+        float v = z;
+        if (!greedy) {
+            const u64 h = hash3(seed, counter, i);
+            const float u = ((float)(h >> 40) + 0.5f) * (1.f / 16777216.f);
+            v = z - __logf(-__logf(u));
+        }
+        if (v > best || best_i == 0xffffffffu) {
+            best = v;
+            best_i = i;
+        }
+    }
+    const u32 idx = block_argmax(best, best_i, sv, si);
+    if (threadIdx.x == 0) out[b] = idx == 0xffffffffu ? 0u : idx;
+}

@@ -1,0 +1,364 @@
+//! Wrappers of paged decode attention (cuda/decode_attention.cu) and paged prefill attention
+//! (cuda/prefill_attention.cu), plus their host-side helpers.
+
+use cudarc::driver::{
+    CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PushKernelArg,
+};
+use half::bf16;
+
+use crate::error::{ensure, expect_len, to_u32};
+use crate::{KernelError, Kernels};
+
+/// Tokens per decode partition (DEC_PART in decode_attention.cu).
+pub const DECODE_PARTITION: usize = 256;
+/// Query rows per prefill tile (PF_TILE in prefill_attention.cu).
+pub const PREFILL_TILE: usize = 64;
+/// Head dims with a compiled kernel.
+pub const SUPPORTED_HEAD_DIMS: [usize; 2] = [64, 128];
+/// Largest H / KVH the decode kernel is instantiated for.
+pub const MAX_GQA_GROUP: usize = 8;
+
+pub(crate) fn decode_kernel_name(head_dim: usize, group: usize) -> String {
+    format!("paged_decode_d{head_dim}_g{group}")
+}
+
+/// f32 elements of the decode workspace for `num_seqs` sequences of up to `max_ctx` tokens:
+/// per (sequence, head, partition) a D-vector of partial outputs plus its max and sum.
+pub fn decode_workspace_len(
+    num_seqs: usize,
+    num_heads: usize,
+    head_dim: usize,
+    max_ctx: usize,
+) -> usize {
+    num_seqs * num_heads * max_ctx.div_ceil(DECODE_PARTITION).max(1) * (head_dim + 2)
+}
+
+/// The prefill tiles `(seq index, first query row within the chunk)` for `seq_info` rows
+/// `(row_start, num_rows, start_pos)`: PREFILL_TILE rows each, the tiles with the most keys
+/// first so the long ones start early and the grid's tail is short.
+pub fn prefill_tiles(seq_info: &[[i32; 3]]) -> Vec<[i32; 2]> {
+    let mut tiles: Vec<[i32; 2]> = Vec::new();
+    for (s, &[_, rows, _]) in seq_info.iter().enumerate() {
+        let mut j = 0;
+        while j < rows {
+            tiles.push([s as i32, j]);
+            j += PREFILL_TILE as i32;
+        }
+    }
+    let keys = |t: &[i32; 2]| {
+        let [_, rows, start] = seq_info[t[0] as usize];
+        start + rows.min(t[1] + PREFILL_TILE as i32)
+    };
+    tiles.sort_by_key(|t| std::cmp::Reverse(keys(t)));
+    tiles
+}
+
+/// Mirrors `struct DecodeArgs` in decode_attention.cu field by field.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DecodeArgs {
+    out: u64,
+    qkv: u64,
+    q_rows: u64,
+    kc: u64,
+    vc: u64,
+    block_tables: u64,
+    ctx_lens: u64,
+    ws: u64,
+    qkv_stride: u32,
+    out_rows: u32,
+    h: u32,
+    kvh: u32,
+    block_size: u32,
+    bt_stride: u32,
+    num_blocks: u32,
+    max_ctx: u32,
+    scale_log2: f32,
+}
+
+// SAFETY: plain old data with the C layout of the kernel's parameter.
+unsafe impl DeviceRepr for DecodeArgs {}
+
+/// Mirrors `struct PrefillArgs` in prefill_attention.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PrefillArgs {
+    out: u64,
+    qkv: u64,
+    kc: u64,
+    vc: u64,
+    block_tables: u64,
+    seq_info: u64,
+    tiles: u64,
+    qkv_stride: u32,
+    h: u32,
+    kvh: u32,
+    block_size: u32,
+    bt_stride: u32,
+    num_blocks: u32,
+    num_seqs: u32,
+    scale_log2: f32,
+}
+
+// SAFETY: as above.
+unsafe impl DeviceRepr for PrefillArgs {}
+
+/// Checks shared by both attention kernels; returns (group, num_blocks).
+fn check_heads_and_cache(
+    kernel: &'static str,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    block_size: usize,
+    cache_len: usize,
+    v_len: usize,
+) -> Result<(usize, usize), KernelError> {
+    ensure(kernel, SUPPORTED_HEAD_DIMS.contains(&head_dim), || {
+        format!("head_dim {head_dim} unsupported (64 or 128)")
+    })?;
+    ensure(
+        kernel,
+        num_kv_heads > 0 && num_heads.is_multiple_of(num_kv_heads),
+        || format!("num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}"),
+    )?;
+    ensure(
+        kernel,
+        block_size.is_power_of_two() && (8..=DECODE_PARTITION).contains(&block_size),
+        || format!("block_size {block_size} must be a power of two in 8..={DECODE_PARTITION}"),
+    )?;
+    let block_elems = num_kv_heads * block_size * head_dim;
+    ensure(kernel, cache_len.is_multiple_of(block_elems), || {
+        format!(
+            "k_cache has {cache_len} elements, not a multiple of KVH*block_size*D = {block_elems}"
+        )
+    })?;
+    expect_len(kernel, "v_cache", v_len, cache_len)?;
+    Ok((num_heads / num_kv_heads, cache_len / block_elems))
+}
+
+fn check_qkv(
+    kernel: &'static str,
+    len: usize,
+    stride: usize,
+    q_width: usize,
+) -> Result<usize, KernelError> {
+    ensure(
+        kernel,
+        stride >= q_width && stride.is_multiple_of(8) && len.is_multiple_of(stride),
+        || {
+            format!(
+                "qkv ({len} elements) with stride {stride}: stride must be a multiple of 8, >= H*D = {q_width}, and divide the length"
+            )
+        },
+    )?;
+    Ok(len / stride)
+}
+
+impl Kernels {
+    /// Paged decode attention for `S = q_rows.len()` sequences, one query row each: sequence s
+    /// reads q from row `q_rows[s]` of `qkv` (row stride `qkv_stride`), attends to its first
+    /// `ctx_lens[s]` cached tokens (0: padding, nothing written) through row s of
+    /// `block_tables` i32 `[S, bt_stride]`, and writes row `q_rows[s]` of `out` bf16
+    /// `[T, H*D]`. The launch shape depends only on S and `max_ctx` (lengths are clamped to it),
+    /// so it can be captured in a CUDA graph and replayed with new lengths and tables.
+    /// `workspace` needs `decode_workspace_len(S, H, D, max_ctx)` f32 elements.
+    #[allow(clippy::too_many_arguments)]
+    pub fn paged_decode_attention(
+        &self,
+        stream: &CudaStream,
+        out: &mut CudaViewMut<'_, bf16>,
+        qkv: &CudaView<'_, bf16>,
+        qkv_stride: usize,
+        q_rows: &CudaView<'_, i32>,
+        k_cache: &CudaView<'_, bf16>,
+        v_cache: &CudaView<'_, bf16>,
+        block_tables: &CudaView<'_, i32>,
+        bt_stride: usize,
+        ctx_lens: &CudaView<'_, i32>,
+        workspace: &mut CudaViewMut<'_, f32>,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        block_size: usize,
+        scale: f32,
+        max_ctx: usize,
+    ) -> Result<(), KernelError> {
+        const K: &str = "paged_decode_attention";
+        let (group, num_blocks) = check_heads_and_cache(
+            K,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            block_size,
+            k_cache.len(),
+            v_cache.len(),
+        )?;
+        ensure(K, group <= MAX_GQA_GROUP, || {
+            format!("H/KVH = {group} > {MAX_GQA_GROUP}")
+        })?;
+        let s = q_rows.len();
+        expect_len(K, "ctx_lens", ctx_lens.len(), s)?;
+        expect_len(K, "block_tables", block_tables.len(), s * bt_stride)?;
+        let q_rows_avail = check_qkv(K, qkv.len(), qkv_stride, num_heads * head_dim)?;
+        ensure(K, out.len() % (num_heads * head_dim) == 0, || {
+            format!(
+                "out has {} elements, not [T, H*D = {}]",
+                out.len(),
+                num_heads * head_dim
+            )
+        })?;
+        ensure(K, max_ctx > 0, || "max_ctx must be > 0".into())?;
+        let need = decode_workspace_len(s, num_heads, head_dim, max_ctx);
+        ensure(K, workspace.len() >= need, || {
+            format!("workspace has {} f32, needs {need}", workspace.len())
+        })?;
+        if s == 0 {
+            return Ok(());
+        }
+        let parts = max_ctx.div_ceil(DECODE_PARTITION);
+        let out_rows = (out.len() / (num_heads * head_dim)).min(q_rows_avail);
+        let (o, _g0) = out.device_ptr_mut(stream);
+        let (q, _g1) = qkv.device_ptr(stream);
+        let (qr, _g2) = q_rows.device_ptr(stream);
+        let (kc, _g3) = k_cache.device_ptr(stream);
+        let (vc, _g4) = v_cache.device_ptr(stream);
+        let (bt, _g5) = block_tables.device_ptr(stream);
+        let (cl, _g6) = ctx_lens.device_ptr(stream);
+        let (ws, _g7) = workspace.device_ptr_mut(stream);
+        let args = DecodeArgs {
+            out: o,
+            qkv: q,
+            q_rows: qr,
+            kc,
+            vc,
+            block_tables: bt,
+            ctx_lens: cl,
+            ws,
+            qkv_stride: to_u32(K, "qkv_stride", qkv_stride)?,
+            out_rows: to_u32(K, "out rows", out_rows)?,
+            h: to_u32(K, "num_heads", num_heads)?,
+            kvh: to_u32(K, "num_kv_heads", num_kv_heads)?,
+            block_size: block_size as u32,
+            bt_stride: to_u32(K, "bt_stride", bt_stride)?,
+            num_blocks: to_u32(K, "num_blocks", num_blocks)?,
+            max_ctx: to_u32(K, "max_ctx", max_ctx)?,
+            scale_log2: scale * std::f32::consts::LOG2_E,
+        };
+        let grid_s = to_u32(K, "num_seqs", s)?;
+        let mut b = stream.launch_builder(self.func(&decode_kernel_name(head_dim, group))?);
+        b.arg(&args);
+        let cfg = LaunchConfig {
+            grid_dim: (grid_s, num_kv_heads as u32, to_u32(K, "partitions", parts)?),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: sizes checked above; the kernel clamps lengths to max_ctx and the table width
+        // and maps out-of-range block ids to block 0.
+        unsafe { b.launch(cfg) }?;
+        if parts > 1 {
+            let (d, p) = (head_dim as u32, parts as u32);
+            let mut r = stream.launch_builder(self.func("paged_decode_reduce")?);
+            r.arg(&args).arg(&d).arg(&p);
+            let cfg = LaunchConfig {
+                grid_dim: (grid_s, num_heads as u32, 1),
+                block_dim: (d, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: same arguments as the main kernel, whose workspace layout it reads.
+            unsafe { r.launch(cfg) }?;
+        }
+        Ok(())
+    }
+
+    /// Causal paged prefill attention over chunks: `seq_info` i32 `[S, 3]` holds
+    /// `(row_start, num_rows, start_pos)` per sequence; query row j of sequence s is row
+    /// `row_start + j` of `qkv`/`out`, sits at position `start_pos + j` and attends to cached
+    /// keys `0..=start_pos + j` through row s of `block_tables`. `tiles` i32 `[num_tiles, 2]`
+    /// comes from [`prefill_tiles`] (uploaded). The host must keep rows and positions within
+    /// the buffers; the kernel clamps keys to the block-table width.
+    #[allow(clippy::too_many_arguments)]
+    pub fn paged_prefill_attention(
+        &self,
+        stream: &CudaStream,
+        out: &mut CudaViewMut<'_, bf16>,
+        qkv: &CudaView<'_, bf16>,
+        qkv_stride: usize,
+        k_cache: &CudaView<'_, bf16>,
+        v_cache: &CudaView<'_, bf16>,
+        block_tables: &CudaView<'_, i32>,
+        bt_stride: usize,
+        seq_info: &CudaView<'_, i32>,
+        tiles: &CudaView<'_, i32>,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        block_size: usize,
+        scale: f32,
+    ) -> Result<(), KernelError> {
+        const K: &str = "paged_prefill_attention";
+        let (_, num_blocks) = check_heads_and_cache(
+            K,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            block_size,
+            k_cache.len(),
+            v_cache.len(),
+        )?;
+        ensure(K, seq_info.len() % 3 == 0, || {
+            "seq_info must be [S, 3]".into()
+        })?;
+        ensure(K, tiles.len() % 2 == 0, || {
+            "tiles must be [num_tiles, 2]".into()
+        })?;
+        let s = seq_info.len() / 3;
+        expect_len(K, "block_tables", block_tables.len(), s * bt_stride)?;
+        check_qkv(K, qkv.len(), qkv_stride, num_heads * head_dim)?;
+        ensure(K, out.len() % (num_heads * head_dim) == 0, || {
+            format!(
+                "out has {} elements, not [T, H*D = {}]",
+                out.len(),
+                num_heads * head_dim
+            )
+        })?;
+        let num_tiles = tiles.len() / 2;
+        if num_tiles == 0 {
+            return Ok(());
+        }
+        let (o, _g0) = out.device_ptr_mut(stream);
+        let (q, _g1) = qkv.device_ptr(stream);
+        let (kc, _g3) = k_cache.device_ptr(stream);
+        let (vc, _g4) = v_cache.device_ptr(stream);
+        let (bt, _g5) = block_tables.device_ptr(stream);
+        let (si, _g6) = seq_info.device_ptr(stream);
+        let (ti, _g7) = tiles.device_ptr(stream);
+        let args = PrefillArgs {
+            out: o,
+            qkv: q,
+            kc,
+            vc,
+            block_tables: bt,
+            seq_info: si,
+            tiles: ti,
+            qkv_stride: to_u32(K, "qkv_stride", qkv_stride)?,
+            h: to_u32(K, "num_heads", num_heads)?,
+            kvh: to_u32(K, "num_kv_heads", num_kv_heads)?,
+            block_size: block_size as u32,
+            bt_stride: to_u32(K, "bt_stride", bt_stride)?,
+            num_blocks: to_u32(K, "num_blocks", num_blocks)?,
+            num_seqs: to_u32(K, "num_seqs", s)?,
+            scale_log2: scale * std::f32::consts::LOG2_E,
+        };
+        let mut b = stream.launch_builder(self.func(&format!("paged_prefill_d{head_dim}"))?);
+        b.arg(&args);
+        let cfg = LaunchConfig {
+            grid_dim: (to_u32(K, "num_tiles", num_tiles)?, num_heads as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: sizes checked above; see the doc comment for what the host guarantees.
+        unsafe { b.launch(cfg) }?;
+        Ok(())
+    }
+}

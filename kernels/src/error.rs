@@ -1,0 +1,71 @@
+//! Errors of kernel compilation and launch.
+
+use cudarc::driver::DriverError;
+
+/// Everything a kernel call or the loader can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// No usable CUDA driver or NVRTC library on this machine.
+    #[error("no CUDA: {0}")]
+    NoCuda(String),
+    /// NVRTC rejected the sources (the log says why).
+    #[error("NVRTC failed to compile the kernels for {arch}: {log}")]
+    Compile { arch: String, log: String },
+    /// A driver call (module load, launch) failed.
+    #[error("CUDA driver: {0}")]
+    Driver(#[from] DriverError),
+    /// The PTX cache directory could not be read or written.
+    #[error("kernel cache {path}: {source}")]
+    Cache {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Arguments whose sizes do not fit together.
+    #[error("{kernel}: {msg}")]
+    Shape { kernel: &'static str, msg: String },
+}
+
+impl KernelError {
+    pub(crate) fn shape(kernel: &'static str, msg: impl Into<String>) -> Self {
+        KernelError::Shape {
+            kernel,
+            msg: msg.into(),
+        }
+    }
+}
+
+/// `Err(Shape)` unless `got == want`; `what` names the argument.
+pub(crate) fn expect_len(
+    kernel: &'static str,
+    what: &str,
+    got: usize,
+    want: usize,
+) -> Result<(), KernelError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(KernelError::shape(
+            kernel,
+            format!("{what} has {got} elements, expected {want}"),
+        ))
+    }
+}
+
+/// `Err(Shape)` unless `cond`; the message is built only on failure.
+pub(crate) fn ensure(
+    kernel: &'static str,
+    cond: bool,
+    msg: impl FnOnce() -> String,
+) -> Result<(), KernelError> {
+    if cond {
+        Ok(())
+    } else {
+        Err(KernelError::shape(kernel, msg()))
+    }
+}
+
+/// A size as the u32 the kernels take.
+pub(crate) fn to_u32(kernel: &'static str, what: &str, v: usize) -> Result<u32, KernelError> {
+    u32::try_from(v).map_err(|_| KernelError::shape(kernel, format!("{what} = {v} exceeds u32")))
+}

@@ -1,0 +1,181 @@
+//! NVRTC compilation of the `.cu` sources for the device's architecture, an on-disk PTX cache,
+//! and the loaded functions.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+
+use crate::KernelError;
+
+/// The sources, in the order they are concatenated (common helpers first).
+const COMMON: &str = include_str!("../cuda/common.cuh");
+const SOURCES: [(&str, &str); 5] = [
+    ("elementwise.cu", include_str!("../cuda/elementwise.cu")),
+    ("rope.cu", include_str!("../cuda/rope.cu")),
+    (
+        "decode_attention.cu",
+        include_str!("../cuda/decode_attention.cu"),
+    ),
+    (
+        "prefill_attention.cu",
+        include_str!("../cuda/prefill_attention.cu"),
+    ),
+    ("sample.cu", include_str!("../cuda/sample.cu")),
+];
+
+/// Where NVRTC finds `cuda_bf16.h` (the CUDA toolkit's include folder); `CUDA_HOME` or
+/// `CUDA_PATH` override the default `/usr/local/cuda`.
+fn cuda_include_dir() -> String {
+    let home = std::env::var("CUDA_HOME")
+        .or_else(|_| std::env::var("CUDA_PATH"))
+        .unwrap_or_else(|_| "/usr/local/cuda".into());
+    format!("{home}/include")
+}
+
+/// Every kernel source as one translation unit: common.cuh once, then each file without its
+/// `#include "common.cuh"` line.
+pub fn full_source() -> String {
+    let mut src = COMMON.replace("#pragma once", "");
+    for (name, text) in SOURCES {
+        src.push_str(&format!("\n// ---- {name} ----\n"));
+        for line in text.lines() {
+            if line.trim() != "#include \"common.cuh\"" {
+                src.push_str(line);
+                src.push('\n');
+            }
+        }
+    }
+    src
+}
+
+fn compile_options(arch: &str) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={arch}"),
+        format!("--include-path={}", cuda_include_dir()),
+        "--std=c++17".into(),
+        "--use_fast_math".into(),
+    ]
+}
+
+/// The cache key: a hash of the source, the options and the NVRTC-relevant arch.
+fn cache_name(arch: &str, src: &str, opts: &[String]) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    src.hash(&mut h);
+    opts.hash(&mut h);
+    format!("{arch}-{:016x}.ptx", h.finish())
+}
+
+/// Compiles all kernels to PTX for `arch` (e.g. `sm_90`). Needs libnvrtc, not a GPU.
+pub fn compile_ptx(arch: &str) -> Result<String, KernelError> {
+    crate::device::nvrtc_present()?;
+    let src = full_source();
+    let opts = CompileOptions {
+        options: compile_options(arch),
+        name: Some("pagedserve_kernels.cu".into()),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts).map_err(|e| match e {
+        CompileError::CompileError { log, .. } => KernelError::Compile {
+            arch: arch.into(),
+            log: log.to_string_lossy().into_owned(),
+        },
+        other => KernelError::Compile {
+            arch: arch.into(),
+            log: other.to_string(),
+        },
+    })?;
+    Ok(ptx.to_src())
+}
+
+/// PTX for `arch`, from `cache_dir` when it holds a copy for these exact sources and options,
+/// else compiled and stored there (written to a temporary name, then renamed, so concurrent
+/// shards never read a half-written file).
+pub fn cached_ptx(arch: &str, cache_dir: Option<&Path>) -> Result<String, KernelError> {
+    let Some(dir) = cache_dir else {
+        return compile_ptx(arch);
+    };
+    let path = dir.join(cache_name(arch, &full_source(), &compile_options(arch)));
+    if let Ok(ptx) = std::fs::read_to_string(&path) {
+        return Ok(ptx);
+    }
+    let ptx = compile_ptx(arch)?;
+    let io = |source| KernelError::Cache {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let tmp = PathBuf::from(format!("{}.{}.tmp", path.display(), std::process::id()));
+    std::fs::write(&tmp, &ptx).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(ptx)
+}
+
+/// `sm_XY` of the context's device.
+pub fn device_arch(ctx: &Arc<CudaContext>) -> Result<String, KernelError> {
+    let (major, minor) = ctx.compute_capability()?;
+    Ok(format!("sm_{major}{minor}"))
+}
+
+/// The loaded module and its functions by name.
+pub(crate) struct Loaded {
+    pub(crate) arch: String,
+    _module: Arc<CudaModule>,
+    functions: HashMap<String, CudaFunction>,
+}
+
+/// Names of every `extern "C"` kernel in the sources.
+pub(crate) fn kernel_names() -> Vec<String> {
+    let mut names: Vec<String> = [
+        "embedding_kernel",
+        "rms_norm_kernel",
+        "add_rms_norm_kernel",
+        "silu_mul_kernel",
+        "fill_random_bf16_kernel",
+        "fill_random_f32_kernel",
+        "rope_kv_write_kernel",
+        "paged_decode_reduce",
+        "paged_prefill_d64",
+        "paged_prefill_d128",
+        "sample_kernel",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for d in crate::attention::SUPPORTED_HEAD_DIMS {
+        for g in 1..=crate::attention::MAX_GQA_GROUP {
+            names.push(crate::attention::decode_kernel_name(d, g));
+        }
+    }
+    names
+}
+
+impl Loaded {
+    pub(crate) fn load(
+        ctx: &Arc<CudaContext>,
+        cache_dir: Option<&Path>,
+    ) -> Result<Self, KernelError> {
+        let arch = device_arch(ctx)?;
+        let ptx = cached_ptx(&arch, cache_dir)?;
+        let module = ctx.load_module(Ptx::from_src(ptx))?;
+        let mut functions = HashMap::new();
+        for name in kernel_names() {
+            let f = module.load_function(&name)?;
+            functions.insert(name, f);
+        }
+        Ok(Loaded {
+            arch,
+            _module: module,
+            functions,
+        })
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Result<&CudaFunction, KernelError> {
+        self.functions
+            .get(name)
+            .ok_or_else(|| KernelError::shape("load", format!("kernel {name} is not loaded")))
+    }
+}

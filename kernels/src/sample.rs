@@ -1,0 +1,72 @@
+//! Wrapper of device-side sampling (cuda/sample.cu).
+
+use cudarc::driver::{
+    CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
+
+use crate::error::{ensure, expect_len, to_u32};
+use crate::{KernelError, Kernels};
+
+impl Kernels {
+    /// One token per row of `logits` f32 `[B, V]` into `out` u32 `[B]`. Row b: temperature
+    /// < 1e-5 → argmax (ties → lowest index); else softmax(logits / temperature) restricted to
+    /// the `top_k` largest (k <= 0: off; ties at the k-th value are kept), then to the smallest
+    /// set of most likely tokens whose mass reaches `top_p` (p >= 1: off), one draw by Gumbel-max
+    /// with noise from a hash of (seeds[b], counters[b], token): equal (seed, counter) give equal
+    /// tokens. NaN logits are never drawn.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample(
+        &self,
+        stream: &CudaStream,
+        out: &mut CudaViewMut<'_, u32>,
+        logits: &CudaView<'_, f32>,
+        temperature: &CudaView<'_, f32>,
+        top_k: &CudaView<'_, i32>,
+        top_p: &CudaView<'_, f32>,
+        seeds: &CudaView<'_, u64>,
+        counters: &CudaView<'_, u64>,
+    ) -> Result<(), KernelError> {
+        const K: &str = "sample";
+        let b = out.len();
+        for (what, len) in [
+            ("temperature", temperature.len()),
+            ("top_k", top_k.len()),
+            ("top_p", top_p.len()),
+            ("seeds", seeds.len()),
+            ("counters", counters.len()),
+        ] {
+            expect_len(K, what, len, b)?;
+        }
+        if b == 0 {
+            return Ok(());
+        }
+        ensure(K, logits.len() % b == 0 && !logits.is_empty(), || {
+            format!("logits has {} elements, not [{b}, V]", logits.len())
+        })?;
+        let vocab = to_u32(K, "vocab", logits.len() / b)?;
+        let (o, _g0) = out.device_ptr_mut(stream);
+        let (l, _g1) = logits.device_ptr(stream);
+        let (t, _g2) = temperature.device_ptr(stream);
+        let (k, _g3) = top_k.device_ptr(stream);
+        let (p, _g4) = top_p.device_ptr(stream);
+        let (s, _g5) = seeds.device_ptr(stream);
+        let (c, _g6) = counters.device_ptr(stream);
+        let mut lb = stream.launch_builder(self.func("sample_kernel")?);
+        lb.arg(&o)
+            .arg(&l)
+            .arg(&t)
+            .arg(&k)
+            .arg(&p)
+            .arg(&s)
+            .arg(&c)
+            .arg(&vocab);
+        let cfg = LaunchConfig {
+            grid_dim: (to_u32(K, "batch", b)?, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: every per-row array has B elements and logits B * V.
+        unsafe { lb.launch(cfg) }?;
+        Ok(())
+    }
+}
