@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         num_kv_blocks: Some(per_seq * streams.max(1)),
         kv_cache_bytes: 0,
         device: "cpu".into(),
+        gpu: Default::default(),
     };
     let t = Instant::now();
     let mut model = load_model(&opts)?;

@@ -1,7 +1,7 @@
 //! Command-line arguments of `pagedserve-shard`.
 
 use crate::engine::EngineConfig;
-use crate::model::LoadOptions;
+use crate::model::{GpuOptions, LoadOptions};
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
 use std::path::PathBuf;
@@ -10,11 +10,19 @@ fn at_least_one() -> RangedU64ValueParser<usize> {
     RangedU64ValueParser::<usize>::new().range(1..)
 }
 
+fn utilization(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("must be a number in (0, 1], got {s}")),
+    }
+}
+
 /// One model replica on one device, served over gRPC (`proto/shard.proto`).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "pagedserve-shard", version, about)]
 pub struct Args {
-    /// Path of the model's `.gguf` file.
+    /// The model: a `.gguf` file, or a HF model directory (config.json, safetensors; the
+    /// launcher resolves hub ids and the HF cache to such a directory).
     #[arg(long)]
     pub model: PathBuf,
     /// Model name reported by `Info` (default: the file stem).
@@ -44,9 +52,24 @@ pub struct Args {
     /// CPU compute threads (default: every core). The launcher gives each of N shards cores / N.
     #[arg(long, env = "PAGEDSERVE_THREADS", value_parser = at_least_one())]
     pub threads: Option<usize>,
-    /// "cpu" (CUDA devices come with the CUDA backend).
+    /// "cpu", "cuda" (the first GPU), "cuda:N", or "auto" (the first GPU when a CUDA driver
+    /// and a GPU are found, else the CPU).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Share of the GPU's memory the shard may use (weights, buffers and KV cache); the KV cache
+    /// gets what is left when --num-kv-blocks is not given. CUDA only.
+    #[arg(long, default_value_t = 0.9, value_parser = utilization)]
+    pub gpu_memory_utilization: f32,
+    /// `auto` reads the model file's weights; `dummy` draws random weights of --model-shape on
+    /// the device (for benchmarks, like vLLM's dummy load format). CUDA only.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "dummy"])]
+    pub load_format: String,
+    /// Shape of the dummy weights.
+    #[arg(long, value_parser = ["llama3-8b", "mistral-7b", "smollm2-135m"])]
+    pub model_shape: Option<String>,
+    /// Run every step without CUDA graphs (debugging).
+    #[arg(long)]
+    pub enforce_eager: bool,
     /// On SIGTERM/SIGINT, how long running sequences may finish before the shard exits
     /// (a second signal exits at once).
     #[arg(long, default_value_t = 30)]
@@ -62,6 +85,27 @@ impl Args {
             num_kv_blocks: self.num_kv_blocks,
             kv_cache_bytes: self.kv_cache_memory_mb.saturating_mul(1 << 20),
             device: self.device.clone(),
+            gpu: GpuOptions {
+                memory_utilization: self.gpu_memory_utilization,
+                max_batch_tokens: self.max_batch_tokens,
+                max_num_seqs: self.max_num_seqs,
+                dummy_shape: match self.load_format.as_str() {
+                    "dummy" => Some(
+                        self.model_shape
+                            .clone()
+                            .unwrap_or_else(|| "llama3-8b".to_string()),
+                    ),
+                    _ => None,
+                },
+                enforce_eager: self.enforce_eager,
+                kernel_cache_dir: std::env::var_os("PAGEDSERVE_CACHE")
+                    .map(PathBuf::from)
+                    .or_else(|| {
+                        std::env::var_os("HOME")
+                            .map(|h| PathBuf::from(h).join(".cache").join("pagedserve"))
+                    })
+                    .map(|c| c.join("kernels")),
+            },
         }
     }
 
@@ -102,12 +146,19 @@ mod tests {
         assert_eq!(args.load_options().num_kv_blocks, Some(12));
         assert_eq!(args.block_size, 8);
         assert_eq!(args.port, 7);
+        let dummy =
+            parse(&["--load-format", "dummy", "--model-shape", "mistral-7b"]).expect("parses");
+        let gpu = dummy.load_options().gpu;
+        assert_eq!(gpu.dummy_shape.as_deref(), Some("mistral-7b"));
+        assert_eq!(gpu.memory_utilization, 0.9);
     }
 
     #[test]
     fn rejects_zero_and_missing_model() {
         assert!(parse(&["--block-size", "0"]).is_err());
         assert!(parse(&["--max-batch-tokens", "0"]).is_err());
+        assert!(parse(&["--gpu-memory-utilization", "1.5"]).is_err());
+        assert!(parse(&["--load-format", "pt"]).is_err());
         assert!(Args::try_parse_from(["pagedserve-shard"]).is_err());
     }
 }

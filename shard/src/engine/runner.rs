@@ -5,7 +5,7 @@ use super::scheduler::{ScheduledChunk, Scheduler};
 use super::sequence::{SeqKey, SeqLimits, Sequence};
 use super::{Command, EngineConfig, EngineSnapshot, StreamId};
 use crate::kv_cache::BlockPool;
-use crate::model::{CausalLm, SeqChunk};
+use crate::model::{CausalLm, DeviceSampling, ModelError, Picked, SeqChunk};
 use pagedserve_proto::v1 as pb;
 use std::ops::ControlFlow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -164,7 +164,9 @@ impl Engine {
     }
 
     /// Runs the model over the planned chunks; a model error or panic fails only this step.
-    fn forward(&mut self, chunks: &[ScheduledChunk]) -> Result<Vec<Vec<f32>>, String> {
+    /// Where the model samples on its device, sequences that allow it get their token from
+    /// there and the rest their logits.
+    fn forward(&mut self, chunks: &[ScheduledChunk]) -> Result<Vec<Picked>, String> {
         let running = &self.scheduler.running;
         let batch: Vec<SeqChunk<'_>> = chunks
             .iter()
@@ -178,8 +180,26 @@ impl Engine {
                 }
             })
             .collect();
+        let device: Vec<Option<DeviceSampling>> = match self.model.samples_on_device() {
+            true => chunks
+                .iter()
+                .filter(|c| c.need_logits)
+                .map(|c| running[c.seq_idx].device_sampling())
+                .collect(),
+            false => Vec::new(),
+        };
         let model = &mut self.model;
-        let rows = match catch_unwind(AssertUnwindSafe(|| model.forward(&batch))) {
+        let run = || match device.is_empty() {
+            false => model.forward_sampled(&batch, &device).unwrap_or_else(|| {
+                Err(ModelError::Backend(
+                    "model cannot sample on its device".into(),
+                ))
+            }),
+            true => model
+                .forward(&batch)
+                .map(|rows| rows.into_iter().map(Picked::Logits).collect()),
+        };
+        let rows = match catch_unwind(AssertUnwindSafe(run)) {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => return Err(format!("model forward failed: {e}")),
             Err(_) => return Err("model forward panicked".into()),
@@ -195,7 +215,7 @@ impl Engine {
     }
 
     /// Advances every chunk's sequence, samples where logits came back, checks stop conditions.
-    fn apply(&mut self, chunks: &[ScheduledChunk], rows: Vec<Vec<f32>>) {
+    fn apply(&mut self, chunks: &[ScheduledChunk], rows: Vec<Picked>) {
         let mut rows = rows.into_iter();
         for c in chunks {
             let seq = &mut self.scheduler.running[c.seq_idx];
@@ -204,10 +224,11 @@ impl Engine {
             if !c.need_logits {
                 continue;
             }
-            let Some(logits) = rows.next() else {
-                continue; // counted in `forward`
+            let sampled = match rows.next() {
+                Some(Picked::Logits(logits)) => seq.sample_next(&logits),
+                Some(Picked::Token(token)) => seq.accept_device_token(token),
+                None => continue, // counted in `forward`
             };
-            let sampled = seq.sample_next(&logits);
             seq.finish = seq.stop_reason(sampled.token_id, &self.limits);
             let out = pb::SequenceOutput {
                 id: seq.key.id,

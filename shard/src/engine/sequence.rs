@@ -2,6 +2,7 @@
 
 use super::StreamId;
 use crate::kv_cache::{BlockTable, blocks_needed};
+use crate::model::DeviceSampling;
 use crate::sampling::{SampledToken, Sampler, SamplingConfig};
 use pagedserve_proto::v1 as pb;
 use std::time::Instant;
@@ -35,6 +36,9 @@ pub(crate) struct Sequence {
     pub block_table: BlockTable,
     /// Lives across preemption so seeded sampling and penalties continue where they were.
     pub sampler: Sampler,
+    /// Seed of draws made on the device (the request's seed, else a random one), so each
+    /// draw depends only on the seed and the token's index.
+    device_seed: u64,
     max_tokens: usize,
     stop_token_ids: Vec<u32>,
     ignore_eos: bool,
@@ -92,6 +96,7 @@ impl Sequence {
             prompt_len,
             num_computed: 0,
             block_table: BlockTable::new(limits.block_size),
+            device_seed: config.seed.unwrap_or_else(rand::random),
             sampler: Sampler::new(config),
             max_tokens: stopping.max_tokens as usize,
             stop_token_ids: stopping.stop_token_ids,
@@ -150,6 +155,31 @@ impl Sequence {
         sampled
     }
 
+    /// Parameters for drawing the next token on the device, when the request needs nothing
+    /// the device sampler lacks (penalties, min_p, logprobs).
+    pub fn device_sampling(&self) -> Option<DeviceSampling> {
+        let c = self.sampler.config();
+        if c.has_penalties() || c.min_p > 0.0 || c.logprobs {
+            return None;
+        }
+        Some(DeviceSampling {
+            temperature: c.temperature,
+            top_k: i32::try_from(c.top_k).unwrap_or(0),
+            top_p: c.top_p,
+            seed: self.device_seed,
+            counter: self.num_generated() as u64,
+        })
+    }
+
+    /// Appends a token drawn on the device.
+    pub fn accept_device_token(&mut self, token_id: u32) -> SampledToken {
+        self.tokens.push(token_id);
+        SampledToken {
+            token_id,
+            logprobs: None,
+        }
+    }
+
     /// Why the sequence must stop after generating `token`, if it must.
     pub fn stop_reason(&self, token: u32, limits: &SeqLimits) -> Option<pb::FinishReason> {
         if !self.ignore_eos && limits.eos_token_ids.contains(&token) {
@@ -193,9 +223,18 @@ mod timing_tests {
         let t0 = seq.arrived;
         let ms = Duration::from_millis;
         seq.mark_scheduled(t0 + ms(10));
-        let first = seq.record_token(t0 + ms(30)).expect("first token carries timings");
-        assert_eq!((first.queue_time_us, first.prefill_time_us), (10_000, 20_000));
-        assert_eq!(seq.record_token(t0 + ms(35)), None, "middle tokens carry none");
+        let first = seq
+            .record_token(t0 + ms(30))
+            .expect("first token carries timings");
+        assert_eq!(
+            (first.queue_time_us, first.prefill_time_us),
+            (10_000, 20_000)
+        );
+        assert_eq!(
+            seq.record_token(t0 + ms(35)),
+            None,
+            "middle tokens carry none"
+        );
         seq.preempt();
         seq.mark_scheduled(t0 + ms(40)); // a reschedule does not move the first one
         seq.finish = Some(pb::FinishReason::Length);

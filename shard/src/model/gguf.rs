@@ -142,31 +142,6 @@ pub fn dtype_name(t: GgmlDType) -> String {
     }
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // unwrap is the assertion in tests
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dtype_names_are_lowercase_ggml_names() {
-        assert_eq!(dtype_name(GgmlDType::Q4_1), "q4_1");
-        assert_eq!(dtype_name(GgmlDType::Q4K), "q4_k");
-        assert_eq!(dtype_name(GgmlDType::BF16), "bf16");
-    }
-
-    #[test]
-    fn open_reports_missing_and_garbage_files() {
-        let missing = GgufFile::open(Path::new("/nonexistent/model.gguf"));
-        assert!(matches!(missing, Err(ModelError::Io { .. })));
-        let dir = std::env::temp_dir().join(format!("pagedserve-gguf-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let bad = dir.join("bad.gguf");
-        std::fs::write(&bad, b"not a gguf file at all").unwrap();
-        assert!(matches!(GgufFile::open(&bad), Err(ModelError::Format(_))));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
 impl ModelSource for GgufFile {
     fn config(&self) -> Result<LlamaConfig, ModelError> {
         LlamaConfig::from_metadata(self.metadata())
@@ -190,5 +165,30 @@ impl ModelSource for GgufFile {
 
     fn bos_token_id(&self) -> Result<Option<u32>, ModelError> {
         GgufFile::bos_token_id(self)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // unwrap is the assertion in tests
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtype_names_are_lowercase_ggml_names() {
+        assert_eq!(dtype_name(GgmlDType::Q4_1), "q4_1");
+        assert_eq!(dtype_name(GgmlDType::Q4K), "q4_k");
+        assert_eq!(dtype_name(GgmlDType::BF16), "bf16");
+    }
+
+    #[test]
+    fn open_reports_missing_and_garbage_files() {
+        let missing = GgufFile::open(Path::new("/nonexistent/model.gguf"));
+        assert!(matches!(missing, Err(ModelError::Io { .. })));
+        let dir = std::env::temp_dir().join(format!("pagedserve-gguf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("bad.gguf");
+        std::fs::write(&bad, b"not a gguf file at all").unwrap();
+        assert!(matches!(GgufFile::open(&bad), Err(ModelError::Format(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -6,9 +6,10 @@
 //! sequence's block table, and gets logits back. The model owns the KV-cache *storage*;
 //! the engine owns the *allocation* of blocks (`crate::kv_cache`).
 
-mod batch;
+pub(crate) mod batch;
 mod config;
 pub mod gguf;
+pub mod hf;
 pub mod llama;
 pub mod source;
 
@@ -58,7 +59,7 @@ pub struct SeqChunk<'a> {
 /// How to load a model and size its KV cache.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Path of a `.gguf` file.
+    /// A `.gguf` file, or a HF model directory (`config.json` + safetensors).
     pub model_path: PathBuf,
     /// Overrides the display name in [`ModelInfo::name`].
     pub served_model_name: Option<String>,
@@ -68,8 +69,56 @@ pub struct LoadOptions {
     pub num_kv_blocks: Option<usize>,
     /// Memory budget for the KV cache when `num_kv_blocks` is `None`.
     pub kv_cache_bytes: usize,
-    /// "cpu" for now; "cuda:N" once the CUDA backend lands.
+    /// "cpu", "cuda", "cuda:N" or "auto" (the first GPU when one is found, else the CPU).
     pub device: String,
+    /// Settings only the CUDA backend reads.
+    pub gpu: GpuOptions,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            model_path: PathBuf::new(),
+            served_model_name: None,
+            block_size: 16,
+            num_kv_blocks: None,
+            kv_cache_bytes: 1 << 30,
+            device: "cpu".into(),
+            gpu: GpuOptions::default(),
+        }
+    }
+}
+
+/// Settings of the CUDA backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuOptions {
+    /// Share of the GPU's memory the shard may use; the KV cache gets what the weights and
+    /// buffers leave of it (when `num_kv_blocks` is not set).
+    pub memory_utilization: f32,
+    /// Largest number of tokens in one step (sizes the activation buffers).
+    pub max_batch_tokens: usize,
+    /// Largest number of sequences in one step.
+    pub max_num_seqs: usize,
+    /// Random weights of this named shape instead of reading the model file's tensors
+    /// (`--load-format dummy --model-shape llama3-8b`).
+    pub dummy_shape: Option<String>,
+    /// Run every step eagerly (no CUDA graphs), for debugging.
+    pub enforce_eager: bool,
+    /// Where compiled kernels are cached.
+    pub kernel_cache_dir: Option<PathBuf>,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self {
+            memory_utilization: 0.9,
+            max_batch_tokens: 2048,
+            max_num_seqs: 256,
+            dummy_shape: None,
+            enforce_eager: false,
+            kernel_cache_dir: None,
+        }
+    }
 }
 
 /// Errors from loading or running a model.
@@ -83,7 +132,10 @@ pub enum ModelError {
     },
     #[error("invalid GGUF model: {0}")]
     Format(String),
-    #[error("unsupported model architecture `{0}` (supported: llama, mistral)")]
+    #[error(
+        "unsupported model architecture `{0}` (supported: GGUF `llama`; HF LlamaForCausalLM, \
+         MistralForCausalLM, Qwen2ForCausalLM)"
+    )]
     UnsupportedArchitecture(String),
     #[error("unsupported device `{0}`")]
     UnsupportedDevice(String),
@@ -107,14 +159,79 @@ impl From<BackendError> for ModelError {
     }
 }
 
-/// Loads a GGUF model onto `opts.device` with a KV cache sized from `opts`.
-pub fn load_model(opts: &LoadOptions) -> Result<Box<dyn CausalLm>, ModelError> {
-    if opts.device != "cpu" {
-        return Err(ModelError::UnsupportedDevice(opts.device.clone()));
+/// Opens `path` as the source it is: a HF model directory, else a GGUF file.
+pub fn open_source(path: &std::path::Path) -> Result<Box<dyn ModelSource>, ModelError> {
+    if path.is_dir() {
+        if !hf::HfSource::is_hf_dir(path) {
+            return Err(ModelError::Format(format!(
+                "{} is a directory without config.json (expected a HF model directory)",
+                path.display()
+            )));
+        }
+        return Ok(Box::new(hf::HfSource::open(path)?));
     }
-    let mut file = gguf::GgufFile::open(&opts.model_path)?;
+    Ok(Box::new(gguf::GgufFile::open(path)?))
+}
+
+/// Loads a model (GGUF file or HF directory) onto `opts.device` with a KV cache sized from
+/// `opts`.
+pub fn load_model(opts: &LoadOptions) -> Result<Box<dyn CausalLm>, ModelError> {
+    let device = resolve_device(&opts.device)?;
+    if device != "cpu" {
+        let opts = LoadOptions {
+            device,
+            ..opts.clone()
+        };
+        if opts.gpu.dummy_shape.is_some() {
+            return Ok(Box::new(crate::backend::cuda::load_cuda(None, &opts)?));
+        }
+        let mut source = open_source(&opts.model_path)?;
+        return Ok(Box::new(crate::backend::cuda::load_cuda(
+            Some(source.as_mut()),
+            &opts,
+        )?));
+    }
+    if opts.gpu.dummy_shape.is_some() {
+        return Err(ModelError::UnsupportedDevice(
+            "--load-format dummy needs a CUDA device (--device cuda)".into(),
+        ));
+    }
+    let mut source = open_source(&opts.model_path)?;
     let backend = CpuBackend::new(WeightFormat::Blocks);
-    Ok(Box::new(Llama::load(backend, &mut file, opts)?))
+    Ok(Box::new(Llama::load(backend, source.as_mut(), opts)?))
+}
+
+/// `cpu`, `cuda:N`, or for `auto` the first GPU when a CUDA driver and a GPU are found.
+fn resolve_device(device: &str) -> Result<String, ModelError> {
+    use crate::backend::cuda::{cuda_device_count, parse_cuda_device};
+    match device {
+        "cpu" => Ok("cpu".into()),
+        "auto" => Ok(match cuda_device_count() {
+            Ok(n) if n > 0 => "cuda:0".into(),
+            _ => "cpu".into(),
+        }),
+        d => match parse_cuda_device(d) {
+            Some(n) => Ok(format!("cuda:{n}")),
+            None => Err(ModelError::UnsupportedDevice(d.to_string())),
+        },
+    }
+}
+
+/// One sequence's draw when the model samples on its device: only token ids cross to the
+/// host. Covers temperature, top-k and top-p; anything else (penalties, min_p, logprobs) is
+/// sampled on the host from [`CausalLm::forward`]'s logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceSampling {
+    /// Below 1e-5: greedy.
+    pub temperature: f32,
+    /// 0: off.
+    pub top_k: i32,
+    /// 1: off.
+    pub top_p: f32,
+    pub seed: u64,
+    /// Draw index within the request (tokens generated so far), so each draw is
+    /// reproducible from the seed.
+    pub counter: u64,
 }
 
 /// A causal language model with a paged KV cache.
@@ -128,4 +245,28 @@ pub trait CausalLm: Send {
     /// for every chunk with `need_logits`, the logits (length `vocab_size`) of its last token,
     /// in batch order.
     fn forward(&mut self, batch: &[SeqChunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError>;
+    /// Whether [`CausalLm::forward_sampled`] is supported.
+    fn samples_on_device(&self) -> bool {
+        false
+    }
+    /// Like [`CausalLm::forward`], but sequences with `Some` parameters (one entry per chunk
+    /// with `need_logits`, in batch order) get their next token drawn on the device, so only
+    /// the token id crosses to the host; the others get their logits. `None` when the model
+    /// cannot sample on its device.
+    fn forward_sampled(
+        &mut self,
+        _batch: &[SeqChunk<'_>],
+        _params: &[Option<DeviceSampling>],
+    ) -> Option<Result<Vec<Picked>, ModelError>> {
+        None
+    }
+}
+
+/// What [`CausalLm::forward_sampled`] returns for one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Picked {
+    /// Drawn on the device.
+    Token(u32),
+    /// Left for the host sampler.
+    Logits(Vec<f32>),
 }

@@ -1,0 +1,293 @@
+//! Building a [`CudaLlama`]: open the GPU, compile the kernels, upload (or draw) the weights,
+//! allocate the step buffers, size the paged KV cache from the memory left, and capture the
+//! decode graphs.
+
+use pagedserve_kernels::Kernels;
+
+use super::buffers::Buffers;
+use super::device::{Gpu, cuda_err, parse_cuda_device};
+use super::gemm::Gemm;
+use super::graphs::Graphs;
+use super::model::{CudaLlama, StepShape};
+use super::ops;
+use super::plan::{MetaLayout, stage};
+use super::shapes::ModelShape;
+use super::weights::Weights;
+use crate::backend::{BackendError, KvLayout, RopeTable, StepPlan};
+use crate::model::{LlamaConfig, LoadOptions, ModelError, ModelInfo, ModelSource};
+
+/// Memory kept free beyond the KV cache for graphs, cuBLAS and the allocator's slack.
+const RESERVE_BYTES: usize = 768 << 20;
+
+/// Loads `src` (or, with `opts.gpu.dummy_shape`, random weights of that shape, ignoring `src`)
+/// onto the GPU named by `opts.device`.
+pub fn load_cuda(
+    src: Option<&mut dyn ModelSource>,
+    opts: &LoadOptions,
+) -> Result<CudaLlama, ModelError> {
+    let ordinal = parse_cuda_device(&opts.device)
+        .ok_or_else(|| ModelError::UnsupportedDevice(opts.device.clone()))?;
+    let gpu = Gpu::open(ordinal)?;
+    let kernels = Kernels::load(&gpu.ctx, opts.gpu.kernel_cache_dir.as_deref())
+        .map_err(cuda_err("compile kernels"))?;
+    let gemm = Gemm::new(&gpu.stream)?;
+    let (cfg, info, w, freq_factors) = match (&opts.gpu.dummy_shape, src) {
+        (Some(name), _) => {
+            let shape = ModelShape::parse(name)
+                .ok_or_else(|| ModelError::Format(format!("unknown model shape {name}")))?;
+            let spec = shape.spec();
+            let w = Weights::dummy(
+                &spec.config,
+                spec.vocab_size,
+                spec.tied_embeddings,
+                0x5eed,
+                &gpu.stream,
+                &kernels,
+            )?;
+            let info = info(
+                opts,
+                &spec.config,
+                spec.vocab_size,
+                &gpu,
+                spec.eos_token_ids,
+            );
+            let info = ModelInfo {
+                bos_token_id: spec.bos_token_id,
+                name: opts
+                    .served_model_name
+                    .clone()
+                    .unwrap_or_else(|| format!("dummy-{}", shape.name())),
+                ..info
+            };
+            (spec.config, info, w, None)
+        }
+        (None, Some(src)) => {
+            let cfg = src.config()?;
+            let vocab = match src.tensor_dims("token_embd.weight").as_deref() {
+                Some([v, h]) if *h == cfg.hidden => *v,
+                other => {
+                    return Err(ModelError::Format(format!(
+                        "token_embd.weight shape {other:?}"
+                    )));
+                }
+            };
+            let w = Weights::load(src, &cfg, &gpu.stream)?;
+            let info = ModelInfo {
+                bos_token_id: src.bos_token_id()?,
+                ..info(opts, &cfg, vocab, &gpu, src.eos_token_ids()?)
+            };
+            let ff = match src.has_tensor("rope_freqs.weight") {
+                true => Some(
+                    src.tensor("rope_freqs.weight")?
+                        .dequantize(&candle_core::Device::Cpu)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                ),
+                false => None,
+            };
+            (cfg, info, w, ff)
+        }
+        (None, None) => {
+            return Err(ModelError::Format(
+                "no model source and no dummy shape".into(),
+            ));
+        }
+    };
+    build(
+        gpu,
+        kernels,
+        gemm,
+        cfg,
+        info,
+        w,
+        freq_factors.as_deref(),
+        opts,
+    )
+}
+
+fn info(
+    opts: &LoadOptions,
+    cfg: &LlamaConfig,
+    vocab: usize,
+    gpu: &Gpu,
+    eos: Vec<u32>,
+) -> ModelInfo {
+    ModelInfo {
+        name: opts.served_model_name.clone().unwrap_or_else(|| {
+            opts.model_path
+                .file_stem()
+                .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
+        }),
+        dtype: "bf16".into(),
+        device: format!("cuda:{}", gpu.ordinal),
+        vocab_size: vocab,
+        max_context: cfg.max_context,
+        num_layers: cfg.num_layers,
+        num_kv_heads: cfg.num_kv_heads,
+        head_dim: cfg.head_dim,
+        eos_token_ids: eos,
+        bos_token_id: None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(
+    gpu: Gpu,
+    kernels: Kernels,
+    gemm: Gemm,
+    cfg: LlamaConfig,
+    info: ModelInfo,
+    w: Weights,
+    freq_factors: Option<&[f32]>,
+    opts: &LoadOptions,
+) -> Result<CudaLlama, ModelError> {
+    let s_max = opts.gpu.max_num_seqs.max(1);
+    let t_max = opts.gpu.max_batch_tokens.max(s_max);
+    let block_size = opts.block_size;
+    if block_size == 0 {
+        return Err(ModelError::KvCache("block size 0".into()));
+    }
+    let layout = MetaLayout {
+        t_max,
+        s_max,
+        tiles_max: t_max.div_ceil(pagedserve_kernels::PREFILL_TILE) + s_max,
+        bt_stride: cfg.max_context.div_ceil(block_size),
+    };
+    let stream = &gpu.stream;
+    let alloc_u32 = |n: usize, what: &str| {
+        stream
+            .alloc_zeros::<u32>(n)
+            .map_err(|e| BackendError::Alloc(format!("{what}: {e}")))
+    };
+    let meta = alloc_u32(layout.len(), "step metadata")?;
+    let sampling = alloc_u32(ops::SAMPLING_WORDS * s_max, "sampling parameters")?;
+    let ws_len = pagedserve_kernels::decode_workspace_len(
+        s_max,
+        cfg.num_heads,
+        cfg.head_dim,
+        cfg.max_context,
+    );
+    let bufs = Buffers::new(stream, &cfg, info.vocab_size, t_max, s_max, ws_len)?;
+    let rope = RopeTable::new(
+        cfg.head_dim,
+        cfg.rope_dim,
+        cfg.rope_base,
+        freq_factors,
+        cfg.max_context,
+    );
+    let cos = stream
+        .clone_htod(&rope.cos)
+        .map_err(cuda_err("upload rope"))?;
+    let sin = stream
+        .clone_htod(&rope.sin)
+        .map_err(cuda_err("upload rope"))?;
+    let mut kv = KvLayout {
+        num_layers: cfg.num_layers,
+        num_blocks: 0,
+        block_size,
+        num_kv_heads: cfg.num_kv_heads,
+        head_dim: cfg.head_dim,
+    };
+    kv.num_blocks = num_blocks(&gpu, &kv, opts)?;
+    let cache_len = kv.num_layers * kv.num_blocks * kv.block_elems();
+    let alloc_cache = || {
+        stream
+            .alloc_zeros::<half::bf16>(cache_len)
+            .map_err(|e| ModelError::KvCache(format!("{} blocks: {e}", kv.num_blocks)))
+    };
+    let (k_cache, v_cache) = (alloc_cache()?, alloc_cache()?);
+    tracing::info!(
+        device = %gpu.name,
+        arch = %gpu.arch,
+        weights_gib = w.bytes() as f64 / (1u64 << 30) as f64,
+        kv_blocks = kv.num_blocks,
+        kv_tokens = kv.num_blocks * block_size,
+        "model on the GPU"
+    );
+    let mut model = CudaLlama {
+        graphs: Graphs::new(!opts.gpu.enforce_eager, s_max),
+        gpu,
+        kernels,
+        gemm,
+        cfg,
+        info,
+        kv,
+        w,
+        bufs,
+        layout,
+        meta,
+        sampling,
+        k_cache,
+        v_cache,
+        cos,
+        sin,
+        gather: Vec::new(),
+    };
+    capture_decode_graphs(&mut model)?;
+    Ok(model)
+}
+
+/// KV blocks: `--num-kv-blocks`, or what `--gpu-memory-utilization` of the card leaves after
+/// the weights and buffers (already allocated) and a reserve for graphs.
+fn num_blocks(gpu: &Gpu, kv: &KvLayout, opts: &LoadOptions) -> Result<usize, ModelError> {
+    let block_bytes = 2 * kv.num_layers * kv.block_elems() * 2;
+    if let Some(n) = opts.num_kv_blocks {
+        return Ok(n);
+    }
+    let (free, total) = gpu.mem_info()?;
+    let keep_free = ((1.0 - opts.gpu.memory_utilization as f64) * total as f64) as usize;
+    let budget = free.saturating_sub(keep_free + RESERVE_BYTES);
+    let n = budget / block_bytes.max(1);
+    if n == 0 {
+        return Err(ModelError::KvCache(format!(
+            "no room for the KV cache: {} MiB free of {} MiB, {:.2} utilization",
+            free >> 20,
+            total >> 20,
+            opts.gpu.memory_utilization
+        )));
+    }
+    Ok(n)
+}
+
+/// Captures the decode graph of every bucket (sampling on the device), over an all-padding
+/// step (no KV writes, no attention), like vLLM does at start-up.
+fn capture_decode_graphs(m: &mut CudaLlama) -> Result<(), ModelError> {
+    if !m.graphs.enabled() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    for bucket in m.graphs.buckets().to_vec() {
+        let staged = stage(
+            &StepPlan::default(),
+            &m.layout,
+            Some(bucket),
+            ops::prefill_tiles,
+        )
+        .map_err(|e| ModelError::Backend(e.to_string()))?;
+        let mut dst = m.meta.slice_mut(..staged.host.len());
+        m.gpu
+            .stream
+            .memcpy_htod(&staged.host, &mut dst)
+            .map_err(cuda_err("upload step metadata"))?;
+        let shape = StepShape {
+            rows: bucket,
+            decode_seqs: bucket,
+            prefill_seqs: 0,
+            num_tiles: 0,
+            logit_rows: bucket,
+            sample: true,
+        };
+        m.gather.clear();
+        m.capture(shape)?;
+    }
+    m.gpu
+        .stream
+        .synchronize()
+        .map_err(cuda_err("graph capture"))?;
+    tracing::info!(
+        graphs = m.graphs.len(),
+        secs = started.elapsed().as_secs_f64(),
+        "decode graphs captured"
+    );
+    Ok(())
+}

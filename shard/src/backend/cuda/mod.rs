@@ -1,0 +1,20 @@
+//! CUDA backend: the Llama-family model on one NVIDIA GPU through cudarc (driver, NVRTC and
+//! cuBLAS loaded at run time, so the binary still builds and runs its CPU path without CUDA).
+//! Unlike the CPU backend it does not go through [`crate::backend::Backend`]: the GPU path
+//! needs fused ops, preallocated buffers and CUDA graphs, which the op-by-op trait can't give.
+
+mod buffers;
+mod device;
+mod gemm;
+mod graphs;
+mod load;
+mod model;
+mod ops;
+mod plan;
+mod shapes;
+mod weights;
+
+pub use device::{cuda_device_count, parse_cuda_device};
+pub use load::load_cuda;
+pub use model::CudaLlama;
+pub use shapes::ModelShape;

@@ -1,0 +1,274 @@
+//! [`CudaLlama`]: the Llama-family decoder on one GPU. bf16 weights, cuBLAS GEMMs, our own
+//! kernels (`pagedserve-kernels`) for everything else, a paged bf16 KV cache sized from free
+//! memory, preallocated buffers, and CUDA graphs replayed for decode-only steps.
+
+use cudarc::driver::CudaSlice;
+use half::bf16;
+use pagedserve_kernels::Kernels;
+
+use super::buffers::Buffers;
+use super::device::{Gpu, cuda_err};
+use super::gemm::Gemm;
+use super::graphs::Graphs;
+use super::ops::{self, Dims};
+use super::plan::{MetaLayout, StagedStep, stage};
+use super::weights::Weights;
+use crate::backend::{BackendResult, KvLayout};
+use crate::model::batch::{BatchLimits, build_plan};
+use crate::model::{
+    CausalLm, DeviceSampling, LlamaConfig, ModelError, ModelInfo, Picked, SeqChunk,
+};
+
+const GREEDY: DeviceSampling = DeviceSampling {
+    temperature: 0.0,
+    top_k: 0,
+    top_p: 1.0,
+    seed: 0,
+    counter: 0,
+};
+
+/// What one step runs over: sizes only, so a graph captured for a shape replays for any step
+/// staged with that shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StepShape {
+    pub rows: usize,
+    pub decode_seqs: usize,
+    pub prefill_seqs: usize,
+    pub num_tiles: usize,
+    /// Rows projected to logits.
+    pub logit_rows: usize,
+    /// Sample on the device (else logits are left for the host).
+    pub sample: bool,
+}
+
+pub struct CudaLlama {
+    pub(super) gpu: Gpu,
+    pub(super) kernels: Kernels,
+    pub(super) gemm: Gemm,
+    pub(super) cfg: LlamaConfig,
+    pub(super) info: ModelInfo,
+    pub(super) kv: KvLayout,
+    pub(super) w: Weights,
+    pub(super) bufs: Buffers,
+    pub(super) layout: MetaLayout,
+    pub(super) meta: CudaSlice<u32>,
+    /// Per-sequence sampling parameters: temperature, top_p (f32 bits), top_k, and seed and
+    /// counter (two u32 halves each), `[s_max, 7]`.
+    pub(super) sampling: CudaSlice<u32>,
+    pub(super) k_cache: CudaSlice<bf16>,
+    pub(super) v_cache: CudaSlice<bf16>,
+    pub(super) cos: CudaSlice<f32>,
+    pub(super) sin: CudaSlice<f32>,
+    pub(super) graphs: Graphs,
+    /// Rows whose logits an eager step returns (empty: the first rows, in order).
+    pub(super) gather: Vec<usize>,
+}
+
+impl CudaLlama {
+    fn limits(&self) -> BatchLimits {
+        BatchLimits {
+            vocab_size: self.info.vocab_size,
+            block_size: self.kv.block_size,
+            num_blocks: self.kv.num_blocks,
+            max_context: self.cfg.max_context,
+        }
+    }
+
+    pub(super) fn dims(&self) -> Dims {
+        Dims {
+            hidden: self.cfg.hidden,
+            heads: self.cfg.num_heads,
+            kv_heads: self.cfg.num_kv_heads,
+            head_dim: self.cfg.head_dim,
+            rope_dim: self.cfg.rope_dim,
+            ffn: self.cfg.ffn,
+            vocab: self.info.vocab_size,
+            block_size: self.kv.block_size,
+            num_blocks: self.kv.num_blocks,
+            max_context: self.cfg.max_context,
+            eps: self.cfg.rms_eps,
+        }
+    }
+
+    /// Validates and stages `batch`, sends its metadata, and runs it (replaying a graph when
+    /// one fits). Leaves logits (or sampled tokens) on the device.
+    fn run_batch(
+        &mut self,
+        batch: &[SeqChunk<'_>],
+        sampling: Option<&[DeviceSampling]>,
+    ) -> Result<StepShape, ModelError> {
+        let plan = build_plan(batch, &self.limits())?;
+        let decode_only =
+            plan.seqs.iter().all(|s| s.num_rows == 1) && plan.logit_rows.len() == plan.seqs.len();
+        let bucket = match decode_only {
+            true => self.graphs.bucket_for(plan.seqs.len()),
+            false => None,
+        };
+        let staged = stage(&plan, &self.layout, bucket, ops::prefill_tiles)
+            .map_err(|e| ModelError::InvalidBatch(e.to_string()))?;
+        self.upload(&staged, sampling)?;
+        let shape = StepShape {
+            rows: staged.rows,
+            decode_seqs: staged.decode_seqs,
+            prefill_seqs: staged.prefill_seqs,
+            num_tiles: staged.num_tiles,
+            logit_rows: if bucket.is_some() {
+                staged.rows
+            } else {
+                staged.logit_rows.len()
+            },
+            sample: sampling.is_some(),
+        };
+        if bucket.is_some() && self.graphs.enabled() {
+            self.gather.clear();
+            self.replay(shape)?;
+        } else {
+            self.gather = staged.logit_rows;
+            self.enqueue(shape)?;
+        }
+        Ok(shape)
+    }
+
+    fn upload(
+        &mut self,
+        staged: &StagedStep,
+        sampling: Option<&[DeviceSampling]>,
+    ) -> BackendResult<()> {
+        let stream = &self.gpu.stream;
+        let mut dst = self.meta.slice_mut(..staged.host.len());
+        stream
+            .memcpy_htod(&staged.host, &mut dst)
+            .map_err(cuda_err("upload step metadata"))?;
+        if let Some(params) = sampling {
+            let host = ops::pack_sampling(params, self.layout.s_max);
+            let mut dst = self.sampling.slice_mut(..host.len());
+            stream
+                .memcpy_htod(&host, &mut dst)
+                .map_err(cuda_err("upload sampling parameters"))?;
+        }
+        Ok(())
+    }
+
+    /// Enqueues one step of `shape` over the staged metadata. Never synchronizes, so it can
+    /// be captured into a CUDA graph.
+    pub(super) fn enqueue(&mut self, shape: StepShape) -> BackendResult<()> {
+        ops::forward_layers(self, shape)?;
+        ops::final_norm_and_logits(self, shape)?;
+        Ok(())
+    }
+
+    fn replay(&mut self, shape: StepShape) -> BackendResult<()> {
+        if !self.graphs.has(shape) {
+            self.capture(shape)?;
+        }
+        self.graphs.launch(shape)
+    }
+
+    /// Captures `shape` (after one eager run, which initializes cuBLAS's choices for it).
+    pub(super) fn capture(&mut self, shape: StepShape) -> BackendResult<()> {
+        self.enqueue(shape)?;
+        self.gpu
+            .stream
+            .synchronize()
+            .map_err(cuda_err("warm-up step"))?;
+        self.graphs.begin(&self.gpu.stream)?;
+        let enqueued = self.enqueue(shape);
+        let graph = self.graphs.end(&self.gpu.stream)?;
+        enqueued?;
+        self.graphs.insert(shape, graph);
+        Ok(())
+    }
+
+    fn logits_to_host(&mut self, rows: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+        let vocab = self.info.vocab_size;
+        let view = self.bufs.logits.slice(..rows * vocab);
+        let host = self
+            .gpu
+            .stream
+            .clone_dtoh(&view)
+            .map_err(cuda_err("copy logits to the host"))?;
+        Ok(host.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+}
+
+impl CausalLm for CudaLlama {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn block_size(&self) -> usize {
+        self.kv.block_size
+    }
+
+    fn num_kv_blocks(&self) -> usize {
+        self.kv.num_blocks
+    }
+
+    fn forward(&mut self, batch: &[SeqChunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted = batch.iter().filter(|c| c.need_logits).count();
+        self.run_batch(batch, None)?;
+        if wanted == 0 {
+            self.gpu
+                .stream
+                .synchronize()
+                .map_err(cuda_err("prefill step"))?;
+            return Ok(Vec::new());
+        }
+        self.logits_to_host(wanted)
+    }
+
+    fn samples_on_device(&self) -> bool {
+        true
+    }
+
+    fn forward_sampled(
+        &mut self,
+        batch: &[SeqChunk<'_>],
+        params: &[Option<DeviceSampling>],
+    ) -> Option<Result<Vec<Picked>, ModelError>> {
+        Some(self.forward_sampled_inner(batch, params))
+    }
+}
+
+impl CudaLlama {
+    fn forward_sampled_inner(
+        &mut self,
+        batch: &[SeqChunk<'_>],
+        params: &[Option<DeviceSampling>],
+    ) -> Result<Vec<Picked>, ModelError> {
+        let wanted = batch.iter().filter(|c| c.need_logits).count();
+        if params.len() != wanted {
+            return Err(ModelError::InvalidBatch(format!(
+                "{} sampling parameters for {wanted} sampled sequences",
+                params.len()
+            )));
+        }
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Sequences sampled on the host still get a (greedy, ignored) draw on the device.
+        let device: Vec<DeviceSampling> = params.iter().map(|p| p.unwrap_or(GREEDY)).collect();
+        self.run_batch(batch, Some(&device))?;
+        let tokens = self
+            .gpu
+            .stream
+            .clone_dtoh(&self.bufs.sampled.slice(..wanted))
+            .map_err(cuda_err("copy sampled tokens to the host"))?;
+        let logits = match params.iter().any(Option::is_none) {
+            true => self.logits_to_host(wanted)?,
+            false => Vec::new(),
+        };
+        let mut logits = logits.into_iter();
+        Ok(params
+            .iter()
+            .zip(tokens)
+            .map(|(p, t)| match (p, logits.next()) {
+                (None, Some(l)) => Picked::Logits(l),
+                _ => Picked::Token(t),
+            })
+            .collect())
+    }
+}

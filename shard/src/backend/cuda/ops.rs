@@ -1,0 +1,315 @@
+//! The forward pass as a sequence of launches over the preallocated buffers: embedding, then
+//! per layer norm -> QKV GEMM -> RoPE + KV write -> paged attention -> o_proj -> norm (with
+//! the residual add) -> gate/up GEMM -> SiLU*mul -> down GEMM, then the final norm, the
+//! vocabulary projection and (optionally) sampling. Nothing here synchronizes.
+
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtrMut};
+use half::bf16;
+
+use super::device::cuda_err;
+use super::gemm::OutType;
+use super::model::{CudaLlama, StepShape};
+use crate::backend::BackendResult;
+use crate::model::DeviceSampling;
+
+/// Model dimensions the kernels need.
+#[derive(Debug, Clone, Copy)]
+pub struct Dims {
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_dim: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+    pub block_size: usize,
+    pub num_blocks: usize,
+    pub max_context: usize,
+    pub eps: f32,
+}
+
+impl Dims {
+    pub fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+    pub fn qkv_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
+    /// Elements of K (or V) of one layer.
+    pub fn layer_cache_len(&self) -> usize {
+        self.num_blocks * self.kv_heads * self.block_size * self.head_dim
+    }
+}
+
+/// Query tiles of the prefill sequences `(row_start, num_rows, start_pos)`.
+pub fn prefill_tiles(seq_info: &[[i32; 3]]) -> Vec<[i32; 2]> {
+    pagedserve_kernels::prefill_tiles(seq_info)
+}
+
+/// Sampling parameters as the sample kernel reads them: arrays of `s_max` entries at fixed
+/// offsets of one u32 buffer (u64 arrays first, for alignment): seeds, counters (two words
+/// each), temperatures, top_p, top_k.
+pub const SAMPLING_WORDS: usize = 7;
+
+pub fn pack_sampling(params: &[DeviceSampling], s_max: usize) -> Vec<u32> {
+    let mut out = vec![0u32; SAMPLING_WORDS * s_max];
+    for (i, p) in params.iter().enumerate().take(s_max) {
+        out[2 * i] = p.seed as u32;
+        out[2 * i + 1] = (p.seed >> 32) as u32;
+        out[2 * s_max + 2 * i] = p.counter as u32;
+        out[2 * s_max + 2 * i + 1] = (p.counter >> 32) as u32;
+        out[4 * s_max + i] = p.temperature.to_bits();
+        out[5 * s_max + i] = p.top_p.to_bits();
+        out[6 * s_max + i] = p.top_k as u32;
+    }
+    out
+}
+
+/// Views of the first `n` entries of each sampling array.
+struct SamplingViews<'a> {
+    seeds: CudaView<'a, u64>,
+    counters: CudaView<'a, u64>,
+    temperature: CudaView<'a, f32>,
+    top_p: CudaView<'a, f32>,
+    top_k: CudaView<'a, i32>,
+}
+
+impl<'a> SamplingViews<'a> {
+    fn new(buf: &'a CudaSlice<u32>, s_max: usize, n: usize) -> Self {
+        let at = |start: usize, words: usize| buf.slice(start..start + words);
+        // SAFETY: same-size plain numbers; u64 arrays start at even word offsets of a
+        // 256-byte-aligned allocation.
+        unsafe {
+            Self {
+                seeds: at(0, 2 * n).transmute::<u64>(n).expect("fits"),
+                counters: at(2 * s_max, 2 * n).transmute::<u64>(n).expect("fits"),
+                temperature: at(4 * s_max, n).transmute::<f32>(n).expect("fits"),
+                top_p: at(5 * s_max, n).transmute::<f32>(n).expect("fits"),
+                top_k: at(6 * s_max, n).transmute::<i32>(n).expect("fits"),
+            }
+        }
+    }
+}
+
+/// Reinterprets a u32 view as i32 (the metadata buffer holds both).
+fn as_i32<'a>(v: &CudaView<'a, u32>) -> CudaView<'a, i32> {
+    // SAFETY: u32 and i32 have the same size and alignment, and every bit pattern is valid.
+    unsafe { v.transmute::<i32>(v.len()) }.expect("same length")
+}
+
+pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> {
+    let d = m.dims();
+    let t = shape.rows;
+    let s = &m.gpu.stream;
+    let k = &m.kernels;
+    let lay = m.layout;
+    let b = &mut m.bufs;
+    let meta = &m.meta;
+    let tokens = meta.slice(lay.tokens()..lay.tokens() + t);
+    let positions = meta.slice(lay.positions()..lay.positions() + t);
+    let slots = meta.slice(lay.slots()..lay.slots() + t);
+    let dq_rows = meta.slice(lay.dq_rows()..lay.dq_rows() + shape.decode_seqs);
+    let dctx = meta.slice(lay.dctx()..lay.dctx() + shape.decode_seqs);
+    let bt_decode =
+        meta.slice(lay.block_tables()..lay.block_tables() + shape.decode_seqs * lay.bt_stride);
+    let bt_prefill_start = lay.block_tables() + shape.decode_seqs * lay.bt_stride;
+    let bt_prefill =
+        meta.slice(bt_prefill_start..bt_prefill_start + shape.prefill_seqs * lay.bt_stride);
+    let seq_info = meta.slice(lay.seq_info()..lay.seq_info() + 3 * shape.prefill_seqs);
+    let tiles = meta.slice(lay.tiles()..lay.tiles() + 2 * shape.num_tiles);
+    let (h, qkvw) = (d.hidden, d.qkv_width());
+    let err = |what| cuda_err(what);
+
+    k.embedding(
+        s,
+        &mut b.x.slice_mut(..t * h),
+        &m.w.embed.as_view(),
+        &tokens,
+        h,
+    )
+    .map_err(err("embedding"))?;
+    let per_layer = d.layer_cache_len();
+    for (i, l) in m.w.layers.iter().enumerate() {
+        if i == 0 {
+            k.rms_norm(
+                s,
+                &mut b.h.slice_mut(..t * h),
+                &b.x.slice(..t * h),
+                &l.attn_norm.as_view(),
+                d.eps,
+            )
+            .map_err(err("rms_norm"))?;
+        } else {
+            k.add_rms_norm(
+                s,
+                &mut b.x.slice_mut(..t * h),
+                &b.delta.slice(..t * h),
+                &mut b.h.slice_mut(..t * h),
+                &l.attn_norm.as_view(),
+                d.eps,
+            )
+            .map_err(err("add_rms_norm"))?;
+        }
+        let out = ptr(&mut b.qkv, s);
+        m.gemm
+            .matmul(s, &b.h, &l.qkv, out, OutType::Bf16, t, qkvw, h)?;
+        let cache = i * per_layer..(i + 1) * per_layer;
+        {
+            let mut kc = m.k_cache.slice_mut(cache.clone());
+            let mut vc = m.v_cache.slice_mut(cache.clone());
+            k.rope_kv_write(
+                s,
+                &mut b.qkv.slice_mut(..t * qkvw),
+                &mut kc,
+                &mut vc,
+                &positions,
+                &slots,
+                &m.cos.as_view(),
+                &m.sin.as_view(),
+                d.heads,
+                d.kv_heads,
+                d.head_dim,
+                d.rope_dim,
+                d.block_size,
+            )
+            .map_err(err("rope_kv_write"))?;
+        }
+        let kc = m.k_cache.slice(cache.clone());
+        let vc = m.v_cache.slice(cache);
+        if shape.decode_seqs > 0 {
+            k.paged_decode_attention(
+                s,
+                &mut b.attn.slice_mut(..t * d.heads * d.head_dim),
+                &b.qkv.slice(..t * qkvw),
+                qkvw,
+                &as_i32(&dq_rows),
+                &kc,
+                &vc,
+                &as_i32(&bt_decode),
+                lay.bt_stride,
+                &as_i32(&dctx),
+                &mut b.decode_ws.as_view_mut(),
+                d.heads,
+                d.kv_heads,
+                d.head_dim,
+                d.block_size,
+                d.scale(),
+                d.max_context,
+            )
+            .map_err(err("paged decode attention"))?;
+        }
+        if shape.prefill_seqs > 0 {
+            k.paged_prefill_attention(
+                s,
+                &mut b.attn.slice_mut(..t * d.heads * d.head_dim),
+                &b.qkv.slice(..t * qkvw),
+                qkvw,
+                &kc,
+                &vc,
+                &as_i32(&bt_prefill),
+                lay.bt_stride,
+                &as_i32(&seq_info),
+                &as_i32(&tiles),
+                d.heads,
+                d.kv_heads,
+                d.head_dim,
+                d.block_size,
+                d.scale(),
+            )
+            .map_err(err("paged prefill attention"))?;
+        }
+        let out = ptr(&mut b.delta, s);
+        m.gemm.matmul(
+            s,
+            &b.attn,
+            &l.o,
+            out,
+            OutType::Bf16,
+            t,
+            h,
+            d.heads * d.head_dim,
+        )?;
+        k.add_rms_norm(
+            s,
+            &mut b.x.slice_mut(..t * h),
+            &b.delta.slice(..t * h),
+            &mut b.h.slice_mut(..t * h),
+            &l.ffn_norm.as_view(),
+            d.eps,
+        )
+        .map_err(err("add_rms_norm"))?;
+        let out = ptr(&mut b.gate_up, s);
+        m.gemm
+            .matmul(s, &b.h, &l.gate_up, out, OutType::Bf16, t, 2 * d.ffn, h)?;
+        k.silu_mul(
+            s,
+            &mut b.act.slice_mut(..t * d.ffn),
+            &b.gate_up.slice(..t * 2 * d.ffn),
+            d.ffn,
+        )
+        .map_err(err("silu_mul"))?;
+        let out = ptr(&mut b.delta, s);
+        m.gemm
+            .matmul(s, &b.act, &l.down, out, OutType::Bf16, t, h, d.ffn)?;
+    }
+    Ok(())
+}
+
+/// Final residual add + norm over every row, the logit rows gathered (eager steps with
+/// prefill chunks) into `last`, the vocabulary GEMM, and device sampling when asked.
+pub fn final_norm_and_logits(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> {
+    let d = m.dims();
+    let (t, h) = (shape.rows, d.hidden);
+    let s = &m.gpu.stream;
+    let b = &mut m.bufs;
+    m.kernels
+        .add_rms_norm(
+            s,
+            &mut b.x.slice_mut(..t * h),
+            &b.delta.slice(..t * h),
+            &mut b.h.slice_mut(..t * h),
+            &m.w.final_norm.as_view(),
+            d.eps,
+        )
+        .map_err(cuda_err("final norm"))?;
+    let n = shape.logit_rows;
+    if n == 0 {
+        return Ok(());
+    }
+    let identity = m.gather.iter().enumerate().all(|(i, &r)| i == r);
+    let input: &CudaSlice<bf16> = if identity {
+        &b.h
+    } else {
+        for (i, &r) in m.gather.iter().enumerate() {
+            let src = b.h.slice(r * h..(r + 1) * h);
+            let mut dst = b.last.slice_mut(i * h..(i + 1) * h);
+            s.memcpy_dtod(&src, &mut dst)
+                .map_err(cuda_err("gather logit rows"))?;
+        }
+        &b.last
+    };
+    let out = ptr(&mut b.logits, s);
+    m.gemm
+        .matmul(s, input, m.w.lm_head(), out, OutType::F32, n, d.vocab, h)?;
+    if shape.sample {
+        let p = SamplingViews::new(&m.sampling, m.layout.s_max, n);
+        m.kernels
+            .sample(
+                s,
+                &mut b.sampled.slice_mut(..n),
+                &b.logits.slice(..n * d.vocab),
+                &p.temperature,
+                &p.top_k,
+                &p.top_p,
+                &p.seeds,
+                &p.counters,
+            )
+            .map_err(cuda_err("sample"))?;
+    }
+    Ok(())
+}
+
+fn ptr<T>(buf: &mut CudaSlice<T>, s: &CudaStream) -> u64 {
+    let (p, _guard) = buf.device_ptr_mut(s);
+    p
+}

@@ -1,0 +1,253 @@
+//! One step's metadata, laid out for the GPU: every per-step array lives at a fixed offset of
+//! one device buffer, so a CUDA graph captured once reads each step's values from the same
+//! addresses, and the host sends the step with a single copy.
+//!
+//! Layout (u32 elements): tokens, positions, slots (`t_max` each), decode query rows, decode
+//! context lengths (`s_max` each), prefill `(row_start, num_rows, start_pos)` (`3 * s_max`),
+//! prefill tiles `(seq, first row)` (`2 * tiles_max`), block tables (`s_max * bt_stride`,
+//! decode sequences first, then prefill sequences). i32 fields are stored as their bits.
+
+use crate::backend::{AttnSeq, StepPlan};
+
+/// Slot value of a padding row: the KV write skips it.
+pub const PAD_SLOT: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaLayout {
+    pub t_max: usize,
+    pub s_max: usize,
+    pub tiles_max: usize,
+    pub bt_stride: usize,
+}
+
+impl MetaLayout {
+    pub fn tokens(&self) -> usize {
+        0
+    }
+    pub fn positions(&self) -> usize {
+        self.t_max
+    }
+    pub fn slots(&self) -> usize {
+        2 * self.t_max
+    }
+    pub fn dq_rows(&self) -> usize {
+        3 * self.t_max
+    }
+    pub fn dctx(&self) -> usize {
+        self.dq_rows() + self.s_max
+    }
+    pub fn seq_info(&self) -> usize {
+        self.dctx() + self.s_max
+    }
+    pub fn tiles(&self) -> usize {
+        self.seq_info() + 3 * self.s_max
+    }
+    pub fn block_tables(&self) -> usize {
+        self.tiles() + 2 * self.tiles_max
+    }
+    pub fn len(&self) -> usize {
+        self.block_tables() + self.s_max * self.bt_stride
+    }
+}
+
+/// A step staged on the host, ready for one copy to the device.
+#[derive(Debug, Clone, Default)]
+pub struct StagedStep {
+    /// Activation rows the kernels run over (the step's rows, or a graph bucket's padded size).
+    pub rows: usize,
+    pub decode_seqs: usize,
+    pub prefill_seqs: usize,
+    pub num_tiles: usize,
+    /// Rows whose logits are returned, in output order.
+    pub logit_rows: Vec<usize>,
+    /// The meta buffer's prefix to copy (`0..host.len()`).
+    pub host: Vec<u32>,
+}
+
+/// Why a step does not fit the preallocated buffers.
+#[derive(Debug, thiserror::Error)]
+#[error("step does not fit the CUDA buffers: {0}")]
+pub struct StageError(pub String);
+
+/// Lays `plan` out in `layout`, padding the rows (and decode sequences) to `pad_rows` when
+/// given (a decode-only graph bucket). `tiles` cuts prefill sequences into query tiles.
+pub fn stage(
+    plan: &StepPlan,
+    layout: &MetaLayout,
+    pad_rows: Option<usize>,
+    tiles: impl Fn(&[[i32; 3]]) -> Vec<[i32; 2]>,
+) -> Result<StagedStep, StageError> {
+    let real_rows = plan.tokens.len();
+    let rows = pad_rows.unwrap_or(real_rows).max(real_rows);
+    let (decode, prefill): (Vec<&AttnSeq>, Vec<&AttnSeq>) =
+        plan.seqs.iter().partition(|s| s.num_rows == 1);
+    let padded_decode = match pad_rows {
+        Some(_) if !prefill.is_empty() => {
+            return Err(StageError("a padded step must be decode-only".into()));
+        }
+        Some(p) => p.max(decode.len()),
+        None => decode.len(),
+    };
+    let too_big = |what: &str, n: usize, max: usize| {
+        (n > max).then(|| StageError(format!("{n} {what} > {max}")))
+    };
+    if let Some(e) = too_big("rows", rows, layout.t_max)
+        .or_else(|| too_big("sequences", padded_decode + prefill.len(), layout.s_max))
+    {
+        return Err(e);
+    }
+    let seq_info: Vec<[i32; 3]> = prefill
+        .iter()
+        .map(|s| [s.row_start as i32, s.num_rows as i32, s.start_pos as i32])
+        .collect();
+    let tile_list = tiles(&seq_info);
+    if let Some(e) = too_big("prefill tiles", tile_list.len(), layout.tiles_max) {
+        return Err(e);
+    }
+    let n_seqs = padded_decode + prefill.len();
+    let mut host = vec![0u32; layout.block_tables() + n_seqs * layout.bt_stride];
+    for r in 0..rows {
+        let (tok, pos, slot) = match r < real_rows {
+            true => (plan.tokens[r], plan.positions[r], plan.slots[r]),
+            false => (0, 0, PAD_SLOT),
+        };
+        host[layout.tokens() + r] = tok;
+        host[layout.positions() + r] = pos;
+        host[layout.slots() + r] = slot;
+    }
+    let put_table = |host: &mut [u32], idx: usize, s: &AttnSeq| {
+        let table = &plan.block_tables[s.table_start..s.table_start + s.table_len];
+        if table.len() > layout.bt_stride {
+            return Err(StageError(format!(
+                "{} blocks > {} per sequence",
+                table.len(),
+                layout.bt_stride
+            )));
+        }
+        let at = layout.block_tables() + idx * layout.bt_stride;
+        host[at..at + table.len()].copy_from_slice(table);
+        Ok(())
+    };
+    for i in 0..padded_decode {
+        // Padding sequences attend to nothing (context 0) from a padding row.
+        let (row, ctx) = match decode.get(i) {
+            Some(s) => {
+                put_table(&mut host, i, s)?;
+                (s.row_start, s.start_pos + 1)
+            }
+            None => (real_rows + i - decode.len(), 0),
+        };
+        host[layout.dq_rows() + i] = row as u32;
+        host[layout.dctx() + i] = ctx as u32;
+    }
+    for (j, s) in prefill.iter().enumerate() {
+        put_table(&mut host, padded_decode + j, s)?;
+        let at = layout.seq_info() + 3 * j;
+        for (k, v) in seq_info[j].iter().enumerate() {
+            host[at + k] = *v as u32;
+        }
+    }
+    for (j, t) in tile_list.iter().enumerate() {
+        host[layout.tiles() + 2 * j] = t[0] as u32;
+        host[layout.tiles() + 2 * j + 1] = t[1] as u32;
+    }
+    Ok(StagedStep {
+        rows,
+        decode_seqs: padded_decode,
+        prefill_seqs: prefill.len(),
+        num_tiles: tile_list.len(),
+        logit_rows: plan.logit_rows.clone(),
+        host,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // unwrap is the assertion in tests
+mod tests {
+    use super::*;
+
+    const L: MetaLayout = MetaLayout {
+        t_max: 8,
+        s_max: 4,
+        tiles_max: 4,
+        bt_stride: 3,
+    };
+
+    fn one_tile_each(info: &[[i32; 3]]) -> Vec<[i32; 2]> {
+        (0..info.len()).map(|i| [i as i32, 0]).collect()
+    }
+
+    fn plan() -> StepPlan {
+        // A decode at position 5 (blocks 7, 2) and a 3-token prefill chunk from position 0.
+        StepPlan {
+            tokens: vec![11, 20, 21, 22],
+            positions: vec![5, 0, 1, 2],
+            slots: vec![9, 0, 1, 2],
+            seqs: vec![
+                AttnSeq {
+                    row_start: 0,
+                    num_rows: 1,
+                    start_pos: 5,
+                    table_start: 0,
+                    table_len: 2,
+                },
+                AttnSeq {
+                    row_start: 1,
+                    num_rows: 3,
+                    start_pos: 0,
+                    table_start: 2,
+                    table_len: 1,
+                },
+            ],
+            block_tables: vec![7, 2, 4],
+            logit_rows: vec![0, 3],
+        }
+    }
+
+    #[test]
+    fn lays_out_decode_then_prefill() {
+        let s = stage(&plan(), &L, None, one_tile_each).unwrap();
+        let h = &s.host;
+        assert_eq!(
+            (s.rows, s.decode_seqs, s.prefill_seqs, s.num_tiles),
+            (4, 1, 1, 1)
+        );
+        assert_eq!(&h[0..4], &[11, 20, 21, 22]);
+        assert_eq!(&h[L.positions()..L.positions() + 4], &[5, 0, 1, 2]);
+        assert_eq!(h[L.dq_rows()], 0);
+        assert_eq!(h[L.dctx()], 6);
+        assert_eq!(&h[L.seq_info()..L.seq_info() + 3], &[1, 3, 0]);
+        let bt = L.block_tables();
+        assert_eq!(&h[bt..bt + 6], &[7, 2, 0, 4, 0, 0]);
+        assert_eq!(h.len(), bt + 2 * L.bt_stride);
+    }
+
+    #[test]
+    fn pads_decode_steps_to_the_bucket() {
+        let mut p = plan();
+        p.seqs.truncate(1);
+        p.tokens.truncate(1);
+        p.positions.truncate(1);
+        p.slots.truncate(1);
+        p.logit_rows = vec![0];
+        let s = stage(&p, &L, Some(3), one_tile_each).unwrap();
+        assert_eq!((s.rows, s.decode_seqs), (3, 3));
+        assert_eq!(&s.host[..3], &[11, 0, 0]);
+        assert_eq!(&s.host[L.slots()..L.slots() + 3], &[9, PAD_SLOT, PAD_SLOT]);
+        assert_eq!(&s.host[L.dctx()..L.dctx() + 3], &[6, 0, 0]);
+        assert_eq!(&s.host[L.dq_rows()..L.dq_rows() + 3], &[0, 1, 2]);
+        // Padding a step with a prefill chunk is refused.
+        assert!(stage(&plan(), &L, Some(4), one_tile_each).is_err());
+    }
+
+    #[test]
+    fn refuses_steps_larger_than_the_buffers() {
+        let mut p = plan();
+        p.tokens = vec![1; 9];
+        assert!(stage(&p, &L, None, one_tile_each).is_err());
+        let mut p = plan();
+        p.seqs[0].table_len = 4;
+        p.block_tables = vec![1, 2, 3, 4, 5];
+        assert!(stage(&p, &L, None, one_tile_each).is_err());
+    }
+}

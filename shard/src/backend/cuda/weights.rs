@@ -1,0 +1,192 @@
+//! Model weights on the GPU in bf16: read from a [`ModelSource`] (quantized GGUF blocks are
+//! dequantized on load) or filled with random values of a named shape (`--load-format dummy`).
+//! Q/K/V and gate/up are fused into one matrix each, so a layer runs 4 GEMMs instead of 7.
+
+use std::sync::Arc;
+
+use candle_core::Device;
+use cudarc::driver::{CudaSlice, CudaStream};
+use half::bf16;
+use pagedserve_kernels::Kernels;
+
+use super::device::cuda_err;
+use crate::backend::{BackendError, BackendResult};
+use crate::model::{LlamaConfig, ModelError, ModelSource};
+
+pub struct LayerWeights {
+    pub attn_norm: CudaSlice<f32>,
+    /// `[(H + 2 * KVH) * D, hidden]`: q rows, then k rows, then v rows.
+    pub qkv: CudaSlice<bf16>,
+    /// `[hidden, H * D]`.
+    pub o: CudaSlice<bf16>,
+    pub ffn_norm: CudaSlice<f32>,
+    /// `[2 * ffn, hidden]`: gate rows, then up rows.
+    pub gate_up: CudaSlice<bf16>,
+    /// `[hidden, ffn]`.
+    pub down: CudaSlice<bf16>,
+}
+
+pub struct Weights {
+    /// `[vocab, hidden]`.
+    pub embed: CudaSlice<bf16>,
+    pub layers: Vec<LayerWeights>,
+    pub final_norm: CudaSlice<f32>,
+    /// `[vocab, hidden]`; `None` when tied to the embeddings.
+    pub lm_head: Option<CudaSlice<bf16>>,
+}
+
+impl Weights {
+    pub fn lm_head(&self) -> &CudaSlice<bf16> {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Reads every tensor from `src`, converting to bf16 on the host, one tensor at a time (the
+    /// host never holds more than one fused matrix in f32).
+    pub fn load(
+        src: &mut dyn ModelSource,
+        cfg: &LlamaConfig,
+        stream: &Arc<CudaStream>,
+    ) -> Result<Self, ModelError> {
+        let mut up = Uploader { src, stream };
+        let layers = (0..cfg.num_layers)
+            .map(|i| {
+                let n = |name: &str| format!("blk.{i}.{name}.weight");
+                Ok(LayerWeights {
+                    attn_norm: up.f32(&n("attn_norm"))?,
+                    qkv: up.bf16_concat(&[&n("attn_q"), &n("attn_k"), &n("attn_v")])?,
+                    o: up.bf16_concat(&[&n("attn_output")])?,
+                    ffn_norm: up.f32(&n("ffn_norm"))?,
+                    gate_up: up.bf16_concat(&[&n("ffn_gate"), &n("ffn_up")])?,
+                    down: up.bf16_concat(&[&n("ffn_down")])?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let embed = up.bf16_concat(&["token_embd.weight"])?;
+        // SmolLM2 ties the output layer to the embeddings.
+        let lm_head = match up.src.has_tensor("output.weight") {
+            true => Some(up.bf16_concat(&["output.weight"])?),
+            false => None,
+        };
+        let final_norm = up.f32("output_norm.weight")?;
+        Ok(Self {
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+        })
+    }
+
+    /// Random weights of `cfg`'s shape, drawn on the device: uniform with a variance that keeps
+    /// activations at unit scale, norms at 1. Never zeros, so timings see real data.
+    pub fn dummy(
+        cfg: &LlamaConfig,
+        vocab: usize,
+        tied: bool,
+        seed: u64,
+        stream: &Arc<CudaStream>,
+        kernels: &Kernels,
+    ) -> BackendResult<Self> {
+        let mut seed = seed;
+        let mut rand = |rows: usize, cols: usize, scale: f32| {
+            seed += 1;
+            random_bf16(stream, kernels, rows * cols, seed, scale)
+        };
+        // Uniform in [-a, a) has variance a^2 / 3: a = sqrt(3 / fan_in) keeps outputs at unit
+        // scale.
+        let fan_in = |cols: usize| (3.0 / cols as f32).sqrt();
+        let (h, d) = (cfg.hidden, cfg.head_dim);
+        let qkv_rows = (cfg.num_heads + 2 * cfg.num_kv_heads) * d;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for _ in 0..cfg.num_layers {
+            layers.push(LayerWeights {
+                attn_norm: ones(stream, h)?,
+                qkv: rand(qkv_rows, h, fan_in(h))?,
+                o: rand(h, cfg.num_heads * d, fan_in(cfg.num_heads * d))?,
+                ffn_norm: ones(stream, h)?,
+                gate_up: rand(2 * cfg.ffn, h, fan_in(h))?,
+                down: rand(h, cfg.ffn, fan_in(cfg.ffn))?,
+            });
+        }
+        let embed = rand(vocab, h, 1.0)?;
+        let lm_head = match tied {
+            true => None,
+            false => Some(rand(vocab, h, fan_in(h))?),
+        };
+        Ok(Self {
+            embed,
+            layers,
+            final_norm: ones(stream, h)?,
+            lm_head,
+        })
+    }
+
+    /// Bytes of every weight.
+    pub fn bytes(&self) -> usize {
+        let l: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                2 * (l.qkv.len() + l.o.len() + l.gate_up.len() + l.down.len())
+                    + 4 * (l.attn_norm.len() + l.ffn_norm.len())
+            })
+            .sum();
+        l + 2 * self.embed.len() + self.lm_head.as_ref().map_or(0, |w| 2 * w.len())
+    }
+}
+
+fn random_bf16(
+    stream: &Arc<CudaStream>,
+    kernels: &Kernels,
+    n: usize,
+    seed: u64,
+    scale: f32,
+) -> BackendResult<CudaSlice<bf16>> {
+    // SAFETY: every element is written by the fill kernel before any read.
+    let mut w = unsafe { stream.alloc::<bf16>(n) }
+        .map_err(|e| BackendError::Alloc(format!("{n} bf16 weights: {e}")))?;
+    kernels
+        .fill_random_bf16(stream, &mut w.as_view_mut(), seed, scale)
+        .map_err(cuda_err("fill random weights"))?;
+    Ok(w)
+}
+
+fn ones(stream: &Arc<CudaStream>, n: usize) -> BackendResult<CudaSlice<f32>> {
+    stream
+        .clone_htod(&vec![1.0f32; n])
+        .map_err(cuda_err("upload norm weight"))
+}
+
+struct Uploader<'a> {
+    src: &'a mut dyn ModelSource,
+    stream: &'a Arc<CudaStream>,
+}
+
+impl Uploader<'_> {
+    fn host_f32(&mut self, name: &str) -> Result<Vec<f32>, ModelError> {
+        let t = self.src.tensor(name)?;
+        Ok(t.dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+
+    fn f32(&mut self, name: &str) -> Result<CudaSlice<f32>, ModelError> {
+        let v = self.host_f32(name)?;
+        Ok(self
+            .stream
+            .clone_htod(&v)
+            .map_err(cuda_err("upload weight"))?)
+    }
+
+    /// The named `[out_i, in]` matrices stacked by rows, as one bf16 matrix.
+    fn bf16_concat(&mut self, names: &[&str]) -> Result<CudaSlice<bf16>, ModelError> {
+        let mut all: Vec<bf16> = Vec::new();
+        for name in names {
+            let v = self.host_f32(name)?;
+            all.extend(v.iter().map(|&x| bf16::from_f32(x)));
+        }
+        Ok(self
+            .stream
+            .clone_htod(&all)
+            .map_err(cuda_err("upload weight"))?)
+    }
+}
