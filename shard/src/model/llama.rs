@@ -1,4 +1,6 @@
-//! The Llama-family decoder (Llama, Mistral, SmolLM2), written once against [`Backend`].
+//! The Llama-family decoder (Llama, Mistral, Qwen2, SmolLM2), written once against
+//! [`Backend`]. Projection biases (Qwen2) and a sliding attention window (Mistral) are
+//! used when the source has them.
 
 use crate::backend::{Backend, KvLayout, RopeTable};
 use crate::model::batch::{BatchLimits, build_plan};
@@ -16,6 +18,8 @@ struct Layer<B: Backend> {
     gate: B::Weight,
     up: B::Weight,
     down: B::Weight,
+    /// q/k/v/o projection biases, when the checkpoint has them.
+    bias: [Option<B::Vector>; 4],
 }
 
 pub struct Llama<B: Backend> {
@@ -29,6 +33,7 @@ pub struct Llama<B: Backend> {
     output: B::Weight,
     rope: B::Rope,
     cache: B::KvCache,
+    sliding_window: Option<usize>,
 }
 
 impl<B: Backend> Llama<B> {
@@ -86,6 +91,7 @@ impl<B: Backend> Llama<B> {
         let cache = backend
             .alloc_kv_cache(&kv)
             .map_err(|e| ModelError::KvCache(format!("{} blocks: {e}", kv.num_blocks)))?;
+        let sliding_window = gguf.sliding_window();
         Ok(Self {
             backend,
             cfg,
@@ -97,6 +103,7 @@ impl<B: Backend> Llama<B> {
             output,
             rope,
             cache,
+            sliding_window,
         })
     }
 
@@ -108,13 +115,22 @@ impl<B: Backend> Llama<B> {
     ) -> Result<(), ModelError> {
         let (b, cfg, l) = (&self.backend, &self.cfg, &self.layers[i]);
         let h = b.rms_norm(x, &l.attn_norm, cfg.rms_eps)?;
-        let [mut q, mut k, v] = three(b.matmul(&h, &[&l.wq, &l.wk, &l.wv])?)?;
+        let [mut q, mut k, mut v] = three(b.matmul(&h, &[&l.wq, &l.wk, &l.wv])?)?;
+        for (x, bias) in [&mut q, &mut k, &mut v].into_iter().zip(&l.bias) {
+            if let Some(bias) = bias {
+                b.add_bias(x, bias)?;
+            }
+        }
         b.rope(&mut q, &self.rope, plan, cfg.num_heads)?;
         b.rope(&mut k, &self.rope, plan, cfg.num_kv_heads)?;
         b.kv_write(&mut self.cache, i, &k, &v, plan)?;
         let scale = 1.0 / (cfg.head_dim as f32).sqrt();
-        let attn = b.paged_attention(&q, &self.cache, i, plan, cfg.num_heads, scale)?;
-        let o = one(b.matmul(&attn, &[&l.wo])?)?;
+        let window = self.sliding_window;
+        let attn = b.paged_attention(&q, &self.cache, i, plan, cfg.num_heads, scale, window)?;
+        let mut o = one(b.matmul(&attn, &[&l.wo])?)?;
+        if let Some(bias) = &l.bias[3] {
+            b.add_bias(&mut o, bias)?;
+        }
         b.add_assign(x, &o)?;
         let h = b.rms_norm(x, &l.ffn_norm, cfg.rms_eps)?;
         let [gate, up] = two(b.matmul(&h, &[&l.gate, &l.up])?)?;
@@ -179,6 +195,19 @@ fn load_layer<B: Backend>(
     let (gate, up, down) = (w("ffn_gate")?, w("ffn_up")?, w("ffn_down")?);
     let attn_norm = b.load_vector(g.tensor(&format!("blk.{i}.attn_norm.weight"))?)?;
     let ffn_norm = b.load_vector(g.tensor(&format!("blk.{i}.ffn_norm.weight"))?)?;
+    let mut bias = |name: &str| -> Result<Option<B::Vector>, ModelError> {
+        let name = format!("blk.{i}.{name}.bias");
+        match g.has_tensor(&name) {
+            true => Ok(Some(b.load_vector(g.tensor(&name)?)?)),
+            false => Ok(None),
+        }
+    };
+    let bias = [
+        bias("attn_q")?,
+        bias("attn_k")?,
+        bias("attn_v")?,
+        bias("attn_output")?,
+    ];
     Ok(Layer {
         attn_norm,
         wq,
@@ -189,6 +218,7 @@ fn load_layer<B: Backend>(
         gate,
         up,
         down,
+        bias,
     })
 }
 

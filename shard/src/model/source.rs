@@ -23,4 +23,9 @@ pub trait ModelSource {
     /// Tokens that end generation.
     fn eos_token_ids(&self) -> Result<Vec<u32>, ModelError>;
     fn bos_token_id(&self) -> Result<Option<u32>, ModelError>;
+    /// Mistral's sliding attention window: a token attends to itself and the `w - 1` tokens
+    /// before it. `None`: full causal attention.
+    fn sliding_window(&self) -> Option<usize> {
+        None
+    }
 }

@@ -1,6 +1,7 @@
 //! Paged attention on the host: each query row attends causally to its sequence's cached
 //! tokens `0..=pos`, reading K/V block by block through the block table. GQA shares one KV
-//! head between `num_heads / kv_heads` query heads without expanding it.
+//! head between `num_heads / kv_heads` query heads without expanding it. With a sliding
+//! window `w` (Mistral), a row at position `p` sees only tokens `p - w + 1 ..= p`.
 
 use crate::backend::cpu::kv::CpuKvCache;
 use crate::backend::cpu::tensor::CpuTensor;
@@ -11,6 +12,8 @@ struct HeadJob<'a> {
     q: &'a [f32],
     out: &'a mut [f32],
     kv_head: usize,
+    /// First cached token this row attends to (0 without a sliding window).
+    first: usize,
     context: usize,
     table: &'a [u32],
 }
@@ -24,6 +27,39 @@ pub fn paged_attention(
     num_heads: usize,
     scale: f32,
 ) -> BackendResult<CpuTensor> {
+    let heads = Heads {
+        num_heads,
+        scale,
+        window: None,
+    };
+    paged_attention_windowed(q, cache, layer, seqs, block_tables, heads)
+}
+
+/// Attention settings of one layer.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub num_heads: usize,
+    pub scale: f32,
+    /// Sliding window in tokens (the row's own token included); `None`: full causal.
+    pub window: Option<usize>,
+}
+
+pub fn paged_attention_windowed(
+    q: &CpuTensor,
+    cache: &CpuKvCache,
+    layer: usize,
+    seqs: &[AttnSeq],
+    block_tables: &[u32],
+    heads: Heads,
+) -> BackendResult<CpuTensor> {
+    let Heads {
+        num_heads,
+        scale,
+        window,
+    } = heads;
+    if window == Some(0) {
+        return Err(shape("sliding window of 0 tokens"));
+    }
     let l = cache.layout;
     check(q, cache, layer, seqs, block_tables, num_heads)?;
     let hd = l.head_dim;
@@ -37,12 +73,15 @@ pub fn paged_attention(
             // Rows are laid out sequence after sequence, matching `seqs`.
             let out_row = out_rows.next().ok_or_else(|| shape("rows out of order"))?;
             let q_row = q.row(seq.row_start + i);
+            let context = seq.start_pos + i + 1;
+            let first = window.map_or(0, |w| context.saturating_sub(w));
             for (h, out_head) in out_row.chunks_exact_mut(hd).enumerate() {
                 jobs.push(HeadJob {
                     q: &q_row[h * hd..(h + 1) * hd],
                     out: out_head,
                     kv_head: h / group,
-                    context: seq.start_pos + i + 1,
+                    first,
+                    context,
                     table,
                 });
             }
@@ -54,7 +93,8 @@ pub fn paged_attention(
 
 /// Splits the head jobs over the cores when there is enough work to pay for a thread.
 fn run_jobs(mut jobs: Vec<HeadJob<'_>>, cache: &CpuKvCache, layer: usize, scale: f32) {
-    let work: usize = jobs.iter().map(|j| j.context).sum::<usize>() * cache.layout.head_dim;
+    let work: usize =
+        jobs.iter().map(|j| j.context - j.first).sum::<usize>() * cache.layout.head_dim;
     let threads = super::compute_threads();
     // A scoped spawn costs tens of microseconds: only worth it for long prefill chunks.
     if threads < 2 || work < 1 << 20 {
@@ -117,7 +157,7 @@ fn attend_body(
     let hd = l.head_dim;
     scores.clear();
     let mut max = f32::NEG_INFINITY;
-    for t in 0..job.context {
+    for t in job.first..job.context {
         let block = job.table[t / l.block_size] as usize;
         let off = cache.offset(layer, block, job.kv_head, t % l.block_size);
         let s = dot(job.q, &cache.k[off..off + hd]) * scale;
@@ -131,7 +171,7 @@ fn attend_body(
     }
     let inv = 1.0 / sum;
     job.out.fill(0.0);
-    for (t, p) in scores.iter().enumerate() {
+    for (t, p) in (job.first..job.context).zip(scores.iter()) {
         let block = job.table[t / l.block_size] as usize;
         let off = cache.offset(layer, block, job.kv_head, t % l.block_size);
         let w = p * inv;

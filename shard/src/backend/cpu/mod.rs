@@ -22,7 +22,7 @@ pub use threads::{compute_threads, set_compute_threads};
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 
-pub use attention::paged_attention;
+pub use attention::{Heads, paged_attention, paged_attention_windowed};
 pub use kv::CpuKvCache;
 pub use qweight::CpuWeight;
 pub use tensor::CpuTensor;
@@ -224,16 +224,14 @@ impl Backend for CpuBackend {
         plan: &StepPlan,
         num_heads: usize,
         scale: f32,
+        window: Option<usize>,
     ) -> BackendResult<CpuTensor> {
-        paged_attention(
-            q,
-            cache,
-            layer,
-            &plan.seqs,
-            &plan.block_tables,
+        let heads = Heads {
             num_heads,
             scale,
-        )
+            window,
+        };
+        paged_attention_windowed(q, cache, layer, &plan.seqs, &plan.block_tables, heads)
     }
 
     fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> BackendResult<CpuTensor> {
@@ -242,6 +240,10 @@ impl Backend for CpuBackend {
 
     fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) -> BackendResult<()> {
         ops::add_assign(x, y)
+    }
+
+    fn add_bias(&self, x: &mut CpuTensor, bias: &Vec<f32>) -> BackendResult<()> {
+        ops::add_bias(x, bias)
     }
 
     fn gather_rows(&self, x: &CpuTensor, plan: &StepPlan) -> BackendResult<CpuTensor> {

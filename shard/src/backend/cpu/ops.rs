@@ -77,6 +77,20 @@ pub fn add_assign(x: &mut CpuTensor, y: &CpuTensor) -> BackendResult<()> {
     Ok(())
 }
 
+/// `x[r] += bias` for every row (Qwen2's q/k/v projection biases).
+pub fn add_bias(x: &mut CpuTensor, bias: &[f32]) -> BackendResult<()> {
+    if bias.len() != x.cols {
+        return Err(BackendError::Shape {
+            op: "add_bias",
+            detail: format!("bias {} for {} cols", bias.len(), x.cols),
+        });
+    }
+    for row in x.data.chunks_exact_mut(x.cols) {
+        row.iter_mut().zip(bias).for_each(|(a, b)| *a += b);
+    }
+    Ok(())
+}
+
 pub fn gather_rows(x: &CpuTensor, rows: &[usize]) -> BackendResult<CpuTensor> {
     let mut data = Vec::with_capacity(rows.len() * x.cols);
     for &r in rows {

@@ -1,0 +1,183 @@
+//! HF-layout checkpoints (tests/data/hf, written by scripts/make_hf_fixtures.py) load through
+//! the safetensors source and match transformers' logits for the same weights:
+//! Llama with llama3 RoPE scaling and tied embeddings (f32, one file), Mistral with a sliding
+//! window of 8 tokens (bf16, five shards and an index), Qwen2 with q/k/v biases (f16).
+//!
+//! Every prompt is prefilled in chunks of 5 tokens through scrambled 4-token KV blocks and
+//! then decoded token by token, so the window, the biases and the Q/K permutation all meet
+//! paging and chunked prefill.
+
+use std::path::PathBuf;
+
+use pagedserve_shard::model::{CausalLm, LoadOptions, ModelError, SeqChunk, load_model};
+use serde::Deserialize;
+
+/// Max |logit - reference| (logits here are O(1..10)). The weights are the same bf16/f16/f32
+/// values on both sides and both compute in f32, so only summation order differs: measured
+/// below 1e-5; the bound leaves a wide margin while a wrong permutation, bias or window moves
+/// logits by more than 0.1.
+const LOGIT_TOL: f32 = 2e-4;
+const BLOCK_SIZE: usize = 4;
+const CHUNK: usize = 5;
+const NUM_BLOCKS: usize = 32;
+
+#[derive(Deserialize)]
+struct Expected {
+    new_tokens: usize,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    prompt_ids: Vec<u32>,
+    generated_ids: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+}
+
+fn dir(family: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/hf/{family}"))
+}
+
+fn load(family: &str) -> Box<dyn CausalLm> {
+    let opts = LoadOptions {
+        model_path: dir(family),
+        served_model_name: None,
+        block_size: BLOCK_SIZE,
+        num_kv_blocks: Some(NUM_BLOCKS),
+        kv_cache_bytes: 0,
+        device: "cpu".into(),
+        ..LoadOptions::default()
+    };
+    load_model(&opts).unwrap_or_else(|e| panic!("load {family}: {e}"))
+}
+
+fn expected(family: &str) -> Expected {
+    let text = std::fs::read_to_string(dir(family).join("expected.json")).expect("expected.json");
+    serde_json::from_str(&text).expect("expected.json parses")
+}
+
+/// Runs one case through chunked prefill and greedy decode; returns each step's logits.
+fn run(model: &mut dyn CausalLm, case: &Case, new_tokens: usize, seed: usize) -> Vec<Vec<f32>> {
+    let table: Vec<u32> = (0..NUM_BLOCKS)
+        .map(|i| ((i * 13 + seed) % NUM_BLOCKS) as u32)
+        .collect();
+    let mut tokens = case.prompt_ids.clone();
+    let mut cached = 0;
+    let mut out = Vec::new();
+    while out.len() < new_tokens {
+        let end = if cached < case.prompt_ids.len() {
+            (cached + CHUNK).min(case.prompt_ids.len())
+        } else {
+            cached + 1
+        };
+        let need_logits = end >= case.prompt_ids.len();
+        let chunk = SeqChunk {
+            tokens: &tokens[cached..end],
+            start_pos: cached,
+            block_table: &table,
+            need_logits,
+        };
+        let mut logits = model.forward(&[chunk]).expect("forward");
+        cached = end;
+        if need_logits {
+            let row = logits.pop().expect("one logits row");
+            tokens.push(argmax(&row));
+            out.push(row);
+        }
+    }
+    out
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn check_family(family: &str, dtype: &str, eos: &[u32]) {
+    let mut model = load(family);
+    let want = expected(family);
+    let info = model.info().clone();
+    assert_eq!(info.vocab_size, 384);
+    assert_eq!(info.dtype, dtype, "{family} dtype");
+    assert_eq!(info.eos_token_ids, eos, "{family} eos ids");
+    assert_eq!(
+        (info.num_layers, info.num_kv_heads, info.head_dim),
+        (2, 2, 16)
+    );
+    let mut worst = 0f32;
+    for (n, case) in want.cases.iter().enumerate() {
+        let got = run(model.as_mut(), case, want.new_tokens, n);
+        let generated: Vec<u32> = got.iter().map(|row| argmax(row)).collect();
+        for (step, (row, reference)) in got.iter().zip(&case.logits).enumerate() {
+            assert_eq!(row.len(), reference.len());
+            for (id, (a, b)) in row.iter().zip(reference).enumerate() {
+                let diff = (a - b).abs();
+                worst = worst.max(diff);
+                assert!(
+                    diff <= LOGIT_TOL,
+                    "{family} case {n} step {step} token {id}: {a} vs transformers {b}"
+                );
+            }
+        }
+        assert_eq!(
+            generated, case.generated_ids,
+            "{family} case {n} greedy tokens"
+        );
+    }
+    println!("{family}: max |logit diff| vs transformers {worst:.2e}");
+}
+
+#[test]
+fn llama_llama3_rope_tied_f32_matches_transformers() {
+    check_family("llama", "f32", &[4, 1]);
+}
+
+#[test]
+fn mistral_sliding_window_bf16_sharded_matches_transformers() {
+    check_family("mistral", "bf16", &[2]);
+}
+
+#[test]
+fn qwen2_bias_f16_matches_transformers() {
+    check_family("qwen2", "f16", &[2, 0]);
+}
+
+#[test]
+fn bad_directories_are_clear_errors() {
+    let tmp = std::env::temp_dir().join(format!("pagedserve-hf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).expect("temp dir");
+    let opts = |path: PathBuf| LoadOptions {
+        model_path: path,
+        num_kv_blocks: Some(4),
+        ..LoadOptions::default()
+    };
+    let err = load_model(&opts(tmp.clone()))
+        .err()
+        .expect("no config.json");
+    assert!(err.to_string().contains("config.json"), "{err}");
+
+    // An architecture we do not serve is named in the error.
+    let config = std::fs::read_to_string(dir("qwen2").join("config.json")).expect("config");
+    std::fs::write(
+        tmp.join("config.json"),
+        config.replace("Qwen2ForCausalLM", "GemmaForCausalLM"),
+    )
+    .expect("write");
+    let err = load_model(&opts(tmp.clone())).err().expect("unsupported");
+    assert!(
+        matches!(err, ModelError::UnsupportedArchitecture(ref a) if a == "GemmaForCausalLM"),
+        "{err}"
+    );
+
+    // A supported config without weights says which file is missing.
+    std::fs::write(tmp.join("config.json"), config).expect("write");
+    let err = load_model(&opts(tmp.clone())).err().expect("no weights");
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+    std::fs::remove_dir_all(&tmp).expect("cleanup");
+}
