@@ -362,3 +362,40 @@ impl Kernels {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefill_tiles_cover_every_row_once_heaviest_first() {
+        let info = [[0, 130, 0], [130, 1, 500], [131, 64, 10]];
+        let tiles = prefill_tiles(&info);
+        let mut rows: Vec<(i32, i32)> = Vec::new();
+        for &[s, j] in &tiles {
+            let [_, n, _] = info[s as usize];
+            rows.extend((j..n.min(j + PREFILL_TILE as i32)).map(|r| (s, r)));
+        }
+        rows.sort_unstable();
+        let want: Vec<(i32, i32)> = info
+            .iter()
+            .enumerate()
+            .flat_map(|(s, &[_, n, _])| (0..n).map(move |r| (s as i32, r)))
+            .collect();
+        assert_eq!(rows, want);
+        assert_eq!(
+            tiles[0],
+            [1, 0],
+            "the 501-key tile of sequence 1 goes first"
+        );
+    }
+
+    #[test]
+    fn workspace_counts_partitions() {
+        assert_eq!(decode_workspace_len(2, 4, 64, 1), 2 * 4 * 66);
+        assert_eq!(
+            decode_workspace_len(1, 1, 128, DECODE_PARTITION + 1),
+            2 * 130
+        );
+    }
+}

@@ -179,3 +179,32 @@ impl Loaded {
             .ok_or_else(|| KernelError::shape("load", format!("kernel {name} is not loaded")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_name_is_defined_in_the_source() {
+        let src = full_source();
+        assert!(!src.lines().any(|l| l.trim() == "#include \"common.cuh\""));
+        for name in kernel_names() {
+            let direct = src.contains(&format!(" {name}("));
+            // Decode kernels come from DECODE_INST(D, G).
+            let inst = name
+                .strip_prefix("paged_decode_d")
+                .and_then(|r| r.split_once("_g"))
+                .is_some_and(|(d, g)| src.contains(&format!("DECODE_INST({d}, {g})")));
+            assert!(direct || inst, "{name} is not in the sources");
+        }
+    }
+
+    #[test]
+    fn cache_name_changes_with_arch_and_source() {
+        let opts = compile_options("sm_90");
+        let a = cache_name("sm_90", "x", &opts);
+        assert_ne!(a, cache_name("sm_80", "x", &opts));
+        assert_ne!(a, cache_name("sm_90", "y", &opts));
+        assert!(a.starts_with("sm_90-") && a.ends_with(".ptx"));
+    }
+}

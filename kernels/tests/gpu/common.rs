@@ -1,0 +1,123 @@
+//! Shared set-up and helpers of the GPU tests.
+
+use std::sync::{Arc, OnceLock};
+
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
+use half::bf16;
+use pagedserve_kernels::{Kernels, open_device};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+pub struct Gpu {
+    pub stream: Arc<CudaStream>,
+    pub k: Kernels,
+}
+
+/// The device and the loaded kernels, or `None` (after printing why) where there is no CUDA.
+/// A driver that exists but fails to load the kernels is a test failure, not a skip.
+pub fn gpu() -> Option<&'static Gpu> {
+    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
+    let g = GPU.get_or_init(|| {
+        let ctx = match open_device(0) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("skipped: no CUDA driver ({e})");
+                return None;
+            }
+        };
+        let cache = std::env::temp_dir().join("pagedserve-kernels-test-cache");
+        let k = Kernels::load(&ctx, Some(&cache)).expect("kernels compile and load");
+        let stream = ctx.default_stream();
+        Some(Gpu { stream, k })
+    });
+    if g.is_none() {
+        eprintln!("skipped: no CUDA driver");
+    }
+    g.as_ref()
+}
+
+/// A fresh RNG per test; the seed is printed so a failure can be replayed.
+pub fn rng(name: &str) -> StdRng {
+    let seed = std::env::var("KERNEL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random::<u64>());
+    eprintln!("{name}: seed {seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+pub fn rand_vec(rng: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+pub fn to_bf16(v: &[f32]) -> Vec<bf16> {
+    v.iter().map(|&x| bf16::from_f32(x)).collect()
+}
+
+pub fn from_bf16(v: &[bf16]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f32()).collect()
+}
+
+/// NaN bit patterns that no kernel produces from finite inputs, to find unwritten outputs.
+pub const POISON_BF16: u16 = 0x7fa5;
+pub const POISON_F32: u32 = 0x7fc0_dead;
+pub const POISON_U32: u32 = 0xdead_beef;
+
+pub fn poison_bf16(n: usize) -> Vec<bf16> {
+    vec![bf16::from_bits(POISON_BF16); n]
+}
+
+pub fn poison_f32(n: usize) -> Vec<f32> {
+    vec![f32::from_bits(POISON_F32); n]
+}
+
+pub fn is_poison_bf16(x: bf16) -> bool {
+    x.to_bits() == POISON_BF16
+}
+
+pub fn up<T: DeviceRepr>(g: &Gpu, v: &[T]) -> Result<CudaSlice<T>, Box<dyn std::error::Error>> {
+    Ok(g.stream.clone_htod(v)?)
+}
+
+pub fn down<T: DeviceRepr>(
+    g: &Gpu,
+    s: &CudaSlice<T>,
+) -> Result<Vec<T>, Box<dyn std::error::Error>> {
+    let v = g.stream.clone_dtoh(s)?;
+    g.stream.synchronize()?;
+    Ok(v)
+}
+
+/// ‖out − ref‖ / ‖ref‖ in f64.
+pub fn rel_l2(out: &[f64], reference: &[f64]) -> f64 {
+    let num: f64 = out
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum();
+    let den: f64 = reference.iter().map(|b| b * b).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// Asserts |out − ref| <= rel·|ref| + abs for every element, naming the first that fails.
+pub fn assert_close(what: &str, out: &[f32], reference: &[f64], rel: f64, abs: f64) {
+    assert_eq!(out.len(), reference.len(), "{what}: lengths");
+    for (i, (&o, &r)) in out.iter().zip(reference).enumerate() {
+        let err = (o as f64 - r).abs();
+        assert!(
+            err <= rel * r.abs() + abs,
+            "{what}[{i}]: got {o}, want {r} (err {err:.3e})"
+        );
+    }
+}
+
+/// The largest relative L2 error over consecutive vectors of `d` elements (one head's output),
+/// so a single wrong row cannot hide in the average.
+pub fn max_vec_err(got: &[f64], want: &[f64], d: usize) -> f64 {
+    got.chunks(d)
+        .zip(want.chunks(d))
+        .map(|(a, b)| rel_l2(a, b))
+        .fold(0.0, f64::max)
+}

@@ -1,0 +1,159 @@
+//! Paged prefill attention (causal, chunked) against the f64 reference.
+
+use crate::attention_ref::{HostCache, block_tables};
+use crate::common::*;
+use pagedserve_kernels::prefill_tiles;
+
+struct Case {
+    h: usize,
+    kvh: usize,
+    d: usize,
+    bs: usize,
+    /// (num_rows, start_pos) per sequence: start_pos > 0 is a later chunk of a prompt whose
+    /// earlier K/V are already in the cache.
+    seqs: Vec<(usize, usize)>,
+}
+
+const ATTN_TOL: f64 = 1e-2;
+
+#[test]
+fn paged_prefill_attention_matches_reference() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = rng("paged_prefill_attention");
+    let cases = [
+        Case {
+            h: 9,
+            kvh: 3,
+            d: 64,
+            bs: 16,
+            seqs: vec![(70, 0), (1, 40), (130, 200), (64, 0)],
+        },
+        Case {
+            h: 32,
+            kvh: 8,
+            d: 128,
+            bs: 16,
+            seqs: vec![(100, 0), (65, 300), (1, 0), (17, 3)],
+        },
+        Case {
+            h: 8,
+            kvh: 2,
+            d: 128,
+            bs: 32,
+            seqs: vec![(300, 1000)],
+        },
+        Case {
+            h: 4,
+            kvh: 4,
+            d: 64,
+            bs: 8,
+            seqs: vec![(129, 7), (2, 0)],
+        },
+    ];
+    for c in cases {
+        run_case(g, &mut rng, &c)?;
+    }
+    Ok(())
+}
+
+fn run_case(g: &Gpu, rng: &mut rand::rngs::StdRng, c: &Case) -> TestResult {
+    let keys: Vec<usize> = c.seqs.iter().map(|&(n, start)| n + start).collect();
+    let num_blocks = keys.iter().map(|k| k.div_ceil(c.bs)).sum::<usize>() + 5;
+    let cache = HostCache::random(rng, num_blocks, c.kvh, c.bs, c.d);
+    let (tables, bt_stride) = block_tables(rng, &keys, c.bs, num_blocks);
+    let t: usize = c.seqs.iter().map(|s| s.0).sum::<usize>() + 3; // 3 rows of no sequence
+    let stride = (c.h + 2 * c.kvh) * c.d;
+    let qkv = to_bf16(&rand_vec(rng, t * stride, -2.0, 2.0));
+    let mut seq_info = Vec::new();
+    let mut row = 1; // row 0 and the last two rows belong to no sequence
+    for &(n, start) in &c.seqs {
+        seq_info.push([row as i32, n as i32, start as i32]);
+        row += n;
+    }
+    let tiles = prefill_tiles(&seq_info);
+    let scale = 1.0 / (c.d as f64).sqrt();
+    let flat_info: Vec<i32> = seq_info.iter().flatten().copied().collect();
+    let flat_tiles: Vec<i32> = tiles.iter().flatten().copied().collect();
+    let (d_qkv, d_tables, d_info, d_tiles) = (
+        up(g, &qkv)?,
+        up(g, &tables)?,
+        up(g, &flat_info)?,
+        up(g, &flat_tiles)?,
+    );
+    let (d_k, d_v) = (up(g, &cache.k)?, up(g, &cache.v)?);
+    let mut d_out = up(g, &poison_bf16(t * c.h * c.d))?;
+    g.k.paged_prefill_attention(
+        &g.stream,
+        &mut d_out.as_view_mut(),
+        &d_qkv.as_view(),
+        stride,
+        &d_k.as_view(),
+        &d_v.as_view(),
+        &d_tables.as_view(),
+        bt_stride,
+        &d_info.as_view(),
+        &d_tiles.as_view(),
+        c.h,
+        c.kvh,
+        c.d,
+        c.bs,
+        scale as f32,
+    )?;
+    let out = down(g, &d_out)?;
+
+    let (mut got, mut want) = (Vec::new(), Vec::new());
+    let mut owned = vec![false; t];
+    for (si, &[row_start, n, start]) in seq_info.iter().enumerate() {
+        let table = &tables[si * bt_stride..(si + 1) * bt_stride];
+        for j in 0..n as usize {
+            let r = row_start as usize + j;
+            owned[r] = true;
+            for h in 0..c.h {
+                let q = &qkv[r * stride + h * c.d..][..c.d];
+                want.extend(cache.attend(
+                    q,
+                    table,
+                    h / (c.h / c.kvh),
+                    start as usize + j + 1,
+                    scale,
+                ));
+                got.extend(
+                    out[(r * c.h + h) * c.d..][..c.d]
+                        .iter()
+                        .map(|x| x.to_f32() as f64),
+                );
+            }
+        }
+    }
+    for (r, &o) in owned.iter().enumerate() {
+        let vals = &out[r * c.h * c.d..(r + 1) * c.h * c.d];
+        if o {
+            assert!(
+                vals.iter().all(|x| x.is_finite()),
+                "row {r}: unwritten or NaN output"
+            );
+        } else {
+            assert!(
+                vals.iter().all(|&x| is_poison_bf16(x)),
+                "row {r} must stay untouched"
+            );
+        }
+    }
+    let err = rel_l2(&got, &want);
+    eprintln!(
+        "prefill H={} KVH={} D={} bs={} seqs={:?}: rel L2 {err:.2e}, worst head {:.2e}",
+        c.h,
+        c.kvh,
+        c.d,
+        c.bs,
+        c.seqs,
+        max_vec_err(&got, &want, c.d)
+    );
+    assert!(err <= ATTN_TOL, "rel L2 {err} > {ATTN_TOL}");
+    let worst = max_vec_err(&got, &want, c.d);
+    assert!(
+        worst <= 3.0 * ATTN_TOL,
+        "one head's output is off: rel L2 {worst}"
+    );
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! Device sampling: greedy = argmax exactly; draws stay inside the top-k / top-p set; the
+//! empirical distribution matches the renormalized one; equal (seed, counter), equal token.
+
+use rand::Rng;
+
+use crate::common::*;
+
+struct Params {
+    temperature: Vec<f32>,
+    top_k: Vec<i32>,
+    top_p: Vec<f32>,
+    seeds: Vec<u64>,
+    counters: Vec<u64>,
+}
+
+fn run(g: &Gpu, logits: &[f32], p: &Params) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
+    let b = p.temperature.len();
+    let mut d_out = up(g, &vec![POISON_U32; b])?;
+    let d_logits = up(g, logits)?;
+    let (t, k, tp) = (up(g, &p.temperature)?, up(g, &p.top_k)?, up(g, &p.top_p)?);
+    let (s, c) = (up(g, &p.seeds)?, up(g, &p.counters)?);
+    g.k.sample(
+        &g.stream,
+        &mut d_out.as_view_mut(),
+        &d_logits.as_view(),
+        &t.as_view(),
+        &k.as_view(),
+        &tp.as_view(),
+        &s.as_view(),
+        &c.as_view(),
+    )?;
+    down(g, &d_out)
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut seen = false;
+    for (i, &x) in row.iter().enumerate() {
+        if !x.is_nan() && (!seen || x > row[best]) {
+            best = i;
+            seen = true;
+        }
+    }
+    best as u32
+}
+
+/// Tokens a draw may return (a superset by a hair at the boundaries, for f32 vs f64 rounding).
+fn allowed(row: &[f32], t: f32, k: i32, p: f32) -> Vec<bool> {
+    let z: Vec<f64> = row
+        .iter()
+        .map(|&x| {
+            if x.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                x as f64 / t as f64
+            }
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..z.len()).collect();
+    order.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
+    let kth = if k > 0 && (k as usize) < z.len() {
+        z[order[k as usize - 1]] - 1e-5
+    } else {
+        f64::NEG_INFINITY
+    };
+    let m = z[order[0]];
+    let kept: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| z[i] >= kth && z[i] > f64::NEG_INFINITY)
+        .collect();
+    let total: f64 = kept.iter().map(|&i| (z[i] - m).exp()).sum();
+    let mut ok = vec![false; z.len()];
+    let mut cum = 0.0;
+    for &i in &kept {
+        if p < 1.0 && cum >= p as f64 * total * (1.0 + 1e-4) {
+            break;
+        }
+        ok[i] = true;
+        cum += (z[i] - m).exp();
+    }
+    ok
+}
+
+#[test]
+fn greedy_is_argmax_with_lowest_index_ties_and_no_nan() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = rng("sample greedy");
+    for vocab in [50_000usize, 128_256, 7] {
+        let b = 5;
+        let mut logits = rand_vec(&mut rng, b * vocab, -10.0, 10.0);
+        // Row 1: a tie for the maximum; row 2: NaNs, one where the maximum would be.
+        let (i, j) = (vocab / 3, vocab / 2);
+        logits[vocab + i] = 20.0;
+        logits[vocab + j] = 20.0;
+        logits[2 * vocab + 3] = 30.0;
+        for x in logits[2 * vocab..3 * vocab].iter_mut().step_by(3) {
+            *x = f32::NAN;
+        }
+        let params = Params {
+            temperature: vec![0.0, 0.0, 1e-6, 0.0, 0.0],
+            top_k: vec![0, 5, 0, 1, 0],
+            top_p: vec![1.0, 0.5, 1.0, 1.0, 0.9],
+            seeds: (0..b as u64).collect(),
+            counters: vec![3; b],
+        };
+        let out = run(g, &logits, &params)?;
+        for r in 0..b {
+            assert_eq!(
+                out[r],
+                argmax(&logits[r * vocab..(r + 1) * vocab]),
+                "vocab {vocab} row {r}"
+            );
+        }
+        assert_eq!(out[1], i as u32, "ties go to the lowest index");
+    }
+    Ok(())
+}
+
+#[test]
+fn draws_stay_in_top_k_top_p_set_and_repeat_for_equal_seeds() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = rng("sample top-k/top-p");
+    let (b, vocab) = (96usize, 32_000usize);
+    let mut logits = rand_vec(&mut rng, b * vocab, -8.0, 8.0);
+    for x in logits.iter_mut().step_by(97) {
+        *x = f32::NAN;
+    }
+    let ks = [0, 1, 5, 50, 1000];
+    let ps = [1.0, 0.95, 0.8, 0.3, 0.0];
+    let params = Params {
+        temperature: (0..b).map(|_| rng.random_range(0.3..1.5)).collect(),
+        top_k: (0..b).map(|i| ks[i % ks.len()]).collect(),
+        top_p: (0..b).map(|i| ps[(i / ks.len()) % ps.len()]).collect(),
+        seeds: (0..b).map(|_| rng.random()).collect(),
+        counters: (0..b).map(|_| rng.random_range(0..1000)).collect(),
+    };
+    let out = run(g, &logits, &params)?;
+    for r in 0..b {
+        let row = &logits[r * vocab..(r + 1) * vocab];
+        let ok = allowed(row, params.temperature[r], params.top_k[r], params.top_p[r]);
+        let tok = out[r] as usize;
+        assert!(
+            tok < vocab && ok[tok],
+            "row {r} (k {}, p {}): token {tok} outside the allowed set",
+            params.top_k[r],
+            params.top_p[r]
+        );
+        assert!(!row[tok].is_nan(), "row {r}: drew a NaN logit");
+        if params.top_k[r] == 1 || params.top_p[r] == 0.0 {
+            assert_eq!(
+                out[r],
+                argmax(row),
+                "row {r}: k = 1 or p = 0 keeps only the argmax"
+            );
+        }
+    }
+    assert_eq!(
+        out,
+        run(g, &logits, &params)?,
+        "equal (seed, counter) give equal tokens"
+    );
+    Ok(())
+}
+
+#[test]
+fn frequencies_match_the_renormalized_distribution() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let logits_row = [2.0f32, 1.4, 1.0, 0.5, 0.1, -0.6, 3.0, f32::NAN, -1.0, 0.8];
+    let (temp, k, p) = (0.8f32, 8, 0.9f32);
+    // Expected distribution: top-8 by value, then the smallest prefix reaching mass 0.9.
+    let z: Vec<f64> = logits_row
+        .iter()
+        .map(|&x| {
+            if x.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                x as f64 / temp as f64
+            }
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..z.len()).filter(|&i| z[i].is_finite()).collect();
+    order.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
+    order.truncate(k);
+    let w: Vec<f64> = order.iter().map(|&i| z[i].exp()).collect();
+    let total: f64 = w.iter().sum();
+    let (mut cum, mut keep) = (0.0, 0);
+    while cum < p as f64 * total {
+        cum += w[keep];
+        keep += 1;
+    }
+    let before = cum - w[keep - 1];
+    assert!(
+        (cum / total - p as f64).abs() > 0.01 && (before / total - p as f64).abs() > 0.01,
+        "test logits too close to the top-p boundary"
+    );
+    let mut want = vec![0.0; z.len()];
+    for (n, &i) in order.iter().take(keep).enumerate() {
+        want[i] = w[n] / cum;
+    }
+
+    let draws = 40_000usize;
+    let params = Params {
+        temperature: vec![temp; draws],
+        top_k: vec![k as i32; draws],
+        top_p: vec![p; draws],
+        seeds: vec![12345; draws],
+        counters: (0..draws as u64).collect(),
+    };
+    let logits: Vec<f32> = (0..draws).flat_map(|_| logits_row).collect();
+    let out = run(g, &logits, &params)?;
+    let mut counts = vec![0usize; z.len()];
+    for &t in &out {
+        counts[t as usize] += 1;
+    }
+    for (i, (&c, &pw)) in counts.iter().zip(&want).enumerate() {
+        let f = c as f64 / draws as f64;
+        // 6 standard errors: a false alarm has probability ~1e-9 per token.
+        let tol = 6.0 * (pw * (1.0 - pw) / draws as f64).sqrt() + 1e-9;
+        eprintln!("token {i}: frequency {f:.4}, expected {pw:.4}");
+        assert!(
+            (f - pw).abs() <= tol,
+            "token {i}: frequency {f}, expected {pw} (tol {tol})"
+        );
+    }
+    let mut other = params;
+    other.seeds = vec![999; draws];
+    let out2 = run(g, &logits, &other)?;
+    assert!(
+        out.iter().zip(&out2).filter(|(a, b)| a != b).count() > draws / 10,
+        "another seed gives other draws"
+    );
+    Ok(())
+}
