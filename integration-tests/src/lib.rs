@@ -5,6 +5,7 @@
 //! don't disturb each other's KV-cache measurements.
 
 pub mod http;
+pub mod prometheus;
 pub mod python;
 pub mod server;
 

@@ -43,7 +43,7 @@ pub async fn run(
     let mut backoff = FIRST_BACKOFF;
     let mut logged_down = false;
     let mut served_before = false;
-    metrics.record_shard_up(shard.index, false);
+    metrics.register_shard(shard.index);
     loop {
         match connect(&shard.url, shard.index, &metrics).await {
             Ok((client, info)) => {

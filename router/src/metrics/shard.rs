@@ -42,6 +42,15 @@ impl Metrics {
         self.record_kv(&labels, info.free_kv_blocks, info.total_kv_blocks);
     }
 
+    /// Before the first connection: the shard is down and its counters exist at 0, so
+    /// dashboards and `increase()` see them from the start.
+    pub fn register_shard(&self, shard: usize) {
+        let labels = self.shard_labels(shard);
+        self.shard_up.record(0, &labels);
+        self.shard_restarts.add(0, &labels);
+        self.preemptions.add(0, &labels);
+    }
+
     pub fn record_shard_up(&self, shard: usize, up: bool) {
         self.shard_up
             .record(u64::from(up), &self.shard_labels(shard));

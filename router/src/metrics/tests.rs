@@ -233,7 +233,20 @@ fn dropped_and_failed_sequences_count_as_failures() {
 #[test]
 fn shard_up_restarts_and_rpc_latency() {
     let m = metrics();
-    m.record_shard_up(0, false);
+    m.register_shard(0);
+    let text = render(&m);
+    assert_eq!(
+        sample(&text, "pagedserve_shard_up", &[("shard", "0")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "pagedserve_shard_restarts_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "pagedserve_num_preemptions_total", &[]),
+        Some(0.0)
+    );
     m.record_shard_up(0, true);
     m.record_shard_restart(0);
     m.record_rpc(0, "Info", Duration::from_millis(3));
