@@ -1,0 +1,236 @@
+//! Attention microbenchmark: device copy bandwidth, paged decode attention (Llama-3-8B heads:
+//! H=32, KVH=8, D=128, block 16, shuffled blocks) at context 1k/4k/16k x batch 1/32/128, and
+//! causal prefill attention at 2k and 8k tokens. Times are medians of CUDA-event-timed repeats
+//! after warm-up, on random inputs; small cases rotate over several block sets so repeats do not
+//! measure L2. Usage: `attn_bench [ptx-cache-dir]`; prints a table.
+
+use std::error::Error;
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use half::bf16;
+use pagedserve_kernels::{Kernels, decode_workspace_len, open_device, prefill_tiles};
+
+type Res<T> = Result<T, Box<dyn Error>>;
+
+const H: usize = 32;
+const KVH: usize = 8;
+const D: usize = 128;
+const BS: usize = 16;
+const REPS: usize = 20;
+
+struct Bench {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    k: Kernels,
+}
+
+impl Bench {
+    /// Median milliseconds of `f` over REPS event-timed runs after 3 warm-ups; `f` gets the
+    /// repeat index (to rotate inputs).
+    fn time(&self, mut f: impl FnMut(usize) -> Res<()>) -> Res<f64> {
+        for i in 0..3 {
+            f(i)?;
+        }
+        let mut ms = Vec::with_capacity(REPS);
+        for i in 0..REPS {
+            let a = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+            let b = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+            a.record(&self.stream)?;
+            f(i)?;
+            b.record(&self.stream)?;
+            b.synchronize()?;
+            ms.push(a.elapsed_ms(&b)? as f64);
+        }
+        ms.sort_by(f64::total_cmp);
+        Ok(ms[REPS / 2])
+    }
+
+    fn random_bf16(&self, n: usize, seed: u64, scale: f32) -> Res<CudaSlice<bf16>> {
+        // SAFETY: filled by the kernel right away.
+        let mut s = unsafe { self.stream.alloc::<bf16>(n) }?;
+        self.k
+            .fill_random_bf16(&self.stream, &mut s.as_view_mut(), seed, scale)?;
+        Ok(s)
+    }
+}
+
+/// GB/s of a 1 GiB device-to-device copy, counting bytes read + written.
+fn copy_bandwidth(b: &Bench) -> Res<f64> {
+    let n = 1usize << 29; // bf16 elements: 1 GiB
+    let src = b.random_bf16(n, 1, 1.0)?;
+    let mut dst = b.random_bf16(n, 2, 1.0)?;
+    let ms = b.time(|_| Ok(b.stream.memcpy_dtod(&src, &mut dst)?))?;
+    Ok(2.0 * (n * 2) as f64 / (ms * 1e-3) / 1e9)
+}
+
+/// Random distinct block ids: `sets` tables of `[batch, ctx / BS]`, each set from other blocks
+/// where the pool allows.
+fn tables(pool: usize, batch: usize, ctx: usize, sets: usize, seed: u64) -> Vec<i32> {
+    let per = batch * ctx / BS;
+    let mut perm: Vec<i32> = (0..pool as i32).collect();
+    let mut x = seed | 1;
+    for i in (1..perm.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        perm.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    (0..sets * per).map(|i| perm[i % pool]).collect()
+}
+
+struct DecodeRow {
+    ctx: usize,
+    batch: usize,
+    us: f64,
+    gbs: f64,
+}
+
+fn decode_case(
+    b: &Bench,
+    kv: &(CudaSlice<bf16>, CudaSlice<bf16>),
+    pool: usize,
+    ctx: usize,
+    batch: usize,
+) -> Res<DecodeRow> {
+    let bytes = (batch * ctx * KVH * D * 2 * 2) as f64;
+    let sets = ((256e6 / bytes).ceil() as usize).clamp(1, 16);
+    let per = batch * ctx / BS;
+    let bt = b
+        .stream
+        .clone_htod(&tables(pool, batch, ctx, sets, (ctx * 131 + batch) as u64))?;
+    let stride = (H + 2 * KVH) * D;
+    let qkv = b.random_bf16(batch * stride, 9, 1.0)?;
+    let rows = b
+        .stream
+        .clone_htod(&(0..batch as i32).collect::<Vec<_>>())?;
+    let lens = b.stream.clone_htod(&vec![ctx as i32; batch])?;
+    let mut out = b.random_bf16(batch * H * D, 3, 1.0)?;
+    // SAFETY: written by the kernel before it is read.
+    let mut ws = unsafe {
+        b.stream
+            .alloc::<f32>(decode_workspace_len(batch, H, D, ctx))
+    }?;
+    let scale = 1.0 / (D as f32).sqrt();
+    let ms = b.time(|i| {
+        let s = i % sets;
+        b.k.paged_decode_attention(
+            &b.stream,
+            &mut out.as_view_mut(),
+            &qkv.as_view(),
+            stride,
+            &rows.as_view(),
+            &kv.0.as_view(),
+            &kv.1.as_view(),
+            &bt.slice(s * per..(s + 1) * per),
+            ctx / BS,
+            &lens.as_view(),
+            &mut ws.as_view_mut(),
+            H,
+            KVH,
+            D,
+            BS,
+            scale,
+            ctx,
+        )?;
+        Ok(())
+    })?;
+    Ok(DecodeRow {
+        ctx,
+        batch,
+        us: ms * 1e3,
+        gbs: bytes / (ms * 1e-3) / 1e9,
+    })
+}
+
+/// (ms, TFLOP/s) of causal prefill over one sequence of n tokens; flops = 4 * H * D * n(n+1)/2
+/// (Q·K^T and P·V, 2 flops per multiply-add, over the causal pairs).
+fn prefill_case(
+    b: &Bench,
+    kv: &(CudaSlice<bf16>, CudaSlice<bf16>),
+    pool: usize,
+    n: usize,
+) -> Res<(f64, f64)> {
+    let bt = b.stream.clone_htod(&tables(pool, 1, n, 1, n as u64))?;
+    let stride = (H + 2 * KVH) * D;
+    let qkv = b.random_bf16(n * stride, 11, 1.0)?;
+    let info = [[0, n as i32, 0]];
+    let tiles: Vec<i32> = prefill_tiles(&info).into_iter().flatten().collect();
+    let (info, tiles) = (
+        b.stream.clone_htod(&info.concat())?,
+        b.stream.clone_htod(&tiles)?,
+    );
+    let mut out = b.random_bf16(n * H * D, 5, 1.0)?;
+    let scale = 1.0 / (D as f32).sqrt();
+    let ms = b.time(|_| {
+        b.k.paged_prefill_attention(
+            &b.stream,
+            &mut out.as_view_mut(),
+            &qkv.as_view(),
+            stride,
+            &kv.0.as_view(),
+            &kv.1.as_view(),
+            &bt.as_view(),
+            n / BS,
+            &info.as_view(),
+            &tiles.as_view(),
+            H,
+            KVH,
+            D,
+            BS,
+            scale,
+        )?;
+        Ok(())
+    })?;
+    let flops = 4.0 * (H * D) as f64 * (n * (n + 1) / 2) as f64;
+    Ok((ms, flops / (ms * 1e-3) / 1e12))
+}
+
+fn main() -> Res<()> {
+    let ctx = open_device(0)?;
+    let cache = std::env::args().nth(1).map(std::path::PathBuf::from);
+    let k = Kernels::load(&ctx, cache.as_deref())?;
+    let b = Bench {
+        stream: ctx.default_stream(),
+        ctx,
+        k,
+    };
+    let copy = copy_bandwidth(&b)?;
+    let pool = 128 * 16384 / BS; // blocks for the largest case
+    let n = pool * KVH * BS * D;
+    let kv = (b.random_bf16(n, 21, 1.0)?, b.random_bf16(n, 22, 1.0)?);
+    let mut rows = Vec::new();
+    for ctx_len in [1024, 4096, 16384] {
+        for batch in [1, 32, 128] {
+            rows.push(decode_case(&b, &kv, pool, ctx_len, batch)?);
+        }
+    }
+    let prefill: Vec<(usize, (f64, f64))> = [2048, 8192]
+        .into_iter()
+        .map(|n| prefill_case(&b, &kv, pool, n).map(|r| (n, r)))
+        .collect::<Res<_>>()?;
+    println!("\n== attn_bench ({}, {}) ==", b.ctx.name()?, b.k.arch());
+    println!("device copy bandwidth (read + write): {copy:.0} GB/s");
+    println!("paged decode attention, H=32 KVH=8 D=128 block 16 (bytes = K+V read):");
+    println!(
+        "{:>7} {:>6} {:>10} {:>9} {:>7}",
+        "context", "batch", "time_us", "GB/s", "%copy"
+    );
+    for r in &rows {
+        println!(
+            "{:>7} {:>6} {:>10.1} {:>9.0} {:>6.1}%",
+            r.ctx,
+            r.batch,
+            r.us,
+            r.gbs,
+            100.0 * r.gbs / copy
+        );
+    }
+    println!("prefill attention, causal, one sequence (flops = 4*H*D*n(n+1)/2):");
+    println!("{:>7} {:>10} {:>9}", "tokens", "time_ms", "TFLOP/s");
+    for (n, (ms, tf)) in prefill {
+        println!("{n:>7} {ms:>10.3} {tf:>9.1}");
+    }
+    Ok(())
+}
