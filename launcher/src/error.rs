@@ -4,15 +4,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error(
-        "model `{0}` is not an existing file; supported today: a local .gguf file \
-         (--model /path/to/model.gguf) or no --model for the embedded default \
-         (SmolLM2-135M-Instruct Q4_1). Hugging Face repo ids come in a later release"
-    )]
-    ModelNotFound(String),
-
-    #[error("model `{0}` is not a .gguf file; only GGUF models are supported today")]
-    ModelNotGguf(PathBuf),
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
 
     #[error("could not fetch the default model: {0}")]
     DefaultModel(String),

@@ -6,6 +6,7 @@ mod cache;
 mod children;
 mod default_model;
 mod error;
+mod hub;
 mod ports;
 mod readiness;
 mod serve;
@@ -17,6 +18,18 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::args::{Cli, Command};
+
+/// `pagedserve download`: resolves (fetching when needed) and prints the path to serve.
+async fn download(args: args::DownloadArgs) -> error::Result<()> {
+    let model = default_model::resolve_served(
+        args.model.as_deref(),
+        args.revision.as_deref(),
+        args.hf_token,
+    )
+    .await?;
+    println!("{}", model.path.display());
+    Ok(())
+}
 
 fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -46,6 +59,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => runtime
             .block_on(bench::run(args))
             .map_err(|e| e.to_string()),
+        Command::Download(args) => runtime.block_on(download(args)).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -50,12 +50,18 @@ async fn plan(args: &ServeArgs) -> Result<Plan> {
     // Check both binaries before the (possibly slow) model fetch.
     children::binary(&bin_dir, children::SHARD_BIN)?;
     children::binary(&bin_dir, children::ROUTER_BIN)?;
-    let model = default_model::resolve_model(args.model.as_deref()).await?;
+    let resolved = default_model::resolve_served(
+        args.model.as_deref(),
+        args.revision.as_deref(),
+        args.hf_token.clone(),
+    )
+    .await?;
+    let model = resolved.path;
     let served_name = args
         .served_model_name
         .clone()
         .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| default_model::default_served_name(&model));
+        .unwrap_or(resolved.served_name);
     let shard_ports = ports::shard_ports(args.shard_base_port, args.num_shards, args.port)?;
     Ok(Plan {
         bin_dir,

@@ -43,25 +43,104 @@ fn help_lists_the_serve_flags() {
     }
 }
 
-#[test]
-fn a_model_that_is_not_a_file_names_what_is_supported() {
-    let bins = empty_dir("model");
+/// `pagedserve` with fake child binaries, a private HF cache and `extra_env`.
+fn with_fake_children(args: &[&str], tag: &str, extra_env: &[(&str, &str)]) -> Output {
+    let bins = empty_dir(tag);
     for name in ["pagedserve-shard", "pagedserve-router"] {
         std::fs::write(bins.join(name), b"").unwrap_or_else(|e| panic!("{e}"));
     }
     let bin_dir = bins.to_string_lossy().into_owned();
-    let out = pagedserve(&[
-        "--model",
-        "mistralai/Mistral-7B-Instruct-v0.2",
-        "--bin-dir",
-        &bin_dir,
-    ]);
+    let cache = bins.join("hf-cache");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pagedserve"));
+    command
+        .args(args)
+        .env("PAGEDSERVE_BIN_DIR", &bin_dir)
+        .env_remove("PAGEDSERVE_MODEL")
+        .env_remove("MODEL_NAME")
+        .env_remove("HF_TOKEN")
+        .env_remove("HF_ENDPOINT")
+        .env_remove("HF_HUB_OFFLINE")
+        .env("HF_HOME", &bins)
+        .env("HF_HUB_CACHE", &cache);
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("run pagedserve: {e}"));
     let _ = std::fs::remove_dir_all(&bins);
+    out
+}
+
+#[test]
+fn an_uncached_hub_model_offline_names_the_cache() {
+    let out = with_fake_children(
+        &["--model", "mistralai/Mistral-7B-Instruct-v0.2"],
+        "offline",
+        &[("HF_HUB_OFFLINE", "1")],
+    );
     assert!(!out.status.success());
     let text = combined(&out);
     assert!(
-        text.contains("Mistral-7B-Instruct-v0.2") && text.contains(".gguf"),
+        text.contains("mistralai/Mistral-7B-Instruct-v0.2")
+            && text.contains("HF_HUB_OFFLINE")
+            && text.contains("models--mistralai--Mistral-7B-Instruct-v0.2"),
         "{text}"
+    );
+}
+
+#[test]
+fn a_model_that_is_no_file_dir_or_hub_id_is_refused() {
+    let out = with_fake_children(&["--model", "./no/such/model.gguf"], "badspec", &[]);
+    assert!(!out.status.success());
+    let text = combined(&out);
+    assert!(
+        text.contains("./no/such/model.gguf") && text.contains(".gguf"),
+        "{text}"
+    );
+}
+
+/// `pagedserve download` goes to `HF_ENDPOINT`; a gated answer without a token says to set
+/// HF_TOKEN.
+#[test]
+fn download_uses_hf_endpoint_and_reports_a_gated_repo() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let endpoint = format!(
+        "http://{}",
+        listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    let server = std::thread::spawn(move || {
+        let mut paths = Vec::new();
+        if let Ok((mut stream, _)) = listener.accept() {
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            paths.push(request.lines().next().unwrap_or_default().to_string());
+            let body = r#"{"error":"Access to model org/gated is restricted."}"#;
+            let reply = format!(
+                "HTTP/1.1 401 Unauthorized\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes());
+        }
+        paths
+    });
+    let out = with_fake_children(
+        &["download", "org/gated"],
+        "gated",
+        &[("HF_ENDPOINT", endpoint.as_str())],
+    );
+    let paths = server.join().unwrap_or_default();
+    assert!(!out.status.success());
+    let text = combined(&out);
+    assert!(
+        text.contains("org/gated") && text.contains("HF_TOKEN"),
+        "{text}"
+    );
+    assert_eq!(
+        paths,
+        vec!["GET /api/models/org/gated/revision/main HTTP/1.1"]
     );
 }
 
