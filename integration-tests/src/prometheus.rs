@@ -71,6 +71,24 @@ pub fn check_metrics(promtool: &Path, exposition: &str) -> Result<(), String> {
     }
 }
 
+/// `promtool check config` on a Prometheus config file: Ok, or promtool's output.
+pub fn check_config(promtool: &Path, config: &Path) -> Result<(), String> {
+    let out = Command::new(promtool)
+        .args(["check", "config"])
+        .arg(config)
+        .output()
+        .map_err(|e| format!("run promtool: {e}"))?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "promtool check config {}: {}{}",
+            config.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
+}
+
 pub struct Prometheus {
     child: Child,
     pub port: u16,

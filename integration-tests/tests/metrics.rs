@@ -11,6 +11,10 @@ use pagedserve_integration_tests::prometheus::{self, Prometheus};
 use pagedserve_integration_tests::{Server, ServerOptions};
 use serde_json::{Value, json};
 
+const PROMETHEUS_CONFIG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/prometheus/prometheus.yml"
+);
 const DASHBOARD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../deploy/grafana/dashboards/pagedserve.json"
@@ -280,8 +284,8 @@ fn check_prometheus(prom: &Prometheus, totals: Totals) {
 
 #[test]
 fn metrics_match_usage_and_a_real_prometheus_answers_the_dashboard() {
-    let server = Server::start(&ServerOptions::new("metrics"));
     let tools = prometheus::binaries();
+    let server = Server::start(&ServerOptions::new("metrics"));
     let prom = tools.as_ref().map(|(_, bin)| {
         let prom = Prometheus::start(bin, &format!("127.0.0.1:{}", server.port));
         // Scrape once before the load, so the counters' rate has a baseline.
@@ -300,6 +304,10 @@ fn metrics_match_usage_and_a_real_prometheus_answers_the_dashboard() {
     };
     if let Err(problems) = prometheus::check_metrics(&promtool, &text) {
         panic!("{problems}");
+    }
+    let config = std::path::Path::new(PROMETHEUS_CONFIG);
+    if let Err(problems) = prometheus::check_config(&promtool, config) {
+        panic!("the shipped Prometheus config: {problems}");
     }
     if let Some(prom) = &prom {
         check_prometheus(prom, totals);
