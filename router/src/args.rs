@@ -8,7 +8,8 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "pagedserve-router", version, about)]
 pub struct Args {
-    /// GGUF model file; the tokenizer and chat template come from it.
+    /// GGUF model file or HF model directory; the tokenizer and chat template come from it
+    /// (and, for a directory, sampling defaults from generation_config.json).
     #[arg(long)]
     pub model: PathBuf,
     /// Model name clients must send; defaults to the model file stem.

@@ -7,6 +7,7 @@ pub mod balance;
 pub mod batching;
 pub mod client;
 pub mod error;
+pub mod generation_defaults;
 pub mod metrics;
 pub mod server;
 pub mod state;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::args::Args;
 use crate::batching::WaitingGate;
 use crate::client::ShardPool;
+use crate::generation_defaults::{GenerationConfigError, GenerationDefaults};
 use crate::metrics::{Metrics, MetricsError};
 use crate::state::AppState;
 use crate::tokenize::{ModelTokenizer, TokenizeError};
@@ -27,15 +28,28 @@ pub enum ServerError {
     Serve(std::io::Error),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    GenerationConfig(#[from] GenerationConfigError),
 }
 
 /// Builds the shared state and starts connecting to the shards (in the background).
 pub fn build_state(args: &Args) -> Result<Arc<AppState>, ServerError> {
-    let tokenizer =
-        ModelTokenizer::from_gguf(&args.model).map_err(|source| ServerError::Tokenizer {
-            path: args.model.clone(),
-            source,
-        })?;
+    // A HF model directory carries tokenizer.json; a GGUF file its own vocabulary.
+    let loaded = match args.model.is_dir() {
+        true => ModelTokenizer::from_hf_dir(&args.model),
+        false => ModelTokenizer::from_gguf(&args.model),
+    };
+    let tokenizer = loaded.map_err(|source| ServerError::Tokenizer {
+        path: args.model.clone(),
+        source,
+    })?;
+    let generation_defaults = GenerationDefaults::from_model_path(&args.model)?;
+    if !generation_defaults.is_empty() {
+        tracing::info!(
+            ?generation_defaults,
+            "sampling defaults from generation_config.json"
+        );
+    }
     let metrics = Arc::new(Metrics::new(&args.model_name())?);
     Ok(Arc::new(AppState {
         model_name: args.model_name(),
@@ -44,6 +58,7 @@ pub fn build_state(args: &Args) -> Result<Arc<AppState>, ServerError> {
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         waiting: WaitingGate::new(args.max_waiting_requests),
         max_n: args.max_n,
+        generation_defaults,
         metrics,
     }))
 }

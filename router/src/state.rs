@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::batching::WaitingGate;
 use crate::client::ShardPool;
 use crate::error::ApiError;
+use crate::generation_defaults::GenerationDefaults;
 use crate::metrics::Metrics;
 use crate::tokenize::ModelTokenizer;
 
@@ -18,6 +19,8 @@ pub struct AppState {
     pub waiting: Arc<WaitingGate>,
     /// Largest `n` a request may ask for.
     pub max_n: u32,
+    /// Sampling defaults of the model's generation_config.json.
+    pub generation_defaults: GenerationDefaults,
     /// The one Prometheus exporter (`GET /metrics`).
     pub metrics: Arc<Metrics>,
 }

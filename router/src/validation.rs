@@ -5,6 +5,7 @@ use pagedserve_proto::v1::{SamplingParams, StoppingCriteria};
 
 use crate::api::types::CommonParams;
 use crate::error::ApiError;
+use crate::generation_defaults::GenerationDefaults;
 
 /// Largest `top_logprobs` (chat) / `logprobs` (completions) accepted, as vLLM.
 pub const MAX_TOP_LOGPROBS: i64 = 20;
@@ -15,6 +16,8 @@ pub struct Limits {
     pub max_context: u32,
     pub vocab_size: usize,
     pub max_n: u32,
+    /// The model's generation_config.json sampling defaults, for what a request leaves out.
+    pub defaults: GenerationDefaults,
 }
 
 /// A validated request: one group of `n` choices per prompt.
@@ -53,6 +56,7 @@ pub fn validate(
     logprobs: Option<i64>,
     limits: Limits,
 ) -> Result<GenerationRequest, ApiError> {
+    let common = &limits.defaults.apply(common);
     let logprobs = match logprobs {
         None => None,
         Some(k) if (0..=MAX_TOP_LOGPROBS).contains(&k) => Some(k as u32),
@@ -230,6 +234,7 @@ mod tests {
         max_context: 100,
         vocab_size: 1000,
         max_n: 8,
+        defaults: GenerationDefaults::NONE,
     };
 
     fn params(json: &str) -> CommonParams {

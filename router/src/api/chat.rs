@@ -85,6 +85,7 @@ fn validate_chat(
         max_context: state.max_context()?,
         vocab_size: state.tokenizer.vocab_size(),
         max_n: state.max_n,
+        defaults: state.generation_defaults,
     };
     validation::validate(&request.common, vec![prompt], logprobs, limits)
 }

@@ -28,6 +28,7 @@ pub async fn completions(
         max_context: state.max_context()?,
         vocab_size: state.tokenizer.vocab_size(),
         max_n: state.max_n,
+        defaults: state.generation_defaults,
     };
     let echo = match request.echo.unwrap_or(false) {
         true => echo_texts(&state, &request.prompt, &prompts)?,

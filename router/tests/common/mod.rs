@@ -103,6 +103,7 @@ impl Harness {
             api_key: options.api_key,
             waiting: WaitingGate::new(options.max_waiting),
             max_n: 8,
+            generation_defaults: Default::default(),
             metrics,
         });
         for _ in 0..250 {
