@@ -1,4 +1,5 @@
-// Paged decode attention: one query row per sequence, split over KV partitions of DEC_PART tokens.
+// Paged decode attention: one query row per sequence, split over KV partitions of P tokens (P = 64
+// for small launches, so that even batch 1 fills the GPU; 256 otherwise).
 // Grid (S, KVH, max_parts): one CTA serves all G = H / KVH query heads of one KV group, so each K
 // and V row is read once per group. Phase 1 puts the scores of the partition in shared memory,
 // phase 2 turns them into probabilities, phase 3 accumulates P·V. A sequence whose context fits
@@ -7,7 +8,6 @@
 // so a captured CUDA graph can be replayed with new ctx_lens and block tables.
 #include "common.cuh"
 
-#define DEC_PART 256
 #define DEC_WARPS 4
 #define DEC_THREADS (DEC_WARPS * 32)
 
@@ -21,6 +21,7 @@ struct DecodeArgs {
     const int* ctx_lens;
     float* ws;
     u32 qkv_stride, out_rows, H, KVH, block_size, bt_stride, num_blocks, max_ctx;
+    u32 bs_log2, part;
     float scale_log2;
 };
 
@@ -30,13 +31,16 @@ __device__ __forceinline__ int decode_ctx_len(const DecodeArgs& a, u32 s) {
     return min(ctx, (int)(a.bt_stride * a.block_size));
 }
 
-template <int D, int G>
-__device__ __forceinline__ void decode_scores(const DecodeArgs& a, const int* blk_ids, u32 kvh,
-                                              u32 plen, const float (&q)[G][16],
-                                              float (*sc)[DEC_PART]) {
+// Element offset of token `tok` (partition-relative) of this KV head in the cache.
+__device__ __forceinline__ u64 tok_off(const DecodeArgs& a, const u64* blk_off, u32 tok, u32 D) {
+    return blk_off[tok >> a.bs_log2] + (u64)((tok & (a.block_size - 1)) * D);
+}
+
+template <int D, int G, int P, int U>
+__device__ __forceinline__ void decode_scores(const DecodeArgs& a, const u64* blk_off, u32 plen,
+                                              const float (&q)[G][16], float (*sc)[P]) {
     constexpr int TG = D / 16;    // threads per token, each owning two 16-byte chunks
-    constexpr int TPP = 32 / TG;  // tokens per warp pass
-    constexpr int U = 4;          // passes unrolled: 8 independent 16-byte loads per thread
+    constexpr int TPP = 32 / TG;  // tokens per warp pass; U passes unrolled: 2U loads in flight
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const u32 r = lane % TG, tsub = lane / TG;
     for (u32 base = warp * TPP * U; base < plen; base += DEC_WARPS * TPP * U) {
@@ -45,9 +49,7 @@ __device__ __forceinline__ void decode_scores(const DecodeArgs& a, const int* bl
         for (int u = 0; u < U; ++u) {
             const u32 tok = base + u * TPP + tsub;
             if (tok < plen) {
-                const bf16* kp =
-                    a.kc + (((u64)blk_ids[tok / a.block_size] * a.KVH + kvh) * a.block_size +
-                            tok % a.block_size) * D;
+                const bf16* kp = a.kc + tok_off(a, blk_off, tok, D);
                 kr[u][0] = __ldg((const uint4*)(kp + r * 8));
                 kr[u][1] = __ldg((const uint4*)(kp + (r + TG) * 8));
             } else {
@@ -73,12 +75,11 @@ __device__ __forceinline__ void decode_scores(const DecodeArgs& a, const int* bl
     }
 }
 
-template <int D, int G>
-__device__ __forceinline__ void decode_pv(const DecodeArgs& a, const int* blk_ids, u32 kvh,
-                                          u32 plen, float (*sc)[DEC_PART], float (&acc)[G][8]) {
+template <int D, int G, int P, int U>
+__device__ __forceinline__ void decode_pv(const DecodeArgs& a, const u64* blk_off, u32 plen,
+                                          float (*sc)[P], float (&acc)[G][8]) {
     constexpr int CH = D / 8;     // 16-byte chunks per row
-    constexpr int TPI = 32 / CH;  // tokens per warp load
-    constexpr int U = 8;
+    constexpr int TPI = 32 / CH;  // tokens per warp load; U loads in flight
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const u32 c = lane % CH, vsub = lane / CH;
     for (u32 base = warp * TPI * U; base < plen; base += DEC_WARPS * TPI * U) {
@@ -88,11 +89,7 @@ __device__ __forceinline__ void decode_pv(const DecodeArgs& a, const int* blk_id
             const u32 tok = base + u * TPI + vsub;
             vr[u] = make_uint4(0, 0, 0, 0);
             if (tok < plen)
-                vr[u] = __ldg((const uint4*)(a.vc +
-                                             (((u64)blk_ids[tok / a.block_size] * a.KVH + kvh) *
-                                                  a.block_size +
-                                              tok % a.block_size) * D +
-                                             c * 8));
+                vr[u] = __ldg((const uint4*)(a.vc + tok_off(a, blk_off, tok, D) + c * 8));
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -117,26 +114,27 @@ __device__ __forceinline__ void decode_pv(const DecodeArgs& a, const int* blk_id
             for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(FULL_MASK, acc[g][e], o);
 }
 
-template <int D, int G>
+template <int D, int G, int P, int U1 = 4, int U2 = 8>
 __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
-    __shared__ float sc[G][DEC_PART];
+    __shared__ float sc[G][P];
     __shared__ float red[DEC_WARPS][G][D];
-    __shared__ int blk_ids[DEC_PART / 8];
+    __shared__ u64 blk_off[P / 8];
     __shared__ float head_max[G], head_sum[G];
 
     const u32 s = blockIdx.x, kvh = blockIdx.y, part = blockIdx.z;
     const int ctx = decode_ctx_len(a, s);
-    const u32 p0 = part * DEC_PART;
+    const u32 p0 = part * P;
     if (ctx <= 0 || p0 >= (u32)ctx) return;
     const int qrow = a.q_rows[s];
     if (qrow < 0 || (u32)qrow >= a.out_rows) return;
-    const u32 plen = min((u32)DEC_PART, (u32)ctx - p0);
-    const u32 nparts = ((u32)ctx + DEC_PART - 1) / DEC_PART;
+    const u32 plen = min((u32)P, (u32)ctx - p0);
+    const u32 nparts = ((u32)ctx + P - 1) / P;
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
-    if (threadIdx.x < (plen + a.block_size - 1) / a.block_size) {
-        const int b = a.block_tables[(u64)s * a.bt_stride + p0 / a.block_size + threadIdx.x];
-        blk_ids[threadIdx.x] = (b < 0 || (u32)b >= a.num_blocks) ? 0 : b;
+    if (threadIdx.x < (plen + a.block_size - 1) >> a.bs_log2) {
+        int b = a.block_tables[(u64)s * a.bt_stride + (p0 >> a.bs_log2) + threadIdx.x];
+        b = (b < 0 || (u32)b >= a.num_blocks) ? 0 : b;
+        blk_off[threadIdx.x] = (((u64)b * a.KVH + kvh) << a.bs_log2) * D;
     }
     // q of this group, pre-scaled into the log2 domain; chunk layout matches decode_scores.
     constexpr int TG = D / 16;
@@ -152,7 +150,7 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
         }
     __syncthreads();
 
-    decode_scores<D, G>(a, blk_ids, kvh, plen, q, sc);
+    decode_scores<D, G, P, U1>(a, blk_off, plen, q, sc);
     __syncthreads();
     for (int g = warp; g < G; g += DEC_WARPS) {
         float m = NEG_INF;
@@ -177,7 +175,7 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
     for (int g = 0; g < G; ++g)
 #pragma unroll
         for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
-    decode_pv<D, G>(a, blk_ids, kvh, plen, sc, acc);
+    decode_pv<D, G, P, U2>(a, blk_off, plen, sc, acc);
     if (lane < D / 8)
 #pragma unroll
         for (int g = 0; g < G; ++g)
@@ -206,10 +204,14 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
     }
 }
 
-#define DECODE_INST(D, G)                                                             \
-    extern "C" __global__ void __launch_bounds__(DEC_THREADS)                         \
-        paged_decode_d##D##_g##G(DecodeArgs a) {                                      \
-        decode_impl<D, G>(a);                                                         \
+#define DECODE_INST(D, G)                                                              \
+    extern "C" __global__ void __launch_bounds__(DEC_THREADS)                          \
+        paged_decode_d##D##_g##G##_p64(DecodeArgs a) {                                 \
+        decode_impl<D, G, 64>(a);                                                      \
+    }                                                                                  \
+    extern "C" __global__ void __launch_bounds__(DEC_THREADS)                          \
+        paged_decode_d##D##_g##G##_p256(DecodeArgs a) {                                \
+        decode_impl<D, G, 256>(a);                                                     \
     }
 
 DECODE_INST(64, 1)
@@ -229,14 +231,20 @@ DECODE_INST(128, 6)
 DECODE_INST(128, 7)
 DECODE_INST(128, 8)
 
+// Experiment: twice the loads in flight per thread (more registers, fewer CTAs per SM).
+extern "C" __global__ void __launch_bounds__(DEC_THREADS)
+    paged_decode_d128_g4_p256_wide(DecodeArgs a) {
+    decode_impl<128, 4, 256, 8, 16>(a);
+}
+
 // Combines the partitions of sequences longer than one partition. Grid (S, H), D threads.
 extern "C" __global__ void paged_decode_reduce(DecodeArgs a, u32 D, u32 max_parts) {
     const u32 s = blockIdx.x, h = blockIdx.y;
     const int ctx = decode_ctx_len(a, s);
-    if (ctx <= DEC_PART) return;
+    if (ctx <= (int)a.part) return;
     const int qrow = a.q_rows[s];
     if (qrow < 0 || (u32)qrow >= a.out_rows) return;
-    const u32 nparts = ((u32)ctx + DEC_PART - 1) / DEC_PART;
+    const u32 nparts = ((u32)ctx + a.part - 1) / a.part;
     const u64 n_acc = (u64)gridDim.x * a.H * max_parts;
     const u64 base = ((u64)s * a.H + h) * max_parts;
     const float* wmax = a.ws + n_acc * D + base;

@@ -3,13 +3,15 @@
 // head, 16 rows per warp. Query row j of a sequence sits at position start_pos + j and sees keys
 // 0..=start_pos + j, all read from the paged cache through the block table (this step's K/V were
 // written by rope_kv_write already). K and V tiles of PF_KT keys go to shared memory with
-// cp.async; S = Q·K^T and O += P·V use mma.sync m16n8k16 (bf16 in, f32 accumulate) with an online
-// softmax in the log2 domain.
+// cp.async, two stages deep (the next tile loads while this one is computed); S = Q·K^T and
+// O += P·V use mma.sync m16n8k16 (bf16 in, f32 accumulate) with an online softmax in the log2
+// domain. The block-table row is staged in shared memory once per CTA.
 #include "common.cuh"
 
 #define PF_TILE 64
-#define PF_KT 64
+#define PF_KT 32
 #define PF_THREADS 128
+#define PF_BT_SMEM 1024  // block ids staged in shared memory; longer rows read global memory
 
 struct PrefillArgs {
     bf16* out;
@@ -19,7 +21,7 @@ struct PrefillArgs {
     const int* block_tables;
     const int* seq_info;
     const int* tiles;
-    u32 qkv_stride, H, KVH, block_size, bt_stride, num_blocks, num_seqs;
+    u32 qkv_stride, H, KVH, block_size, bt_stride, num_blocks, num_seqs, bs_log2;
     float scale_log2;
 };
 
@@ -57,34 +59,116 @@ __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
     return *(const u32*)&v;
 }
 
-// Rows of keys kbase.. into dst [PF_KT][D + 8]; keys at or past nkeys become zeros, so that a
-// zero probability never meets a NaN from memory nothing wrote.
+// Keys kbase.. of K and V into one pipeline stage ([PF_KT][D + 8] each); keys at or past nkeys
+// become zeros, so that a zero probability never meets a NaN from memory nothing wrote.
 template <int D>
-__device__ __forceinline__ void load_kv_tile(bf16* dst, const bf16* cache, const int* bt_row,
-                                             int kbase, int nkeys, u32 kvh,
+__device__ __forceinline__ void load_kv_tile(bf16* kdst, bf16* vdst, const int* sbt,
+                                             const int* bt_row, int kbase, int nkeys, u32 kvh,
                                              const PrefillArgs& a) {
     constexpr int CH = D / 8, LDS = D + 8;
     for (int i = threadIdx.x; i < PF_KT * CH; i += PF_THREADS) {
         const int r = i / CH, c = i % CH, key = kbase + r;
-        const bf16* src = cache;
+        u64 off = 0;
         u32 bytes = 0;
         if (key < nkeys) {
-            const int b = bt_row[key / (int)a.block_size];
+            const int bi = key >> a.bs_log2;
+            const int b = bi < PF_BT_SMEM ? sbt[bi] : bt_row[bi];
             if (b >= 0 && (u32)b < a.num_blocks) {
-                src = cache + (((u64)b * a.KVH + kvh) * a.block_size + key % a.block_size) * D +
+                off = ((((u64)b * a.KVH + kvh) << a.bs_log2) + (key & (a.block_size - 1))) * D +
                       c * 8;
                 bytes = 16;
             }
         }
-        cp_async16(dst + r * LDS + c * 8, src, bytes);
+        cp_async16(kdst + r * LDS + c * 8, a.kc + off, bytes);
+        cp_async16(vdst + r * LDS + c * 8, a.vc + off, bytes);
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+// One K/V tile for this warp's 16 rows: S = Q·K^T, mask, online softmax, O += P·V.
+template <int D>
+__device__ __forceinline__ void prefill_tile(const bf16* ks, const bf16* vs,
+                                             const u32 (&qf)[D / 16][4], float (&o)[D / 8][4],
+                                             float& m0, float& m1, float& l0, float& l1,
+                                             int kbase, int pos0, int pos1, float scale_log2) {
+    constexpr int LDS = D + 8;
+    const u32 lane = threadIdx.x & 31;
+    const int tig = lane & 3;
+    float sacc[PF_KT / 8][4];
+#pragma unroll
+    for (int i = 0; i < PF_KT / 8; ++i) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+        for (int n2 = 0; n2 < PF_KT / 16; ++n2) {
+            u32 b[4];
+            ldsm_x4(b, ks + (n2 * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + kk * 16 +
+                           ((lane >> 3) & 1) * 8);
+            mma_bf16(sacc[2 * n2], qf[kk], b[0], b[1]);
+            mma_bf16(sacc[2 * n2 + 1], qf[kk], b[2], b[3]);
+        }
+    float mx0 = m0, mx1 = m1;
+#pragma unroll
+    for (int nt = 0; nt < PF_KT / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int key = kbase + nt * 8 + tig * 2 + (e & 1);
+            float v = sacc[nt][e] * scale_log2;
+            if (key > (e < 2 ? pos0 : pos1)) v = NEG_INF;
+            sacc[nt][e] = v;
+            if (e < 2) mx0 = fmaxf(mx0, v);
+            else mx1 = fmaxf(mx1, v);
+        }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(FULL_MASK, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(FULL_MASK, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(FULL_MASK, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(FULL_MASK, mx1, 2));
+    // Tile 0 always holds key 0, visible to every row, so mx is finite from then on.
+    const float al0 = exp2f(m0 - mx0), al1 = exp2f(m1 - mx1);
+    m0 = mx0;
+    m1 = mx1;
+    float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < PF_KT / 8; ++nt) {
+        sacc[nt][0] = exp2f(sacc[nt][0] - m0);
+        sacc[nt][1] = exp2f(sacc[nt][1] - m0);
+        sacc[nt][2] = exp2f(sacc[nt][2] - m1);
+        sacc[nt][3] = exp2f(sacc[nt][3] - m1);
+        rs0 += sacc[nt][0] + sacc[nt][1];
+        rs1 += sacc[nt][2] + sacc[nt][3];
+    }
+    l0 = l0 * al0 + rs0;
+    l1 = l1 * al1 + rs1;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+        o[dt][0] *= al0;
+        o[dt][1] *= al0;
+        o[dt][2] *= al1;
+        o[dt][3] *= al1;
+    }
+#pragma unroll
+    for (int kk = 0; kk < PF_KT / 16; ++kk) {
+        const u32 pa[4] = {pack_bf16(sacc[2 * kk][0], sacc[2 * kk][1]),
+                           pack_bf16(sacc[2 * kk][2], sacc[2 * kk][3]),
+                           pack_bf16(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]),
+                           pack_bf16(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3])};
+#pragma unroll
+        for (int d2 = 0; d2 < D / 16; ++d2) {
+            u32 b[4];
+            ldsm_x4_t(b, vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + d2 * 16 +
+                             (lane >> 4) * 8);
+            mma_bf16(o[2 * d2], pa, b[0], b[1]);
+            mma_bf16(o[2 * d2 + 1], pa, b[2], b[3]);
+        }
     }
 }
 
 template <int D>
 __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
     constexpr int LDS = D + 8;  // padded rows: ldmatrix rows fall in distinct banks
-    __shared__ __align__(16) bf16 ks[PF_KT * LDS];
-    __shared__ __align__(16) bf16 vs[PF_KT * LDS];
+    __shared__ __align__(16) bf16 ks[2][PF_KT * LDS];
+    __shared__ __align__(16) bf16 vs[2][PF_KT * LDS];
+    __shared__ int sbt[PF_BT_SMEM];
 
     const int s = a.tiles[2 * blockIdx.x], q0 = a.tiles[2 * blockIdx.x + 1];
     const u32 h = blockIdx.y;
@@ -95,6 +179,9 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
     const u32 kvh = h / (a.H / a.KVH);
     const int nkeys = min(start_pos + min(q0 + PF_TILE, nrows), (int)(a.bt_stride * a.block_size));
     const int* bt_row = a.block_tables + (u64)s * a.bt_stride;
+    const int nblk = min((nkeys + (int)a.block_size - 1) >> a.bs_log2, PF_BT_SMEM);
+    for (int i = threadIdx.x; i < nblk; i += PF_THREADS) sbt[i] = bt_row[i];
+    __syncthreads();
 
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int gid = lane >> 2, tig = lane & 3;
@@ -124,89 +211,21 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
     float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;
 
     const int ntiles = (nkeys + PF_KT - 1) / PF_KT;
+    load_kv_tile<D>(ks[0], vs[0], sbt, bt_row, 0, nkeys, kvh, a);
     for (int kt = 0; kt < ntiles; ++kt) {
-        const int kbase = kt * PF_KT;
-        __syncthreads();  // the previous tile's readers are done with ks/vs
-        load_kv_tile<D>(ks, a.kc, bt_row, kbase, nkeys, kvh, a);
-        asm volatile("cp.async.commit_group;\n" ::);
-        load_kv_tile<D>(vs, a.vc, bt_row, kbase, nkeys, kvh, a);
-        asm volatile("cp.async.commit_group;\n" ::);
-        asm volatile("cp.async.wait_group 1;\n" ::);
-        __syncthreads();
-        const bool active = kbase <= warp_max_pos;  // else every key of the tile is masked
-
-        float sacc[PF_KT / 8][4];
-#pragma unroll
-        for (int i = 0; i < PF_KT / 8; ++i) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
-        if (active) {
-#pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk)
-#pragma unroll
-                for (int n2 = 0; n2 < PF_KT / 16; ++n2) {
-                    u32 b[4];
-                    ldsm_x4(b, ks + (n2 * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + kk * 16 +
-                                   ((lane >> 3) & 1) * 8);
-                    mma_bf16(sacc[2 * n2], qf[kk], b[0], b[1]);
-                    mma_bf16(sacc[2 * n2 + 1], qf[kk], b[2], b[3]);
-                }
-            float mx0 = m0, mx1 = m1;
-#pragma unroll
-            for (int nt = 0; nt < PF_KT / 8; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int key = kbase + nt * 8 + tig * 2 + (e & 1);
-                    float v = sacc[nt][e] * a.scale_log2;
-                    if (key > (e < 2 ? pos0 : pos1)) v = NEG_INF;
-                    sacc[nt][e] = v;
-                    if (e < 2) mx0 = fmaxf(mx0, v);
-                    else mx1 = fmaxf(mx1, v);
-                }
-            mx0 = fmaxf(mx0, __shfl_xor_sync(FULL_MASK, mx0, 1));
-            mx0 = fmaxf(mx0, __shfl_xor_sync(FULL_MASK, mx0, 2));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(FULL_MASK, mx1, 1));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(FULL_MASK, mx1, 2));
-            // Tile 0 always holds key 0, visible to every row, so mx is finite from then on.
-            const float al0 = exp2f(m0 - mx0), al1 = exp2f(m1 - mx1);
-            m0 = mx0;
-            m1 = mx1;
-            float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-            for (int nt = 0; nt < PF_KT / 8; ++nt) {
-                sacc[nt][0] = exp2f(sacc[nt][0] - m0);
-                sacc[nt][1] = exp2f(sacc[nt][1] - m0);
-                sacc[nt][2] = exp2f(sacc[nt][2] - m1);
-                sacc[nt][3] = exp2f(sacc[nt][3] - m1);
-                rs0 += sacc[nt][0] + sacc[nt][1];
-                rs1 += sacc[nt][2] + sacc[nt][3];
-            }
-            l0 = l0 * al0 + rs0;
-            l1 = l1 * al1 + rs1;
-#pragma unroll
-            for (int dt = 0; dt < D / 8; ++dt) {
-                o[dt][0] *= al0;
-                o[dt][1] *= al0;
-                o[dt][2] *= al1;
-                o[dt][3] *= al1;
-            }
+        const int kbase = kt * PF_KT, st = kt & 1;
+        // Prefetch the next tile into the other stage (freed by the barrier that ended the
+        // previous iteration), then wait for this one.
+        if (kt + 1 < ntiles) {
+            load_kv_tile<D>(ks[st ^ 1], vs[st ^ 1], sbt, bt_row, kbase + PF_KT, nkeys, kvh, a);
+            asm volatile("cp.async.wait_group 1;\n" ::);
+        } else {
+            asm volatile("cp.async.wait_group 0;\n" ::);
         }
-        asm volatile("cp.async.wait_group 0;\n" ::);
         __syncthreads();
-        if (!active) continue;
-#pragma unroll
-        for (int kk = 0; kk < PF_KT / 16; ++kk) {
-            const u32 pa[4] = {pack_bf16(sacc[2 * kk][0], sacc[2 * kk][1]),
-                               pack_bf16(sacc[2 * kk][2], sacc[2 * kk][3]),
-                               pack_bf16(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]),
-                               pack_bf16(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3])};
-#pragma unroll
-            for (int d2 = 0; d2 < D / 16; ++d2) {
-                u32 b[4];
-                ldsm_x4_t(b, vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS +
-                                 d2 * 16 + (lane >> 4) * 8);
-                mma_bf16(o[2 * d2], pa, b[0], b[1]);
-                mma_bf16(o[2 * d2 + 1], pa, b[2], b[3]);
-            }
-        }
+        if (kbase <= warp_max_pos)  // else every key of the tile is masked for this warp
+            prefill_tile<D>(ks[st], vs[st], qf, o, m0, m1, l0, l1, kbase, pos0, pos1, a.scale_log2);
+        __syncthreads();
     }
 
     l0 += __shfl_xor_sync(FULL_MASK, l0, 1);

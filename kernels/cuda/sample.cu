@@ -71,7 +71,9 @@ __device__ u32 top_p_key(const float* lg, u32 V, float inv_t, float m, u32 lo, f
         const float z = scaled(lg, i, inv_t);
         if (f2key(z) >= lo) total += exp2f((z - m) * LOG2E);
     }
-    const float target = p * block_sum<SAMPLE_THREADS>(total, scratch);
+    // The most likely token alone has mass exp(0) = 1: a target of at least 1 keeps it even
+    // for p = 0, and changes nothing else (any qualifying set contains it).
+    const float target = fmaxf(p * block_sum<SAMPLE_THREADS>(total, scratch), 1.f);
     u32 res = 0;
     for (int bit = 31; bit >= 0; --bit) {
         const u32 cand = max(res | (1u << bit), lo);

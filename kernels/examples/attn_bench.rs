@@ -1,8 +1,8 @@
 //! Attention microbenchmark: device copy bandwidth, paged decode attention (Llama-3-8B heads:
 //! H=32, KVH=8, D=128, block 16, shuffled blocks) at context 1k/4k/16k x batch 1/32/128, and
-//! causal prefill attention at 2k and 8k tokens. Times are medians of CUDA-event-timed repeats
-//! after warm-up, on random inputs; small cases rotate over several block sets so repeats do not
-//! measure L2. Usage: `attn_bench [ptx-cache-dir]`; prints a table.
+//! causal prefill attention at 2k and 8k tokens. Times are per call, medians over samples of
+//! back-to-back calls timed with CUDA events after warm-up, on random inputs; small cases rotate
+//! over several block sets so repeats do not measure L2. Usage: `attn_bench [ptx-cache-dir]`; prints a table.
 
 use std::error::Error;
 use std::sync::Arc;
@@ -10,7 +10,9 @@ use std::sync::Arc;
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use half::bf16;
-use pagedserve_kernels::{Kernels, decode_workspace_len, open_device, prefill_tiles};
+use pagedserve_kernels::{
+    Kernels, decode_partition, decode_workspace_len, open_device, prefill_tiles,
+};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -18,7 +20,7 @@ const H: usize = 32;
 const KVH: usize = 8;
 const D: usize = 128;
 const BS: usize = 16;
-const REPS: usize = 20;
+const REPS: usize = 10;
 
 struct Bench {
     ctx: Arc<CudaContext>,
@@ -27,24 +29,30 @@ struct Bench {
 }
 
 impl Bench {
-    /// Median milliseconds of `f` over REPS event-timed runs after 3 warm-ups; `f` gets the
-    /// repeat index (to rotate inputs).
+    /// Milliseconds per call of `f`: the median over 7 samples, each REPS calls back to back
+    /// between two events (as a replayed graph would run them), after 3 warm-up calls. `f`
+    /// gets a running call index (to rotate inputs).
     fn time(&self, mut f: impl FnMut(usize) -> Res<()>) -> Res<f64> {
-        for i in 0..3 {
-            f(i)?;
+        let mut call = 0;
+        for _ in 0..3 {
+            f(call)?;
+            call += 1;
         }
-        let mut ms = Vec::with_capacity(REPS);
-        for i in 0..REPS {
+        let mut ms = Vec::new();
+        for _ in 0..7 {
             let a = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
             let b = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
             a.record(&self.stream)?;
-            f(i)?;
+            for _ in 0..REPS {
+                f(call)?;
+                call += 1;
+            }
             b.record(&self.stream)?;
             b.synchronize()?;
-            ms.push(a.elapsed_ms(&b)? as f64);
+            ms.push(a.elapsed_ms(&b)? as f64 / REPS as f64);
         }
         ms.sort_by(f64::total_cmp);
-        Ok(ms[REPS / 2])
+        Ok(ms[ms.len() / 2])
     }
 
     fn random_bf16(&self, n: usize, seed: u64, scale: f32) -> Res<CudaSlice<bf16>> {
@@ -206,6 +214,13 @@ fn main() -> Res<()> {
             rows.push(decode_case(&b, &kv, pool, ctx_len, batch)?);
         }
     }
+    // Experiment: the wide-unroll variant at the large cases (Llama heads use the g4 kernel).
+    let mut wide = Vec::new();
+    b.k.set_decode_override(Some("paged_decode_d128_g4_p256_wide"));
+    for (ctx_len, batch) in [(4096, 32), (4096, 128), (16384, 128)] {
+        wide.push(decode_case(&b, &kv, pool, ctx_len, batch)?);
+    }
+    b.k.set_decode_override(None);
     let prefill: Vec<(usize, (f64, f64))> = [2048, 8192]
         .into_iter()
         .map(|n| prefill_case(&b, &kv, pool, n).map(|r| (n, r)))
@@ -214,17 +229,21 @@ fn main() -> Res<()> {
     println!("device copy bandwidth (read + write): {copy:.0} GB/s");
     println!("paged decode attention, H=32 KVH=8 D=128 block 16 (bytes = K+V read):");
     println!(
-        "{:>7} {:>6} {:>10} {:>9} {:>7}",
-        "context", "batch", "time_us", "GB/s", "%copy"
+        "{:>7} {:>6} {:>5} {:>10} {:>9} {:>7}",
+        "context", "batch", "part", "time_us", "GB/s", "%copy"
     );
     for r in &rows {
+        let (part, pct) = (decode_partition(r.batch, r.ctx), 100.0 * r.gbs / copy);
         println!(
-            "{:>7} {:>6} {:>10.1} {:>9.0} {:>6.1}%",
-            r.ctx,
-            r.batch,
-            r.us,
-            r.gbs,
-            100.0 * r.gbs / copy
+            "{:>7} {:>6} {part:>5} {:>10.1} {:>9.0} {pct:>6.1}%",
+            r.ctx, r.batch, r.us, r.gbs
+        );
+    }
+    for r in &wide {
+        let pct = 100.0 * r.gbs / copy;
+        println!(
+            "{:>7} {:>6} {:>5} {:>10.1} {:>9.0} {pct:>6.1}% (wide unroll)",
+            r.ctx, r.batch, 256, r.us, r.gbs
         );
     }
     println!("prefill attention, causal, one sequence (flops = 4*H*D*n(n+1)/2):");

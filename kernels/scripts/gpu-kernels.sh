@@ -31,9 +31,10 @@ run)
     SECONDS=0
     "$dest/compile_ptx" sm_90 "$out/kernels.ptx" 2>&1 | tee "$out/compile.log"
     if [ -x /usr/local/cuda/bin/ptxas ]; then
-        /usr/local/cuda/bin/ptxas -arch=sm_90 -v "$out/kernels.ptx" -o /dev/null 2>&1 |
-            grep -E "Compiling|registers|spill" | paste - - - |
-            sed -E "s/ptxas info *: //g; s/Compiling entry function '([^']*)'.*/\1/" > "$out/regs.txt" || true
+        /usr/local/cuda/bin/ptxas -arch=sm_90 -v "$out/kernels.ptx" -o /dev/null 2>&1 | awk '
+            /Compiling entry function/ { split($0, q, "\047"); name = q[2] }
+            /spill stores/ { spill = $5 " B spill st, " $9 " B spill ld" }
+            /Used [0-9]+ registers/ { print name ": " $5 " regs, " spill }' > "$out/regs.txt" || true
     fi
     set +e
     "$dest/gpu-tests" --test-threads=1 --nocapture > "$out/tests.log" 2>&1
@@ -42,7 +43,7 @@ run)
     bench_rc=$?
     set -e
     echo "== registers / spills (ptxas -v) =="
-    cat "$out/regs.txt" 2>/dev/null | awk -F'\t' '{print $1 " | " $3 " | " $2}' | sed -E 's/ +/ /g' | cut -c1-150
+    grep -E "prefill|_g[134]_|reduce|sample|rope" "$out/regs.txt" 2>/dev/null || true
     echo "== kernel tests (rc $tests_rc) =="
     grep -E "rel L2|^test |test result|panicked|skipped" "$out/tests.log" | grep -v "^test result: ok. 0"
     echo "== attn_bench (rc $bench_rc) =="

@@ -10,17 +10,33 @@ use half::bf16;
 use crate::error::{ensure, expect_len, to_u32};
 use crate::{KernelError, Kernels};
 
-/// Tokens per decode partition (DEC_PART in decode_attention.cu).
+/// Tokens per decode partition of large launches; small launches use DECODE_PARTITION_SMALL.
 pub const DECODE_PARTITION: usize = 256;
+/// Tokens per decode partition when the launch would otherwise have too few CTAs to fill the GPU.
+pub const DECODE_PARTITION_SMALL: usize = 64;
 /// Query rows per prefill tile (PF_TILE in prefill_attention.cu).
 pub const PREFILL_TILE: usize = 64;
+/// Largest KV block size (a decode partition must span whole blocks).
+pub const MAX_BLOCK_SIZE: usize = 64;
 /// Head dims with a compiled kernel.
 pub const SUPPORTED_HEAD_DIMS: [usize; 2] = [64, 128];
 /// Largest H / KVH the decode kernel is instantiated for.
 pub const MAX_GQA_GROUP: usize = 8;
 
-pub(crate) fn decode_kernel_name(head_dim: usize, group: usize) -> String {
-    format!("paged_decode_d{head_dim}_g{group}")
+pub(crate) fn decode_kernel_name(head_dim: usize, group: usize, part: usize) -> String {
+    format!("paged_decode_d{head_dim}_g{group}_p{part}")
+}
+
+/// The partition size of a decode launch: small partitions where 256-token ones would give
+/// fewer than 64 (sequence, partition) pairs (batch 1 at short contexts: too few CTAs to keep
+/// the memory system busy), else 256 (fewer partials to combine). Depends only on the launch
+/// shape, never on the actual lengths.
+pub fn decode_partition(num_seqs: usize, max_ctx: usize) -> usize {
+    if num_seqs * max_ctx.div_ceil(DECODE_PARTITION) < 64 {
+        DECODE_PARTITION_SMALL
+    } else {
+        DECODE_PARTITION
+    }
 }
 
 /// f32 elements of the decode workspace for `num_seqs` sequences of up to `max_ctx` tokens:
@@ -31,7 +47,8 @@ pub fn decode_workspace_len(
     head_dim: usize,
     max_ctx: usize,
 ) -> usize {
-    num_seqs * num_heads * max_ctx.div_ceil(DECODE_PARTITION).max(1) * (head_dim + 2)
+    let parts = max_ctx.div_ceil(decode_partition(num_seqs, max_ctx)).max(1);
+    num_seqs * num_heads * parts * (head_dim + 2)
 }
 
 /// The prefill tiles `(seq index, first query row within the chunk)` for `seq_info` rows
@@ -74,6 +91,8 @@ struct DecodeArgs {
     bt_stride: u32,
     num_blocks: u32,
     max_ctx: u32,
+    bs_log2: u32,
+    part: u32,
     scale_log2: f32,
 }
 
@@ -98,6 +117,7 @@ struct PrefillArgs {
     bt_stride: u32,
     num_blocks: u32,
     num_seqs: u32,
+    bs_log2: u32,
     scale_log2: f32,
 }
 
@@ -124,8 +144,8 @@ fn check_heads_and_cache(
     )?;
     ensure(
         kernel,
-        block_size.is_power_of_two() && (8..=DECODE_PARTITION).contains(&block_size),
-        || format!("block_size {block_size} must be a power of two in 8..={DECODE_PARTITION}"),
+        block_size.is_power_of_two() && (8..=MAX_BLOCK_SIZE).contains(&block_size),
+        || format!("block_size {block_size} must be a power of two in 8..={MAX_BLOCK_SIZE}"),
     )?;
     let block_elems = num_kv_heads * block_size * head_dim;
     ensure(kernel, cache_len.is_multiple_of(block_elems), || {
@@ -156,6 +176,11 @@ fn check_qkv(
 }
 
 impl Kernels {
+    fn decode_kernel(&self, head_dim: usize, group: usize, part: usize) -> String {
+        let o = self.decode_override.lock().ok().and_then(|o| o.clone());
+        o.unwrap_or_else(|| decode_kernel_name(head_dim, group, part))
+    }
+
     /// Paged decode attention for `S = q_rows.len()` sequences, one query row each: sequence s
     /// reads q from row `q_rows[s]` of `qkv` (row stride `qkv_stride`), attends to its first
     /// `ctx_lens[s]` cached tokens (0: padding, nothing written) through row s of
@@ -216,7 +241,8 @@ impl Kernels {
         if s == 0 {
             return Ok(());
         }
-        let parts = max_ctx.div_ceil(DECODE_PARTITION);
+        let part = decode_partition(s, max_ctx);
+        let parts = max_ctx.div_ceil(part);
         let out_rows = (out.len() / (num_heads * head_dim)).min(q_rows_avail);
         let (o, _g0) = out.device_ptr_mut(stream);
         let (q, _g1) = qkv.device_ptr(stream);
@@ -243,10 +269,12 @@ impl Kernels {
             bt_stride: to_u32(K, "bt_stride", bt_stride)?,
             num_blocks: to_u32(K, "num_blocks", num_blocks)?,
             max_ctx: to_u32(K, "max_ctx", max_ctx)?,
+            bs_log2: block_size.trailing_zeros(),
+            part: part as u32,
             scale_log2: scale * std::f32::consts::LOG2_E,
         };
         let grid_s = to_u32(K, "num_seqs", s)?;
-        let mut b = stream.launch_builder(self.func(&decode_kernel_name(head_dim, group))?);
+        let mut b = stream.launch_builder(self.func(&self.decode_kernel(head_dim, group, part))?);
         b.arg(&args);
         let cfg = LaunchConfig {
             grid_dim: (grid_s, num_kv_heads as u32, to_u32(K, "partitions", parts)?),
@@ -348,6 +376,7 @@ impl Kernels {
             bt_stride: to_u32(K, "bt_stride", bt_stride)?,
             num_blocks: to_u32(K, "num_blocks", num_blocks)?,
             num_seqs: to_u32(K, "num_seqs", s)?,
+            bs_log2: block_size.trailing_zeros(),
             scale_log2: scale * std::f32::consts::LOG2_E,
         };
         let mut b = stream.launch_builder(self.func(&format!("paged_prefill_d{head_dim}"))?);
@@ -393,9 +422,8 @@ mod tests {
     #[test]
     fn workspace_counts_partitions() {
         assert_eq!(decode_workspace_len(2, 4, 64, 1), 2 * 4 * 66);
-        assert_eq!(
-            decode_workspace_len(1, 1, 128, DECODE_PARTITION + 1),
-            2 * 130
-        );
+        // Batch 1: 64-token partitions; 64 sequences: 256-token ones.
+        assert_eq!(decode_workspace_len(1, 1, 128, 257), 5 * 130);
+        assert_eq!(decode_workspace_len(64, 1, 128, 257), 64 * 2 * 130);
     }
 }

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaFunction, LaunchConfig};
 
 pub use attention::{
-    DECODE_PARTITION, MAX_GQA_GROUP, PREFILL_TILE, SUPPORTED_HEAD_DIMS, decode_workspace_len,
-    prefill_tiles,
+    DECODE_PARTITION, DECODE_PARTITION_SMALL, MAX_GQA_GROUP, PREFILL_TILE, SUPPORTED_HEAD_DIMS,
+    decode_partition, decode_workspace_len, prefill_tiles,
 };
 pub use device::{driver_present, nvrtc_present, open_device};
 pub use error::KernelError;
@@ -35,6 +35,8 @@ pub use loader::{cached_ptx, compile_ptx, device_arch, full_source};
 pub struct Kernels {
     ctx: Arc<CudaContext>,
     loaded: loader::Loaded,
+    /// Decode kernel to use instead of the default choice (bench experiments only).
+    decode_override: std::sync::Mutex<Option<String>>,
 }
 
 impl Kernels {
@@ -43,6 +45,7 @@ impl Kernels {
         Ok(Kernels {
             ctx: ctx.clone(),
             loaded: loader::Loaded::load(ctx, cache_dir)?,
+            decode_override: std::sync::Mutex::new(None),
         })
     }
 
@@ -54,6 +57,15 @@ impl Kernels {
     /// The context the kernels were loaded into.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
+    }
+
+    /// Makes paged_decode_attention launch kernel `name` (same arguments) instead of its own
+    /// choice; for the bench's variant comparisons.
+    #[doc(hidden)]
+    pub fn set_decode_override(&self, name: Option<&str>) {
+        if let Ok(mut o) = self.decode_override.lock() {
+            *o = name.map(str::to_string);
+        }
     }
 
     fn func(&self, name: &str) -> Result<&CudaFunction, KernelError> {

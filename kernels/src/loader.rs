@@ -141,13 +141,19 @@ pub(crate) fn kernel_names() -> Vec<String> {
         "paged_prefill_d64",
         "paged_prefill_d128",
         "sample_kernel",
+        "paged_decode_d128_g4_p256_wide",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     for d in crate::attention::SUPPORTED_HEAD_DIMS {
         for g in 1..=crate::attention::MAX_GQA_GROUP {
-            names.push(crate::attention::decode_kernel_name(d, g));
+            for p in [
+                crate::attention::DECODE_PARTITION_SMALL,
+                crate::attention::DECODE_PARTITION,
+            ] {
+                names.push(crate::attention::decode_kernel_name(d, g, p));
+            }
         }
     }
     names
@@ -194,6 +200,7 @@ mod tests {
             let inst = name
                 .strip_prefix("paged_decode_d")
                 .and_then(|r| r.split_once("_g"))
+                .and_then(|(d, r)| Some((d, r.split_once("_p")?.0)))
                 .is_some_and(|(d, g)| src.contains(&format!("DECODE_INST({d}, {g})")));
             assert!(direct || inst, "{name} is not in the sources");
         }

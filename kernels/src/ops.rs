@@ -148,7 +148,8 @@ impl Kernels {
         Ok(())
     }
 
-    /// Fills `out` with uniform values in `[-scale, scale)` from a hash of (seed, index): random
+    /// Fills `out` with uniform values in `[-scale, scale]` (up to bf16 rounding) from a hash of
+    /// (seed, index): random
     /// dummy weights, never zeros, the same for equal seeds.
     pub fn fill_random_bf16(
         &self,

@@ -59,8 +59,27 @@ fn paged_decode_attention_matches_reference() -> TestResult {
             lens: vec![129, 511, 512, 513],
             max_ctx: 600,
         },
+        // Launches big enough for 256-token partitions (S * ceil(max_ctx / 256) >= 64).
+        Case {
+            h: 32,
+            kvh: 8,
+            d: 128,
+            bs: 16,
+            lens: (0..18).map(|_| rng.random_range(0..=1024)).collect(),
+            max_ctx: 1024,
+        },
+        Case {
+            h: 9,
+            kvh: 3,
+            d: 64,
+            bs: 16,
+            lens: (0..70).map(|_| rng.random_range(1..=256)).collect(),
+            max_ctx: 256,
+        },
     ];
     for c in cases {
+        let part = pagedserve_kernels::decode_partition(c.lens.len(), c.max_ctx);
+        eprintln!("partition {part}");
         run_case(g, &mut rng, &c)?;
     }
     Ok(())

@@ -160,9 +160,11 @@ fn fill_random_is_uniform_nonzero_and_seeded() -> TestResult {
         a.iter().zip(&c).filter(|(x, y)| x != y).count() > n / 2,
         "other seed, other values"
     );
+    // bf16 rounding may land a value next to the edge on bf16(scale) itself.
+    let edge = half::bf16::from_f32(scale).to_f32();
     assert!(
-        a.iter().all(|&v| v != 0.0 && v.abs() <= scale),
-        "all in [-scale, scale], none zero"
+        a.iter().all(|&v| v != 0.0 && v.abs() <= edge),
+        "all in [-scale, scale] up to bf16 rounding, none zero"
     );
     let mean = a.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
     let var = a.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;

@@ -73,7 +73,8 @@ fn allowed(row: &[f32], t: f32, k: i32, p: f32) -> Vec<bool> {
     let mut ok = vec![false; z.len()];
     let mut cum = 0.0;
     for &i in &kept {
-        if p < 1.0 && cum >= p as f64 * total * (1.0 + 1e-4) {
+        // The most likely token is always kept (p = 0 keeps exactly it).
+        if p < 1.0 && cum > 0.0 && cum >= p as f64 * total * (1.0 + 1e-4) {
             break;
         }
         ok[i] = true;
