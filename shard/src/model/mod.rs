@@ -130,7 +130,7 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid GGUF model: {0}")]
+    #[error("invalid model: {0}")]
     Format(String),
     #[error(
         "unsupported model architecture `{0}` (supported: GGUF `llama`; HF LlamaForCausalLM, \
