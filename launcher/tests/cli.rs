@@ -43,9 +43,18 @@ fn help_lists_the_serve_flags() {
     }
 }
 
-/// `pagedserve` with fake child binaries, a private HF cache and `extra_env`.
-fn with_fake_children(args: &[&str], tag: &str, extra_env: &[(&str, &str)]) -> Output {
+/// `pagedserve` with fake child binaries, a private HF home (holding `token_file` as the
+/// login token, if given) and cache, and `extra_env`.
+fn with_fake_children(
+    args: &[&str],
+    tag: &str,
+    extra_env: &[(&str, &str)],
+    token_file: Option<&str>,
+) -> Output {
     let bins = empty_dir(tag);
+    if let Some(token) = token_file {
+        std::fs::write(bins.join("token"), format!("{token}\n")).unwrap_or_else(|e| panic!("{e}"));
+    }
     for name in ["pagedserve-shard", "pagedserve-router"] {
         std::fs::write(bins.join(name), b"").unwrap_or_else(|e| panic!("{e}"));
     }
@@ -78,6 +87,7 @@ fn an_uncached_hub_model_offline_names_the_cache() {
         &["--model", "mistralai/Mistral-7B-Instruct-v0.2"],
         "offline",
         &[("HF_HUB_OFFLINE", "1")],
+        None,
     );
     assert!(!out.status.success());
     let text = combined(&out);
@@ -91,7 +101,7 @@ fn an_uncached_hub_model_offline_names_the_cache() {
 
 #[test]
 fn a_model_that_is_no_file_dir_or_hub_id_is_refused() {
-    let out = with_fake_children(&["--model", "./no/such/model.gguf"], "badspec", &[]);
+    let out = with_fake_children(&["--model", "./no/such/model.gguf"], "badspec", &[], None);
     assert!(!out.status.success());
     let text = combined(&out);
     assert!(
@@ -100,23 +110,28 @@ fn a_model_that_is_no_file_dir_or_hub_id_is_refused() {
     );
 }
 
-/// `pagedserve download` goes to `HF_ENDPOINT`; a gated answer without a token says to set
-/// HF_TOKEN.
-#[test]
-fn download_uses_hf_endpoint_and_reports_a_gated_repo() {
+/// A hub endpoint that answers one request with 401 (a gated repo); returns its URL and a
+/// handle giving the request line and Authorization header it saw.
+fn gated_endpoint() -> (String, std::thread::JoinHandle<Vec<String>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
     let endpoint = format!(
         "http://{}",
         listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
     );
     let server = std::thread::spawn(move || {
-        let mut paths = Vec::new();
+        let mut seen = Vec::new();
         if let Ok((mut stream, _)) = listener.accept() {
             use std::io::{Read, Write};
             let mut buf = [0u8; 4096];
             let n = stream.read(&mut buf).unwrap_or(0);
             let request = String::from_utf8_lossy(&buf[..n]).to_string();
-            paths.push(request.lines().next().unwrap_or_default().to_string());
+            seen.push(request.lines().next().unwrap_or_default().to_string());
+            seen.extend(
+                request
+                    .lines()
+                    .filter(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+                    .map(|l| l.to_string()),
+            );
             let body = r#"{"error":"Access to model org/gated is restricted."}"#;
             let reply = format!(
                 "HTTP/1.1 401 Unauthorized\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -124,26 +139,62 @@ fn download_uses_hf_endpoint_and_reports_a_gated_repo() {
             );
             let _ = stream.write_all(reply.as_bytes());
         }
-        paths
+        seen
     });
+    (endpoint, server)
+}
+
+/// `pagedserve download` goes to `HF_ENDPOINT`; a gated answer without a token says to set
+/// HF_TOKEN.
+#[test]
+fn download_uses_hf_endpoint_and_reports_a_gated_repo() {
+    let (endpoint, server) = gated_endpoint();
     let out = with_fake_children(
         &["download", "org/gated"],
         "gated",
         &[("HF_ENDPOINT", endpoint.as_str())],
+        None,
     );
-    let paths = server.join().unwrap_or_default();
+    let seen = server.join().unwrap_or_default();
     assert!(!out.status.success());
     let text = combined(&out);
     assert!(
         text.contains("org/gated") && text.contains("HF_TOKEN"),
         "{text}"
     );
+    assert!(text.contains("without a token"), "{text}");
     assert_eq!(
-        paths,
+        seen,
         vec!["GET /api/models/org/gated/revision/main HTTP/1.1"]
     );
 }
 
+/// Without HF_TOKEN, the token `huggingface-cli login` saved in `$HF_HOME/token` is sent.
+#[test]
+fn download_sends_the_login_token_of_hf_home() {
+    let (endpoint, server) = gated_endpoint();
+    let out = with_fake_children(
+        &["download", "org/gated", "--revision", "v2"],
+        "token",
+        &[("HF_ENDPOINT", endpoint.as_str())],
+        Some("hf_from_file"),
+    );
+    let seen = server.join().unwrap_or_default();
+    assert!(!out.status.success());
+    assert!(
+        combined(&out).contains("with the token given"),
+        "{}",
+        combined(&out)
+    );
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("GET /api/models/org/gated/revision/v2 HTTP/1.1")
+    );
+    assert!(
+        seen.iter().any(|l| l.ends_with("Bearer hf_from_file")),
+        "{seen:?}"
+    );
+}
 #[test]
 fn missing_child_binaries_are_named() {
     let bins = empty_dir("bins");
