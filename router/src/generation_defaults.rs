@@ -102,6 +102,27 @@ mod tests {
     }
 
     #[test]
+    fn validation_uses_the_defaults() {
+        let limits = crate::validation::Limits {
+            max_context: 100,
+            vocab_size: 1000,
+            max_n: 1,
+            defaults: GenerationDefaults::parse(QWEN2).unwrap(),
+        };
+        let silent: CommonParams = serde_json::from_str(r#"{"max_tokens": 4}"#).unwrap();
+        let req = crate::validation::validate(&silent, vec![vec![1, 2]], None, limits).unwrap();
+        assert_eq!((req.sampling.temperature, req.sampling.top_p), (0.7, 0.8));
+        assert_eq!(
+            (req.sampling.top_k, req.sampling.repetition_penalty),
+            (20, 1.05)
+        );
+        let explicit: CommonParams =
+            serde_json::from_str(r#"{"temperature": 0.2, "top_k": -1}"#).unwrap();
+        let req = crate::validation::validate(&explicit, vec![vec![1]], None, limits).unwrap();
+        assert_eq!((req.sampling.temperature, req.sampling.top_k), (0.2, 0));
+    }
+
+    #[test]
     fn reads_model_directories_only() {
         let dir = std::env::temp_dir().join(format!("pagedserve-gencfg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
