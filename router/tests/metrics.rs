@@ -108,3 +108,35 @@ async fn counters_match_usage_and_http_statuses_are_counted() {
         "connect + scrape: {info_calls:?}"
     );
 }
+
+#[tokio::test]
+async fn broken_stream_counts_an_error_and_a_restart() {
+    let Some(tokenizer) = common::tokenizer() else {
+        return;
+    };
+    let mut cfg = config(script_of(&tokenizer, " Seoul is the capital."));
+    cfg.cycle = true;
+    cfg.fail_at_step = Some(3);
+    let Some(h) = Harness::start(vec![cfg], Options::default()).await else {
+        return;
+    };
+    let body = json!({"prompt": "Hi", "max_tokens": 50});
+    let (status, _) = h.post_json("/v1/completions", body).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let state = &h.state;
+    assert!(common::eventually(|| state.shards.any_ready()).await);
+    let request = Request::get("/metrics")
+        .body(Body::empty())
+        .expect("request");
+    let text = body_text(h.send(request).await).await;
+    let get = |name: &str, labels: &[(&str, &str)]| sample(&text, name, labels);
+    assert_eq!(get("pagedserve_shard_restarts_total", &[]), Some(1.0));
+    assert_eq!(get("pagedserve_shard_up", &[]), Some(1.0));
+    let error = [("reason", "error")];
+    assert_eq!(get("pagedserve_request_failure_total", &error), Some(1.0));
+    assert_eq!(get("pagedserve_request_success_total", &[]), None);
+    // Two steps produced tokens before the crash; they were generated, so they count.
+    assert_eq!(get("pagedserve_generation_tokens_total", &[]), Some(2.0));
+    let status = [("route", "/v1/completions"), ("status", "500")];
+    assert_eq!(get("pagedserve_http_requests_total", &status), Some(1.0));
+}
