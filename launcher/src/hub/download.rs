@@ -141,11 +141,21 @@ fn classify(e: ApiError, repo: &str, revision: &str, file: &str, s: &HubSettings
     }
 }
 
+/// The error with its causes ("error sending request" alone hides "connection refused").
 fn download_error(repo: &str, file: &str, e: &ApiError) -> HubError {
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !detail.contains(&text) {
+            detail = format!("{detail}: {text}");
+        }
+        source = cause.source();
+    }
     HubError::Download {
         repo: repo.into(),
         file: file.into(),
-        detail: e.to_string(),
+        detail,
     }
 }
 
