@@ -313,3 +313,47 @@ fn metrics_match_usage_and_a_real_prometheus_answers_the_dashboard() {
         check_prometheus(prom, totals);
     }
 }
+
+#[test]
+fn preemptions_under_kv_pressure_reach_the_router() {
+    // 8 blocks of 16 tokens: four 60-token sequences cannot all stay resident.
+    let mut options = ServerOptions::new("metrics_preemption");
+    options.num_shards = 1;
+    options.extra_args = ["--num-kv-blocks", "8", "--block-size", "16"]
+        .map(String::from)
+        .to_vec();
+    let server = Server::start(&options);
+    let body = json!({"model": server.model, "prompt": "Write a long story about a cat.",
+        "max_tokens": 48, "ignore_eos": true, "temperature": 0});
+    let usages: Vec<Value> = std::thread::scope(|s| {
+        let jobs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| post(&server, "/v1/completions", &body)["usage"].clone()))
+            .collect();
+        jobs.into_iter()
+            .map(|j| j.join().expect("request thread"))
+            .collect()
+    });
+    let generated: f64 = usages
+        .iter()
+        .filter_map(|u| u["completion_tokens"].as_f64())
+        .sum();
+    assert_eq!(
+        generated,
+        4.0 * 48.0,
+        "every request ran to max_tokens: {usages:?}"
+    );
+    let text = wait_idle(&server);
+    let preemptions = sample(&text, "pagedserve_num_preemptions_total", &[]);
+    assert!(
+        preemptions.is_some_and(|n| n > 0.0),
+        "no preemption counted:\n{text}"
+    );
+    assert_eq!(
+        sample(&text, "pagedserve_request_success_total", &[]),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(&text, "pagedserve_generation_tokens_total", &[]),
+        Some(generated)
+    );
+}
