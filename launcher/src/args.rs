@@ -97,9 +97,28 @@ pub struct ServeArgs {
     #[arg(long)]
     pub shard_base_port: Option<u16>,
 
-    /// Device each shard runs on.
-    #[arg(long, default_value = "cpu")]
+    /// Device of the shards: `cpu`; `cuda` (shard i on GPU i, one shard per GPU); `cuda:N`
+    /// (every shard on GPU N); `auto` (GPUs when a CUDA driver and GPUs are found, else the CPU).
+    #[arg(long, env = "PAGEDSERVE_DEVICE", default_value = "cpu")]
     pub device: String,
+
+    /// Share of each GPU's memory a shard may use; the KV cache gets what weights and buffers
+    /// leave. CUDA only.
+    #[arg(long)]
+    pub gpu_memory_utilization: Option<f32>,
+
+    /// `auto` reads the model's weights; `dummy` draws random weights of --model-shape on the
+    /// GPU (benchmarks without a checkpoint; the model file still gives the tokenizer).
+    #[arg(long)]
+    pub load_format: Option<String>,
+
+    /// Shape of dummy weights: llama3-8b, mistral-7b, smollm2-135m.
+    #[arg(long)]
+    pub model_shape: Option<String>,
+
+    /// Run the shards without CUDA graphs (debugging).
+    #[arg(long)]
+    pub enforce_eager: bool,
 
     /// KV blocks per shard (overrides --kv-cache-memory-mb).
     #[arg(long)]

@@ -61,7 +61,7 @@ pub fn shard_spec(args: &ServeArgs, plan: &Plan, shard_id: usize, port: u16) -> 
     flag("host", "127.0.0.1".into());
     flag("port", port.to_string());
     flag("shard-id", shard_id.to_string());
-    flag("device", args.device.clone());
+    flag("device", shard_device(&args.device, shard_id));
     flag("threads", plan.threads_per_shard.to_string());
     flag(
         "shutdown-timeout-secs",
@@ -79,11 +79,20 @@ pub fn shard_spec(args: &ServeArgs, plan: &Plan, shard_id: usize, port: u16) -> 
             args.max_batch_tokens.map(|v| v.to_string()),
         ),
         ("max-num-seqs", args.max_num_seqs.map(|v| v.to_string())),
+        (
+            "gpu-memory-utilization",
+            args.gpu_memory_utilization.map(|v| v.to_string()),
+        ),
+        ("load-format", args.load_format.clone()),
+        ("model-shape", args.model_shape.clone()),
     ];
     for (name, value) in optional {
         if let Some(value) = value {
             flag(name, value);
         }
+    }
+    if args.enforce_eager {
+        argv.push("--enforce-eager".into());
     }
     let mut env = common_env(args);
     let threads = plan.threads_per_shard.to_string();
@@ -100,6 +109,15 @@ pub fn shard_spec(args: &ServeArgs, plan: &Plan, shard_id: usize, port: u16) -> 
         // The shard gets everything by flag; the key is the router's business only.
         env_remove: vec!["API_KEY".into()],
     })
+}
+
+/// One GPU per shard: `cuda` puts shard i on GPU i; `auto` is resolved by each shard (GPU
+/// `shard_id` modulo the GPUs found, else the CPU); `cuda:N` and `cpu` are passed as given.
+fn shard_device(device: &str, shard_id: usize) -> String {
+    match device {
+        "cuda" => format!("cuda:{shard_id}"),
+        d => d.to_string(),
+    }
 }
 
 pub fn router_spec(args: &ServeArgs, plan: &Plan) -> Result<ChildSpec> {
@@ -173,6 +191,15 @@ mod tests {
     fn value_of(argv: &[String], flag: &str) -> Option<String> {
         let at = argv.iter().position(|a| a == flag)?;
         argv.get(at + 1).cloned()
+    }
+
+    #[test]
+    fn one_gpu_per_shard() {
+        assert_eq!(shard_device("cuda", 0), "cuda:0");
+        assert_eq!(shard_device("cuda", 3), "cuda:3");
+        assert_eq!(shard_device("cuda:1", 3), "cuda:1");
+        assert_eq!(shard_device("auto", 2), "auto");
+        assert_eq!(shard_device("cpu", 2), "cpu");
     }
 
     #[test]

@@ -10,6 +10,14 @@ fn at_least_one() -> RangedU64ValueParser<usize> {
     RangedU64ValueParser::<usize>::new().range(1..)
 }
 
+/// `auto`: GPU `shard_id` modulo the GPUs found, else the CPU.
+fn auto_device(shard_id: usize) -> String {
+    match crate::backend::cuda::cuda_device_count() {
+        Ok(n) if n > 0 => format!("cuda:{}", shard_id % n),
+        _ => "cpu".into(),
+    }
+}
+
 fn utilization(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {
         Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
@@ -84,7 +92,10 @@ impl Args {
             block_size: self.block_size,
             num_kv_blocks: self.num_kv_blocks,
             kv_cache_bytes: self.kv_cache_memory_mb.saturating_mul(1 << 20),
-            device: self.device.clone(),
+            device: match self.device.as_str() {
+                "auto" => auto_device(self.shard_id as usize),
+                d => d.to_string(),
+            },
             gpu: GpuOptions {
                 memory_utilization: self.gpu_memory_utilization,
                 max_batch_tokens: self.max_batch_tokens,

@@ -132,13 +132,25 @@ fn invalid_batches_are_errors_not_panics() {
     }];
     assert_eq!(model.forward(&ok).expect("valid batch")[0].len(), 49152);
     let unsupported = LoadOptions {
-        device: "cuda:0".into(),
-        ..opts
+        device: "metal".into(),
+        ..opts.clone()
     };
     assert!(matches!(
         load_model(&unsupported),
         Err(ModelError::UnsupportedDevice(_))
     ));
+    // Without a CUDA driver (CI), asking for a GPU is a clear error, not a panic.
+    if pagedserve_shard::backend::cuda::cuda_device_count().is_err() {
+        let cuda = LoadOptions {
+            device: "cuda:0".into(),
+            ..opts
+        };
+        let err = load_model(&cuda)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("CUDA"), "{err}");
+    }
 }
 
 /// A sequence's logits do not depend on what else is in the batch: decoding alone and

@@ -49,6 +49,10 @@ impl Gpu {
             )));
         }
         let ctx = CudaContext::new(ordinal).map_err(cuda_err("open context"))?;
+        // SAFETY: every op of the shard runs on the one stream below, so cudarc's cross-stream
+        // events are not needed; they would also invalidate CUDA graph capture (a capture may
+        // not wait on events recorded outside it).
+        unsafe { ctx.disable_event_tracking() };
         let (major, minor) = ctx
             .compute_capability()
             .map_err(cuda_err("compute capability"))?;

@@ -1,0 +1,178 @@
+//! GPU decode benchmark: device copy bandwidth, batch-1 decode of a model (dummy weights of a
+//! named shape by default) against the HBM roofline, and decode throughput at larger batches.
+//! Drives the model through the same `CausalLm` interface the engine uses (device sampling,
+//! CUDA graphs), timing whole steps on the host (each step ends with its sampled tokens on
+//! the host, as in serving).
+//!
+//!     cargo run --release -p pagedserve-shard --example cuda_bench -- [shape] [context]
+//!
+//! roofline tok/s = copy bandwidth / bytes one decode step reads (every weight but the
+//! embedding table, one embedding row, the KV cache at the context).
+
+use std::time::Instant;
+
+use cudarc::driver::CudaContext;
+use pagedserve_shard::backend::cuda::{ModelShape, cuda_device_count};
+use pagedserve_shard::model::{CausalLm, DeviceSampling, LoadOptions, SeqChunk, load_model};
+
+const GREEDY: DeviceSampling = DeviceSampling {
+    temperature: 0.0,
+    top_k: 0,
+    top_p: 1.0,
+    seed: 1,
+    counter: 0,
+};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if let Err(e) = cuda_device_count() {
+        println!("skipped: no CUDA driver ({e})");
+        return Ok(());
+    }
+    let mut args = std::env::args().skip(1);
+    let shape_name = args.next().unwrap_or_else(|| "llama3-8b".into());
+    let context: usize = args.next().map_or(Ok(1024), |s| s.parse())?;
+    let shape = ModelShape::parse(&shape_name).ok_or("unknown shape")?;
+    let bw = copy_bandwidth()?;
+    println!(
+        "copy bandwidth: {:.0} GB/s (read + write, median of 20)",
+        bw / 1e9
+    );
+
+    let mut opts = LoadOptions {
+        device: "cuda:0".into(),
+        ..LoadOptions::default()
+    };
+    opts.gpu.dummy_shape = Some(shape_name.clone());
+    opts.gpu.max_num_seqs = 256;
+    opts.gpu.max_batch_tokens = 8192;
+    let t = Instant::now();
+    let mut model = load_model(&opts)?;
+    println!(
+        "load + graph capture: {:.1} s, {} KV blocks",
+        t.elapsed().as_secs_f64(),
+        model.num_kv_blocks()
+    );
+    let spec = shape.spec();
+    let c = &spec.config;
+    let weight_bytes = 2.0
+        * (c.num_layers
+            * (c.hidden * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+                + c.num_heads * c.head_dim * c.hidden
+                + 3 * c.hidden * c.ffn)
+            + spec.vocab_size * c.hidden
+            + c.hidden) as f64
+        + 4.0 * ((2 * c.num_layers + 1) * c.hidden) as f64;
+    let kv_bytes = |ctx: usize| (c.num_layers * 2 * ctx * c.num_kv_heads * c.head_dim * 2) as f64;
+
+    println!(
+        "\n| batch | context | step ms (median) | tok/s | bytes/step GB | roofline tok/s | % roofline |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for batch in [1usize, 32, 128, 256] {
+        let ms = decode_step_ms(model.as_mut(), batch, context, 64)?;
+        let bytes = weight_bytes + batch as f64 * kv_bytes(context);
+        let roof = bw / bytes * batch as f64;
+        let tps = batch as f64 * 1e3 / ms;
+        println!(
+            "| {batch} | {context} | {ms:.3} | {tps:.0} | {:.2} | {roof:.0} | {:.1}% |",
+            bytes / 1e9,
+            100.0 * tps / roof
+        );
+    }
+    Ok(())
+}
+
+/// Median wall time of one decode step of `batch` sequences at `context` tokens, after a
+/// prefill and a warm-up.
+fn decode_step_ms(
+    model: &mut dyn CausalLm,
+    batch: usize,
+    context: usize,
+    steps: usize,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let bs = model.block_size();
+    let per_seq = (context + steps + 8).div_ceil(bs);
+    if per_seq * batch > model.num_kv_blocks() {
+        return Err(format!("{batch} x {context} tokens do not fit the KV cache").into());
+    }
+    let tables: Vec<Vec<u32>> = (0..batch)
+        .map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect())
+        .collect();
+    // Random-looking prompt ids, never all equal.
+    let mut tokens: Vec<Vec<u32>> = (0..batch)
+        .map(|s| {
+            (0..context)
+                .map(|i| ((i * 7919 + s * 104729) % 30000) as u32 + 100)
+                .collect()
+        })
+        .collect();
+    // Prefill in chunks of at most 8192 tokens per step.
+    for (s, t) in tokens.iter().enumerate() {
+        for start in (0..context).step_by(8192) {
+            let end = (start + 8192).min(context);
+            model.forward(&[SeqChunk {
+                tokens: &t[start..end],
+                start_pos: start,
+                block_table: &tables[s],
+                need_logits: false,
+            }])?;
+        }
+    }
+    let mut times = Vec::with_capacity(steps);
+    for step in 0..steps + 3 {
+        let pos = context - 1 + step;
+        let batch_chunks: Vec<SeqChunk<'_>> = tokens
+            .iter()
+            .zip(&tables)
+            .map(|(t, table)| SeqChunk {
+                tokens: &t[pos..pos + 1],
+                start_pos: pos,
+                block_table: table,
+                need_logits: true,
+            })
+            .collect();
+        let params = vec![Some(GREEDY); batch];
+        let t = Instant::now();
+        let picked = model
+            .forward_sampled(&batch_chunks, &params)
+            .ok_or("no device sampling")??;
+        let dt = t.elapsed().as_secs_f64() * 1e3;
+        if step >= 3 {
+            times.push(dt);
+        }
+        for (t, p) in tokens.iter_mut().zip(picked) {
+            match p {
+                pagedserve_shard::model::Picked::Token(id) => t.push(id),
+                pagedserve_shard::model::Picked::Logits(_) => return Err("logits".into()),
+            }
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Bytes read + written per second by a 2 GiB device-to-device copy (median of 20).
+fn copy_bandwidth() -> Result<f64, Box<dyn std::error::Error>> {
+    let ctx = CudaContext::new(0)?;
+    let stream = ctx.new_stream()?;
+    let n = 1usize << 31;
+    // Random data, never zeros (METHOD.md).
+    let kernels = pagedserve_kernels::Kernels::load(&ctx, None)?;
+    let mut src = stream.alloc_zeros::<half::bf16>(n / 2)?;
+    kernels.fill_random_bf16(&stream, &mut src.as_view_mut(), 7, 1.0)?;
+    let mut dst = stream.alloc_zeros::<half::bf16>(n / 2)?;
+    let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let (start, end) = (ctx.new_event(timing)?, ctx.new_event(timing)?);
+    let mut times = Vec::new();
+    for i in 0..23 {
+        start.record(&stream)?;
+        stream.memcpy_dtod(&src, &mut dst)?;
+        end.record(&stream)?;
+        end.synchronize()?;
+        if i >= 3 {
+            times.push(start.elapsed_ms(&end)? as f64);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(2.0 * n as f64 / (times[times.len() / 2] / 1e3))
+}
