@@ -43,6 +43,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..LoadOptions::default()
     };
     opts.gpu.dummy_shape = Some(shape_name.clone());
+    // For profilers: CUDA_BENCH_EAGER=1 runs steps without graphs, CUDA_BENCH_BATCHES=1,32
+    // and CUDA_BENCH_STEPS=N narrow the run.
+    opts.gpu.enforce_eager = std::env::var_os("CUDA_BENCH_EAGER").is_some();
+    let batches: Vec<usize> = std::env::var("CUDA_BENCH_BATCHES")
+        .unwrap_or_else(|_| "1,32,128,256".into())
+        .split(',')
+        .filter_map(|b| b.trim().parse().ok())
+        .collect();
+    let steps: usize = std::env::var("CUDA_BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
     opts.gpu.max_num_seqs = 256;
     opts.gpu.max_batch_tokens = 8192;
     let t = Instant::now();
@@ -68,8 +80,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "\n| batch | context | step ms (median) | tok/s | bytes/step GB | roofline tok/s | % roofline |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for batch in [1usize, 32, 128, 256] {
-        let ms = decode_step_ms(model.as_mut(), batch, context, 64)?;
+    for &batch in &batches {
+        let ms = decode_step_ms(model.as_mut(), batch, context, steps)?;
         let bytes = weight_bytes + batch as f64 * kv_bytes(context);
         let roof = bw / bytes * batch as f64;
         let tps = batch as f64 * 1e3 / ms;

@@ -5,6 +5,7 @@ mod attention_ref;
 mod common;
 mod decode;
 mod elementwise;
+mod gemv;
 mod prefill;
 mod rope;
 mod sample;

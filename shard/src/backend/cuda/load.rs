@@ -222,6 +222,7 @@ fn build(
         cos,
         sin,
         gather: Vec::new(),
+        gemv: std::env::var("PAGEDSERVE_CUDA_GEMV").map_or(true, |v| v != "0"),
     };
     capture_decode_graphs(&mut model)?;
     Ok(model)

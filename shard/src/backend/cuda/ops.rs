@@ -3,11 +3,14 @@
 //! the residual add) -> gate/up GEMM -> SiLU*mul -> down GEMM, then the final norm, the
 //! vocabulary projection and (optionally) sampling. Nothing here synchronizes.
 
+use std::sync::Arc;
+
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtrMut};
 use half::bf16;
+use pagedserve_kernels::{GEMV_MAX_ROWS, GemvOut, Kernels};
 
 use super::device::cuda_err;
-use super::gemm::OutType;
+use super::gemm::{Gemm, OutType};
 use super::model::{CudaLlama, StepShape};
 use crate::backend::BackendResult;
 use crate::model::DeviceSampling;
@@ -119,6 +122,11 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
     let tiles = meta.slice(lay.tiles()..lay.tiles() + 2 * shape.num_tiles);
     let (h, qkvw) = (d.hidden, d.qkv_width());
     let err = |what| cuda_err(what);
+    let lin = Linear {
+        gemm: &m.gemm,
+        kernels: &m.kernels,
+        gemv: m.gemv,
+    };
 
     k.embedding(
         s,
@@ -150,9 +158,7 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
             )
             .map_err(err("add_rms_norm"))?;
         }
-        let out = ptr(&mut b.qkv, s);
-        m.gemm
-            .matmul(s, &b.h, &l.qkv, out, OutType::Bf16, t, qkvw, h)?;
+        linear(lin, s, &mut b.qkv, &b.h, &l.qkv, t, qkvw, h)?;
         let cache = i * per_layer..(i + 1) * per_layer;
         {
             let mut kc = m.k_cache.slice_mut(cache.clone());
@@ -218,13 +224,12 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
             )
             .map_err(err("paged prefill attention"))?;
         }
-        let out = ptr(&mut b.delta, s);
-        m.gemm.matmul(
+        linear(
+            lin,
             s,
+            &mut b.delta,
             &b.attn,
             &l.o,
-            out,
-            OutType::Bf16,
             t,
             h,
             d.heads * d.head_dim,
@@ -238,9 +243,7 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
             d.eps,
         )
         .map_err(err("add_rms_norm"))?;
-        let out = ptr(&mut b.gate_up, s);
-        m.gemm
-            .matmul(s, &b.h, &l.gate_up, out, OutType::Bf16, t, 2 * d.ffn, h)?;
+        linear(lin, s, &mut b.gate_up, &b.h, &l.gate_up, t, 2 * d.ffn, h)?;
         k.silu_mul(
             s,
             &mut b.act.slice_mut(..t * d.ffn),
@@ -248,9 +251,7 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
             d.ffn,
         )
         .map_err(err("silu_mul"))?;
-        let out = ptr(&mut b.delta, s);
-        m.gemm
-            .matmul(s, &b.act, &l.down, out, OutType::Bf16, t, h, d.ffn)?;
+        linear(lin, s, &mut b.delta, &b.act, &l.down, t, h, d.ffn)?;
     }
     Ok(())
 }
@@ -288,9 +289,12 @@ pub fn final_norm_and_logits(m: &mut CudaLlama, shape: StepShape) -> BackendResu
         }
         &b.last
     };
-    let out = ptr(&mut b.logits, s);
-    m.gemm
-        .matmul(s, input, m.w.lm_head(), out, OutType::F32, n, d.vocab, h)?;
+    let lin = Linear {
+        gemm: &m.gemm,
+        kernels: &m.kernels,
+        gemv: m.gemv,
+    };
+    linear(lin, s, &mut b.logits, input, m.w.lm_head(), n, d.vocab, h)?;
     if shape.sample {
         let p = SamplingViews::new(&m.sampling, m.layout.s_max, n);
         m.kernels
@@ -307,6 +311,49 @@ pub fn final_norm_and_logits(m: &mut CudaLlama, shape: StepShape) -> BackendResu
             .map_err(cuda_err("sample"))?;
     }
     Ok(())
+}
+
+/// What a linear layer may run on.
+#[derive(Clone, Copy)]
+struct Linear<'a> {
+    gemm: &'a Gemm,
+    kernels: &'a Kernels,
+    /// Use our GEMV kernel for steps of at most `GEMV_MAX_ROWS` rows.
+    gemv: bool,
+}
+
+/// `y[rows, n] = x[rows, k] @ w[n, k]^T`: our GEMV kernel for decode-sized steps (cuBLAS
+/// reaches 60-85% of memory bandwidth on some of these skinny shapes), cuBLAS's GEMMs for the
+/// rest.
+#[allow(clippy::too_many_arguments)]
+fn linear<O: GemvOut>(
+    lin: Linear<'_>,
+    s: &Arc<CudaStream>,
+    y: &mut CudaSlice<O>,
+    x: &CudaSlice<bf16>,
+    w: &CudaSlice<bf16>,
+    rows: usize,
+    n: usize,
+    k: usize,
+) -> BackendResult<()> {
+    if lin.gemv && rows <= GEMV_MAX_ROWS && k.is_multiple_of(8) {
+        return lin
+            .kernels
+            .gemv(
+                s,
+                &mut y.slice_mut(..rows * n),
+                &x.slice(..rows * k),
+                &w.as_view(),
+                n,
+                k,
+            )
+            .map_err(cuda_err("gemv"));
+    }
+    let out = match O::NAME {
+        "f32" => OutType::F32,
+        _ => OutType::Bf16,
+    };
+    lin.gemm.matmul(s, x, w, ptr(y, s), out, rows, n, k)
 }
 
 fn ptr<T>(buf: &mut CudaSlice<T>, s: &CudaStream) -> u64 {
