@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 /// Max |logit - reference| (logits here are O(1..10)). The weights are the same bf16/f16/f32
 /// values on both sides and both compute in f32, so only summation order differs: measured
-/// below 1e-5; the bound leaves a wide margin while a wrong permutation, bias or window moves
+/// below 2e-5; the bound leaves a wide margin while a wrong permutation, bias or window moves
 /// logits by more than 0.1.
 const LOGIT_TOL: f32 = 2e-4;
 const BLOCK_SIZE: usize = 4;
@@ -117,7 +117,7 @@ fn check_family(family: &str, dtype: &str, eos: &[u32]) {
     assert_eq!(info.eos_token_ids, eos, "{family} eos ids");
     assert_eq!(
         (info.num_layers, info.num_kv_heads, info.head_dim),
-        (2, 2, 16)
+        (2, 1, 64)
     );
     let mut worst = 0f32;
     for (n, case) in want.cases.iter().enumerate() {
