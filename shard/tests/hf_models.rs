@@ -44,11 +44,11 @@ fn dir(family: &str) -> PathBuf {
     root.join(family)
 }
 
-fn load_on(family: &str, device: &str) -> Result<Box<dyn CausalLm>, ModelError> {
+fn load_on(family: &str, device: &str, block_size: usize) -> Result<Box<dyn CausalLm>, ModelError> {
     let opts = LoadOptions {
         model_path: dir(family),
         served_model_name: None,
-        block_size: BLOCK_SIZE,
+        block_size,
         num_kv_blocks: Some(NUM_BLOCKS),
         kv_cache_bytes: 0,
         device: device.into(),
@@ -58,7 +58,7 @@ fn load_on(family: &str, device: &str) -> Result<Box<dyn CausalLm>, ModelError> 
 }
 
 fn load(family: &str) -> Box<dyn CausalLm> {
-    load_on(family, "cpu").unwrap_or_else(|e| panic!("load {family}: {e}"))
+    load_on(family, "cpu", BLOCK_SIZE).unwrap_or_else(|e| panic!("load {family}: {e}"))
 }
 
 fn expected(family: &str) -> Expected {
@@ -164,7 +164,8 @@ fn qwen2_bias_f16_matches_transformers() {
 #[ignore = "needs a CUDA GPU; run with --ignored on the device machine"]
 fn cuda_model_on_hf_sources_against_transformers() {
     for family in ["llama", "mistral", "qwen2"] {
-        let mut model = match load_on(family, "cuda:0") {
+        // The CUDA kernels take blocks of 8..=64 tokens.
+        let mut model = match load_on(family, "cuda:0", 8) {
             Ok(m) => m,
             Err(e) => {
                 println!("{family}: not loaded on cuda:0: {e}");
