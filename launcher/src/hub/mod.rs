@@ -18,7 +18,9 @@ pub use cache::{RepoCache, missing_files};
 pub use error::{HubError, HubResult};
 pub use settings::HubSettings;
 
-/// `architectures[0]` values the shards serve (HF checkpoints).
+/// `architectures[0]` values the shards serve (HF checkpoints); the same list as
+/// `pagedserve_shard::model::hf::SUPPORTED_ARCHITECTURES` (the launcher does not link the
+/// shard crate).
 pub const SUPPORTED_ARCHITECTURES: &[&str] =
     &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
 
