@@ -39,8 +39,11 @@ fn repo_root() -> PathBuf {
 }
 
 /// A model directory: the fixture's tokenizer.json and the real tokenizer_config.json.
-fn model_dir(model: &str, fixture: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pagedserve-tpl-{}-{fixture}", std::process::id()));
+fn model_dir(model: &str, fixture: &str, test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "pagedserve-tpl-{}-{fixture}-{test}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let tokenizer = repo_root().join(format!("shard/tests/data/hf/{fixture}/tokenizer.json"));
@@ -61,7 +64,7 @@ fn real_templates_render_like_transformers() {
     for (model, fixture) in MODELS {
         let cases = all.get(*model).expect("cases for every model");
         assert!(cases.len() >= 6, "{model}");
-        let dir = model_dir(model, fixture);
+        let dir = model_dir(model, fixture, "render");
         let tok = ModelTokenizer::from_hf_dir(&dir).expect("load the model directory");
         for case in cases {
             let messages: Vec<ChatMessage> = case
@@ -82,4 +85,59 @@ fn real_templates_render_like_transformers() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     assert!(raised >= 2, "the error cases ran");
+}
+
+/// The special tokens of tokenizer_config.json and the added tokens of tokenizer.json: BOS
+/// and EOS resolve to ids, and a rendered prompt encodes each control token as one id.
+#[test]
+fn special_and_added_tokens_encode_as_single_ids() {
+    let cases: &[(&str, &str, Option<&str>, &str, &[&str])] = &[
+        (
+            "Mistral-7B-Instruct-v0.2",
+            "mistral",
+            Some("<s>"),
+            "</s>",
+            &["<s>"],
+        ),
+        (
+            "Meta-Llama-3-8B-Instruct",
+            "llama",
+            Some("<|begin_of_text|>"),
+            "<|eot_id|>",
+            &[
+                "<|begin_of_text|>",
+                "<|start_header_id|>",
+                "<|end_header_id|>",
+                "<|eot_id|>",
+            ],
+        ),
+        (
+            "Qwen2-7B-Instruct",
+            "qwen2",
+            None,
+            "<|im_end|>",
+            &["<|im_start|>", "<|im_end|>"],
+        ),
+    ];
+    for (model, fixture, bos, eos, controls) in cases {
+        let dir = model_dir(model, fixture, "special");
+        let tok = ModelTokenizer::from_hf_dir(&dir).expect("load");
+        assert_eq!(tok.bos_token(), *bos, "{model}");
+        assert_eq!(tok.eos_token(), Some(*eos), "{model}");
+        let eos_id = tok.token_to_id(eos).expect("eos id");
+        assert!(tok.eos_token_ids().contains(&eos_id), "{model}");
+        let chat = [ChatMessage::new("user", "Hello world")];
+        let text = tok.apply_chat_template(&chat, true).expect("renders");
+        let ids = tok.encode(&text, false).expect("encodes");
+        for control in *controls {
+            let id = tok
+                .token_to_id(control)
+                .expect("control token in the vocabulary");
+            assert!(
+                ids.contains(&id),
+                "{model}: {control} not one id in {ids:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
