@@ -87,11 +87,20 @@ fn real_templates_render_like_transformers() {
     assert!(raised >= 2, "the error cases ran");
 }
 
+/// Model, fixture, BOS, EOS, control tokens of its template.
+type SpecialCase = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    &'static [&'static str],
+);
+
 /// The special tokens of tokenizer_config.json and the added tokens of tokenizer.json: BOS
 /// and EOS resolve to ids, and a rendered prompt encodes each control token as one id.
 #[test]
 fn special_and_added_tokens_encode_as_single_ids() {
-    let cases: &[(&str, &str, Option<&str>, &str, &[&str])] = &[
+    let cases: &[SpecialCase] = &[
         (
             "Mistral-7B-Instruct-v0.2",
             "mistral",
