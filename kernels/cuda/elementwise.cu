@@ -19,36 +19,48 @@ extern "C" __global__ void __launch_bounds__(ROW_THREADS)
     }
 }
 
-__device__ __forceinline__ void norm_store(bf16* __restrict__ out, const float* __restrict__ x,
-                                           const float* __restrict__ w, u32 hidden, float ss,
-                                           float eps) {
+// The norms run one block of NORM_THREADS per row and keep the row in registers between the
+// sum of squares and the scaling, so a decode step's single row costs one pass of loads and one
+// barrier instead of a latency-bound loop on a few warps. hidden <= 2 * NORM_THREADS *
+// NORM_ITERS (16,384; checked by the wrapper).
+#define NORM_THREADS 1024
+#define NORM_ITERS 8
+
+__device__ __forceinline__ void norm_scale_store(bf16* __restrict__ out, const float2* v,
+                                                 const float* __restrict__ w, u32 hidden,
+                                                 float ss, float eps) {
     const float r = rsqrtf(ss / (float)hidden + eps);
-    for (u32 i = threadIdx.x * 2; i < hidden; i += ROW_THREADS * 2) {
-        const float2 v = *(const float2*)(x + i);
-        const float2 g = *(const float2*)(w + i);
-        *(bf162*)(out + i) = __floats2bfloat162_rn(v.x * r * g.x, v.y * r * g.y);
+#pragma unroll
+    for (int it = 0; it < NORM_ITERS; it++) {
+        const u32 i = (it * NORM_THREADS + threadIdx.x) * 2;
+        if (i < hidden) {
+            const float2 g = *(const float2*)(w + i);
+            *(bf162*)(out + i) = __floats2bfloat162_rn(v[it].x * r * g.x, v[it].y * r * g.y);
+        }
     }
 }
 
 // out bf16 = x * rsqrt(mean(x^2) + eps) * w, one block per row.
-extern "C" __global__ void __launch_bounds__(ROW_THREADS)
+extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     rms_norm_kernel(bf16* __restrict__ out, const float* __restrict__ x,
                     const float* __restrict__ w, u32 hidden, float eps) {
     __shared__ float scratch[32];
     const u64 t = blockIdx.x;
     const float* xr = x + t * hidden;
+    float2 v[NORM_ITERS];
     float ss = 0.f;
-    for (u32 i = threadIdx.x * 2; i < hidden; i += ROW_THREADS * 2) {
-        const float2 v = *(const float2*)(xr + i);
-        ss += v.x * v.x + v.y * v.y;
+#pragma unroll
+    for (int it = 0; it < NORM_ITERS; it++) {
+        const u32 i = (it * NORM_THREADS + threadIdx.x) * 2;
+        v[it] = i < hidden ? *(const float2*)(xr + i) : make_float2(0.f, 0.f);
+        ss += v[it].x * v[it].x + v[it].y * v[it].y;
     }
-    ss = block_sum<ROW_THREADS>(ss, scratch);
-    norm_store(out + t * hidden, xr, w, hidden, ss, eps);
+    ss = block_sum<NORM_THREADS>(ss, scratch);
+    norm_scale_store(out + t * hidden, v, w, hidden, ss, eps);
 }
 
-// x += delta (the residual add), then out = rms_norm(x) * w. Each thread re-reads only the
-// elements it wrote itself, so no barrier is needed between the two passes.
-extern "C" __global__ void __launch_bounds__(ROW_THREADS)
+// x += delta (the residual add), then out = rms_norm(x) * w.
+extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     add_rms_norm_kernel(float* __restrict__ x, const bf16* __restrict__ delta,
                         bf16* __restrict__ out, const float* __restrict__ w, u32 hidden,
                         float eps) {
@@ -56,17 +68,24 @@ extern "C" __global__ void __launch_bounds__(ROW_THREADS)
     const u64 t = blockIdx.x;
     float* xr = x + t * hidden;
     const bf16* dr = delta + t * hidden;
+    float2 v[NORM_ITERS];
     float ss = 0.f;
-    for (u32 i = threadIdx.x * 2; i < hidden; i += ROW_THREADS * 2) {
-        float2 v = *(const float2*)(xr + i);
-        const float2 d = __bfloat1622float2(*(const bf162*)(dr + i));
-        v.x += d.x;
-        v.y += d.y;
-        *(float2*)(xr + i) = v;
-        ss += v.x * v.x + v.y * v.y;
+#pragma unroll
+    for (int it = 0; it < NORM_ITERS; it++) {
+        const u32 i = (it * NORM_THREADS + threadIdx.x) * 2;
+        v[it] = make_float2(0.f, 0.f);
+        if (i < hidden) {
+            float2 a = *(const float2*)(xr + i);
+            const float2 d = __bfloat1622float2(*(const bf162*)(dr + i));
+            a.x += d.x;
+            a.y += d.y;
+            *(float2*)(xr + i) = a;
+            v[it] = a;
+        }
+        ss += v[it].x * v[it].x + v[it].y * v[it].y;
     }
-    ss = block_sum<ROW_THREADS>(ss, scratch);
-    norm_store(out + t * hidden, xr, w, hidden, ss, eps);
+    ss = block_sum<NORM_THREADS>(ss, scratch);
+    norm_scale_store(out + t * hidden, v, w, hidden, ss, eps);
 }
 
 __device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }

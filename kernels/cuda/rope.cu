@@ -1,7 +1,9 @@
 // RoPE on every q and k head of the fused qkv rows, fused with the KV-cache write of k and v.
 #include "common.cuh"
 
-#define ROPE_THREADS 128
+// One block per (row, head): grid (T, H + KVH), ROPE_THREADS threads over the head's D/2 pairs,
+// so a decode step's single row spreads over H + KVH blocks instead of looping in one.
+#define ROPE_THREADS 64
 
 // qkv bf16 [T, stride]: q heads, k heads, v heads. Interleaved pairs (2i, 2i+1), i < rope_dim/2.
 // Cache layout [num_blocks, KVH, block_size, D]; a slot >= num_slots (u32::MAX: padding) is not
@@ -13,14 +15,15 @@ extern "C" __global__ void __launch_bounds__(ROPE_THREADS)
                          u32 H, u32 KVH, u32 D, u32 rope_dim, u32 block_size, u32 max_pos,
                          u64 num_slots, u32 stride) {
     const u64 t = blockIdx.x;
+    const u32 head = blockIdx.y;
     const u32 p = min(pos[t], max_pos - 1);
     const u32 slot = slots[t];
-    const bool write = (u64)slot < num_slots;
+    const bool write = (u64)slot < num_slots && head >= H;
     const u64 blk = slot / block_size, off = slot % block_size;
     bf16* row = qkv + t * stride;
     const u32 half = D / 2, rhalf = rope_dim / 2;
-    for (u32 i = threadIdx.x; i < (H + KVH) * half; i += ROPE_THREADS) {
-        const u32 head = i / half, j = i - head * half;
+    const u64 cache_at = ((blk * KVH + (head - H)) * block_size + off) * D;
+    for (u32 j = threadIdx.x; j < half; j += ROPE_THREADS) {
         bf162* ptr = (bf162*)(row + head * D + 2 * j);
         bf162 r = *ptr;
         if (j < rhalf) {
@@ -29,14 +32,10 @@ extern "C" __global__ void __launch_bounds__(ROPE_THREADS)
             r = __floats2bfloat162_rn(v.x * c - v.y * s, v.x * s + v.y * c);
             *ptr = r;
         }
-        if (head >= H && write)
-            *(bf162*)(kc + ((blk * KVH + (head - H)) * block_size + off) * D + 2 * j) = r;
-    }
-    if (!write) return;
-    const bf16* vrow = row + (H + KVH) * D;
-    for (u32 i = threadIdx.x; i < KVH * half; i += ROPE_THREADS) {
-        const u32 kh = i / half, j = i - kh * half;
-        *(bf162*)(vc + ((blk * KVH + kh) * block_size + off) * D + 2 * j) =
-            *(const bf162*)(vrow + kh * D + 2 * j);
+        if (write) {
+            *(bf162*)(kc + cache_at + 2 * j) = r;
+            // The k head's block also stores the matching v head.
+            *(bf162*)(vc + cache_at + 2 * j) = *(const bf162*)(row + (head + KVH) * D + 2 * j);
+        }
     }
 }

@@ -10,6 +10,21 @@ use crate::{KernelError, Kernels, grid_for};
 
 /// Threads per row of the row kernels (ROW_THREADS in elementwise.cu).
 const ROW_THREADS: u32 = 256;
+/// Threads per row of the norms, and the widest row they keep in registers (NORM_THREADS,
+/// NORM_ITERS in elementwise.cu).
+const NORM_THREADS: u32 = 1024;
+const NORM_MAX_HIDDEN: usize = 2 * 1024 * 8;
+
+fn norm_config(rows: usize, hidden: usize) -> Result<LaunchConfig, KernelError> {
+    ensure("rms_norm", hidden <= NORM_MAX_HIDDEN, || {
+        format!("hidden {hidden} > {NORM_MAX_HIDDEN}")
+    })?;
+    Ok(LaunchConfig {
+        grid_dim: (to_u32("rows", "rows", rows)?, 1, 1),
+        block_dim: (NORM_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
 
 fn rows_config(rows: usize) -> Result<LaunchConfig, KernelError> {
     Ok(LaunchConfig {
@@ -87,7 +102,7 @@ impl Kernels {
         let mut b = stream.launch_builder(self.func("rms_norm_kernel")?);
         b.arg(&o).arg(&xp).arg(&wp).arg(&hid).arg(&eps);
         // SAFETY: sizes checked above.
-        unsafe { b.launch(rows_config(t)?) }?;
+        unsafe { b.launch(norm_config(t, hidden)?) }?;
         Ok(())
     }
 
@@ -117,7 +132,7 @@ impl Kernels {
         let mut b = stream.launch_builder(self.func("add_rms_norm_kernel")?);
         b.arg(&xp).arg(&dp).arg(&o).arg(&wp).arg(&hid).arg(&eps);
         // SAFETY: sizes checked above.
-        unsafe { b.launch(rows_config(t)?) }?;
+        unsafe { b.launch(norm_config(t, hidden)?) }?;
         Ok(())
     }
 

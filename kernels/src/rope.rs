@@ -98,8 +98,8 @@ impl Kernels {
             .arg(&num_slots)
             .arg(&st);
         let cfg = LaunchConfig {
-            grid_dim: (to_u32(K, "rows", t)?, 1, 1),
-            block_dim: (128, 1, 1),
+            grid_dim: (to_u32(K, "rows", t)?, h + kvh, 1),
+            block_dim: (64, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: sizes checked above; the kernel bounds slots by num_slots and positions by
