@@ -11,6 +11,7 @@
 //! `KernelError::NoCuda` where they are missing instead of letting cudarc panic.
 
 mod attention;
+mod bias;
 mod device;
 mod error;
 mod gemv;

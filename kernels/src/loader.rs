@@ -13,7 +13,7 @@ use crate::KernelError;
 
 /// The sources, in the order they are concatenated (common helpers first).
 const COMMON: &str = include_str!("../cuda/common.cuh");
-const SOURCES: [(&str, &str); 6] = [
+const SOURCES: [(&str, &str); 7] = [
     ("elementwise.cu", include_str!("../cuda/elementwise.cu")),
     ("rope.cu", include_str!("../cuda/rope.cu")),
     (
@@ -26,6 +26,7 @@ const SOURCES: [(&str, &str); 6] = [
     ),
     ("sample.cu", include_str!("../cuda/sample.cu")),
     ("gemv.cu", include_str!("../cuda/gemv.cu")),
+    ("bias.cu", include_str!("../cuda/bias.cu")),
 ];
 
 /// Where NVRTC finds `cuda_bf16.h` (the CUDA toolkit's include folder); `CUDA_HOME` or
@@ -138,6 +139,7 @@ pub(crate) fn kernel_names() -> Vec<String> {
         "fill_random_bf16_kernel",
         "fill_random_f32_kernel",
         "rope_kv_write_kernel",
+        "add_bias_kernel",
         "paged_decode_reduce",
         "paged_prefill_d64",
         "paged_prefill_d128",

@@ -157,9 +157,13 @@ fn qwen2_bias_f16_matches_transformers() {
     check_family("qwen2", "f16", &[2, 0]);
 }
 
-/// The CUDA model on the same HF sources (run on a GPU machine with `--ignored`): reports,
-/// per family, greedy tokens matching transformers and the largest logit difference (bf16
-/// weights and activations on the GPU, so differences of ~0.1 are expected).
+/// The CUDA model on the same HF sources (run on a GPU machine with `--ignored`): per family,
+/// greedy tokens matching transformers and the largest logit difference (bf16 weights and
+/// activations on the GPU: measured 0.10-0.17; asserted <= `CUDA_LOGIT_TOL`). Mistral's window
+/// (8 tokens here) caps the CUDA model's context instead of running windowed kernels, so its
+/// longer prompts are refused; that cap is what is checked for it.
+const CUDA_LOGIT_TOL: f32 = 0.5;
+
 #[test]
 #[ignore = "needs a CUDA GPU; run with --ignored on the device machine"]
 fn cuda_model_on_hf_sources_against_transformers() {
@@ -173,6 +177,11 @@ fn cuda_model_on_hf_sources_against_transformers() {
             }
         };
         let want = expected(family);
+        if family == "mistral" {
+            assert_eq!(model.info().max_context, 8, "context capped at the window");
+            println!("mistral: context capped at its 8-token window on CUDA");
+            continue;
+        }
         for (n, case) in want.cases.iter().enumerate() {
             let got = run(model.as_mut(), case, want.new_tokens, n);
             let tokens: Vec<u32> = got.iter().map(|row| argmax(row)).collect();
@@ -191,6 +200,11 @@ fn cuda_model_on_hf_sources_against_transformers() {
                 "{family} case {n}: {same}/{} greedy tokens as transformers, max |logit diff| \
                  before divergence {worst:.4}",
                 tokens.len()
+            );
+            assert!(same >= 1, "{family} case {n}: first greedy token differs");
+            assert!(
+                worst <= CUDA_LOGIT_TOL,
+                "{family} case {n}: logits off by {worst}"
             );
         }
     }

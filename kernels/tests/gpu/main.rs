@@ -2,6 +2,7 @@
 //! is found (CI), each test prints `skipped: no CUDA driver (...)` and passes.
 
 mod attention_ref;
+mod bias;
 mod common;
 mod decode;
 mod elementwise;

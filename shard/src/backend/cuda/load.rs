@@ -62,7 +62,20 @@ pub fn load_cuda(
             (spec.config, info, w, None)
         }
         (None, Some(src)) => {
-            let cfg = src.config()?;
+            let mut cfg = src.config()?;
+            // The attention kernels have no window: with sequences capped at the window's
+            // length, full causal attention is exactly sliding-window attention (what vLLM
+            // did before it had windowed kernels).
+            if let Some(w) = src.sliding_window()
+                && w < cfg.max_context
+            {
+                tracing::warn!(
+                    window = w,
+                    max_context = cfg.max_context,
+                    "sliding-window attention: sequences capped at the window's length on CUDA"
+                );
+                cfg.max_context = w;
+            }
             let vocab = match src.tensor_dims("token_embd.weight").as_deref() {
                 Some([v, h]) if *h == cfg.hidden => *v,
                 other => {

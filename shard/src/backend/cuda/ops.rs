@@ -159,6 +159,10 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
             .map_err(err("add_rms_norm"))?;
         }
         linear(lin, s, &mut b.qkv, &b.h, &l.qkv, t, qkvw, h)?;
+        if let Some(bias) = &l.qkv_bias {
+            k.add_bias(s, &mut b.qkv.slice_mut(..t * qkvw), &bias.as_view())
+                .map_err(err("qkv bias"))?;
+        }
         let cache = i * per_layer..(i + 1) * per_layer;
         {
             let mut kc = m.k_cache.slice_mut(cache.clone());
@@ -234,6 +238,10 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
             h,
             d.heads * d.head_dim,
         )?;
+        if let Some(bias) = &l.o_bias {
+            k.add_bias(s, &mut b.delta.slice_mut(..t * h), &bias.as_view())
+                .map_err(err("o_proj bias"))?;
+        }
         k.add_rms_norm(
             s,
             &mut b.x.slice_mut(..t * h),

@@ -24,6 +24,10 @@ pub struct LayerWeights {
     pub gate_up: CudaSlice<bf16>,
     /// `[hidden, ffn]`.
     pub down: CudaSlice<bf16>,
+    /// Projection biases (Qwen2's q/k/v, Llama's `attention_bias`): q, k and v concatenated
+    /// like `qkv`'s rows (a missing part is zeros), and o_proj's.
+    pub qkv_bias: Option<CudaSlice<f32>>,
+    pub o_bias: Option<CudaSlice<f32>>,
 }
 
 pub struct Weights {
@@ -58,6 +62,15 @@ impl Weights {
                     ffn_norm: up.f32(&n("ffn_norm"))?,
                     gate_up: up.bf16_concat(&[&n("ffn_gate"), &n("ffn_up")])?,
                     down: up.bf16_concat(&[&n("ffn_down")])?,
+                    qkv_bias: up.biases(
+                        i,
+                        &[
+                            ("attn_q", cfg.num_heads * cfg.head_dim),
+                            ("attn_k", cfg.num_kv_heads * cfg.head_dim),
+                            ("attn_v", cfg.num_kv_heads * cfg.head_dim),
+                        ],
+                    )?,
+                    o_bias: up.biases(i, &[("attn_output", cfg.hidden)])?,
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
@@ -105,6 +118,8 @@ impl Weights {
                 ffn_norm: ones(stream, h)?,
                 gate_up: rand(2 * cfg.ffn, h, fan_in(h))?,
                 down: rand(h, cfg.ffn, fan_in(cfg.ffn))?,
+                qkv_bias: None,
+                o_bias: None,
             });
         }
         let embed = rand(vocab, h, 1.0)?;
@@ -175,6 +190,43 @@ impl Uploader<'_> {
             .stream
             .clone_htod(&v)
             .map_err(cuda_err("upload weight"))?)
+    }
+
+    /// Layer `layer`'s biases `blk.{layer}.{name}.bias` of the given lengths, concatenated,
+    /// when any exists (missing ones are zeros); `None` when none does.
+    fn biases(
+        &mut self,
+        layer: usize,
+        parts: &[(&str, usize)],
+    ) -> Result<Option<CudaSlice<f32>>, ModelError> {
+        let names: Vec<String> = parts
+            .iter()
+            .map(|(p, _)| format!("blk.{layer}.{p}.bias"))
+            .collect();
+        if !names.iter().any(|n| self.src.has_tensor(n)) {
+            return Ok(None);
+        }
+        let mut all = Vec::new();
+        for (name, &(_, len)) in names.iter().zip(parts) {
+            match self.src.has_tensor(name) {
+                true => {
+                    let v = self.host_f32(name)?;
+                    if v.len() != len {
+                        return Err(ModelError::Format(format!(
+                            "{name} has {} values, expected {len}",
+                            v.len()
+                        )));
+                    }
+                    all.extend(v);
+                }
+                false => all.extend(std::iter::repeat_n(0.0, len)),
+            }
+        }
+        Ok(Some(
+            self.stream
+                .clone_htod(&all)
+                .map_err(cuda_err("upload bias"))?,
+        ))
     }
 
     /// The named `[out_i, in]` matrices stacked by rows, as one bf16 matrix.
