@@ -231,33 +231,63 @@ DECODE_INST(128, 6)
 DECODE_INST(128, 7)
 DECODE_INST(128, 8)
 
-// Experiment: twice the loads in flight per thread (more registers, fewer CTAs per SM).
+// Experiments (attn_bench compares them; the tests check them): 512-token partitions (half the
+// partials to write and combine), and a register cap for 5 CTAs per SM.
 extern "C" __global__ void __launch_bounds__(DEC_THREADS)
-    paged_decode_d128_g4_p256_wide(DecodeArgs a) {
-    decode_impl<128, 4, 256, 8, 16>(a);
+    paged_decode_d128_g4_p512(DecodeArgs a) {
+    decode_impl<128, 4, 512>(a);
+}
+extern "C" __global__ void __launch_bounds__(DEC_THREADS, 5)
+    paged_decode_d128_g4_p256_lb5(DecodeArgs a) {
+    decode_impl<128, 4, 256>(a);
+}
+extern "C" __global__ void __launch_bounds__(DEC_THREADS, 5)
+    paged_decode_d128_g4_p512_lb5(DecodeArgs a) {
+    decode_impl<128, 4, 512>(a);
 }
 
-// Combines the partitions of sequences longer than one partition. Grid (S, H), D threads.
-extern "C" __global__ void paged_decode_reduce(DecodeArgs a, u32 D, u32 max_parts) {
-    const u32 s = blockIdx.x, h = blockIdx.y;
+// Combines the partitions of sequences longer than one partition. Grid (S, H), RED_THREADS
+// threads: the partition weights exp2(max_p - M) go to shared memory once, then D-wide groups of
+// threads sum disjoint partitions (loads independent, unrolled) and combine through shared memory.
+#define RED_THREADS 256
+#define RED_MAX_PARTS 2048
+
+extern "C" __global__ void __launch_bounds__(RED_THREADS)
+    paged_decode_reduce(DecodeArgs a, u32 D, u32 max_parts) {
+    __shared__ float w[RED_MAX_PARTS];
+    __shared__ float part_acc[RED_THREADS];
+    __shared__ float scratch[32];
+    const u32 s = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
     const int ctx = decode_ctx_len(a, s);
     if (ctx <= (int)a.part) return;
     const int qrow = a.q_rows[s];
     if (qrow < 0 || (u32)qrow >= a.out_rows) return;
-    const u32 nparts = ((u32)ctx + a.part - 1) / a.part;
+    const u32 nparts = min(((u32)ctx + a.part - 1) / a.part, (u32)RED_MAX_PARTS);
     const u64 n_acc = (u64)gridDim.x * a.H * max_parts;
     const u64 base = ((u64)s * a.H + h) * max_parts;
     const float* wmax = a.ws + n_acc * D + base;
     const float* wsum = wmax + n_acc;
     float m = NEG_INF;
-    for (u32 p = 0; p < nparts; ++p) m = fmaxf(m, wmax[p]);
-    for (u32 d = threadIdx.x; d < D; d += blockDim.x) {
-        float num = 0.f, den = 0.f;
-        for (u32 p = 0; p < nparts; ++p) {
-            const float w = exp2f(wmax[p] - m);
-            num = fmaf(w, a.ws[(base + p) * D + d], num);
-            den = fmaf(w, wsum[p], den);
-        }
+    for (u32 p = tid; p < nparts; p += RED_THREADS) m = fmaxf(m, wmax[p]);
+    m = block_max<RED_THREADS>(m, scratch);
+    float den = 0.f;
+    for (u32 p = tid; p < nparts; p += RED_THREADS) {
+        const float e = exp2f(wmax[p] - m);
+        w[p] = e;
+        den += e * wsum[p];
+    }
+    den = block_sum<RED_THREADS>(den, scratch);  // its barriers also publish w[]
+    const u32 groups = RED_THREADS / D, grp = tid / D, d = tid % D;
+    float num = 0.f;
+    if (grp < groups) {
+        const float* acc = a.ws + base * D + d;
+#pragma unroll 8
+        for (u32 p = grp; p < nparts; p += groups) num = fmaf(w[p], acc[(u64)p * D], num);
+    }
+    part_acc[tid] = num;
+    __syncthreads();
+    if (grp == 0) {
+        for (u32 g = 1; g < groups; ++g) num += part_acc[g * D + d];
         a.out[(u64)qrow * a.H * D + h * D + d] = __float2bfloat16(num / den);
     }
 }

@@ -214,11 +214,13 @@ fn main() -> Res<()> {
             rows.push(decode_case(&b, &kv, pool, ctx_len, batch)?);
         }
     }
-    // Experiment: the wide-unroll variant at the large cases (Llama heads use the g4 kernel).
-    let mut wide = Vec::new();
-    b.k.set_decode_override(Some("paged_decode_d128_g4_p256_wide"));
-    for (ctx_len, batch) in [(4096, 32), (4096, 128), (16384, 128)] {
-        wide.push(decode_case(&b, &kv, pool, ctx_len, batch)?);
+    // Experimental variants (Llama heads use the g4 kernels) at the large cases.
+    let mut variants = Vec::new();
+    for (name, part) in Kernels::DECODE_VARIANTS {
+        b.k.set_decode_override(Some((name, part)));
+        for (ctx_len, batch) in [(1024, 128), (4096, 32), (4096, 128), (16384, 128)] {
+            variants.push((name, part, decode_case(&b, &kv, pool, ctx_len, batch)?));
+        }
     }
     b.k.set_decode_override(None);
     let prefill: Vec<(usize, (f64, f64))> = [2048, 8192]
@@ -239,11 +241,11 @@ fn main() -> Res<()> {
             r.ctx, r.batch, r.us, r.gbs
         );
     }
-    for r in &wide {
+    for (name, part, r) in &variants {
         let pct = 100.0 * r.gbs / copy;
         println!(
-            "{:>7} {:>6} {:>5} {:>10.1} {:>9.0} {pct:>6.1}% (wide unroll)",
-            r.ctx, r.batch, 256, r.us, r.gbs
+            "{:>7} {:>6} {part:>5} {:>10.1} {:>9.0} {pct:>6.1}% {name}",
+            r.ctx, r.batch, r.us, r.gbs
         );
     }
     println!("prefill attention, causal, one sequence (flops = 4*H*D*n(n+1)/2):");

@@ -16,6 +16,8 @@ pub const DECODE_PARTITION: usize = 256;
 pub const DECODE_PARTITION_SMALL: usize = 64;
 /// Query rows per prefill tile (PF_TILE in prefill_attention.cu).
 pub const PREFILL_TILE: usize = 64;
+/// Most partitions one decode sequence may have (RED_MAX_PARTS in decode_attention.cu).
+pub const DECODE_MAX_PARTITIONS: usize = 2048;
 /// Largest KV block size (a decode partition must span whole blocks).
 pub const MAX_BLOCK_SIZE: usize = 64;
 /// Head dims with a compiled kernel.
@@ -176,9 +178,19 @@ fn check_qkv(
 }
 
 impl Kernels {
-    fn decode_kernel(&self, head_dim: usize, group: usize, part: usize) -> String {
+    /// The decode kernel and its partition size for this launch.
+    fn decode_kernel(
+        &self,
+        head_dim: usize,
+        group: usize,
+        num_seqs: usize,
+        max_ctx: usize,
+    ) -> (String, usize) {
         let o = self.decode_override.lock().ok().and_then(|o| o.clone());
-        o.unwrap_or_else(|| decode_kernel_name(head_dim, group, part))
+        o.unwrap_or_else(|| {
+            let part = decode_partition(num_seqs, max_ctx);
+            (decode_kernel_name(head_dim, group, part), part)
+        })
     }
 
     /// Paged decode attention for `S = q_rows.len()` sequences, one query row each: sequence s
@@ -241,8 +253,13 @@ impl Kernels {
         if s == 0 {
             return Ok(());
         }
-        let part = decode_partition(s, max_ctx);
+        let (kernel, part) = self.decode_kernel(head_dim, group, s, max_ctx);
         let parts = max_ctx.div_ceil(part);
+        ensure(K, parts <= DECODE_MAX_PARTITIONS, || {
+            format!(
+                "max_ctx {max_ctx} needs {parts} partitions of {part}, at most {DECODE_MAX_PARTITIONS}"
+            )
+        })?;
         let out_rows = (out.len() / (num_heads * head_dim)).min(q_rows_avail);
         let (o, _g0) = out.device_ptr_mut(stream);
         let (q, _g1) = qkv.device_ptr(stream);
@@ -274,7 +291,7 @@ impl Kernels {
             scale_log2: scale * std::f32::consts::LOG2_E,
         };
         let grid_s = to_u32(K, "num_seqs", s)?;
-        let mut b = stream.launch_builder(self.func(&self.decode_kernel(head_dim, group, part))?);
+        let mut b = stream.launch_builder(self.func(&kernel)?);
         b.arg(&args);
         let cfg = LaunchConfig {
             grid_dim: (grid_s, num_kv_heads as u32, to_u32(K, "partitions", parts)?),
@@ -290,7 +307,7 @@ impl Kernels {
             r.arg(&args).arg(&d).arg(&p);
             let cfg = LaunchConfig {
                 grid_dim: (grid_s, num_heads as u32, 1),
-                block_dim: (d, 1, 1),
+                block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: same arguments as the main kernel, whose workspace layout it reads.

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaFunction, LaunchConfig};
 
 pub use attention::{
-    DECODE_PARTITION, DECODE_PARTITION_SMALL, MAX_GQA_GROUP, PREFILL_TILE, SUPPORTED_HEAD_DIMS,
-    decode_partition, decode_workspace_len, prefill_tiles,
+    DECODE_MAX_PARTITIONS, DECODE_PARTITION, DECODE_PARTITION_SMALL, MAX_GQA_GROUP, PREFILL_TILE,
+    SUPPORTED_HEAD_DIMS, decode_partition, decode_workspace_len, prefill_tiles,
 };
 pub use device::{driver_present, nvrtc_present, open_device};
 pub use error::KernelError;
@@ -39,7 +39,7 @@ pub struct Kernels {
     ctx: Arc<CudaContext>,
     loaded: loader::Loaded,
     /// Decode kernel to use instead of the default choice (bench experiments only).
-    decode_override: std::sync::Mutex<Option<String>>,
+    decode_override: std::sync::Mutex<Option<(String, usize)>>,
 }
 
 impl Kernels {
@@ -62,14 +62,23 @@ impl Kernels {
         &self.ctx
     }
 
-    /// Makes paged_decode_attention launch kernel `name` (same arguments) instead of its own
-    /// choice; for the bench's variant comparisons.
+    /// Makes paged_decode_attention launch kernel `name` with partitions of `part` tokens
+    /// instead of its own choice; for variant comparisons in the bench and tests only (the
+    /// workspace must hold the partitions of the smallest `part` used).
     #[doc(hidden)]
-    pub fn set_decode_override(&self, name: Option<&str>) {
+    pub fn set_decode_override(&self, choice: Option<(&str, usize)>) {
         if let Ok(mut o) = self.decode_override.lock() {
-            *o = name.map(str::to_string);
+            *o = choice.map(|(n, p)| (n.to_string(), p));
         }
     }
+
+    /// Names and partition sizes of the experimental decode variants (D=128, G=4).
+    #[doc(hidden)]
+    pub const DECODE_VARIANTS: [(&'static str, usize); 3] = [
+        ("paged_decode_d128_g4_p512", 512),
+        ("paged_decode_d128_g4_p256_lb5", 256),
+        ("paged_decode_d128_g4_p512_lb5", 512),
+    ];
 
     fn func(&self, name: &str) -> Result<&CudaFunction, KernelError> {
         self.loaded.get(name)

@@ -144,11 +144,15 @@ pub(crate) fn kernel_names() -> Vec<String> {
         "paged_prefill_d64",
         "paged_prefill_d128",
         "sample_kernel",
-        "paged_decode_d128_g4_p256_wide",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    names.extend(
+        crate::Kernels::DECODE_VARIANTS
+            .iter()
+            .map(|v| v.0.to_string()),
+    );
     for d in crate::attention::SUPPORTED_HEAD_DIMS {
         for g in 1..=crate::attention::MAX_GQA_GROUP {
             for p in [
@@ -202,7 +206,8 @@ mod tests {
         let src = full_source();
         assert!(!src.lines().any(|l| l.trim() == "#include \"common.cuh\""));
         for name in kernel_names() {
-            let direct = src.contains(&format!(" {name}("));
+            let direct =
+                src.contains(&format!(" {name}(")) || src.contains(&format!("    {name}("));
             // Decode kernels come from DECODE_INST(D, G).
             let inst = name
                 .strip_prefix("paged_decode_d")

@@ -77,10 +77,20 @@ fn paged_decode_attention_matches_reference() -> TestResult {
             max_ctx: 256,
         },
     ];
-    for c in cases {
+    for c in &cases {
         let part = pagedserve_kernels::decode_partition(c.lens.len(), c.max_ctx);
         eprintln!("partition {part}");
-        run_case(g, &mut rng, &c)?;
+        run_case(g, &mut rng, c)?;
+    }
+    // The experimental variants the bench compares compute the same function.
+    for (name, part) in pagedserve_kernels::Kernels::DECODE_VARIANTS {
+        for c in cases.iter().filter(|c| c.d == 128 && c.h / c.kvh == 4) {
+            eprintln!("variant {name}");
+            g.k.set_decode_override(Some((name, part)));
+            let r = run_case(g, &mut rng, c);
+            g.k.set_decode_override(None);
+            r?;
+        }
     }
     Ok(())
 }
