@@ -201,7 +201,17 @@ fn cuda_model_on_hf_sources_against_transformers() {
                  before divergence {worst:.4}",
                 tokens.len()
             );
-            assert!(same >= 1, "{family} case {n}: first greedy token differs");
+            if same < tokens.len() {
+                // A divergence is allowed only at a near-tie of transformers' logits.
+                let mut row = case.logits[same].clone();
+                row.sort_by(|a, b| b.total_cmp(a));
+                let gap = row[0] - row[1];
+                println!("{family} case {n}: diverges at {same}, transformers' top-2 gap {gap:.4}");
+                assert!(
+                    gap < 2.0 * CUDA_LOGIT_TOL,
+                    "{family} case {n}: diverges at {same} where the top-2 gap is {gap}"
+                );
+            }
             assert!(
                 worst <= CUDA_LOGIT_TOL,
                 "{family} case {n}: logits off by {worst}"
