@@ -1,5 +1,5 @@
-// Paged decode attention: one query row per sequence, split over KV partitions of P tokens (P = 64
-// for small launches, so that even batch 1 fills the GPU; 256 otherwise).
+// Paged decode attention: one query row per sequence, split over KV partitions of P tokens (64,
+// 256 or 512 by launch size: small launches need many CTAs, large ones fewer partials).
 // Grid (S, KVH, max_parts): one CTA serves all G = H / KVH query heads of one KV group, so each K
 // and V row is read once per group. Phase 1 puts the scores of the partition in shared memory,
 // phase 2 turns them into probabilities, phase 3 accumulates P·V. A sequence whose context fits
@@ -204,15 +204,12 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
     }
 }
 
-#define DECODE_INST(D, G)                                                              \
+#define DECODE_ONE(D, G, P)                                                            \
     extern "C" __global__ void __launch_bounds__(DEC_THREADS)                          \
-        paged_decode_d##D##_g##G##_p64(DecodeArgs a) {                                 \
-        decode_impl<D, G, 64>(a);                                                      \
-    }                                                                                  \
-    extern "C" __global__ void __launch_bounds__(DEC_THREADS)                          \
-        paged_decode_d##D##_g##G##_p256(DecodeArgs a) {                                \
-        decode_impl<D, G, 256>(a);                                                     \
+        paged_decode_d##D##_g##G##_p##P(DecodeArgs a) {                                \
+        decode_impl<D, G, P>(a);                                                       \
     }
+#define DECODE_INST(D, G) DECODE_ONE(D, G, 64) DECODE_ONE(D, G, 256) DECODE_ONE(D, G, 512)
 
 DECODE_INST(64, 1)
 DECODE_INST(64, 2)
@@ -230,21 +227,6 @@ DECODE_INST(128, 5)
 DECODE_INST(128, 6)
 DECODE_INST(128, 7)
 DECODE_INST(128, 8)
-
-// Experiments (attn_bench compares them; the tests check them): 512-token partitions (half the
-// partials to write and combine), and a register cap for 5 CTAs per SM.
-extern "C" __global__ void __launch_bounds__(DEC_THREADS)
-    paged_decode_d128_g4_p512(DecodeArgs a) {
-    decode_impl<128, 4, 512>(a);
-}
-extern "C" __global__ void __launch_bounds__(DEC_THREADS, 5)
-    paged_decode_d128_g4_p256_lb5(DecodeArgs a) {
-    decode_impl<128, 4, 256>(a);
-}
-extern "C" __global__ void __launch_bounds__(DEC_THREADS, 5)
-    paged_decode_d128_g4_p512_lb5(DecodeArgs a) {
-    decode_impl<128, 4, 512>(a);
-}
 
 // Combines the partitions of sequences longer than one partition. Grid (S, H), RED_THREADS
 // threads: the partition weights exp2(max_p - M) go to shared memory once, then D-wide groups of

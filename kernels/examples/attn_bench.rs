@@ -195,6 +195,36 @@ fn prefill_case(
     Ok((ms, flops / (ms * 1e-3) / 1e12))
 }
 
+/// Microseconds of one sample launch over [batch, vocab] random logits for (temperature,
+/// top_k, top_p).
+fn sample_case(b: &Bench, batch: usize, vocab: usize, t: f32, k: i32, p: f32) -> Res<f64> {
+    // SAFETY: filled by the kernel right away.
+    let mut logits = unsafe { b.stream.alloc::<f32>(batch * vocab) }?;
+    b.k.fill_random_f32(&b.stream, &mut logits.as_view_mut(), 31, 0.0, 8.0)?;
+    let temp = b.stream.clone_htod(&vec![t; batch])?;
+    let top_k = b.stream.clone_htod(&vec![k; batch])?;
+    let top_p = b.stream.clone_htod(&vec![p; batch])?;
+    let seeds = b
+        .stream
+        .clone_htod(&(0..batch as u64).collect::<Vec<_>>())?;
+    let counters = b.stream.clone_htod(&vec![7u64; batch])?;
+    let mut out = b.stream.clone_htod(&vec![0u32; batch])?;
+    let ms = b.time(|_| {
+        b.k.sample(
+            &b.stream,
+            &mut out.as_view_mut(),
+            &logits.as_view(),
+            &temp.as_view(),
+            &top_k.as_view(),
+            &top_p.as_view(),
+            &seeds.as_view(),
+            &counters.as_view(),
+        )?;
+        Ok(())
+    })?;
+    Ok(ms * 1e3)
+}
+
 fn main() -> Res<()> {
     let ctx = open_device(0)?;
     let cache = std::env::args().nth(1).map(std::path::PathBuf::from);
@@ -214,19 +244,21 @@ fn main() -> Res<()> {
             rows.push(decode_case(&b, &kv, pool, ctx_len, batch)?);
         }
     }
-    // Experimental variants (Llama heads use the g4 kernels) at the large cases.
-    let mut variants = Vec::new();
-    for (name, part) in Kernels::DECODE_VARIANTS {
-        b.k.set_decode_override(Some((name, part)));
-        for (ctx_len, batch) in [(1024, 128), (4096, 32), (4096, 128), (16384, 128)] {
-            variants.push((name, part, decode_case(&b, &kv, pool, ctx_len, batch)?));
-        }
-    }
-    b.k.set_decode_override(None);
     let prefill: Vec<(usize, (f64, f64))> = [2048, 8192]
         .into_iter()
         .map(|n| prefill_case(&b, &kv, pool, n).map(|r| (n, r)))
         .collect::<Res<_>>()?;
+    let modes = [
+        ("greedy", 0.0, 0, 1.0),
+        ("temperature", 0.8, 0, 1.0),
+        ("top-k 50 + top-p 0.9", 0.8, 50, 0.9),
+    ];
+    let mut samples = Vec::new();
+    for (name, t, k, p) in modes {
+        for batch in [1, 128] {
+            samples.push((name, batch, sample_case(&b, batch, 128_256, t, k, p)?));
+        }
+    }
     println!("\n== attn_bench ({}, {}) ==", b.ctx.name()?, b.k.arch());
     println!("device copy bandwidth (read + write): {copy:.0} GB/s");
     println!("paged decode attention, H=32 KVH=8 D=128 block 16 (bytes = K+V read):");
@@ -241,17 +273,14 @@ fn main() -> Res<()> {
             r.ctx, r.batch, r.us, r.gbs
         );
     }
-    for (name, part, r) in &variants {
-        let pct = 100.0 * r.gbs / copy;
-        println!(
-            "{:>7} {:>6} {part:>5} {:>10.1} {:>9.0} {pct:>6.1}% {name}",
-            r.ctx, r.batch, r.us, r.gbs
-        );
-    }
     println!("prefill attention, causal, one sequence (flops = 4*H*D*n(n+1)/2):");
     println!("{:>7} {:>10} {:>9}", "tokens", "time_ms", "TFLOP/s");
     for (n, (ms, tf)) in prefill {
         println!("{n:>7} {ms:>10.3} {tf:>9.1}");
+    }
+    println!("sample over a 128256-token vocabulary:");
+    for (name, batch, us) in samples {
+        println!("{name:>22} batch {batch:>4}: {us:>8.1} us");
     }
     Ok(())
 }

@@ -26,8 +26,9 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaFunction, LaunchConfig};
 
 pub use attention::{
-    DECODE_MAX_PARTITIONS, DECODE_PARTITION, DECODE_PARTITION_SMALL, MAX_GQA_GROUP, PREFILL_TILE,
-    SUPPORTED_HEAD_DIMS, decode_partition, decode_workspace_len, prefill_tiles,
+    DECODE_MAX_PARTITIONS, DECODE_PARTITION, DECODE_PARTITION_LARGE, DECODE_PARTITION_SMALL,
+    MAX_GQA_GROUP, PREFILL_TILE, SUPPORTED_HEAD_DIMS, decode_partition, decode_workspace_len,
+    prefill_tiles,
 };
 pub use device::{driver_present, nvrtc_present, open_device};
 pub use error::KernelError;
@@ -38,8 +39,6 @@ pub use loader::{cached_ptx, compile_ptx, device_arch, full_source};
 pub struct Kernels {
     ctx: Arc<CudaContext>,
     loaded: loader::Loaded,
-    /// Decode kernel to use instead of the default choice (bench experiments only).
-    decode_override: std::sync::Mutex<Option<(String, usize)>>,
 }
 
 impl Kernels {
@@ -48,7 +47,6 @@ impl Kernels {
         Ok(Kernels {
             ctx: ctx.clone(),
             loaded: loader::Loaded::load(ctx, cache_dir)?,
-            decode_override: std::sync::Mutex::new(None),
         })
     }
 
@@ -61,24 +59,6 @@ impl Kernels {
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
-
-    /// Makes paged_decode_attention launch kernel `name` with partitions of `part` tokens
-    /// instead of its own choice; for variant comparisons in the bench and tests only (the
-    /// workspace must hold the partitions of the smallest `part` used).
-    #[doc(hidden)]
-    pub fn set_decode_override(&self, choice: Option<(&str, usize)>) {
-        if let Ok(mut o) = self.decode_override.lock() {
-            *o = choice.map(|(n, p)| (n.to_string(), p));
-        }
-    }
-
-    /// Names and partition sizes of the experimental decode variants (D=128, G=4).
-    #[doc(hidden)]
-    pub const DECODE_VARIANTS: [(&'static str, usize); 3] = [
-        ("paged_decode_d128_g4_p512", 512),
-        ("paged_decode_d128_g4_p256_lb5", 256),
-        ("paged_decode_d128_g4_p512_lb5", 512),
-    ];
 
     fn func(&self, name: &str) -> Result<&CudaFunction, KernelError> {
         self.loaded.get(name)

@@ -148,16 +148,12 @@ pub(crate) fn kernel_names() -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    names.extend(
-        crate::Kernels::DECODE_VARIANTS
-            .iter()
-            .map(|v| v.0.to_string()),
-    );
     for d in crate::attention::SUPPORTED_HEAD_DIMS {
         for g in 1..=crate::attention::MAX_GQA_GROUP {
             for p in [
                 crate::attention::DECODE_PARTITION_SMALL,
                 crate::attention::DECODE_PARTITION,
+                crate::attention::DECODE_PARTITION_LARGE,
             ] {
                 names.push(crate::attention::decode_kernel_name(d, g, p));
             }

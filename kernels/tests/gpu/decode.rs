@@ -59,7 +59,8 @@ fn paged_decode_attention_matches_reference() -> TestResult {
             lens: vec![129, 511, 512, 513],
             max_ctx: 600,
         },
-        // Launches big enough for 256-token partitions (S * ceil(max_ctx / 256) >= 64).
+        // Launches big enough for 256-token partitions (S * ceil(max_ctx / 256) >= 64), and for
+        // 512-token ones (>= 256).
         Case {
             h: 32,
             kvh: 8,
@@ -76,21 +77,27 @@ fn paged_decode_attention_matches_reference() -> TestResult {
             lens: (0..70).map(|_| rng.random_range(1..=256)).collect(),
             max_ctx: 256,
         },
+        Case {
+            h: 32,
+            kvh: 8,
+            d: 128,
+            bs: 16,
+            lens: (0..40).map(|_| rng.random_range(0..=1800)).collect(),
+            max_ctx: 1800,
+        },
+        Case {
+            h: 9,
+            kvh: 3,
+            d: 64,
+            bs: 32,
+            lens: (0..64).map(|_| rng.random_range(1..=1100)).collect(),
+            max_ctx: 1100,
+        },
     ];
     for c in &cases {
         let part = pagedserve_kernels::decode_partition(c.lens.len(), c.max_ctx);
         eprintln!("partition {part}");
         run_case(g, &mut rng, c)?;
-    }
-    // The experimental variants the bench compares compute the same function.
-    for (name, part) in pagedserve_kernels::Kernels::DECODE_VARIANTS {
-        for c in cases.iter().filter(|c| c.d == 128 && c.h / c.kvh == 4) {
-            eprintln!("variant {name}");
-            g.k.set_decode_override(Some((name, part)));
-            let r = run_case(g, &mut rng, c);
-            g.k.set_decode_override(None);
-            r?;
-        }
     }
     Ok(())
 }
