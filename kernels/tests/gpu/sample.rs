@@ -164,12 +164,8 @@ fn draws_stay_in_top_k_top_p_set_and_repeat_for_equal_seeds() -> TestResult {
     Ok(())
 }
 
-#[test]
-fn frequencies_match_the_renormalized_distribution() -> TestResult {
-    let Some(g) = gpu() else { return Ok(()) };
-    let logits_row = [2.0f32, 1.4, 1.0, 0.5, 0.1, -0.6, 3.0, f32::NAN, -1.0, 0.8];
-    let (temp, k, p) = (0.8f32, 8, 0.9f32);
-    // Expected distribution: top-8 by value, then the smallest prefix reaching mass 0.9.
+/// The renormalized distribution after temperature, top-k (k > 0) and top-p (p < 1), in f64.
+fn expected(logits_row: &[f32], temp: f32, k: usize, p: f32) -> Vec<f64> {
     let z: Vec<f64> = logits_row
         .iter()
         .map(|&x| {
@@ -182,54 +178,76 @@ fn frequencies_match_the_renormalized_distribution() -> TestResult {
         .collect();
     let mut order: Vec<usize> = (0..z.len()).filter(|&i| z[i].is_finite()).collect();
     order.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
-    order.truncate(k);
+    if k > 0 {
+        order.truncate(k);
+    }
     let w: Vec<f64> = order.iter().map(|&i| z[i].exp()).collect();
     let total: f64 = w.iter().sum();
-    let (mut cum, mut keep) = (0.0, 0);
-    while cum < p as f64 * total {
-        cum += w[keep];
-        keep += 1;
+    let mut keep = order.len();
+    if p < 1.0 {
+        let (mut cum, mut n) = (0.0, 0);
+        while cum < p as f64 * total {
+            cum += w[n];
+            n += 1;
+        }
+        let before = cum - w[n - 1];
+        assert!(
+            (cum / total - p as f64).abs() > 0.01 && (before / total - p as f64).abs() > 0.01,
+            "test logits too close to the top-p boundary"
+        );
+        keep = n;
     }
-    let before = cum - w[keep - 1];
-    assert!(
-        (cum / total - p as f64).abs() > 0.01 && (before / total - p as f64).abs() > 0.01,
-        "test logits too close to the top-p boundary"
-    );
+    let kept: f64 = w[..keep].iter().sum();
     let mut want = vec![0.0; z.len()];
     for (n, &i) in order.iter().take(keep).enumerate() {
-        want[i] = w[n] / cum;
+        want[i] = w[n] / kept;
     }
+    want
+}
 
-    let draws = 40_000usize;
-    let params = Params {
-        temperature: vec![temp; draws],
-        top_k: vec![k as i32; draws],
-        top_p: vec![p; draws],
-        seeds: vec![12345; draws],
-        counters: (0..draws as u64).collect(),
-    };
-    let logits: Vec<f32> = (0..draws).flat_map(|_| logits_row).collect();
-    let out = run(g, &logits, &params)?;
-    let mut counts = vec![0usize; z.len()];
-    for &t in &out {
-        counts[t as usize] += 1;
-    }
-    for (i, (&c, &pw)) in counts.iter().zip(&want).enumerate() {
-        let f = c as f64 / draws as f64;
-        // 6 standard errors: a false alarm has probability ~1e-9 per token.
-        let tol = 6.0 * (pw * (1.0 - pw) / draws as f64).sqrt() + 1e-9;
-        eprintln!("token {i}: frequency {f:.4}, expected {pw:.4}");
+#[test]
+fn frequencies_match_the_renormalized_distribution() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let logits_row = [2.0f32, 1.4, 1.0, 0.5, 0.1, -0.6, 3.0, f32::NAN, -1.0, 0.8];
+    // Both filters (bisection for k, rejection for p), top-p alone, top-k alone, neither.
+    for (temp, k, p) in [
+        (0.8f32, 8usize, 0.9f32),
+        (1.0, 0, 0.8),
+        (0.7, 4, 1.0),
+        (1.3, 0, 1.0),
+    ] {
+        let want = expected(&logits_row, temp, k, p);
+        let draws = 40_000usize;
+        let params = Params {
+            temperature: vec![temp; draws],
+            top_k: vec![k as i32; draws],
+            top_p: vec![p; draws],
+            seeds: vec![12345; draws],
+            counters: (0..draws as u64).collect(),
+        };
+        let logits: Vec<f32> = (0..draws).flat_map(|_| logits_row).collect();
+        let out = run(g, &logits, &params)?;
+        let mut counts = vec![0usize; logits_row.len()];
+        for &t in &out {
+            counts[t as usize] += 1;
+        }
+        for (i, (&c, &pw)) in counts.iter().zip(&want).enumerate() {
+            let f = c as f64 / draws as f64;
+            // 6 standard errors: a false alarm has probability ~1e-9 per token.
+            let tol = 6.0 * (pw * (1.0 - pw) / draws as f64).sqrt() + 1e-9;
+            eprintln!("t {temp} k {k} p {p} token {i}: frequency {f:.4}, expected {pw:.4}");
+            assert!(
+                (f - pw).abs() <= tol,
+                "t {temp} k {k} p {p} token {i}: frequency {f}, expected {pw} (tol {tol})"
+            );
+        }
+        let mut other = params;
+        other.seeds = vec![999; draws];
+        let out2 = run(g, &logits, &other)?;
         assert!(
-            (f - pw).abs() <= tol,
-            "token {i}: frequency {f}, expected {pw} (tol {tol})"
+            out.iter().zip(&out2).filter(|(a, b)| a != b).count() > draws / 10,
+            "another seed gives other draws"
         );
     }
-    let mut other = params;
-    other.seeds = vec![999; draws];
-    let out2 = run(g, &logits, &other)?;
-    assert!(
-        out.iter().zip(&out2).filter(|(a, b)| a != b).count() > draws / 10,
-        "another seed gives other draws"
-    );
     Ok(())
 }
