@@ -251,6 +251,8 @@ fn main() -> Res<()> {
     let modes = [
         ("greedy", 0.0, 0, 1.0),
         ("temperature", 0.8, 0, 1.0),
+        ("top-p 0.9", 0.8, 0, 0.9),
+        ("top-k 50", 0.8, 50, 1.0),
         ("top-k 50 + top-p 0.9", 0.8, 50, 0.9),
     ];
     let mut samples = Vec::new();
