@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // and CUDA_BENCH_STEPS=N narrow the run.
     opts.gpu.enforce_eager = std::env::var_os("CUDA_BENCH_EAGER").is_some();
     let batches: Vec<usize> = std::env::var("CUDA_BENCH_BATCHES")
-        .unwrap_or_else(|_| "1,32,128,256".into())
+        .unwrap_or_else(|_| "1,4,8,16,32,128,256".into())
         .split(',')
         .filter_map(|b| b.trim().parse().ok())
         .collect();

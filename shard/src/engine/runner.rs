@@ -149,8 +149,12 @@ impl Engine {
                 prefill += c.len;
             }
         }
+        let mut forward_us = 0;
         if !chunks.is_empty() {
-            match self.forward(&chunks) {
+            let forward_started = Instant::now();
+            let result = self.forward(&chunks);
+            forward_us = forward_started.elapsed().as_micros() as u64;
+            match result {
                 Ok(rows) => self.apply(&chunks, rows),
                 Err(error) => self.fail(&chunks, &error),
             }
@@ -161,6 +165,17 @@ impl Engine {
         for stream in self.outputs.flush(&stats) {
             self.close_stream(stream);
         }
+        // One line a step at RUST_LOG=pagedserve_shard::engine=trace: where a step's time goes
+        // (the model's forward pass vs the engine's own work) under load.
+        tracing::trace!(
+            prefill_tokens = prefill,
+            decode_seqs = decode,
+            running = self.scheduler.running.len(),
+            waiting = self.scheduler.waiting.len(),
+            forward_us,
+            step_us = started.elapsed().as_micros() as u64,
+            "step"
+        );
     }
 
     /// Runs the model over the planned chunks; a model error or panic fails only this step.

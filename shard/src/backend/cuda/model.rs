@@ -99,6 +99,7 @@ impl CudaLlama {
         batch: &[SeqChunk<'_>],
         sampling: Option<&[DeviceSampling]>,
     ) -> Result<StepShape, ModelError> {
+        let started = std::time::Instant::now();
         let plan = build_plan(batch, &self.limits())?;
         let decode_only =
             plan.seqs.iter().all(|s| s.num_rows == 1) && plan.logit_rows.len() == plan.seqs.len();
@@ -109,6 +110,7 @@ impl CudaLlama {
         let staged = stage(&plan, &self.layout, bucket, ops::prefill_tiles)
             .map_err(|e| ModelError::InvalidBatch(e.to_string()))?;
         self.upload(&staged, sampling)?;
+        let staged_us = started.elapsed().as_micros() as u64;
         let shape = StepShape {
             rows: staged.rows,
             decode_seqs: staged.decode_seqs,
@@ -121,13 +123,23 @@ impl CudaLlama {
             },
             sample: sampling.is_some(),
         };
-        if bucket.is_some() && self.graphs.enabled() {
+        let graph = bucket.is_some() && self.graphs.enabled();
+        if graph {
             self.gather.clear();
             self.replay(shape)?;
         } else {
             self.gather = staged.logit_rows;
             self.enqueue(shape)?;
         }
+        // Host time to plan, stage and upload the step, then to enqueue it (the GPU runs
+        // behind; RUST_LOG=pagedserve_shard::backend=trace).
+        tracing::trace!(
+            rows = shape.rows,
+            graph,
+            staged_us,
+            enqueued_us = started.elapsed().as_micros() as u64,
+            "cuda step"
+        );
         Ok(shape)
     }
 

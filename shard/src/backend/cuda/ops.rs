@@ -321,6 +321,13 @@ pub fn final_norm_and_logits(m: &mut CudaLlama, shape: StepShape) -> BackendResu
     Ok(())
 }
 
+/// Steps of at most this many rows use the GEMV kernel. It supports `GEMV_MAX_ROWS` (8), but
+/// from 5 rows on its per-warp reads of x cost more than cuBLAS's GEMMs: engine steps under
+/// ShareGPT load on an H100 took 5.9 / 6.4 / 6.9 ms at 1 / 2 / 3-4 sequences and 10.8 ms at
+/// 5-8 with the GEMV, against 7.1 ms at 9-16 with cuBLAS (2026-11-26).
+const GEMV_ROWS: usize = 4;
+const _: () = assert!(GEMV_ROWS <= GEMV_MAX_ROWS);
+
 /// What a linear layer may run on.
 #[derive(Clone, Copy)]
 struct Linear<'a> {
@@ -344,7 +351,7 @@ fn linear<O: GemvOut>(
     n: usize,
     k: usize,
 ) -> BackendResult<()> {
-    if lin.gemv && rows <= GEMV_MAX_ROWS && k.is_multiple_of(8) {
+    if lin.gemv && rows <= GEMV_ROWS && k.is_multiple_of(8) {
         return lin
             .kernels
             .gemv(
