@@ -121,3 +121,35 @@ pub fn max_vec_err(got: &[f64], want: &[f64], d: usize) -> f64 {
         .map(|(a, b)| rel_l2(a, b))
         .fold(0.0, f64::max)
 }
+
+/// Rows of `out` (`width` values each) marked in `written` hold finite values; the others
+/// still hold the poison they were filled with.
+pub fn check_rows_written(out: &[bf16], written: &[bool], width: usize) {
+    for (r, &w) in written.iter().enumerate() {
+        let vals = &out[r * width..(r + 1) * width];
+        if w {
+            assert!(
+                vals.iter().all(|x| x.is_finite()),
+                "row {r}: unwritten or NaN output"
+            );
+        } else {
+            assert!(
+                vals.iter().all(|&x| is_poison_bf16(x)),
+                "row {r} must stay untouched"
+            );
+        }
+    }
+}
+
+/// Attention output against its reference: relative L2 over everything within `tol`, and
+/// every head (`d` values) within `3 * tol`.
+pub fn check_attention(label: &str, got: &[f64], want: &[f64], d: usize, tol: f64) {
+    let err = rel_l2(got, want);
+    let worst = max_vec_err(got, want, d);
+    eprintln!("{label}: rel L2 {err:.2e}, worst head {worst:.2e}");
+    assert!(err <= tol, "{label}: rel L2 {err} > {tol}");
+    assert!(
+        worst <= 3.0 * tol,
+        "{label}: one head's output is off: rel L2 {worst}"
+    );
+}

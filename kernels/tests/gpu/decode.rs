@@ -168,36 +168,12 @@ fn run_case(g: &Gpu, rng: &mut rand::rngs::StdRng, c: &Case) -> TestResult {
             );
         }
     }
-    for (row, &w) in expect_written.iter().enumerate() {
-        let r = &out[row * c.h * c.d..(row + 1) * c.h * c.d];
-        if w {
-            assert!(
-                r.iter().all(|x| x.is_finite()),
-                "row {row}: unwritten or NaN output"
-            );
-        } else {
-            assert!(
-                r.iter().all(|&x| is_poison_bf16(x)),
-                "row {row} must stay untouched"
-            );
-        }
-    }
-    let err = rel_l2(&got, &want);
-    eprintln!(
-        "decode H={} KVH={} D={} bs={} lens={:?}: rel L2 {err:.2e}, worst head {:.2e}",
-        c.h,
-        c.kvh,
-        c.d,
-        c.bs,
-        c.lens,
-        max_vec_err(&got, &want, c.d)
+    check_rows_written(&out, &expect_written, c.h * c.d);
+    let label = format!(
+        "decode H={} KVH={} D={} bs={} lens={:?}",
+        c.h, c.kvh, c.d, c.bs, c.lens
     );
-    assert!(err <= ATTN_TOL, "rel L2 {err} > {ATTN_TOL}");
-    let worst = max_vec_err(&got, &want, c.d);
-    assert!(
-        worst <= 3.0 * ATTN_TOL,
-        "one head's output is off: rel L2 {worst}"
-    );
+    check_attention(&label, &got, &want, c.d, ATTN_TOL);
     Ok(())
 }
 

@@ -125,35 +125,11 @@ fn run_case(g: &Gpu, rng: &mut rand::rngs::StdRng, c: &Case) -> TestResult {
             }
         }
     }
-    for (r, &o) in owned.iter().enumerate() {
-        let vals = &out[r * c.h * c.d..(r + 1) * c.h * c.d];
-        if o {
-            assert!(
-                vals.iter().all(|x| x.is_finite()),
-                "row {r}: unwritten or NaN output"
-            );
-        } else {
-            assert!(
-                vals.iter().all(|&x| is_poison_bf16(x)),
-                "row {r} must stay untouched"
-            );
-        }
-    }
-    let err = rel_l2(&got, &want);
-    eprintln!(
-        "prefill H={} KVH={} D={} bs={} seqs={:?}: rel L2 {err:.2e}, worst head {:.2e}",
-        c.h,
-        c.kvh,
-        c.d,
-        c.bs,
-        c.seqs,
-        max_vec_err(&got, &want, c.d)
+    check_rows_written(&out, &owned, c.h * c.d);
+    let label = format!(
+        "prefill H={} KVH={} D={} bs={} seqs={:?}",
+        c.h, c.kvh, c.d, c.bs, c.seqs
     );
-    assert!(err <= ATTN_TOL, "rel L2 {err} > {ATTN_TOL}");
-    let worst = max_vec_err(&got, &want, c.d);
-    assert!(
-        worst <= 3.0 * ATTN_TOL,
-        "one head's output is off: rel L2 {worst}"
-    );
+    check_attention(&label, &got, &want, c.d, ATTN_TOL);
     Ok(())
 }
