@@ -89,8 +89,14 @@ pub struct ServeArgs {
     #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
     pub hf_token: Option<String>,
 
-    /// Number of shard processes (model replicas).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// Number of shard processes (model replicas; with `--device cuda`, one GPU each). Also
+    /// `--data-parallel-size`, vLLM's name for the same.
+    #[arg(
+        long,
+        visible_alias = "data-parallel-size",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=256)
+    )]
     pub num_shards: u16,
 
     /// First shard's gRPC port; shard i listens on base + i. Default: free ports picked for you.
@@ -226,6 +232,8 @@ mod tests {
     #[test]
     fn zero_shards_is_rejected() {
         assert!(parse(&["--num-shards", "0"]).is_err());
+        // vLLM's name for replicas.
+        assert_eq!(serve(&["--data-parallel-size", "2"]).num_shards, 2);
     }
 
     #[test]
