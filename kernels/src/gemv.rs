@@ -12,17 +12,6 @@ use crate::{KernelError, Kernels};
 /// Most rows of `x` one GEMV launch takes; larger steps belong to cuBLAS's GEMMs.
 pub const GEMV_MAX_ROWS: usize = 8;
 const WARPS: u32 = 8;
-/// Columns one warp of the tiled variant computes (GEMV_COLS in gemv.cu).
-const TILED_COLS: u32 = 4;
-
-/// How a GEMV launch shares `x` between columns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GemvVariant {
-    /// One warp per column, `x` read through the cache (best for 1-2 rows).
-    Column,
-    /// A K-tile of `x` in shared memory per block, 4 columns per warp (for more rows).
-    Tiled,
-}
 
 /// An output element type of [`Kernels::gemv`]: bf16 activations or f32 logits.
 pub trait GemvOut: DeviceRepr {
@@ -41,7 +30,6 @@ impl Kernels {
     /// `y[m, n] = sum_k x[m, k] * w[n, k]` for `rows = x.len() / k` rows (1..=8): `x` bf16
     /// `[rows, k]`, `w` bf16 `[n, k]` (row-major, as linear layers store it), `y` `[rows, n]`.
     /// f32 accumulation; `k` must be a multiple of 8 (16-byte loads).
-    #[allow(clippy::too_many_arguments)]
     pub fn gemv<O: GemvOut>(
         &self,
         stream: &CudaStream,
@@ -50,7 +38,6 @@ impl Kernels {
         w: &CudaView<'_, bf16>,
         n: usize,
         k: usize,
-        variant: GemvVariant,
     ) -> Result<(), KernelError> {
         const K: &str = "gemv";
         ensure(K, k > 0 && k.is_multiple_of(8), || {
@@ -69,17 +56,11 @@ impl Kernels {
         let (yp, _g0) = y.device_ptr_mut(stream);
         let (xp, _g1) = x.device_ptr(stream);
         let (wp, _g2) = w.device_ptr(stream);
-        let (name, cols_per_block) = match variant {
-            GemvVariant::Column => (format!("gemv_{}_m{rows}", O::NAME), WARPS),
-            GemvVariant::Tiled => (
-                format!("gemv_tiled_{}_m{rows}", O::NAME),
-                WARPS * TILED_COLS,
-            ),
-        };
+        let name = format!("gemv_{}_m{rows}", O::NAME);
         let mut b = stream.launch_builder(self.func(&name)?);
         b.arg(&yp).arg(&xp).arg(&wp).arg(&n32).arg(&k32);
         let cfg = LaunchConfig {
-            grid_dim: (n32.div_ceil(cols_per_block), 1, 1),
+            grid_dim: (n32.div_ceil(WARPS), 1, 1),
             block_dim: (WARPS * 32, 1, 1),
             shared_mem_bytes: 0,
         };

@@ -32,7 +32,7 @@ pub use attention::{
 };
 pub use device::{driver_present, nvrtc_present, open_device};
 pub use error::KernelError;
-pub use gemv::{GEMV_MAX_ROWS, GemvOut, GemvVariant};
+pub use gemv::{GEMV_MAX_ROWS, GemvOut};
 pub use loader::{cached_ptx, compile_ptx, device_arch, full_source};
 
 /// The compiled kernels of one device.

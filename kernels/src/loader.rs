@@ -162,8 +162,6 @@ pub(crate) fn kernel_names() -> Vec<String> {
     for m in 1..=crate::gemv::GEMV_MAX_ROWS {
         names.push(format!("gemv_bf16_m{m}"));
         names.push(format!("gemv_f32_m{m}"));
-        names.push(format!("gemv_tiled_bf16_m{m}"));
-        names.push(format!("gemv_tiled_f32_m{m}"));
     }
     names
 }
@@ -216,13 +214,7 @@ mod tests {
             let gemv = name
                 .rsplit_once("_m")
                 .filter(|(k, _)| k.starts_with("gemv_"))
-                .is_some_and(|(k, m)| {
-                    let macro_name = match k.starts_with("gemv_tiled_") {
-                        true => "GEMV_TILED_KERNELS",
-                        false => "GEMV_KERNELS",
-                    };
-                    src.contains(&format!("{macro_name}({m})"))
-                });
+                .is_some_and(|(_, m)| src.contains(&format!("GEMV_KERNELS({m})")));
             assert!(direct || inst || gemv, "{name} is not in the sources");
         }
     }

@@ -235,10 +235,7 @@ fn build(
         cos,
         sin,
         gather: Vec::new(),
-        gemv_rows: std::env::var("PAGEDSERVE_CUDA_GEMV_ROWS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(ops::GEMV_ROWS),
+        gemv: std::env::var("PAGEDSERVE_CUDA_GEMV").map_or(true, |v| v != "0"),
     };
     capture_decode_graphs(&mut model)?;
     Ok(model)

@@ -62,8 +62,8 @@ pub struct CudaLlama {
     pub(super) graphs: Graphs,
     /// Rows whose logits an eager step returns (empty: the first rows, in order).
     pub(super) gather: Vec<usize>,
-    /// Steps of at most this many rows run their linear layers through our GEMV kernels.
-    pub(super) gemv_rows: usize,
+    /// Decode-sized linear layers through our GEMV kernel (`PAGEDSERVE_CUDA_GEMV=0`: cuBLAS).
+    pub(super) gemv: bool,
 }
 
 impl CudaLlama {

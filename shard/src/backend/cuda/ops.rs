@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtrMut};
 use half::bf16;
-use pagedserve_kernels::{GEMV_MAX_ROWS, GemvOut, GemvVariant, Kernels};
+use pagedserve_kernels::{GEMV_MAX_ROWS, GemvOut, Kernels};
 
 use super::device::cuda_err;
 use super::gemm::{Gemm, OutType};
@@ -125,7 +125,7 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
     let lin = Linear {
         gemm: &m.gemm,
         kernels: &m.kernels,
-        gemv_rows: m.gemv_rows,
+        gemv: m.gemv,
     };
 
     k.embedding(
@@ -300,7 +300,7 @@ pub fn final_norm_and_logits(m: &mut CudaLlama, shape: StepShape) -> BackendResu
     let lin = Linear {
         gemm: &m.gemm,
         kernels: &m.kernels,
-        gemv_rows: m.gemv_rows,
+        gemv: m.gemv,
     };
     linear(lin, s, &mut b.logits, input, m.w.lm_head(), n, d.vocab, h)?;
     if shape.sample {
@@ -321,20 +321,20 @@ pub fn final_norm_and_logits(m: &mut CudaLlama, shape: StepShape) -> BackendResu
     Ok(())
 }
 
-/// Steps of at most this many rows use a GEMV kernel: the column variant for 1-2 rows, the
-/// tiled one (x staged in shared memory, 4 columns a warp) above. The column variant alone
-/// took 10.8 ms a step at 5-8 rows under ShareGPT load on an H100 (cuBLAS: 7.1 ms at 9-16),
-/// because every column re-read x from the cache (2026-11-26).
-/// `PAGEDSERVE_CUDA_GEMV_ROWS` overrides it (0: cuBLAS everywhere), for comparisons.
-pub const GEMV_ROWS: usize = GEMV_MAX_ROWS;
+/// Steps of at most this many rows use the GEMV kernel. It supports `GEMV_MAX_ROWS` (8), but
+/// from 5 rows on its per-warp reads of x cost more than cuBLAS's GEMMs: engine steps under
+/// ShareGPT load on an H100 took 5.9 / 6.4 / 6.9 ms at 1 / 2 / 3-4 sequences and 10.8 ms at
+/// 5-8 with the GEMV, against 7.1 ms at 9-16 with cuBLAS (2026-11-26).
+const GEMV_ROWS: usize = 4;
+const _: () = assert!(GEMV_ROWS <= GEMV_MAX_ROWS);
 
 /// What a linear layer may run on.
 #[derive(Clone, Copy)]
 struct Linear<'a> {
     gemm: &'a Gemm,
     kernels: &'a Kernels,
-    /// Steps of at most this many rows (<= `GEMV_MAX_ROWS`) use our GEMV kernels.
-    gemv_rows: usize,
+    /// Use our GEMV kernel for steps of at most `GEMV_MAX_ROWS` rows.
+    gemv: bool,
 }
 
 /// `y[rows, n] = x[rows, k] @ w[n, k]^T`: our GEMV kernel for decode-sized steps (cuBLAS
@@ -351,15 +351,17 @@ fn linear<O: GemvOut>(
     n: usize,
     k: usize,
 ) -> BackendResult<()> {
-    if rows <= lin.gemv_rows.min(GEMV_MAX_ROWS) && k.is_multiple_of(8) {
-        let variant = match rows {
-            1 | 2 => GemvVariant::Column,
-            _ => GemvVariant::Tiled,
-        };
-        let (mut yv, xv) = (y.slice_mut(..rows * n), x.slice(..rows * k));
+    if lin.gemv && rows <= GEMV_ROWS && k.is_multiple_of(8) {
         return lin
             .kernels
-            .gemv(s, &mut yv, &xv, &w.as_view(), n, k, variant)
+            .gemv(
+                s,
+                &mut y.slice_mut(..rows * n),
+                &x.slice(..rows * k),
+                &w.as_view(),
+                n,
+                k,
+            )
             .map_err(cuda_err("gemv"));
     }
     let out = match O::NAME {
