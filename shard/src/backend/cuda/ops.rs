@@ -321,11 +321,12 @@ pub fn final_norm_and_logits(m: &mut CudaLlama, shape: StepShape) -> BackendResu
     Ok(())
 }
 
-/// Steps of at most this many rows use the GEMV kernel. It supports `GEMV_MAX_ROWS` (8), but
-/// from 5 rows on its per-warp reads of x cost more than cuBLAS's GEMMs: engine steps under
-/// ShareGPT load on an H100 took 5.9 / 6.4 / 6.9 ms at 1 / 2 / 3-4 sequences and 10.8 ms at
-/// 5-8 with the GEMV, against 7.1 ms at 9-16 with cuBLAS (2026-11-26).
-const GEMV_ROWS: usize = 4;
+/// Steps of at most this many rows use the GEMV kernel; larger ones cuBLAS. Decode steps of a
+/// Llama-3-8B shape on an H100 (2026-11-26, `cuda_bench`, context 1k): 1 row 5.91 ms with the
+/// GEMV against 6.34 with cuBLAS; 4 rows 6.99 against 6.63; 8 rows 7.06 with cuBLAS, while
+/// the GEMV re-reads x from the cache for every column (10.8 ms under load at 5-8 rows; a
+/// variant staging x in shared memory was slower still: 7.40 ms at 4 rows, 9.18 at 8).
+const GEMV_ROWS: usize = 2;
 const _: () = assert!(GEMV_ROWS <= GEMV_MAX_ROWS);
 
 /// What a linear layer may run on.
