@@ -46,13 +46,6 @@ __device__ __forceinline__ void ldsm_x4_t(u32 (&r)[4], const bf16* p) {
                  : "r"(smem_u32(p)));
 }
 
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
     const bf162 v = __floats2bfloat162_rn(lo, hi);

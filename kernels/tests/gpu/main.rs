@@ -10,3 +10,4 @@ mod gemv;
 mod prefill;
 mod rope;
 mod sample;
+mod skinny;
