@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod hf;
 pub mod llama;
 pub mod source;
+pub mod tp;
 
 use std::path::PathBuf;
 

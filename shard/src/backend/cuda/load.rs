@@ -1,6 +1,7 @@
 //! Building a [`CudaLlama`]: open the GPU, compile the kernels, upload (or draw) the weights,
 //! allocate the step buffers, size the paged KV cache from the memory left, and capture the
-//! decode graphs.
+//! decode graphs. A tensor-parallel rank first joins its group (`super::tp`), loads only its
+//! slice of the weights, and agrees with the other ranks on the KV block count.
 
 use pagedserve_kernels::Kernels;
 
@@ -12,9 +13,10 @@ use super::model::{CudaLlama, StepShape};
 use super::ops;
 use super::plan::{MetaLayout, stage};
 use super::shapes::ModelShape;
+use super::tp::{self, Group, TpConfig};
 use super::weights::Weights;
 use crate::backend::{BackendError, KvLayout, RopeTable, StepPlan};
-use crate::model::{LlamaConfig, LoadOptions, ModelError, ModelInfo, ModelSource};
+use crate::model::{LlamaConfig, LoadOptions, ModelError, ModelInfo, ModelSource, open_source};
 
 /// Memory kept free beyond the KV cache for graphs, cuBLAS and the allocator's slack.
 const RESERVE_BYTES: usize = 768 << 20;
@@ -25,12 +27,32 @@ pub fn load_cuda(
     src: Option<&mut dyn ModelSource>,
     opts: &LoadOptions,
 ) -> Result<CudaLlama, ModelError> {
+    load_cuda_tp(src, opts, &TpConfig::single())
+}
+
+/// Like [`crate::model::load_model`] for one rank of a tensor-parallel group on CUDA: opens
+/// `opts.model_path` unless the weights are dummy, then [`load_cuda_tp`].
+pub fn load_tp_model(opts: &LoadOptions, tp: &TpConfig) -> Result<CudaLlama, ModelError> {
+    if opts.gpu.dummy_shape.is_some() {
+        return load_cuda_tp(None, opts, tp);
+    }
+    let mut source = open_source(&opts.model_path)?;
+    load_cuda_tp(Some(source.as_mut()), opts, tp)
+}
+
+/// [`load_cuda`] as rank `tp.rank` of a group of `tp.size` (size 1: the whole model).
+pub fn load_cuda_tp(
+    src: Option<&mut dyn ModelSource>,
+    opts: &LoadOptions,
+    tp: &TpConfig,
+) -> Result<CudaLlama, ModelError> {
     let ordinal = parse_cuda_device(&opts.device)
         .ok_or_else(|| ModelError::UnsupportedDevice(opts.device.clone()))?;
     let gpu = Gpu::open(ordinal)?;
     let kernels = Kernels::load(&gpu.ctx, opts.gpu.kernel_cache_dir.as_deref())
         .map_err(cuda_err("compile kernels"))?;
     let gemm = Gemm::new(&gpu.stream)?;
+    let group = tp::join_group(tp, &gpu.stream)?;
     let (cfg, info, w, freq_factors) = match (&opts.gpu.dummy_shape, src) {
         (Some(name), _) => {
             let shape = ModelShape::parse(name)
@@ -41,6 +63,7 @@ pub fn load_cuda(
                 spec.vocab_size,
                 spec.tied_embeddings,
                 0x5eed,
+                &tp::shard_for(tp, &spec.config)?,
                 &gpu.stream,
                 &kernels,
             )?;
@@ -84,7 +107,7 @@ pub fn load_cuda(
                     )));
                 }
             };
-            let w = Weights::load(src, &cfg, &gpu.stream)?;
+            let w = Weights::load(src, &cfg, &tp::shard_for(tp, &cfg)?, &gpu.stream)?;
             let info = ModelInfo {
                 bos_token_id: src.bos_token_id()?,
                 ..info(opts, &cfg, vocab, &gpu, src.eos_token_ids()?)
@@ -106,16 +129,33 @@ pub fn load_cuda(
             ));
         }
     };
+    // Buffers, the KV cache and the kernels see this rank's heads and FFN width only.
+    let cfg = tp::shard_for(tp, &cfg)?.local_config(&cfg);
     build(
-        gpu,
-        kernels,
-        gemm,
-        cfg,
-        info,
-        w,
+        Parts {
+            gpu,
+            kernels,
+            gemm,
+            cfg,
+            info,
+            w,
+            group,
+        },
         freq_factors.as_deref(),
         opts,
     )
+}
+
+/// What [`build`] assembles the model from.
+struct Parts {
+    gpu: Gpu,
+    kernels: Kernels,
+    gemm: Gemm,
+    /// This rank's config (its share of the heads and FFN width).
+    cfg: LlamaConfig,
+    info: ModelInfo,
+    w: Weights,
+    group: Option<Group>,
 }
 
 fn info(
@@ -143,17 +183,20 @@ fn info(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn build(
-    gpu: Gpu,
-    kernels: Kernels,
-    gemm: Gemm,
-    cfg: LlamaConfig,
-    info: ModelInfo,
-    w: Weights,
+    parts: Parts,
     freq_factors: Option<&[f32]>,
     opts: &LoadOptions,
 ) -> Result<CudaLlama, ModelError> {
+    let Parts {
+        gpu,
+        kernels,
+        gemm,
+        cfg,
+        info,
+        w,
+        group,
+    } = parts;
     let s_max = opts.gpu.max_num_seqs.max(1);
     let t_max = opts.gpu.max_batch_tokens.max(s_max);
     let block_size = opts.block_size;
@@ -202,6 +245,10 @@ fn build(
         head_dim: cfg.head_dim,
     };
     kv.num_blocks = num_blocks(&gpu, &kv, opts)?;
+    // Every rank holds the same block ids (the leader's block manager hands them out).
+    if let Some(g) = &group {
+        kv.num_blocks = g.comm.min(kv.num_blocks)?;
+    }
     let cache_len = kv.num_layers * kv.num_blocks * kv.block_elems();
     let alloc_cache = || {
         stream
@@ -236,6 +283,7 @@ fn build(
         sin,
         gather: Vec::new(),
         gemv: std::env::var("PAGEDSERVE_CUDA_GEMV").map_or(true, |v| v != "0"),
+        tp: group,
     };
     capture_decode_graphs(&mut model)?;
     Ok(model)

@@ -12,9 +12,11 @@ mod model;
 mod ops;
 mod plan;
 mod shapes;
+pub mod tp;
 mod weights;
 
 pub use device::{cuda_device_count, parse_cuda_device};
-pub use load::load_cuda;
+pub use load::{load_cuda, load_cuda_tp, load_tp_model};
 pub use model::CudaLlama;
 pub use shapes::ModelShape;
+pub use tp::TpConfig;

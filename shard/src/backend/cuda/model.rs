@@ -12,6 +12,8 @@ use super::gemm::Gemm;
 use super::graphs::Graphs;
 use super::ops::{self, Dims};
 use super::plan::{MetaLayout, StagedStep, stage};
+use super::tp::wire::{LinkError, StepFrame};
+use super::tp::{Group, Role};
 use super::weights::Weights;
 use crate::backend::{BackendResult, KvLayout};
 use crate::model::batch::{BatchLimits, build_plan};
@@ -64,6 +66,8 @@ pub struct CudaLlama {
     pub(super) gather: Vec<usize>,
     /// Decode-sized linear layers through our GEMV kernel (`PAGEDSERVE_CUDA_GEMV=0`: cuBLAS).
     pub(super) gemv: bool,
+    /// The tensor-parallel group this rank belongs to (`None`: the whole model is here).
+    pub(super) tp: Option<Group>,
 }
 
 impl CudaLlama {
@@ -109,8 +113,6 @@ impl CudaLlama {
         };
         let staged = stage(&plan, &self.layout, bucket, ops::prefill_tiles)
             .map_err(|e| ModelError::InvalidBatch(e.to_string()))?;
-        self.upload(&staged, sampling)?;
-        let staged_us = started.elapsed().as_micros() as u64;
         let shape = StepShape {
             rows: staged.rows,
             decode_seqs: staged.decode_seqs,
@@ -124,6 +126,21 @@ impl CudaLlama {
             sample: sampling.is_some(),
         };
         let graph = bucket.is_some() && self.graphs.enabled();
+        // Followers start on the step while the leader uploads its own copy.
+        if let Some(Group {
+            role: Role::Leader(link),
+            ..
+        }) = &mut self.tp
+        {
+            link.send(StepFrame {
+                shape,
+                graph,
+                meta: staged.host.clone(),
+            })
+            .map_err(|e| ModelError::Backend(e.to_string()))?;
+        }
+        self.upload(&staged, sampling)?;
+        let staged_us = started.elapsed().as_micros() as u64;
         if graph {
             self.gather.clear();
             self.replay(shape)?;
@@ -167,7 +184,78 @@ impl CudaLlama {
     /// be captured into a CUDA graph.
     pub(super) fn enqueue(&mut self, shape: StepShape) -> BackendResult<()> {
         ops::forward_layers(self, shape)?;
-        ops::final_norm_and_logits(self, shape)?;
+        // lm_head and sampling run on the leader only.
+        if self.is_leader() {
+            ops::final_norm_and_logits(self, shape)?;
+        }
+        Ok(())
+    }
+
+    /// Rank 0 of its group, or not tensor-parallel at all.
+    pub(super) fn is_leader(&self) -> bool {
+        !matches!(
+            self.tp,
+            Some(Group {
+                role: Role::Follower(_),
+                ..
+            })
+        )
+    }
+
+    /// A follower's life: run every step the leader sends until it closes the link. Returns
+    /// `Ok` on a clean close.
+    pub fn serve_follower(mut self) -> Result<(), ModelError> {
+        loop {
+            let frame = match &mut self.tp {
+                Some(Group {
+                    role: Role::Follower(stream),
+                    ..
+                }) => super::tp::wire::read_frame(stream),
+                _ => {
+                    return Err(ModelError::Backend(
+                        "serve_follower on a model that is not a tensor-parallel follower".into(),
+                    ));
+                }
+            };
+            match frame.map_err(|e: LinkError| ModelError::Backend(e.to_string()))? {
+                Some(super::tp::wire::Frame::Step(step)) => self.follow(step)?,
+                Some(other) => {
+                    return Err(ModelError::Backend(format!(
+                        "tensor-parallel leader sent {other:?} instead of a step"
+                    )));
+                }
+                None => {
+                    tracing::info!("tensor-parallel leader closed the link");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Runs one step the leader staged: the same metadata and the same launches (or graph).
+    fn follow(&mut self, step: StepFrame) -> Result<(), ModelError> {
+        if step.meta.len() > self.layout.len() {
+            return Err(ModelError::InvalidBatch(format!(
+                "step metadata of {} words > {}",
+                step.meta.len(),
+                self.layout.len()
+            )));
+        }
+        let mut dst = self.meta.slice_mut(..step.meta.len());
+        self.gpu
+            .stream
+            .memcpy_htod(&step.meta, &mut dst)
+            .map_err(cuda_err("upload step metadata"))?;
+        if step.graph {
+            self.replay(step.shape)?;
+        } else {
+            self.enqueue(step.shape)?;
+        }
+        // Errors surface here, and the next frame is read only once this step is done.
+        self.gpu
+            .stream
+            .synchronize()
+            .map_err(cuda_err("follower step"))?;
         Ok(())
     }
 

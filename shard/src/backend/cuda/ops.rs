@@ -102,6 +102,9 @@ fn as_i32<'a>(v: &CudaView<'a, u32>) -> CudaView<'a, i32> {
 
 pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> {
     let d = m.dims();
+    let leader = m.is_leader();
+    // Row-parallel o_proj and down leave partial sums on each rank: NCCL adds them up.
+    let nccl = m.tp.as_ref().map(|g| &g.comm);
     let t = shape.rows;
     let s = &m.gpu.stream;
     let k = &m.kernels;
@@ -238,9 +241,13 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
             h,
             d.heads * d.head_dim,
         )?;
-        if let Some(bias) = &l.o_bias {
+        // Added once, before the sum, when the model is split.
+        if let Some(bias) = l.o_bias.as_ref().filter(|_| leader) {
             k.add_bias(s, &mut b.delta.slice_mut(..t * h), &bias.as_view())
                 .map_err(err("o_proj bias"))?;
+        }
+        if let Some(c) = nccl {
+            c.all_reduce_sum(&mut b.delta.slice_mut(..t * h))?;
         }
         k.add_rms_norm(
             s,
@@ -260,6 +267,9 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
         )
         .map_err(err("silu_mul"))?;
         linear(lin, s, &mut b.delta, &b.act, &l.down, t, h, d.ffn)?;
+        if let Some(c) = nccl {
+            c.all_reduce_sum(&mut b.delta.slice_mut(..t * h))?;
+        }
     }
     Ok(())
 }
