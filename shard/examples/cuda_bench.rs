@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // and CUDA_BENCH_STEPS=N narrow the run.
     opts.gpu.enforce_eager = std::env::var_os("CUDA_BENCH_EAGER").is_some();
     let batches: Vec<usize> = std::env::var("CUDA_BENCH_BATCHES")
-        .unwrap_or_else(|_| "1,4,8,16,32,128,256".into())
+        .unwrap_or_else(|_| "1,2,3,4,8,16,24,32,48,64,128,256".into())
         .split(',')
         .filter_map(|b| b.trim().parse().ok())
         .collect();
@@ -91,7 +91,57 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             100.0 * tps / roof
         );
     }
+    // CUDA_BENCH_PREFILL=512,2048,8192: one sequence's prefill chunk of each size, and the rate
+    // of its linear layers (attention time included, so a lower bound on the GEMMs' rate).
+    let prefill: Vec<usize> = std::env::var("CUDA_BENCH_PREFILL")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    if !prefill.is_empty() {
+        let linear_flops = 2.0
+            * (c.num_layers
+                * (c.hidden * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+                    + c.num_heads * c.head_dim * c.hidden
+                    + 3 * c.hidden * c.ffn)) as f64;
+        println!("\n| prefill tokens | step ms (median of 5) | linear TFLOP/s |");
+        println!("|---|---|---|");
+        for &tokens in &prefill {
+            let ms = prefill_ms(model.as_mut(), tokens)?;
+            println!(
+                "| {tokens} | {ms:.2} | {:.0} |",
+                linear_flops * tokens as f64 / (ms / 1e3) / 1e12
+            );
+        }
+    }
     Ok(())
+}
+
+/// Median wall time of one prefill step of `tokens` tokens of one sequence (no logits).
+fn prefill_ms(model: &mut dyn CausalLm, tokens: usize) -> Result<f64, Box<dyn std::error::Error>> {
+    let blocks = tokens.div_ceil(model.block_size());
+    if blocks > model.num_kv_blocks() {
+        return Err(format!("{tokens} tokens do not fit the KV cache").into());
+    }
+    let table: Vec<u32> = (0..blocks as u32).collect();
+    let ids: Vec<u32> = (0..tokens)
+        .map(|i| ((i * 7919) % 30000) as u32 + 100)
+        .collect();
+    let mut times = Vec::new();
+    for rep in 0..7 {
+        let t = Instant::now();
+        model.forward(&[SeqChunk {
+            tokens: &ids,
+            start_pos: 0,
+            block_table: &table,
+            need_logits: false,
+        }])?;
+        if rep >= 2 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 /// Median wall time of one decode step of `batch` sequences at `context` tokens, after a

@@ -7,6 +7,7 @@ mod buffers;
 mod device;
 mod gemm;
 mod graphs;
+mod linear;
 mod load;
 mod model;
 mod ops;

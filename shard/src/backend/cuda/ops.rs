@@ -3,14 +3,11 @@
 //! the residual add) -> gate/up GEMM -> SiLU*mul -> down GEMM, then the final norm, the
 //! vocabulary projection and (optionally) sampling. Nothing here synchronizes.
 
-use std::sync::Arc;
-
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtrMut};
 use half::bf16;
-use pagedserve_kernels::{GEMV_MAX_ROWS, GemvOut, Kernels};
 
 use super::device::cuda_err;
-use super::gemm::{Gemm, OutType};
+use super::linear::{Linear, linear};
 use super::model::{CudaLlama, StepShape};
 use crate::backend::BackendResult;
 use crate::model::DeviceSampling;
@@ -331,58 +328,7 @@ pub fn final_norm_and_logits(m: &mut CudaLlama, shape: StepShape) -> BackendResu
     Ok(())
 }
 
-/// Steps of at most this many rows use the GEMV kernel; larger ones cuBLAS. Decode steps of a
-/// Llama-3-8B shape on an H100 (2026-11-26, `cuda_bench`, context 1k): 1 row 5.91 ms with the
-/// GEMV against 6.34 with cuBLAS; 4 rows 6.99 against 6.63; 8 rows 7.06 with cuBLAS, while
-/// the GEMV re-reads x from the cache for every column (10.8 ms under load at 5-8 rows; a
-/// variant staging x in shared memory was slower still: 7.40 ms at 4 rows, 9.18 at 8).
-const GEMV_ROWS: usize = 2;
-const _: () = assert!(GEMV_ROWS <= GEMV_MAX_ROWS);
-
-/// What a linear layer may run on.
-#[derive(Clone, Copy)]
-struct Linear<'a> {
-    gemm: &'a Gemm,
-    kernels: &'a Kernels,
-    /// Use our GEMV kernel for steps of at most `GEMV_MAX_ROWS` rows.
-    gemv: bool,
-}
-
-/// `y[rows, n] = x[rows, k] @ w[n, k]^T`: our GEMV kernel for decode-sized steps (cuBLAS
-/// reaches 60-85% of memory bandwidth on some of these skinny shapes), cuBLAS's GEMMs for the
-/// rest.
-#[allow(clippy::too_many_arguments)]
-fn linear<O: GemvOut>(
-    lin: Linear<'_>,
-    s: &Arc<CudaStream>,
-    y: &mut CudaSlice<O>,
-    x: &CudaSlice<bf16>,
-    w: &CudaSlice<bf16>,
-    rows: usize,
-    n: usize,
-    k: usize,
-) -> BackendResult<()> {
-    if lin.gemv && rows <= GEMV_ROWS && k.is_multiple_of(8) {
-        return lin
-            .kernels
-            .gemv(
-                s,
-                &mut y.slice_mut(..rows * n),
-                &x.slice(..rows * k),
-                &w.as_view(),
-                n,
-                k,
-            )
-            .map_err(cuda_err("gemv"));
-    }
-    let out = match O::NAME {
-        "f32" => OutType::F32,
-        _ => OutType::Bf16,
-    };
-    lin.gemm.matmul(s, x, w, ptr(y, s), out, rows, n, k)
-}
-
-fn ptr<T>(buf: &mut CudaSlice<T>, s: &CudaStream) -> u64 {
+pub(super) fn ptr<T>(buf: &mut CudaSlice<T>, s: &CudaStream) -> u64 {
     let (p, _guard) = buf.device_ptr_mut(s);
     p
 }
