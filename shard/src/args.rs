@@ -82,6 +82,16 @@ pub struct Args {
     /// (a second signal exits at once).
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
+    /// Tensor parallelism: GPUs (shard processes) in this shard's group, each holding a slice
+    /// of every layer. CUDA only; the launcher's --tensor-parallel-size sets it.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one())]
+    pub tp_size: usize,
+    /// This process's rank in its group: 0 serves gRPC and runs the engine, the others follow.
+    #[arg(long, default_value_t = 0)]
+    pub tp_rank: usize,
+    /// HOST:PORT rank 0 listens on for its followers (needed when --tp-size > 1).
+    #[arg(long)]
+    pub tp_addr: Option<String>,
 }
 
 impl Args {
@@ -117,6 +127,16 @@ impl Args {
                     })
                     .map(|c| c.join("kernels")),
             },
+        }
+    }
+
+    /// The tensor-parallel group this process belongs to.
+    pub fn tp_config(&self) -> crate::backend::cuda::TpConfig {
+        crate::backend::cuda::TpConfig {
+            size: self.tp_size,
+            rank: self.tp_rank,
+            addr: self.tp_addr.clone(),
+            ..crate::backend::cuda::TpConfig::single()
         }
     }
 
@@ -162,6 +182,21 @@ mod tests {
         let gpu = dummy.load_options().gpu;
         assert_eq!(gpu.dummy_shape.as_deref(), Some("mistral-7b"));
         assert_eq!(gpu.memory_utilization, 0.9);
+        let tp = parse(&[
+            "--tp-size",
+            "2",
+            "--tp-rank",
+            "1",
+            "--tp-addr",
+            "127.0.0.1:9",
+        ])
+        .expect("parses")
+        .tp_config();
+        assert_eq!(
+            (tp.size, tp.rank, tp.addr.as_deref()),
+            (2, 1, Some("127.0.0.1:9"))
+        );
+        assert_eq!(parse(&[]).expect("parses").tp_config().size, 1);
     }
 
     #[test]
@@ -170,6 +205,7 @@ mod tests {
         assert!(parse(&["--max-batch-tokens", "0"]).is_err());
         assert!(parse(&["--gpu-memory-utilization", "1.5"]).is_err());
         assert!(parse(&["--load-format", "pt"]).is_err());
+        assert!(parse(&["--tp-size", "0"]).is_err());
         assert!(Args::try_parse_from(["pagedserve-shard"]).is_err());
     }
 }

@@ -3,12 +3,16 @@
 //! The gRPC server starts first, so `Health` answers NOT_SERVING while the weights load;
 //! then the engine starts and `Health` turns SERVING. SIGTERM/SIGINT drain running sequences
 //! (up to --shutdown-timeout-secs; a second signal exits at once).
+//!
+//! With `--tp-size T > 1` the shard is one rank of a tensor-parallel group: rank 0 does all of
+//! the above; ranks 1.. serve no gRPC, only follow rank 0's steps until it closes the link.
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Parser;
 use pagedserve_shard::args::Args;
+use pagedserve_shard::backend::cuda::{cuda_device_count, load_tp_model, parse_cuda_device};
 use pagedserve_shard::engine::{EngineHandle, spawn_engine};
-use pagedserve_shard::model::load_model;
+use pagedserve_shard::model::{CausalLm, load_model};
 use pagedserve_shard::service::{ShardService, serve_grpc};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -36,6 +40,10 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let signals = watch_signals();
+    check_tensor_parallel(&args)?;
+    if args.tp_rank > 0 {
+        return run_follower(args, signals).await;
+    }
     let listener = TcpListener::bind((args.host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
@@ -51,7 +59,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         pagedserve_shard::backend::cpu::set_compute_threads(threads);
     }
     let opts = args.load_options();
-    let loading = tokio::task::spawn_blocking(move || load_model(&opts));
+    let tp = args.tp_config();
+    let loading = tokio::task::spawn_blocking(move || match tp.size {
+        1 => load_model(&opts),
+        _ => load_tp_model(&opts, &tp).map(|m| Box::new(m) as Box<dyn CausalLm>),
+    });
     let model = tokio::select! {
         loaded = loading => loaded.context("model loading panicked")?
             .with_context(|| format!("cannot load {}", args.model.display()))?,
@@ -88,6 +100,69 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("shard stopped");
     Ok(())
+}
+
+/// Refuses a tensor-parallel rank that cannot work before it loads anything.
+fn check_tensor_parallel(args: &Args) -> anyhow::Result<()> {
+    let (size, rank) = (args.tp_size, args.tp_rank);
+    if rank >= size {
+        bail!("--tp-rank {rank} must be below --tp-size {size}");
+    }
+    if size == 1 {
+        return Ok(());
+    }
+    let Some(gpu) = parse_cuda_device(&args.device) else {
+        bail!(
+            "--tp-size {size} needs a CUDA device (--device cuda:N), got `{}`",
+            args.device
+        );
+    };
+    if args.tp_addr.is_none() {
+        bail!("--tp-size {size} needs --tp-addr HOST:PORT (where rank 0 listens)");
+    }
+    let count = cuda_device_count().map_err(anyhow::Error::msg)?;
+    if gpu >= count {
+        bail!(
+            "tensor-parallel rank {rank} wants GPU {gpu}, but {count} CUDA device(s) were found \
+             (each rank of a group needs its own GPU: tensor-parallel size x data-parallel \
+             size GPUs in all)"
+        );
+    }
+    Ok(())
+}
+
+/// Ranks 1.. of a tensor-parallel group: load this rank's slice, then run the leader's steps
+/// until it closes the link. A first signal keeps following (the leader drains and then
+/// closes the link; its steps need this rank); a second exits at once.
+async fn run_follower(args: Args, signals: watch::Receiver<u32>) -> anyhow::Result<()> {
+    let (opts, tp) = (args.load_options(), args.tp_config());
+    tracing::info!(rank = tp.rank, size = tp.size, addr = ?tp.addr, model = %args.model.display(),
+        "tensor-parallel follower: loading");
+    let loading = tokio::task::spawn_blocking(move || load_tp_model(&opts, &tp));
+    let model = tokio::select! {
+        loaded = loading => loaded.context("model loading panicked")?
+            .with_context(|| format!("cannot load {}", args.model.display()))?,
+        // Loading may be blocked in the group's rendezvous: nothing to drain, leave now.
+        _ = signalled(signals.clone(), 1) => exit_now("signal during loading"),
+    };
+    tracing::info!(rank = args.tp_rank, "tensor-parallel follower ready");
+    let mut serving = tokio::task::spawn_blocking(move || model.serve_follower());
+    tokio::select! {
+        done = &mut serving => return Ok(done.context("follower panicked")??),
+        _ = signalled(signals.clone(), 1) => {
+            tracing::info!("signal: following until the leader closes the link");
+        }
+    }
+    tokio::select! {
+        done = serving => Ok(done.context("follower panicked")??),
+        _ = signalled(signals, 2) => exit_now("second signal"),
+    }
+}
+
+/// Exits without waiting for blocking tasks (a step stuck in NCCL would never return).
+fn exit_now(why: &str) -> ! {
+    tracing::info!("{why}: exiting now");
+    std::process::exit(0)
 }
 
 fn server_ended(
