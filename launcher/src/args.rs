@@ -99,6 +99,16 @@ pub struct ServeArgs {
     )]
     pub num_shards: u16,
 
+    /// GPUs each replica is split over (Megatron tensor parallelism, NCCL all-reduce; needs
+    /// `--device cuda` and libnccl.so.2). With `--data-parallel-size D`, T x D GPUs: replica d's
+    /// rank r runs on GPU d*T + r.
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=64)
+    )]
+    pub tensor_parallel_size: u16,
+
     /// First shard's gRPC port; shard i listens on base + i. Default: free ports picked for you.
     #[arg(long)]
     pub shard_base_port: Option<u16>,
@@ -234,6 +244,12 @@ mod tests {
         assert!(parse(&["--num-shards", "0"]).is_err());
         // vLLM's name for replicas.
         assert_eq!(serve(&["--data-parallel-size", "2"]).num_shards, 2);
+        assert_eq!(serve(&[]).tensor_parallel_size, 1);
+        assert_eq!(
+            serve(&["--tensor-parallel-size", "2"]).tensor_parallel_size,
+            2
+        );
+        assert!(parse(&["--tensor-parallel-size", "0"]).is_err());
     }
 
     #[test]

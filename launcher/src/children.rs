@@ -1,4 +1,6 @@
 //! Command lines of the children: `pagedserve-shard` per shard and one `pagedserve-router`.
+//! Under tensor parallelism a "shard" is a group of T processes: rank 0 serves gRPC (the
+//! router knows only it), ranks 1.. follow it over the group's rendezvous port.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,10 @@ pub struct Plan {
     pub served_name: String,
     pub shard_ports: Vec<u16>,
     pub threads_per_shard: usize,
+    /// Ranks per group (1: no tensor parallelism).
+    pub tp_size: usize,
+    /// Rendezvous port of each group (empty when `tp_size` is 1).
+    pub tp_ports: Vec<u16>,
 }
 
 /// The directory holding the child binaries: `--bin-dir`, else this executable's directory.
@@ -51,7 +57,28 @@ fn common_env(args: &ServeArgs) -> Vec<(String, String)> {
     }
 }
 
+/// Shard `shard_id` (rank 0 of its group under tensor parallelism), serving gRPC on `port`.
 pub fn shard_spec(args: &ServeArgs, plan: &Plan, shard_id: usize, port: u16) -> Result<ChildSpec> {
+    rank_spec(args, plan, shard_id, 0, Some(port))
+}
+
+/// Rank `rank` (1..) of group `shard_id`: follows its rank 0, serves no gRPC.
+pub fn follower_spec(
+    args: &ServeArgs,
+    plan: &Plan,
+    shard_id: usize,
+    rank: usize,
+) -> Result<ChildSpec> {
+    rank_spec(args, plan, shard_id, rank, None)
+}
+
+fn rank_spec(
+    args: &ServeArgs,
+    plan: &Plan,
+    shard_id: usize,
+    rank: usize,
+    port: Option<u16>,
+) -> Result<ChildSpec> {
     let mut argv: Vec<OsString> = vec!["--model".into(), plan.model.clone().into_os_string()];
     let mut flag = |name: &str, value: String| {
         argv.push(format!("--{name}").into());
@@ -59,9 +86,20 @@ pub fn shard_spec(args: &ServeArgs, plan: &Plan, shard_id: usize, port: u16) -> 
     };
     flag("served-model-name", plan.served_name.clone());
     flag("host", "127.0.0.1".into());
-    flag("port", port.to_string());
+    if let Some(port) = port {
+        flag("port", port.to_string());
+    }
     flag("shard-id", shard_id.to_string());
-    flag("device", shard_device(&args.device, shard_id));
+    // Group d's rank r on GPU d*T + r (with T = 1: shard i on GPU i).
+    let gpu = shard_id * plan.tp_size + rank;
+    flag("device", shard_device(&args.device, gpu));
+    if plan.tp_size > 1 {
+        flag("tp-size", plan.tp_size.to_string());
+        flag("tp-rank", rank.to_string());
+        if let Some(tp_port) = plan.tp_ports.get(shard_id) {
+            flag("tp-addr", format!("127.0.0.1:{tp_port}"));
+        }
+    }
     flag("threads", plan.threads_per_shard.to_string());
     flag(
         "shutdown-timeout-secs",
@@ -102,7 +140,10 @@ pub fn shard_spec(args: &ServeArgs, plan: &Plan, shard_id: usize, port: u16) -> 
             .map(|k| ((*k).to_owned(), threads.clone())),
     );
     Ok(ChildSpec {
-        name: format!("shard-{shard_id}"),
+        name: match rank {
+            0 => format!("shard-{shard_id}"),
+            r => format!("shard-{shard_id}-tp{r}"),
+        },
         program: binary(&plan.bin_dir, SHARD_BIN)?,
         args: argv,
         env,
@@ -111,11 +152,12 @@ pub fn shard_spec(args: &ServeArgs, plan: &Plan, shard_id: usize, port: u16) -> 
     })
 }
 
-/// One GPU per shard: `cuda` puts shard i on GPU i; `auto` is resolved by each shard (GPU
-/// `shard_id` modulo the GPUs found, else the CPU); `cuda:N` and `cpu` are passed as given.
-fn shard_device(device: &str, shard_id: usize) -> String {
+/// One GPU per shard process: `cuda` puts process `gpu` on GPU `gpu`; `auto` is resolved by
+/// each shard (GPU `shard_id` modulo the GPUs found, else the CPU); `cuda:N` and `cpu` are
+/// passed as given.
+fn shard_device(device: &str, gpu: usize) -> String {
     match device {
-        "cuda" => format!("cuda:{shard_id}"),
+        "cuda" => format!("cuda:{gpu}"),
         d => d.to_string(),
     }
 }
@@ -178,6 +220,8 @@ mod tests {
             served_name: "x".into(),
             shard_ports: vec![7001, 7002],
             threads_per_shard: 3,
+            tp_size: 1,
+            tp_ports: vec![],
         }
     }
 
@@ -219,6 +263,41 @@ mod tests {
         assert_eq!(value_of(&argv, "--threads").as_deref(), Some("3"));
         assert!(spec.env.contains(&("RAYON_NUM_THREADS".into(), "3".into())));
         assert_eq!(spec.name, "shard-1");
+    }
+
+    #[test]
+    fn tensor_parallel_ranks_get_their_gpu_and_the_group_port() {
+        let a = args(&["--device", "cuda", "--tensor-parallel-size", "2"]);
+        let mut p = plan("tp");
+        p.tp_size = 2;
+        p.tp_ports = vec![9101, 9102];
+        let leader = strings(&shard_spec(&a, &p, 1, 7002).expect("spec"));
+        assert_eq!(value_of(&leader, "--device").as_deref(), Some("cuda:2"));
+        assert_eq!(value_of(&leader, "--tp-rank").as_deref(), Some("0"));
+        assert_eq!(value_of(&leader, "--tp-size").as_deref(), Some("2"));
+        assert_eq!(
+            value_of(&leader, "--tp-addr").as_deref(),
+            Some("127.0.0.1:9102")
+        );
+        assert_eq!(value_of(&leader, "--port").as_deref(), Some("7002"));
+        let spec = follower_spec(&a, &p, 1, 1).expect("spec");
+        assert_eq!(spec.name, "shard-1-tp1");
+        let follower = strings(&spec);
+        assert_eq!(value_of(&follower, "--device").as_deref(), Some("cuda:3"));
+        assert_eq!(value_of(&follower, "--tp-rank").as_deref(), Some("1"));
+        assert_eq!(
+            value_of(&follower, "--tp-addr").as_deref(),
+            Some("127.0.0.1:9102")
+        );
+        assert!(
+            value_of(&follower, "--port").is_none(),
+            "followers serve no gRPC"
+        );
+        // Without tensor parallelism nothing changes.
+        let plain =
+            strings(&shard_spec(&args(&["--device", "cuda"]), &plan("dp"), 1, 7002).expect("spec"));
+        assert_eq!(value_of(&plain, "--device").as_deref(), Some("cuda:1"));
+        assert!(value_of(&plain, "--tp-size").is_none());
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub enum LaunchError {
     #[error("--shard-base-port {base} with {count} shards runs past port 65535")]
     PortRange { base: u16, count: u16 },
 
+    #[error("{0}")]
+    Config(String),
+
     #[error("could not pick a free port: {0}")]
     NoFreePort(#[source] std::io::Error),
 

@@ -42,6 +42,16 @@ fn fixed_ports(base: u16, count: u16, avoid: u16) -> Result<Vec<u16>> {
 }
 
 fn free_ports(count: u16, avoid: u16) -> Result<Vec<u16>> {
+    free_ports_avoiding(count, &[avoid])
+}
+
+/// Rendezvous ports of `groups` tensor-parallel groups (rank 0 listens, the other ranks
+/// connect), free now and none of `avoid` (the router's and the shards' ports).
+pub fn tp_ports(groups: u16, avoid: &[u16]) -> Result<Vec<u16>> {
+    free_ports_avoiding(groups, avoid)
+}
+
+fn free_ports_avoiding(count: u16, avoid: &[u16]) -> Result<Vec<u16>> {
     // Hold every listener until all are picked so the OS hands out distinct ports.
     let mut held = Vec::with_capacity(usize::from(count));
     while held.len() < usize::from(count) {
@@ -51,7 +61,7 @@ fn free_ports(count: u16, avoid: u16) -> Result<Vec<u16>> {
             .local_addr()
             .map_err(LaunchError::NoFreePort)?
             .port();
-        if port != avoid {
+        if !avoid.contains(&port) {
             held.push((port, listener));
         }
     }
@@ -70,6 +80,14 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted.len(), 8);
         assert!(ports.iter().all(|&p| p != 0));
+    }
+
+    #[test]
+    fn tp_ports_avoid_the_given_ports() {
+        let taken = shard_ports(None, 4, 0).expect("free ports");
+        let tp = tp_ports(4, &taken).expect("free ports");
+        assert_eq!(tp.len(), 4);
+        assert!(tp.iter().all(|p| !taken.contains(p)), "{tp:?} vs {taken:?}");
     }
 
     #[test]

@@ -63,13 +63,45 @@ async fn plan(args: &ServeArgs) -> Result<Plan> {
         .filter(|n| !n.is_empty())
         .unwrap_or(resolved.served_name);
     let shard_ports = ports::shard_ports(args.shard_base_port, args.num_shards, args.port)?;
+    let tp_size = usize::from(args.tensor_parallel_size);
+    let tp_ports = match tp_size {
+        1 => Vec::new(),
+        _ => {
+            check_tensor_parallel(args)?;
+            let taken: Vec<u16> = shard_ports.iter().copied().chain([args.port]).collect();
+            ports::tp_ports(args.num_shards, &taken)?
+        }
+    };
     Ok(Plan {
         bin_dir,
         model,
         served_name,
         shard_ports,
         threads_per_shard: args.effective_threads_per_shard(),
+        tp_size,
+        tp_ports,
     })
+}
+
+/// Tensor parallelism puts every rank on its own GPU: only `--device cuda` says how. (Each
+/// rank also checks that its GPU exists and names the count it found.)
+fn check_tensor_parallel(args: &ServeArgs) -> Result<()> {
+    let (t, d) = (args.tensor_parallel_size, args.num_shards);
+    if args.device != "cuda" {
+        return Err(LaunchError::Config(format!(
+            "--tensor-parallel-size {t} needs --device cuda (one GPU per rank: replica d's \
+             rank r on GPU d*{t} + r), not `{}`",
+            args.device
+        )));
+    }
+    tracing::info!(
+        tensor_parallel_size = t,
+        data_parallel_size = d,
+        gpus = u32::from(t) * u32::from(d),
+        "tensor parallelism: GPUs 0..{} in use",
+        u32::from(t) * u32::from(d)
+    );
+    Ok(())
 }
 
 async fn start(args: &ServeArgs, plan: &Plan, sup: &mut Supervisor) -> Result<()> {
@@ -82,8 +114,13 @@ async fn start(args: &ServeArgs, plan: &Plan, sup: &mut Supervisor) -> Result<()
     );
     for (id, &port) in plan.shard_ports.iter().enumerate() {
         sup.spawn(children::shard_spec(args, plan, id, port)?)?;
+        // Followers are supervised like shards: one dying stops everything, loudly.
+        for rank in 1..plan.tp_size {
+            sup.spawn(children::follower_spec(args, plan, id, rank)?)?;
+        }
     }
-    // Shards load in parallel; waiting on them in order costs nothing extra.
+    // Shards load in parallel; waiting on them in order costs nothing extra. A group's rank 0
+    // serves only once every rank has joined and loaded.
     for (id, &port) in plan.shard_ports.iter().enumerate() {
         let what = format!("shard-{id} (127.0.0.1:{port})");
         readiness::wait_until(sup, &what, timeout, || readiness::shard_serving(port)).await?;
