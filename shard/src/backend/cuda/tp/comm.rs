@@ -23,9 +23,10 @@ pub fn check_nccl() -> BackendResult<()> {
     match present {
         true => Ok(()),
         false => Err(BackendError::Cuda(
-            "tensor parallelism needs NCCL, but libnccl.so.2 was not found: install NCCL or add \
-             its lib directory to LD_LIBRARY_PATH (PyTorch's wheel ships one: python3 -c \
-             'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))' + /lib)"
+            "tensor parallelism needs NCCL, opened as libnccl.so, which was not found: put a \
+             directory holding libnccl.so on LD_LIBRARY_PATH (cudarc does not look for \
+             libnccl.so.2; a link libnccl.so -> libnccl.so.2 will do, e.g. to the one in \
+             PyTorch's wheel: python3 -c 'import nvidia.nccl as n; print(n.__path__[0])' + /lib)"
                 .into(),
         )),
     }
