@@ -19,7 +19,6 @@ mod loader;
 mod ops;
 mod rope;
 mod sample;
-mod skinny;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,7 +33,6 @@ pub use attention::{
 pub use device::{driver_present, nvrtc_present, open_device};
 pub use error::KernelError;
 pub use gemv::{GEMV_MAX_ROWS, GemvOut};
-pub use skinny::{SKINNY_COLS, SKINNY_K_STEP, SKINNY_MAX_ROWS, skinny_supports};
 pub use loader::{cached_ptx, compile_ptx, device_arch, full_source};
 
 /// The compiled kernels of one device.

@@ -13,7 +13,7 @@ use crate::KernelError;
 
 /// The sources, in the order they are concatenated (common helpers first).
 const COMMON: &str = include_str!("../cuda/common.cuh");
-const SOURCES: [(&str, &str); 8] = [
+const SOURCES: [(&str, &str); 7] = [
     ("elementwise.cu", include_str!("../cuda/elementwise.cu")),
     ("rope.cu", include_str!("../cuda/rope.cu")),
     (
@@ -27,7 +27,6 @@ const SOURCES: [(&str, &str); 8] = [
     ("sample.cu", include_str!("../cuda/sample.cu")),
     ("gemv.cu", include_str!("../cuda/gemv.cu")),
     ("bias.cu", include_str!("../cuda/bias.cu")),
-    ("skinny.cu", include_str!("../cuda/skinny.cu")),
 ];
 
 /// Where NVRTC finds `cuda_bf16.h` (the CUDA toolkit's include folder); `CUDA_HOME` or
@@ -164,10 +163,6 @@ pub(crate) fn kernel_names() -> Vec<String> {
         names.push(format!("gemv_bf16_m{m}"));
         names.push(format!("gemv_f32_m{m}"));
     }
-    for t in 1..=crate::skinny::SKINNY_MAX_ROWS / 8 {
-        names.push(format!("skinny_bf16_t{t}"));
-        names.push(format!("skinny_f32_t{t}"));
-    }
     names
 }
 
@@ -220,12 +215,7 @@ mod tests {
                 .rsplit_once("_m")
                 .filter(|(k, _)| k.starts_with("gemv_"))
                 .is_some_and(|(_, m)| src.contains(&format!("GEMV_KERNELS({m})")));
-            // Skinny kernels come from SKINNY_KERNELS(T).
-            let skinny = name
-                .rsplit_once("_t")
-                .filter(|(k, _)| k.starts_with("skinny_"))
-                .is_some_and(|(_, t)| src.contains(&format!("SKINNY_KERNELS({t})")));
-            assert!(direct || inst || gemv || skinny, "{name} is not in the sources");
+            assert!(direct || inst || gemv, "{name} is not in the sources");
         }
     }
 

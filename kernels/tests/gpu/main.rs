@@ -10,4 +10,3 @@ mod gemv;
 mod prefill;
 mod rope;
 mod sample;
-mod skinny;

@@ -1,13 +1,16 @@
-//! Linear layers, `y[rows, n] = x[rows, k] @ w[n, k]^T`, on whichever kernel suits the step:
-//! our GEMV for one or two rows, our tensor-core skinny GEMM for small decode batches, and
-//! cuBLAS's GEMMs for everything larger (prefill chunks, big decode batches), where they run
-//! compute-bound near the tensor cores' rate.
+//! Linear layers, `y[rows, n] = x[rows, k] @ w[n, k]^T`: our GEMV for one or two rows, cuBLAS's
+//! GEMMs for everything larger.
+//!
+//! Measured per Llama-3-8B layer on an H100 (2026-11-26, `kernels/examples/linear_bench.rs`,
+//! share of copy bandwidth): the GEMV 92% at 1 row, 86% at 2; cuBLAS 86% from 1 to 64 rows. A
+//! tensor-core skinny GEMM of ours (mma.sync, x read once per 32 columns, loads of 2-4 chunks in
+//! flight per warp) reached only 77% at 1-8 rows and fell to 26% at 64, so it was dropped.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
-use pagedserve_kernels::{GEMV_MAX_ROWS, GemvOut, Kernels, SKINNY_MAX_ROWS, skinny_supports};
+use pagedserve_kernels::{GEMV_MAX_ROWS, GemvOut, Kernels};
 
 use super::device::cuda_err;
 use super::gemm::{Gemm, OutType};
@@ -21,32 +24,16 @@ use crate::backend::BackendResult;
 const GEMV_ROWS: usize = 2;
 const _: () = assert!(GEMV_ROWS <= GEMV_MAX_ROWS);
 
-/// Default for the largest step the skinny GEMM takes (`PAGEDSERVE_CUDA_SKINNY_ROWS`, 0 = off);
-/// above it cuBLAS's GEMMs are as fast, since the products stop being purely memory-bound.
-const SKINNY_ROWS_DEFAULT: usize = 32;
-
-fn skinny_rows() -> usize {
-    static ROWS: OnceLock<usize> = OnceLock::new();
-    *ROWS.get_or_init(|| {
-        std::env::var("PAGEDSERVE_CUDA_SKINNY_ROWS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(SKINNY_ROWS_DEFAULT)
-            .min(SKINNY_MAX_ROWS)
-    })
-}
-
 /// What a linear layer may run on.
 #[derive(Clone, Copy)]
 pub(super) struct Linear<'a> {
     pub gemm: &'a Gemm,
     pub kernels: &'a Kernels,
-    /// Our own kernels for small steps (`PAGEDSERVE_CUDA_GEMV=0`: cuBLAS for every step).
+    /// Our GEMV for one or two rows (`PAGEDSERVE_CUDA_GEMV=0`: cuBLAS for every step).
     pub gemv: bool,
 }
 
-/// `y[rows, n] = x[rows, k] @ w[n, k]^T` (cuBLAS reaches only 60-85% of memory bandwidth on
-/// the skinny shapes of decode steps, hence our kernels there).
+/// `y[rows, n] = x[rows, k] @ w[n, k]^T`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn linear<O: GemvOut>(
     lin: Linear<'_>,
@@ -70,19 +57,6 @@ pub(super) fn linear<O: GemvOut>(
                 k,
             )
             .map_err(cuda_err("gemv"));
-    }
-    if lin.gemv && rows <= skinny_rows() && skinny_supports(rows, n, k) {
-        return lin
-            .kernels
-            .skinny_gemm(
-                s,
-                &mut y.slice_mut(..rows * n),
-                &x.slice(..rows * k),
-                &w.as_view(),
-                n,
-                k,
-            )
-            .map_err(cuda_err("skinny gemm"));
     }
     let out = match O::NAME {
         "f32" => OutType::F32,

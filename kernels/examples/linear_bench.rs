@@ -1,10 +1,9 @@
-//! Linear layers of small decode batches: our tensor-core skinny GEMM, our GEMV (1-8 rows) and
-//! cuBLAS's bf16 GEMM on Llama-3-8B's layer shapes (qkv 6144x4096, o 4096x4096, gate/up
+//! Linear layers of small decode batches: our GEMV (1-8 rows) and cuBLAS's bf16 GEMM on Llama-3-8B's layer shapes (qkv 6144x4096, o 4096x4096, gate/up
 //! 28672x4096, down 4096x14336), for 1..64 rows. Each case rotates over 4 copies of the weight
 //! (never an L2 hit between calls), random inputs, CUDA events around back-to-back calls after
 //! warm-up, median of 7 samples. Prints GB/s of weight bytes read (what bounds these shapes)
 //! as a share of the device's copy bandwidth, and one layer's total time per kernel.
-//! Usage: `skinny_bench [ptx-cache-dir]`.
+//! Usage: `linear_bench [ptx-cache-dir]`.
 
 use std::error::Error;
 use std::sync::Arc;
@@ -101,7 +100,7 @@ fn main() -> Res<()> {
     for rows in [1, 2, 3, 4, 8, 16, 24, 32, 48, 64] {
         let x = b.random(rows * 14336, 7)?;
         let mut y = b.random(rows * 28672, 8)?;
-        for kernel in ["skinny", "gemv", "cublas"] {
+        for kernel in ["gemv", "cublas"] {
             if kernel == "gemv" && rows > GEMV_MAX_ROWS {
                 continue;
             }
@@ -112,14 +111,6 @@ fn main() -> Res<()> {
                     let w = &w[call % COPIES];
                     let xs = x.slice(..rows * kk);
                     match kernel {
-                        "skinny" => b.k.skinny_gemm(
-                            &b.stream,
-                            &mut y.slice_mut(..rows * n),
-                            &xs,
-                            &w.as_view(),
-                            n,
-                            kk,
-                        )?,
                         "gemv" => b.k.gemv(
                             &b.stream,
                             &mut y.slice_mut(..rows * n),
