@@ -1,6 +1,8 @@
-//! CPU backend: GGUF weights kept in their block format and multiplied with f32 activations
-//! by our own run-time-dispatched SIMD kernels (`qweight`, `simd_x86`) over a persistent
-//! thread pool (`pool`); candle's `QMatMul` for block types we do not handle (k-quants);
+//! CPU backend: GGUF weights multiplied with f32 activations by our own run-time-dispatched
+//! SIMD kernels over a persistent thread pool (`pool`): on AVX-512 CPUs outer-product kernels
+//! over blocks regrouped by 16 output columns (few rows) or an f32 panel (many rows), with
+//! the same bits for any row count (`tiled`, `tiled_x86`); elsewhere the GGUF block kernels
+//! (`qweight`, `simd_x86`: AVX2 or scalar); candle's `QMatMul` for block types we do not handle (k-quants);
 //! plain loops for the rest; a paged f32 KV cache in host memory (`kv`, `attention`).
 
 mod attention;
@@ -14,8 +16,12 @@ mod tensor;
 #[cfg(test)]
 mod tests;
 mod threads;
+mod tiled;
+#[cfg(target_arch = "x86_64")]
+mod tiled_x86;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use threads::{compute_threads, set_compute_threads};
 
@@ -47,6 +53,8 @@ pub enum WeightFormat {
 pub struct CpuBackend {
     format: WeightFormat,
     pool: pool::Pool,
+    /// Bytes of f32 panels still allowed (`tiled::panel_budget_bytes`).
+    panel_budget: AtomicUsize,
 }
 
 impl CpuBackend {
@@ -54,6 +62,7 @@ impl CpuBackend {
         Self {
             format,
             pool: pool::Pool::new(),
+            panel_budget: AtomicUsize::new(tiled::panel_budget_bytes()),
         }
     }
 
@@ -73,12 +82,16 @@ impl CpuBackend {
             })
             .collect::<BackendResult<_>>()?;
         let mut chunks = Vec::new();
-        for (wi, &n) in dims.iter().enumerate() {
-            // ~8 chunks per thread and weight, whole 4-row groups for the decode kernel.
+        for (wi, (&n, w)) in dims.iter().zip(ws).enumerate() {
+            // ~8 chunks per thread and weight (fewer over the f32 panel, where a chunk's tiles
+            // are long), in whole 64-row units: two panel tiles, four packed groups.
+            let per_thread = match &***w {
+                CpuWeight::Blocks(b) if b.uses_panel(x.rows) => 4,
+                _ => 8,
+            };
             let rows = n
-                .div_ceil(8 * self.pool.threads())
-                .next_multiple_of(4)
-                .max(32);
+                .div_ceil(per_thread * self.pool.threads())
+                .next_multiple_of(2 * tiled::TILE);
             chunks.extend(
                 (0..n)
                     .step_by(rows)
@@ -135,7 +148,23 @@ impl Backend for CpuBackend {
 
     fn load_weight(&self, w: QTensor) -> BackendResult<Arc<CpuWeight>> {
         let w = match self.format {
-            WeightFormat::Blocks => CpuWeight::from_qtensor(w)?,
+            WeightFormat::Blocks => {
+                let mut w = CpuWeight::from_qtensor(w)?;
+                if let CpuWeight::Blocks(b) = &mut w {
+                    let need = b.panel_bytes();
+                    let granted = self
+                        .panel_budget
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                            left.checked_sub(need)
+                        })
+                        .is_ok();
+                    b.build_packed();
+                    if granted {
+                        b.build_panel();
+                    }
+                }
+                w
+            }
             WeightFormat::F32 => CpuWeight::Candle(QMatMul::Tensor(w.dequantize(&Device::Cpu)?)),
             WeightFormat::Candle => CpuWeight::Candle(QMatMul::from_qtensor(w)?),
         };

@@ -11,6 +11,7 @@ use half::f16;
 #[cfg(target_arch = "x86_64")]
 use crate::backend::cpu::simd_x86;
 use crate::backend::cpu::tensor::CpuTensor;
+use crate::backend::cpu::tiled::{self, Packed, PackedKind, Panel};
 use crate::backend::{BackendError, BackendResult};
 
 const QK: usize = 32;
@@ -45,6 +46,10 @@ pub struct BlockMatrix {
     qs: Vec<u8>,
     /// F32 weights.
     dense: Vec<f32>,
+    /// The outer-product forms (`tiled`), used on AVX-512 CPUs: packed blocks for few rows,
+    /// an f32 panel (within the memory budget) for many; both give the same bits.
+    packed: Option<Box<Packed>>,
+    panel: Option<Box<Panel>>,
 }
 
 impl CpuWeight {
@@ -115,11 +120,98 @@ impl BlockMatrix {
             mins,
             qs,
             dense,
+            packed: None,
+            panel: None,
+        }
+    }
+
+    /// Bytes an f32 panel of this matrix takes.
+    pub fn panel_bytes(&self) -> usize {
+        self.rows * self.cols * std::mem::size_of::<f32>()
+    }
+
+    /// Builds the packed form (Q4_1 / Q8_0 with whole 16-row groups), used when the CPU has
+    /// AVX-512; without it the block kernels below serve every row count.
+    pub fn build_packed(&mut self) {
+        if !tiled_cpu() {
+            return;
+        }
+        let kind = match self.kind {
+            BlockKind::Q4_1 => PackedKind::Q4_1,
+            BlockKind::Q8_0 => PackedKind::Q8_0,
+            BlockKind::F32 => return,
+        };
+        let nb = self.cols / QK;
+        self.packed = Packed::new(kind, self.rows, self.cols, |n, b| {
+            let i = n * nb + b;
+            let mut q = [0u8; QK];
+            match self.kind {
+                BlockKind::Q4_1 => {
+                    for (j, &v) in self.qs[i * 16..(i + 1) * 16].iter().enumerate() {
+                        (q[j], q[j + 16]) = (v & 0x0F, v >> 4);
+                    }
+                }
+                _ => q.copy_from_slice(&self.qs[i * QK..(i + 1) * QK]),
+            }
+            let min = self.mins.get(i).copied().unwrap_or(0.0);
+            (
+                q,
+                f16::from_f32(self.scales[i]).to_bits(),
+                f16::from_f32(min).to_bits(),
+            )
+        })
+        .map(Box::new);
+    }
+
+    /// Dequantizes the weights once into the f32 panel (AVX-512 CPUs only).
+    pub fn build_panel(&mut self) {
+        if tiled_cpu() && (self.packed.is_some() || self.kind == BlockKind::F32) {
+            self.panel = Some(Box::new(Panel::new(self.rows, self.cols, |n, out| {
+                self.dequantize_row(n, out)
+            })));
+        }
+    }
+
+    /// Weight row `n` as f32 (`out.len() == cols`).
+    fn dequantize_row(&self, n: usize, out: &mut [f32]) {
+        if self.kind == BlockKind::F32 {
+            // Any width (F32 matrices need not be whole blocks).
+            out.copy_from_slice(&self.dense[n * self.cols..(n + 1) * self.cols]);
+            return;
+        }
+        let nb = self.cols / QK;
+        for (b, o) in (n * nb..(n + 1) * nb).zip(out.chunks_exact_mut(QK)) {
+            match self.kind {
+                BlockKind::Q4_1 => {
+                    let (q, d, m) = (&self.qs[b * 16..(b + 1) * 16], self.scales[b], self.mins[b]);
+                    // fma, as the packed kernels dequantize (see `tiled`).
+                    for j in 0..16 {
+                        o[j] = d.mul_add((q[j] & 0x0F) as f32, m);
+                        o[j + 16] = d.mul_add((q[j] >> 4) as f32, m);
+                    }
+                }
+                BlockKind::Q8_0 => {
+                    let (q, d) = (&self.qs[b * QK..(b + 1) * QK], self.scales[b]);
+                    o.iter_mut()
+                        .zip(q)
+                        .for_each(|(o, &v)| *o = d * v as i8 as f32);
+                }
+                BlockKind::F32 => {}
+            }
         }
     }
 
     /// Output rows `range` of `x @ w^T`, written `[x.rows, range.len()]` into `out`.
     pub fn matmul_rows(&self, x: &CpuTensor, range: std::ops::Range<usize>, out: &mut [f32]) {
+        if x.cols == self.cols && out.len() == x.rows * range.len() {
+            match (&self.panel, &self.packed) {
+                (Some(p), _) if self.uses_panel(x.rows) || self.packed.is_none() => {
+                    return p.matmul(&x.data, x.rows, range, out);
+                }
+                (_, Some(p)) => return p.matmul(&x.data, x.rows, range, out),
+                _ => {}
+            }
+        }
         // Q4_1's `m` term needs each activation block's sum, shared by all weight rows.
         let xsum: Vec<f32> = match self.kind {
             BlockKind::Q4_1 => x.data.chunks_exact(QK).map(|c| c.iter().sum()).collect(),
@@ -130,6 +222,11 @@ impl BlockMatrix {
         for n in first..range.end {
             self.row_dots(x, &xsum, n, n - range.start, range.len(), out, simd);
         }
+    }
+
+    /// Whether a step of `rows` activation rows reads the f32 panel.
+    pub fn uses_panel(&self, rows: usize) -> bool {
+        self.panel.is_some() && rows >= tiled::panel_min_rows()
     }
 
     /// The quantized blocks, scales and mins of `count` weight rows from row `first`.
@@ -247,6 +344,15 @@ impl BlockMatrix {
             };
         }
     }
+}
+
+/// Whether the outer-product kernels (`tiled`, AVX-512 only) run here.
+fn tiled_cpu() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return true;
+    }
+    false
 }
 
 /// The widest SIMD level this CPU runs (detected at run time; std caches the CPUID query).
