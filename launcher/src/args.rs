@@ -156,6 +156,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub max_num_seqs: Option<u32>,
 
+    /// Requests the router holds before they start generating; beyond this it answers 429
+    /// (router default: 1024).
+    #[arg(long)]
+    pub max_waiting_requests: Option<usize>,
+
     /// Compute threads per shard; default: available cores / num-shards, at least 1.
     #[arg(long)]
     pub threads_per_shard: Option<usize>,

@@ -172,6 +172,10 @@ pub fn router_spec(args: &ServeArgs, plan: &Plan) -> Result<ChildSpec> {
         argv.push(format!("--{name}").into());
         argv.push(value.into());
     }
+    if let Some(n) = args.max_waiting_requests {
+        argv.push("--max-waiting-requests".into());
+        argv.push(n.to_string().into());
+    }
     for port in &plan.shard_ports {
         argv.push("--shard".into());
         argv.push(format!("http://127.0.0.1:{port}").into());
@@ -325,6 +329,18 @@ mod tests {
         );
         assert!(spec.env.contains(&("API_KEY".into(), "s3cret".into())));
         assert!(spec.env.contains(&("HF_TOKEN".into(), "hf_x".into())));
+    }
+
+    #[test]
+    fn router_gets_the_waiting_limit_only_when_set() {
+        let spec =
+            router_spec(&args(&["--max-waiting-requests", "4096"]), &plan("w")).expect("spec");
+        assert_eq!(
+            value_of(&strings(&spec), "--max-waiting-requests").as_deref(),
+            Some("4096")
+        );
+        let spec = router_spec(&args(&[]), &plan("w")).expect("spec");
+        assert!(value_of(&strings(&spec), "--max-waiting-requests").is_none());
     }
 
     #[test]
