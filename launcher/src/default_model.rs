@@ -15,16 +15,21 @@ const FETCH_SCRIPT: &str = include_str!("../../scripts/fetch_default_model.py");
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// What to serve. The model is `--model`/`MODEL_NAME`, else `PAGEDSERVE_MODEL` (the older
-/// name), else the embedded default; `revision` and `token` apply to hub ids.
+/// name), else the embedded default; `revision` and `token` apply to hub ids. With
+/// `skip_weights` (`--load-format dummy`) a HF model needs only its config and tokenizer.
 pub async fn resolve_served(
     model: Option<&str>,
     revision: Option<&str>,
     token: Option<String>,
+    skip_weights: bool,
 ) -> Result<ResolvedModel> {
     let env_model = std::env::var("PAGEDSERVE_MODEL").ok();
     match model.or(env_model.as_deref()).filter(|m| !m.is_empty()) {
         Some(spec) => {
-            let settings = HubSettings::from_env(token)?;
+            let settings = HubSettings {
+                skip_weights,
+                ..HubSettings::from_env(token)?
+            };
             Ok(hub::resolve(spec, revision, &settings).await?)
         }
         None => {
@@ -39,7 +44,7 @@ pub async fn resolve_served(
 
 /// The model path to load: `model` resolved as [`resolve_served`] does, else the default.
 pub async fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
-    Ok(resolve_served(model, None, None).await?.path)
+    Ok(resolve_served(model, None, None, false).await?.path)
 }
 
 /// The name clients use in `model`: the file name without its `.gguf` extension.

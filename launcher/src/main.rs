@@ -25,6 +25,7 @@ async fn download(args: args::DownloadArgs) -> error::Result<()> {
         args.model.as_deref(),
         args.revision.as_deref(),
         args.hf_token,
+        false,
     )
     .await?;
     println!("{}", model.path.display());

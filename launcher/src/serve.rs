@@ -54,6 +54,7 @@ async fn plan(args: &ServeArgs) -> Result<Plan> {
         args.model.as_deref(),
         args.revision.as_deref(),
         args.hf_token.clone(),
+        args.load_format.as_deref() == Some("dummy"),
     )
     .await?;
     let model = resolved.path;

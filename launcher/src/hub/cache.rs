@@ -41,13 +41,20 @@ fn is_commit_hash(s: &str) -> bool {
 /// What a model directory lacks to be served: `config.json`, `tokenizer.json`, and the
 /// weights (`model.safetensors`, or the index and every shard it names). Dangling symlinks
 /// (a blob deleted from the cache) count as missing.
+#[cfg(test)]
 pub fn missing_files(dir: &Path) -> Vec<String> {
+    missing_serving_files(dir, true)
+}
+
+/// [`missing_files`], with `weights: false` checking only the config and the tokenizer (for
+/// `--load-format dummy`, which draws random weights).
+pub fn missing_serving_files(dir: &Path, weights: bool) -> Vec<String> {
     let mut missing: Vec<String> = ["config.json", "tokenizer.json"]
         .into_iter()
         .filter(|f| !dir.join(f).is_file())
         .map(str::to_string)
         .collect();
-    if dir.join("model.safetensors").is_file() {
+    if !weights || dir.join("model.safetensors").is_file() {
         return missing;
     }
     match shard_names(&dir.join("model.safetensors.index.json")) {

@@ -60,6 +60,9 @@ pub async fn download(repo: &str, revision: &str, s: &HubSettings) -> HubResult<
     for name in OPTIONAL.iter().filter(|f| files.contains(**f)) {
         fetch(&api, name, repo, revision, s).await?;
     }
+    if s.skip_weights {
+        return Ok(snapshot);
+    }
     for name in weight_files(&api, &files, repo, revision, s).await? {
         fetch(&api, &name, repo, revision, s).await?;
     }
@@ -171,6 +174,7 @@ mod tests {
             token: None,
             offline: false,
             progress: false,
+            skip_weights: false,
         };
         let full = ApiError::IoError(std::io::Error::from_raw_os_error(libc::ENOSPC));
         let err = classify(full, "o/m", "main", "x", &s);

@@ -14,7 +14,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-pub use cache::{RepoCache, missing_files};
+pub use cache::{RepoCache, missing_serving_files};
 pub use error::{HubError, HubResult};
 pub use settings::HubSettings;
 
@@ -44,7 +44,7 @@ pub async fn resolve(
         return local_gguf(path);
     }
     if path.is_dir() {
-        return local_dir(path);
+        return local_dir(path, !s.skip_weights);
     }
     if spec.to_ascii_lowercase().ends_with(".gguf") || !is_repo_id(spec) {
         return Err(HubError::BadSpec(spec.to_string()));
@@ -60,14 +60,15 @@ pub async fn resolve(
 async fn cached_or_downloaded(repo: &str, revision: &str, s: &HubSettings) -> HubResult<PathBuf> {
     let cache = RepoCache::new(&s.cache_dir, repo);
     let snapshot = cache.snapshot(revision);
-    if let Some(dir) = snapshot.as_ref().filter(|d| missing_files(d).is_empty()) {
+    let missing = |d: &Path| missing_serving_files(d, !s.skip_weights);
+    if let Some(dir) = snapshot.as_ref().filter(|d| missing(d).is_empty()) {
         check_architecture(&dir.join("config.json"), repo)?;
         tracing::info!(model = repo, revision, dir = %dir.display(), "model found in the HF cache");
         return Ok(dir.clone());
     }
     if s.offline {
         let missing = match &snapshot {
-            Some(dir) => format!("its snapshot lacks {}", missing_files(dir).join(", ")),
+            Some(dir) => format!("its snapshot lacks {}", missing(dir).join(", ")),
             None => format!("no snapshot for revision `{revision}`"),
         };
         return Err(HubError::OfflineMissing {
@@ -78,7 +79,7 @@ async fn cached_or_downloaded(repo: &str, revision: &str, s: &HubSettings) -> Hu
     }
     tracing::info!(model = repo, revision, cache = %s.cache_dir.display(), "downloading from the hub");
     let dir = download::download(repo, revision, s).await?;
-    let missing = missing_files(&dir);
+    let missing = missing(&dir);
     if !missing.is_empty() {
         return Err(HubError::MissingFiles {
             repo: repo.into(),
@@ -104,8 +105,8 @@ fn local_gguf(path: &Path) -> HubResult<ResolvedModel> {
     })
 }
 
-fn local_dir(path: &Path) -> HubResult<ResolvedModel> {
-    let missing = missing_files(path);
+fn local_dir(path: &Path, weights: bool) -> HubResult<ResolvedModel> {
+    let missing = missing_serving_files(path, weights);
     if !missing.is_empty() {
         return Err(HubError::Local {
             path: path.into(),

@@ -18,6 +18,8 @@ pub struct HubSettings {
     pub offline: bool,
     /// Show indicatif progress bars while downloading.
     pub progress: bool,
+    /// Config and tokenizer only, no weights (`--load-format dummy`, as vLLM fetches then).
+    pub skip_weights: bool,
 }
 
 impl HubSettings {
@@ -44,6 +46,7 @@ impl HubSettings {
             token,
             offline: var("HF_HUB_OFFLINE").is_some_and(|v| is_true(&v)),
             progress: true,
+            skip_weights: false,
         })
     }
 }

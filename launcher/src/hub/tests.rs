@@ -53,6 +53,7 @@ fn settings(hub: &MockHub, cache: &Path, token: Option<&str>, offline: bool) -> 
         token: token.map(str::to_string),
         offline,
         progress: false,
+        skip_weights: false,
     }
 }
 
@@ -263,6 +264,7 @@ async fn local_files_and_directories() {
         token: None,
         offline: true,
         progress: false,
+        skip_weights: false,
     };
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shard/tests/data/hf/qwen2");
     let got = resolve(&fixture.to_string_lossy(), None, &s)
@@ -302,4 +304,50 @@ async fn local_files_and_directories() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn dummy_weights_need_only_the_config_and_the_tokenizer() {
+    let hub = hub_with(
+        vec![("org/tiny-llama", repo(tiny_llama_files(), None))],
+        None,
+    )
+    .await;
+    let cache = temp_cache("skip-weights");
+    let dummy = HubSettings {
+        skip_weights: true,
+        ..settings(&hub, &cache, None, false)
+    };
+    let got = resolve("org/tiny-llama", None, &dummy)
+        .await
+        .expect("config and tokenizer");
+    assert!(got.path.join("config.json").is_file() && got.path.join("tokenizer.json").is_file());
+    assert!(!got.path.join("model.safetensors").exists());
+    assert!(
+        !hub.log().iter().any(|r| r.path.ends_with(".safetensors")),
+        "no weights requested"
+    );
+    // The same weightless snapshot serves offline for dummy weights, not for real ones.
+    let offline = |skip_weights| HubSettings {
+        skip_weights,
+        ..settings(&hub, &cache, None, true)
+    };
+    assert_eq!(
+        resolve("org/tiny-llama", None, &offline(true))
+            .await
+            .expect("cached"),
+        got
+    );
+    assert!(matches!(
+        resolve("org/tiny-llama", None, &offline(false)).await,
+        Err(HubError::OfflineMissing { .. })
+    ));
+    // A local directory without weights: likewise.
+    let local = got.path.to_string_lossy().into_owned();
+    assert!(resolve(&local, None, &offline(true)).await.is_ok());
+    let err = resolve(&local, None, &offline(false))
+        .await
+        .expect_err("no weights");
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+    let _ = std::fs::remove_dir_all(&cache);
 }
