@@ -3,19 +3,23 @@
 //! head between `num_heads / kv_heads` query heads without expanding it. With a sliding
 //! window `w` (Mistral), a row at position `p` sees only tokens `p - w + 1 ..= p`.
 
+use std::sync::Mutex;
+
 use crate::backend::cpu::kv::CpuKvCache;
+use crate::backend::cpu::pool::Pool;
 use crate::backend::cpu::tensor::CpuTensor;
 use crate::backend::{AttnSeq, BackendError, BackendResult};
 
-/// Work of one query head of one row.
-struct HeadJob<'a> {
-    q: &'a [f32],
-    out: &'a mut [f32],
-    kv_head: usize,
+/// Work of one row for one KV head: the `group` query heads that share it (contiguous in the
+/// row under GQA), so each cached key and value is read once for all of them.
+pub(super) struct GroupJob<'a> {
+    pub(super) q: &'a [f32],
+    pub(super) out: &'a mut [f32],
+    pub(super) kv_head: usize,
     /// First cached token this row attends to (0 without a sliding window).
-    first: usize,
-    context: usize,
-    table: &'a [u32],
+    pub(super) first: usize,
+    pub(super) context: usize,
+    pub(super) table: &'a [u32],
 }
 
 pub fn paged_attention(
@@ -35,6 +39,18 @@ pub fn paged_attention(
     paged_attention_windowed(q, cache, layer, seqs, block_tables, heads)
 }
 
+/// [`paged_attention_pooled`] without a pool (scoped threads for large steps).
+pub fn paged_attention_windowed(
+    q: &CpuTensor,
+    cache: &CpuKvCache,
+    layer: usize,
+    seqs: &[AttnSeq],
+    block_tables: &[u32],
+    heads: Heads,
+) -> BackendResult<CpuTensor> {
+    paged_attention_pooled(q, cache, layer, seqs, block_tables, heads, None)
+}
+
 /// Attention settings of one layer.
 #[derive(Debug, Clone, Copy)]
 pub struct Heads {
@@ -44,13 +60,16 @@ pub struct Heads {
     pub window: Option<usize>,
 }
 
-pub fn paged_attention_windowed(
+/// Attention of every row over its sequence's cached tokens, the (row, KV head) jobs spread
+/// over `pool` (or scoped threads for large steps without one).
+pub fn paged_attention_pooled(
     q: &CpuTensor,
     cache: &CpuKvCache,
     layer: usize,
     seqs: &[AttnSeq],
     block_tables: &[u32],
     heads: Heads,
+    pool: Option<&Pool>,
 ) -> BackendResult<CpuTensor> {
     let Heads {
         num_heads,
@@ -65,7 +84,7 @@ pub fn paged_attention_windowed(
     let hd = l.head_dim;
     let group = num_heads / l.num_kv_heads;
     let mut out = CpuTensor::zeros(q.rows, q.cols);
-    let mut jobs = Vec::with_capacity(q.rows * num_heads);
+    let mut jobs = Vec::with_capacity(q.rows * l.num_kv_heads);
     let mut out_rows = out.data.chunks_exact_mut(q.cols);
     for seq in seqs {
         let table = &block_tables[seq.table_start..seq.table_start + seq.table_len];
@@ -75,55 +94,81 @@ pub fn paged_attention_windowed(
             let q_row = q.row(seq.row_start + i);
             let context = seq.start_pos + i + 1;
             let first = window.map_or(0, |w| context.saturating_sub(w));
-            for (h, out_head) in out_row.chunks_exact_mut(hd).enumerate() {
-                jobs.push(HeadJob {
-                    q: &q_row[h * hd..(h + 1) * hd],
-                    out: out_head,
-                    kv_head: h / group,
+            for (kv_head, (q, out)) in q_row
+                .chunks_exact(group * hd)
+                .zip(out_row.chunks_exact_mut(group * hd))
+                .enumerate()
+            {
+                jobs.push(Mutex::new(GroupJob {
+                    q,
+                    out,
+                    kv_head,
                     first,
                     context,
                     table,
-                });
+                }));
             }
         }
     }
-    run_jobs(jobs, cache, layer, scale);
+    run_jobs(&jobs, cache, layer, scale, pool)?;
     Ok(out)
 }
 
-/// Splits the head jobs over the cores when there is enough work to pay for a thread.
-fn run_jobs(mut jobs: Vec<HeadJob<'_>>, cache: &CpuKvCache, layer: usize, scale: f32) {
-    let work: usize =
-        jobs.iter().map(|j| j.context - j.first).sum::<usize>() * cache.layout.head_dim;
+/// Runs the jobs on the pool, or on scoped threads when there is enough work to pay for them.
+fn run_jobs(
+    jobs: &[Mutex<GroupJob<'_>>],
+    cache: &CpuKvCache,
+    layer: usize,
+    scale: f32,
+    pool: Option<&Pool>,
+) -> BackendResult<()> {
+    let one = |j: &Mutex<GroupJob<'_>>| {
+        if let Ok(mut j) = j.lock() {
+            SCORES.with_borrow_mut(|scores| attend(&mut j, cache, layer, scale, scores));
+        }
+    };
+    if let Some(pool) = pool {
+        return pool.run_scoped(jobs.len(), &|i| one(&jobs[i]));
+    }
+    let work: usize = jobs
+        .iter()
+        .filter_map(|j| j.lock().ok().map(|j| j.context - j.first))
+        .sum::<usize>()
+        * cache.layout.head_dim;
     let threads = super::compute_threads();
     // A scoped spawn costs tens of microseconds: only worth it for long prefill chunks.
     if threads < 2 || work < 1 << 20 {
-        let mut scores = Vec::new();
-        jobs.iter_mut()
-            .for_each(|j| attend(j, cache, layer, scale, &mut scores));
-        return;
+        jobs.iter().for_each(one);
+        return Ok(());
     }
     let per = jobs.len().div_ceil(threads);
     std::thread::scope(|s| {
-        for part in jobs.chunks_mut(per) {
-            s.spawn(move || {
-                let mut scores = Vec::new();
-                part.iter_mut()
-                    .for_each(|j| attend(j, cache, layer, scale, &mut scores));
-            });
+        for part in jobs.chunks(per) {
+            s.spawn(move || part.iter().for_each(one));
         }
     });
+    Ok(())
 }
 
-/// One head job, on the widest SIMD the CPU has (the body auto-vectorizes; the build targets
-/// baseline x86-64, so AVX2 has to be enabled per function).
+thread_local! {
+    /// Per-thread score buffer, reused across jobs and steps.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One group job, on the widest SIMD the CPU has.
 fn attend(
-    job: &mut HeadJob<'_>,
+    job: &mut GroupJob<'_>,
     cache: &CpuKvCache,
     layer: usize,
     scale: f32,
     scores: &mut Vec<f32>,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if cache.layout.head_dim.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F and head_dim is a multiple of 16.
+        unsafe { super::attention_x86::attend_avx512(job, cache, layer, scale, scores) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features `attend_avx2` is compiled for.
@@ -136,7 +181,7 @@ fn attend(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn attend_avx2(
-    job: &mut HeadJob<'_>,
+    job: &mut GroupJob<'_>,
     cache: &CpuKvCache,
     layer: usize,
     scale: f32,
@@ -145,9 +190,11 @@ fn attend_avx2(
     attend_body(job, cache, layer, scale, scores);
 }
 
+/// Scores of every query head of the group, softmax, then the weighted values (the body
+/// auto-vectorizes; the build targets baseline x86-64, so AVX2 is enabled per function).
 #[inline(always)]
 fn attend_body(
-    job: &mut HeadJob<'_>,
+    job: &mut GroupJob<'_>,
     cache: &CpuKvCache,
     layer: usize,
     scale: f32,
@@ -155,31 +202,46 @@ fn attend_body(
 ) {
     let l = cache.layout;
     let hd = l.head_dim;
+    let group = job.q.len() / hd;
+    let n = job.context - job.first;
     scores.clear();
-    let mut max = f32::NEG_INFINITY;
-    for t in job.first..job.context {
+    scores.resize(group * n, 0.0);
+    for (i, t) in (job.first..job.context).enumerate() {
         let block = job.table[t / l.block_size] as usize;
         let off = cache.offset(layer, block, job.kv_head, t % l.block_size);
-        let s = dot(job.q, &cache.k[off..off + hd]) * scale;
-        max = max.max(s);
-        scores.push(s);
+        let k = &cache.k[off..off + hd];
+        for (g, q) in job.q.chunks_exact(hd).enumerate() {
+            scores[g * n + i] = dot(q, k) * scale;
+        }
     }
-    let mut sum = 0.0;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    let inv = 1.0 / sum;
+    let inv = softmax_rows(scores, n);
     job.out.fill(0.0);
-    for (t, p) in (job.first..job.context).zip(scores.iter()) {
+    for (i, t) in (job.first..job.context).enumerate() {
         let block = job.table[t / l.block_size] as usize;
         let off = cache.offset(layer, block, job.kv_head, t % l.block_size);
-        let w = p * inv;
-        job.out
-            .iter_mut()
-            .zip(&cache.v[off..off + hd])
-            .for_each(|(o, v)| *o += w * v);
+        let v = &cache.v[off..off + hd];
+        for (g, out) in job.out.chunks_exact_mut(hd).enumerate() {
+            let w = scores[g * n + i] * inv[g];
+            out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
+        }
     }
+}
+
+/// In place `exp(s - max)` over each of the `scores.len() / n` rows of `n`; returns each
+/// row's `1 / sum`.
+pub(super) fn softmax_rows(scores: &mut [f32], n: usize) -> Vec<f32> {
+    scores
+        .chunks_exact_mut(n.max(1))
+        .map(|row| {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let mut sum = 0.0;
+            for s in row.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            1.0 / sum
+        })
+        .collect()
 }
 
 #[inline(always)]

@@ -6,6 +6,8 @@
 //! plain loops for the rest; a paged f32 KV cache in host memory (`kv`, `attention`).
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_x86;
 mod kv;
 mod ops;
 mod pool;
@@ -260,7 +262,8 @@ impl Backend for CpuBackend {
             scale,
             window,
         };
-        paged_attention_windowed(q, cache, layer, &plan.seqs, &plan.block_tables, heads)
+        let (seqs, tables) = (&plan.seqs, &plan.block_tables);
+        attention::paged_attention_pooled(q, cache, layer, seqs, tables, heads, Some(&self.pool))
     }
 
     fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> BackendResult<CpuTensor> {

@@ -109,6 +109,19 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// [`Pool::run_chunks`] for a closure that borrows from the caller's stack.
+    pub fn run_scoped(&self, n: usize, f: &(dyn Fn(usize) + Sync)) -> BackendResult<()> {
+        // SAFETY: only the lifetime is erased. `run_chunks` returns only after every chunk
+        // index below `n` has run to completion, and a worker that claims an index `>= n`
+        // never calls `f`, so no call of `f` outlives the borrow; a worker may drop its `Arc`
+        // of the wrapper later, which drops only a reference.
+        let f: &'static (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(f) };
+        self.run_chunks(n, Arc::new(f))?;
+        Ok(())
+    }
+}
+
 /// How long an idle worker polls before it sleeps. The matmuls of one step come a few
 /// microseconds apart, far less than a futex sleep/wake round trip, which profiling showed
 /// taking ~15% of a decode step; after a step the workers sleep again within this window.

@@ -270,3 +270,66 @@ fn check_formats(wt: &Tensor, x: &CpuTensor, n: usize, k: usize) {
         assert!(be.matmul(&bad, &[&qw]).is_err() || format != WeightFormat::Blocks);
     }
 }
+
+/// SmolLM2's attention shape (head_dim 64, 9 query heads on 3 KV heads, blocks of 16): the
+/// AVX-512 group kernel on CPUs that have it, through the backend's pool, against the naive
+/// reference; a prefill chunk of 29 rows after 8 cached tokens, in shuffled blocks.
+#[test]
+fn paged_attention_at_the_default_model_shape_matches_naive() {
+    let (bs, kvh, hd, heads, len, start): (usize, usize, usize, usize, usize, usize) =
+        (16, 3, 64, 9, 37, 8);
+    let lay = KvLayout {
+        num_layers: 1,
+        num_blocks: 5,
+        block_size: bs,
+        num_kv_heads: kvh,
+        head_dim: hd,
+    };
+    let mut rng = Rng(11);
+    let table: Vec<u32> = rng.perm(5)[..len.div_ceil(bs)].to_vec();
+    let (k, v) = (rng.f32s(len * kvh * hd), rng.f32s(len * kvh * hd));
+    let mut cache = CpuKvCache::new(lay).unwrap();
+    let slots: Vec<u32> = (0..len)
+        .map(|p| table[p / bs] * bs as u32 + (p % bs) as u32)
+        .collect();
+    let (kt, vt) = (
+        CpuTensor::new(len, kvh * hd, k.clone()).unwrap(),
+        CpuTensor::new(len, kvh * hd, v.clone()).unwrap(),
+    );
+    cache.write(0, &kt, &vt, &slots).unwrap();
+    let rows = len - start;
+    let q = CpuTensor::new(rows, heads * hd, rng.f32s(rows * heads * hd)).unwrap();
+    let plan = StepPlan {
+        tokens: vec![0; rows],
+        positions: (start as u32..len as u32).collect(),
+        slots: slots[start..].to_vec(),
+        seqs: vec![AttnSeq {
+            row_start: 0,
+            num_rows: rows,
+            start_pos: start,
+            table_start: 0,
+            table_len: table.len(),
+        }],
+        block_tables: table.clone(),
+        logit_rows: vec![],
+    };
+    let scale = 1.0 / (hd as f32).sqrt();
+    let backend = CpuBackend::new(WeightFormat::Blocks);
+    let out = backend
+        .paged_attention(&q, &cache, 0, &plan, heads, scale, None)
+        .unwrap();
+    for i in 0..rows {
+        for h in 0..heads {
+            let g = h / (heads / kvh);
+            let head =
+                |data: &[f32], p: usize| data[(p * kvh + g) * hd..(p * kvh + g + 1) * hd].to_vec();
+            let keys: Vec<Vec<f32>> = (0..=start + i).map(|p| head(&k, p)).collect();
+            let vals: Vec<Vec<f32>> = (0..=start + i).map(|p| head(&v, p)).collect();
+            let want = naive(&q.row(i)[h * hd..(h + 1) * hd], &keys, &vals, scale);
+            let got = &out.row(i)[h * hd..(h + 1) * hd];
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "row {i} head {h}: {a} vs {b}");
+            }
+        }
+    }
+}

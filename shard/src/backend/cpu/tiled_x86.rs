@@ -176,64 +176,72 @@ fn store<const G: usize, const R: usize>(
     }
 }
 
-/// See [`Panel::matmul`]; the caller checked AVX-512F.
+/// See [`Panel::matmul`]; the caller checked AVX-512F. Rows go in chunks of
+/// [`PANEL_ROWS`], each first transposed to `[k][8]` so that a step of `kk` broadcasts from
+/// one cache line; the chunk then sweeps the column range's tiles, which stay in L2.
 pub fn panel_matmul(p: &Panel, x: &[f32], m: usize, cols: std::ops::Range<usize>, out: &mut [f32]) {
     let (k, width) = (p.cols, cols.len());
     if x.len() < m * k || out.len() < m * width || cols.end > p.rows {
         return;
     }
-    let mut n = cols.start;
-    while n < cols.end {
-        let t = n / TILE;
-        let tile = &p.w[t * k * TILE..(t + 1) * k * TILE];
-        let (c0, c1) = (n - t * TILE, ((t + 1) * TILE).min(cols.end) - t * TILE);
-        let mut r0 = 0;
-        while r0 < m {
-            let rows = (m - r0).min(PANEL_ROWS);
-            let xs = &x[r0 * k..(r0 + rows) * k];
+    let mut xt = vec![0f32; k * PANEL_ROWS];
+    let mut r0 = 0;
+    while r0 < m {
+        let rows = (m - r0).min(PANEL_ROWS);
+        for r in 0..rows {
+            for (kk, &v) in x[(r0 + r) * k..(r0 + r + 1) * k].iter().enumerate() {
+                xt[kk * PANEL_ROWS + r] = v;
+            }
+        }
+        let mut n = cols.start;
+        while n < cols.end {
+            let t = n / TILE;
+            let tile = &p.w[t * k * TILE..(t + 1) * k * TILE];
+            let (c0, c1) = (n - t * TILE, ((t + 1) * TILE).min(cols.end) - t * TILE);
             let mut acc = [[0f32; TILE]; PANEL_ROWS];
-            // SAFETY: AVX-512F was detected by the caller; `tile` is k x 32 floats and `xs`
-            // holds `rows` rows of `k`.
+            // SAFETY: AVX-512F was detected by the caller; `tile` is k x 32 floats and `xt`
+            // k x 8.
             unsafe {
                 match rows {
-                    8 => panel_tile::<8>(tile, xs, k, &mut acc),
-                    7 => panel_tile::<7>(tile, xs, k, &mut acc),
-                    6 => panel_tile::<6>(tile, xs, k, &mut acc),
-                    5 => panel_tile::<5>(tile, xs, k, &mut acc),
-                    4 => panel_tile::<4>(tile, xs, k, &mut acc),
-                    3 => panel_tile::<3>(tile, xs, k, &mut acc),
-                    2 => panel_tile::<2>(tile, xs, k, &mut acc),
-                    _ => panel_tile::<1>(tile, xs, k, &mut acc),
+                    8 => panel_tile::<8>(tile, &xt, k, &mut acc),
+                    7 => panel_tile::<7>(tile, &xt, k, &mut acc),
+                    6 => panel_tile::<6>(tile, &xt, k, &mut acc),
+                    5 => panel_tile::<5>(tile, &xt, k, &mut acc),
+                    4 => panel_tile::<4>(tile, &xt, k, &mut acc),
+                    3 => panel_tile::<3>(tile, &xt, k, &mut acc),
+                    2 => panel_tile::<2>(tile, &xt, k, &mut acc),
+                    _ => panel_tile::<1>(tile, &xt, k, &mut acc),
                 }
             }
             for (r, a) in acc.iter().enumerate().take(rows) {
                 let o = (r0 + r) * width + (t * TILE + c0 - cols.start);
                 out[o..o + c1 - c0].copy_from_slice(&a[c0..c1]);
             }
-            r0 += rows;
+            n = (t + 1) * TILE;
         }
-        n = (t + 1) * TILE;
+        r0 += rows;
     }
 }
 
 /// # Safety
-/// AVX-512F; `tile.len() == k * 32`; `x` holds `R` rows of `k`.
+/// AVX-512F; `tile.len() == k * 32`; `xt.len() == k * 8` (row r's value kk at `kk * 8 + r`).
 #[target_feature(enable = "avx512f")]
 unsafe fn panel_tile<const R: usize>(
     tile: &[f32],
-    x: &[f32],
+    xt: &[f32],
     k: usize,
     out: &mut [[f32; TILE]; PANEL_ROWS],
 ) {
     let mut lo = [_mm512_setzero_ps(); R];
     let mut hi = [_mm512_setzero_ps(); R];
     for kk in 0..k {
-        // SAFETY: row kk of the tile (32 floats) and row r's value kk are in bounds.
+        // SAFETY: row kk of the tile (32 floats) and of `xt` (8 floats) are in bounds.
         unsafe {
             let wp = tile.as_ptr().add(kk * TILE);
             let (w0, w1) = (_mm512_loadu_ps(wp), _mm512_loadu_ps(wp.add(16)));
+            let xp = xt.as_ptr().add(kk * PANEL_ROWS);
             for r in 0..R {
-                let xv = _mm512_set1_ps(*x.as_ptr().add(r * k + kk));
+                let xv = _mm512_set1_ps(*xp.add(r));
                 lo[r] = _mm512_fmadd_ps(w0, xv, lo[r]);
                 hi[r] = _mm512_fmadd_ps(w1, xv, hi[r]);
             }
