@@ -85,10 +85,10 @@ impl CpuBackend {
             .collect::<BackendResult<_>>()?;
         let mut chunks = Vec::new();
         for (wi, (&n, w)) in dims.iter().zip(ws).enumerate() {
-            // ~8 chunks per thread and weight (fewer over the f32 panel, where a chunk's tiles
-            // are long), in whole 64-row units: two panel tiles, four packed groups.
+            // ~8 chunks per thread and weight (fewer for a GEMM, which transposes the
+            // activations once per chunk), in whole 64-row units: two tiles, four groups.
             let per_thread = match &***w {
-                CpuWeight::Blocks(b) if b.uses_panel(x.rows) => 4,
+                CpuWeight::Blocks(b) if b.uses_tiles(x.rows) => 4,
                 _ => 8,
             };
             let rows = n

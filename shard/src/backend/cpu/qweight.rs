@@ -46,8 +46,8 @@ pub struct BlockMatrix {
     qs: Vec<u8>,
     /// F32 weights.
     dense: Vec<f32>,
-    /// The outer-product forms (`tiled`), used on AVX-512 CPUs: packed blocks for few rows,
-    /// an f32 panel (within the memory budget) for many; both give the same bits.
+    /// The outer-product forms (`tiled`), used on AVX-512 CPUs: blocks packed by 16 output
+    /// columns (Q4_1, Q8_0), or an f32 panel (F32, within the memory budget).
     packed: Option<Box<Packed>>,
     panel: Option<Box<Panel>>,
 }
@@ -125,9 +125,12 @@ impl BlockMatrix {
         }
     }
 
-    /// Bytes an f32 panel of this matrix takes.
+    /// Bytes an f32 panel of this matrix takes (only F32 matrices build one).
     pub fn panel_bytes(&self) -> usize {
-        self.rows * self.cols * std::mem::size_of::<f32>()
+        match self.kind {
+            BlockKind::F32 => self.rows * self.cols * std::mem::size_of::<f32>(),
+            _ => 0,
+        }
     }
 
     /// Builds the packed form (Q4_1 / Q8_0 with whole 16-row groups), used when the CPU has
@@ -163,9 +166,10 @@ impl BlockMatrix {
         .map(Box::new);
     }
 
-    /// Dequantizes the weights once into the f32 panel (AVX-512 CPUs only).
+    /// Lays F32 weights out as a panel for the outer-product GEMM (AVX-512 CPUs only;
+    /// quantized weights dequantize their packed tiles on the fly instead).
     pub fn build_panel(&mut self) {
-        if tiled_cpu() && (self.packed.is_some() || self.kind == BlockKind::F32) {
+        if tiled_cpu() && self.kind == BlockKind::F32 {
             self.panel = Some(Box::new(Panel::new(self.rows, self.cols, |n, out| {
                 self.dequantize_row(n, out)
             })));
@@ -204,12 +208,11 @@ impl BlockMatrix {
     /// Output rows `range` of `x @ w^T`, written `[x.rows, range.len()]` into `out`.
     pub fn matmul_rows(&self, x: &CpuTensor, range: std::ops::Range<usize>, out: &mut [f32]) {
         if x.cols == self.cols && out.len() == x.rows * range.len() {
-            match (&self.panel, &self.packed) {
-                (Some(p), _) if self.uses_panel(x.rows) || self.packed.is_none() => {
-                    return p.matmul(&x.data, x.rows, range, out);
-                }
-                (_, Some(p)) => return p.matmul(&x.data, x.rows, range, out),
-                _ => {}
+            if let Some(p) = &self.packed {
+                return p.matmul(&x.data, x.rows, range, out);
+            }
+            if let Some(p) = &self.panel {
+                return p.matmul(&x.data, x.rows, range, out);
             }
         }
         // Q4_1's `m` term needs each activation block's sum, shared by all weight rows.
@@ -224,9 +227,9 @@ impl BlockMatrix {
         }
     }
 
-    /// Whether a step of `rows` activation rows reads the f32 panel.
-    pub fn uses_panel(&self, rows: usize) -> bool {
-        self.panel.is_some() && rows >= tiled::panel_min_rows()
+    /// Whether a step of `rows` activation rows runs as a GEMM over weight tiles.
+    pub fn uses_tiles(&self, rows: usize) -> bool {
+        (self.panel.is_some() || self.packed.is_some()) && rows >= tiled::panel_min_rows()
     }
 
     /// The quantized blocks, scales and mins of `count` weight rows from row `first`.

@@ -12,8 +12,9 @@
 //! Two forms of a `[n, k]` weight:
 //! - [`Packed`]: the GGUF blocks regrouped by 16 output columns (0.625 bytes a Q4_1 weight,
 //!   like GGUF), for steps with few rows;
-//! - [`Panel`]: f32, transposed in tiles of 32 columns (`[n / 32][k][32]`), for steps with
-//!   many rows, where each weight is reused across the rows.
+//! - [`Panel`]: f32, transposed in tiles of 32 columns (`[n / 32][k][32]`), the operand of
+//!   the GEMM for steps with many rows; quantized weights form each tile on the fly from
+//!   their packed blocks (`tiled_x86::dequant_tile`), F32 weights store it.
 
 use std::sync::OnceLock;
 
@@ -25,8 +26,8 @@ pub const GROUP: usize = 16;
 pub const TILE: usize = 32;
 const QK: usize = 32;
 
-/// Rows from which a matmul reads the f32 [`Panel`] instead of the [`Packed`] blocks (same
-/// bits either way). `PAGEDSERVE_CPU_PANEL_ROWS` overrides it (0: never) for measurements.
+/// Rows from which a matmul runs as a GEMM over f32 tiles instead of the direct packed
+/// kernels (same bits either way). `PAGEDSERVE_CPU_PANEL_ROWS` overrides it (0: never) for measurements.
 pub fn panel_min_rows() -> usize {
     static ROWS: OnceLock<usize> = OnceLock::new();
     *ROWS.get_or_init(|| {
@@ -41,13 +42,12 @@ pub fn panel_min_rows() -> usize {
     })
 }
 
-/// Below this the packed kernels, which read 0.6-1 byte per weight instead of 4 and
-/// dequantize in registers, are faster (default model, 2 cores, `decode_bench`).
+/// Below this the direct packed kernels, which dequantize in registers for each pass of up
+/// to 4 rows, are faster (default model, 2 cores, `decode_bench`).
 const DEFAULT_MIN_ROWS: usize = 8;
 
-/// Megabytes of f32 panels the CPU backend may build (`PAGEDSERVE_CPU_PANEL_MB`,
-/// default 4096): the default model needs ~540 MB; a 7B model's panels (28 GB) would not
-/// fit, so weights past the budget keep only their block form.
+/// Megabytes of f32 panels the CPU backend may build for F32 weights
+/// (`PAGEDSERVE_CPU_PANEL_MB`, default 4096); past it they keep their plain form.
 pub fn panel_budget_bytes() -> usize {
     std::env::var("PAGEDSERVE_CPU_PANEL_MB")
         .ok()
@@ -145,11 +145,16 @@ impl Packed {
     }
 
     /// Output columns `cols` (whole groups, or up to the last row) of `x @ w^T`; `x` is
-    /// `[m, k]`, `out` `[m, cols.len()]`.
+    /// `[m, k]`, `out` `[m, cols.len()]`. From [`panel_min_rows`] rows on, a GEMM over tiles
+    /// dequantized once per call (same bits).
     pub fn matmul(&self, x: &[f32], m: usize, cols: std::ops::Range<usize>, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
-            super::tiled_x86::packed_matmul(self, x, m, cols, out);
+            use super::tiled_x86::{Tiles, packed_matmul, tiles_matmul};
+            match m >= panel_min_rows() {
+                true => tiles_matmul(Tiles::Packed(self), x, m, cols, out),
+                false => packed_matmul(self, x, m, cols, out),
+            }
             return;
         }
         self.matmul_scalar(x, m, cols, out);
@@ -206,7 +211,8 @@ impl Panel {
     pub fn matmul(&self, x: &[f32], m: usize, cols: std::ops::Range<usize>, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
-            super::tiled_x86::panel_matmul(self, x, m, cols, out);
+            use super::tiled_x86::{Tiles, tiles_matmul};
+            tiles_matmul(Tiles::Panel(self), x, m, cols, out);
             return;
         }
         self.matmul_scalar(x, m, cols, out);

@@ -176,50 +176,137 @@ fn store<const G: usize, const R: usize>(
     }
 }
 
-/// See [`Panel::matmul`]; the caller checked AVX-512F. Rows go in chunks of
-/// [`PANEL_ROWS`], each first transposed to `[k][8]` so that a step of `kk` broadcasts from
-/// one cache line; the chunk then sweeps the column range's tiles, which stay in L2.
-pub fn panel_matmul(p: &Panel, x: &[f32], m: usize, cols: std::ops::Range<usize>, out: &mut [f32]) {
-    let (k, width) = (p.cols, cols.len());
-    if x.len() < m * k || out.len() < m * width || cols.end > p.rows {
+/// Where the 32-column `[k][32]` weight tiles of a GEMM come from.
+#[derive(Clone, Copy)]
+pub enum Tiles<'a> {
+    /// Stored f32 (F32 weights).
+    Panel(&'a Panel),
+    /// Dequantized from the packed blocks into an L2-sized buffer, once per tile and call:
+    /// the same values as a stored panel at 0.6-1 byte per weight of memory traffic.
+    Packed(&'a Packed),
+}
+
+/// Output columns `cols` (starting on a tile) of `x @ w^T` as a GEMM over 32-column tiles;
+/// the caller checked AVX-512F. Rows go in chunks of [`PANEL_ROWS`], each transposed to
+/// `[k][8]` so that a step of `kk` broadcasts from one cache line; each tile is formed once
+/// and swept by every chunk while it sits in L2.
+pub fn tiles_matmul(
+    src: Tiles<'_>,
+    x: &[f32],
+    m: usize,
+    cols: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    let (n_rows, k) = match src {
+        Tiles::Panel(p) => (p.rows, p.cols),
+        Tiles::Packed(p) => (p.rows, p.cols),
+    };
+    let width = cols.len();
+    if x.len() < m * k || out.len() < m * width || cols.end > n_rows {
         return;
     }
-    let mut xt = vec![0f32; k * PANEL_ROWS];
-    let mut r0 = 0;
-    while r0 < m {
-        let rows = (m - r0).min(PANEL_ROWS);
-        for r in 0..rows {
-            for (kk, &v) in x[(r0 + r) * k..(r0 + r + 1) * k].iter().enumerate() {
-                xt[kk * PANEL_ROWS + r] = v;
-            }
+    let chunks = m.div_ceil(PANEL_ROWS);
+    let mut xt = vec![0f32; chunks * k * PANEL_ROWS];
+    for r in 0..m {
+        let base = r / PANEL_ROWS * k * PANEL_ROWS + r % PANEL_ROWS;
+        for (kk, &v) in x[r * k..(r + 1) * k].iter().enumerate() {
+            xt[base + kk * PANEL_ROWS] = v;
         }
-        let mut n = cols.start;
-        while n < cols.end {
-            let t = n / TILE;
-            let tile = &p.w[t * k * TILE..(t + 1) * k * TILE];
-            let (c0, c1) = (n - t * TILE, ((t + 1) * TILE).min(cols.end) - t * TILE);
+    }
+    let mut buf = Vec::new();
+    let mut n = cols.start;
+    while n < cols.end {
+        let t = n / TILE;
+        let tile: &[f32] = match src {
+            Tiles::Panel(p) => &p.w[t * k * TILE..(t + 1) * k * TILE],
+            Tiles::Packed(p) => {
+                buf.resize(k * TILE, 0.0);
+                // SAFETY: AVX-512F was detected by the caller; `buf` is k x 32.
+                unsafe { dequant_tile(p, t, &mut buf) };
+                &buf
+            }
+        };
+        let (c0, c1) = (n - t * TILE, ((t + 1) * TILE).min(cols.end) - t * TILE);
+        for c in 0..chunks {
+            let (r0, rows) = (c * PANEL_ROWS, (m - c * PANEL_ROWS).min(PANEL_ROWS));
+            let xc = &xt[c * k * PANEL_ROWS..(c + 1) * k * PANEL_ROWS];
             let mut acc = [[0f32; TILE]; PANEL_ROWS];
-            // SAFETY: AVX-512F was detected by the caller; `tile` is k x 32 floats and `xt`
-            // k x 8.
+            // SAFETY: AVX-512F was detected by the caller; `tile` is k x 32, `xc` k x 8.
             unsafe {
                 match rows {
-                    8 => panel_tile::<8>(tile, &xt, k, &mut acc),
-                    7 => panel_tile::<7>(tile, &xt, k, &mut acc),
-                    6 => panel_tile::<6>(tile, &xt, k, &mut acc),
-                    5 => panel_tile::<5>(tile, &xt, k, &mut acc),
-                    4 => panel_tile::<4>(tile, &xt, k, &mut acc),
-                    3 => panel_tile::<3>(tile, &xt, k, &mut acc),
-                    2 => panel_tile::<2>(tile, &xt, k, &mut acc),
-                    _ => panel_tile::<1>(tile, &xt, k, &mut acc),
+                    8 => panel_tile::<8>(tile, xc, k, &mut acc),
+                    7 => panel_tile::<7>(tile, xc, k, &mut acc),
+                    6 => panel_tile::<6>(tile, xc, k, &mut acc),
+                    5 => panel_tile::<5>(tile, xc, k, &mut acc),
+                    4 => panel_tile::<4>(tile, xc, k, &mut acc),
+                    3 => panel_tile::<3>(tile, xc, k, &mut acc),
+                    2 => panel_tile::<2>(tile, xc, k, &mut acc),
+                    _ => panel_tile::<1>(tile, xc, k, &mut acc),
                 }
             }
             for (r, a) in acc.iter().enumerate().take(rows) {
                 let o = (r0 + r) * width + (t * TILE + c0 - cols.start);
                 out[o..o + c1 - c0].copy_from_slice(&a[c0..c1]);
             }
-            n = (t + 1) * TILE;
         }
-        r0 += rows;
+        n = (t + 1) * TILE;
+    }
+}
+
+/// Tile `t` of the packed weights as f32 `[k][32]`, each weight formed exactly as the
+/// packed kernels form it; columns past the last group are zero.
+///
+/// # Safety
+/// AVX-512F; `buf.len() == p.cols * 32`.
+#[target_feature(enable = "avx512f")]
+unsafe fn dequant_tile(p: &Packed, t: usize, buf: &mut [f32]) {
+    let nb = p.cols / 32;
+    let mask = _mm512_set1_epi32(0x0F);
+    for gi in 0..TILE / GROUP {
+        let g = t * (TILE / GROUP) + gi;
+        if g * GROUP >= p.rows {
+            for kk in 0..p.cols {
+                buf[kk * TILE + gi * GROUP..kk * TILE + (gi + 1) * GROUP].fill(0.0);
+            }
+            continue;
+        }
+        for b in 0..nb {
+            let i = g * nb + b;
+            // SAFETY: block i is in bounds of the packed arrays; every store writes 16 floats
+            // of row kk < k of `buf` at column offset gi * 16.
+            unsafe {
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(p.d.as_ptr().add(i * GROUP).cast()));
+                let dst = buf.as_mut_ptr().add(b * 32 * TILE + gi * GROUP);
+                match p.kind {
+                    PackedKind::Q4_1 => {
+                        let m =
+                            _mm512_cvtph_ps(_mm256_loadu_si256(p.m.as_ptr().add(i * GROUP).cast()));
+                        let qp = p.q.as_ptr().add(i * 256);
+                        for pair in 0..16 {
+                            let bytes =
+                                _mm512_cvtepu8_epi32(_mm_loadu_si128(qp.add(pair * GROUP).cast()));
+                            let q0 = _mm512_cvtepi32_ps(_mm512_and_si512(bytes, mask));
+                            let q1 = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(bytes));
+                            _mm512_storeu_ps(dst.add(2 * pair * TILE), _mm512_fmadd_ps(d, q0, m));
+                            _mm512_storeu_ps(
+                                dst.add((2 * pair + 1) * TILE),
+                                _mm512_fmadd_ps(d, q1, m),
+                            );
+                        }
+                    }
+                    PackedKind::Q8_0 => {
+                        let qp = p.q.as_ptr().add(i * 512);
+                        for j in 0..32 {
+                            let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(qp.add(j * GROUP).cast()));
+                            _mm512_storeu_ps(
+                                dst.add(j * TILE),
+                                _mm512_mul_ps(d, _mm512_cvtepi32_ps(q)),
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
