@@ -43,8 +43,9 @@ pub fn panel_min_rows() -> usize {
 }
 
 /// Below this the direct packed kernels, which dequantize in registers for each pass of up
-/// to 4 rows, are faster (default model, 2 cores, `decode_bench`).
-const DEFAULT_MIN_ROWS: usize = 8;
+/// to 4 rows, are faster: ~95 GFLOP/s a core for any row count, the tile GEMM 63 at 8 rows,
+/// 95 at 16, 134 at 40, 157 at 256 (`speed::gemm_gflops`, 1536 x 576, this box).
+const DEFAULT_MIN_ROWS: usize = 16;
 
 /// Megabytes of f32 panels the CPU backend may build for F32 weights
 /// (`PAGEDSERVE_CPU_PANEL_MB`, default 4096); past it they keep their plain form.
@@ -341,5 +342,37 @@ mod tests {
         assert!(Packed::new(PackedKind::Q4_1, 24, 64, block).is_none());
         assert!(Packed::new(PackedKind::Q8_0, 16, 48, block).is_none());
         assert!(Packed::new(PackedKind::Q8_0, 0, 64, block).is_none());
+    }
+}
+
+/// GEMM speed on this machine, one thread (`cargo test --release -p pagedserve-shard --lib
+/// tiled::speed -- --ignored --nocapture`).
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    #[test]
+    #[ignore = "measurement, not a check"]
+    fn gemm_gflops() {
+        let (n, k) = (1536, 576);
+        let blocks = |_n: usize, b: usize| ([(b % 16) as u8; QK], 0x3c00, 0x3c00);
+        let Some(p) = Packed::new(PackedKind::Q4_1, n, k, blocks) else {
+            return;
+        };
+        for m in [1, 4, 8, 12, 16, 24, 40, 256] {
+            let x = vec![0.5f32; m * k];
+            let mut out = vec![0f32; m * n];
+            let reps = (2048 / m).max(4);
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                p.matmul(&x, m, 0..n, &mut out);
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            println!(
+                "m={m}: {:.3} ms, {:.1} GFLOP/s",
+                s * 1e3,
+                2.0 * (m * n * k) as f64 / s / 1e9
+            );
+        }
     }
 }

@@ -109,6 +109,7 @@ unsafe fn q4_1_groups<const G: usize, const R: usize>(
                 let d = _mm512_cvtph_ps(_mm256_loadu_si256(p.d.as_ptr().add(i * GROUP).cast()));
                 let m = _mm512_cvtph_ps(_mm256_loadu_si256(p.m.as_ptr().add(i * GROUP).cast()));
                 let qp = p.q.as_ptr().add(i * 256);
+                prefetch_ahead(p, i, 256);
                 for pair in 0..16 {
                     let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(qp.add(pair * GROUP).cast()));
                     let q0 = _mm512_cvtepi32_ps(_mm512_and_si512(bytes, mask));
@@ -146,6 +147,7 @@ unsafe fn q8_0_groups<const G: usize, const R: usize>(
             unsafe {
                 let d = _mm512_cvtph_ps(_mm256_loadu_si256(p.d.as_ptr().add(i * GROUP).cast()));
                 let qp = p.q.as_ptr().add(i * 512);
+                prefetch_ahead(p, i, 512);
                 for t in 0..32 {
                     let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(qp.add(t * GROUP).cast()));
                     let w = _mm512_mul_ps(d, _mm512_cvtepi32_ps(q));
@@ -159,6 +161,31 @@ unsafe fn q8_0_groups<const G: usize, const R: usize>(
         }
     }
     store(acc, out);
+}
+
+/// Blocks of a group a decode pass reads ahead of the one it works on: the weights stream
+/// from memory once a token, and the hardware prefetchers stop at every 4 KB page.
+const PREFETCH_BLOCKS: usize = 4;
+
+/// Asks for block `i + PREFETCH_BLOCKS`'s quants (`per` bytes a block) and scales.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn prefetch_ahead(p: &Packed, i: usize, per: usize) {
+    let ahead = i + PREFETCH_BLOCKS;
+    if (ahead + 1) * per <= p.q.len() {
+        // SAFETY: the addresses are inside `p.q` / `p.d` / `p.m` (checked or implied by the
+        // same block index); prefetches never fault anyway.
+        unsafe {
+            let q = p.q.as_ptr().add(ahead * per);
+            for line in (0..per).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(q.add(line).cast());
+            }
+            _mm_prefetch::<_MM_HINT_T0>(p.d.as_ptr().add(ahead * GROUP).cast());
+            if !p.m.is_empty() {
+                _mm_prefetch::<_MM_HINT_T0>(p.m.as_ptr().add(ahead * GROUP).cast());
+            }
+        }
+    }
 }
 
 /// Chain `(gi, r)` into `out[gi * R + r]`.
