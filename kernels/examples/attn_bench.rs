@@ -4,74 +4,18 @@
 //! back-to-back calls timed with CUDA events after warm-up, on random inputs; small cases rotate
 //! over several block sets so repeats do not measure L2. Usage: `attn_bench [ptx-cache-dir]`; prints a table.
 
-use std::error::Error;
-use std::sync::Arc;
+mod common;
 
-use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use common::{Bench, Res};
+use cudarc::driver::CudaSlice;
 use half::bf16;
-use pagedserve_kernels::{
-    Kernels, decode_partition, decode_workspace_len, open_device, prefill_tiles,
-};
-
-type Res<T> = Result<T, Box<dyn Error>>;
+use pagedserve_kernels::{decode_partition, decode_workspace_len, prefill_tiles};
 
 const H: usize = 32;
 const KVH: usize = 8;
 const D: usize = 128;
 const BS: usize = 16;
 const REPS: usize = 10;
-
-struct Bench {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    k: Kernels,
-}
-
-impl Bench {
-    /// Milliseconds per call of `f`: the median over 7 samples, each REPS calls back to back
-    /// between two events (as a replayed graph would run them), after 3 warm-up calls. `f`
-    /// gets a running call index (to rotate inputs).
-    fn time(&self, mut f: impl FnMut(usize) -> Res<()>) -> Res<f64> {
-        let mut call = 0;
-        for _ in 0..3 {
-            f(call)?;
-            call += 1;
-        }
-        let mut ms = Vec::new();
-        for _ in 0..7 {
-            let a = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-            let b = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-            a.record(&self.stream)?;
-            for _ in 0..REPS {
-                f(call)?;
-                call += 1;
-            }
-            b.record(&self.stream)?;
-            b.synchronize()?;
-            ms.push(a.elapsed_ms(&b)? as f64 / REPS as f64);
-        }
-        ms.sort_by(f64::total_cmp);
-        Ok(ms[ms.len() / 2])
-    }
-
-    fn random_bf16(&self, n: usize, seed: u64, scale: f32) -> Res<CudaSlice<bf16>> {
-        // SAFETY: filled by the kernel right away.
-        let mut s = unsafe { self.stream.alloc::<bf16>(n) }?;
-        self.k
-            .fill_random_bf16(&self.stream, &mut s.as_view_mut(), seed, scale)?;
-        Ok(s)
-    }
-}
-
-/// GB/s of a 1 GiB device-to-device copy, counting bytes read + written.
-fn copy_bandwidth(b: &Bench) -> Res<f64> {
-    let n = 1usize << 29; // bf16 elements: 1 GiB
-    let src = b.random_bf16(n, 1, 1.0)?;
-    let mut dst = b.random_bf16(n, 2, 1.0)?;
-    let ms = b.time(|_| Ok(b.stream.memcpy_dtod(&src, &mut dst)?))?;
-    Ok(2.0 * (n * 2) as f64 / (ms * 1e-3) / 1e9)
-}
 
 /// Random distinct block ids: `sets` tables of `[batch, ctx / BS]`, each set from other blocks
 /// where the pool allows.
@@ -226,15 +170,9 @@ fn sample_case(b: &Bench, batch: usize, vocab: usize, t: f32, k: i32, p: f32) ->
 }
 
 fn main() -> Res<()> {
-    let ctx = open_device(0)?;
     let cache = std::env::args().nth(1).map(std::path::PathBuf::from);
-    let k = Kernels::load(&ctx, cache.as_deref())?;
-    let b = Bench {
-        stream: ctx.default_stream(),
-        ctx,
-        k,
-    };
-    let copy = copy_bandwidth(&b)?;
+    let b = Bench::new(cache.as_deref(), REPS)?;
+    let copy = b.copy_bandwidth()?;
     let pool = 128 * 16384 / BS; // blocks for the largest case
     let n = pool * KVH * BS * D;
     let kv = (b.random_bf16(n, 21, 1.0)?, b.random_bf16(n, 22, 1.0)?);

@@ -1,20 +1,18 @@
-//! Linear layers of small decode batches: our GEMV (1-8 rows) and cuBLAS's bf16 GEMM on Llama-3-8B's layer shapes (qkv 6144x4096, o 4096x4096, gate/up
-//! 28672x4096, down 4096x14336), for 1..64 rows. Each case rotates over 4 copies of the weight
+//! Linear layers of small decode batches: our GEMV (1-8 rows) and cuBLAS's bf16 GEMM on
+//! Llama-3-8B's layer shapes (qkv 6144x4096, o 4096x4096, gate/up 28672x4096, down
+//! 4096x14336), for 1..64 rows. Each case rotates over 4 copies of the weight
 //! (never an L2 hit between calls), random inputs, CUDA events around back-to-back calls after
 //! warm-up, median of 7 samples. Prints GB/s of weight bytes read (what bounds these shapes)
 //! as a share of the device's copy bandwidth, and one layer's total time per kernel.
 //! Usage: `linear_bench [ptx-cache-dir]`.
 
-use std::error::Error;
-use std::sync::Arc;
+mod common;
 
+use common::{Bench, Res};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
-use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::driver::CudaSlice;
 use half::bf16;
-use pagedserve_kernels::{GEMV_MAX_ROWS, Kernels, open_device};
-
-type Res<T> = Result<T, Box<dyn Error>>;
+use pagedserve_kernels::GEMV_MAX_ROWS;
 
 const SHAPES: [(&str, usize, usize); 4] = [
     ("qkv", 6144, 4096),
@@ -25,81 +23,26 @@ const SHAPES: [(&str, usize, usize); 4] = [
 const COPIES: usize = 4;
 const REPS: usize = 8;
 
-struct Bench {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    k: Kernels,
-    blas: CudaBlas,
-}
-
-impl Bench {
-    fn time(&self, mut f: impl FnMut(usize) -> Res<()>) -> Res<f64> {
-        for i in 0..3 {
-            f(i)?;
-        }
-        let mut ms = Vec::new();
-        let mut call = 3;
-        for _ in 0..7 {
-            let a = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-            let b = self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-            a.record(&self.stream)?;
-            for _ in 0..REPS {
-                f(call)?;
-                call += 1;
-            }
-            b.record(&self.stream)?;
-            b.synchronize()?;
-            ms.push(a.elapsed_ms(&b)? as f64 / REPS as f64);
-        }
-        ms.sort_by(f64::total_cmp);
-        Ok(ms[ms.len() / 2])
-    }
-
-    fn random(&self, n: usize, seed: u64) -> Res<CudaSlice<bf16>> {
-        // SAFETY: filled by the kernel right away.
-        let mut s = unsafe { self.stream.alloc::<bf16>(n) }?;
-        self.k
-            .fill_random_bf16(&self.stream, &mut s.as_view_mut(), seed, 0.05)?;
-        Ok(s)
-    }
-}
-
-fn copy_bandwidth(b: &Bench) -> Res<f64> {
-    let n = 1usize << 29;
-    let src = b.random(n, 1)?;
-    let mut dst = b.random(n, 2)?;
-    let ms = b.time(|_| Ok(b.stream.memcpy_dtod(&src, &mut dst)?))?;
-    Ok(2.0 * (n * 2) as f64 / (ms * 1e-3) / 1e9)
-}
-
 fn main() -> Res<()> {
-    let ctx = open_device(0)?;
     let cache = std::env::args().nth(1).map(std::path::PathBuf::from);
-    let k = Kernels::load(&ctx, cache.as_deref())?;
-    let stream = ctx.default_stream();
-    let blas = CudaBlas::new(stream.clone())?;
-    let b = Bench {
-        ctx,
-        stream,
-        k,
-        blas,
-    };
-    let copy = copy_bandwidth(&b)?;
+    let b = Bench::new(cache.as_deref(), REPS)?;
+    let blas = CudaBlas::new(b.stream.clone())?;
+    let copy = b.copy_bandwidth()?;
     println!("copy bandwidth: {copy:.0} GB/s");
     let weights: Vec<Vec<CudaSlice<bf16>>> = SHAPES
         .iter()
         .enumerate()
         .map(|(i, &(_, n, k))| {
             (0..COPIES)
-                .map(|c| b.random(n * k, 100 + (i * COPIES + c) as u64))
+                .map(|c| b.random_bf16(n * k, 100 + (i * COPIES + c) as u64, 0.05))
                 .collect()
         })
         .collect::<Res<_>>()?;
     println!("\n| rows | kernel | qkv | o | gate_up | down | layer us | % copy BW |");
     println!("|---|---|---|---|---|---|---|---|");
     for rows in [1, 2, 3, 4, 8, 16, 24, 32, 48, 64] {
-        let x = b.random(rows * 14336, 7)?;
-        let mut y = b.random(rows * 28672, 8)?;
+        let x = b.random_bf16(rows * 14336, 7, 0.05)?;
+        let mut y = b.random_bf16(rows * 28672, 8, 0.05)?;
         for kernel in ["gemv", "cublas"] {
             if kernel == "gemv" && rows > GEMV_MAX_ROWS {
                 continue;
@@ -135,7 +78,7 @@ fn main() -> Res<()> {
                                 ldc: n as i32,
                             };
                             // SAFETY: views sized for this shape.
-                            unsafe { b.blas.gemm(cfg, w, &xv, &mut yv) }?;
+                            unsafe { blas.gemm(cfg, w, &xv, &mut yv) }?;
                         }
                     }
                     Ok(())

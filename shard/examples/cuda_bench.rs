@@ -15,13 +15,7 @@ use cudarc::driver::CudaContext;
 use pagedserve_shard::backend::cuda::{ModelShape, cuda_device_count};
 use pagedserve_shard::model::{CausalLm, DeviceSampling, LoadOptions, SeqChunk, load_model};
 
-const GREEDY: DeviceSampling = DeviceSampling {
-    temperature: 0.0,
-    top_k: 0,
-    top_p: 1.0,
-    seed: 1,
-    counter: 0,
-};
+const GREEDY: DeviceSampling = DeviceSampling::GREEDY;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Err(e) = cuda_device_count() {

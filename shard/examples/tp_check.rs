@@ -18,13 +18,7 @@ const TIE_MARGIN: f32 = 0.5;
 const PROMPTS: usize = 4;
 const NEW_TOKENS: usize = 32;
 const KV_BLOCKS: usize = 2048;
-const GREEDY: DeviceSampling = DeviceSampling {
-    temperature: 0.0,
-    top_k: 0,
-    top_p: 1.0,
-    seed: 1,
-    counter: 0,
-};
+const GREEDY: DeviceSampling = DeviceSampling::GREEDY;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 

@@ -235,6 +235,17 @@ pub struct DeviceSampling {
     pub counter: u64,
 }
 
+impl DeviceSampling {
+    /// Argmax, what benchmarks and equivalence checks sample with.
+    pub const GREEDY: DeviceSampling = DeviceSampling {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 1,
+        counter: 0,
+    };
+}
+
 /// A causal language model with a paged KV cache.
 pub trait CausalLm: Send {
     fn info(&self) -> &ModelInfo;
