@@ -27,6 +27,8 @@ pub struct Plan {
     pub tp_size: usize,
     /// Rendezvous port of each group (empty when `tp_size` is 1).
     pub tp_ports: Vec<u16>,
+    /// Extra environment of every shard process (e.g. where NCCL is, for tensor parallelism).
+    pub shard_env: Vec<(String, String)>,
 }
 
 /// The directory holding the child binaries: `--bin-dir`, else this executable's directory.
@@ -133,6 +135,7 @@ fn rank_spec(
         argv.push("--enforce-eager".into());
     }
     let mut env = common_env(args);
+    env.extend(plan.shard_env.iter().cloned());
     let threads = plan.threads_per_shard.to_string();
     env.extend(
         THREAD_ENV
@@ -226,6 +229,7 @@ mod tests {
             threads_per_shard: 3,
             tp_size: 1,
             tp_ports: vec![],
+            shard_env: vec![],
         }
     }
 

@@ -7,6 +7,7 @@ mod children;
 mod default_model;
 mod error;
 mod hub;
+mod nccl;
 mod ports;
 mod readiness;
 mod serve;

@@ -65,6 +65,12 @@ async fn plan(args: &ServeArgs) -> Result<Plan> {
         .unwrap_or(resolved.served_name);
     let shard_ports = ports::shard_ports(args.shard_base_port, args.num_shards, args.port)?;
     let tp_size = usize::from(args.tensor_parallel_size);
+    let shard_env = match (tp_size, crate::cache::cache_dir()) {
+        (2.., Some(cache)) => crate::nccl::shard_library_path(&cache)
+            .map(|path| vec![("LD_LIBRARY_PATH".to_string(), path)])
+            .unwrap_or_default(),
+        _ => vec![],
+    };
     let tp_ports = match tp_size {
         1 => Vec::new(),
         _ => {
@@ -81,6 +87,7 @@ async fn plan(args: &ServeArgs) -> Result<Plan> {
         threads_per_shard: args.effective_threads_per_shard(),
         tp_size,
         tp_ports,
+        shard_env,
     })
 }
 

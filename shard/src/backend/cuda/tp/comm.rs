@@ -23,10 +23,11 @@ pub fn check_nccl() -> BackendResult<()> {
     match present {
         true => Ok(()),
         false => Err(BackendError::Cuda(
-            "tensor parallelism needs NCCL, opened as libnccl.so, which was not found: put a \
-             directory holding libnccl.so on LD_LIBRARY_PATH (cudarc does not look for \
-             libnccl.so.2; a link libnccl.so -> libnccl.so.2 will do, e.g. to the one in \
-             PyTorch's wheel: python3 -c 'import nvidia.nccl as n; print(n.__path__[0])' + /lib)"
+            "tensor parallelism needs NCCL, opened as libnccl.so, which was not found: install \
+             it (Debian's libnccl2, or PyTorch's nvidia-nccl wheel, which `pagedserve` finds and \
+             links as libnccl.so by itself), or put a directory holding libnccl.so on \
+             LD_LIBRARY_PATH (cudarc does not look for libnccl.so.2; a link libnccl.so -> \
+             libnccl.so.2 will do)"
                 .into(),
         )),
     }
