@@ -265,3 +265,25 @@ fn shard_up_restarts_and_rpc_latency() {
     assert!(!text.contains("otel_scope"), "no scope labels: {text}");
     assert!(!text.contains("target_info"));
 }
+
+#[test]
+fn declared_shards_export_their_counters_at_zero_before_any_traffic() {
+    let m = metrics();
+    assert!(!render(&m).contains("pagedserve_generation_tokens_total"));
+    m.declare_shards(2);
+    let text = render(&m);
+    for shard in ["0", "1"] {
+        for name in [
+            "pagedserve_prompt_tokens_total",
+            "pagedserve_generation_tokens_total",
+            "pagedserve_num_preemptions_total",
+        ] {
+            let line = format!("{name}{{model_name=\"smol\",shard=\"{shard}\"}} 0");
+            assert!(text.contains(&line), "missing `{line}` in:\n{text}");
+        }
+        let stop = format!(
+            "pagedserve_request_success_total{{finished_reason=\"stop\",model_name=\"smol\",shard=\"{shard}\"}} 0"
+        );
+        assert!(text.contains(&stop), "missing `{stop}` in:\n{text}");
+    }
+}
