@@ -5,6 +5,27 @@ use super::sequence::{SeqKey, Sequence};
 use crate::kv_cache::BlockPool;
 use std::collections::VecDeque;
 
+/// Budgets up to this many tokens a step share the prefill part between prompts
+/// (`Scheduler::schedule_shared`); the CPU's default is one of them. Larger ones (GPUs, where
+/// a step takes milliseconds) keep plain FIFO chunking.
+const SHARED_PREFILL_MAX_BUDGET: usize = 1024;
+
+/// The smallest prefill share worth a prompt's place in a shared step.
+const MIN_SHARED_CHUNK: usize = 16;
+
+/// Caps `demands` (in order) so that they sum to at most `budget`, as evenly as possible:
+/// the smallest demands are met in full, the rest get equal shares of what is left.
+fn water_fill(demands: &mut [usize], budget: usize) {
+    let mut order: Vec<usize> = (0..demands.len()).collect();
+    order.sort_by_key(|&i| demands[i]);
+    let mut left = budget;
+    for (n, &i) in order.iter().enumerate() {
+        let share = left / (order.len() - n);
+        demands[i] = demands[i].min(share);
+        left -= demands[i];
+    }
+}
+
 /// One sequence's share of a step: `tokens[start..start + len]` of `running[seq_idx]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ScheduledChunk {
@@ -64,8 +85,13 @@ impl Scheduler {
         removed
     }
 
-    /// Plans one step: running sequences first (oldest first), then FIFO admission.
+    /// Plans one step: running sequences first (oldest first), then FIFO admission. Small
+    /// budgets (the CPU's) share the prefill part between prompts instead: see
+    /// [`Self::schedule_shared`].
     pub fn schedule(&mut self) -> Vec<ScheduledChunk> {
+        if self.config.max_batch_tokens <= SHARED_PREFILL_MAX_BUDGET {
+            return self.schedule_shared();
+        }
         let preemptions_before = self.preemptions_total;
         let mut budget = self.config.max_batch_tokens;
         let mut chunks = Vec::new();
@@ -90,6 +116,86 @@ impl Scheduler {
             self.admit(&mut budget, &mut chunks);
         }
         chunks
+    }
+
+    /// Decodes first (one token each, oldest first), then the rest of the budget split
+    /// between the prompts being prefilled and the waiting ones, FIFO, by water-filling: a
+    /// prompt that needs less than an equal share takes what it needs and leaves the rest to
+    /// the others. Where a step costs seconds (a CPU), a long prompt then no longer holds up
+    /// the short ones behind it for several steps; whenever the budget covers every prompt
+    /// this plans exactly what FIFO would.
+    fn schedule_shared(&mut self) -> Vec<ScheduledChunk> {
+        let preemptions_before = self.preemptions_total;
+        let mut budget = self.config.max_batch_tokens;
+        let mut chunks = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let seq = &self.running[i];
+            let start = seq.num_computed;
+            if seq.num_uncomputed() == 1 {
+                if !self.reserve_or_preempt(i, start + 1) {
+                    break;
+                }
+                chunks.push(self.chunk(i, start, 1));
+                budget -= 1;
+            }
+            i += 1;
+        }
+        let prefilling: Vec<usize> = (0..self.running.len())
+            .filter(|&i| self.running[i].num_uncomputed() > 1)
+            .collect();
+        let admit = self.preemptions_total == preemptions_before;
+        let slots = match admit {
+            true => self.config.max_num_seqs.saturating_sub(self.running.len()),
+            false => 0,
+        };
+        // As many prompts as can each get a first chunk of MIN_SHARED_CHUNK (or all they need),
+        // and always the first.
+        let mut floor = 0;
+        let mut demands: Vec<usize> = prefilling
+            .iter()
+            .map(|&i| self.running[i].num_uncomputed())
+            .chain(self.waiting.iter().take(slots).map(|s| s.num_uncomputed()))
+            .take_while(|&d| {
+                let first = floor == 0;
+                floor += d.min(MIN_SHARED_CHUNK);
+                first || floor <= budget
+            })
+            .collect();
+        water_fill(&mut demands, budget);
+        for (&i, &len) in prefilling.iter().zip(&demands) {
+            if i >= self.running.len() || len == 0 {
+                continue; // preempted by an earlier chunk of this step
+            }
+            let start = self.running[i].num_computed;
+            if self.reserve_or_preempt(i, start + len) {
+                chunks.push(self.chunk(i, start, len));
+            }
+        }
+        if self.preemptions_total == preemptions_before {
+            for &len in demands.iter().skip(prefilling.len()) {
+                if len == 0 || !self.admit_one(len, &mut chunks) {
+                    break;
+                }
+            }
+        }
+        chunks
+    }
+
+    /// Admits the head of the queue with a first chunk of `len` tokens; false when its
+    /// blocks do not fit (it stays first in line).
+    fn admit_one(&mut self, len: usize, chunks: &mut Vec<ScheduledChunk>) -> bool {
+        let Some(mut seq) = self.waiting.pop_front() else {
+            return false;
+        };
+        if seq.block_table.reserve(&self.pool, len).is_err() {
+            self.waiting.push_front(seq);
+            return false;
+        }
+        seq.preempted = false;
+        self.running.push(seq);
+        chunks.push(self.chunk(self.running.len() - 1, 0, len));
+        true
     }
 
     fn chunk(&self, seq_idx: usize, start: usize, len: usize) -> ScheduledChunk {
@@ -140,5 +246,28 @@ impl Scheduler {
             chunks.push(self.chunk(self.running.len() - 1, 0, len));
             *budget -= len;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::water_fill;
+
+    #[test]
+    fn water_fill_meets_small_demands_and_splits_the_rest() {
+        let mut d = vec![300, 10, 12, 200];
+        water_fill(&mut d, 128);
+        // 10 and 12 in full; 106 left for two: 53 each.
+        assert_eq!(d, vec![53, 10, 12, 53]);
+        let mut fits = vec![5, 40, 7];
+        water_fill(&mut fits, 64);
+        assert_eq!(
+            fits,
+            vec![5, 40, 7],
+            "everything fits: what FIFO would plan"
+        );
+        let mut none = vec![9, 9];
+        water_fill(&mut none, 0);
+        assert_eq!(none, vec![0, 0]);
     }
 }

@@ -22,8 +22,8 @@ mod tiled;
 #[cfg(target_arch = "x86_64")]
 mod tiled_x86;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub use threads::{compute_threads, set_compute_threads};
 
@@ -100,22 +100,40 @@ impl CpuBackend {
                     .map(|start| (wi, start..(start + rows).min(n))),
             );
         }
-        let x = Arc::new(x.clone());
-        let owned: Vec<Arc<CpuWeight>> = ws.iter().map(|w| Arc::clone(w)).collect();
-        let (xs, plan) = (Arc::clone(&x), Arc::new(chunks));
-        let job_plan = Arc::clone(&plan);
-        let job = Arc::new(move |c: usize| -> Vec<f32> {
-            let (wi, range) = job_plan[c].clone();
-            let mut out = vec![0.0; xs.rows * range.len()];
-            if let CpuWeight::Blocks(b) = &*owned[wi] {
-                b.matmul_rows(&xs, range, &mut out);
+        // The GEMM's transposed activations, formed once for every chunk.
+        #[cfg(target_arch = "x86_64")]
+        let xt = ws
+            .iter()
+            .any(|w| matches!(&***w, CpuWeight::Blocks(b) if b.uses_tiles(x.rows)))
+            .then(|| tiled::transpose_rows(&x.data, x.rows, x.cols));
+        #[cfg(not(target_arch = "x86_64"))]
+        let xt: Option<Vec<f32>> = None;
+        // Borrowed by the pool's threads for this call only (`run_scoped`): no copies of the
+        // activations or the weights' handles.
+        let parts: Vec<Mutex<Vec<f32>>> = chunks.iter().map(|_| Mutex::default()).collect();
+        self.pool.run_scoped(chunks.len(), &|c| {
+            let (wi, range) = &chunks[c];
+            let mut out = vec![0.0; x.rows * range.len()];
+            if let CpuWeight::Blocks(b) = &**ws[*wi] {
+                b.matmul_rows(x, xt.as_deref(), range.clone(), &mut out);
             }
-            out
-        });
-        let parts = self.pool.run_chunks(plan.len(), job)?;
+            if let Ok(mut slot) = parts[c].lock() {
+                *slot = out;
+            }
+        })?;
+        let parts: Vec<Vec<f32>> = parts
+            .into_iter()
+            .map(|p| p.into_inner().unwrap_or_default())
+            .collect();
+        let plan = chunks;
         let mut outs: Vec<Vec<f32>> = dims.iter().map(|&n| vec![0.0; x.rows * n]).collect();
         for ((wi, range), part) in plan.iter().zip(&parts) {
             let (n, width) = (dims[*wi], range.len());
+            if part.len() != x.rows * width {
+                return Err(BackendError::Alloc(
+                    "a CPU matmul chunk went missing".into(),
+                ));
+            }
             for t in 0..x.rows {
                 outs[*wi][t * n + range.start..t * n + range.end]
                     .copy_from_slice(&part[t * width..(t + 1) * width]);

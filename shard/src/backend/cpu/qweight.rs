@@ -95,7 +95,7 @@ impl CpuWeight {
             Self::Candle(q) => CpuTensor::from_candle(&q.forward(&x.to_candle()?)?),
             Self::Blocks(b) => {
                 let mut out = vec![0.0; x.rows * b.rows];
-                b.matmul_rows(x, 0..b.rows, &mut out);
+                b.matmul_rows(x, None, 0..b.rows, &mut out);
                 CpuTensor::new(x.rows, b.rows, out)
             }
         }
@@ -206,13 +206,21 @@ impl BlockMatrix {
     }
 
     /// Output rows `range` of `x @ w^T`, written `[x.rows, range.len()]` into `out`.
-    pub fn matmul_rows(&self, x: &CpuTensor, range: std::ops::Range<usize>, out: &mut [f32]) {
+    /// `xt`: the activations as `tiled::transpose_rows` lays them out, shared by the chunks
+    /// of a GEMM-sized matmul.
+    pub fn matmul_rows(
+        &self,
+        x: &CpuTensor,
+        xt: Option<&[f32]>,
+        range: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) {
         if x.cols == self.cols && out.len() == x.rows * range.len() {
             if let Some(p) = &self.packed {
-                return p.matmul(&x.data, x.rows, range, out);
+                return p.matmul(&x.data, xt, x.rows, range, out);
             }
             if let Some(p) = &self.panel {
-                return p.matmul(&x.data, x.rows, range, out);
+                return p.matmul(&x.data, xt, x.rows, range, out);
             }
         }
         // Q4_1's `m` term needs each activation block's sum, shared by all weight rows.

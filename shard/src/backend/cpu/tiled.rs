@@ -26,6 +26,9 @@ pub const GROUP: usize = 16;
 pub const TILE: usize = 32;
 const QK: usize = 32;
 
+#[cfg(target_arch = "x86_64")]
+pub use super::tiled_x86::transpose_rows;
+
 /// Rows from which a matmul runs as a GEMM over f32 tiles instead of the direct packed
 /// kernels (same bits either way). `PAGEDSERVE_CPU_PANEL_ROWS` overrides it (0: never) for measurements.
 pub fn panel_min_rows() -> usize {
@@ -148,12 +151,20 @@ impl Packed {
     /// Output columns `cols` (whole groups, or up to the last row) of `x @ w^T`; `x` is
     /// `[m, k]`, `out` `[m, cols.len()]`. From [`panel_min_rows`] rows on, a GEMM over tiles
     /// dequantized once per call (same bits).
-    pub fn matmul(&self, x: &[f32], m: usize, cols: std::ops::Range<usize>, out: &mut [f32]) {
+    /// `xt`: `x` as [`transpose_rows`] lays it out, when the caller already has it.
+    pub fn matmul(
+        &self,
+        x: &[f32],
+        xt: Option<&[f32]>,
+        m: usize,
+        cols: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
             use super::tiled_x86::{Tiles, packed_matmul, tiles_matmul};
             match m >= panel_min_rows() {
-                true => tiles_matmul(Tiles::Packed(self), x, m, cols, out),
+                true => tiles_matmul(Tiles::Packed(self), x, xt, m, cols, out),
                 false => packed_matmul(self, x, m, cols, out),
             }
             return;
@@ -209,11 +220,18 @@ impl Panel {
 
     /// Output columns `cols` (starting on a tile) of `x @ w^T`; `x` `[m, k]`, `out`
     /// `[m, cols.len()]`.
-    pub fn matmul(&self, x: &[f32], m: usize, cols: std::ops::Range<usize>, out: &mut [f32]) {
+    pub fn matmul(
+        &self,
+        x: &[f32],
+        xt: Option<&[f32]>,
+        m: usize,
+        cols: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
             use super::tiled_x86::{Tiles, tiles_matmul};
-            tiles_matmul(Tiles::Panel(self), x, m, cols, out);
+            tiles_matmul(Tiles::Panel(self), x, xt, m, cols, out);
             return;
         }
         self.matmul_scalar(x, m, cols, out);
@@ -324,8 +342,8 @@ mod tests {
                     }
                     for &m in &row_counts {
                         let (mut a, mut b) = (vec![f32::NAN; m * w], vec![f32::NAN; m * w]);
-                        p.matmul(&x, m, cols.clone(), &mut a);
-                        panel.matmul(&x, m, cols.clone(), &mut b);
+                        p.matmul(&x, None, m, cols.clone(), &mut a);
+                        panel.matmul(&x, None, m, cols.clone(), &mut b);
                         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                         let want = bits(&want[..m * w]);
                         assert_eq!(bits(&a), want, "{kind:?} packed {n}x{k} {m} rows {cols:?}");
@@ -365,7 +383,7 @@ mod speed {
             let reps = (2048 / m).max(4);
             let t = std::time::Instant::now();
             for _ in 0..reps {
-                p.matmul(&x, m, 0..n, &mut out);
+                p.matmul(&x, None, m, 0..n, &mut out);
             }
             let s = t.elapsed().as_secs_f64() / reps as f64;
             println!(

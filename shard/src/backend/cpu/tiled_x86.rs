@@ -220,6 +220,7 @@ pub enum Tiles<'a> {
 pub fn tiles_matmul(
     src: Tiles<'_>,
     x: &[f32],
+    xt: Option<&[f32]>,
     m: usize,
     cols: std::ops::Range<usize>,
     out: &mut [f32],
@@ -233,13 +234,14 @@ pub fn tiles_matmul(
         return;
     }
     let chunks = m.div_ceil(PANEL_ROWS);
-    let mut xt = vec![0f32; chunks * k * PANEL_ROWS];
-    for r in 0..m {
-        let base = r / PANEL_ROWS * k * PANEL_ROWS + r % PANEL_ROWS;
-        for (kk, &v) in x[r * k..(r + 1) * k].iter().enumerate() {
-            xt[base + kk * PANEL_ROWS] = v;
+    let owned;
+    let xt = match xt {
+        Some(xt) if xt.len() == chunks * k * PANEL_ROWS => xt,
+        _ => {
+            owned = transpose_rows(x, m, k);
+            &owned[..]
         }
-    }
+    };
     let mut buf = Vec::new();
     let mut n = cols.start;
     while n < cols.end {
@@ -278,6 +280,19 @@ pub fn tiles_matmul(
         }
         n = (t + 1) * TILE;
     }
+}
+
+/// `x` (`[m, k]`) in chunks of [`PANEL_ROWS`] rows, each `[k][8]` (zero past row m): the
+/// GEMM's activation operand. A matmul split over the pool forms it once for all chunks.
+pub fn transpose_rows(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let mut xt = vec![0f32; m.div_ceil(PANEL_ROWS) * k * PANEL_ROWS];
+    for (r, row) in x.chunks_exact(k.max(1)).take(m).enumerate() {
+        let base = r / PANEL_ROWS * k * PANEL_ROWS + r % PANEL_ROWS;
+        for (kk, &v) in row.iter().enumerate() {
+            xt[base + kk * PANEL_ROWS] = v;
+        }
+    }
+    xt
 }
 
 /// Tile `t` of the packed weights as f32 `[k][32]`, each weight formed exactly as the
