@@ -18,6 +18,10 @@ fn auto_device(shard_id: usize) -> String {
     }
 }
 
+/// The CPU's default step budget (`--max-batch-tokens`): ShareGPT at 3 requests/s on 2 cores
+/// (docs/perf.md) keeps time to first token and inter-token latency down with it.
+const CPU_MAX_BATCH_TOKENS: usize = 512;
+
 fn utilization(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {
         Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
@@ -51,9 +55,10 @@ pub struct Args {
     /// KV cache memory budget when --num-kv-blocks is not given.
     #[arg(long, default_value_t = 1024, value_parser = at_least_one())]
     pub kv_cache_memory_mb: usize,
-    /// Per-step token budget (prefill chunk tokens + decode tokens).
-    #[arg(long, default_value_t = 2048, value_parser = at_least_one())]
-    pub max_batch_tokens: usize,
+    /// Per-step token budget (prefill chunk tokens + decode tokens); default 2048 on a GPU,
+    /// 512 on the CPU, where a 2,048-token step takes seconds and stalls every running stream.
+    #[arg(long, value_parser = at_least_one())]
+    pub max_batch_tokens: Option<usize>,
     /// Most sequences in the running batch.
     #[arg(long, default_value_t = 256, value_parser = at_least_one())]
     pub max_num_seqs: usize,
@@ -108,7 +113,7 @@ impl Args {
             },
             gpu: GpuOptions {
                 memory_utilization: self.gpu_memory_utilization,
-                max_batch_tokens: self.max_batch_tokens,
+                max_batch_tokens: self.max_batch_tokens(),
                 max_num_seqs: self.max_num_seqs,
                 dummy_shape: match self.load_format.as_str() {
                     "dummy" => Some(
@@ -142,9 +147,20 @@ impl Args {
 
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {
-            max_batch_tokens: self.max_batch_tokens,
+            max_batch_tokens: self.max_batch_tokens(),
             max_num_seqs: self.max_num_seqs,
         }
+    }
+
+    /// `--max-batch-tokens`, or the default of the device this shard runs on.
+    pub fn max_batch_tokens(&self) -> usize {
+        let cpu = match self.device.as_str() {
+            "cpu" => true,
+            "auto" => auto_device(self.shard_id as usize) == "cpu",
+            _ => false,
+        };
+        self.max_batch_tokens
+            .unwrap_or(if cpu { CPU_MAX_BATCH_TOKENS } else { 2048 })
     }
 }
 
@@ -167,7 +183,12 @@ mod tests {
         assert_eq!(opts.kv_cache_bytes, 1024 << 20);
         assert_eq!(opts.device, "cpu");
         let config = args.engine_config();
-        assert_eq!((config.max_batch_tokens, config.max_num_seqs), (2048, 256));
+        assert_eq!((config.max_batch_tokens, config.max_num_seqs), (512, 256));
+        let gpu = parse(&["--device", "cuda"]).expect("parses");
+        assert_eq!(gpu.engine_config().max_batch_tokens, 2048);
+        assert_eq!(gpu.load_options().gpu.max_batch_tokens, 2048);
+        let set = parse(&["--max-batch-tokens", "64"]).expect("parses");
+        assert_eq!(set.engine_config().max_batch_tokens, 64);
     }
 
     #[test]
