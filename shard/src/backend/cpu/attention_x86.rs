@@ -45,6 +45,21 @@ pub unsafe fn attend_avx512(
         }
     }
     let inv = softmax_rows(scores, n);
+    // The weighted sum of the values in registers for the usual shapes (SmolLM2: 3 query
+    // heads a KV head, head_dim 64), else through `out`.
+    let done = match (group, chunks) {
+        // SAFETY: the caller's contract; the shapes match the const parameters.
+        (1, 4) => unsafe { weighted_values::<1, 4>(job, cache, layer, scores, &inv) },
+        (2, 4) => unsafe { weighted_values::<2, 4>(job, cache, layer, scores, &inv) },
+        (3, 4) => unsafe { weighted_values::<3, 4>(job, cache, layer, scores, &inv) },
+        (4, 4) => unsafe { weighted_values::<4, 4>(job, cache, layer, scores, &inv) },
+        (1, 8) => unsafe { weighted_values::<1, 8>(job, cache, layer, scores, &inv) },
+        (2, 8) => unsafe { weighted_values::<2, 8>(job, cache, layer, scores, &inv) },
+        _ => false,
+    };
+    if done {
+        return;
+    }
     job.out.fill(0.0);
     for (i, t) in (job.first..job.context).enumerate() {
         let block = job.table[t / l.block_size] as usize;
@@ -63,4 +78,45 @@ pub unsafe fn attend_avx512(
             }
         }
     }
+}
+
+/// `out[g] = sum_t p[g][t] * inv[g] * v_t` with the `G * C` accumulators in registers
+/// (`C` = head_dim / 16); the same products and order as the memory path. Returns true.
+///
+/// # Safety
+/// AVX-512F; `job.q.len() == G * 16 * C == job.out.len()` and head_dim is `16 * C`.
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_values<const G: usize, const C: usize>(
+    job: &mut GroupJob<'_>,
+    cache: &CpuKvCache,
+    layer: usize,
+    scores: &[f32],
+    inv: &[f32],
+) -> bool {
+    let l = cache.layout;
+    let (hd, n) = (16 * C, job.context - job.first);
+    let mut acc = [[_mm512_setzero_ps(); C]; G];
+    for (i, t) in (job.first..job.context).enumerate() {
+        let block = job.table[t / l.block_size] as usize;
+        let off = cache.offset(layer, block, job.kv_head, t % l.block_size);
+        let v = &cache.v[off..off + hd];
+        let mut vv = [_mm512_setzero_ps(); C];
+        for (c, x) in vv.iter_mut().enumerate() {
+            // SAFETY: c * 16 + 16 <= hd.
+            *x = unsafe { _mm512_loadu_ps(v.as_ptr().add(c * 16)) };
+        }
+        for (g, a) in acc.iter_mut().enumerate() {
+            let w = _mm512_set1_ps(scores[g * n + i] * inv[g]);
+            for c in 0..C {
+                a[c] = _mm512_fmadd_ps(w, vv[c], a[c]);
+            }
+        }
+    }
+    for (g, a) in acc.iter().enumerate() {
+        for (c, x) in a.iter().enumerate() {
+            // SAFETY: `out` holds G heads of 16 * C floats.
+            unsafe { _mm512_storeu_ps(job.out.as_mut_ptr().add(g * hd + c * 16), *x) };
+        }
+    }
+    true
 }
