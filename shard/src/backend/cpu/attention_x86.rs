@@ -24,7 +24,36 @@ pub unsafe fn attend_avx512(
     let n = job.context - job.first;
     scores.clear();
     scores.resize(group * n, 0.0);
-    for (i, t) in (job.first..job.context).enumerate() {
+    // Sixteen keys at a time: their 16 partial-sum vectors are reduced together (a transpose
+    // tree), far cheaper than one horizontal sum per key; the tail one key at a time.
+    let mut i0 = 0;
+    while i0 + 16 <= n {
+        let mut offs = [0usize; 16];
+        for (j, o) in offs.iter_mut().enumerate() {
+            let t = job.first + i0 + j;
+            let block = job.table[t / l.block_size] as usize;
+            *o = cache.offset(layer, block, job.kv_head, t % l.block_size);
+        }
+        for g in 0..group {
+            let q = &job.q[g * hd..(g + 1) * hd];
+            let mut p = [_mm512_setzero_ps(); 16];
+            for (j, pj) in p.iter_mut().enumerate() {
+                let k = &cache.k[offs[j]..offs[j] + hd];
+                for c in 0..chunks {
+                    // SAFETY: c * 16 + 16 <= hd for both slices.
+                    unsafe {
+                        let qv = _mm512_loadu_ps(q.as_ptr().add(c * 16));
+                        *pj = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k.as_ptr().add(c * 16)), *pj);
+                    }
+                }
+            }
+            let sums = _mm512_mul_ps(hsum16(p), _mm512_set1_ps(scale));
+            // SAFETY: scores[g * n + i0 ..][..16] is in bounds (i0 + 16 <= n).
+            unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add(g * n + i0), sums) };
+        }
+        i0 += 16;
+    }
+    for (i, t) in (job.first..job.context).enumerate().skip(i0) {
         let block = job.table[t / l.block_size] as usize;
         let off = cache.offset(layer, block, job.kv_head, t % l.block_size);
         let k = &cache.k[off..off + hd];
@@ -119,4 +148,36 @@ unsafe fn weighted_values<const G: usize, const C: usize>(
         }
     }
     true
+}
+
+/// Lane `j` of the result is the sum of all 16 lanes of `p[j]`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn hsum16(p: [__m512; 16]) -> __m512 {
+    // Pairs: per 128-bit lane [a0+a2, b0+b2, a1+a3, b1+b3].
+    let pair =
+        |a: __m512, b: __m512| _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    // Quads: per 128-bit lane the four vectors' partial sums over that lane, in order.
+    let quad = |ab: __m512, cd: __m512| {
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0b01_00_01_00>(ab, cd),
+            _mm512_shuffle_ps::<0b11_10_11_10>(ab, cd),
+        )
+    };
+    let r: [__m512; 4] = std::array::from_fn(|i| {
+        let b = 4 * i;
+        quad(pair(p[b], p[b + 1]), pair(p[b + 2], p[b + 3]))
+    });
+    // Across the four 128-bit lanes: block i of the result sums r[i]'s lanes.
+    let half = |x: __m512, y: __m512| {
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(x, y),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y),
+        )
+    };
+    let (u01, u23) = (half(r[0], r[1]), half(r[2], r[3]));
+    _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0b10_00_10_00>(u01, u23),
+        _mm512_shuffle_f32x4::<0b11_01_11_01>(u01, u23),
+    )
 }
