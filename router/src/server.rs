@@ -51,7 +51,6 @@ pub fn build_state(args: &Args) -> Result<Arc<AppState>, ServerError> {
         );
     }
     let metrics = Arc::new(Metrics::new(&args.model_name())?);
-    metrics.declare_shards(args.shards.len());
     Ok(Arc::new(AppState {
         model_name: args.model_name(),
         tokenizer,

@@ -145,25 +145,6 @@ impl Metrics {
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
-    /// Exports the token, request and preemption counters of `shards` shards at 0 from the
-    /// start. A series that first appears at its end value has no increase for `rate()` to see
-    /// (a load that fits between two scrapes would read as no traffic), so, as Prometheus
-    /// advises, every counter exists before its first event.
-    pub fn declare_shards(&self, shards: usize) {
-        for shard in 0..shards {
-            let labels = self.shard_labels(shard);
-            self.prompt_tokens.add(0, &labels);
-            self.generation_tokens.add(0, &labels);
-            self.preemptions.add(0, &labels);
-            let [model, shard] = labels;
-            for reason in ["stop", "length"] {
-                let reason = KeyValue::new("finished_reason", reason);
-                self.request_success
-                    .add(0, &[model.clone(), shard.clone(), reason]);
-            }
-        }
-    }
-
     pub(crate) fn shard_labels(&self, shard: usize) -> [KeyValue; 2] {
         [
             KeyValue::new("model_name", self.model_name.clone()),

@@ -43,12 +43,16 @@ impl Metrics {
     }
 
     /// Before the first connection: the shard is down and its counters exist at 0, so
-    /// dashboards and `increase()` see them from the start.
+    /// dashboards and `rate()`/`increase()` see them from the start. (A series that first
+    /// appears at its end value shows no increase: a load that fits between two scrapes would
+    /// read as no traffic.)
     pub fn register_shard(&self, shard: usize) {
         let labels = self.shard_labels(shard);
         self.shard_up.record(0, &labels);
         self.shard_restarts.add(0, &labels);
         self.preemptions.add(0, &labels);
+        self.prompt_tokens.add(0, &labels);
+        self.generation_tokens.add(0, &labels);
     }
 
     pub fn record_shard_up(&self, shard: usize, up: bool) {
