@@ -27,6 +27,10 @@ pub fn shard_library_path(cache_dir: &Path) -> Option<String> {
     let current = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = std::env::split_paths(&current).collect();
     dirs.extend(SYSTEM_DIRS.iter().map(PathBuf::from));
+    // A reachable libnccl.so needs nothing; only then is Python asked where its wheel is.
+    if dirs.iter().any(|d| d.join("libnccl.so").exists()) {
+        return None;
+    }
     dirs.extend(pytorch_nccl_dir());
     let link_dir = cache_dir.join("nccl");
     match link_nccl(&dirs, &link_dir) {
