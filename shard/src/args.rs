@@ -1,6 +1,6 @@
 //! Command-line arguments of `pagedserve-shard`.
 
-use crate::engine::EngineConfig;
+use crate::engine::{EngineConfig, PrefillPolicy};
 use crate::model::{GpuOptions, LoadOptions};
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
@@ -150,18 +150,28 @@ impl Args {
         EngineConfig {
             max_batch_tokens: self.max_batch_tokens(),
             max_num_seqs: self.max_num_seqs,
+            prefill_policy: match self.on_cpu() {
+                true => PrefillPolicy::Shared,
+                false => PrefillPolicy::Fifo,
+            },
         }
     }
 
     /// `--max-batch-tokens`, or the default of the device this shard runs on.
     pub fn max_batch_tokens(&self) -> usize {
-        let cpu = match self.device.as_str() {
+        self.max_batch_tokens.unwrap_or(match self.on_cpu() {
+            true => CPU_MAX_BATCH_TOKENS,
+            false => 2048,
+        })
+    }
+
+    /// Whether this shard computes on the CPU (`--device cpu`, or `auto` without a GPU).
+    fn on_cpu(&self) -> bool {
+        match self.device.as_str() {
             "cpu" => true,
             "auto" => auto_device(self.shard_id as usize) == "cpu",
             _ => false,
-        };
-        self.max_batch_tokens
-            .unwrap_or(if cpu { CPU_MAX_BATCH_TOKENS } else { 2048 })
+        }
     }
 }
 
@@ -185,9 +195,16 @@ mod tests {
         assert_eq!(opts.device, "cpu");
         let config = args.engine_config();
         assert_eq!((config.max_batch_tokens, config.max_num_seqs), (256, 256));
+        assert_eq!(config.prefill_policy, PrefillPolicy::Shared);
         let gpu = parse(&["--device", "cuda"]).expect("parses");
         assert_eq!(gpu.engine_config().max_batch_tokens, 2048);
         assert_eq!(gpu.load_options().gpu.max_batch_tokens, 2048);
+        let small_gpu = parse(&["--device", "cuda", "--max-batch-tokens", "512"]).expect("parses");
+        assert_eq!(
+            small_gpu.engine_config().prefill_policy,
+            PrefillPolicy::Fifo,
+            "the policy follows the device, not the budget"
+        );
         let set = parse(&["--max-batch-tokens", "64"]).expect("parses");
         assert_eq!(set.engine_config().max_batch_tokens, 64);
     }

@@ -4,7 +4,7 @@
 
 use pagedserve_proto::ShardClient;
 use pagedserve_proto::v1 as pb;
-use pagedserve_shard::engine::{EngineConfig, EngineHandle, spawn_engine};
+use pagedserve_shard::engine::{EngineConfig, EngineHandle, PrefillPolicy, spawn_engine};
 use pagedserve_shard::model::{LoadOptions, load_model};
 use pagedserve_shard::service::{ShardService, serve_grpc};
 use serde::Deserialize;
@@ -49,7 +49,7 @@ fn model_path() -> PathBuf {
     path
 }
 
-fn engine(num_kv_blocks: usize, max_batch_tokens: usize) -> EngineHandle {
+fn engine(num_kv_blocks: usize, max_batch_tokens: usize, policy: PrefillPolicy) -> EngineHandle {
     let opts = LoadOptions {
         model_path: model_path(),
         served_model_name: None,
@@ -63,6 +63,7 @@ fn engine(num_kv_blocks: usize, max_batch_tokens: usize) -> EngineHandle {
     let config = EngineConfig {
         max_batch_tokens,
         max_num_seqs: 16,
+        prefill_policy: policy,
     };
     spawn_engine(model, config).expect("engine starts")
 }
@@ -113,7 +114,7 @@ async fn run(
 #[tokio::test]
 async fn batched_with_preemption_gives_the_tokens_of_solo_runs() {
     let cases = cases();
-    let solo_engine = engine(64, 2048);
+    let solo_engine = engine(64, 2048, PrefillPolicy::Fifo);
     let mut alone = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let (mut tokens, _, _) = run(
@@ -134,26 +135,28 @@ async fn batched_with_preemption_gives_the_tokens_of_solo_runs() {
 
     // Together the four need 18 blocks of 16; the longest alone needs 8 (91 + 24 tokens).
     // A 48-token budget also splits the 91-token prompt into chunks.
-    let tiny = engine(10, 48);
-    let requests = cases
-        .iter()
-        .enumerate()
-        .map(|(i, c)| greedy(i as u64, &c.prompt_ids, NEW_TOKENS))
-        .collect();
-    let (batched, stats, _) = run(&tiny, requests).await;
-    for (i, want) in alone.iter().enumerate() {
-        assert_eq!(&batched[&(i as u64)], want, "case {i} batched");
+    for policy in [PrefillPolicy::Fifo, PrefillPolicy::Shared] {
+        let tiny = engine(10, 48, policy);
+        let requests = cases
+            .iter()
+            .enumerate()
+            .map(|(i, c)| greedy(i as u64, &c.prompt_ids, NEW_TOKENS))
+            .collect();
+        let (batched, stats, _) = run(&tiny, requests).await;
+        for (i, want) in alone.iter().enumerate() {
+            assert_eq!(&batched[&(i as u64)], want, "case {i} batched, {policy:?}");
+        }
+        assert!(
+            stats.preemptions_total > 0,
+            "no preemption happened ({policy:?}): {stats:?}"
+        );
+        assert!(
+            stats.running >= 2,
+            "sequences never shared a step ({policy:?}): {stats:?}"
+        );
+        let snap = tiny.snapshot().await.expect("snapshot");
+        assert_eq!(snap.free_kv_blocks, 10, "every block is back ({policy:?})");
     }
-    assert!(
-        stats.preemptions_total > 0,
-        "no preemption happened: {stats:?}"
-    );
-    assert!(
-        stats.running >= 2,
-        "sequences never shared a step: {stats:?}"
-    );
-    let snap = tiny.snapshot().await.expect("snapshot");
-    assert_eq!(snap.free_kv_blocks, 10, "every block is back after the run");
 }
 
 #[tokio::test]
@@ -180,7 +183,7 @@ async fn grpc_service_with_the_real_model() {
         pb::health_response::Status::NotServing as i32
     );
 
-    service.set_engine(engine(64, 2048));
+    service.set_engine(engine(64, 2048, PrefillPolicy::Fifo));
     let health = client
         .health(pb::HealthRequest {})
         .await
@@ -257,7 +260,7 @@ async fn grpc_service_with_the_real_model() {
 #[tokio::test]
 #[ignore = "measurement, not a check"]
 async fn engine_throughput() {
-    let engine = engine(1024, 2048);
+    let engine = engine(1024, 2048, PrefillPolicy::Fifo);
     let prompt = &cases()[0].prompt_ids;
     for n in [1u64, 16] {
         let requests = (0..n).map(|i| greedy(i, prompt, 64)).collect();

@@ -29,6 +29,20 @@ use tokio::sync::{mpsc, oneshot};
 /// unique per stream only, so sequences are keyed by `(StreamId, id)`.
 pub type StreamId = u64;
 
+/// How a step's budget, after the decodes, is split between prompts still being prefilled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrefillPolicy {
+    /// Oldest prompt first, as vLLM's chunked prefill: a long prompt takes the whole budget
+    /// until it is done. Right where a step takes milliseconds (GPUs).
+    #[default]
+    Fifo,
+    /// Split between the prompts by water-filling, so a long prompt no longer holds up the
+    /// short ones behind it for several steps. Right where a step takes a second (the CPU):
+    /// there, FIFO made every short request behind a long one wait seconds for its first
+    /// token. Plans exactly what FIFO would whenever the budget covers every prompt.
+    Shared,
+}
+
 /// Scheduling limits.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
@@ -36,6 +50,8 @@ pub struct EngineConfig {
     pub max_batch_tokens: usize,
     /// Most sequences in the running batch.
     pub max_num_seqs: usize,
+    /// The backend's choice (`Args::engine_config`): shared on the CPU, FIFO on GPUs.
+    pub prefill_policy: PrefillPolicy,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +59,7 @@ impl Default for EngineConfig {
         Self {
             max_batch_tokens: 2048,
             max_num_seqs: 256,
+            prefill_policy: PrefillPolicy::Fifo,
         }
     }
 }

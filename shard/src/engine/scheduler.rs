@@ -1,14 +1,9 @@
 //! Per-step planning: which sequences run, with how many tokens, and who gets preempted.
 
-use super::EngineConfig;
 use super::sequence::{SeqKey, Sequence};
+use super::{EngineConfig, PrefillPolicy};
 use crate::kv_cache::BlockPool;
 use std::collections::VecDeque;
-
-/// Budgets up to this many tokens a step share the prefill part between prompts
-/// (`Scheduler::schedule_shared`); the CPU's default is one of them. Larger ones (GPUs, where
-/// a step takes milliseconds) keep plain FIFO chunking.
-const SHARED_PREFILL_MAX_BUDGET: usize = 1024;
 
 /// The smallest prefill share worth a prompt's place in a shared step.
 const MIN_SHARED_CHUNK: usize = 16;
@@ -56,6 +51,7 @@ impl Scheduler {
             config: EngineConfig {
                 max_batch_tokens: config.max_batch_tokens.max(1),
                 max_num_seqs: config.max_num_seqs.max(1),
+                ..config
             },
             preemptions_total: 0,
         }
@@ -85,13 +81,17 @@ impl Scheduler {
         removed
     }
 
-    /// Plans one step: running sequences first (oldest first), then FIFO admission. Small
-    /// budgets (the CPU's) share the prefill part between prompts instead: see
-    /// [`Self::schedule_shared`].
+    /// Plans one step by the configured [`PrefillPolicy`].
     pub fn schedule(&mut self) -> Vec<ScheduledChunk> {
-        if self.config.max_batch_tokens <= SHARED_PREFILL_MAX_BUDGET {
-            return self.schedule_shared();
+        match self.config.prefill_policy {
+            PrefillPolicy::Fifo => self.schedule_fifo(),
+            PrefillPolicy::Shared => self.schedule_shared(),
         }
+    }
+
+    /// Running sequences first (oldest first, each with all it still needs), then FIFO
+    /// admission.
+    fn schedule_fifo(&mut self) -> Vec<ScheduledChunk> {
         let preemptions_before = self.preemptions_total;
         let mut budget = self.config.max_batch_tokens;
         let mut chunks = Vec::new();
@@ -172,6 +172,10 @@ impl Scheduler {
                 chunks.push(self.chunk(i, start, len));
             }
         }
+        // Unlike FIFO, a prompt's blocks here are reserved after the decodes of newer
+        // sequences were planned, so its preemption victims may already hold a chunk. Victims
+        // are always popped off the end, so every index below `running.len()` is unchanged.
+        chunks.retain(|c| c.seq_idx < self.running.len());
         if self.preemptions_total == preemptions_before {
             for &len in demands.iter().skip(prefilling.len()) {
                 if len == 0 || !self.admit_one(len, &mut chunks) {

@@ -2,7 +2,7 @@
 
 use super::runner::Engine;
 use super::test_model::{FAKE_EOS, FakeLm, ForwardLog, request};
-use super::{Command, EngineConfig, StreamId};
+use super::{Command, EngineConfig, PrefillPolicy, StreamId};
 use pagedserve_proto::v1 as pb;
 use std::collections::HashMap;
 use tokio::sync::mpsc;
@@ -97,6 +97,14 @@ fn config(max_batch_tokens: usize, max_num_seqs: usize) -> EngineConfig {
     EngineConfig {
         max_batch_tokens,
         max_num_seqs,
+        prefill_policy: PrefillPolicy::Fifo,
+    }
+}
+
+fn shared(max_batch_tokens: usize, max_num_seqs: usize) -> EngineConfig {
+    EngineConfig {
+        prefill_policy: PrefillPolicy::Shared,
+        ..config(max_batch_tokens, max_num_seqs)
     }
 }
 
@@ -121,23 +129,54 @@ fn batched_with_preemption_matches_solo_runs() {
         .map(|(i, &n)| solo(prompt(n, i as u32), 20))
         .collect();
     // 14 blocks of 4 = 56 tokens: the longest alone needs 50, all together ~160.
-    let mut h = Harness::new(FakeLm::new(4, 14, 1024), config(64, 16));
-    let reqs = lens
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| request(i as u64, prompt(n, i as u32), 20))
-        .collect();
-    h.submit(reqs);
-    h.run();
-    for (i, want) in expected.iter().enumerate() {
-        let got = &h.results[&(i as u64)];
-        assert_eq!(got.tokens, want.tokens, "sequence {i}");
-        assert_eq!(got.finish, LENGTH);
+    for config in [config(64, 16), shared(64, 16), shared(24, 16)] {
+        let mut h = Harness::new(FakeLm::new(4, 14, 1024), config);
+        let reqs = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| request(i as u64, prompt(n, i as u32), 20))
+            .collect();
+        h.submit(reqs);
+        h.run();
+        for (i, want) in expected.iter().enumerate() {
+            let got = &h.results[&(i as u64)];
+            assert_eq!(got.tokens, want.tokens, "sequence {i}, {config:?}");
+            assert_eq!(got.finish, LENGTH);
+        }
+        assert!(
+            h.last_stats.preemptions_total > 0,
+            "no preemption: {config:?}"
+        );
+        assert_eq!(h.free_blocks(), 14);
+        let max_batch = h.forward_calls().iter().map(Vec::len).max();
+        assert!(max_batch >= Some(2), "no shared steps: {config:?}");
     }
-    assert!(h.last_stats.preemptions_total > 0, "expected preemption");
-    assert_eq!(h.free_blocks(), 14);
-    let max_batch = h.forward_calls().iter().map(Vec::len).max();
-    assert!(max_batch >= Some(2), "sequences should share steps");
+}
+
+#[test]
+fn shared_policy_splits_the_prefill_budget_and_fifo_does_not() {
+    let reqs = || vec![request(1, prompt(40, 1), 2), request(2, prompt(4, 2), 2)];
+    let mut fifo = Harness::new(FakeLm::new(4, 64, 1024), config(24, 4));
+    fifo.submit(reqs());
+    fifo.step();
+    // FIFO: the long prompt takes the whole budget; the short one waits.
+    assert_eq!(fifo.forward_calls()[0], vec![(0, 24, false)]);
+
+    let mut split = Harness::new(FakeLm::new(4, 64, 1024), shared(24, 4));
+    split.submit(reqs());
+    split.step();
+    // Shared: the short prompt gets all it needs (and its first token), the long one the rest.
+    assert_eq!(split.forward_calls()[0], vec![(0, 20, false), (0, 4, true)]);
+    split.run();
+    let mut alone = Harness::new(FakeLm::new(4, 64, 1024), config(2048, 4));
+    alone.submit(reqs());
+    alone.run();
+    for id in [1, 2] {
+        assert_eq!(
+            split.results[&id].tokens, alone.results[&id].tokens,
+            "request {id}"
+        );
+    }
 }
 
 #[test]

@@ -40,6 +40,7 @@ fn fake_engine() -> EngineHandle {
     let config = EngineConfig {
         max_batch_tokens: 16,
         max_num_seqs: 8,
+        ..EngineConfig::default()
     };
     let mut model = FakeLm::new(4, 32, 100);
     // Slow enough that a cancel lands while the sequence still runs (70 steps = 0.7 s).
