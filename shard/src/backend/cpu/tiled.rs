@@ -180,15 +180,28 @@ impl Packed {
         cols: std::ops::Range<usize>,
         out: &mut [f32],
     ) {
-        let (k, width) = (self.cols, cols.len());
-        for (j, n) in cols.enumerate() {
-            for r in 0..m {
-                let xr = &x[r * k..(r + 1) * k];
-                out[r * width + j] = xr
-                    .iter()
-                    .enumerate()
-                    .fold(0f32, |acc, (kk, &xv)| self.weight(n, kk).mul_add(xv, acc));
-            }
+        scalar_matmul(self.cols, x, m, cols, out, |n, kk| self.weight(n, kk));
+    }
+}
+
+/// `out[r][j] = Σ_kk w(cols[j], kk) · x[r][kk]` as one fused multiply-add chain per output in
+/// `kk` order: the order the SIMD kernels keep per lane, so they match it bit for bit.
+fn scalar_matmul(
+    k: usize,
+    x: &[f32],
+    m: usize,
+    cols: std::ops::Range<usize>,
+    out: &mut [f32],
+    w: impl Fn(usize, usize) -> f32,
+) {
+    let width = cols.len();
+    for (j, n) in cols.enumerate() {
+        for r in 0..m {
+            let xr = &x[r * k..(r + 1) * k];
+            out[r * width + j] = xr
+                .iter()
+                .enumerate()
+                .fold(0f32, |acc, (kk, &xv)| w(n, kk).mul_add(xv, acc));
         }
     }
 }
@@ -237,6 +250,7 @@ impl Panel {
         self.matmul_scalar(x, m, cols, out);
     }
 
+    /// The reference, as [`Packed::matmul_scalar`].
     pub fn matmul_scalar(
         &self,
         x: &[f32],
@@ -244,16 +258,10 @@ impl Panel {
         cols: std::ops::Range<usize>,
         out: &mut [f32],
     ) {
-        let (k, width) = (self.cols, cols.len());
-        for (j, n) in cols.enumerate() {
-            let base = n / TILE * k * TILE + n % TILE;
-            for r in 0..m {
-                let xr = &x[r * k..(r + 1) * k];
-                out[r * width + j] = xr.iter().enumerate().fold(0f32, |acc, (kk, &xv)| {
-                    self.w[base + kk * TILE].mul_add(xv, acc)
-                });
-            }
-        }
+        let k = self.cols;
+        scalar_matmul(k, x, m, cols, out, |n, kk| {
+            self.w[n / TILE * k * TILE + n % TILE + kk * TILE]
+        });
     }
 }
 
