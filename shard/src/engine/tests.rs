@@ -379,3 +379,186 @@ fn every_step_sends_one_message_per_stream() {
     }
     assert_eq!(messages, 5);
 }
+
+/// splitmix64: a tiny seeded generator, so random scenarios replay exactly without a crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() % (hi - lo + 1) as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+/// One request of a random scenario: submitted before step `arrive`, maybe cancelled
+/// before step `cancel`.
+struct Planned {
+    request: pb::Request,
+    arrive: usize,
+    cancel: Option<usize>,
+}
+
+/// The fake model's size, so a scenario's model can be built twice (batched and solo).
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    block_size: usize,
+    num_blocks: usize,
+    max_context: usize,
+    eos_at_len: Option<usize>,
+}
+
+impl Shape {
+    fn model(&self) -> FakeLm {
+        let mut model = FakeLm::new(self.block_size, self.num_blocks, self.max_context);
+        model.eos_at_len = self.eos_at_len;
+        model
+    }
+}
+
+/// A random engine shape (block size, tiny pools, budgets, both policies) and request mix
+/// (some unservable, some cancelled, staggered arrivals).
+fn random_scenario(rng: &mut Rng) -> (Shape, EngineConfig, Vec<Planned>) {
+    let max_context = rng.range(2, 64);
+    let shape = Shape {
+        block_size: [1, 2, 4][rng.range(0, 2)],
+        num_blocks: rng.range(1, 32),
+        max_context,
+        eos_at_len: rng.chance(20).then(|| rng.range(2, 40)),
+    };
+    let policy = match rng.chance(50) {
+        true => PrefillPolicy::Shared,
+        false => PrefillPolicy::Fifo,
+    };
+    let config = EngineConfig {
+        max_batch_tokens: rng.range(1, 48),
+        max_num_seqs: rng.range(1, 8),
+        prefill_policy: policy,
+    };
+    // Mostly servable prompts; a few too long for the context or the whole cache.
+    let longest = max_context.min(shape.num_blocks * shape.block_size);
+    let planned = (0..rng.range(1, 12))
+        .map(|id| {
+            let len = match rng.chance(10) {
+                true => rng.range(1, max_context + 2),
+                false => rng.range(1, longest),
+            };
+            let max_tokens = match rng.chance(5) {
+                true => 0,
+                false => rng.range(1, 32) as u32,
+            };
+            Planned {
+                request: request(
+                    id as u64,
+                    prompt(len, rng.range(0, 1000) as u32),
+                    max_tokens,
+                ),
+                arrive: rng.range(0, 12),
+                cancel: rng.chance(25).then(|| rng.range(0, 40)),
+            }
+        })
+        .collect();
+    (shape, config, planned)
+}
+
+/// The same request alone in a same-sized engine with an unlimited budget.
+fn solo_like(shape: Shape, req: &pb::Request) -> SeqResult {
+    let mut h = Harness::new(shape.model(), EngineConfig::default());
+    h.submit(vec![req.clone()]);
+    h.run();
+    h.results.remove(&req.id).unwrap_or_default()
+}
+
+/// Runs scenario `seed`, checks it, and returns (preemptions, cancelled sequences).
+fn run_scenario(seed: u64) -> (u64, usize) {
+    let mut rng = Rng(seed);
+    let (shape, config, planned) = random_scenario(&mut rng);
+    let want: Vec<SeqResult> = planned
+        .iter()
+        .map(|p| solo_like(shape, &p.request))
+        .collect();
+    let mut h = Harness::new(shape.model(), config);
+    for step in 0..20_000 {
+        let arriving = planned.iter().filter(|p| p.arrive == step);
+        h.submit(arriving.map(|p| p.request.clone()).collect());
+        let cancelled: Vec<u64> = planned
+            .iter()
+            .filter(|p| p.cancel == Some(step))
+            .map(|p| p.request.id)
+            .collect();
+        if !cancelled.is_empty() {
+            let ids = cancelled;
+            let _ = h.engine.handle(Command::Cancel {
+                stream: STREAM,
+                ids,
+            });
+        }
+        if step > 12 && !h.engine.has_work() {
+            break;
+        }
+        h.step();
+    }
+    assert!(!h.engine.has_work(), "engine did not finish");
+    for (p, want) in planned.iter().zip(&want) {
+        let id = p.request.id;
+        let got = h
+            .results
+            .get(&id)
+            .unwrap_or_else(|| panic!("request {id}: no output"));
+        if got.finish == CANCELLED {
+            assert!(
+                want.tokens.starts_with(&got.tokens),
+                "request {id}: {got:?} vs {want:?}"
+            );
+        } else {
+            let got = (&got.tokens, got.finish, &got.error);
+            assert_eq!(
+                got,
+                (&want.tokens, want.finish, &want.error),
+                "request {id}"
+            );
+        }
+    }
+    assert_eq!(h.free_blocks(), shape.num_blocks, "blocks leaked");
+    for call in h.forward_calls() {
+        assert!(call.iter().map(|c| c.1).sum::<usize>() <= config.max_batch_tokens);
+        assert!(call.len() <= config.max_num_seqs);
+    }
+    let cancelled = h.results.values().filter(|r| r.finish == CANCELLED);
+    (h.last_stats.preemptions_total, cancelled.count())
+}
+
+#[test]
+fn random_request_mixes_finish_like_solo_runs_and_free_every_block() {
+    let (mut preempted, mut cancelled) = (0, 0);
+    for seed in 0..400 {
+        match std::panic::catch_unwind(|| run_scenario(seed)) {
+            Ok((p, c)) => {
+                preempted += usize::from(p > 0);
+                cancelled += c;
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                panic!("scenario {seed}: {message}");
+            }
+        }
+    }
+    // The mix must really exercise what it is for (a tuning change could make it trivial).
+    assert!(preempted >= 40, "only {preempted} scenarios preempted");
+    assert!(cancelled >= 40, "only {cancelled} sequences cancelled");
+}
