@@ -15,10 +15,50 @@ pub enum Outbound {
     Cancel(u64),
 }
 
-/// Drains `first` and everything already queued behind it into at most one `Submit`
-/// followed by at most one `Cancel`. `is_live(id)` says whether a request still has a
-/// listener: a request cancelled before it was sent is dropped instead of submitted,
-/// and its cancel is dropped with it (the shard never heard of it).
+/// Most request bytes put in one `Submit`. The shard refuses any message over 64 MiB (its
+/// `MAX_MESSAGE_BYTES`), and a refused message ends the whole Serve stream, failing every
+/// sequence on the shard; so a tick whose submits add up to more (many prompts, a large
+/// `n`, several big requests at once) is split well below that.
+pub const MAX_SUBMIT_BYTES: usize = 16 << 20;
+
+/// An upper bound on `request`'s protobuf size inside a `Submit`: at most 5 bytes per
+/// `uint32` id, and 128 for the id, the sampling and stopping scalars and the framing.
+pub fn encoded_len_bound(request: &Request) -> usize {
+    let stop_ids = request
+        .stopping
+        .as_ref()
+        .map_or(0, |s| s.stop_token_ids.len());
+    128 + 5 * (request.prompt_ids.len() + stop_ids)
+}
+
+/// Splits `requests` (in order) into Submits of at most [`MAX_SUBMIT_BYTES`] each; a single
+/// request is never split (one prompt is bounded by the context).
+fn submit_messages(requests: Vec<Request>) -> Vec<ShardInput> {
+    let mut batches: Vec<Vec<Request>> = Vec::new();
+    let mut bytes = 0;
+    for request in requests {
+        let len = encoded_len_bound(&request);
+        match batches.last_mut() {
+            Some(batch) if bytes + len <= MAX_SUBMIT_BYTES => batch.push(request),
+            _ => {
+                bytes = 0;
+                batches.push(vec![request]);
+            }
+        }
+        bytes += len;
+    }
+    batches
+        .into_iter()
+        .map(|requests| ShardInput {
+            kind: Some(shard_input::Kind::Submit(Submit { requests })),
+        })
+        .collect()
+}
+
+/// Drains `first` and everything already queued behind it into one `Submit` (more only when
+/// it would pass [`MAX_SUBMIT_BYTES`]) followed by at most one `Cancel`. `is_live(id)` says
+/// whether a request still has a listener: a request cancelled before it was sent is dropped
+/// instead of submitted, and its cancel is dropped with it (the shard never heard of it).
 pub fn drain_tick(
     first: Outbound,
     queue: &mut UnboundedReceiver<Outbound>,
@@ -43,12 +83,7 @@ pub fn drain_tick(
         live
     });
     cancels.retain(|id| !dropped.contains(id));
-    let mut messages = Vec::with_capacity(2);
-    if !submits.is_empty() {
-        messages.push(ShardInput {
-            kind: Some(shard_input::Kind::Submit(Submit { requests: submits })),
-        });
-    }
+    let mut messages = submit_messages(submits);
     if !cancels.is_empty() {
         messages.push(ShardInput {
             kind: Some(shard_input::Kind::Cancel(Cancel { ids: cancels })),
@@ -106,6 +141,40 @@ mod tests {
             "no Cancel for a request the shard never saw"
         );
         assert_eq!(submitted_ids(&messages[0]), vec![2]);
+    }
+
+    #[test]
+    fn a_tick_over_the_message_limit_is_split_in_order() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // 5 requests of 7.5 MB (ids of 5 bytes each): 37.5 MB in one Submit, and a few
+        // such requests in a tick pass the shard's 64 MiB; split, each message stays
+        // under 16 MiB.
+        let big = |id| Request {
+            id,
+            prompt_ids: vec![u32::MAX; 1_500_000],
+            ..Default::default()
+        };
+        for id in 2..=5 {
+            tx.send(Outbound::Submit(big(id))).expect("queue open");
+        }
+        tx.send(Outbound::Cancel(9)).expect("queue open");
+        let messages = drain_tick(Outbound::Submit(big(1)), &mut rx, |_| true);
+        let submits: Vec<Vec<u64>> = messages
+            .iter()
+            .map(submitted_ids)
+            .filter(|ids| !ids.is_empty())
+            .collect();
+        assert_eq!(submits, vec![vec![1, 2], vec![3, 4], vec![5]]);
+        for message in &messages {
+            if let Some(shard_input::Kind::Submit(s)) = &message.kind {
+                let bytes: usize = s.requests.iter().map(encoded_len_bound).sum();
+                assert!(bytes <= MAX_SUBMIT_BYTES, "{bytes}");
+            }
+        }
+        assert!(matches!(
+            &messages.last().and_then(|m| m.kind.clone()),
+            Some(shard_input::Kind::Cancel(c)) if c.ids == vec![9]
+        ));
     }
 
     #[test]
