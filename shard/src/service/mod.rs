@@ -11,13 +11,13 @@ mod tests;
 
 pub use server::{ServiceError, serve_grpc};
 
-use crate::engine::{EngineError, EngineHandle};
-use futures::StreamExt;
+use crate::engine::{EngineError, EngineHandle, OutputStream};
 use pagedserve_proto::Shard;
 use pagedserve_proto::v1 as pb;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
 type BoxStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -125,9 +125,14 @@ impl Shard for ShardService {
         let outputs = engine.open_stream().map_err(engine_status)?;
         let stream = outputs.id();
         let inputs = request.into_inner();
-        tokio::spawn(forward_inputs(engine, stream, inputs));
+        let (broken, input_error) = oneshot::channel();
+        tokio::spawn(forward_inputs(engine, stream, inputs, broken));
         // Dropping the response (router gone) drops `outputs`, which cancels the stream.
-        Ok(Response::new(Box::pin(outputs.map(Ok))))
+        let state = Some((outputs, Some(input_error)));
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            state,
+            next_serve_output,
+        ))))
     }
 
     type GenerateStream = BoxStream<pb::GenerateResponse>;
@@ -142,11 +147,42 @@ impl Shard for ShardService {
     }
 }
 
-/// Feeds one `Serve` call's submits and cancels to the engine until the router stops sending.
+/// The stream's outputs and, until the input ends, where a broken input is reported.
+type ServeState = Option<(OutputStream, Option<oneshot::Receiver<Status>>)>;
+
+/// The next step output of a `Serve` call, or the error that broke its input, which ends it:
+/// the router cannot know which submits were lost, so it must hear of it (it then fails its
+/// sequences and reconnects) rather than wait forever for outputs that never come.
+async fn next_serve_output(
+    state: ServeState,
+) -> Option<(Result<pb::StepOutput, Status>, ServeState)> {
+    let (mut outputs, mut input_error) = state?;
+    loop {
+        let Some(error) = input_error.as_mut() else {
+            let step = outputs.recv().await?;
+            return Some((Ok(step), Some((outputs, None))));
+        };
+        tokio::select! {
+            step = outputs.recv() => {
+                return step.map(|step| (Ok(step), Some((outputs, input_error))));
+            }
+            status = error => match status {
+                // Dropping `outputs` here cancels the stream's sequences.
+                Ok(status) => return Some((Err(status), None)),
+                // The input ended cleanly (half-close): outputs keep flowing.
+                Err(_) => input_error = None,
+            },
+        }
+    }
+}
+
+/// Feeds one `Serve` call's submits and cancels to the engine until the router stops sending;
+/// an input that cannot be read (e.g. a message over the size limit) is sent to `broken`.
 async fn forward_inputs(
     engine: EngineHandle,
     stream: crate::engine::StreamId,
     mut inputs: Streaming<pb::ShardInput>,
+    broken: oneshot::Sender<Status>,
 ) {
     use pb::shard_input::Kind;
     loop {
@@ -161,7 +197,14 @@ async fn forward_inputs(
             // Half-close: outputs keep flowing until the router drops the response stream.
             Ok(None) => return,
             Err(status) => {
-                tracing::debug!(stream, %status, "serve input stream ended");
+                tracing::warn!(stream, %status, "serve input stream broke");
+                let _ = broken.send(Status::new(
+                    status.code(),
+                    format!(
+                        "the shard could not read the Serve input: {}",
+                        status.message()
+                    ),
+                ));
                 return;
             }
         };

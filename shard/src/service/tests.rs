@@ -252,3 +252,43 @@ async fn reflection_lists_the_shard_service() {
         "{names:?}"
     );
 }
+
+#[tokio::test]
+async fn unreadable_serve_input_ends_the_stream_with_an_error() {
+    let mut s = start_server().await;
+    assert!(s.service.set_engine(fake_engine()));
+    let (tx, rx) = mpsc::channel(4);
+    let mut outputs = s
+        .client
+        .serve(ReceiverStream::new(rx))
+        .await
+        .expect("serve")
+        .into_inner();
+    let submit = |requests| pb::ShardInput {
+        kind: Some(pb::shard_input::Kind::Submit(pb::Submit { requests })),
+    };
+    tx.send(submit(vec![request(1, vec![5; 30], 1000)]))
+        .await
+        .expect("send");
+    assert!(matches!(outputs.message().await, Ok(Some(_))), "running");
+    // ~75 MB: over the server's 64 MiB message limit. The shard used to stop reading the
+    // input silently and keep the stream open: nothing more ever came for its sequences.
+    let oversize = (0..250).map(|id| request(id + 10, vec![49; 300_000], 1));
+    tx.send(submit(oversize.collect())).await.expect("send");
+    let until_end = async {
+        loop {
+            match outputs.message().await {
+                Ok(Some(_)) => continue, // request 1's steps before the input broke
+                other => break other,
+            }
+        }
+    };
+    // Not a timing assertion: a guard so that the old behaviour fails instead of hanging.
+    let end = tokio::time::timeout(std::time::Duration::from_secs(60), until_end).await;
+    let end = end.expect("the stream went silent instead of ending");
+    let status = end.expect_err("the stream ends with an error");
+    assert!(
+        status.message().contains("could not read the Serve input"),
+        "{status:?}"
+    );
+}
