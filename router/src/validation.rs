@@ -10,6 +10,12 @@ use crate::generation_defaults::GenerationDefaults;
 /// Largest `top_logprobs` (chat) / `logprobs` (completions) accepted, as vLLM.
 pub const MAX_TOP_LOGPROBS: i64 = 20;
 
+/// Most sequences (prompts × n) one request may start. Each costs the router a decoder, a
+/// route and a channel, and the shard a queue entry; unbounded, a 10 KB request (2,400
+/// one-token prompts, n = 128) started 300k sequences, whose submit and cancel alone held the
+/// shard's engine thread (and so every other request on it) for minutes in a debug build.
+pub const MAX_SEQUENCES_PER_REQUEST: usize = 4096;
+
 /// Facts about the deployment that bound a request.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -82,10 +88,12 @@ pub fn validate(
             format!("stop token id {bad} is outside the vocabulary."),
         ));
     }
+    let n = validate_n(common.n, limits.max_n)?;
+    check_sequence_count(prompts.len(), n)?;
     Ok(GenerationRequest {
         prompts,
         max_tokens,
-        n: validate_n(common.n, limits.max_n)?,
+        n,
         sampling: validate_sampling(common)?,
         stop_token_ids,
         ignore_eos: common.ignore_eos.unwrap_or(false),
@@ -166,6 +174,26 @@ fn validate_n(n: Option<i64>, max_n: u32) -> Result<u32, ApiError> {
         ));
     }
     Ok(n as u32)
+}
+
+/// At most [`MAX_SEQUENCES_PER_REQUEST`] choices in all; the error names `prompt` when the
+/// prompts alone are too many, else `n`.
+fn check_sequence_count(prompts: usize, n: u32) -> Result<(), ApiError> {
+    let sequences = prompts.saturating_mul(n as usize);
+    if sequences <= MAX_SEQUENCES_PER_REQUEST {
+        return Ok(());
+    }
+    let param = match prompts > MAX_SEQUENCES_PER_REQUEST {
+        true => "prompt",
+        false => "n",
+    };
+    Err(ApiError::invalid_param(
+        param,
+        format!(
+            "This request asks for {sequences} completions ({prompts} prompts × n = {n}); \
+             at most {MAX_SEQUENCES_PER_REQUEST} are allowed in one request."
+        ),
+    ))
 }
 
 fn check_range(param: &str, value: f32, ok: bool, range: &str) -> Result<(), ApiError> {
@@ -316,6 +344,30 @@ mod tests {
         }
         let bad_lp = validate(&params("{}"), vec![vec![1]], Some(21), LIMITS);
         assert_eq!(param_of(bad_lp), Some("top_logprobs".into()));
+    }
+
+    #[test]
+    fn sequence_count_is_bounded() {
+        let limits = Limits {
+            max_n: 128,
+            ..LIMITS
+        };
+        let prompts = |k: usize| vec![vec![1]; k];
+        let n = |v: u32| params(&format!(r#"{{"n":{v}}}"#));
+        let ok = validate(&n(128), prompts(32), None, limits);
+        assert_eq!(
+            ok.map(|r| r.n).ok(),
+            Some(128),
+            "32 × 128 = 4096 is allowed"
+        );
+        let bad = validate(&n(128), prompts(33), None, limits);
+        assert_eq!(param_of(bad), Some("n".into()));
+        let bad = validate(&n(1), prompts(MAX_SEQUENCES_PER_REQUEST + 1), None, limits);
+        assert_eq!(param_of(bad), Some("prompt".into()));
+        let Err(err) = validate(&n(128), prompts(2400), None, limits) else {
+            panic!("300k sequences accepted");
+        };
+        assert!(err.to_string().contains("307200 completions"), "{err}");
     }
 
     #[test]
