@@ -7,6 +7,7 @@ use super::{Command, EngineConfig, EngineSnapshot, StreamId};
 use crate::kv_cache::BlockPool;
 use crate::model::{CausalLm, DeviceSampling, ModelError, Picked, SeqChunk};
 use pagedserve_proto::v1 as pb;
+use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
@@ -93,7 +94,7 @@ impl Engine {
                 Sequence::from_request(key, req, &self.limits)
             };
             match result {
-                Ok(seq) => self.scheduler.waiting.push_back(seq),
+                Ok(seq) => self.scheduler.enqueue(seq),
                 Err(error) => {
                     let reason = pb::FinishReason::Error;
                     let out = finished_without_token(key.id, reason, prompt_len, 0, error);
@@ -104,6 +105,8 @@ impl Engine {
     }
 
     fn cancel(&mut self, stream: StreamId, ids: &[u64]) {
+        // A set: `ids.contains` per queued sequence made a large Cancel quadratic.
+        let ids: HashSet<u64> = ids.iter().copied().collect();
         let removed = self
             .scheduler
             .remove_where(|s| s.key.stream == stream && ids.contains(&s.key.id));
@@ -159,7 +162,7 @@ impl Engine {
                 Err(error) => self.fail(&chunks, &error),
             }
             // Dropping finished sequences returns their blocks before stats are taken.
-            self.scheduler.running.retain(|s| s.finish.is_none());
+            self.scheduler.remove_finished();
         }
         let stats = self.stats(prefill, decode, started.elapsed().as_micros() as u64);
         for stream in self.outputs.flush(&stats) {

@@ -3,7 +3,7 @@
 use super::sequence::{SeqKey, Sequence};
 use super::{EngineConfig, PrefillPolicy};
 use crate::kv_cache::BlockPool;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 /// The smallest prefill share worth a prompt's place in a shared step.
 const MIN_SHARED_CHUNK: usize = 16;
@@ -38,6 +38,10 @@ pub(crate) struct Scheduler {
     pub running: Vec<Sequence>,
     /// FIFO; preempted sequences go back to the front.
     pub waiting: VecDeque<Sequence>,
+    /// The keys of every sequence in `running` and `waiting`, so that the duplicate check of
+    /// each submitted request is O(1): scanning both queues made a Submit of k requests cost
+    /// k × (queued sequences), and a few hundred thousand stalled the engine for minutes.
+    keys: HashSet<SeqKey>,
     config: EngineConfig,
     pub preemptions_total: u64,
 }
@@ -48,6 +52,7 @@ impl Scheduler {
             pool,
             running: Vec::new(),
             waiting: VecDeque::new(),
+            keys: HashSet::new(),
             config: EngineConfig {
                 max_batch_tokens: config.max_batch_tokens.max(1),
                 max_num_seqs: config.max_num_seqs.max(1),
@@ -62,10 +67,13 @@ impl Scheduler {
     }
 
     pub fn contains(&self, key: SeqKey) -> bool {
-        self.running
-            .iter()
-            .chain(&self.waiting)
-            .any(|s| s.key == key)
+        self.keys.contains(&key)
+    }
+
+    /// Queues a new sequence; the caller has checked that its key is not [`Self::contains`]ed.
+    pub fn enqueue(&mut self, seq: Sequence) {
+        self.keys.insert(seq.key);
+        self.waiting.push_back(seq);
     }
 
     /// Removes (and so frees the blocks of) every sequence matching `pred`, returning them.
@@ -78,7 +86,34 @@ impl Scheduler {
             self.waiting.drain(..).partition(|s| !pred(s));
         self.waiting = keep;
         removed.extend(gone);
+        for seq in &removed {
+            self.keys.remove(&seq.key);
+        }
         removed
+    }
+
+    /// Drops the running sequences that finished this step, returning their blocks.
+    pub fn remove_finished(&mut self) {
+        let keys = &mut self.keys;
+        self.running.retain(|s| {
+            let done = s.finish.is_some();
+            if done {
+                keys.remove(&s.key);
+            }
+            !done
+        });
+    }
+
+    /// Whether the key index names exactly the queued sequences (for tests).
+    #[cfg(test)]
+    pub fn keys_match_queues(&self) -> bool {
+        let queued: HashSet<SeqKey> = self
+            .running
+            .iter()
+            .chain(&self.waiting)
+            .map(|s| s.key)
+            .collect();
+        queued == self.keys && self.keys.len() == self.running.len() + self.waiting.len()
     }
 
     /// Plans one step by the configured [`PrefillPolicy`].

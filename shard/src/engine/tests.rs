@@ -380,6 +380,40 @@ fn every_step_sends_one_message_per_stream() {
     assert_eq!(messages, 5);
 }
 
+#[test]
+fn finished_and_cancelled_ids_can_be_reused_but_not_live_ones() {
+    let mut h = Harness::new(FakeLm::new(4, 32, 1024), config(64, 8));
+    h.submit(vec![
+        request(1, prompt(5, 1), 2),
+        request(2, prompt(5, 2), 100),
+    ]);
+    h.step();
+    h.step();
+    assert_eq!(h.results[&1].finish, LENGTH);
+    let _ = h.engine.handle(Command::Cancel {
+        stream: STREAM,
+        ids: vec![2, 2, 2],
+    });
+    h.step(); // delivers the cancellation
+    assert_eq!(h.results[&2].finish, CANCELLED);
+    h.results.clear();
+    // Live: 3 (twice in one Submit). Gone: 1 finished, 2 cancelled.
+    h.submit(vec![
+        request(3, prompt(4, 3), 3),
+        request(3, prompt(4, 3), 3),
+        request(1, prompt(5, 1), 2),
+        request(2, prompt(6, 2), 3),
+    ]);
+    h.run();
+    assert_eq!(h.results[&1].tokens, solo(prompt(5, 1), 2).tokens);
+    assert_eq!(h.results[&2].tokens, solo(prompt(6, 2), 3).tokens);
+    assert_eq!(h.results[&3].tokens, solo(prompt(4, 3), 3).tokens);
+    // The copy was rejected: 3 tokens and one rejection.
+    assert_eq!(h.results[&3].outputs, 4);
+    assert!(h.engine.scheduler.keys_match_queues());
+    assert_eq!(h.free_blocks(), 32);
+}
+
 /// splitmix64: a tiny seeded generator, so random scenarios replay exactly without a crate.
 struct Rng(u64);
 
@@ -508,6 +542,7 @@ fn run_scenario(seed: u64) -> (u64, usize) {
             break;
         }
         h.step();
+        assert!(h.engine.scheduler.keys_match_queues(), "step {step}");
     }
     assert!(!h.engine.has_work(), "engine did not finish");
     for (p, want) in planned.iter().zip(&want) {
