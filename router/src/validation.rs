@@ -55,24 +55,28 @@ impl GenerationRequest {
     }
 }
 
-/// Validates everything; `logprobs` is the requested number of alternatives (None: off).
+/// Checks the number of logprob alternatives asked for; `param` is the name the endpoint
+/// gives it (chat: `top_logprobs`, completions: `logprobs`), so the 400 names what the
+/// client sent.
+pub fn validate_logprobs(param: &str, requested: Option<i64>) -> Result<Option<u32>, ApiError> {
+    match requested {
+        None => Ok(None),
+        Some(k) if (0..=MAX_TOP_LOGPROBS).contains(&k) => Ok(Some(k as u32)),
+        Some(k) => Err(ApiError::invalid_param(
+            param,
+            format!("{param} must be between 0 and {MAX_TOP_LOGPROBS}, got {k}."),
+        )),
+    }
+}
+
+/// Validates everything; `logprobs` is the checked number of alternatives (None: off).
 pub fn validate(
     common: &CommonParams,
     prompts: Vec<Vec<u32>>,
-    logprobs: Option<i64>,
+    logprobs: Option<u32>,
     limits: Limits,
 ) -> Result<GenerationRequest, ApiError> {
     let common = &limits.defaults.apply(common);
-    let logprobs = match logprobs {
-        None => None,
-        Some(k) if (0..=MAX_TOP_LOGPROBS).contains(&k) => Some(k as u32),
-        Some(_) => {
-            return Err(ApiError::invalid_param(
-                "top_logprobs",
-                format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}."),
-            ));
-        }
-    };
     let requested = requested_max_tokens(common)?;
     let max_tokens = prompts
         .iter()
@@ -342,8 +346,13 @@ mod tests {
             let result = validate(&params(json), vec![vec![1]], None, LIMITS);
             assert_eq!(param_of(result), Some(param.to_string()), "{json}");
         }
-        let bad_lp = validate(&params("{}"), vec![vec![1]], Some(21), LIMITS);
-        assert_eq!(param_of(bad_lp), Some("top_logprobs".into()));
+        for param in ["top_logprobs", "logprobs"] {
+            let bad_lp = validate_logprobs(param, Some(21)).map(|_| params("{}"));
+            let bad_lp = bad_lp.and_then(|p| validate(&p, vec![vec![1]], None, LIMITS));
+            assert_eq!(param_of(bad_lp), Some(param.into()));
+            assert_eq!(validate_logprobs(param, Some(20)).ok(), Some(Some(20)));
+            assert!(validate_logprobs(param, Some(-1)).is_err());
+        }
     }
 
     #[test]

@@ -87,6 +87,7 @@ fn validate_chat(
         max_n: state.max_n,
         defaults: state.generation_defaults,
     };
+    let logprobs = validation::validate_logprobs("top_logprobs", logprobs)?;
     validation::validate(&request.common, vec![prompt], logprobs, limits)
 }
 

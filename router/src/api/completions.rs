@@ -34,7 +34,8 @@ pub async fn completions(
         true => echo_texts(&state, &request.prompt, &prompts)?,
         false => Vec::new(),
     };
-    let validated = validation::validate(&request.common, prompts, request.logprobs, limits)?;
+    let logprobs = validation::validate_logprobs("logprobs", request.logprobs)?;
+    let validated = validation::validate(&request.common, prompts, logprobs, limits)?;
     let n = validated.n as usize;
     // Per choice (prompt index × n + i): the prompt text to echo, if asked.
     let echo: Vec<String> = echo
