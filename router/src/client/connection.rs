@@ -19,6 +19,10 @@ use crate::metrics::Metrics;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The shard's own message limit (its `MAX_MESSAGE_BYTES`). tonic's client reads at most
+/// 4 MiB by default, and a larger step output (one step cancelling or rejecting a few hundred
+/// thousand sequences) broke the Serve stream: every sequence on the shard failed.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
@@ -107,7 +111,9 @@ async fn connect(
         .tcp_nodelay(true)
         .connect()
         .await?;
-    let mut client = ShardClient::new(channel);
+    let mut client = ShardClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let started = Instant::now();
     let health = client.health(HealthRequest {}).await?.into_inner();
     metrics.record_rpc(index, "Health", started.elapsed());
