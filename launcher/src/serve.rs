@@ -34,8 +34,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         Outcome::Signalled(sig) => (sig, Ok(())),
         Outcome::Failed(err) => (libc::SIGTERM, Err(err)),
     };
-    tracing::info!("stopping children");
-    sup.shutdown(signal, grace).await;
+    tracing::info!("stopping children (signal again to stop them at once)");
+    let again = async {
+        tokio::select! {
+            _ = sigint.recv() => libc::SIGINT,
+            _ = sigterm.recv() => libc::SIGTERM,
+        }
+    };
+    sup.shutdown(signal, grace, again).await;
     result
 }
 

@@ -7,6 +7,7 @@
 //! current-thread runtime).
 
 use std::ffi::OsString;
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -117,14 +118,36 @@ impl Supervisor {
     }
 
     /// Sends `signal` to every running child, waits up to `grace` for all to exit, then
-    /// kills the rest.
-    pub async fn shutdown(&mut self, signal: i32, grace: Duration) {
+    /// kills the rest. When `again` yields a signal first (a second Ctrl-C, or Kubernetes
+    /// insisting), the drain is cut short: that signal is forwarded (the shards read a second
+    /// signal as "exit now") and whatever still runs `KILL_WAIT` later is killed.
+    pub async fn shutdown(
+        &mut self,
+        signal: i32,
+        grace: Duration,
+        again: impl Future<Output = i32>,
+    ) {
         self.signal_running(signal);
-        if !self.wait_all(Instant::now() + grace).await {
-            tracing::warn!("children still running after {grace:?}; killing them");
-            self.signal_running(libc::SIGKILL);
-            self.wait_all(Instant::now() + KILL_WAIT).await;
+        let second = tokio::select! {
+            drained = self.wait_all(Instant::now() + grace) => match drained {
+                true => return,
+                false => None,
+            },
+            second = again => Some(second),
+        };
+        match second {
+            Some(second) => {
+                tracing::warn!("signal {second} during shutdown: stopping children now");
+                self.signal_running(second);
+                if self.wait_all(Instant::now() + KILL_WAIT).await {
+                    return;
+                }
+                tracing::warn!("children still running {KILL_WAIT:?} later; killing them");
+            }
+            None => tracing::warn!("children still running after {grace:?}; killing them"),
         }
+        self.signal_running(libc::SIGKILL);
+        self.wait_all(Instant::now() + KILL_WAIT).await;
     }
 
     fn signal_running(&self, signal: i32) {
@@ -275,7 +298,12 @@ mod tests {
         assert_eq!(sup.name(exit.index), "quick");
         assert_eq!(exit.status.expect("status").code(), Some(3));
         let started = Instant::now();
-        sup.shutdown(libc::SIGTERM, Duration::from_secs(5)).await;
+        sup.shutdown(
+            libc::SIGTERM,
+            Duration::from_secs(5),
+            std::future::pending(),
+        )
+        .await;
         assert!(
             started.elapsed() < Duration::from_secs(4),
             "SIGTERM stops sleep at once"
@@ -293,8 +321,12 @@ mod tests {
             .expect("spawn");
         tokio::time::sleep(Duration::from_millis(200)).await; // let the trap be installed
         let started = Instant::now();
-        sup.shutdown(libc::SIGTERM, Duration::from_millis(300))
-            .await;
+        sup.shutdown(
+            libc::SIGTERM,
+            Duration::from_millis(300),
+            std::future::pending(),
+        )
+        .await;
         let took = started.elapsed();
         assert!(
             took >= Duration::from_millis(300),
@@ -302,6 +334,33 @@ mod tests {
         );
         assert!(took < Duration::from_secs(5), "then killed it: {took:?}");
         assert!(sup.children.iter().all(|c| c.exited));
+    }
+
+    /// A second signal cuts the drain short: without it, a stubborn child held the launcher
+    /// for the whole grace period (shutdown_timeout_secs + 5, 35 s by default).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_second_signal_stops_the_drain() {
+        let mut sup = Supervisor::default();
+        sup.spawn(sh("stubborn", "trap '' TERM INT; exec sleep 120"))
+            .expect("spawn");
+        tokio::time::sleep(Duration::from_millis(200)).await; // let the trap be installed
+        let started = Instant::now();
+        let again = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            libc::SIGINT
+        };
+        sup.shutdown(libc::SIGTERM, Duration::from_secs(100), again)
+            .await;
+        let took = started.elapsed();
+        // The forwarded signal is ignored too, so the kill comes KILL_WAIT after it.
+        assert!(
+            took < KILL_WAIT + Duration::from_secs(20),
+            "the second signal did not cut the 100 s grace short: {took:?}"
+        );
+        assert!(
+            sup.children.iter().all(|c| c.exited),
+            "the child was killed"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -1,0 +1,206 @@
+//! A real `pagedserve` process over fake child binaries (shell scripts), for tests of what
+//! the launcher itself does with signals, ports and dying children.
+
+#![allow(dead_code)] // each test file uses its own part
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Long enough for a loaded 2-core CI machine; every wait polls, so passing tests are fast.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A directory with `pagedserve-shard`/`pagedserve-router` scripts and an (empty) model
+/// file. The scripts see `$FAKE_DIR`, where they may leave pid files.
+pub struct FakeDeployment {
+    pub dir: PathBuf,
+}
+
+impl FakeDeployment {
+    pub fn new(tag: &str, shard_script: &str, router_script: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("pagedserve-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        for (name, body) in [
+            ("pagedserve-shard", shard_script),
+            ("pagedserve-router", router_script),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::fs::write(dir.join("m.gguf"), b"").unwrap_or_else(|e| panic!("{e}"));
+        Self { dir }
+    }
+
+    pub fn model(&self) -> String {
+        self.dir.join("m.gguf").to_string_lossy().into_owned()
+    }
+
+    /// The pid a script wrote to `$FAKE_DIR/<name>` (write-then-rename, so never partial).
+    pub fn pid(&self, name: &str) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Starts `pagedserve <args>` with this directory's children.
+    pub fn launch(&self, args: &[&str], env: &[(&str, &str)]) -> Launcher {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pagedserve"));
+        command
+            .args(args)
+            .env("PAGEDSERVE_BIN_DIR", &self.dir)
+            .env("FAKE_DIR", &self.dir)
+            .env_remove("PAGEDSERVE_MODEL")
+            .env_remove("MODEL_NAME")
+            .env_remove("PORT")
+            .env_remove("API_KEY")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("run pagedserve: {e}"));
+        let output = Arc::new(Mutex::new(String::new()));
+        if let Some(out) = child.stdout.take() {
+            collect(out, Arc::clone(&output));
+        }
+        if let Some(err) = child.stderr.take() {
+            collect(err, Arc::clone(&output));
+        }
+        Launcher {
+            child,
+            output,
+            dir: self.dir.clone(),
+        }
+    }
+}
+
+impl Drop for FakeDeployment {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn collect(stream: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { return };
+            if let Ok(mut text) = into.lock() {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+    });
+}
+
+/// A running launcher; killed (with whatever its fake children left) when dropped.
+pub struct Launcher {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    dir: PathBuf,
+}
+
+impl Launcher {
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child, which is not reaped while `self` lives.
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0, "kill");
+    }
+
+    /// Stdout and stderr so far.
+    pub fn output(&self) -> String {
+        self.output.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Waits until the output contains `text`; panics with the output after `PATIENCE`.
+    pub fn wait_for_output(&self, text: &str) {
+        let found = poll(PATIENCE, || self.output().contains(text));
+        assert!(found, "no `{text}` in the output:\n{}", self.output());
+    }
+
+    /// The exit status, if the launcher exits within `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader threads drain the last lines.
+                std::thread::sleep(Duration::from_millis(200));
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        kill_pids_in(&self.dir);
+    }
+}
+
+/// SIGKILLs every pid recorded in `dir/*.pid` (cleanup after a failed test).
+fn kill_pids_in(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "pid") {
+            let pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok());
+            if let Some(pid) = pid.filter(|&p| p > 1) {
+                // SAFETY: kill(2); the pid was written by a fake child of this test.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// True once `cond` holds, checked every 50 ms for up to `limit`.
+pub fn poll(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// True while a process with this pid exists (zombies included).
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks for existence.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// A shard that records its pid in `$FAKE_DIR/<name>.pid`, ignores SIGTERM and SIGINT (as
+/// a shard stuck in a long drain does) and never becomes ready.
+pub fn stubborn_shard(name: &str) -> String {
+    format!(
+        "echo $$ > \"$FAKE_DIR/{name}.tmp\" && mv \"$FAKE_DIR/{name}.tmp\" \"$FAKE_DIR/{name}.pid\"\n\
+         trap '' TERM INT\nexec sleep 300"
+    )
+}
