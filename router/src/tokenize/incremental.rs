@@ -41,8 +41,16 @@ impl IncrementalDecoder {
     }
 
     /// The text this token completes; empty while a multi-byte char is incomplete.
+    ///
+    /// A token the tokenizer does not know is empty text, as in vLLM and TGI: models pad
+    /// their embedding rows past the tokenizer's ids (Qwen2: 151,936 rows, ~151,665 ids), and
+    /// such a row can be sampled (dummy weights, a bad fine-tune). It is left out of the
+    /// window, so the bytes of a char it interrupts still join up and the next token's text
+    /// is decoded with the same left context as without it.
     pub fn push(&mut self, token_id: u32) -> Result<String, TokenizeError> {
-        self.tokenizer.check_ids(&[token_id])?;
+        if !self.tokenizer.knows(token_id) {
+            return Ok(String::new());
+        }
         self.ids.push(token_id);
         let prefix_text = self.decode(self.prefix_offset, self.read_offset)?;
         let new_text = self.decode(self.prefix_offset, self.ids.len())?;
@@ -195,12 +203,24 @@ mod tests {
     }
 
     #[test]
-    fn invalid_id_is_an_error() {
-        let tok = tiny_tokenizer();
-        let mut decoder = tok.incremental_decoder(&[], false);
+    fn unknown_generated_ids_are_empty_text() {
+        let tok = smollm2();
+        let unknown = u32::try_from(tok.vocab_size()).expect("vocab fits u32");
+        // Between words, and in the middle of the byte tokens of one four-byte char.
+        let ids = tok.encode("Hi 😀 there", false).expect("encode");
+        let emoji = tok.encode("Hi 😀", false).expect("encode").len() - 1;
+        let mut with_unknown = ids.clone();
+        with_unknown.insert(emoji, unknown);
+        with_unknown.insert(1, unknown + 1000);
+        with_unknown.push(u32::MAX);
+        let pieces = stream(tok, &[], &with_unknown, false);
+        assert_eq!(pieces.concat(), "Hi 😀 there");
+        assert_eq!(pieces[1], "", "{pieces:?}");
+        assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+        // The tokenizer-level decode still rejects them (client-given ids must be a 400).
         assert!(matches!(
-            decoder.push(1_000_000),
-            Err(TokenizeError::InvalidId { id: 1_000_000, .. })
+            tok.decode(&with_unknown, false),
+            Err(TokenizeError::InvalidId { .. })
         ));
     }
 }

@@ -203,9 +203,14 @@ impl ModelTokenizer {
         IncrementalDecoder::new(self.clone(), prompt_ids, skip_special_tokens)
     }
 
-    pub(crate) fn check_ids(&self, ids: &[u32]) -> Result<(), TokenizeError> {
+    /// Whether `id` is one of the tokenizer's ids (the model may have more, e.g. padding).
+    pub fn knows(&self, id: u32) -> bool {
+        self.token_bytes_ref(id).is_some()
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<(), TokenizeError> {
         let vocab_size = self.vocab_size();
-        match ids.iter().find(|id| self.token_bytes_ref(**id).is_none()) {
+        match ids.iter().find(|id| !self.knows(**id)) {
             Some(id) => Err(TokenizeError::InvalidId {
                 id: *id,
                 vocab_size,
