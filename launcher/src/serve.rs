@@ -15,10 +15,18 @@ use crate::supervise::Supervisor;
 /// Runs until a signal (Ok) or until a child dies or start-up fails (Err). Children are
 /// stopped in every case.
 pub async fn run(args: ServeArgs) -> Result<()> {
-    let plan = plan(&args).await?;
-    let mut sup = Supervisor::default();
+    // Handlers first, before the model fetch (minutes for a large model): as PID 1 in a
+    // container the kernel drops a signal that has no handler, so `docker stop` or a pod
+    // deletion waited for its SIGKILL; elsewhere the launcher died on the spot and left the
+    // fetch script running. Dropping the fetch kills it; hf-hub resumes a cut download.
     let mut sigint = signal(SignalKind::interrupt()).map_err(LaunchError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(LaunchError::Signal)?;
+    let plan = tokio::select! {
+        plan = plan(&args) => plan?,
+        _ = sigint.recv() => return Err(LaunchError::Interrupted),
+        _ = sigterm.recv() => return Err(LaunchError::Interrupted),
+    };
+    let mut sup = Supervisor::default();
     // The shards drain for shutdown_timeout_secs themselves; allow a little on top.
     let grace = Duration::from_secs(args.shutdown_timeout_secs.saturating_add(5));
 

@@ -3,6 +3,10 @@
 
 mod common;
 
+use std::net::TcpListener;
+use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{FakeDeployment, PATIENCE, alive, poll, stubborn_shard};
@@ -47,5 +51,66 @@ fn a_second_signal_cuts_the_drain_short() {
     assert!(
         poll(PATIENCE, || !alive(shard)),
         "the shard outlived the launcher"
+    );
+}
+
+/// A hub endpoint that accepts connections and never answers; true once one was accepted.
+fn silent_endpoint() -> (String, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let url = format!(
+        "http://{}",
+        listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    let connected = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&connected);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+            flag.store(true, Ordering::SeqCst);
+        }
+    });
+    (url, connected)
+}
+
+/// SIGTERM while the model is being fetched: the launcher handles it (its own exit status
+/// and message). It had no handler yet then, which as a container's PID 1 means the kernel
+/// drops the signal and `docker stop` waits for SIGKILL; elsewhere it died mid-download.
+#[test]
+fn a_signal_during_the_model_download_is_handled() {
+    let fake = FakeDeployment::new("signal-download", "exit 1", "exit 1");
+    let (endpoint, connected) = silent_endpoint();
+    let hf_home = fake.dir.to_string_lossy().into_owned();
+    let cache = fake.dir.join("hub").to_string_lossy().into_owned();
+    let mut launcher = fake.launch(
+        &["--model", "org/slow-model", "--port", "0"],
+        &[
+            ("HF_ENDPOINT", endpoint.as_str()),
+            ("HF_HOME", hf_home.as_str()),
+            ("HF_HUB_CACHE", cache.as_str()),
+            ("HF_HUB_OFFLINE", "0"),
+            ("HF_TOKEN", ""),
+        ],
+    );
+    assert!(
+        poll(PATIENCE, || connected.load(Ordering::SeqCst)),
+        "the launcher never reached the hub:\n{}",
+        launcher.output()
+    );
+    launcher.signal(libc::SIGTERM);
+    let status = launcher.wait_exit(PATIENCE);
+    let Some(status) = status else {
+        panic!("no exit after SIGTERM:\n{}", launcher.output());
+    };
+    assert_eq!(
+        (status.signal(), status.code()),
+        (None, Some(1)),
+        "killed by the signal instead of handling it:\n{}",
+        launcher.output()
+    );
+    assert!(
+        launcher.output().contains("interrupted"),
+        "{}",
+        launcher.output()
     );
 }
