@@ -106,6 +106,7 @@ mod tests {
         let limits = crate::validation::Limits {
             max_context: 100,
             vocab_size: 1000,
+            prompt_param: "prompt",
             max_n: 1,
             defaults: GenerationDefaults::parse(QWEN2).unwrap(),
         };

@@ -34,6 +34,17 @@ impl AppState {
         }
     }
 
+    /// How many token ids a prompt may use: the model's (its embedding rows, from the
+    /// shards) when known, else the tokenizer's. The model's wins both ways: a padded
+    /// model (Qwen2: 151,936 rows, ~151,665 tokenizer ids) serves the ids past the
+    /// tokenizer's, and the shard fails a sequence with any id past its own.
+    pub fn vocab_size(&self) -> usize {
+        match self.shards.vocab_size() {
+            Some(size) => size as usize,
+            None => self.tokenizer.vocab_size(),
+        }
+    }
+
     /// The context limit of the ready shards; 503 when none is ready.
     pub fn max_context(&self) -> Result<u32, ApiError> {
         self.shards

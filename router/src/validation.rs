@@ -16,11 +16,14 @@ pub const MAX_TOP_LOGPROBS: i64 = 20;
 /// shard's engine thread (and so every other request on it) for minutes in a debug build.
 pub const MAX_SEQUENCES_PER_REQUEST: usize = 4096;
 
-/// Facts about the deployment that bound a request.
+/// Facts about the deployment (and the endpoint) that bound a request.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_context: u32,
+    /// Token ids a prompt or `stop_token_ids` may use ([`crate::AppState::vocab_size`]).
     pub vocab_size: usize,
+    /// What the endpoint calls its prompt (`prompt`, `messages`), for the 400s about it.
+    pub prompt_param: &'static str,
     pub max_n: u32,
     /// The model's generation_config.json sampling defaults, for what a request leaves out.
     pub defaults: GenerationDefaults,
@@ -77,6 +80,7 @@ pub fn validate(
     limits: Limits,
 ) -> Result<GenerationRequest, ApiError> {
     let common = &limits.defaults.apply(common);
+    check_prompt_ids(&prompts, limits)?;
     let requested = requested_max_tokens(common)?;
     let max_tokens = prompts
         .iter()
@@ -115,6 +119,19 @@ pub fn validate(
             .unwrap_or(false),
         skip_special_tokens: common.skip_special_tokens.unwrap_or(true),
     })
+}
+
+/// Every prompt id must be one the model has: the shard fails a sequence with any other,
+/// which reached the client as a 500 instead of this 400.
+fn check_prompt_ids(prompts: &[Vec<u32>], limits: Limits) -> Result<(), ApiError> {
+    let vocab = limits.vocab_size;
+    match prompts.iter().flatten().find(|id| **id as usize >= vocab) {
+        Some(bad) => Err(ApiError::invalid_param(
+            limits.prompt_param,
+            format!("Token id {bad} is out of vocabulary (size {vocab})."),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// `max_completion_tokens` wins over the older `max_tokens`; both must be >= 1.
@@ -265,6 +282,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_context: 100,
         vocab_size: 1000,
+        prompt_param: "prompt",
         max_n: 8,
         defaults: GenerationDefaults::NONE,
     };
@@ -353,6 +371,23 @@ mod tests {
             assert_eq!(validate_logprobs(param, Some(20)).ok(), Some(Some(20)));
             assert!(validate_logprobs(param, Some(-1)).is_err());
         }
+    }
+
+    #[test]
+    fn prompt_ids_past_the_vocabulary_name_the_prompt_param() {
+        let prompts = vec![vec![1, 2], vec![3, 1000]];
+        let bad = validate(&params("{}"), prompts.clone(), None, LIMITS);
+        assert_eq!(param_of(bad), Some("prompt".into()));
+        let chat = Limits {
+            prompt_param: "messages",
+            ..LIMITS
+        };
+        assert_eq!(
+            param_of(validate(&params("{}"), prompts, None, chat)),
+            Some("messages".into())
+        );
+        let ok = validate(&params("{}"), vec![vec![999]], None, LIMITS);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

@@ -65,3 +65,61 @@ async fn prompt_ids_outside_the_vocabulary_are_a_400_naming_prompt() {
         "nothing reached the shard"
     );
 }
+
+/// A router over one fake shard whose model has `vocab_size` embedding rows.
+async fn with_model_vocab(vocab_size: u32) -> Option<Harness> {
+    let tokenizer = common::tokenizer()?;
+    let mut cfg = config(script_of(&tokenizer, ANSWER));
+    cfg.vocab_size = vocab_size;
+    Harness::start(vec![cfg], Options::default()).await
+}
+
+#[tokio::test]
+async fn prompt_ids_past_a_smaller_model_vocabulary_are_a_400() {
+    // The tokenizer has 49,152 ids; this model only 40,000 rows. The shard fails a sequence
+    // with a larger id, which reached the client as a 500.
+    let Some(h) = with_model_vocab(40_000).await else {
+        return;
+    };
+    let body = json!({"prompt": [17, 45_000], "max_tokens": 1});
+    let (status, err) = h.post_json("/v1/completions", body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["error"]["param"], "prompt", "{err}");
+    let message = err["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("45000") && message.contains("40000"),
+        "{err}"
+    );
+    // Chat prompts are checked too, naming `messages`: a word whose id is past 40,000.
+    let word = h.tokenizer.decode(&[45_000], false).expect("decode");
+    let ids = h.chat_prompt_ids(&word);
+    assert!(ids.iter().any(|id| *id >= 40_000), "{word:?}: {ids:?}");
+    let chat = json!({"messages": [{"role": "user", "content": word}], "max_tokens": 1});
+    let (status, err) = h.post_json("/v1/chat/completions", chat).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["error"]["param"], "messages", "{err}");
+    assert!(
+        h.shards[0].submits().is_empty(),
+        "nothing reached the shard"
+    );
+}
+
+#[tokio::test]
+async fn prompt_ids_a_padded_model_has_are_served() {
+    // Padded past the tokenizer's 49,152 ids (as Qwen2's 151,936 rows): the ids between
+    // are the model's to serve, and echo shows them as empty text.
+    let Some(h) = with_model_vocab(49_216).await else {
+        return;
+    };
+    let body = json!({"prompt": [17, 49_200], "max_tokens": 50, "echo": true});
+    let (status, body) = h.post_json("/v1/completions", body).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let echo = h.tokenizer.decode(&[17], false).expect("decode");
+    assert_eq!(body["choices"][0]["text"], format!("{echo}{ANSWER}"));
+    let submits = h.shards[0].submits();
+    assert_eq!(submits[0][0].prompt_ids, vec![17, 49_200]);
+    let past = json!({"prompt": [17, 49_216], "max_tokens": 1});
+    let (status, err) = h.post_json("/v1/completions", past).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["error"]["param"], "prompt", "{err}");
+}

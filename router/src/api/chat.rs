@@ -83,7 +83,8 @@ fn validate_chat(
     };
     let limits = validation::Limits {
         max_context: state.max_context()?,
-        vocab_size: state.tokenizer.vocab_size(),
+        vocab_size: state.vocab_size(),
+        prompt_param: "messages",
         max_n: state.max_n,
         defaults: state.generation_defaults,
     };

@@ -26,7 +26,8 @@ pub async fn completions(
     let prompts = prompt_ids(&state, &request.prompt)?;
     let limits = validation::Limits {
         max_context: state.max_context()?,
-        vocab_size: state.tokenizer.vocab_size(),
+        vocab_size: state.vocab_size(),
+        prompt_param: "prompt",
         max_n: state.max_n,
         defaults: state.generation_defaults,
     };
@@ -100,19 +101,11 @@ pub fn prompt_ids(state: &AppState, prompt: &PromptInput) -> Result<Vec<Vec<u32>
             .encode(text, true)
             .map_err(|e| ApiError::Internal(format!("tokenization failed: {e}")))
     };
-    let vocab = state.tokenizer.vocab_size();
-    let check = |ids: &Vec<u32>| match ids.iter().find(|id| **id as usize >= vocab) {
-        Some(bad) => Err(ApiError::invalid_param(
-            "prompt",
-            format!("Token id {bad} is out of vocabulary (size {vocab})."),
-        )),
-        None => Ok(ids.clone()),
-    };
     let prompts = match prompt {
         PromptInput::Text(text) => vec![encode(text)?],
         PromptInput::Texts(texts) => texts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
-        PromptInput::Tokens(ids) => vec![check(ids)?],
-        PromptInput::TokenLists(lists) => lists.iter().map(check).collect::<Result<_, _>>()?,
+        PromptInput::Tokens(ids) => vec![ids.clone()],
+        PromptInput::TokenLists(lists) => lists.clone(),
     };
     if prompts.is_empty() {
         return Err(ApiError::invalid_param(
@@ -123,7 +116,8 @@ pub fn prompt_ids(state: &AppState, prompt: &PromptInput) -> Result<Vec<Vec<u32>
     Ok(prompts)
 }
 
-/// The text of each prompt, for `echo` (token prompts are decoded).
+/// The text of each prompt, for `echo` (token prompts are decoded; ids only the model has,
+/// past the tokenizer's, are empty text).
 fn echo_texts(
     state: &AppState,
     prompt: &PromptInput,
@@ -137,7 +131,7 @@ fn echo_texts(
             .map(|p| {
                 state
                     .tokenizer
-                    .decode(p, false)
+                    .decode_known(p, false)
                     .map_err(|e| ApiError::invalid_param("prompt", e.to_string()))
             })
             .collect(),

@@ -61,6 +61,18 @@ impl ShardPool {
             .min()
     }
 
+    /// The token ids every ready shard's model takes (the smallest `vocab_size`), if any
+    /// ready shard reports one (0 is proto3's "unset").
+    pub fn vocab_size(&self) -> Option<u32> {
+        self.shards
+            .iter()
+            .filter(|s| s.is_ready())
+            .filter_map(|s| s.info())
+            .map(|info| info.vocab_size)
+            .filter(|size| *size > 0)
+            .min()
+    }
+
     /// Submits the sequences of one request to the least-loaded ready shard, together,
     /// so they share one Submit and (later) the shard's prefix cache.
     pub fn submit_group(&self, requests: Vec<Request>) -> Result<Vec<SequenceHandle>, ApiError> {

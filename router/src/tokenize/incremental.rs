@@ -30,13 +30,16 @@ impl IncrementalDecoder {
         prompt_ids: &[u32],
         skip_special_tokens: bool,
     ) -> Self {
-        let context = &prompt_ids[prompt_ids.len().saturating_sub(PROMPT_CONTEXT_TOKENS)..];
+        // A prompt may hold ids only the (padded) model has; like generated ones, no text.
+        let known = prompt_ids.iter().copied().filter(|id| tokenizer.knows(*id));
+        let mut context: Vec<u32> = known.rev().take(PROMPT_CONTEXT_TOKENS).collect();
+        context.reverse();
         Self {
             tokenizer,
             skip_special_tokens,
-            ids: context.to_vec(),
-            prefix_offset: 0,
             read_offset: context.len(),
+            ids: context,
+            prefix_offset: 0,
         }
     }
 

@@ -132,6 +132,17 @@ impl ModelTokenizer {
         Ok(self.inner.tokenizer.decode(ids, skip_special_tokens)?)
     }
 
+    /// Like `decode`, but an id the tokenizer does not know (one only a padded model has) is
+    /// empty text, as when the model generates it.
+    pub fn decode_known(
+        &self,
+        ids: &[u32],
+        skip_special_tokens: bool,
+    ) -> Result<String, TokenizeError> {
+        let known: Vec<u32> = ids.iter().copied().filter(|id| self.knows(*id)).collect();
+        self.decode(&known, skip_special_tokens)
+    }
+
     /// Number of token ids (the model's vocabulary, special tokens included).
     pub fn vocab_size(&self) -> usize {
         self.inner.token_bytes.len()

@@ -27,6 +27,8 @@ pub struct FakeConfig {
     pub cycle: bool,
     pub step: Duration,
     pub max_context: u32,
+    /// The model's vocabulary (embedding rows) reported by `Info`.
+    pub vocab_size: u32,
     /// Break every Serve stream with an error when it reaches this step.
     pub fail_at_step: Option<u64>,
 }
@@ -207,7 +209,7 @@ impl Shard for FakeShard {
             total_kv_blocks: 100,
             free_kv_blocks: 100,
             device: "cpu".into(),
-            vocab_size: 49152,
+            vocab_size: self.config.vocab_size,
             eos_token_ids: vec![self.config.eos],
             max_batch_tokens: 512,
             ..Default::default()

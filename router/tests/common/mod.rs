@@ -77,6 +77,7 @@ pub fn config(script: Vec<u32>) -> FakeConfig {
         cycle: false,
         step: Duration::from_millis(2),
         max_context: 256,
+        vocab_size: 49152,
         fail_at_step: None,
     }
 }
@@ -142,8 +143,13 @@ impl Harness {
         (status, json_body(response).await)
     }
 
-    /// Prompt ids as the router computes them for a user message.
+    /// Prompt length as the router computes it for a user message.
     pub fn chat_prompt_len(&self, user: &str) -> usize {
+        self.chat_prompt_ids(user).len()
+    }
+
+    /// Prompt ids as the router computes them for a user message.
+    pub fn chat_prompt_ids(&self, user: &str) -> Vec<u32> {
         let messages = [pagedserve_router::tokenize::ChatMessage {
             role: "user".into(),
             content: user.into(),
@@ -153,7 +159,7 @@ impl Harness {
             .tokenizer
             .apply_chat_template(&messages, true)
             .expect("template renders");
-        self.tokenizer.encode(&text, false).expect("encode").len()
+        self.tokenizer.encode(&text, false).expect("encode")
     }
 }
 
