@@ -25,6 +25,16 @@ pub enum LaunchError {
         source: std::io::Error,
     },
 
+    #[error(
+        "port {port} on {host} (the HTTP API's --port) is already in use ({source}); stop \
+         what listens there or pick another --port"
+    )]
+    RouterPortBusy {
+        host: String,
+        port: u16,
+        source: std::io::Error,
+    },
+
     #[error("--shard-base-port {base} with {count} shards runs past port 65535")]
     PortRange { base: u16, count: u16 },
 

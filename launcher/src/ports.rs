@@ -15,6 +15,24 @@ pub fn shard_ports(base: Option<u16>, count: u16, avoid: u16) -> Result<Vec<u16>
     }
 }
 
+/// Fails when the router could not bind `host:port` because something already listens
+/// there. Checked before the model is fetched and the shards load (minutes for a large
+/// model), which is when the router would otherwise find out; and a foreign server on the
+/// port could even answer the start-up probe. Other bind errors are left to the router.
+pub fn check_router_port(host: &str, port: u16) -> Result<()> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match TcpListener::bind((bare, port)) {
+        Err(source) if source.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(LaunchError::RouterPortBusy {
+                host: host.to_owned(),
+                port,
+                source,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 fn fixed_ports(base: u16, count: u16, avoid: u16) -> Result<Vec<u16>> {
     let last = base
         .checked_add(count.saturating_sub(1))
@@ -116,6 +134,20 @@ mod tests {
     fn router_port_clash_is_reported() {
         let err = shard_ports(Some(9000), 3, 9001).expect_err("router port inside range");
         assert!(matches!(err, LaunchError::PortBusy { port: 9001, .. }));
+    }
+
+    #[test]
+    fn a_busy_router_port_is_reported() {
+        let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = taken.local_addr().expect("addr").port();
+        let err = check_router_port("127.0.0.1", port).expect_err("port is in use");
+        assert!(matches!(err, LaunchError::RouterPortBusy { port: p, .. } if p == port));
+        drop(taken);
+        assert!(check_router_port("127.0.0.1", port).is_ok(), "free again");
+        assert!(
+            check_router_port("[::1]", 0).is_ok(),
+            "brackets are stripped"
+        );
     }
 
     #[test]

@@ -61,9 +61,10 @@ enum Outcome {
 
 async fn plan(args: &ServeArgs) -> Result<Plan> {
     let bin_dir = children::bin_dir(args.bin_dir.as_deref())?;
-    // Check both binaries before the (possibly slow) model fetch.
+    // Check both binaries and the router's port before the (possibly slow) model fetch.
     children::binary(&bin_dir, children::SHARD_BIN)?;
     children::binary(&bin_dir, children::ROUTER_BIN)?;
+    ports::check_router_port(&args.host, args.port)?;
     let resolved = default_model::resolve_served(
         args.model.as_deref(),
         args.revision.as_deref(),

@@ -70,7 +70,9 @@ fn with_fake_children(
         .env_remove("HF_ENDPOINT")
         .env_remove("HF_HUB_OFFLINE")
         .env("HF_HOME", &bins)
-        .env("HF_HUB_CACHE", &cache);
+        .env("HF_HUB_CACHE", &cache)
+        // Any free port: the router's port is checked first, and 8000 may be in use here.
+        .env("PORT", "0");
     for (k, v) in extra_env {
         command.env(k, v);
     }
