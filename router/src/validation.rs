@@ -84,7 +84,7 @@ pub fn validate(
     let requested = requested_max_tokens(common)?;
     let max_tokens = prompts
         .iter()
-        .map(|p| resolve_max_tokens(p.len(), requested, limits.max_context))
+        .map(|p| resolve_max_tokens(p.len(), requested, limits.max_context, limits.prompt_param))
         .collect::<Result<Vec<_>, _>>()?;
     let stop_token_ids = common.stop_token_ids.clone().unwrap_or_default();
     if let Some(bad) = stop_token_ids
@@ -134,8 +134,16 @@ fn check_prompt_ids(prompts: &[Vec<u32>], limits: Limits) -> Result<(), ApiError
     }
 }
 
+/// A client's cap on new tokens, with the name it was sent under.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MaxTokens {
+    /// `max_completion_tokens` or `max_tokens`, for the 400s about it.
+    pub param: &'static str,
+    pub value: u32,
+}
+
 /// `max_completion_tokens` wins over the older `max_tokens`; both must be >= 1.
-fn requested_max_tokens(common: &CommonParams) -> Result<Option<u32>, ApiError> {
+fn requested_max_tokens(common: &CommonParams) -> Result<Option<MaxTokens>, ApiError> {
     let (param, value) = match (common.max_completion_tokens, common.max_tokens) {
         (Some(v), _) => ("max_completion_tokens", v),
         (None, Some(v)) => ("max_tokens", v),
@@ -147,22 +155,29 @@ fn requested_max_tokens(common: &CommonParams) -> Result<Option<u32>, ApiError> 
             format!("{param} must be at least 1, got {value}."),
         ));
     }
-    Ok(Some(u32::try_from(value).unwrap_or(u32::MAX)))
+    let value = u32::try_from(value).unwrap_or(u32::MAX);
+    Ok(Some(MaxTokens { param, value }))
 }
 
-/// Checks the prompt against the context and fills in an absent max_tokens.
+/// Checks the prompt against the context and fills in an absent max_tokens. The 400s name
+/// what the client sent: `prompt_param` (`prompt` or `messages`) for a prompt too long
+/// alone, else the max-tokens parameter it used.
 pub fn resolve_max_tokens(
     prompt_len: usize,
-    requested: Option<u32>,
+    requested: Option<MaxTokens>,
     max_context: u32,
+    prompt_param: &str,
 ) -> Result<u32, ApiError> {
     if prompt_len == 0 {
-        return Err(ApiError::invalid_param("prompt", "The prompt is empty."));
+        return Err(ApiError::invalid_param(
+            prompt_param,
+            "The prompt is empty.",
+        ));
     }
     let context = max_context as usize;
     if prompt_len >= context {
         return Err(ApiError::invalid_param(
-            "messages",
+            prompt_param,
             format!(
                 "This model's maximum context length is {context} tokens. However, your \
                  request has {prompt_len} input tokens. Please reduce the length of the \
@@ -173,9 +188,9 @@ pub fn resolve_max_tokens(
     let room = (context - prompt_len) as u32;
     match requested {
         None => Ok(room),
-        Some(max) if max <= room => Ok(max),
-        Some(max) => Err(ApiError::invalid_param(
-            "max_tokens",
+        Some(MaxTokens { value, .. }) if value <= room => Ok(value),
+        Some(MaxTokens { param, value: max }) => Err(ApiError::invalid_param(
+            param,
             format!(
                 "This model's maximum context length is {context} tokens. However, you \
                  requested {} tokens ({prompt_len} in the messages, {max} in the \
@@ -329,21 +344,54 @@ mod tests {
         assert_eq!(ok.map(|r| r.max_tokens).ok(), Some(vec![7]));
     }
 
+    fn max(value: u32) -> Option<MaxTokens> {
+        let param = "max_tokens";
+        Some(MaxTokens { param, value })
+    }
+
     #[test]
     fn context_overflow_uses_vllm_message() {
-        let err = resolve_max_tokens(30, Some(80), 100).expect_err("too long");
+        let err = resolve_max_tokens(30, max(80), 100, "messages").expect_err("too long");
         assert_eq!(
             err.to_string(),
             "This model's maximum context length is 100 tokens. However, you requested 110 \
              tokens (30 in the messages, 80 in the completion). Please reduce the length of \
              the messages or completion."
         );
-        assert_eq!(resolve_max_tokens(30, Some(70), 100).ok(), Some(70));
+        assert_eq!(
+            resolve_max_tokens(30, max(70), 100, "messages").ok(),
+            Some(70)
+        );
         assert!(
-            resolve_max_tokens(100, None, 100).is_err(),
+            resolve_max_tokens(100, None, 100, "messages").is_err(),
             "prompt alone fills the context"
         );
-        assert!(resolve_max_tokens(0, None, 100).is_err(), "empty prompt");
+        assert!(
+            resolve_max_tokens(0, None, 100, "prompt").is_err(),
+            "empty prompt"
+        );
+    }
+
+    #[test]
+    fn context_overflow_names_the_param_the_client_sent() {
+        let long = || vec![vec![1; 100]];
+        let completions = validate(&params("{}"), long(), None, LIMITS);
+        assert_eq!(param_of(completions), Some("prompt".into()));
+        let chat = Limits {
+            prompt_param: "messages",
+            ..LIMITS
+        };
+        assert_eq!(
+            param_of(validate(&params("{}"), long(), None, chat)),
+            Some("messages".into())
+        );
+        let p = || vec![vec![1; 30]];
+        let new_name = params(r#"{"max_completion_tokens":80}"#);
+        let bad = validate(&new_name, p(), None, LIMITS);
+        assert_eq!(param_of(bad), Some("max_completion_tokens".into()));
+        let old_name = params(r#"{"max_tokens":80}"#);
+        let bad = validate(&old_name, p(), None, LIMITS);
+        assert_eq!(param_of(bad), Some("max_tokens".into()));
     }
 
     #[test]

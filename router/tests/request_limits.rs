@@ -52,3 +52,30 @@ async fn too_many_sequences_and_bad_logprobs_are_400s_naming_the_param() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["choices"].as_array().map(Vec::len), Some(4096));
 }
+
+#[tokio::test]
+async fn context_overflow_names_the_param_the_client_sent() {
+    let Some(h) = harness().await else {
+        return;
+    };
+    // The fake shard's context is 256 tokens. A completions prompt has no `messages`.
+    let long = json!({"prompt": vec![17; 300]});
+    let (status, err) = h.post_json("/v1/completions", long).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(param(&err), "prompt", "{err}");
+    let long_chat = json!({"messages": [{"role": "user", "content": "Hi ".repeat(300)}]});
+    let (status, err) = h.post_json("/v1/chat/completions", long_chat).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(param(&err), "messages", "{err}");
+    // Too many new tokens: the error names the parameter the client used.
+    for name in ["max_completion_tokens", "max_tokens"] {
+        let body = json!({"messages": [{"role": "user", "content": "Hi"}], name: 300});
+        let (status, err) = h.post_json("/v1/chat/completions", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+        assert_eq!(param(&err), name, "{err}");
+    }
+    assert!(
+        h.shards[0].submits().is_empty(),
+        "nothing reached the shard"
+    );
+}
