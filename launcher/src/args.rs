@@ -7,6 +7,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// Upper bound of the timeout flags (a year: "forever" in practice). Deadlines are
+/// `now + timeout`, and std's `Instant` addition panics on overflow: a value like
+/// u64::MAX, given to mean "never", crashed the launcher (and each shard on SIGTERM).
+pub const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "pagedserve",
@@ -166,12 +171,20 @@ pub struct ServeArgs {
     pub threads_per_shard: Option<usize>,
 
     /// Seconds to wait for every shard and the router to become ready.
-    #[arg(long, default_value_t = 600)]
+    #[arg(
+        long,
+        default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(..=MAX_TIMEOUT_SECS)
+    )]
     pub startup_timeout_secs: u64,
 
     /// Seconds running requests get to finish after SIGTERM/SIGINT (passed to the shards);
     /// children still running 5 s later are killed.
-    #[arg(long, default_value_t = 30)]
+    #[arg(
+        long,
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(..=MAX_TIMEOUT_SECS)
+    )]
     pub shutdown_timeout_secs: u64,
 
     /// Directory holding pagedserve-shard and pagedserve-router; default: next to this binary.
@@ -194,6 +207,7 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn parse(args: &[&str]) -> Result<Command, clap::Error> {
         let argv = std::iter::once("pagedserve").chain(args.iter().copied());
@@ -255,6 +269,25 @@ mod tests {
             2
         );
         assert!(parse(&["--tensor-parallel-size", "0"]).is_err());
+    }
+
+    #[test]
+    fn timeouts_are_bounded_so_deadlines_cannot_overflow() {
+        let max = MAX_TIMEOUT_SECS.to_string();
+        let s = serve(&[
+            "--startup-timeout-secs",
+            &max,
+            "--shutdown-timeout-secs",
+            &max,
+        ]);
+        assert_eq!(s.startup_timeout_secs, MAX_TIMEOUT_SECS);
+        // The largest accepted values still make valid deadlines (grace adds 5 s).
+        let later = Duration::from_secs(s.shutdown_timeout_secs.saturating_add(5));
+        assert!(tokio::time::Instant::now().checked_add(later).is_some());
+        for flag in ["--startup-timeout-secs", "--shutdown-timeout-secs"] {
+            let err = parse(&[flag, "18446744073709551615"]).expect_err("u64::MAX");
+            assert!(err.to_string().contains(flag), "{err}");
+        }
     }
 
     #[test]
