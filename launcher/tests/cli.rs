@@ -67,6 +67,7 @@ fn with_fake_children(
         .env_remove("PAGEDSERVE_MODEL")
         .env_remove("MODEL_NAME")
         .env_remove("HF_TOKEN")
+        .env_remove("HUGGING_FACE_HUB_TOKEN")
         .env_remove("HF_ENDPOINT")
         .env_remove("HF_HUB_OFFLINE")
         .env("HF_HOME", &bins)

@@ -90,6 +90,7 @@ fn a_signal_during_the_model_download_is_handled() {
             ("HF_HUB_CACHE", cache.as_str()),
             ("HF_HUB_OFFLINE", "0"),
             ("HF_TOKEN", ""),
+            ("HUGGING_FACE_HUB_TOKEN", ""),
         ],
     );
     assert!(
