@@ -3,7 +3,7 @@
 
 use pagedserve_proto::v1::{SamplingParams, StoppingCriteria};
 
-use crate::api::types::CommonParams;
+use crate::api::types::{CommonParams, StopSpec};
 use crate::error::ApiError;
 use crate::generation_defaults::GenerationDefaults;
 
@@ -15,6 +15,15 @@ pub const MAX_TOP_LOGPROBS: i64 = 20;
 /// one-token prompts, n = 128) started 300k sequences, whose submit and cancel alone held the
 /// shard's engine thread (and so every other request on it) for minutes in a debug build.
 pub const MAX_SEQUENCES_PER_REQUEST: usize = 4096;
+
+/// Most stop strings per request, and bytes per stop string. OpenAI allows 4 strings and
+/// vLLM any number; but every choice keeps its own copy of the list and checks each
+/// generated token against every string and every held-back suffix (work per token up to
+/// count × length²), so unbounded, one small request could make each of its thousands of
+/// choices arbitrarily slow and large. 64 strings of 256 bytes (a long sentence, ~85 CJK
+/// chars) is far past real use (`\n\n`, `</s>`, `Observation:`) and keeps that cost small.
+pub const MAX_STOP_STRINGS: usize = 64;
+pub const MAX_STOP_BYTES: usize = 256;
 
 /// Facts about the deployment (and the endpoint) that bound a request.
 #[derive(Debug, Clone, Copy)]
@@ -105,11 +114,7 @@ pub fn validate(
         sampling: validate_sampling(common)?,
         stop_token_ids,
         ignore_eos: common.ignore_eos.unwrap_or(false),
-        stop: common
-            .stop
-            .clone()
-            .map(|s| s.into_vec())
-            .unwrap_or_default(),
+        stop: validate_stop(common.stop.clone())?,
         logprobs,
         stream: common.stream.unwrap_or(false),
         include_usage: common
@@ -199,6 +204,30 @@ pub fn resolve_max_tokens(
             ),
         )),
     }
+}
+
+/// At most [`MAX_STOP_STRINGS`] stop strings of at most [`MAX_STOP_BYTES`] bytes each.
+fn validate_stop(stop: Option<StopSpec>) -> Result<Vec<String>, ApiError> {
+    let stop = stop.map(StopSpec::into_vec).unwrap_or_default();
+    if stop.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!(
+                "At most {MAX_STOP_STRINGS} stop sequences are allowed, got {}.",
+                stop.len()
+            ),
+        ));
+    }
+    if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!(
+                "A stop sequence may be at most {MAX_STOP_BYTES} bytes long, got {}.",
+                long.len()
+            ),
+        ));
+    }
+    Ok(stop)
 }
 
 fn validate_n(n: Option<i64>, max_n: u32) -> Result<u32, ApiError> {
@@ -293,6 +322,7 @@ pub fn validate_sampling(common: &CommonParams) -> Result<SamplingParams, ApiErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const LIMITS: Limits = Limits {
         max_context: 100,
@@ -436,6 +466,26 @@ mod tests {
         );
         let ok = validate(&params("{}"), vec![vec![999]], None, LIMITS);
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn stop_strings_are_bounded() {
+        let stop = |strings: Vec<String>| params(&json!({ "stop": strings }).to_string());
+        let at_limit = stop(vec!["x".repeat(MAX_STOP_BYTES); MAX_STOP_STRINGS]);
+        let ok = validate(&at_limit, vec![vec![1]], None, LIMITS);
+        assert_eq!(ok.map(|r| r.stop.len()).ok(), Some(MAX_STOP_STRINGS));
+        let too_many = stop(vec!["x".into(); MAX_STOP_STRINGS + 1]);
+        let bad = validate(&too_many, vec![vec![1]], None, LIMITS);
+        assert_eq!(param_of(bad), Some("stop".into()));
+        let too_long = stop(vec!["a".into(), "x".repeat(MAX_STOP_BYTES + 1)]);
+        let bad = validate(&too_long, vec![vec![1]], None, LIMITS);
+        assert_eq!(param_of(bad), Some("stop".into()));
+        // The length is in bytes: 86 three-byte chars are 258.
+        let one = params(&json!({ "stop": "語".repeat(86) }).to_string());
+        assert_eq!(
+            param_of(validate(&one, vec![vec![1]], None, LIMITS)),
+            Some("stop".into())
+        );
     }
 
     #[test]

@@ -79,3 +79,26 @@ async fn context_overflow_names_the_param_the_client_sent() {
         "nothing reached the shard"
     );
 }
+
+#[tokio::test]
+async fn stop_strings_are_bounded_with_a_400_naming_stop() {
+    let Some(h) = harness().await else {
+        return;
+    };
+    let too_many = json!({"prompt": "Hi", "max_tokens": 1, "stop": vec!["x"; 65]});
+    let (status, err) = h.post_json("/v1/completions", too_many).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(param(&err), "stop", "{err}");
+    let too_long = json!({"messages": [{"role": "user", "content": "Hi"}],
+        "stop": "x".repeat(257)});
+    let (status, err) = h.post_json("/v1/chat/completions", too_long).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(param(&err), "stop", "{err}");
+    assert!(
+        h.shards[0].submits().is_empty(),
+        "nothing reached the shard"
+    );
+    let at_bound = json!({"prompt": "Hi", "max_tokens": 1, "stop": vec!["x".repeat(256); 64]});
+    let (status, body) = h.post_json("/v1/completions", at_bound).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
