@@ -182,10 +182,11 @@ mod tests {
     }
 
     #[test]
-    fn many_dropped_submits_and_cancels_drain_in_linear_time() {
+    fn many_dropped_submits_and_cancels_drain_together() {
         // 100k sequences submitted and cancelled in one tick (a large request whose client
         // left at once). Scanning the dropped ids per cancel took 10^10 steps (26 s in a
-        // debug build); with a set it is milliseconds, far under the bound.
+        // debug build); with a set it is milliseconds. No time bound here (speed is for
+        // benchmarks): a quadratic scan back would show as this test taking half a minute.
         let (tx, mut rx) = mpsc::unbounded_channel();
         let count = 100_000;
         for id in 2..=count {
@@ -194,16 +195,13 @@ mod tests {
         for id in 1..=count + 1 {
             tx.send(Outbound::Cancel(id)).expect("queue open");
         }
-        let start = std::time::Instant::now();
         let messages = drain_tick(Outbound::Submit(request(1)), &mut rx, |_| false);
-        let elapsed = start.elapsed();
         // Only the cancel of the id that was never submitted here is sent.
         assert_eq!(messages.len(), 1);
         assert!(matches!(
             &messages[0].kind,
             Some(shard_input::Kind::Cancel(c)) if c.ids == vec![count + 1]
         ));
-        assert!(elapsed < std::time::Duration::from_secs(5), "{elapsed:?}");
     }
 
     #[test]
