@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use crate::api::collect::collect;
 use crate::api::generation::{ChoiceUpdate, Generation, RequestMeta};
 use crate::api::json::ApiJson;
+use crate::api::offload::tokenize_off_worker;
 use crate::api::sse::{ChunkFormat, sse_response};
 use crate::api::types::*;
 use crate::api::{ids, logprobs};
@@ -20,11 +21,14 @@ use crate::validation::{self, GenerationRequest};
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
-    ApiJson(request): ApiJson<ChatCompletionRequest>,
+    ApiJson(mut request): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
     state.check_model(request.common.model.as_deref())?;
-    let prompt = chat_prompt_ids(&state, &request.messages, true)?;
+    let messages = std::mem::take(&mut request.messages);
+    let st = Arc::clone(&state);
+    let bytes = messages_bytes(&messages);
+    let prompt = tokenize_off_worker(bytes, move || chat_prompt_ids(&st, &messages, true)).await?;
     let validated = validate_chat(&state, &request, prompt)?;
     let permit = state.waiting.try_acquire()?;
     let format = ChatFormat {
@@ -129,6 +133,19 @@ pub fn to_chat_messages(messages: &[RequestMessage]) -> Result<Vec<ChatMessage>,
             })
         })
         .collect()
+}
+
+/// The text the chat template and tokenizer will go through, roughly.
+pub fn messages_bytes(messages: &[RequestMessage]) -> usize {
+    let content = |m: &RequestMessage| match &m.content {
+        None => 0,
+        Some(MessageContent::Text(text)) => text.len(),
+        Some(MessageContent::Parts(parts)) => parts
+            .iter()
+            .map(|p| p.text.as_ref().map_or(0, String::len))
+            .sum(),
+    };
+    messages.iter().map(content).sum()
 }
 
 /// Renders the model's chat template and tokenizes the result.

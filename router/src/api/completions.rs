@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use crate::api::collect::{CollectedChoice, collect};
 use crate::api::generation::{ChoiceUpdate, Generation, RequestMeta};
 use crate::api::json::ApiJson;
+use crate::api::offload::tokenize_off_worker;
 use crate::api::sse::{ChunkFormat, sse_response};
 use crate::api::types::*;
 use crate::api::{ids, logprobs};
@@ -19,11 +20,24 @@ use crate::validation;
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
-    ApiJson(request): ApiJson<CompletionRequest>,
+    ApiJson(mut request): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
     state.check_model(request.common.model.as_deref())?;
-    let prompts = prompt_ids(&state, &request.prompt)?;
+    // The prompt travels to the tokenizer's thread and back (echo needs it again).
+    let input = std::mem::replace(&mut request.prompt, PromptInput::Texts(Vec::new()));
+    let st = Arc::clone(&state);
+    let bytes = match &input {
+        PromptInput::Text(text) => text.len(),
+        PromptInput::Texts(texts) => texts.iter().map(String::len).sum(),
+        PromptInput::Tokens(_) | PromptInput::TokenLists(_) => 0, // nothing to tokenize
+    };
+    let (input, prompts) = tokenize_off_worker(bytes, move || {
+        let ids = prompt_ids(&st, &input)?;
+        Ok((input, ids))
+    })
+    .await?;
+    request.prompt = input;
     let limits = validation::Limits {
         max_context: state.max_context()?,
         vocab_size: state.vocab_size(),

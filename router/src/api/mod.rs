@@ -8,6 +8,7 @@ pub mod ids;
 pub mod json;
 pub mod logprobs;
 pub mod models;
+pub mod offload;
 pub mod sse;
 pub mod tokenize;
 pub mod types;

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 
-use crate::api::chat::chat_prompt_ids;
+use crate::api::chat::{chat_prompt_ids, messages_bytes};
 use crate::api::json::ApiJson;
+use crate::api::offload::tokenize_off_worker;
 use crate::api::types::{DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -16,14 +17,24 @@ pub async fn tokenize(
     ApiJson(request): ApiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     state.check_model(request.model.as_deref())?;
-    let tokens = match (&request.prompt, &request.messages) {
-        (Some(prompt), None) => state
-            .tokenizer
-            .encode(prompt, request.add_special_tokens.unwrap_or(true))
-            .map_err(|e| ApiError::Internal(format!("tokenization failed: {e}")))?,
+    let st = Arc::clone(&state);
+    let tokens = match (request.prompt, request.messages) {
+        (Some(prompt), None) => {
+            let add_special_tokens = request.add_special_tokens.unwrap_or(true);
+            tokenize_off_worker(prompt.len(), move || {
+                st.tokenizer
+                    .encode(&prompt, add_special_tokens)
+                    .map_err(|e| ApiError::Internal(format!("tokenization failed: {e}")))
+            })
+            .await?
+        }
         (None, Some(messages)) => {
             let add_generation_prompt = request.add_generation_prompt.unwrap_or(true);
-            chat_prompt_ids(&state, messages, add_generation_prompt)?
+            let bytes = messages_bytes(&messages);
+            tokenize_off_worker(bytes, move || {
+                chat_prompt_ids(&st, &messages, add_generation_prompt)
+            })
+            .await?
         }
         _ => {
             return Err(ApiError::bad_request(
