@@ -10,6 +10,9 @@ use rand_distr::{Distribution, Exp};
 
 use crate::bench::error::{BenchError, Result};
 
+/// Latest send time of a schedule: later offsets are refused, not waited for.
+const MAX_SCHEDULE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Send times of `n` requests, relative to the start of the run.
 pub fn arrival_offsets(n: usize, rate: f64, seed: u64) -> Result<Vec<Duration>> {
     if rate.is_nan() || rate <= 0.0 {
@@ -24,8 +27,20 @@ pub fn arrival_offsets(n: usize, rate: f64, seed: u64) -> Result<Vec<Duration>> 
     let mut rng = StdRng::seed_from_u64(seed);
     let mut at = 0.0f64;
     let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(Duration::from_secs_f64(at));
+    for i in 0..n {
+        // A tiny rate (1e-300) made gaps past what a Duration or an Instant holds, and
+        // `from_secs_f64` panicked; no benchmark waits a year for its next request anyway.
+        let offset = Duration::try_from_secs_f64(at)
+            .ok()
+            .filter(|d| *d <= MAX_SCHEDULE)
+            .ok_or_else(|| {
+                BenchError::Usage(format!(
+                    "--request-rate {rate:e} is too low: request {} of {n} would go out {at:.3e} \
+                     s after the start, past the one-year limit",
+                    i + 1
+                ))
+            })?;
+        out.push(offset);
         at += gaps.sample(&mut rng);
     }
     Ok(out)
@@ -58,6 +73,17 @@ mod tests {
         assert!(a.windows(2).all(|w| w[0] <= w[1]));
         let mean_gap = a[3999].as_secs_f64() / 3999.0;
         assert!((mean_gap - 0.25).abs() < 0.02, "mean gap {mean_gap}");
+    }
+
+    #[test]
+    fn a_rate_too_low_for_any_clock_is_an_error_not_a_panic() {
+        assert_eq!(
+            arrival_offsets(1, 1e-300, 0).expect("one request goes at once"),
+            vec![Duration::ZERO]
+        );
+        let err = arrival_offsets(2, 1e-300, 0).expect_err("second request in 1e300 s");
+        assert!(err.to_string().contains("--request-rate"), "{err}");
+        assert!(arrival_offsets(3, 1e-4, 0).is_ok(), "hours apart is fine");
     }
 
     #[test]
