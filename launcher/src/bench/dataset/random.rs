@@ -41,7 +41,9 @@ pub fn sample(spec: &RandomSpec, tokenizer: &ModelTokenizer) -> Result<Vec<Bench
     let mut rng = StdRng::seed_from_u64(spec.seed);
     let (in_lo, in_hi) = length_range(spec.input_len, spec.range_ratio);
     let (out_lo, out_hi) = length_range(spec.output_len, spec.range_ratio);
-    let mut out = Vec::with_capacity(spec.num_prompts);
+    // A hint only: reserving `num_prompts` up front panicked ("capacity overflow") or
+    // aborted on a huge count before the first prompt was made.
+    let mut out = Vec::with_capacity(spec.num_prompts.min(1 << 16));
     for i in 0..spec.num_prompts {
         let input_len = rng.random_range(in_lo..=in_hi);
         let output_len = rng.random_range(out_lo..=out_hi).max(1);

@@ -126,7 +126,9 @@ pub fn sample(
         })
         .collect();
     pairs.shuffle(&mut StdRng::seed_from_u64(seed));
-    let mut out = Vec::with_capacity(num_prompts);
+    // Not `num_prompts`: a huge count meant as "all of them" (usize::MAX) panicked with
+    // "capacity overflow" before anything was sent.
+    let mut out = Vec::with_capacity(num_prompts.min(pairs.len()));
     for (prompt, completion) in pairs {
         if out.len() == num_prompts {
             break;
@@ -265,5 +267,7 @@ mod fixture_tests {
         assert_eq!(tip.prompt_len, want.len());
         let only_two = sample(&recs.conversations, 2, 0, None, &tok).expect("sample");
         assert_eq!(only_two.len(), 2, "stops at num_prompts");
+        let all = sample(&recs.conversations, usize::MAX, 0, None, &tok).expect("sample");
+        assert_eq!(all.len(), 4, "a count past the dataset takes all it keeps");
     }
 }
