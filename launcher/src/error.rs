@@ -35,6 +35,13 @@ pub enum LaunchError {
         source: std::io::Error,
     },
 
+    #[error("the HTTP API cannot listen on {host} port {port} ({source}); check --host and --port")]
+    RouterBind {
+        host: String,
+        port: u16,
+        source: std::io::Error,
+    },
+
     #[error("--shard-base-port {base} with {count} shards runs past port 65535")]
     PortRange { base: u16, count: u16 },
 

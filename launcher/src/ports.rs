@@ -15,13 +15,16 @@ pub fn shard_ports(base: Option<u16>, count: u16, avoid: u16) -> Result<Vec<u16>
     }
 }
 
-/// Fails when the router could not bind `host:port` because something already listens
-/// there. Checked before the model is fetched and the shards load (minutes for a large
-/// model), which is when the router would otherwise find out; and a foreign server on the
-/// port could even answer the start-up probe. Other bind errors are left to the router.
+/// Fails when the router could not bind `host:port`: something already listens there, or
+/// the address cannot be bound at all (a port below 1024 without the privilege, as under
+/// Kubernetes' runAsNonRoot; an address not on this machine; a host that does not resolve).
+/// Checked before the model is fetched and the shards load (minutes for a large model),
+/// which is when the router would otherwise find out; and a foreign server on the port
+/// could even answer the start-up probe. The router binds the same way (SO_REUSEADDR).
 pub fn check_router_port(host: &str, port: u16) -> Result<()> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     match TcpListener::bind((bare, port)) {
+        Ok(_) => Ok(()),
         Err(source) if source.kind() == std::io::ErrorKind::AddrInUse => {
             Err(LaunchError::RouterPortBusy {
                 host: host.to_owned(),
@@ -29,7 +32,11 @@ pub fn check_router_port(host: &str, port: u16) -> Result<()> {
                 source,
             })
         }
-        _ => Ok(()),
+        Err(source) => Err(LaunchError::RouterBind {
+            host: host.to_owned(),
+            port,
+            source,
+        }),
     }
 }
 
@@ -148,6 +155,14 @@ mod tests {
             check_router_port("[::1]", 0).is_ok(),
             "brackets are stripped"
         );
+    }
+
+    #[test]
+    fn an_address_the_router_cannot_bind_is_reported() {
+        // TEST-NET-3 (RFC 5737): never an address of this machine.
+        let err = check_router_port("203.0.113.7", 0).expect_err("not a local address");
+        assert!(matches!(err, LaunchError::RouterBind { .. }), "{err}");
+        assert!(err.to_string().contains("203.0.113.7"), "{err}");
     }
 
     #[test]
