@@ -39,6 +39,7 @@ fn a_second_signal_cuts_the_drain_short() {
     launcher.signal(libc::SIGTERM);
     // The second signal must come after the first was handled (pending signals merge).
     launcher.wait_for_output("stopping children");
+    assert!(alive(shard), "the shard must still be draining here");
     let second = Instant::now();
     launcher.signal(libc::SIGTERM);
     let status = launcher.wait_exit(PATIENCE);

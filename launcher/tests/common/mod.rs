@@ -199,8 +199,10 @@ pub fn alive(pid: i32) -> bool {
 /// A shard that records its pid in `$FAKE_DIR/<name>.pid`, ignores SIGTERM and SIGINT (as
 /// a shard stuck in a long drain does) and never becomes ready.
 pub fn stubborn_shard(name: &str) -> String {
+    // The trap comes before the pid file: once a test sees the pid, signals are ignored.
     format!(
-        "echo $$ > \"$FAKE_DIR/{name}.tmp\" && mv \"$FAKE_DIR/{name}.tmp\" \"$FAKE_DIR/{name}.pid\"\n\
-         trap '' TERM INT\nexec sleep 300"
+        "trap '' TERM INT\n\
+         echo $$ > \"$FAKE_DIR/{name}.tmp\" && mv \"$FAKE_DIR/{name}.tmp\" \"$FAKE_DIR/{name}.pid\"\n\
+         exec sleep 300"
     )
 }
