@@ -175,11 +175,13 @@ fn server_ended(
     }
 }
 
-/// Waits until running and waiting sequences are done, or `timeout`.
+/// Waits until running and waiting sequences are done, or `timeout`. A timeout past what an
+/// `Instant` can hold (e.g. u64::MAX seconds, meant as "never") waits for them all; adding it
+/// panicked with an overflow.
 async fn drain(engine: &EngineHandle, timeout: Duration) {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now().checked_add(timeout);
     tracing::info!(?timeout, "draining");
-    while tokio::time::Instant::now() < deadline {
+    while deadline.is_none_or(|d| tokio::time::Instant::now() < d) {
         match engine.snapshot().await {
             Ok(s) if s.running + s.waiting > 0 => {}
             _ => return,
