@@ -70,13 +70,27 @@ pub fn link_nccl(dirs: &[PathBuf], link_dir: &Path) -> std::io::Result<Option<Pa
     };
     let lib = lib.canonicalize()?;
     std::fs::create_dir_all(link_dir)?;
-    let link = link_dir.join("libnccl.so");
-    // Replace a link left by an earlier run (it may point at another install).
-    if link.symlink_metadata().is_ok() {
-        std::fs::remove_file(&link)?;
-    }
-    std::os::unix::fs::symlink(&lib, &link)?;
+    replace_symlink(&lib, &link_dir.join("libnccl.so"))?;
     Ok(lib.parent().map(Path::to_path_buf))
+}
+
+/// Points `link` at `target`, replacing whatever link an earlier run left (it may point at
+/// another install). The cache may be a volume shared by several launchers (pods of one
+/// node), so this must never leave `link` missing, not even for an instant: the link is made
+/// under a unique name beside it, then renamed over it (rename(2) is atomic within one
+/// directory). Removing and recreating it let a second launcher find no link (its shards then
+/// failed to open NCCL) or fail itself with "File exists".
+fn replace_symlink(target: &Path, link: &Path) -> std::io::Result<()> {
+    // Unique across processes and containers (each may be pid 1 on a shared volume).
+    let tmp = link.with_file_name(format!(
+        ".libnccl.so.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::os::unix::fs::symlink(target, &tmp)?;
+    std::fs::rename(&tmp, link).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// `nvidia/nccl/lib` of the `python3` on PATH, where PyTorch's wheels put NCCL.
@@ -119,6 +133,57 @@ mod tests {
         );
         // Again (a restart): the old link is replaced, not an error.
         assert!(link_nccl(&dirs, &links).expect("relink").is_some());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// Launchers sharing a cache relink at the same time: every call succeeds and the link is
+    /// never missing. With remove-then-create, one saw no link or failed with EEXIST.
+    #[test]
+    fn concurrent_relinks_never_leave_the_link_missing() {
+        let root = temp("race");
+        let (wheel, links) = (root.join("wheel"), root.join("links"));
+        std::fs::create_dir_all(&wheel).expect("dir");
+        std::fs::write(wheel.join("libnccl.so.2"), b"ELF").expect("lib");
+        let dirs = [wheel];
+        link_nccl(&dirs, &links).expect("first link");
+        let link = links.join("libnccl.so");
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (missing, failures) = std::thread::scope(|s| {
+            let relinkers: Vec<_> = (0..3)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..2000)
+                            .filter(|_| link_nccl(&dirs, &links).is_err())
+                            .count()
+                    })
+                })
+                .collect();
+            let watcher = s.spawn(|| {
+                let mut missing = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    missing += usize::from(link.symlink_metadata().is_err());
+                }
+                missing
+            });
+            let failures: usize = relinkers
+                .into_iter()
+                .map(|h| h.join().expect("relinker"))
+                .sum();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            (watcher.join().expect("watcher"), failures)
+        });
+        assert_eq!(
+            (missing, failures),
+            (0, 0),
+            "(times missing, failed relinks)"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&links)
+            .expect("links")
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n != "libnccl.so")
+            .collect();
+        assert!(leftovers.is_empty(), "temporary links left: {leftovers:?}");
         let _ = std::fs::remove_dir_all(&root);
     }
 
