@@ -91,7 +91,9 @@ fn completion_body(
             let prefix = format.echo.get(index).map_or("", String::as_str);
             CompletionChoice {
                 index: index as u32,
-                logprobs: want_logprobs.then(|| logprobs::completion(&c.tokens, prefix.len())),
+                // Offsets count characters, as the tokens' own offsets do.
+                logprobs: want_logprobs
+                    .then(|| logprobs::completion(&c.tokens, prefix.chars().count())),
                 text: format!("{prefix}{}", c.text),
                 finish_reason: c.finish.map(|f| f.as_str()),
             }

@@ -29,6 +29,7 @@ pub fn chat(tokens: &[TokenDetail]) -> ChatLogprobs {
 }
 
 /// Legacy completions shape; `base_offset` shifts `text_offset` (e.g. past an echo).
+/// Offsets are in characters (Unicode code points), as OpenAI and vLLM give them.
 pub fn completion(tokens: &[TokenDetail], base_offset: usize) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     for t in tokens {

@@ -44,8 +44,9 @@ pub struct ChoiceState {
     decoder: IncrementalDecoder,
     stop: StopMatcher,
     want_logprobs: bool,
-    /// Bytes of text decoded so far (before stop-string hold-back), for `text_offset`.
-    decoded_len: usize,
+    /// Characters (code points, as OpenAI and vLLM count) decoded so far, before
+    /// stop-string hold-back, for `text_offset`.
+    decoded_chars: usize,
     pub completion_tokens: u32,
     pub finished: bool,
 }
@@ -62,7 +63,7 @@ impl ChoiceState {
             decoder,
             stop: StopMatcher::new(stop),
             want_logprobs,
-            decoded_len: 0,
+            decoded_chars: 0,
             completion_tokens: 0,
             finished: false,
         }
@@ -75,10 +76,13 @@ impl ChoiceState {
         tokenizer: &ModelTokenizer,
     ) -> Result<ChoiceUpdate, ApiError> {
         let mut decoded = String::new();
+        let mut chars = self.decoded_chars;
         let mut tokens = Vec::new();
         for (i, &id) in step.token_ids.iter().enumerate() {
-            let text_offset = self.decoded_len + decoded.len();
-            decoded.push_str(&self.decoder.push(id).map_err(detok_error)?);
+            let text_offset = chars;
+            let piece = self.decoder.push(id).map_err(detok_error)?;
+            chars += piece.chars().count();
+            decoded.push_str(&piece);
             if self.want_logprobs {
                 tokens.push(token_detail(
                     tokenizer,
@@ -92,7 +96,7 @@ impl ChoiceState {
         if step.finish.is_some() {
             decoded.push_str(&self.decoder.flush().map_err(detok_error)?);
         }
-        self.decoded_len += decoded.len();
+        self.decoded_chars += decoded.chars().count();
         let (mut text, finish) = match self.stop.push(&decoded) {
             StopOutcome::Stopped { emit } => (emit, Some(Finish::Stop)),
             StopOutcome::Continue { emit } => (emit, step.finish),
