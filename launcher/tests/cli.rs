@@ -218,3 +218,25 @@ fn serve_subcommand_takes_the_same_flags() {
     assert!(out.status.success());
     assert!(combined(&out).contains("--num-shards"));
 }
+
+/// A malformed or unreachable `--base-url` is named as such; both used to end in "could not
+/// list models (...); pass --model", which pointed at the wrong flag.
+#[test]
+fn bench_blames_a_bad_base_url_not_the_model() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .port();
+    let unreachable = format!("http://127.0.0.1:{closed}");
+    for url in [
+        "localhost:8000",
+        "http//127.0.0.1:8000",
+        unreachable.as_str(),
+    ] {
+        let out = pagedserve(&["bench", "--base-url", url, "--no-progress"]);
+        let text = combined(&out);
+        assert!(!out.status.success(), "{url}: {text}");
+        assert!(text.contains("--base-url"), "{url}: {text}");
+        assert!(!text.contains("pass --model"), "{url}: {text}");
+    }
+}

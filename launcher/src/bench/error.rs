@@ -32,6 +32,10 @@ pub enum BenchError {
     Usage(String),
     #[error("{url}: {message}")]
     Server { url: String, message: String },
+    #[error(
+        "--base-url `{url}` is not a server address ({reason}); expected e.g. http://127.0.0.1:8000"
+    )]
+    BaseUrl { url: String, reason: String },
     #[error("no prompt of the dataset passed the filters; nothing to send")]
     NoRequests,
     #[error("{path} is not a benchmark result: {message}")]

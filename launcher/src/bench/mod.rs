@@ -3,6 +3,7 @@
 //! same request bodies, same metric definitions).
 
 mod args;
+mod base_url;
 mod client;
 mod compare;
 mod dataset;
@@ -37,7 +38,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let client = reqwest::Client::builder()
         .build()
         .map_err(BenchError::Client)?;
-    let base_url = args.base_url.trim_end_matches('/').to_owned();
+    let base_url = base_url::parse(&args.base_url)?;
     let model = match &args.model {
         Some(m) => m.clone(),
         None => discover_model(&client, &base_url, args.api_key.as_deref()).await?,
@@ -166,12 +167,19 @@ async fn discover_model(client: &reqwest::Client, base: &str, key: Option<&str>)
     if let Some(key) = key {
         req = req.bearer_auth(key);
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| fail(format!("could not list models ({e}); pass --model")))?;
+    // No answer at all is a wrong --base-url or a server that is down: --model would not help.
+    let resp = req.send().await.map_err(|e| {
+        fail(format!(
+            "no server answered ({e}); check --base-url and that the server is running"
+        ))
+    })?;
     let status = resp.status();
     let body = resp.text().await.map_err(|e| fail(e.to_string()))?;
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(fail(format!(
+            "HTTP {status}: no model list here; check --base-url (without /v1), or pass --model"
+        )));
+    }
     if !status.is_success() {
         return Err(fail(format!("HTTP {status}: {}", body.trim())));
     }
