@@ -283,3 +283,45 @@ async fn broken_shard_stream_fails_requests_then_reconnects() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["choices"][0]["finish_reason"], "length");
 }
+
+#[tokio::test]
+async fn a_sequence_the_shard_fails_is_a_500_or_an_error_event_naming_the_cause() {
+    let Some(tokenizer) = common::tokenizer() else {
+        return;
+    };
+    // Every rejection the shard makes at submit (empty prompt, context, vocabulary,
+    // max_tokens, sampling ranges) the router checks first, so an ERROR finish is the
+    // engine's own failure: a server error, whose message says it came from the model
+    // shard and carries the shard's reason.
+    let mut cfg = config(script_of(&tokenizer, ANSWER));
+    cfg.fail_sequence_at = Some((3, "forward pass failed: out of memory"));
+    let Some(h) = Harness::start(vec![cfg], Options::default()).await else {
+        return;
+    };
+    let expected = "the model shard failed the request: forward pass failed: out of memory";
+    let body = json!({"prompt": "Hi", "max_tokens": 50});
+    let (status, err) = h.post_json("/v1/completions", body).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{err}");
+    assert_eq!(err["error"]["type"], "server_error", "{err}");
+    assert_eq!(err["error"]["message"], expected, "{err}");
+    // Streamed: the status was sent with the first byte, so the tokens so far, then one
+    // OpenAI error event, then [DONE] (checked by sse_payloads).
+    let stream = json!({"prompt": "Hi", "max_tokens": 50, "stream": true});
+    let response = h.post("/v1/completions", &stream.to_string(), None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let payloads = sse_payloads(&common::body_text(response).await);
+    let chunks: Vec<Value> = payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).expect("json"))
+        .collect();
+    let (error, tokens) = chunks.split_last().expect("an error event");
+    assert_eq!(error["error"]["type"], "server_error", "{payloads:?}");
+    assert_eq!(error["error"]["message"], expected, "{payloads:?}");
+    assert!(!tokens.is_empty(), "{payloads:?}");
+    assert!(
+        tokens
+            .iter()
+            .all(|c| c["choices"][0]["finish_reason"].is_null()),
+        "{payloads:?}"
+    );
+}

@@ -57,15 +57,14 @@ impl From<SequenceOutput> for SeqEvent {
             Ok(FinishReason::Length) => Some(Finish::Length),
             Ok(FinishReason::Stop) => Some(Finish::Stop),
             Ok(FinishReason::Cancelled) => {
-                return Self::Failed("the shard cancelled the sequence".into());
+                return Self::Failed("the model shard cancelled the request".into());
             }
-            Ok(FinishReason::Error) | Err(_) => {
-                let detail = if out.error.is_empty() {
-                    format!("finish reason {}", out.finish_reason)
-                } else {
-                    out.error
-                };
-                return Self::Failed(format!("the shard failed the sequence: {detail}"));
+            Ok(FinishReason::Error) => return Self::Failed(shard_error(&out.error)),
+            Err(_) => {
+                let reason = out.finish_reason;
+                return Self::Failed(format!(
+                    "the model shard ended the request with unknown finish reason {reason}"
+                ));
             }
         };
         Self::Step(StepTokens {
@@ -76,6 +75,18 @@ impl From<SequenceOutput> for SeqEvent {
             generated_tokens: out.generated_tokens,
             timings: out.timings,
         })
+    }
+}
+
+/// The client's message for an ERROR finish. It stays a server error: the proto carries
+/// only a free-text reason, and every rejection the shard makes at submit (prompt length,
+/// vocabulary, max_tokens, sampling ranges) the router validates first, so what is left
+/// is the engine failing (a forward pass) or the router itself (a duplicate id).
+fn shard_error(error: &str) -> String {
+    if error.is_empty() {
+        "the model shard failed the request without giving a reason".into()
+    } else {
+        format!("the model shard failed the request: {error}")
     }
 }
 
@@ -99,6 +110,14 @@ mod tests {
         assert!(!SeqEvent::from(out.clone()).is_terminal());
         out.finish_reason = FinishReason::Error as i32;
         out.error = "oom".into();
-        assert!(matches!(SeqEvent::from(out), SeqEvent::Failed(m) if m.contains("oom")));
+        assert!(matches!(SeqEvent::from(out.clone()), SeqEvent::Failed(m) if m.contains("oom")));
+        out.error.clear();
+        let expected = "the model shard failed the request without giving a reason";
+        assert_eq!(
+            SeqEvent::from(out.clone()),
+            SeqEvent::Failed(expected.into())
+        );
+        out.finish_reason = 99;
+        assert!(matches!(SeqEvent::from(out), SeqEvent::Failed(m) if m.contains("99")));
     }
 }

@@ -31,6 +31,9 @@ pub struct FakeConfig {
     pub vocab_size: u32,
     /// Break every Serve stream with an error when it reaches this step.
     pub fail_at_step: Option<u64>,
+    /// Finish every sequence with FINISH_REASON_ERROR and this message once it has
+    /// generated this many tokens (as the engine does when a forward pass fails).
+    pub fail_sequence_at: Option<(u32, &'static str)>,
 }
 
 #[derive(Clone)]
@@ -94,6 +97,18 @@ impl FakeShard {
     }
 
     fn output(&self, seq: &mut FakeSeq) -> SequenceOutput {
+        if let Some((at, error)) = self.config.fail_sequence_at
+            && seq.generated >= at
+        {
+            return SequenceOutput {
+                id: seq.id,
+                finish_reason: FinishReason::Error as i32,
+                prompt_tokens: seq.prompt_tokens,
+                generated_tokens: seq.generated,
+                error: error.into(),
+                ..Default::default()
+            };
+        }
         let script = &self.config.script;
         let position = seq.offset + seq.generated as usize;
         let (token, mut finish) = match script.get(position) {

@@ -79,6 +79,7 @@ pub fn config(script: Vec<u32>) -> FakeConfig {
         max_context: 256,
         vocab_size: 49152,
         fail_at_step: None,
+        fail_sequence_at: None,
     }
 }
 
