@@ -123,3 +123,44 @@ async fn prompt_ids_a_padded_model_has_are_served() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
     assert_eq!(err["error"]["param"], "prompt", "{err}");
 }
+
+#[tokio::test]
+async fn detokenize_shows_padded_model_ids_as_empty_text() {
+    // As generation and echo do: an id the model has past the tokenizer's 49,152 decodes to
+    // nothing, so the ids of any generated text detokenize. Ids neither has stay a 400.
+    let Some(h) = with_model_vocab(49_216).await else {
+        return;
+    };
+    let (status, body) = h
+        .post_json("/detokenize", json!({"tokens": [17, 49_200, 17]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let known = h.tokenizer.decode(&[17, 17], false).expect("decode");
+    assert_eq!(body["prompt"], known);
+    let (status, err) = h
+        .post_json("/detokenize", json!({"tokens": [17, 49_216]}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["error"]["param"], "tokens", "{err}");
+    let message = err["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("49216"), "{err}");
+}
+
+#[tokio::test]
+async fn detokenize_decodes_every_id_the_tokenizer_has() {
+    // A smaller model (40,000 rows) cannot take id 45,000 in a prompt, but detokenizing is
+    // the tokenizer's job: it has the id, so its text comes back.
+    let Some(h) = with_model_vocab(40_000).await else {
+        return;
+    };
+    let (status, body) = h
+        .post_json("/detokenize", json!({"tokens": [45_000]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let word = h.tokenizer.decode(&[45_000], false).expect("decode");
+    assert_eq!(body["prompt"], word);
+    let past = json!({"tokens": [49_152]});
+    let (status, err) = h.post_json("/detokenize", past).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["error"]["param"], "tokens", "{err}");
+}

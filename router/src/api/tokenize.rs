@@ -54,9 +54,24 @@ pub async fn detokenize(
     ApiJson(request): ApiJson<DetokenizeRequest>,
 ) -> Result<Json<DetokenizeResponse>, ApiError> {
     state.check_model(request.model.as_deref())?;
-    let prompt = state
-        .tokenizer
-        .decode(&request.tokens, false)
-        .map_err(|e| ApiError::invalid_param("tokens", e.to_string()))?;
+    let prompt = detokenize_ids(&state, &request.tokens)?;
     Ok(Json(DetokenizeResponse { prompt }))
+}
+
+/// Decodes like generation and echo do: an id only a padded model has (past the
+/// tokenizer's, below the model's `vocab_size`) is empty text, so the ids of any generated
+/// text round-trip. An id neither has is the client's mistake, a 400 naming `tokens`.
+fn detokenize_ids(state: &AppState, ids: &[u32]) -> Result<String, ApiError> {
+    // Every id the tokenizer has decodes, even past a smaller model's vocabulary.
+    let vocab = state.vocab_size().max(state.tokenizer.vocab_size());
+    if let Some(bad) = ids.iter().find(|id| **id as usize >= vocab) {
+        return Err(ApiError::invalid_param(
+            "tokens",
+            format!("Token id {bad} is out of vocabulary (size {vocab})."),
+        ));
+    }
+    state
+        .tokenizer
+        .decode_known(ids, false)
+        .map_err(|e| ApiError::invalid_param("tokens", e.to_string()))
 }
