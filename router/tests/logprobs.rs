@@ -45,3 +45,32 @@ async fn text_offset_counts_characters_not_bytes() {
     let text: Vec<char> = format!("{PROMPT}{ANSWER}").chars().collect();
     assert_eq!(text[offsets[1] as usize], ' ', "{offsets:?}");
 }
+
+#[tokio::test]
+async fn streamed_text_offset_counts_the_echoed_prompt() {
+    let Some(tokenizer) = common::tokenizer() else {
+        return;
+    };
+    let script = script_of(&tokenizer, ANSWER);
+    let Some(h) = Harness::start(vec![config(script)], Options::default()).await else {
+        return;
+    };
+    // Offsets index the choice's whole text, as unstreamed: the echoed prompt (sent in the
+    // first chunk) included, so both forms give the same offsets.
+    let body = json!({"prompt": PROMPT, "max_tokens": 50, "echo": true, "logprobs": 1});
+    let (_, whole) = h.post_json("/v1/completions", body.clone()).await;
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let response = h.post("/v1/completions", &streamed.to_string(), None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let payloads = common::sse_payloads(&common::body_text(response).await);
+    let mut text = String::new();
+    let mut streamed_offsets = Vec::new();
+    for payload in &payloads[..payloads.len() - 1] {
+        let chunk: Value = serde_json::from_str(payload).expect("json");
+        text.push_str(chunk["choices"][0]["text"].as_str().unwrap_or_default());
+        streamed_offsets.extend(offsets(&chunk["choices"][0]["logprobs"]));
+    }
+    assert_eq!(text, format!("{PROMPT}{ANSWER}"));
+    assert_eq!(streamed_offsets, offsets(&whole["choices"][0]["logprobs"]));
+}

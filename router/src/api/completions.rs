@@ -63,6 +63,7 @@ pub async fn completions(
         created: ids::now_unix(),
         model: state.model_name.clone(),
         include_usage: validated.include_usage,
+        echo_chars: echo.iter().map(|text| text.chars().count()).collect(),
         echo,
     };
     let meta = RequestMeta {
@@ -89,11 +90,11 @@ fn completion_body(
         .enumerate()
         .map(|(index, c)| {
             let prefix = format.echo.get(index).map_or("", String::as_str);
+            // Offsets count characters, as the tokens' own offsets do.
+            let base = format.echo_chars.get(index).copied().unwrap_or(0);
             CompletionChoice {
                 index: index as u32,
-                // Offsets count characters, as the tokens' own offsets do.
-                logprobs: want_logprobs
-                    .then(|| logprobs::completion(&c.tokens, prefix.chars().count())),
+                logprobs: want_logprobs.then(|| logprobs::completion(&c.tokens, base)),
                 text: format!("{prefix}{}", c.text),
                 finish_reason: c.finish.map(|f| f.as_str()),
             }
@@ -162,6 +163,9 @@ pub struct CompletionFormat {
     pub include_usage: bool,
     /// Per choice: the prompt text sent first when `echo` is on (else empty).
     pub echo: Vec<String>,
+    /// Per choice: the echo's length in characters, which shifts streamed `text_offset`s
+    /// as it does unstreamed ones (counted once, not per chunk).
+    pub echo_chars: Vec<usize>,
 }
 
 impl CompletionFormat {
@@ -196,7 +200,9 @@ impl ChunkFormat for CompletionFormat {
     }
 
     fn update(&self, update: ChoiceUpdate) -> Vec<String> {
-        let lp = (!update.tokens.is_empty()).then(|| logprobs::completion(&update.tokens, 0));
+        let base = self.echo_chars.get(update.index as usize).copied();
+        let lp = (!update.tokens.is_empty())
+            .then(|| logprobs::completion(&update.tokens, base.unwrap_or(0)));
         let choice = CompletionChunkChoice {
             index: update.index,
             text: update.text,
