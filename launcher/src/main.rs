@@ -8,6 +8,7 @@ mod default_model;
 mod error;
 mod hub;
 mod nccl;
+mod output;
 mod ports;
 mod readiness;
 mod serve;
@@ -40,6 +41,9 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(ansi)
+        // Through a queue with its own thread: a stalled reader of our stdout must not stall
+        // supervision or signal handling (see output.rs).
+        .with_writer(output::LogWriter::default)
         .init();
     let command = Cli::parse().into_command();
     // Current-thread on purpose: children are spawned from the main thread, which
@@ -63,11 +67,13 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string()),
         Command::Download(args) => runtime.block_on(download(args)).map_err(|e| e.to_string()),
     };
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err}");
             ExitCode::FAILURE
         }
-    }
+    };
+    output::flush_at_exit();
+    code
 }

@@ -245,12 +245,19 @@ fn send_signal(child: &Child, signal: i32) {
 }
 
 /// Copies a child's output line by line with a prefix, so N shards' logs stay readable.
+/// Lines are queued, never written here: a stuck reader of our output must not stall this
+/// (runtime) thread nor, through a full pipe, the child (see output.rs).
 async fn pump(stream: impl AsyncRead + Unpin, prefix: String, to_stderr: bool) {
-    use std::io::Write;
+    let sink = if to_stderr {
+        crate::output::stderr()
+    } else {
+        crate::output::stdout()
+    };
     let mut reader = BufReader::new(stream);
-    let mut line = Vec::with_capacity(256);
     loop {
-        line.clear();
+        // One queued line, prefix included, keeps lines from different children whole.
+        let mut line = Vec::with_capacity(prefix.len() + 256);
+        line.extend_from_slice(prefix.as_bytes());
         match reader.read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
@@ -258,19 +265,7 @@ async fn pump(stream: impl AsyncRead + Unpin, prefix: String, to_stderr: bool) {
         if !line.ends_with(b"\n") {
             line.push(b'\n');
         }
-        // One locked write per line keeps lines from different children whole.
-        let written = if to_stderr {
-            let mut err = std::io::stderr().lock();
-            err.write_all(prefix.as_bytes())
-                .and_then(|()| err.write_all(&line))
-        } else {
-            let mut out = std::io::stdout().lock();
-            out.write_all(prefix.as_bytes())
-                .and_then(|()| out.write_all(&line))
-        };
-        if written.is_err() {
-            return; // our own output is gone; nothing useful left to do with the child's
-        }
+        sink.send(line);
     }
 }
 

@@ -116,3 +116,41 @@ fn a_signal_during_the_model_download_is_handled() {
         launcher.output()
     );
 }
+
+/// Nobody reads the launcher's stdout (`pagedserve | less` paused, a stalled log sidecar)
+/// while a shard logs without pause: SIGTERM still stops everything. Child output was copied
+/// with blocking writes on the launcher's only runtime thread, so once the pipe was full the
+/// signal was never handled and the launcher hung with its children.
+#[test]
+fn a_stuck_stdout_reader_does_not_stop_signal_handling() {
+    let chatty = "echo $$ > \"$FAKE_DIR/shard.tmp\" && mv \"$FAKE_DIR/shard.tmp\" \"$FAKE_DIR/shard.pid\"\n\
+                  exec yes 'loading weights... a long and chatty log line from a fake shard'";
+    let fake = FakeDeployment::new("stuck-stdout", chatty, "exit 1");
+    let model = fake.model();
+    let mut launcher = fake.launch_unread_stdout(
+        &["--model", &model, "--host", "127.0.0.1", "--port", "0"],
+        &[],
+    );
+    assert!(
+        poll(PATIENCE, || fake.pid("shard.pid").is_some()),
+        "the fake shard never started:\n{}",
+        launcher.output()
+    );
+    let shard = fake.pid("shard.pid").unwrap_or_default();
+    assert!(
+        poll(PATIENCE, || launcher.stdout_pipe_full()),
+        "the launcher's stdout pipe never filled:\n{}",
+        launcher.output()
+    );
+    launcher.signal(libc::SIGTERM);
+    let status = launcher.wait_exit(PATIENCE);
+    assert!(
+        status.is_some(),
+        "the launcher did not exit after SIGTERM with its stdout stuck:\n{}",
+        launcher.output()
+    );
+    assert!(
+        poll(PATIENCE, || !alive(shard)),
+        "the shard outlived the launcher"
+    );
+}

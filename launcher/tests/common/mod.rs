@@ -4,9 +4,10 @@
 #![allow(dead_code)] // each test file uses its own part
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,16 @@ impl FakeDeployment {
 
     /// Starts `pagedserve <args>` with this directory's children.
     pub fn launch(&self, args: &[&str], env: &[(&str, &str)]) -> Launcher {
+        self.launch_with(args, env, true)
+    }
+
+    /// Like `launch`, but nobody reads the launcher's stdout (a paused `pagedserve | less`):
+    /// the pipe stays open and fills up. `output()` then has only stderr.
+    pub fn launch_unread_stdout(&self, args: &[&str], env: &[(&str, &str)]) -> Launcher {
+        self.launch_with(args, env, false)
+    }
+
+    fn launch_with(&self, args: &[&str], env: &[(&str, &str)], read_stdout: bool) -> Launcher {
         let mut command = Command::new(env!("CARGO_BIN_EXE_pagedserve"));
         command
             .args(args)
@@ -72,8 +83,13 @@ impl FakeDeployment {
             .spawn()
             .unwrap_or_else(|e| panic!("run pagedserve: {e}"));
         let output = Arc::new(Mutex::new(String::new()));
+        let mut unread = None;
         if let Some(out) = child.stdout.take() {
-            collect(out, Arc::clone(&output));
+            if read_stdout {
+                collect(out, Arc::clone(&output));
+            } else {
+                unread = Some(out);
+            }
         }
         if let Some(err) = child.stderr.take() {
             collect(err, Arc::clone(&output));
@@ -81,6 +97,7 @@ impl FakeDeployment {
         Launcher {
             child,
             output,
+            unread,
             dir: self.dir.clone(),
         }
     }
@@ -108,6 +125,8 @@ fn collect(stream: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
 pub struct Launcher {
     child: Child,
     output: Arc<Mutex<String>>,
+    /// The read end of a stdout pipe nobody reads (see `launch_unread_stdout`).
+    unread: Option<ChildStdout>,
     dir: PathBuf,
 }
 
@@ -119,6 +138,23 @@ impl Launcher {
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child, which is not reaped while `self` lives.
         assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0, "kill");
+    }
+
+    /// True when the unread stdout pipe is full: whoever writes to it next blocks.
+    pub fn stdout_pipe_full(&self) -> bool {
+        let Some(fd) = self.unread.as_ref().map(AsRawFd::as_raw_fd) else {
+            return false;
+        };
+        let mut queued: libc::c_int = 0;
+        // SAFETY: fcntl and ioctl(FIONREAD) on a pipe fd we own, into a c_int we own.
+        let (capacity, ok) = unsafe {
+            (
+                libc::fcntl(fd, libc::F_GETPIPE_SZ),
+                libc::ioctl(fd, libc::FIONREAD, &mut queued) == 0,
+            )
+        };
+        // Within a line or two of full: a write that does not fit waits.
+        ok && capacity > 0 && queued >= capacity - 4096
     }
 
     /// Stdout and stderr so far.
