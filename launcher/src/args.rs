@@ -170,7 +170,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub threads_per_shard: Option<usize>,
 
-    /// Seconds to wait for every shard and the router to become ready.
+    /// Seconds to wait, in all, for every shard and then the router to become ready: one
+    /// deadline from the start of the shards (a model download before it does not count).
     #[arg(
         long,
         default_value_t = 600,

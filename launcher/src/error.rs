@@ -60,7 +60,10 @@ pub enum LaunchError {
     #[error("{name} exited during start-up ({status}); see its log above")]
     DiedDuringStartup { name: String, status: String },
 
-    #[error("{name} was not ready after {secs} s")]
+    #[error(
+        "{name} was not ready {secs} s after start-up began (--startup-timeout-secs covers \
+         every shard and the router)"
+    )]
     StartupTimeout { name: String, secs: u64 },
 
     #[error("{name} exited unexpectedly ({status}); stopped the others")]

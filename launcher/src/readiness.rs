@@ -17,18 +17,35 @@ use crate::supervise::Supervisor;
 const POLL_EVERY: Duration = Duration::from_millis(250);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Polls `probe` until it returns true; fails when any child exits or `timeout` passes.
+/// One deadline for the whole start-up (every shard, then the router), as
+/// `--startup-timeout-secs` promises: each wait used to get the full timeout afresh, so the
+/// launcher could wait about twice as long as asked before giving up.
+#[derive(Debug, Clone, Copy)]
+pub struct StartupDeadline {
+    at: Instant,
+    secs: u64,
+}
+
+impl StartupDeadline {
+    pub fn after(timeout: Duration) -> Self {
+        Self {
+            at: Instant::now() + timeout,
+            secs: timeout.as_secs(),
+        }
+    }
+}
+
+/// Polls `probe` until it returns true; fails when any child exits or `deadline` passes.
 pub async fn wait_until<F, Fut>(
     sup: &mut Supervisor,
     what: &str,
-    timeout: Duration,
+    deadline: StartupDeadline,
     mut probe: F,
 ) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
     loop {
         if let Some(exit) = sup.poll_exit() {
             return Err(LaunchError::DiedDuringStartup {
@@ -39,10 +56,10 @@ where
         if tokio::time::timeout(PROBE_TIMEOUT, probe()).await == Ok(true) {
             return Ok(());
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline.at {
             return Err(LaunchError::StartupTimeout {
                 name: what.to_owned(),
-                secs: timeout.as_secs(),
+                secs: deadline.secs,
             });
         }
         tokio::time::sleep(POLL_EVERY).await;

@@ -128,7 +128,9 @@ fn check_tensor_parallel(args: &ServeArgs) -> Result<()> {
 }
 
 async fn start(args: &ServeArgs, plan: &Plan, sup: &mut Supervisor) -> Result<()> {
-    let timeout = Duration::from_secs(args.startup_timeout_secs);
+    // One deadline for all of start-up, shards and router alike (see StartupDeadline).
+    let deadline =
+        readiness::StartupDeadline::after(Duration::from_secs(args.startup_timeout_secs));
     tracing::info!(
         model = %plan.model.display(),
         shards = plan.shard_ports.len(),
@@ -146,13 +148,13 @@ async fn start(args: &ServeArgs, plan: &Plan, sup: &mut Supervisor) -> Result<()
     // serves only once every rank has joined and loaded.
     for (id, &port) in plan.shard_ports.iter().enumerate() {
         let what = format!("shard-{id} (127.0.0.1:{port})");
-        readiness::wait_until(sup, &what, timeout, || readiness::shard_serving(port)).await?;
+        readiness::wait_until(sup, &what, deadline, || readiness::shard_serving(port)).await?;
         tracing::info!("shard-{id} is serving on 127.0.0.1:{port}");
     }
     sup.spawn(children::router_spec(args, plan)?)?;
     let probe_host = readiness::probe_host(&args.host).to_owned();
     let what = format!("router ({}:{})", args.host, args.port);
-    readiness::wait_until(sup, &what, timeout, || {
+    readiness::wait_until(sup, &what, deadline, || {
         readiness::http_healthy(&probe_host, args.port)
     })
     .await?;
