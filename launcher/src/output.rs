@@ -116,7 +116,7 @@ fn write_all(name: &str, mut writer: impl Write, queue: Receiver<Message>) {
                 true
             }
         };
-        broken = !written;
+        broken |= !written; // once broken, stays broken: no more writes are tried
     }
 }
 
@@ -253,5 +253,30 @@ mod tests {
             sink.send(b"x\n".to_vec());
             assert!(sink.flush(Duration::from_secs(30)), "still drained");
         }
+    }
+
+    #[test]
+    fn a_broken_writer_is_not_written_again() {
+        struct Counting(Arc<AtomicU64>);
+        impl Write for Counting {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                self.0.fetch_add(1, Ordering::Relaxed);
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let attempts = Arc::new(AtomicU64::new(0));
+        let sink = Sink::new("broken", Counting(Arc::clone(&attempts)), 16);
+        for _ in 0..5 {
+            sink.send(b"x\n".to_vec());
+        }
+        assert!(sink.flush(Duration::from_secs(30)), "drained");
+        assert_eq!(
+            attempts.load(Ordering::Relaxed),
+            1,
+            "one failed write is enough"
+        );
     }
 }
