@@ -4,12 +4,18 @@
 //! (never an L2 hit between calls), random inputs, CUDA events around back-to-back calls after
 //! warm-up, median of 7 samples. Prints GB/s of weight bytes read (what bounds these shapes)
 //! as a share of the device's copy bandwidth, and one layer's total time per kernel.
+//!
+//! Then prefill-sized steps (512, 2048, 8192 rows), where the FLOPs bound: cuBLAS's GEMM (what
+//! the engine calls) against cuBLASLt's heuristic pick with a 32 MiB workspace, in TFLOP/s per
+//! shape and for the whole layer, to tell how much of a prefill step's ~560 TFLOP/s gap to the
+//! H100's 989 is in the GEMMs themselves (`scripts/sharegpt_bound.py` ranks it first).
 //! Usage: `linear_bench [ptx-cache-dir]`.
 
 mod common;
 
 use common::{Bench, Res};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
+use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 use pagedserve_kernels::GEMV_MAX_ROWS;
@@ -94,6 +100,83 @@ fn main() -> Res<()> {
                 us[2],
                 us[3],
                 100.0 * bytes / (total * 1e-6) / 1e9 / copy
+            );
+        }
+    }
+    prefill(&b, &blas, &weights)
+}
+
+/// Prefill-sized GEMMs: TFLOP/s of cuBLAS and cuBLASLt per shape and per layer.
+fn prefill(b: &Bench, blas: &CudaBlas, weights: &[Vec<CudaSlice<bf16>>]) -> Res<()> {
+    let lt = CudaBlasLT::new(b.stream.clone())?;
+    println!("\n| rows | library | qkv | o | gate_up | down | layer TFLOP/s |");
+    println!("|---|---|---|---|---|---|---|");
+    for rows in [512usize, 2048, 8192] {
+        let x = b.random_bf16(rows * 14336, 9, 0.05)?;
+        let mut y = b.random_bf16(rows * 28672, 10, 0.05)?;
+        for library in ["cublas", "cublaslt"] {
+            let mut ms = Vec::new();
+            for (i, &(_, n, kk)) in SHAPES.iter().enumerate() {
+                let w = &weights[i];
+                ms.push(b.time(|call| {
+                    let w = &w[call % COPIES];
+                    let xv = x.slice(..rows * kk);
+                    let mut yv = y.slice_mut(..rows * n);
+                    // Column-major y^T [n, rows] = w^T (w is [n, k] row-major) x^T, as the
+                    // engine's Gemm::matmul computes it.
+                    match library {
+                        "cublas" => {
+                            let cfg = GemmConfig {
+                                transa: cublasOperation_t::CUBLAS_OP_T,
+                                transb: cublasOperation_t::CUBLAS_OP_N,
+                                m: n as i32,
+                                n: rows as i32,
+                                k: kk as i32,
+                                alpha: bf16::ONE,
+                                lda: kk as i32,
+                                ldb: kk as i32,
+                                beta: bf16::ZERO,
+                                ldc: n as i32,
+                            };
+                            // SAFETY: views sized for this shape.
+                            unsafe { blas.gemm(cfg, w, &xv, &mut yv) }?;
+                        }
+                        _ => {
+                            let cfg = MatmulConfig {
+                                transa: true,
+                                transb: false,
+                                transc: false,
+                                m: n as u64,
+                                n: rows as u64,
+                                k: kk as u64,
+                                alpha: 1.0,
+                                lda: kk as i64,
+                                ldb: kk as i64,
+                                beta: 0.0,
+                                ldc: n as i64,
+                                stride_a: None,
+                                stride_b: None,
+                                stride_c: None,
+                                stride_bias: None,
+                                batch_size: None,
+                            };
+                            // SAFETY: views sized for this shape; no bias, no epilogue.
+                            unsafe { lt.matmul(cfg, &w.as_view(), &xv, &mut yv, None, None) }?;
+                        }
+                    }
+                    Ok(())
+                })?);
+            }
+            let tflops = |n: usize, k: usize, ms: f64| 2.0 * (rows * n * k) as f64 / ms / 1e9;
+            let flops: f64 = SHAPES.iter().map(|&(_, n, k)| 2.0 * (rows * n * k) as f64).sum();
+            let total: f64 = ms.iter().sum();
+            println!(
+                "| {rows} | {library} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                tflops(SHAPES[0].1, SHAPES[0].2, ms[0]),
+                tflops(SHAPES[1].1, SHAPES[1].2, ms[1]),
+                tflops(SHAPES[2].1, SHAPES[2].2, ms[2]),
+                tflops(SHAPES[3].1, SHAPES[3].2, ms[3]),
+                flops / total / 1e9
             );
         }
     }
