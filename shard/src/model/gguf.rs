@@ -6,7 +6,7 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 
 use crate::model::config::opt_usize;
@@ -28,9 +28,15 @@ impl GgufFile {
             path: path.to_path_buf(),
             source,
         };
-        let mut reader = BufReader::new(File::open(path).map_err(io)?);
+        let file = File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let mut reader = BufReader::new(file);
         let content = Content::read(&mut reader)
             .map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
+        for (name, info) in &content.tensor_infos {
+            check_tensor_extent(name, info, content.tensor_data_offset, file_len)
+                .map_err(|e| ModelError::Format(format!("{}: {e}", path.display())))?;
+        }
         Ok(Self {
             path: path.to_path_buf(),
             content,
@@ -72,7 +78,7 @@ impl GgufFile {
             .tensor_infos
             .values()
             .map(|t| t.shape.elem_count())
-            .sum()
+            .fold(0usize, usize::saturating_add)
     }
 
     /// The weight type holding most elements among the matrices, e.g. "q4_1".
@@ -84,7 +90,8 @@ impl GgufFile {
             .values()
             .filter(|t| t.shape.rank() >= 2)
         {
-            *by_type.entry(info.ggml_dtype).or_default() += info.shape.elem_count();
+            let n = by_type.entry(info.ggml_dtype).or_default();
+            *n = n.saturating_add(info.shape.elem_count());
         }
         by_type
             .into_iter()
@@ -121,6 +128,47 @@ impl GgufFile {
             }
         }
         Ok(ids)
+    }
+}
+
+/// Checks that a tensor's element count and byte size fit in `usize` and that its bytes lie
+/// inside the file. candle computes both with unchecked products when the tensor is read, so
+/// a crafted or corrupt dimension (say 2^40 x 2^40) overflowed there: a panic in debug
+/// builds, and in release a wrapped size that passed candle's bounds check and reached an
+/// out-of-bounds `slice::from_raw_parts`. Checking at open also turns a truncated download
+/// into one error up front instead of one after the layers before the cut were loaded.
+fn check_tensor_extent(
+    name: &str,
+    info: &TensorInfo,
+    data_offset: u64,
+    file_len: u64,
+) -> Result<(), String> {
+    let dims = info.shape.dims();
+    let elems = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("tensor {name}: shape {dims:?} overflows"))?;
+    let block = info.ggml_dtype.block_size();
+    if !elems.is_multiple_of(block) {
+        return Err(format!(
+            "tensor {name}: {elems} elements are not whole {} blocks of {block}",
+            dtype_name(info.ggml_dtype)
+        ));
+    }
+    let bytes = (elems / block)
+        .checked_mul(info.ggml_dtype.type_size())
+        .and_then(|b| u64::try_from(b).ok())
+        .ok_or_else(|| format!("tensor {name}: shape {dims:?} overflows"))?;
+    let end = data_offset
+        .checked_add(info.offset)
+        .and_then(|start| start.checked_add(bytes));
+    match end {
+        Some(end) if end <= file_len => Ok(()),
+        _ => Err(format!(
+            "tensor {name} ({bytes} bytes at data offset {}) runs past the end of the file \
+             ({file_len} bytes): truncated or corrupt",
+            info.offset
+        )),
     }
 }
 
@@ -178,6 +226,37 @@ mod tests {
         assert_eq!(dtype_name(GgmlDType::Q4_1), "q4_1");
         assert_eq!(dtype_name(GgmlDType::Q4K), "q4_k");
         assert_eq!(dtype_name(GgmlDType::BF16), "bf16");
+    }
+
+    fn info(dims: &[usize], offset: u64) -> TensorInfo {
+        TensorInfo {
+            ggml_dtype: GgmlDType::F32,
+            shape: dims.to_vec().into(),
+            offset,
+        }
+    }
+
+    #[test]
+    fn tensor_extent_must_fit_usize_and_the_file() {
+        assert_eq!(
+            check_tensor_extent("t", &info(&[4, 8], 0), 64, 64 + 128),
+            Ok(())
+        );
+        let overflow = check_tensor_extent("t", &info(&[1 << 40, 1 << 40], 0), 64, 1 << 20);
+        assert!(overflow.unwrap_err().contains("overflows"));
+        // Fits usize as elements, not as bytes (4 bytes each).
+        let bytes = check_tensor_extent("t", &info(&[1 << 62], 0), 64, 1 << 20);
+        assert!(bytes.unwrap_err().contains("overflows"));
+        let past = check_tensor_extent("t", &info(&[4, 8], 1), 64, 64 + 128);
+        assert!(past.unwrap_err().contains("past the end"), "one byte short");
+        let wrap = check_tensor_extent("t", &info(&[4], u64::MAX - 8), 64, 1 << 20);
+        assert!(wrap.unwrap_err().contains("past the end"));
+        let q = TensorInfo {
+            ggml_dtype: GgmlDType::Q4_1,
+            ..info(&[33], 0)
+        };
+        let partial = check_tensor_extent("t", &q, 64, 1 << 20);
+        assert!(partial.unwrap_err().contains("blocks of 32"));
     }
 
     #[test]
