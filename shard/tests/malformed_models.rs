@@ -233,3 +233,22 @@ fn gguf_tensor_past_the_end_is_an_error_naming_the_tensor() {
         "{err}"
     );
 }
+
+fn gguf_with(dir: &Path, key: &'static str, value: Value) -> Vec<u8> {
+    let mut md = tiny_metadata();
+    md.retain(|(k, _)| *k != key);
+    md.push((key, value));
+    let path = dir.join("edited.gguf");
+    write_gguf(&path, &md, &tiny_tensors());
+    std::fs::read(&path).expect("read back")
+}
+
+/// A context length of 2^32 - 1 used to size the RoPE table (positions x rope_dim floats,
+/// 64 GiB here) and abort on allocation; the table now stops at what the KV cache holds.
+#[test]
+fn huge_context_length_does_not_size_allocations() {
+    let dir = TempDir::new("ctx");
+    let bytes = gguf_with(&dir.0, "llama.context_length", Value::U32(u32::MAX));
+    let model = load_bytes(&dir.0, "ctx.gguf", &bytes).expect("loads");
+    assert_eq!(model.info().max_context, u32::MAX as usize);
+}

@@ -85,7 +85,7 @@ impl<B: Backend> Llama<B> {
             cfg.rope_dim,
             cfg.rope_base,
             freq_factors.as_deref(),
-            cfg.max_context,
+            rope_positions(&cfg, &kv),
         );
         let rope = backend.load_rope(table)?;
         let cache = backend
@@ -255,6 +255,15 @@ fn kv_layout<B: Backend>(
         )));
     }
     Ok(kv)
+}
+
+/// Positions the RoPE table covers: no sequence gets longer than the KV cache holds (the
+/// engine caps it there), so the table stops there too. Sized by `context_length` alone, a
+/// corrupt or crafted value (say 2^32) made the table terabytes and aborted the process on
+/// allocation; found by the GGUF byte-flip test in tests/malformed_models.rs.
+fn rope_positions(cfg: &LlamaConfig, kv: &KvLayout) -> usize {
+    cfg.max_context
+        .min(kv.num_blocks.saturating_mul(kv.block_size))
 }
 
 fn model_name(opts: &LoadOptions) -> String {
