@@ -252,3 +252,16 @@ fn huge_context_length_does_not_size_allocations() {
     let model = load_bytes(&dir.0, "ctx.gguf", &bytes).expect("loads");
     assert_eq!(model.info().max_context, u32::MAX as usize);
 }
+
+/// `general.alignment = 0` made candle's reader divide by zero while computing where the
+/// tensor data starts.
+#[test]
+fn zero_alignment_is_an_error() {
+    let dir = TempDir::new("align");
+    let bytes = gguf_with(&dir.0, "general.alignment", Value::U32(0));
+    let err = load_err(&dir.0, "align.gguf", &bytes);
+    assert!(
+        err.contains("align.gguf") && err.contains("alignment"),
+        "{err}"
+    );
+}
