@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use pagedserve_shard::model::{CausalLm, LoadOptions, ModelError, load_model};
+use pagedserve_shard::model::{CausalLm, LoadOptions, ModelError, SeqChunk, load_model};
 
 const HIDDEN: usize = 8;
 const HEADS: usize = 2;
@@ -264,4 +264,182 @@ fn zero_alignment_is_an_error() {
         err.contains("align.gguf") && err.contains("alignment"),
         "{err}"
     );
+}
+
+fn gguf_with_shape(dir: &Path, name: &str, dims: &[usize]) -> Vec<u8> {
+    let mut tensors = tiny_tensors();
+    for (n, t) in tensors.iter_mut() {
+        if n == name {
+            *t = f32_tensor(dims, 0);
+        }
+    }
+    let path = dir.join("shaped.gguf");
+    write_gguf(&path, &tiny_metadata(), &tensors);
+    std::fs::read(&path).expect("read back")
+}
+
+/// A tensor whose shape disagrees with the config must fail the load with its name, not
+/// load and then panic (or compute garbage) in the first forward pass.
+#[test]
+fn tensor_shapes_must_match_the_config() {
+    let dir = TempDir::new("shapes");
+    let hd = HIDDEN / HEADS;
+    let cases: Vec<(&str, Vec<usize>)> = vec![
+        ("blk.0.attn_q.weight", vec![HEADS * hd, HIDDEN + 4]),
+        ("blk.0.attn_k.weight", vec![2 * KV_HEADS * hd, HIDDEN]),
+        ("blk.0.attn_v.weight", vec![KV_HEADS * hd]),
+        ("blk.0.attn_output.weight", vec![HIDDEN, 2 * HEADS * hd]),
+        ("blk.0.ffn_gate.weight", vec![FFN + 4, HIDDEN]),
+        ("blk.0.ffn_up.weight", vec![FFN, 2 * HIDDEN]),
+        ("blk.0.ffn_down.weight", vec![HIDDEN, FFN / 2]),
+        ("blk.0.attn_norm.weight", vec![HIDDEN * 2]),
+        ("blk.0.ffn_norm.weight", vec![1]),
+        ("output_norm.weight", vec![HIDDEN + 4]),
+    ];
+    let mut wrong = Vec::new();
+    for (name, dims) in cases {
+        let bytes = gguf_with_shape(&dir.0, name, &dims);
+        let path = dir.0.join("shaped.gguf");
+        std::fs::write(&path, &bytes).expect("write");
+        let stepped = catch_unwind(AssertUnwindSafe(|| {
+            let mut model = load_model(&opts(&path))?;
+            let chunk = SeqChunk {
+                tokens: &[1, 2, 3],
+                start_pos: 0,
+                block_table: &[0],
+                need_logits: true,
+            };
+            model.forward(&[chunk])
+        }));
+        match stepped {
+            Err(_) => wrong.push(format!("{name} {dims:?}: panicked")),
+            Ok(Ok(_)) => wrong.push(format!("{name} {dims:?}: loaded and ran")),
+            Ok(Err(e)) if !e.to_string().contains(name) => {
+                wrong.push(format!("{name} {dims:?}: error without the name: {e}"))
+            }
+            Ok(Err(_)) => {}
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// Config values no model has are errors at load, naming the value.
+#[test]
+fn absurd_gguf_config_values_are_errors() {
+    let dir = TempDir::new("cfg");
+    let cases = [
+        ("llama.embedding_length", Value::U32(0), "hidden size is 0"),
+        (
+            "llama.feed_forward_length",
+            Value::U32(0),
+            "feed-forward size is 0",
+        ),
+        ("llama.block_count", Value::U32(0), "layer count is 0"),
+        (
+            "llama.block_count",
+            Value::U64(1 << 60),
+            "missing tensor blk.1",
+        ),
+        ("llama.attention.key_length", Value::U32(0), "head dim is 0"),
+        (
+            "llama.attention.key_length",
+            Value::U64(1 << 63),
+            "overflows",
+        ),
+        ("llama.context_length", Value::U32(0), "context length is 0"),
+        ("llama.rope.freq_base", Value::F32(f32::NAN), "rope base"),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(-1.0),
+            "epsilon",
+        ),
+        (
+            "llama.attention.head_count",
+            Value::U32(4),
+            "blk.0.attn_k.weight",
+        ),
+    ];
+    for (key, value, want) in cases {
+        let bytes = gguf_with(&dir.0, key, value.clone());
+        let err = load_err(&dir.0, "cfg.gguf", &bytes);
+        assert!(err.contains(want), "{key} = {value:?}: {err}");
+        assert!(err.contains("cfg.gguf"), "{key} = {value:?}: {err}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read fixture dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+fn hf_fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/hf/llama")
+}
+
+fn hf_load_err(dir: &Path) -> String {
+    match try_load(dir).unwrap_or_else(|msg| panic!("{} panicked: {msg}", dir.display())) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn absurd_hf_config_values_are_errors() {
+    let tmp = TempDir::new("hfcfg");
+    let text = std::fs::read_to_string(hf_fixture().join("config.json")).expect("config");
+    let cases = [
+        (
+            "\"hidden_size\": 128",
+            "\"hidden_size\": 0",
+            "hidden size is 0",
+        ),
+        (
+            "\"num_key_value_heads\": 1",
+            "\"num_key_value_heads\": 0",
+            "KV heads",
+        ),
+        (
+            "\"num_attention_heads\": 2",
+            "\"num_attention_heads\": 3",
+            "blk.0.attn_q.weight",
+        ),
+        (
+            "\"head_dim\": 64",
+            "\"head_dim\": 32",
+            "blk.0.attn_q.weight",
+        ),
+        (
+            "\"intermediate_size\": 128",
+            "\"intermediate_size\": 0",
+            "feed-forward",
+        ),
+        (
+            "\"num_hidden_layers\": 2",
+            "\"num_hidden_layers\": 0",
+            "layer count",
+        ),
+        (
+            "\"num_hidden_layers\": 2",
+            "\"num_hidden_layers\": 3",
+            "blk.2",
+        ),
+        ("\"rms_norm_eps\": 1e-06", "\"rms_norm_eps\": 0", "epsilon"),
+        (
+            "\"max_position_embeddings\": 128",
+            "\"max_position_embeddings\": 0",
+            "context",
+        ),
+        ("\"hidden_size\": 128", "\"hidden_size\": -1", "config.json"),
+    ];
+    for (n, (from, to, want)) in cases.into_iter().enumerate() {
+        let dir = tmp.0.join(format!("case{n}"));
+        copy_dir(&hf_fixture(), &dir);
+        assert!(text.contains(from), "{from}");
+        std::fs::write(dir.join("config.json"), text.replace(from, to)).expect("write");
+        let err = hf_load_err(&dir);
+        assert!(err.contains(want), "{to}: {err}");
+    }
 }

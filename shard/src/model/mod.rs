@@ -11,6 +11,7 @@ mod config;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
+mod shapes;
 pub mod source;
 pub mod tp;
 
@@ -169,9 +170,22 @@ pub fn open_source(path: &std::path::Path) -> Result<Box<dyn ModelSource>, Model
                 path.display()
             )));
         }
-        return Ok(Box::new(hf::HfSource::open(path)?));
+        let source = hf::HfSource::open(path)?;
+        return checked(path, Box::new(source));
     }
-    Ok(Box::new(gguf::GgufFile::open(path)?))
+    checked(path, Box::new(gguf::GgufFile::open(path)?))
+}
+
+/// The source, once its config and tensor shapes agree (see [`shapes`]); errors name the file.
+fn checked(
+    path: &std::path::Path,
+    source: Box<dyn ModelSource>,
+) -> Result<Box<dyn ModelSource>, ModelError> {
+    match shapes::check_model(source.as_ref()) {
+        Ok(()) => Ok(source),
+        Err(ModelError::Format(e)) => Err(ModelError::Format(format!("{}: {e}", path.display()))),
+        Err(e) => Err(e),
+    }
 }
 
 /// Loads a model (GGUF file or HF directory) onto `opts.device` with a KV cache sized from
