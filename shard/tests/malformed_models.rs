@@ -443,3 +443,50 @@ fn absurd_hf_config_values_are_errors() {
         assert!(err.contains(want), "{to}: {err}");
     }
 }
+
+/// The HF fixture's `model.safetensors` replaced by `bytes`.
+fn hf_with_weights(root: &Path, bytes: &[u8]) -> PathBuf {
+    let dir = root.join("st");
+    if !dir.exists() {
+        copy_dir(&hf_fixture(), &dir);
+    }
+    std::fs::write(dir.join("model.safetensors"), bytes).expect("write");
+    dir
+}
+
+#[test]
+fn truncated_or_flipped_safetensors_never_panic() {
+    let tmp = TempDir::new("st");
+    let bytes = std::fs::read(hf_fixture().join("model.safetensors")).expect("fixture");
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    // Every cut in and just past the header, then a stride through the data.
+    let cuts = (0..header + 64).chain((header + 64..bytes.len()).step_by(4099));
+    let mut wrong = Vec::new();
+    for len in cuts {
+        let dir = hf_with_weights(&tmp.0, &bytes[..len]);
+        match try_load(&dir) {
+            Err(msg) => wrong.push(format!("cut {len}: panicked: {msg}")),
+            Ok(Ok(_)) => wrong.push(format!("cut {len}: loaded")),
+            Ok(Err(e)) if !e.to_string().contains("safetensors") => {
+                wrong.push(format!("cut {len}: error names no file: {e}"))
+            }
+            Ok(Err(_)) => {}
+        }
+    }
+    let mut rng = Rng(0xfeed_beef_0123_4567);
+    for round in 0..300 {
+        let mut m = bytes.clone();
+        for _ in 0..1 + rng.below(3) {
+            let at = rng.below(header);
+            m[at] = match rng.below(2) {
+                0 => m[at] ^ (1 << rng.below(8)),
+                _ => b"0123456789[]{},:\"FBU"[rng.below(20)],
+            };
+        }
+        let dir = hf_with_weights(&tmp.0, &m);
+        if let Err(msg) = try_load(&dir) {
+            wrong.push(format!("flip round {round}: panicked: {msg}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
