@@ -44,7 +44,7 @@ impl GgufVocab {
             message,
         };
         let mut file = std::fs::File::open(path).map_err(|e| gguf_err(e.to_string()))?;
-        let content = Content::read(&mut file).map_err(|e| gguf_err(e.to_string()))?;
+        let content = read_content(&mut file).map_err(gguf_err)?;
         Self::from_metadata(&content.metadata)
     }
 
@@ -104,6 +104,31 @@ impl GgufVocab {
             tokens,
             token_types,
         })
+    }
+}
+
+/// candle's header reader, with its panics turned into errors. It divides by
+/// `general.alignment` unchecked, so a GGUF with alignment 0 panicked the router at start-up
+/// ("attempt to divide by zero", found by tests_malformed.rs); a parser of untrusted bytes in
+/// a dependency gets the net for whatever else it may hide. The panic hook still logs it.
+fn read_content(file: &mut std::fs::File) -> Result<Content, String> {
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(file)));
+    match read {
+        Ok(content) => content.map_err(|e| e.to_string()),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let hint = match msg.contains("divide by zero") {
+                true => " (is general.alignment 0?)",
+                false => "",
+            };
+            Err(format!(
+                "malformed GGUF header: the reader failed with `{msg}`{hint}"
+            ))
+        }
     }
 }
 

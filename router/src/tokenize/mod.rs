@@ -32,6 +32,8 @@ mod tests_chat;
 #[cfg(test)]
 mod tests_hf_files;
 #[cfg(test)]
+mod tests_malformed;
+#[cfg(test)]
 mod tests_real_templates;
 #[cfg(test)]
 mod tests_sentencepiece;
