@@ -46,6 +46,14 @@ pub(super) fn gguf_parts(vocab: &GgufVocab) -> Result<Parts, TokenizeError> {
 
 /// Builds the tokenizer and reports which kind of vocabulary it is.
 pub fn build_tokenizer(vocab: &GgufVocab) -> Result<(Tokenizer, VocabKind), TokenizeError> {
+    // An empty vocabulary built a tokenizer of size 0 that failed (or returned nothing) on
+    // every request instead of failing at start-up (found by tests_malformed.rs).
+    if vocab.tokens.is_empty() {
+        return Err(TokenizeError::Metadata {
+            key: "tokenizer.ggml.tokens",
+            message: "empty vocabulary".into(),
+        });
+    }
     let (mut tokenizer, kind) = match vocab.model.as_str() {
         "gpt2" => (byte_level_bpe(vocab)?, VocabKind::ByteLevel),
         "llama" => (

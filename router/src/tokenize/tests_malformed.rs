@@ -33,6 +33,18 @@ fn zero_alignment_gguf_is_an_error() {
 }
 
 #[test]
+fn empty_vocabulary_is_an_error() {
+    let mut vocab = tiny_byte_level_vocab();
+    vocab.tokens.clear();
+    vocab.token_types.clear();
+    vocab.merges.clear();
+    let err = ModelTokenizer::from_vocab(&vocab)
+        .expect_err("no tokens")
+        .to_string();
+    assert!(err.contains("tokenizer.ggml.tokens"), "{err}");
+}
+
+#[test]
 fn merges_of_unknown_tokens_are_an_error() {
     let mut vocab = tiny_byte_level_vocab();
     vocab.merges.push("zzz qqq".into());
