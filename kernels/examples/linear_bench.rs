@@ -168,7 +168,10 @@ fn prefill(b: &Bench, blas: &CudaBlas, weights: &[Vec<CudaSlice<bf16>>]) -> Res<
                 })?);
             }
             let tflops = |n: usize, k: usize, ms: f64| 2.0 * (rows * n * k) as f64 / ms / 1e9;
-            let flops: f64 = SHAPES.iter().map(|&(_, n, k)| 2.0 * (rows * n * k) as f64).sum();
+            let flops: f64 = SHAPES
+                .iter()
+                .map(|&(_, n, k)| 2.0 * (rows * n * k) as f64)
+                .sum();
             let total: f64 = ms.iter().sum();
             println!(
                 "| {rows} | {library} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
