@@ -20,24 +20,25 @@ use crate::validation;
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
-    ApiJson(mut request): ApiJson<CompletionRequest>,
+    ApiJson(request): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
     state.check_model(request.common.model.as_deref())?;
-    // The prompt travels to the tokenizer's thread and back (echo needs it again).
-    let input = std::mem::replace(&mut request.prompt, PromptInput::Texts(Vec::new()));
-    let st = Arc::clone(&state);
+    let input = request.prompt;
     let bytes = match &input {
         PromptInput::Text(text) => text.len(),
         PromptInput::Texts(texts) => texts.iter().map(String::len).sum(),
         PromptInput::Tokens(_) | PromptInput::TokenLists(_) => 0, // nothing to tokenize
     };
-    let (input, prompts) = tokenize_off_worker(bytes, move || {
+    let want_echo = request.echo.unwrap_or(false);
+    let st = Arc::clone(&state);
+    let (prompts, echo) = tokenize_off_worker(bytes, move || {
         let ids = prompt_ids(&st, &input)?;
-        Ok((input, ids))
+        // The echo's error, if any, is raised after the context check below, as before.
+        let echo = want_echo.then(|| echo_texts(&st, &input, &ids));
+        Ok((ids, echo))
     })
     .await?;
-    request.prompt = input;
     let limits = validation::Limits {
         max_context: state.max_context()?,
         vocab_size: state.vocab_size(),
@@ -45,10 +46,7 @@ pub async fn completions(
         max_n: state.max_n,
         defaults: state.generation_defaults,
     };
-    let echo = match request.echo.unwrap_or(false) {
-        true => echo_texts(&state, &request.prompt, &prompts)?,
-        false => Vec::new(),
-    };
+    let echo = echo.transpose()?.unwrap_or_default();
     let logprobs = validation::validate_logprobs("logprobs", request.logprobs)?;
     let validated = validation::validate(&request.common, prompts, logprobs, limits)?;
     let n = validated.n as usize;
