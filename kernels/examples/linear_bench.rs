@@ -69,22 +69,9 @@ fn main() -> Res<()> {
                             kk,
                         )?,
                         _ => {
-                            let xv = x.slice(..rows * kk);
                             let mut yv = y.slice_mut(..rows * n);
-                            let cfg = GemmConfig {
-                                transa: cublasOperation_t::CUBLAS_OP_T,
-                                transb: cublasOperation_t::CUBLAS_OP_N,
-                                m: n as i32,
-                                n: rows as i32,
-                                k: kk as i32,
-                                alpha: bf16::ONE,
-                                lda: kk as i32,
-                                ldb: kk as i32,
-                                beta: bf16::ZERO,
-                                ldc: n as i32,
-                            };
                             // SAFETY: views sized for this shape.
-                            unsafe { blas.gemm(cfg, w, &xv, &mut yv) }?;
+                            unsafe { blas.gemm(gemm_config(rows, n, kk), w, &xs, &mut yv) }?;
                         }
                     }
                     Ok(())
@@ -104,6 +91,23 @@ fn main() -> Res<()> {
         }
     }
     prefill(&b, &blas, &weights)
+}
+
+/// cuBLAS's `y[rows, n] = x[rows, k] @ w[n, k]^T`, as the engine's `Gemm::matmul` calls it:
+/// column-major `y^T = w^T x^T`.
+fn gemm_config(rows: usize, n: usize, k: usize) -> GemmConfig<bf16> {
+    GemmConfig {
+        transa: cublasOperation_t::CUBLAS_OP_T,
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: n as i32,
+        n: rows as i32,
+        k: k as i32,
+        alpha: bf16::ONE,
+        lda: k as i32,
+        ldb: k as i32,
+        beta: bf16::ZERO,
+        ldc: n as i32,
+    }
 }
 
 /// Prefill-sized GEMMs: TFLOP/s of cuBLAS and cuBLASLt per shape and per layer.
@@ -126,20 +130,8 @@ fn prefill(b: &Bench, blas: &CudaBlas, weights: &[Vec<CudaSlice<bf16>>]) -> Res<
                     // engine's Gemm::matmul computes it.
                     match library {
                         "cublas" => {
-                            let cfg = GemmConfig {
-                                transa: cublasOperation_t::CUBLAS_OP_T,
-                                transb: cublasOperation_t::CUBLAS_OP_N,
-                                m: n as i32,
-                                n: rows as i32,
-                                k: kk as i32,
-                                alpha: bf16::ONE,
-                                lda: kk as i32,
-                                ldb: kk as i32,
-                                beta: bf16::ZERO,
-                                ldc: n as i32,
-                            };
                             // SAFETY: views sized for this shape.
-                            unsafe { blas.gemm(cfg, w, &xv, &mut yv) }?;
+                            unsafe { blas.gemm(gemm_config(rows, n, kk), w, &xv, &mut yv) }?;
                         }
                         _ => {
                             let cfg = MatmulConfig {
