@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pagedserve_proto::v1::Request;
+use pagedserve_proto::v1::{InfoResponse, Request};
 
 use crate::balance;
 use crate::client::connection;
@@ -51,23 +51,23 @@ impl ShardPool {
         true
     }
 
-    /// The context limit every ready shard honours (the smallest), if any is ready.
-    pub fn max_context(&self) -> Option<u32> {
+    /// The `Info` of every ready shard that has sent one.
+    fn ready_infos(&self) -> impl Iterator<Item = InfoResponse> + '_ {
         self.shards
             .iter()
             .filter(|s| s.is_ready())
             .filter_map(|s| s.info())
-            .map(|info| info.max_context)
-            .min()
+    }
+
+    /// The context limit every ready shard honours (the smallest), if any is ready.
+    pub fn max_context(&self) -> Option<u32> {
+        self.ready_infos().map(|info| info.max_context).min()
     }
 
     /// The token ids every ready shard's model takes (the smallest `vocab_size`), if any
     /// ready shard reports one (0 is proto3's "unset").
     pub fn vocab_size(&self) -> Option<u32> {
-        self.shards
-            .iter()
-            .filter(|s| s.is_ready())
-            .filter_map(|s| s.info())
+        self.ready_infos()
             .map(|info| info.vocab_size)
             .filter(|size| *size > 0)
             .min()
