@@ -134,6 +134,15 @@ pub enum ModelError {
     },
     #[error("invalid model: {0}")]
     Format(String),
+    /// A `weight_map` entry of a sharded safetensors index that is not a plain file name in
+    /// the model directory (`../x`, `/etc/passwd`, `sub/x`): reading it could leave the
+    /// directory, so the index is refused.
+    #[error(
+        "invalid model: {} lists shard file `{entry}`, which is not a plain file name inside \
+         the model directory (no path separators, `..` or absolute paths)",
+        index.display()
+    )]
+    UnsafeShardPath { index: PathBuf, entry: String },
     #[error(
         "unsupported model architecture `{0}` (supported: GGUF `llama`; HF LlamaForCausalLM, \
          MistralForCausalLM, Qwen2ForCausalLM)"

@@ -120,6 +120,14 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
         .and_then(|m| m.as_object())
         .ok_or_else(|| ModelError::Format(format!("{}: no weight_map", index_path.display())))?;
     let names: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    // Every name is checked before any file is looked at, so a crafted index is refused as
+    // such rather than reported as a missing shard.
+    if let Some(bad) = names.iter().find(|name| !is_plain_file_name(name)) {
+        return Err(ModelError::UnsafeShardPath {
+            index: index_path,
+            entry: (*bad).to_string(),
+        });
+    }
     let mut paths = Vec::with_capacity(names.len());
     for name in names {
         let path = dir.join(name);
@@ -138,6 +146,18 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
         )));
     }
     Ok(paths)
+}
+
+/// One normal path component with no separator of any platform: `dir.join(name)` then
+/// stays in `dir`. Rejects `..`, `.`, empty, absolute (`/x`, `C:\x`) and nested (`a/b`,
+/// `a\b`) names. A shard that is a symlink inside the directory is still followed, as the
+/// HF hub cache's snapshot directories are made of such links.
+fn is_plain_file_name(name: &str) -> bool {
+    let mut components = Path::new(name).components();
+    matches!(
+        (components.next(), components.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    ) && !name.contains(['/', '\\'])
 }
 
 #[cfg(test)]
@@ -163,5 +183,58 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         let err = SafetensorsFiles::open(&dir).err().unwrap().to_string();
         assert!(err.contains("model.safetensors"), "{err}");
+    }
+
+    /// A crafted index must not make the loader open files outside the model directory: each
+    /// such entry is refused with an error naming it, even when the target exists.
+    #[test]
+    fn index_entries_outside_the_model_dir_are_refused() {
+        let root =
+            std::env::temp_dir().join(format!("pagedserve-st-escape-{}", std::process::id()));
+        let dir = root.join("model");
+        std::fs::create_dir_all(&dir).unwrap();
+        // A real file next to the model directory, reachable by `../`.
+        std::fs::write(root.join("outside.safetensors"), b"not a checkpoint").unwrap();
+        let outside = root.join("outside.safetensors").display().to_string();
+        for entry in [
+            "../../etc/passwd",
+            "../outside.safetensors",
+            outside.as_str(),
+            "/etc/passwd",
+            "..",
+            ".",
+            "",
+            "sub/model.safetensors",
+            "sub\\model.safetensors",
+        ] {
+            let index = serde_json::json!({
+                "weight_map": {"a": "model-00001-of-00002.safetensors", "b": entry}
+            });
+            std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+            let err = SafetensorsFiles::open(&dir).err().unwrap();
+            assert!(
+                matches!(&err, ModelError::UnsafeShardPath { entry: e, .. } if e == entry),
+                "{entry:?}: {err}"
+            );
+            let message = err.to_string();
+            assert!(message.contains(&format!("`{entry}`")), "{message}");
+            assert!(
+                message.contains("model.safetensors.index.json"),
+                "{message}"
+            );
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn plain_shard_names_are_accepted() {
+        for name in [
+            "model-00001-of-00002.safetensors",
+            "model..safetensors",
+            "..hidden",
+            ".safetensors",
+        ] {
+            assert!(is_plain_file_name(name), "{name}");
+        }
     }
 }
