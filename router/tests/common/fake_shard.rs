@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use pagedserve_proto::v1::health_response::Status as HealthStatus;
 use pagedserve_proto::v1::{
-    FinishReason, GenerateRequest, GenerateResponse, HealthRequest, HealthResponse, InfoRequest,
-    InfoResponse, Logprobs, SequenceOutput, ShardInput, ShardStats, StepOutput, TokenLogprob,
-    shard_input,
+    ErrorKind, FinishReason, GenerateRequest, GenerateResponse, HealthRequest, HealthResponse,
+    InfoRequest, InfoResponse, Logprobs, SequenceOutput, ShardInput, ShardStats, StepOutput,
+    TokenLogprob, shard_input,
 };
 use pagedserve_proto::{Shard, ShardServer};
 use tokio::sync::mpsc;
@@ -34,6 +34,9 @@ pub struct FakeConfig {
     /// Finish every sequence with FINISH_REASON_ERROR and this message once it has
     /// generated this many tokens (as the engine does when a forward pass fails).
     pub fail_sequence_at: Option<(u32, &'static str)>,
+    /// The `error_kind` of those ERROR finishes: INTERNAL for a forward pass that failed,
+    /// INVALID_REQUEST for a request the shard rejects.
+    pub fail_sequence_kind: ErrorKind,
 }
 
 #[derive(Clone)]
@@ -106,6 +109,7 @@ impl FakeShard {
                 prompt_tokens: seq.prompt_tokens,
                 generated_tokens: seq.generated,
                 error: error.into(),
+                error_kind: self.config.fail_sequence_kind as i32,
                 ..Default::default()
             };
         }
@@ -144,6 +148,7 @@ impl FakeShard {
             generated_tokens: seq.generated,
             error: String::new(),
             timings: None,
+            error_kind: ErrorKind::Internal as i32,
         }
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use axum::response::Response;
+use pagedserve_proto::v1::ErrorKind;
 use pagedserve_router::batching::WaitingGate;
 use pagedserve_router::client::ShardPool;
 use pagedserve_router::metrics::Metrics;
@@ -80,6 +81,7 @@ pub fn config(script: Vec<u32>) -> FakeConfig {
         vocab_size: 49152,
         fail_at_step: None,
         fail_sequence_at: None,
+        fail_sequence_kind: ErrorKind::Internal,
     }
 }
 

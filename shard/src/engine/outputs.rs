@@ -76,12 +76,14 @@ impl Outputs {
 }
 
 /// An output that ends a sequence without a token (rejection, cancellation, model error).
+/// `error_kind` matters only with an ERROR finish: whose fault it is.
 pub(crate) fn finished_without_token(
     id: u64,
     reason: pb::FinishReason,
     prompt_tokens: usize,
     generated_tokens: usize,
     error: String,
+    error_kind: pb::ErrorKind,
 ) -> pb::SequenceOutput {
     pb::SequenceOutput {
         id,
@@ -92,5 +94,6 @@ pub(crate) fn finished_without_token(
         generated_tokens: generated_tokens as u32,
         error,
         timings: None,
+        error_kind: error_kind as i32,
     }
 }

@@ -85,19 +85,22 @@ impl Engine {
         for req in requests {
             let key = SeqKey { stream, id: req.id };
             let prompt_len = req.prompt_ids.len();
+            // A duplicate id is the stream owner's bug (INTERNAL); what `from_request`
+            // refuses is the request's own content (INVALID_REQUEST).
             let result = if self.scheduler.contains(key) {
-                Err(format!(
-                    "request id {} is already running on this stream",
-                    req.id
+                Err((
+                    pb::ErrorKind::Internal,
+                    format!("request id {} is already running on this stream", req.id),
                 ))
             } else {
                 Sequence::from_request(key, req, &self.limits)
+                    .map_err(|error| (pb::ErrorKind::InvalidRequest, error))
             };
             match result {
                 Ok(seq) => self.scheduler.enqueue(seq),
-                Err(error) => {
+                Err((kind, error)) => {
                     let reason = pb::FinishReason::Error;
-                    let out = finished_without_token(key.id, reason, prompt_len, 0, error);
+                    let out = finished_without_token(key.id, reason, prompt_len, 0, error, kind);
                     self.outputs.push(stream, out);
                 }
             }
@@ -118,6 +121,7 @@ impl Engine {
                 seq.prompt_len,
                 seq.num_generated(),
                 String::new(),
+                pb::ErrorKind::Internal,
             );
             self.outputs.push(stream, out);
         } // dropping `seq` returned its blocks
@@ -262,6 +266,7 @@ impl Engine {
                 generated_tokens: seq.num_generated() as u32,
                 error: String::new(),
                 timings: seq.record_token(Instant::now()),
+                error_kind: pb::ErrorKind::Internal as i32,
             };
             self.outputs.push(seq.key.stream, out);
         }
@@ -278,6 +283,7 @@ impl Engine {
                 seq.prompt_len,
                 seq.num_generated(),
                 error.to_string(),
+                pb::ErrorKind::Internal,
             );
             self.outputs.push(seq.key.stream, out);
         }

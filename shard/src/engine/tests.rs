@@ -14,6 +14,7 @@ struct SeqResult {
     tokens: Vec<u32>,
     finish: i32,
     error: String,
+    error_kind: i32,
     outputs: usize,
 }
 
@@ -62,6 +63,7 @@ impl Harness {
                 r.tokens.extend(&out.token_ids);
                 r.finish = out.finish_reason;
                 r.error = out.error;
+                r.error_kind = out.error_kind;
                 r.outputs += 1;
                 assert_eq!(r.tokens.len(), out.generated_tokens as usize);
             }
@@ -118,6 +120,8 @@ fn solo(prompt: Vec<u32>, max_tokens: u32) -> SeqResult {
 const LENGTH: i32 = pb::FinishReason::Length as i32;
 const STOP: i32 = pb::FinishReason::Stop as i32;
 const ERROR: i32 = pb::FinishReason::Error as i32;
+const INVALID_REQUEST: i32 = pb::ErrorKind::InvalidRequest as i32;
+const INTERNAL: i32 = pb::ErrorKind::Internal as i32;
 const CANCELLED: i32 = pb::FinishReason::Cancelled as i32;
 
 #[test]
@@ -329,6 +333,7 @@ fn unservable_requests_fail_alone() {
     for id in 1..=6 {
         let r = &h.results[&id];
         assert_eq!(r.finish, ERROR, "request {id}");
+        assert_eq!(r.error_kind, INVALID_REQUEST, "request {id}: {}", r.error);
         assert!(!r.error.is_empty());
         assert!(r.tokens.is_empty());
     }
@@ -338,6 +343,28 @@ fn unservable_requests_fail_alone() {
     assert_eq!(h.results[&7].tokens, solo(prompt(6, 2), 3).tokens);
     assert_eq!(h.results[&7].outputs, 4);
     assert_eq!(h.free_blocks(), 8);
+}
+
+/// A duplicate id is the stream owner's mistake, not the request's: INTERNAL, so the router
+/// does not blame its client with a 400.
+#[test]
+fn duplicate_id_is_an_internal_error() {
+    let mut h = Harness::new(FakeLm::new(4, 32, 1024), EngineConfig::default());
+    h.submit(vec![
+        request(7, prompt(6, 2), 3),
+        request(7, prompt(6, 2), 3),
+    ]);
+    h.engine.step();
+    let rejected: Vec<pb::SequenceOutput> = std::iter::from_fn(|| h.rx.try_recv().ok())
+        .flat_map(|msg| msg.outputs)
+        .filter(|out| out.finish_reason == ERROR)
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0].error_kind, INTERNAL);
+    assert!(
+        rejected[0].error.contains("already running"),
+        "{rejected:?}"
+    );
 }
 
 #[test]
@@ -351,6 +378,7 @@ fn forward_error_fails_the_step_not_the_loop() {
     }
     h.run();
     assert_eq!(h.results[&1].finish, ERROR);
+    assert_eq!(h.results[&1].error_kind, INTERNAL);
     assert!(h.results[&1].error.contains("injected"));
     assert_eq!(h.free_blocks(), 32);
     h.submit(vec![request(2, prompt(5, 1), 4)]);

@@ -51,11 +51,11 @@ async fn next_response(state: State) -> Option<(Result<pb::GenerateResponse, Sta
 
 fn to_response(out: pb::SequenceOutput) -> Result<pb::GenerateResponse, Status> {
     if out.finish_reason == pb::FinishReason::Error as i32 {
-        // Nothing generated: the request itself was unservable.
-        return Err(if out.generated_tokens == 0 {
-            Status::invalid_argument(out.error)
-        } else {
-            Status::internal(out.error)
+        // By the engine's kind, not by "nothing generated yet": a forward pass that fails
+        // during the prefill has generated nothing either, and is still the shard's fault.
+        return Err(match pb::ErrorKind::try_from(out.error_kind) {
+            Ok(pb::ErrorKind::InvalidRequest) => Status::invalid_argument(out.error),
+            _ => Status::internal(out.error),
         });
     }
     Ok(pb::GenerateResponse {

@@ -181,6 +181,32 @@ async fn generate_rejects_a_bad_request() {
     assert_eq!(err.map(|e| e.code()), Some(tonic::Code::InvalidArgument));
 }
 
+/// A forward pass that fails during the prefill has generated nothing, like a rejected
+/// request, but is the shard's fault: INTERNAL, not INVALID_ARGUMENT.
+#[tokio::test]
+async fn generate_reports_a_failed_prefill_as_internal() {
+    let mut s = start_server().await;
+    let model = FakeLm::new(4, 32, 100);
+    if let Ok(mut fail) = model.fail_next.lock() {
+        *fail = true;
+    }
+    let engine = spawn_engine(Box::new(model), EngineConfig::default()).expect("spawn");
+    s.service.set_engine(engine);
+    let req = pb::GenerateRequest {
+        prompt_ids: vec![3; 5],
+        stopping: Some(pb::StoppingCriteria {
+            max_tokens: 5,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut stream = s.client.generate(req).await.expect("generate").into_inner();
+    let err = stream.message().await.err();
+    assert_eq!(err.as_ref().map(|e| e.code()), Some(tonic::Code::Internal));
+    let message = err.map(|e| e.message().to_string()).unwrap_or_default();
+    assert!(message.contains("injected"), "{message}");
+}
+
 #[tokio::test]
 async fn dropped_serve_stream_frees_its_blocks() {
     let mut s = start_server().await;
