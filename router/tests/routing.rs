@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::{Harness, Options, config, eventually, json_body, script_of, sse_payloads};
+use pagedserve_proto::v1::ErrorKind;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 
@@ -289,10 +290,8 @@ async fn a_sequence_the_shard_fails_is_a_500_or_an_error_event_naming_the_cause(
     let Some(tokenizer) = common::tokenizer() else {
         return;
     };
-    // Every rejection the shard makes at submit (empty prompt, context, vocabulary,
-    // max_tokens, sampling ranges) the router checks first, so an ERROR finish is the
-    // engine's own failure: a server error, whose message says it came from the model
-    // shard and carries the shard's reason.
+    // An ERROR finish of kind INTERNAL is the engine's own failure: a server error, whose
+    // message says it came from the model shard and carries the shard's reason.
     let mut cfg = config(script_of(&tokenizer, ANSWER));
     cfg.fail_sequence_at = Some((3, "forward pass failed: out of memory"));
     let Some(h) = Harness::start(vec![cfg], Options::default()).await else {
@@ -324,4 +323,39 @@ async fn a_sequence_the_shard_fails_is_a_500_or_an_error_event_naming_the_cause(
             .all(|c| c["choices"][0]["finish_reason"].is_null()),
         "{payloads:?}"
     );
+}
+
+#[tokio::test]
+async fn a_request_the_shard_rejects_is_a_400_naming_the_cause() {
+    let Some(tokenizer) = common::tokenizer() else {
+        return;
+    };
+    // The router checks what the shard checks at submit, but against the limits of the
+    // shards that were ready when it validated; a shard that rejects the request anyway
+    // (INVALID_REQUEST) answers it with the client's 400, not a 500.
+    let mut cfg = config(script_of(&tokenizer, ANSWER));
+    let reason = "prompt has 5 tokens, more than the maximum context of 4";
+    cfg.fail_sequence_at = Some((0, reason));
+    cfg.fail_sequence_kind = ErrorKind::InvalidRequest;
+    let Some(h) = Harness::start(vec![cfg], Options::default()).await else {
+        return;
+    };
+    let expected = format!("the model shard rejected the request: {reason}");
+    let body = json!({"prompt": "Hi", "max_tokens": 50});
+    let (status, err) = h.post_json("/v1/completions", body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["error"]["type"], "invalid_request_error", "{err}");
+    assert_eq!(err["error"]["message"], expected.as_str(), "{err}");
+    // Streamed: the 200 went out with the first byte, so one OpenAI error event of the
+    // client's type, then [DONE].
+    let stream = json!({"prompt": "Hi", "max_tokens": 50, "stream": true});
+    let response = h.post("/v1/completions", &stream.to_string(), None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let payloads = sse_payloads(&common::body_text(response).await);
+    let error: Value = serde_json::from_str(&payloads[0]).expect("json");
+    assert_eq!(
+        error["error"]["type"], "invalid_request_error",
+        "{payloads:?}"
+    );
+    assert_eq!(error["error"]["message"], expected.as_str(), "{payloads:?}");
 }

@@ -128,11 +128,11 @@ impl Generation {
                 continue; // output already queued when a stop string ended the choice
             }
             let now = Instant::now();
-            let step = match event {
-                SeqEvent::Step(step) => step,
-                SeqEvent::Failed(message) => {
+            let step = match event.into_step() {
+                Ok(step) => step,
+                Err(error) => {
                     self.timer.on_end(index, SeqOutcome::Error, now);
-                    return Some(Err(ApiError::Internal(message)));
+                    return Some(Err(error));
                 }
             };
             let count = step.token_ids.len() as u32;
