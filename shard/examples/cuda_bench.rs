@@ -22,6 +22,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("skipped: no CUDA driver ({e})");
         return Ok(());
     }
+    // The load's own lines (KV blocks, graphs) go to stderr; RUST_LOG narrows them.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let mut args = std::env::args().skip(1);
     let shape_name = args.next().unwrap_or_else(|| "llama3-8b".into());
     let context: usize = args.next().map_or(Ok(1024), |s| s.parse())?;
@@ -49,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(64);
-    opts.gpu.max_num_seqs = 256;
+    opts.gpu.max_num_seqs = batches.iter().copied().max().unwrap_or(1).max(256);
     opts.gpu.max_batch_tokens = 8192;
     let t = Instant::now();
     let mut model = load_model(&opts)?;
