@@ -48,6 +48,8 @@ fn step_stats_set_gauges_and_preemptions_add_differences() {
         step_decode_tokens: 2,
         step_time_us: 20_000,
         preemptions_total: 4,
+        prefix_cache_queries_total: 0,
+        prefix_cache_hits_total: 0,
     };
     m.record_step(1, &stats);
     m.record_step(
