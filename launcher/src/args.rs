@@ -161,6 +161,19 @@ pub struct ServeArgs {
     #[arg(long)]
     pub max_num_seqs: Option<u32>,
 
+    /// Automatic prefix caching, on by default as in vLLM V1 (this flag only confirms it): full
+    /// KV blocks of earlier requests, prompts and answers, stay cached after they finish, and a
+    /// later request whose tokens start with the same blocks reuses them instead of recomputing
+    /// them; least recently used blocks are evicted when blocks run short. Of this pair, the
+    /// last one given wins.
+    #[arg(long, overrides_with_all = ["enable_prefix_caching", "no_enable_prefix_caching"])]
+    pub enable_prefix_caching: bool,
+
+    /// Turn automatic prefix caching off in every shard: each prompt is computed in full and
+    /// nothing is kept for later requests.
+    #[arg(long, overrides_with_all = ["enable_prefix_caching", "no_enable_prefix_caching"])]
+    pub no_enable_prefix_caching: bool,
+
     /// Requests the router holds before they start generating; beyond this it answers 429
     /// (router default: 1024).
     #[arg(long)]
@@ -194,6 +207,12 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// Automatic prefix caching: on unless `--no-enable-prefix-caching` is the last of the
+    /// pair given (clap keeps only the last, like vLLM's argparse `BooleanOptionalAction`).
+    pub fn prefix_caching(&self) -> bool {
+        !self.no_enable_prefix_caching
+    }
+
     /// Threads each shard may use so that N shards together don't oversubscribe the cores.
     pub fn effective_threads_per_shard(&self) -> usize {
         self.threads_per_shard
@@ -241,6 +260,28 @@ mod tests {
         assert_eq!(s.device, "cpu");
         assert!(s.shard_base_port.is_none());
         assert!(s.num_kv_blocks.is_none());
+    }
+
+    #[test]
+    fn prefix_caching_is_on_unless_turned_off() {
+        assert!(serve(&[]).prefix_caching(), "on by default, as in vLLM V1");
+        assert!(serve(&["--enable-prefix-caching"]).prefix_caching());
+        assert!(!serve(&["--no-enable-prefix-caching"]).prefix_caching());
+        // The last of the pair wins, and either may repeat, as with vLLM's argparse flag.
+        let last = |a: &str, b: &str| serve(&[a, b]).prefix_caching();
+        assert!(last(
+            "--no-enable-prefix-caching",
+            "--enable-prefix-caching"
+        ));
+        assert!(!last(
+            "--enable-prefix-caching",
+            "--no-enable-prefix-caching"
+        ));
+        assert!(!last(
+            "--no-enable-prefix-caching",
+            "--no-enable-prefix-caching"
+        ));
+        assert!(parse(&["--no-enable-prefix-caching", "true"]).is_err());
     }
 
     #[test]

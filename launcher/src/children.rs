@@ -134,6 +134,10 @@ fn rank_spec(
     if args.enforce_eager {
         argv.push("--enforce-eager".into());
     }
+    // On is the shard's default too: only turning it off needs saying.
+    if !args.prefix_caching() {
+        argv.push("--no-enable-prefix-caching".into());
+    }
     let mut env = common_env(args);
     env.extend(plan.shard_env.iter().cloned());
     let threads = plan.threads_per_shard.to_string();
@@ -271,6 +275,30 @@ mod tests {
         assert_eq!(value_of(&argv, "--threads").as_deref(), Some("3"));
         assert!(spec.env.contains(&("RAYON_NUM_THREADS".into(), "3".into())));
         assert_eq!(spec.name, "shard-1");
+    }
+
+    #[test]
+    fn shard_gets_no_enable_prefix_caching_only_when_turned_off() {
+        let flag = "--no-enable-prefix-caching";
+        let passes = |extra: &[&str]| {
+            let spec = shard_spec(&args(extra), &plan("apc"), 0, 7001).expect("spec");
+            let argv = strings(&spec);
+            assert!(
+                !argv.iter().any(|a| a == "--enable-prefix-caching"),
+                "on is the shard's default: {argv:?}"
+            );
+            argv.iter().filter(|a| *a == flag).count()
+        };
+        assert_eq!(passes(&[]), 0);
+        assert_eq!(passes(&["--enable-prefix-caching"]), 0);
+        assert_eq!(passes(&[flag]), 1);
+        assert_eq!(passes(&[flag, "--enable-prefix-caching"]), 0);
+        // Tensor-parallel followers get the same command line (they run no engine).
+        let mut p = plan("apc-tp");
+        p.tp_size = 2;
+        p.tp_ports = vec![9101];
+        let follower = follower_spec(&args(&[flag]), &p, 0, 1).expect("spec");
+        assert!(strings(&follower).iter().any(|a| a == flag));
     }
 
     #[test]

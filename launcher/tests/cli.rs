@@ -38,6 +38,8 @@ fn help_lists_the_serve_flags() {
         "--num-shards",
         "--shard-base-port",
         "--threads-per-shard",
+        "--enable-prefix-caching",
+        "--no-enable-prefix-caching",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
