@@ -50,6 +50,15 @@ fn model_path() -> PathBuf {
 }
 
 fn engine(num_kv_blocks: usize, max_batch_tokens: usize, policy: PrefillPolicy) -> EngineHandle {
+    engine_with(num_kv_blocks, max_batch_tokens, policy, true)
+}
+
+fn engine_with(
+    num_kv_blocks: usize,
+    max_batch_tokens: usize,
+    policy: PrefillPolicy,
+    prefix_caching: bool,
+) -> EngineHandle {
     let opts = LoadOptions {
         model_path: model_path(),
         served_model_name: None,
@@ -64,6 +73,7 @@ fn engine(num_kv_blocks: usize, max_batch_tokens: usize, policy: PrefillPolicy) 
         max_batch_tokens,
         max_num_seqs: 16,
         prefill_policy: policy,
+        prefix_caching,
     };
     spawn_engine(model, config).expect("engine starts")
 }
@@ -157,6 +167,35 @@ async fn batched_with_preemption_gives_the_tokens_of_solo_runs() {
         let snap = tiny.snapshot().await.expect("snapshot");
         assert_eq!(snap.free_kv_blocks, 10, "every block is back ({policy:?})");
     }
+}
+
+/// A prompt seen before, and a second turn that starts with the first turn's prompt and
+/// answer, take their leading blocks from the prefix cache and still give the tokens of an
+/// engine that computes everything.
+#[tokio::test]
+async fn prefix_cache_hits_give_the_tokens_of_full_prefills() {
+    let case = cases().swap_remove(3); // 91 prompt tokens: 5 full blocks of 16
+    let cached = engine_with(64, 2048, PrefillPolicy::Fifo, true);
+    let plain = engine_with(64, 2048, PrefillPolicy::Fifo, false);
+    let (first, _, _) = run(&cached, vec![greedy(1, &case.prompt_ids, NEW_TOKENS)]).await;
+    let (again, stats, _) = run(&cached, vec![greedy(2, &case.prompt_ids, NEW_TOKENS)]).await;
+    assert_eq!(first[&1], again[&2]);
+    assert_eq!(first[&1], case.generated_ids[..NEW_TOKENS as usize]);
+    assert_eq!(stats.prefix_cache_hits_total, 80, "{stats:?}");
+    let mut turn2 = case.prompt_ids.clone();
+    turn2.extend(&first[&1]);
+    turn2.extend([198, 2683, 314]); // and the start of the next user message
+    let (got, stats, _) = run(&cached, vec![greedy(3, &turn2, NEW_TOKENS)]).await;
+    let (want, plain_stats, _) = run(&plain, vec![greedy(3, &turn2, NEW_TOKENS)]).await;
+    assert_eq!(
+        got[&3], want[&3],
+        "second turn from the cache vs computed in full"
+    );
+    // 91 + 23 computed tokens of the first turn fill 7 blocks: 112 tokens found.
+    assert_eq!(stats.prefix_cache_hits_total, 80 + 112, "{stats:?}");
+    assert_eq!(plain_stats.prefix_cache_queries_total, 0);
+    let snap = cached.snapshot().await.expect("snapshot");
+    assert_eq!(snap.free_kv_blocks, 64, "cached blocks count as free");
 }
 
 #[tokio::test]

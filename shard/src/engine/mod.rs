@@ -52,6 +52,9 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     /// The backend's choice (`Args::engine_config`): shared on the CPU, FIFO on GPUs.
     pub prefill_policy: PrefillPolicy,
+    /// Keep full KV blocks of earlier sequences and reuse them for any sequence that starts
+    /// with the same tokens (vLLM's automatic prefix caching; `--no-enable-prefix-caching`).
+    pub prefix_caching: bool,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +63,7 @@ impl Default for EngineConfig {
             max_batch_tokens: 2048,
             max_num_seqs: 256,
             prefill_policy: PrefillPolicy::Fifo,
+            prefix_caching: true,
         }
     }
 }

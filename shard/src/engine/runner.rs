@@ -33,7 +33,7 @@ impl Engine {
             vocab_size: info.vocab_size,
             eos_token_ids: info.eos_token_ids.clone(),
         };
-        let scheduler = Scheduler::new(BlockPool::new(total_blocks), config);
+        let scheduler = Scheduler::new(BlockPool::new(total_blocks, config.prefix_caching), config);
         Self {
             model,
             scheduler,
@@ -162,7 +162,10 @@ impl Engine {
             let result = self.forward(&chunks);
             forward_us = forward_started.elapsed().as_micros() as u64;
             match result {
-                Ok(rows) => self.apply(&chunks, rows),
+                Ok(rows) => {
+                    self.apply(&chunks, rows);
+                    self.scheduler.cache_computed_blocks(&chunks);
+                }
                 Err(error) => self.fail(&chunks, &error),
             }
             // Dropping finished sequences returns their blocks before stats are taken.
@@ -301,6 +304,8 @@ impl Engine {
             step_decode_tokens: decode as u32,
             step_time_us,
             preemptions_total: s.preemptions_total,
+            prefix_cache_queries_total: s.prefix_cache_queries,
+            prefix_cache_hits_total: s.prefix_cache_hits,
         }
     }
 }

@@ -44,6 +44,9 @@ pub(crate) struct Scheduler {
     keys: HashSet<SeqKey>,
     config: EngineConfig,
     pub preemptions_total: u64,
+    /// Tokens of admitted sequences looked up in the prefix cache, and those found there.
+    pub prefix_cache_queries: u64,
+    pub prefix_cache_hits: u64,
 }
 
 impl Scheduler {
@@ -59,6 +62,8 @@ impl Scheduler {
                 ..config
             },
             preemptions_total: 0,
+            prefix_cache_queries: 0,
+            prefix_cache_hits: 0,
         }
     }
 
@@ -221,20 +226,42 @@ impl Scheduler {
         chunks
     }
 
-    /// Admits the head of the queue with a first chunk of `len` tokens; false when its
-    /// blocks do not fit (it stays first in line).
+    /// Admits the head of the queue with a first chunk of at most `len` tokens after what
+    /// the prefix cache holds of it; false when its blocks do not fit (it stays first in
+    /// line).
     fn admit_one(&mut self, len: usize, chunks: &mut Vec<ScheduledChunk>) -> bool {
         let Some(mut seq) = self.waiting.pop_front() else {
             return false;
         };
-        if seq.block_table.reserve(&self.pool, len).is_err() {
+        let hit = seq.match_cached_prefix(&self.pool);
+        let start = seq.num_computed;
+        let len = len.min(seq.num_uncomputed());
+        if seq.block_table.reserve(&self.pool, start + len).is_err() {
+            seq.forget_blocks();
             self.waiting.push_front(seq);
             return false;
         }
+        self.count_lookup(&seq, hit);
         seq.preempted = false;
         self.running.push(seq);
-        chunks.push(self.chunk(self.running.len() - 1, 0, len));
+        chunks.push(self.chunk(self.running.len() - 1, start, len));
         true
+    }
+
+    fn count_lookup(&mut self, seq: &Sequence, hit: usize) {
+        if self.pool.caching() {
+            self.prefix_cache_queries += seq.tokens.len() as u64;
+            self.prefix_cache_hits += hit as u64;
+        }
+    }
+
+    /// Registers the blocks each chunk's sequence completed this step in the prefix cache.
+    pub fn cache_computed_blocks(&mut self, chunks: &[ScheduledChunk]) {
+        for c in chunks {
+            if let Some(seq) = self.running.get_mut(c.seq_idx) {
+                seq.cache_computed_blocks(&self.pool);
+            }
+        }
     }
 
     fn chunk(&self, seq_idx: usize, start: usize, len: usize) -> ScheduledChunk {
@@ -274,15 +301,19 @@ impl Scheduler {
             let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
+            let hit = seq.match_cached_prefix(&self.pool);
+            let start = seq.num_computed;
             let len = seq.num_uncomputed().min(*budget);
-            if seq.block_table.reserve(&self.pool, len).is_err() {
+            if seq.block_table.reserve(&self.pool, start + len).is_err() {
                 // FIFO: nobody overtakes the head of the queue.
+                seq.forget_blocks();
                 self.waiting.push_front(seq);
                 break;
             }
+            self.count_lookup(&seq, hit);
             seq.preempted = false;
             self.running.push(seq);
-            chunks.push(self.chunk(self.running.len() - 1, 0, len));
+            chunks.push(self.chunk(self.running.len() - 1, start, len));
             *budget -= len;
         }
     }

@@ -1,7 +1,7 @@
 //! One request's state inside the engine.
 
 use super::StreamId;
-use crate::kv_cache::{BlockTable, blocks_needed};
+use crate::kv_cache::{BlockPool, BlockTable, CacheId, ROOT, blocks_needed};
 use crate::model::DeviceSampling;
 use crate::sampling::{SampledToken, Sampler, SamplingConfig};
 use pagedserve_proto::v1 as pb;
@@ -34,6 +34,10 @@ pub(crate) struct Sequence {
     /// Leading tokens of `tokens` whose K/V are in the cache.
     pub num_computed: usize,
     pub block_table: BlockTable,
+    /// Leading blocks whose prefix the pool knows (found in the prefix cache or registered
+    /// since), and the id of that prefix (the parent of the next block to register).
+    cached_blocks: usize,
+    prefix_id: CacheId,
     /// Lives across preemption so seeded sampling and penalties continue where they were.
     pub sampler: Sampler,
     /// Seed of draws made on the device (the request's seed, else a random one), so each
@@ -96,6 +100,8 @@ impl Sequence {
             prompt_len,
             num_computed: 0,
             block_table: BlockTable::new(limits.block_size),
+            cached_blocks: 0,
+            prefix_id: ROOT,
             device_seed: config.seed.unwrap_or_else(rand::random),
             sampler: Sampler::new(config),
             max_tokens: stopping.max_tokens as usize,
@@ -120,9 +126,58 @@ impl Sequence {
 
     /// Frees the blocks and rewinds so the whole prompt + output is recomputed on readmission.
     pub fn preempt(&mut self) {
+        self.forget_blocks();
+        self.preempted = true;
+    }
+
+    /// Releases every block (cached ones stay in the pool's cache) and rewinds to nothing
+    /// computed.
+    pub fn forget_blocks(&mut self) {
         self.block_table.clear();
         self.num_computed = 0;
-        self.preempted = true;
+        self.cached_blocks = 0;
+        self.prefix_id = ROOT;
+    }
+
+    /// Before admission (nothing computed yet): takes the longest run of leading full blocks
+    /// the prefix cache holds, always leaving at least one token to compute (its logits give
+    /// the next token). Returns the tokens found.
+    pub fn match_cached_prefix(&mut self, pool: &BlockPool) -> usize {
+        if !pool.caching() || self.num_computed > 0 || self.block_table.num_blocks() > 0 {
+            return 0;
+        }
+        let b = self.block_table.block_size();
+        let mut found = 0;
+        while (found + 1) * b < self.tokens.len() {
+            let tokens = &self.tokens[found * b..(found + 1) * b];
+            let Some((block, id)) = pool.lookup(self.prefix_id, tokens) else {
+                break;
+            };
+            self.block_table.push_cached(block);
+            self.prefix_id = id;
+            found += 1;
+        }
+        self.cached_blocks = found;
+        self.num_computed = found * b;
+        self.num_computed
+    }
+
+    /// Registers the full blocks computed since the last call in the prefix cache, so later
+    /// sequences starting with the same tokens (this prompt again, or this conversation's next
+    /// turn) reuse them.
+    pub fn cache_computed_blocks(&mut self, pool: &BlockPool) {
+        if !pool.caching() {
+            return;
+        }
+        let b = self.block_table.block_size();
+        while (self.cached_blocks + 1) * b <= self.num_computed {
+            let j = self.cached_blocks;
+            let Some(block) = self.block_table.block(j) else {
+                return;
+            };
+            self.prefix_id = pool.register(block, self.prefix_id, &self.tokens[j * b..(j + 1) * b]);
+            self.cached_blocks += 1;
+        }
     }
 
     /// Notes that a step including this sequence started at `at` (only the first counts).

@@ -100,6 +100,7 @@ fn config(max_batch_tokens: usize, max_num_seqs: usize) -> EngineConfig {
         max_batch_tokens,
         max_num_seqs,
         prefill_policy: PrefillPolicy::Fifo,
+        prefix_caching: true,
     }
 }
 
@@ -507,6 +508,7 @@ fn random_scenario(rng: &mut Rng) -> (Shape, EngineConfig, Vec<Planned>) {
         max_batch_tokens: rng.range(1, 48),
         max_num_seqs: rng.range(1, 8),
         prefill_policy: policy,
+        prefix_caching: rng.chance(75),
     };
     // Mostly servable prompts; a few too long for the context or the whole cache.
     let longest = max_context.min(shape.num_blocks * shape.block_size);
@@ -520,12 +522,14 @@ fn random_scenario(rng: &mut Rng) -> (Shape, EngineConfig, Vec<Planned>) {
                 true => 0,
                 false => rng.range(1, 32) as u32,
             };
+            // Most prompts come from three families, each a prefix of the others of its
+            // family, so the prefix cache has something to find.
+            let family = match rng.chance(60) {
+                true => rng.range(0, 2),
+                false => rng.range(3, 1000),
+            };
             Planned {
-                request: request(
-                    id as u64,
-                    prompt(len, rng.range(0, 1000) as u32),
-                    max_tokens,
-                ),
+                request: request(id as u64, prompt(len, family as u32), max_tokens),
                 arrive: rng.range(0, 12),
                 cancel: rng.chance(25).then(|| rng.range(0, 40)),
             }
@@ -542,8 +546,9 @@ fn solo_like(shape: Shape, req: &pb::Request) -> SeqResult {
     h.results.remove(&req.id).unwrap_or_default()
 }
 
-/// Runs scenario `seed`, checks it, and returns (preemptions, cancelled sequences).
-fn run_scenario(seed: u64) -> (u64, usize) {
+/// Runs scenario `seed`, checks it, and returns (preemptions, cancelled sequences, prompt
+/// tokens found in the prefix cache).
+fn run_scenario(seed: u64) -> (u64, usize, u64) {
     let mut rng = Rng(seed);
     let (shape, config, planned) = random_scenario(&mut rng);
     let want: Vec<SeqResult> = planned
@@ -599,17 +604,27 @@ fn run_scenario(seed: u64) -> (u64, usize) {
         assert!(call.len() <= config.max_num_seqs);
     }
     let cancelled = h.results.values().filter(|r| r.finish == CANCELLED);
-    (h.last_stats.preemptions_total, cancelled.count())
+    let s = &h.last_stats;
+    assert!(s.prefix_cache_hits_total <= s.prefix_cache_queries_total);
+    if !config.prefix_caching {
+        assert_eq!(s.prefix_cache_queries_total, 0);
+    }
+    (
+        s.preemptions_total,
+        cancelled.count(),
+        s.prefix_cache_hits_total,
+    )
 }
 
 #[test]
 fn random_request_mixes_finish_like_solo_runs_and_free_every_block() {
-    let (mut preempted, mut cancelled) = (0, 0);
+    let (mut preempted, mut cancelled, mut cached) = (0, 0, 0);
     for seed in 0..400 {
         match std::panic::catch_unwind(|| run_scenario(seed)) {
-            Ok((p, c)) => {
+            Ok((p, c, hits)) => {
                 preempted += usize::from(p > 0);
                 cancelled += c;
+                cached += usize::from(hits > 0);
             }
             Err(panic) => {
                 let message = panic
@@ -624,4 +639,61 @@ fn random_request_mixes_finish_like_solo_runs_and_free_every_block() {
     // The mix must really exercise what it is for (a tuning change could make it trivial).
     assert!(preempted >= 40, "only {preempted} scenarios preempted");
     assert!(cancelled >= 40, "only {cancelled} sequences cancelled");
+    assert!(cached >= 40, "only {cached} scenarios reused cached blocks");
+}
+
+#[test]
+fn a_repeated_prompt_reuses_the_cached_blocks_and_gives_the_same_tokens() {
+    let p = prompt(10, 3);
+    let want = solo(p.clone(), 5);
+    let mut h = Harness::new(FakeLm::new(4, 16, 64), config(64, 4));
+    h.submit(vec![request(1, p.clone(), 5)]);
+    h.run();
+    // Blocks 0 and 1 (tokens 0..8) are full prompt blocks; block 2 got full while decoding.
+    h.submit(vec![request(2, p.clone(), 5)]);
+    h.run();
+    let mut longer = p.clone();
+    longer.extend(&want.tokens[..2]); // the first turn's answer continues the prompt
+    h.submit(vec![request(3, longer.clone(), 5)]);
+    h.run();
+    assert_eq!(h.results[&1], want);
+    assert_eq!(h.results[&2], want);
+    assert_eq!(h.results[&3], solo(longer, 5));
+    // Each request runs alone; its prefill is the one chunk of more than one token.
+    let firsts: Vec<(usize, usize, bool)> = h
+        .forward_calls()
+        .iter()
+        .filter(|c| c[0].1 > 1)
+        .map(|c| c[0])
+        .collect();
+    // The first request computes all 10 prompt tokens; the second only the last 2 (8 found,
+    // one token always left to compute); the third finds 12 of its 12 but must compute one:
+    // blocks 0..2 hold 12 tokens, so 8 are taken and 4 computed.
+    assert_eq!(firsts, vec![(0, 10, true), (8, 2, true), (8, 4, true)]);
+    assert_eq!(h.last_stats.prefix_cache_queries_total, 10 + 10 + 12);
+    assert_eq!(h.last_stats.prefix_cache_hits_total, 8 + 8);
+    assert_eq!(h.free_blocks(), 16, "cached blocks count as free");
+}
+
+#[test]
+fn without_prefix_caching_every_prompt_is_computed() {
+    let p = prompt(10, 3);
+    let no_cache = EngineConfig {
+        prefix_caching: false,
+        ..config(64, 4)
+    };
+    let mut h = Harness::new(FakeLm::new(4, 16, 64), no_cache);
+    h.submit(vec![request(1, p.clone(), 3)]);
+    h.run();
+    h.submit(vec![request(2, p.clone(), 3)]);
+    h.run();
+    assert_eq!(h.results[&1], h.results[&2]);
+    let prefills: Vec<(usize, usize, bool)> = h
+        .forward_calls()
+        .iter()
+        .filter(|c| c[0].1 > 1)
+        .map(|c| c[0])
+        .collect();
+    assert_eq!(prefills, vec![(0, 10, true), (0, 10, true)]);
+    assert_eq!(h.last_stats.prefix_cache_queries_total, 0);
 }

@@ -33,6 +33,10 @@ impl BlockTable {
         }
     }
 
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
     /// Physical block ids in logical order.
     pub fn ids(&self) -> &[u32] {
         &self.ids
@@ -67,6 +71,17 @@ impl BlockTable {
         Ok(())
     }
 
+    /// The handle of logical block `i`.
+    pub fn block(&self, i: usize) -> Option<&BlockHandle> {
+        self.blocks.get(i)
+    }
+
+    /// Appends a block found in the prefix cache (already full and computed).
+    pub fn push_cached(&mut self, block: BlockHandle) {
+        self.ids.push(block.id());
+        self.blocks.push(block);
+    }
+
     /// Returns every block to the pool (preemption).
     pub fn clear(&mut self) {
         self.ids.clear();
@@ -88,7 +103,7 @@ mod tests {
 
     #[test]
     fn reserve_grows_only_when_last_block_is_full() {
-        let pool = BlockPool::new(4);
+        let pool = BlockPool::new(4, true);
         let mut table = BlockTable::new(4);
         assert!(table.reserve(&pool, 3).is_ok());
         assert_eq!(table.num_blocks(), 1);
@@ -102,7 +117,7 @@ mod tests {
 
     #[test]
     fn reserve_fails_without_taking_blocks() {
-        let pool = BlockPool::new(2);
+        let pool = BlockPool::new(2, true);
         let mut table = BlockTable::new(2);
         let err = table.reserve(&pool, 7);
         assert_eq!(err, Err(OutOfBlocks { needed: 4, free: 2 }));
@@ -112,7 +127,7 @@ mod tests {
 
     #[test]
     fn clear_and_drop_return_blocks() {
-        let pool = BlockPool::new(3);
+        let pool = BlockPool::new(3, true);
         let mut table = BlockTable::new(2);
         assert!(table.reserve(&pool, 5).is_ok());
         assert_eq!(pool.num_free(), 0);
