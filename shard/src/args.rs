@@ -98,6 +98,17 @@ pub struct Args {
     /// HOST:PORT rank 0 listens on for its followers (needed when --tp-size > 1).
     #[arg(long)]
     pub tp_addr: Option<String>,
+    /// Automatic prefix caching, on by default as in vLLM V1 (this flag only confirms it): full
+    /// KV blocks of earlier requests, prompts and answers, stay cached after they finish, and a
+    /// later request whose tokens start with the same blocks reuses them instead of recomputing
+    /// them; least recently used blocks are evicted when blocks run short. Of this pair, the
+    /// last one given wins (either may repeat, as with vLLM's argparse flag).
+    #[arg(long, overrides_with_all = ["enable_prefix_caching", "no_enable_prefix_caching"])]
+    pub enable_prefix_caching: bool,
+    /// Turn automatic prefix caching off: every prompt is computed in full and nothing is kept
+    /// for later requests.
+    #[arg(long, overrides_with_all = ["enable_prefix_caching", "no_enable_prefix_caching"])]
+    pub no_enable_prefix_caching: bool,
 }
 
 impl Args {
@@ -154,6 +165,7 @@ impl Args {
                 true => PrefillPolicy::Shared,
                 false => PrefillPolicy::Fifo,
             },
+            prefix_caching: self.prefix_caching(),
         }
     }
 
@@ -163,6 +175,12 @@ impl Args {
             true => CPU_MAX_BATCH_TOKENS,
             false => 2048,
         })
+    }
+
+    /// Automatic prefix caching: on unless `--no-enable-prefix-caching` is the last of the
+    /// pair given (clap keeps only the last, like vLLM's argparse `BooleanOptionalAction`).
+    pub fn prefix_caching(&self) -> bool {
+        !self.no_enable_prefix_caching
     }
 
     /// Whether this shard computes on the CPU (`--device cpu`, or `auto` without a GPU).
@@ -236,6 +254,28 @@ mod tests {
             (2, 1, Some("127.0.0.1:9"))
         );
         assert_eq!(parse(&[]).expect("parses").tp_config().size, 1);
+    }
+
+    #[test]
+    fn prefix_caching_is_on_unless_turned_off() {
+        let on = |extra: &[&str]| parse(extra).expect("parses").engine_config().prefix_caching;
+        assert!(on(&[]), "on by default, as in vLLM V1");
+        assert!(on(&["--enable-prefix-caching"]));
+        assert!(!on(&["--no-enable-prefix-caching"]));
+        // The last of the pair wins, as with vLLM's argparse flag.
+        assert!(on(&[
+            "--no-enable-prefix-caching",
+            "--enable-prefix-caching"
+        ]));
+        assert!(!on(&[
+            "--enable-prefix-caching",
+            "--no-enable-prefix-caching"
+        ]));
+        assert!(!on(&[
+            "--no-enable-prefix-caching",
+            "--no-enable-prefix-caching"
+        ]));
+        assert!(parse(&["--enable-prefix-caching", "false"]).is_err());
     }
 
     #[test]
