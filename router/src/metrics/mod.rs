@@ -52,11 +52,14 @@ pub struct Metrics {
     pub(crate) shard_up: Gauge<u64>,
     pub(crate) shard_restarts: Counter<u64>,
     pub(crate) preemptions: Counter<u64>,
+    pub(crate) prefix_cache_queries: Counter<u64>,
+    pub(crate) prefix_cache_hits: Counter<u64>,
     pub(crate) iteration_tokens: Histogram<u64>,
     pub(crate) step_seconds: Histogram<f64>,
     pub(crate) rpc_seconds: Histogram<f64>,
-    /// Last cumulative preemption count seen per shard, to add only the difference.
-    pub(crate) preemptions_seen: Mutex<Vec<u64>>,
+    /// Last cumulative counts (`ShardStats`' `*_total`) seen per shard, to add only the
+    /// difference.
+    pub(crate) totals_seen: Mutex<Vec<shard::Totals>>,
     // Tokens and requests.
     pub(crate) prompt_tokens: Counter<u64>,
     pub(crate) generation_tokens: Counter<u64>,
@@ -118,7 +121,9 @@ impl Metrics {
             iteration_tokens: m.u64_histogram("pagedserve_iteration_tokens").with_description("Tokens (prefill + decode) scheduled per engine step.").with_boundaries(ITERATION_TOKENS.to_vec()).build(),
             step_seconds: hist(m, "engine_step_duration_seconds", "Wall time of one engine step (forward + sampling) on the shard.", STEP_SECONDS),
             rpc_seconds: hist(m, "shard_rpc_duration_seconds", "Latency of unary router-to-shard gRPC calls (Health, Info).", RPC_SECONDS),
-            preemptions_seen: Mutex::new(Vec::new()),
+            prefix_cache_queries: counter(m, "prefix_cache_queries", "Prompt tokens looked up in the prefix cache (those of each admitted sequence that could match)."),
+            prefix_cache_hits: counter(m, "prefix_cache_hits", "Prompt tokens found in the prefix cache (not recomputed), of those looked up."),
+            totals_seen: Mutex::new(Vec::new()),
             prompt_tokens: counter(m, "prompt_tokens", "Prompt tokens processed (as in the responses' usage)."),
             generation_tokens: counter(m, "generation_tokens", "Tokens generated (as in the responses' usage)."),
             request_success: counter(m, "request_success", "Sequences finished successfully, by finished_reason (stop, length)."),

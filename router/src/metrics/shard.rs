@@ -29,9 +29,15 @@ impl Metrics {
             let step = Duration::from_micros(stats.step_time_us).as_secs_f64();
             self.step_seconds.record(step, &labels);
         }
-        let added = self.preemptions_since_last(shard, stats.preemptions_total);
-        if added > 0 {
-            self.preemptions.add(added, &labels);
+        let added = self.totals_since_last(shard, Totals::of(stats));
+        for (counter, added) in [
+            (&self.preemptions, added.preemptions),
+            (&self.prefix_cache_queries, added.prefix_cache_queries),
+            (&self.prefix_cache_hits, added.prefix_cache_hits),
+        ] {
+            if added > 0 {
+                counter.add(added, &labels);
+            }
         }
     }
 
@@ -51,6 +57,8 @@ impl Metrics {
         self.shard_up.record(0, &labels);
         self.shard_restarts.add(0, &labels);
         self.preemptions.add(0, &labels);
+        self.prefix_cache_queries.add(0, &labels);
+        self.prefix_cache_hits.add(0, &labels);
         self.prompt_tokens.add(0, &labels);
         self.generation_tokens.add(0, &labels);
     }
@@ -83,15 +91,45 @@ impl Metrics {
         self.kv_total_blocks.record(u64::from(total), labels);
     }
 
-    /// The shard reports a cumulative count; a smaller one means it restarted from 0.
-    fn preemptions_since_last(&self, shard: usize, total: u64) -> u64 {
-        let Ok(mut seen) = self.preemptions_seen.lock() else {
-            return 0;
+    /// The shard reports cumulative counts; any smaller than last time means it restarted
+    /// from 0, and then every count is new (one decision for all of them, so hits never
+    /// outrun queries).
+    fn totals_since_last(&self, shard: usize, totals: Totals) -> Totals {
+        let Ok(mut seen) = self.totals_seen.lock() else {
+            return Totals::default();
         };
         if seen.len() <= shard {
-            seen.resize(shard + 1, 0);
+            seen.resize(shard + 1, Totals::default());
         }
-        let last = std::mem::replace(&mut seen[shard], total);
-        if total >= last { total - last } else { total }
+        let last = std::mem::replace(&mut seen[shard], totals);
+        let restarted = totals.preemptions < last.preemptions
+            || totals.prefix_cache_queries < last.prefix_cache_queries
+            || totals.prefix_cache_hits < last.prefix_cache_hits;
+        match restarted {
+            true => totals,
+            false => Totals {
+                preemptions: totals.preemptions - last.preemptions,
+                prefix_cache_queries: totals.prefix_cache_queries - last.prefix_cache_queries,
+                prefix_cache_hits: totals.prefix_cache_hits - last.prefix_cache_hits,
+            },
+        }
+    }
+}
+
+/// A shard's cumulative counters, as its last `ShardStats` gave them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    preemptions: u64,
+    prefix_cache_queries: u64,
+    prefix_cache_hits: u64,
+}
+
+impl Totals {
+    fn of(stats: &ShardStats) -> Self {
+        Self {
+            preemptions: stats.preemptions_total,
+            prefix_cache_queries: stats.prefix_cache_queries_total,
+            prefix_cache_hits: stats.prefix_cache_hits_total,
+        }
     }
 }

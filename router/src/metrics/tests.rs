@@ -121,6 +121,46 @@ fn step_stats_set_gauges_and_preemptions_add_differences() {
 }
 
 #[test]
+fn prefix_cache_counters_add_differences_per_shard() {
+    let m = metrics();
+    let step = |shard: usize, queries: u64, hits: u64| {
+        let stats = ShardStats {
+            prefix_cache_queries_total: queries,
+            prefix_cache_hits_total: hits,
+            ..Default::default()
+        };
+        m.record_step(shard, &stats);
+    };
+    step(0, 100, 0);
+    step(0, 250, 64);
+    step(0, 250, 64); // a step that admitted nothing
+    step(1, 40, 32);
+    // Shard 1 restarted and already looked up more tokens than before: its smaller hit count
+    // alone tells, and both counts are new.
+    step(1, 56, 16);
+    let text = render(&m);
+    let get = |name: &str, shard: &str| sample(&text, name, &[("shard", shard)]);
+    let queries = "pagedserve_prefix_cache_queries_total";
+    let hits = "pagedserve_prefix_cache_hits_total";
+    assert_eq!(get(queries, "0"), Some(250.0));
+    assert_eq!(get(hits, "0"), Some(64.0));
+    assert_eq!(get(queries, "1"), Some(96.0));
+    assert_eq!(get(hits, "1"), Some(48.0));
+    // What a dashboard sums over shards.
+    assert_eq!(
+        sample(&text, queries, &[("model_name", "smol")]),
+        Some(346.0)
+    );
+    assert_eq!(sample(&text, hits, &[]), Some(112.0));
+    let line = format!("{queries}{{model_name=\"smol\",shard=\"1\"}} 96");
+    assert!(
+        text.contains(&line),
+        "a counter with the shard's labels: {text}"
+    );
+    assert!(text.contains(&format!("# TYPE {hits} counter")), "{text}");
+}
+
+#[test]
 fn request_timer_counts_usage_and_observes_each_sequence_once() {
     let m = metrics();
     let arrival = Instant::now();
@@ -280,6 +320,8 @@ fn registered_shards_export_their_counters_at_zero_before_any_traffic() {
             "pagedserve_prompt_tokens_total",
             "pagedserve_generation_tokens_total",
             "pagedserve_num_preemptions_total",
+            "pagedserve_prefix_cache_queries_total",
+            "pagedserve_prefix_cache_hits_total",
         ] {
             let line = format!("{name}{{model_name=\"smol\",shard=\"{shard}\"}} 0");
             assert!(text.contains(&line), "missing `{line}` in:\n{text}");
