@@ -4,7 +4,7 @@ use super::ShardService;
 use pagedserve_proto::ShardServer;
 use std::future::Future;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 /// A Submit batch carries whole prompts; tonic's 4 MiB default is too tight for big batches.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -37,7 +37,12 @@ pub async fn serve_grpc(
         .add_service(shard)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // TCP_NODELAY: each step's outputs are one small message on a long-lived stream, and
+        // Nagle's algorithm would hold a token back until the router's delayed ACK.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }
