@@ -119,7 +119,18 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| ModelError::Format(format!("{}: no weight_map", index_path.display())))?;
-    let names: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    // A value that is not a file name is a broken index, said as such (skipping it made its
+    // tensor fail later as "missing").
+    let mut names = BTreeSet::new();
+    for (tensor, file) in map {
+        let name = file.as_str().ok_or_else(|| {
+            ModelError::Format(format!(
+                "{}: weight_map entry {tensor:?} is {file}, not a file name",
+                index_path.display()
+            ))
+        })?;
+        names.insert(name);
+    }
     // Every name is checked before any file is looked at, so a crafted index is refused as
     // such rather than reported as a missing shard.
     if let Some(bad) = names.iter().find(|name| !is_plain_file_name(name)) {
@@ -183,6 +194,20 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         let err = SafetensorsFiles::open(&dir).err().unwrap().to_string();
         assert!(err.contains("model.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn a_weight_map_value_that_is_not_a_file_name_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("pagedserve-st-notstr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let index = r#"{"weight_map": {"lm_head.weight": 3}}"#;
+        std::fs::write(dir.join("model.safetensors.index.json"), index).unwrap();
+        let err = SafetensorsFiles::open(&dir).err().unwrap().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            err.contains("\"lm_head.weight\" is 3, not a file name"),
+            "{err}"
+        );
     }
 
     /// A crafted index must not make the loader open files outside the model directory: each
