@@ -642,6 +642,16 @@ fn random_request_mixes_finish_like_solo_runs_and_free_every_block() {
     assert!(cached >= 40, "only {cached} scenarios reused cached blocks");
 }
 
+/// `(start, len, need_logits)` of each prefill, where requests ran one at a time: the one
+/// chunk of more than one token in its forward call.
+fn prefills_of_lone_requests(h: &Harness) -> Vec<(usize, usize, bool)> {
+    h.forward_calls()
+        .iter()
+        .filter(|c| c[0].1 > 1)
+        .map(|c| c[0])
+        .collect()
+}
+
 #[test]
 fn a_repeated_prompt_reuses_the_cached_blocks_and_gives_the_same_tokens() {
     let p = prompt(10, 3);
@@ -659,13 +669,7 @@ fn a_repeated_prompt_reuses_the_cached_blocks_and_gives_the_same_tokens() {
     assert_eq!(h.results[&1], want);
     assert_eq!(h.results[&2], want);
     assert_eq!(h.results[&3], solo(longer, 5));
-    // Each request runs alone; its prefill is the one chunk of more than one token.
-    let firsts: Vec<(usize, usize, bool)> = h
-        .forward_calls()
-        .iter()
-        .filter(|c| c[0].1 > 1)
-        .map(|c| c[0])
-        .collect();
+    let firsts = prefills_of_lone_requests(&h);
     // The first request computes all 10 prompt tokens; the second only the last 2 (8 found,
     // one token always left to compute); the third finds 12 of its 12 but must compute one:
     // blocks 0..2 hold 12 tokens, so 8 are taken and 4 computed.
@@ -688,12 +692,7 @@ fn without_prefix_caching_every_prompt_is_computed() {
     h.submit(vec![request(2, p.clone(), 3)]);
     h.run();
     assert_eq!(h.results[&1], h.results[&2]);
-    let prefills: Vec<(usize, usize, bool)> = h
-        .forward_calls()
-        .iter()
-        .filter(|c| c[0].1 > 1)
-        .map(|c| c[0])
-        .collect();
+    let prefills = prefills_of_lone_requests(&h);
     assert_eq!(prefills, vec![(0, 10, true), (0, 10, true)]);
     assert_eq!(h.last_stats.prefix_cache_queries_total, 0);
 }

@@ -95,14 +95,9 @@ async fn generate_and_serve_give_the_same_tokens() {
     s.service.set_engine(fake_engine());
     let prompt: Vec<u32> = (1..=20).collect();
     let req = pb::GenerateRequest {
-        prompt_ids: prompt.clone(),
-        stopping: Some(pb::StoppingCriteria {
-            max_tokens: 5,
-            ..Default::default()
-        }),
         logprobs: true,
         top_logprobs: 2,
-        ..Default::default()
+        ..generate_request(prompt.clone())
     };
     let responses = generate(&mut s.client, req).await;
     assert_eq!(responses.len(), 5);
@@ -164,18 +159,23 @@ async fn generate_and_serve_give_the_same_tokens() {
     assert_eq!(info.running + info.waiting, 0);
 }
 
-#[tokio::test]
-async fn generate_rejects_a_bad_request() {
-    let mut s = start_server().await;
-    s.service.set_engine(fake_engine());
-    let req = pb::GenerateRequest {
-        prompt_ids: vec![],
+/// A `Generate` call for 5 new tokens after `prompt_ids`.
+fn generate_request(prompt_ids: Vec<u32>) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        prompt_ids,
         stopping: Some(pb::StoppingCriteria {
             max_tokens: 5,
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
+
+#[tokio::test]
+async fn generate_rejects_a_bad_request() {
+    let mut s = start_server().await;
+    s.service.set_engine(fake_engine());
+    let req = generate_request(vec![]);
     let mut stream = s.client.generate(req).await.expect("generate").into_inner();
     let err = stream.message().await.err();
     assert_eq!(err.map(|e| e.code()), Some(tonic::Code::InvalidArgument));
@@ -192,14 +192,7 @@ async fn generate_reports_a_failed_prefill_as_internal() {
     }
     let engine = spawn_engine(Box::new(model), EngineConfig::default()).expect("spawn");
     s.service.set_engine(engine);
-    let req = pb::GenerateRequest {
-        prompt_ids: vec![3; 5],
-        stopping: Some(pb::StoppingCriteria {
-            max_tokens: 5,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let req = generate_request(vec![3; 5]);
     let mut stream = s.client.generate(req).await.expect("generate").into_inner();
     let err = stream.message().await.err();
     assert_eq!(err.as_ref().map(|e| e.code()), Some(tonic::Code::Internal));
