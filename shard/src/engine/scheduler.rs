@@ -218,7 +218,7 @@ impl Scheduler {
         chunks.retain(|c| c.seq_idx < self.running.len());
         if self.preemptions_total == preemptions_before {
             for &len in demands.iter().skip(prefilling.len()) {
-                if len == 0 || !self.admit_one(len, &mut chunks) {
+                if len == 0 || self.admit_one(len, &mut chunks).is_none() {
                     break;
                 }
             }
@@ -227,25 +227,24 @@ impl Scheduler {
     }
 
     /// Admits the head of the queue with a first chunk of at most `len` tokens after what
-    /// the prefix cache holds of it; false when its blocks do not fit (it stays first in
-    /// line).
-    fn admit_one(&mut self, len: usize, chunks: &mut Vec<ScheduledChunk>) -> bool {
-        let Some(mut seq) = self.waiting.pop_front() else {
-            return false;
-        };
+    /// the prefix cache holds of it, and returns the chunk's length; `None` when the queue is
+    /// empty or its head's blocks do not fit (FIFO: it stays first in line, nobody overtakes
+    /// it).
+    fn admit_one(&mut self, len: usize, chunks: &mut Vec<ScheduledChunk>) -> Option<usize> {
+        let mut seq = self.waiting.pop_front()?;
         let hit = seq.match_cached_prefix(&self.pool);
         let start = seq.num_computed;
         let len = len.min(seq.num_uncomputed());
         if seq.block_table.reserve(&self.pool, start + len).is_err() {
             seq.forget_blocks();
             self.waiting.push_front(seq);
-            return false;
+            return None;
         }
         self.count_lookup(&seq, hit);
         seq.preempted = false;
         self.running.push(seq);
         chunks.push(self.chunk(self.running.len() - 1, start, len));
-        true
+        Some(len)
     }
 
     fn count_lookup(&mut self, seq: &Sequence, hit: usize) {
@@ -296,24 +295,12 @@ impl Scheduler {
         }
     }
 
+    /// FIFO admission, each sequence with all of its prompt that the budget still covers.
     fn admit(&mut self, budget: &mut usize, chunks: &mut Vec<ScheduledChunk>) {
         while *budget > 0 && self.running.len() < self.config.max_num_seqs {
-            let Some(mut seq) = self.waiting.pop_front() else {
+            let Some(len) = self.admit_one(*budget, chunks) else {
                 break;
             };
-            let hit = seq.match_cached_prefix(&self.pool);
-            let start = seq.num_computed;
-            let len = seq.num_uncomputed().min(*budget);
-            if seq.block_table.reserve(&self.pool, start + len).is_err() {
-                // FIFO: nobody overtakes the head of the queue.
-                seq.forget_blocks();
-                self.waiting.push_front(seq);
-                break;
-            }
-            self.count_lookup(&seq, hit);
-            seq.preempted = false;
-            self.running.push(seq);
-            chunks.push(self.chunk(self.running.len() - 1, start, len));
             *budget -= len;
         }
     }
