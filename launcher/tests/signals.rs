@@ -30,12 +30,7 @@ fn a_second_signal_cuts_the_drain_short() {
         ],
         &[],
     );
-    assert!(
-        poll(PATIENCE, || fake.pid("shard.pid").is_some()),
-        "the fake shard never started:\n{}",
-        launcher.output()
-    );
-    let shard = fake.pid("shard.pid").unwrap_or_default();
+    let shard = fake.wait_pid("shard.pid", &launcher);
     launcher.signal(libc::SIGTERM);
     // The second signal must come after the first was handled (pending signals merge).
     launcher.wait_for_output("stopping children");
@@ -131,12 +126,7 @@ fn a_stuck_stdout_reader_does_not_stop_signal_handling() {
         &["--model", &model, "--host", "127.0.0.1", "--port", "0"],
         &[],
     );
-    assert!(
-        poll(PATIENCE, || fake.pid("shard.pid").is_some()),
-        "the fake shard never started:\n{}",
-        launcher.output()
-    );
-    let shard = fake.pid("shard.pid").unwrap_or_default();
+    let shard = fake.wait_pid("shard.pid", &launcher);
     assert!(
         poll(PATIENCE, || launcher.stdout_pipe_full()),
         "the launcher's stdout pipe never filled:\n{}",

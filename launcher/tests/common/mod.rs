@@ -53,6 +53,17 @@ impl FakeDeployment {
             .ok()
     }
 
+    /// Waits until a script wrote its pid to `$FAKE_DIR/<name>`; fails the test with the
+    /// launcher's output if that takes longer than PATIENCE.
+    pub fn wait_pid(&self, name: &str, launcher: &Launcher) -> i32 {
+        assert!(
+            poll(PATIENCE, || self.pid(name).is_some()),
+            "{name} never appeared:\n{}",
+            launcher.output()
+        );
+        self.pid(name).unwrap_or_default()
+    }
+
     /// Starts `pagedserve <args>` with this directory's children.
     pub fn launch(&self, args: &[&str], env: &[(&str, &str)]) -> Launcher {
         self.launch_with(args, env, true)
