@@ -1,5 +1,7 @@
 //! Attention microbenchmark: device copy bandwidth, paged decode attention (Llama-3-8B heads:
-//! H=32, KVH=8, D=128, block 16, shuffled blocks) at context 1k/4k/16k x batch 1/32/128, and
+//! H=32, KVH=8, D=128, block 16, shuffled blocks) at context 1k/4k/16k x batch 1/32/128
+//! (max_ctx = context), the small batches 1-16 at 1k/4k as the engine launches them (max_ctx
+//! 8192, Llama-3-8B's, so the grid is sized for 8k and the kernel splits by actual length), and
 //! causal prefill attention at 2k and 8k tokens. Times are per call, medians over samples of
 //! back-to-back calls timed with CUDA events after warm-up, on random inputs; small cases rotate
 //! over several block sets so repeats do not measure L2. Usage: `attn_bench [ptx-cache-dir]`; prints a table.
@@ -32,8 +34,12 @@ fn tables(pool: usize, batch: usize, ctx: usize, sets: usize, seed: u64) -> Vec<
     (0..sets * per).map(|i| perm[i % pool]).collect()
 }
 
+/// max_ctx of the small-batch decode cases: the engine's for Llama-3-8B.
+const ENGINE_MAX_CTX: usize = 8192;
+
 struct DecodeRow {
     ctx: usize,
+    max_ctx: usize,
     batch: usize,
     us: f64,
     gbs: f64,
@@ -44,6 +50,7 @@ fn decode_case(
     kv: &(CudaSlice<bf16>, CudaSlice<bf16>),
     pool: usize,
     ctx: usize,
+    max_ctx: usize,
     batch: usize,
 ) -> Res<DecodeRow> {
     let bytes = (batch * ctx * KVH * D * 2 * 2) as f64;
@@ -59,11 +66,10 @@ fn decode_case(
         .clone_htod(&(0..batch as i32).collect::<Vec<_>>())?;
     let lens = b.stream.clone_htod(&vec![ctx as i32; batch])?;
     let mut out = b.random_bf16(batch * H * D, 3, 1.0)?;
-    // SAFETY: written by the kernel before it is read.
-    let mut ws = unsafe {
-        b.stream
-            .alloc::<f32>(decode_workspace_len(batch, H, D, ctx))
-    }?;
+    // Zeroed: its last words are the combine's counters.
+    let mut ws = b
+        .stream
+        .alloc_zeros::<f32>(decode_workspace_len(batch, H, D, max_ctx))?;
     let scale = 1.0 / (D as f32).sqrt();
     let ms = b.time(|i| {
         let s = i % sets;
@@ -84,12 +90,13 @@ fn decode_case(
             D,
             BS,
             scale,
-            ctx,
+            max_ctx,
         )?;
         Ok(())
     })?;
     Ok(DecodeRow {
         ctx,
+        max_ctx,
         batch,
         us: ms * 1e3,
         gbs: bytes / (ms * 1e-3) / 1e9,
@@ -179,7 +186,13 @@ fn main() -> Res<()> {
     let mut rows = Vec::new();
     for ctx_len in [1024, 4096, 16384] {
         for batch in [1, 32, 128] {
-            rows.push(decode_case(&b, &kv, pool, ctx_len, batch)?);
+            rows.push(decode_case(&b, &kv, pool, ctx_len, ctx_len, batch)?);
+        }
+    }
+    let mut small = Vec::new();
+    for ctx_len in [1024, 4096] {
+        for batch in [1, 2, 4, 8, 16] {
+            small.push(decode_case(&b, &kv, pool, ctx_len, ENGINE_MAX_CTX, batch)?);
         }
     }
     let prefill: Vec<(usize, (f64, f64))> = [2048, 8192]
@@ -201,16 +214,22 @@ fn main() -> Res<()> {
     }
     println!("\n== attn_bench ({}, {}) ==", b.ctx.name()?, b.k.arch());
     println!("device copy bandwidth (read + write): {copy:.0} GB/s");
-    println!("paged decode attention, H=32 KVH=8 D=128 block 16 (bytes = K+V read):");
     println!(
-        "{:>7} {:>6} {:>5} {:>10} {:>9} {:>7}",
-        "context", "batch", "part", "time_us", "GB/s", "%copy"
+        "paged decode attention, H=32 KVH=8 D=128 block 16 (bytes = K+V read; part = longest \
+         partition, shorter ones where the launch would not fill the GPU):"
     );
-    for r in &rows {
-        let (part, pct) = (decode_partition(r.batch, r.ctx), 100.0 * r.gbs / copy);
+    println!(
+        "{:>7} {:>7} {:>6} {:>5} {:>10} {:>9} {:>7}",
+        "context", "max_ctx", "batch", "part", "time_us", "GB/s", "%copy"
+    );
+    for (i, r) in rows.iter().chain(&small).enumerate() {
+        if i == rows.len() {
+            println!("small batches, max_ctx as in the engine:");
+        }
+        let (part, pct) = (decode_partition(r.batch, r.max_ctx), 100.0 * r.gbs / copy);
         println!(
-            "{:>7} {:>6} {part:>5} {:>10.1} {:>9.0} {pct:>6.1}%",
-            r.ctx, r.batch, r.us, r.gbs
+            "{:>7} {:>7} {:>6} {part:>5} {:>10.1} {:>9.0} {pct:>6.1}%",
+            r.ctx, r.max_ctx, r.batch, r.us, r.gbs
         );
     }
     println!("prefill attention, causal, one sequence (flops = 4*H*D*n(n+1)/2):");
