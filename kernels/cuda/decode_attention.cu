@@ -1,15 +1,23 @@
-// Paged decode attention: one query row per sequence, split over KV partitions of P tokens (64,
-// 256 or 512 by launch size: small launches need many CTAs, large ones fewer partials).
-// Grid (S, KVH, max_parts): one CTA serves all G = H / KVH query heads of one KV group, so each K
-// and V row is read once per group. Phase 1 puts the scores of the partition in shared memory,
-// phase 2 turns them into probabilities, phase 3 accumulates P·V. A sequence whose context fits
-// one partition writes `out` directly; longer ones leave (acc, max, sum) per partition in the
-// workspace for paged_decode_reduce. The grid depends only on max_ctx, never on the step's lengths,
-// so a captured CUDA graph can be replayed with new ctx_lens and block tables.
+// Paged decode attention: one query row per sequence, split over KV partitions, one launch.
+// Grid (S, KVH, Z) with Z = ceil(max_ctx / P): P (64, 256 or 512, by launch size) is the longest
+// partition a CTA takes (it sizes the score array), and the grid depends only on S and max_ctx,
+// never on the step's lengths, so a captured CUDA graph can be replayed with new ctx_lens and
+// block tables. A sequence of ctx tokens uses ceil(ctx / P) of its Z slots (decode_split).
+// One CTA serves all G = H / KVH query heads of one KV group, so each K and V row is read once
+// per group. It puts the scores of its partition in shared memory, turns them into
+// probabilities and accumulates P·V. A sequence of one
+// partition writes `out` directly; otherwise every CTA leaves (acc, max, sum) per head in the
+// workspace and bumps a counter of its (sequence, KV head); the last one to arrive combines the
+// partitions, writes `out` and puts the counter back to 0, so the next launch (a graph replay)
+// finds it as the first one did. The counters sit at the end of the workspace, one u32 per
+// (sequence, KV head) at a place that does not depend on S: launches of any batch size can
+// share one buffer sized for the largest, zeroed once at allocation.
 #include "common.cuh"
 
 #define DEC_WARPS 4
 #define DEC_THREADS (DEC_WARPS * 32)
+// Stands for "no partition yet" in the combine: finite, so differences never make NaN.
+#define DEC_NO_MAX (-3.0e38f)
 
 struct DecodeArgs {
     bf16* out;
@@ -20,16 +28,28 @@ struct DecodeArgs {
     const int* block_tables;
     const int* ctx_lens;
     float* ws;
+    u64 ws_len;  // f32 elements of ws; the counters are its last S * KVH words
     u32 qkv_stride, out_rows, H, KVH, block_size, bt_stride, num_blocks, max_ctx;
     u32 bs_log2, part;
     float scale_log2;
 };
 
-__device__ __forceinline__ int decode_ctx_len(const DecodeArgs& a, u32 s) {
-    int ctx = a.ctx_lens[s];
+__device__ __forceinline__ int decode_ctx_len(const DecodeArgs& a, int ctx) {
     ctx = min(ctx, (int)a.max_ctx);
     return min(ctx, (int)(a.bt_stride * a.block_size));
 }
+
+// How a sequence of `ctx` (> 0) tokens splits: n partitions of `chunk` tokens (the last shorter),
+// chunk a multiple of the block size and at most P, n at most gridDim.z. A pure function of
+// ctx and the launch, so every CTA of the sequence (and the one that combines) agrees.
+struct DecodeSplit {
+    u32 n, chunk;
+};
+template <int P>
+__device__ __forceinline__ DecodeSplit decode_split(const DecodeArgs&, u32 ctx) {
+    return {(ctx + P - 1) / P, P};
+}
+
 
 // Element offset of token `tok` (partition-relative) of this KV head in the cache.
 __device__ __forceinline__ u64 tok_off(const DecodeArgs& a, const u64* blk_off, u32 tok, u32 D) {
@@ -114,21 +134,123 @@ __device__ __forceinline__ void decode_pv(const DecodeArgs& a, const u64* blk_of
             for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(FULL_MASK, acc[g][e], o);
 }
 
+// Run by the last CTA of (sequence s, KV head kvh) to finish: combines the n partitions of its
+// G heads from the workspace (read through L2: other CTAs wrote them during this launch) into
+// `out`. First per head the largest partition max M and the denominator sum_p 2^(m_p - M) l_p
+// (online over p, one pass); then D/4-thread groups sum 2^(m_p - M) acc_p over disjoint
+// partitions with G*U float4 loads in flight per thread, and combine through `red`.
+template <int D, int G>
+__device__ __forceinline__ void decode_combine(const DecodeArgs& a, u32 s, u32 kvh, u32 qrow,
+                                               u32 n, float (*red)[G][D], float* head_max,
+                                               float* head_sum) {
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const u32 Z = gridDim.z;
+    const u64 n_acc = (u64)gridDim.x * a.H * Z;
+    const u64 base = ((u64)s * a.H + kvh * G) * Z;  // head g of the group adds g * Z
+    const float* wmax = a.ws + n_acc * D;
+    const float* wsum = wmax + n_acc;
+    for (u32 g = warp; g < G; g += DEC_WARPS) {
+        float m = DEC_NO_MAX, l = 0.f;
+        for (u32 p = lane; p < n; p += 32) {
+            const float mp = __ldcg(wmax + base + g * Z + p), lp = __ldcg(wsum + base + g * Z + p);
+            const float mn = fmaxf(m, mp);
+            l = l * exp2f(m - mn) + lp * exp2f(mp - mn);
+            m = mn;
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float mo = __shfl_xor_sync(FULL_MASK, m, o);
+            const float lo = __shfl_xor_sync(FULL_MASK, l, o);
+            const float mn = fmaxf(m, mo);
+            l = l * exp2f(m - mn) + lo * exp2f(mo - mn);
+            m = mn;
+        }
+        if (lane == 0) {
+            head_max[g] = m;
+            head_sum[g] = l;
+        }
+    }
+    __syncthreads();
+
+    constexpr u32 VT = D / 4;             // threads per partition vector (float4 each)
+    constexpr u32 VPW = 32 / VT;          // vectors per warp at a time
+    constexpr u32 STEP = DEC_WARPS * VPW;  // partitions per CTA pass
+    constexpr u32 U = G >= 4 ? 2 : 8 / G;  // passes unrolled: G*U loads in flight per thread
+    const u32 c4 = lane % VT, sub = lane / VT;
+    float M[G];
+    float4 acc[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        M[g] = head_max[g];
+        acc[g] = make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    for (u32 p0 = warp * VPW + sub; p0 < n; p0 += STEP * U) {
+        float w[U][G];
+        float4 v[U][G];
+#pragma unroll
+        for (u32 u = 0; u < U; ++u)
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                const u32 p = p0 + u * STEP;
+                w[u][g] = DEC_NO_MAX;
+                v[u][g] = make_float4(0.f, 0.f, 0.f, 0.f);
+                if (p < n) {
+                    const u64 idx = base + g * Z + p;
+                    w[u][g] = __ldcg(wmax + idx);
+                    v[u][g] = __ldcg((const float4*)(a.ws + idx * D) + c4);
+                }
+            }
+#pragma unroll
+        for (u32 u = 0; u < U; ++u)
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                const float e = exp2f(w[u][g] - M[g]);
+                acc[g].x = fmaf(e, v[u][g].x, acc[g].x);
+                acc[g].y = fmaf(e, v[u][g].y, acc[g].y);
+                acc[g].z = fmaf(e, v[u][g].z, acc[g].z);
+                acc[g].w = fmaf(e, v[u][g].w, acc[g].w);
+            }
+    }
+#pragma unroll
+    for (u32 o = VT; o < 32; o <<= 1)
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+            acc[g].x += __shfl_xor_sync(FULL_MASK, acc[g].x, o);
+            acc[g].y += __shfl_xor_sync(FULL_MASK, acc[g].y, o);
+            acc[g].z += __shfl_xor_sync(FULL_MASK, acc[g].z, o);
+            acc[g].w += __shfl_xor_sync(FULL_MASK, acc[g].w, o);
+        }
+    if (sub == 0)
+#pragma unroll
+        for (int g = 0; g < G; ++g) *(float4*)&red[warp][g][c4 * 4] = acc[g];
+    __syncthreads();
+    for (u32 i = threadIdx.x; i < G * D; i += DEC_THREADS) {
+        const u32 g = i / D, d = i % D;
+        float v = 0.f;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; ++w) v += red[w][g][d];
+        a.out[(u64)qrow * a.H * D + (kvh * G + g) * D + d] = __float2bfloat16(v / head_sum[g]);
+    }
+}
+
 template <int D, int G, int P, int U1 = 4, int U2 = 8>
 __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
     __shared__ float sc[G][P];
-    __shared__ float red[DEC_WARPS][G][D];
+    __shared__ __align__(16) float red[DEC_WARPS][G][D];
     __shared__ u64 blk_off[P / 8];
     __shared__ float head_max[G], head_sum[G];
+    __shared__ u32 is_last;
 
     const u32 s = blockIdx.x, kvh = blockIdx.y, part = blockIdx.z;
-    const int ctx = decode_ctx_len(a, s);
-    const u32 p0 = part * P;
-    if (ctx <= 0 || p0 >= (u32)ctx) return;
+    // Both loads issued before either is tested: they head the chain of dependent loads.
+    const int ctx_in = a.ctx_lens[s];
     const int qrow = a.q_rows[s];
-    if (qrow < 0 || (u32)qrow >= a.out_rows) return;
-    const u32 plen = min((u32)P, (u32)ctx - p0);
-    const u32 nparts = ((u32)ctx + P - 1) / P;
+    const int ctx = decode_ctx_len(a, ctx_in);
+    if (ctx <= 0 || qrow < 0 || (u32)qrow >= a.out_rows) return;
+    const DecodeSplit sp = decode_split<P>(a, (u32)ctx);
+    if (part >= sp.n) return;
+    const u32 p0 = part * sp.chunk;
+    const u32 plen = min(sp.chunk, (u32)ctx - p0);
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
     if (threadIdx.x < (plen + a.block_size - 1) >> a.bs_log2) {
@@ -191,7 +313,7 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
 #pragma unroll
         for (int w = 0; w < DEC_WARPS; ++w) v += red[w][g][d];
         const u32 h = kvh * G + g;
-        if (nparts == 1) {
+        if (sp.n == 1) {
             a.out[(u64)qrow * a.H * D + h * D + d] = __float2bfloat16(v / head_sum[g]);
         } else {
             const u64 idx = ((u64)s * a.H + h) * max_parts + part;
@@ -202,6 +324,22 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
             }
         }
     }
+    if (sp.n == 1) return;
+
+    // Publish this partition, then count it; the last of the n to arrive combines them all and
+    // puts the counter back to 0 for the next launch.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        u32* ctr = reinterpret_cast<u32*>(a.ws) + (a.ws_len - 1 - ((u64)s * a.KVH + kvh));
+        const bool last = atomicAdd(ctr, 1u) == sp.n - 1;
+        if (last) atomicExch(ctr, 0u);
+        is_last = last;
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    decode_combine<D, G>(a, s, kvh, (u32)qrow, sp.n, red, head_max, head_sum);
 }
 
 #define DECODE_ONE(D, G, P)                                                            \
@@ -228,48 +366,6 @@ DECODE_INST(128, 6)
 DECODE_INST(128, 7)
 DECODE_INST(128, 8)
 
-// Combines the partitions of sequences longer than one partition. Grid (S, H), RED_THREADS
-// threads: the partition weights exp2(max_p - M) go to shared memory once, then D-wide groups of
-// threads sum disjoint partitions (loads independent, unrolled) and combine through shared memory.
-#define RED_THREADS 256
-#define RED_MAX_PARTS 2048
-
-extern "C" __global__ void __launch_bounds__(RED_THREADS)
-    paged_decode_reduce(DecodeArgs a, u32 D, u32 max_parts) {
-    __shared__ float w[RED_MAX_PARTS];
-    __shared__ float part_acc[RED_THREADS];
-    __shared__ float scratch[32];
-    const u32 s = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
-    const int ctx = decode_ctx_len(a, s);
-    if (ctx <= (int)a.part) return;
-    const int qrow = a.q_rows[s];
-    if (qrow < 0 || (u32)qrow >= a.out_rows) return;
-    const u32 nparts = min(((u32)ctx + a.part - 1) / a.part, (u32)RED_MAX_PARTS);
-    const u64 n_acc = (u64)gridDim.x * a.H * max_parts;
-    const u64 base = ((u64)s * a.H + h) * max_parts;
-    const float* wmax = a.ws + n_acc * D + base;
-    const float* wsum = wmax + n_acc;
-    float m = NEG_INF;
-    for (u32 p = tid; p < nparts; p += RED_THREADS) m = fmaxf(m, wmax[p]);
-    m = block_max<RED_THREADS>(m, scratch);
-    float den = 0.f;
-    for (u32 p = tid; p < nparts; p += RED_THREADS) {
-        const float e = exp2f(wmax[p] - m);
-        w[p] = e;
-        den += e * wsum[p];
-    }
-    den = block_sum<RED_THREADS>(den, scratch);  // its barriers also publish w[]
-    const u32 groups = RED_THREADS / D, grp = tid / D, d = tid % D;
-    float num = 0.f;
-    if (grp < groups) {
-        const float* acc = a.ws + base * D + d;
-#pragma unroll 8
-        for (u32 p = grp; p < nparts; p += groups) num = fmaf(w[p], acc[(u64)p * D], num);
-    }
-    part_acc[tid] = num;
-    __syncthreads();
-    if (grp == 0) {
-        for (u32 g = 1; g < groups; ++g) num += part_acc[g * D + d];
-        a.out[(u64)qrow * a.H * D + h * D + d] = __float2bfloat16(num / den);
-    }
-}
+// No longer launched: the last CTA of each (sequence, KV head) combines the partitions inside
+// the main kernel. Kept, empty, only because loader.rs still lists it among the kernels to load.
+extern "C" __global__ void paged_decode_reduce() {}

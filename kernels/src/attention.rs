@@ -20,7 +20,8 @@ pub const DECODE_PARTITION_SMALL: usize = 64;
 pub const DECODE_PARTITION_LARGE: usize = 512;
 /// Query rows per prefill tile (PF_TILE in prefill_attention.cu).
 pub const PREFILL_TILE: usize = 64;
-/// Most partitions one decode sequence may have (RED_MAX_PARTS in decode_attention.cu).
+/// Most partition slots per decode sequence (`ceil(max_ctx / P)`, the grid's z): bounds the
+/// workspace and the in-kernel combine's serial work.
 pub const DECODE_MAX_PARTITIONS: usize = 2048;
 /// Largest KV block size (a decode partition must span whole blocks).
 pub const MAX_BLOCK_SIZE: usize = 64;
@@ -28,36 +29,64 @@ pub const MAX_BLOCK_SIZE: usize = 64;
 pub const SUPPORTED_HEAD_DIMS: [usize; 2] = [64, 128];
 /// Largest H / KVH the decode kernel is instantiated for.
 pub const MAX_GQA_GROUP: usize = 8;
+/// Threads per decode CTA (DEC_THREADS in decode_attention.cu).
+const DECODE_THREADS: u32 = 128;
 
 pub(crate) fn decode_kernel_name(head_dim: usize, group: usize, part: usize) -> String {
     format!("paged_decode_d{head_dim}_g{group}_p{part}")
 }
 
-/// The partition size of a decode launch, from the number of (sequence, 256-token partition)
-/// pairs: under 64, 64-token partitions (batch 1 at short contexts: too few CTAs to keep the
-/// memory system busy); under 256, 256; else 512 (fewer partials to write and combine).
-/// Depends only on the launch shape, never on the actual lengths.
+/// decode_partition's bands: launches with fewer (sequence, 256-token partition) pairs than
+/// these take 64- and 256-token partitions.
+const SMALL_PAIRS: usize = 64;
+const LARGE_PAIRS: usize = 256;
+
+/// The longest partition of a decode launch (its grid has `ceil(max_ctx / P)` partition slots
+/// per sequence), from the number of (sequence, 256-token partition) pairs: under 64,
+/// 64-token partitions (batch 1: too few CTAs to keep the memory system busy); under 256, 256;
+/// else 512 (fewer partials to write and combine). Depends only on the launch shape, never on
+/// the actual lengths.
 pub fn decode_partition(num_seqs: usize, max_ctx: usize) -> usize {
     let pairs = num_seqs * max_ctx.div_ceil(DECODE_PARTITION);
-    if pairs < 64 {
+    if pairs < SMALL_PAIRS {
         DECODE_PARTITION_SMALL
-    } else if pairs < 256 {
+    } else if pairs < LARGE_PAIRS {
         DECODE_PARTITION
     } else {
         DECODE_PARTITION_LARGE
     }
 }
 
-/// f32 elements of the decode workspace for `num_seqs` sequences of up to `max_ctx` tokens:
-/// per (sequence, head, partition) a D-vector of partial outputs plus its max and sum.
+/// f32 elements of the decode workspace for up to `num_seqs` sequences of up to `max_ctx`
+/// tokens: per (sequence, head, partition slot) a D-vector of partial outputs plus its max and
+/// sum, and at the end one u32 counter per (sequence, KV head) (`num_seqs * num_heads` words
+/// reserved). Nondecreasing in `num_seqs` (the partials part is the largest of any batch size up
+/// to `num_seqs`), so one buffer sized for the largest batch serves launches of every smaller
+/// one: their partials never reach the counters, which sit at fixed places from the end.
 pub fn decode_workspace_len(
     num_seqs: usize,
     num_heads: usize,
     head_dim: usize,
     max_ctx: usize,
 ) -> usize {
-    let parts = max_ctx.div_ceil(decode_partition(num_seqs, max_ctx)).max(1);
-    num_seqs * num_heads * parts * (head_dim + 2)
+    let partials = |s: usize| {
+        let parts = max_ctx.div_ceil(decode_partition(s, max_ctx)).max(1);
+        s * num_heads * parts * (head_dim + 2)
+    };
+    // decode_partition only grows with s, in three bands; per band the partials peak at the
+    // band's largest s.
+    let per_seq = max_ctx.div_ceil(DECODE_PARTITION).max(1);
+    let largest = [
+        (SMALL_PAIRS - 1) / per_seq,
+        (LARGE_PAIRS - 1) / per_seq,
+        num_seqs,
+    ]
+    .into_iter()
+    .filter(|&s| s >= 1)
+    .map(|s| partials(s.min(num_seqs)))
+    .max()
+    .unwrap_or(0);
+    largest + num_seqs * num_heads
 }
 
 /// The prefill tiles `(seq index, first query row within the chunk)` for `seq_info` rows
@@ -92,6 +121,7 @@ struct DecodeArgs {
     block_tables: u64,
     ctx_lens: u64,
     ws: u64,
+    ws_len: u64,
     qkv_stride: u32,
     out_rows: u32,
     h: u32,
@@ -191,7 +221,10 @@ impl Kernels {
     /// `block_tables` i32 `[S, bt_stride]`, and writes row `q_rows[s]` of `out` bf16
     /// `[T, H*D]`. The launch shape depends only on S and `max_ctx` (lengths are clamped to it),
     /// so it can be captured in a CUDA graph and replayed with new lengths and tables.
-    /// `workspace` needs `decode_workspace_len(S, H, D, max_ctx)` f32 elements.
+    /// `workspace` needs `decode_workspace_len(S, H, D, max_ctx)` f32 elements, and its last
+    /// `S * H` elements must be zero (bits) before the first launch (`alloc_zeros`): they hold
+    /// the per-(sequence, KV head) counters of the in-kernel combine, which every launch leaves
+    /// at zero again. Launches of different S may share one buffer sized for the largest S.
     #[allow(clippy::too_many_arguments)]
     pub fn paged_decode_attention(
         &self,
@@ -253,7 +286,9 @@ impl Kernels {
                 "max_ctx {max_ctx} needs {parts} partitions of {part}, at most {DECODE_MAX_PARTITIONS}"
             )
         })?;
+        let func = self.func(&kernel)?;
         let out_rows = (out.len() / (num_heads * head_dim)).min(q_rows_avail);
+        let ws_len = workspace.len() as u64;
         let (o, _g0) = out.device_ptr_mut(stream);
         let (q, _g1) = qkv.device_ptr(stream);
         let (qr, _g2) = q_rows.device_ptr(stream);
@@ -271,6 +306,7 @@ impl Kernels {
             block_tables: bt,
             ctx_lens: cl,
             ws,
+            ws_len,
             qkv_stride: to_u32(K, "qkv_stride", qkv_stride)?,
             out_rows: to_u32(K, "out rows", out_rows)?,
             h: to_u32(K, "num_heads", num_heads)?,
@@ -283,29 +319,21 @@ impl Kernels {
             part: part as u32,
             scale_log2: scale * std::f32::consts::LOG2_E,
         };
-        let grid_s = to_u32(K, "num_seqs", s)?;
-        let mut b = stream.launch_builder(self.func(&kernel)?);
+        let mut b = stream.launch_builder(func);
         b.arg(&args);
         let cfg = LaunchConfig {
-            grid_dim: (grid_s, num_kv_heads as u32, to_u32(K, "partitions", parts)?),
-            block_dim: (128, 1, 1),
+            grid_dim: (
+                to_u32(K, "num_seqs", s)?,
+                num_kv_heads as u32,
+                to_u32(K, "partitions", parts)?,
+            ),
+            block_dim: (DECODE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: sizes checked above; the kernel clamps lengths to max_ctx and the table width
-        // and maps out-of-range block ids to block 0.
+        // SAFETY: sizes checked above (the workspace holds the partials and, at its end, the
+        // counters); the kernel clamps lengths to max_ctx and the table width and maps
+        // out-of-range block ids to block 0.
         unsafe { b.launch(cfg) }?;
-        if parts > 1 {
-            let (d, p) = (head_dim as u32, parts as u32);
-            let mut r = stream.launch_builder(self.func("paged_decode_reduce")?);
-            r.arg(&args).arg(&d).arg(&p);
-            let cfg = LaunchConfig {
-                grid_dim: (grid_s, num_heads as u32, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: same arguments as the main kernel, whose workspace layout it reads.
-            unsafe { r.launch(cfg) }?;
-        }
         Ok(())
     }
 
@@ -430,11 +458,31 @@ mod tests {
     }
 
     #[test]
-    fn workspace_counts_partitions() {
-        assert_eq!(decode_workspace_len(2, 4, 64, 1), 2 * 4 * 66);
-        // Batch 1: 64-token partitions; 64 sequences: 256-token ones.
-        assert_eq!(decode_workspace_len(1, 1, 128, 257), 5 * 130);
-        assert_eq!(decode_workspace_len(64, 1, 128, 257), 64 * 2 * 130);
-        assert_eq!(decode_workspace_len(128, 1, 128, 1025), 128 * 3 * 130);
+    fn workspace_counts_partitions_and_counters() {
+        // Partials of (S, H, slots, D + 2) plus S * H counter words.
+        assert_eq!(decode_workspace_len(2, 4, 64, 1), 2 * 4 * 66 + 2 * 4);
+        // Batch 1: 64-token partitions.
+        assert_eq!(decode_workspace_len(1, 1, 128, 257), 5 * 130 + 1);
+        // 64 sequences take 256-token partitions (2 slots), but 31 sequences of 64-token ones
+        // (5 slots) need more: the workspace covers every batch size up to S.
+        assert_eq!(decode_workspace_len(64, 1, 128, 257), 31 * 5 * 130 + 64);
+        assert_eq!(decode_workspace_len(128, 1, 128, 1025), 128 * 3 * 130 + 128);
+    }
+
+    #[test]
+    fn workspace_fits_every_smaller_batch() {
+        for max_ctx in [1usize, 100, 257, 1025, 4096, 8192, 131_072] {
+            let partials =
+                |s: usize| s * 32 * max_ctx.div_ceil(decode_partition(s, max_ctx)) * (128 + 2);
+            let mut prev = 0;
+            for s in 1..=300 {
+                let len = decode_workspace_len(s, 32, 128, max_ctx);
+                assert!(len >= prev, "max_ctx {max_ctx}: shrinks at S = {s}");
+                prev = len;
+                // A buffer for S holds the partials of any S' <= S below the counters of S.
+                let most = (1..=s).map(partials).max().unwrap_or(0);
+                assert_eq!(len, most + s * 32, "max_ctx {max_ctx}, S = {s}");
+            }
+        }
     }
 }
