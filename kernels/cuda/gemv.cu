@@ -1,6 +1,17 @@
-// Skinny matrix products for decode steps: y[m, n] = sum_k x[m, k] * w[n, k] for M <= 8 rows of
-// x. Memory-bound: every weight is read once with 16-byte loads, one warp per output column,
-// several loads in flight per lane; x (a few KB) is read through the cache by every warp.
+// Skinny matrix products for decode steps: y[m, n] = sum_k x[m, k] * w[n, k] for M <= 16 rows
+// of x. Memory-bound: every weight is read once with 16-byte streaming loads. Two kernels:
+//
+// 1 row: one warp per output column, four 16-byte loads in flight per lane (91% of copy
+// bandwidth on an H100); x (a few KB) is read through the cache by every warp.
+//
+// 2-16 rows: tensor cores (mma.sync m16n8k16), 16 or 32 output columns a CTA, K split over its 8
+// warps. The one-warp-per-column kernel re-reads all of x for every column (M 16-byte loads per
+// weight load: L1-bound from ~4 rows); here a warp's x load serves 16 or 32 columns. A first
+// tensor-core version (commit 0be6ffb) loaded weights straight in the mma fragment layout: each
+// load instruction then touched 8 rows x 64 bytes, half of each 128-byte line, and it reached only
+// 77% of copy bandwidth. Here every weight load instruction reads 4 whole 128-byte lines (8 lanes
+// per row) and one exchange of half the registers with lane ^ 4 (8 shuffles per 64 bytes a lane)
+// puts them in fragment layout; no shared memory, no barriers in the loop.
 #include "common.cuh"
 
 #define GEMV_WARPS 8
@@ -57,16 +68,202 @@ __device__ __forceinline__ void gemv_body(OUT* __restrict__ y, const bf16* __res
     }
 }
 
+// ---- 2-16 rows: tensor cores ----
+//
+// A CTA computes 16 * TN output columns (TN = 1 or 2 tiles of 16 weight rows) for all M rows;
+// its 8 warps take the 64-wide K steps warp, warp + 8, ... (so a CTA reads 1 KB contiguous of
+// each weight row per round) and meet in shared memory at the end.
+//
+// One step of one tile is 16 weight rows x 64 k = 16 x 128 bytes. Lane l (q = l / 8, p = l % 8)
+// loads 16-byte chunk p of rows 4q + j, j = 0..3: one load instruction per j, each reading 4
+// whole lines. The mma A fragment wants lane (g = l / 4, t = l % 4) to hold rows g and g + 8 of
+// the tile: we let fragment row g be weight row 2g and fragment row g + 8 be row 2g + 1 (g = 2q
+// + h with h = (l / 4) % 2, so those are rows 4q + 2h and 4q + 2h + 1), and lanes l and l ^ 4
+// (same q, h flipped, chunks p and p ^ 4) swap two of their four loads: then lane (g, t) holds
+// chunks t and t + 4 of both its rows. The sum over k is order-free, so the 8 k-pairs of those two
+// chunks are the logical k-pairs {2t, 2t + 8} of four k16 mma steps, as long as x uses the same
+// map: lane (g, t) loads chunks t and t + 4 of x row g (B fragment: column g = x row g).
+
+#define MMA_WARPS 8
+
+struct Chunks2 {
+    uint4 lo, hi;  // 16-byte chunks t and t + 4 of a 64-k step
+};
+
+__device__ __forceinline__ uint4 shfl_xor4(const uint4 v, int mask) {
+    return make_uint4(__shfl_xor_sync(FULL_MASK, v.x, mask), __shfl_xor_sync(FULL_MASK, v.y, mask),
+                      __shfl_xor_sync(FULL_MASK, v.z, mask), __shfl_xor_sync(FULL_MASK, v.w, mask));
+}
+
+__device__ __forceinline__ uint4 sel4(bool c, const uint4 a, const uint4 b) {
+    return make_uint4(c ? a.x : b.x, c ? a.y : b.y, c ? a.z : b.z, c ? a.w : b.w);
+}
+
+// One 64-k step of one 16-row tile: v[j] = chunk p of row 4q + j (as loaded) times the x chunks
+// of MT 8-row tiles, into acc[MT][4].
+template <int MT>
+__device__ __forceinline__ void mma_step(float (&acc)[MT][4], const uint4 (&v)[4],
+                                         const Chunks2 (&xv)[MT], bool h) {
+    // Partner l ^ 4 needs rows 4q + 2(1 - h) and 4q + 2(1 - h) + 1 of chunk p: my v[2(1 - h)], v[...+1].
+    const uint4 r0 = shfl_xor4(sel4(h, v[0], v[2]), 4);
+    const uint4 r1 = shfl_xor4(sel4(h, v[1], v[3]), 4);
+    // My chunk p is t + 4h; the partner's (received) is t + 4(1 - h).
+    Chunks2 a, b;  // fragment rows g (weight row 2g) and g + 8 (2g + 1)
+    a.lo = sel4(h, r0, v[0]);
+    a.hi = sel4(h, v[2], r0);
+    b.lo = sel4(h, r1, v[1]);
+    b.hi = sel4(h, v[3], r1);
+    const u32 aw[8] = {a.lo.x, a.lo.y, a.lo.z, a.lo.w, a.hi.x, a.hi.y, a.hi.z, a.hi.w};
+    const u32 bw[8] = {b.lo.x, b.lo.y, b.lo.z, b.lo.w, b.hi.x, b.hi.y, b.hi.z, b.hi.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const u32 frag[4] = {aw[2 * i], bw[2 * i], aw[2 * i + 1], bw[2 * i + 1]};
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            const u32 xw[8] = {xv[mt].lo.x, xv[mt].lo.y, xv[mt].lo.z, xv[mt].lo.w,
+                               xv[mt].hi.x, xv[mt].hi.y, xv[mt].hi.z, xv[mt].hi.w};
+            mma_bf16(acc[mt], frag, xw[2 * i], xw[2 * i + 1]);
+        }
+    }
+}
+
+// K % 8 == 0 (checked by the wrapper); 1 <= M <= 8 * MT. `red` holds MMA_WARPS * 2 * MT * 128
+// floats.
+template <int MT, int TN, typename OUT>
+__device__ __forceinline__ void gemv_mma_body(float* red, OUT* __restrict__ y,
+                                              const bf16* __restrict__ x,
+                                              const bf16* __restrict__ w, u32 N, u32 K, u32 M) {
+    // Steps a warp loads before it multiplies: 8 weight loads in flight per lane either way.
+    constexpr int U = 2 / TN;
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const u32 q = lane >> 3, p = lane & 7, g = lane >> 2, t = lane & 3;
+    const bool h = (g & 1) != 0;
+    const u32 chunks = K >> 3;            // 16-byte chunks per row
+    const u32 steps = (chunks + 7) >> 3;  // 64-k steps; all but the last are whole
+    const u32 whole = chunks >> 3;
+    const u32 n0 = blockIdx.x * (16 * TN);
+    const uint4* wb = (const uint4*)w + (u64)n0 * chunks;
+    // Chunk offsets from wb of the rows this lane loads (rows past N read row N - 1, unused).
+    u32 woff[TN][4];
+#pragma unroll
+    for (int tn = 0; tn < TN; tn++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) woff[tn][j] = (min(n0 + 16 * tn + 4 * q + j, N - 1) - n0) * chunks + p;
+    const uint4* xb = (const uint4*)x;
+    u32 xoff[MT];
+    bool xok[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        const u32 m = 8 * mt + g;
+        xok[mt] = m < M;
+        xoff[mt] = (xok[mt] ? m : 0) * chunks + t;
+    }
+    float acc[TN][MT][4];
+#pragma unroll
+    for (int tn = 0; tn < TN; tn++)
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[tn][mt][i] = 0.f;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+
+    u32 s = warp;
+    // Whole steps, U at a time: all loads first (8 weight, 2 * U * MT x loads a lane), then mma.
+    for (; s + (U - 1) * MMA_WARPS < whole; s += U * MMA_WARPS) {
+        uint4 v[U][TN][4];
+        Chunks2 xv[U][MT];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int tn = 0; tn < TN; tn++)
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    v[u][tn][j] = __ldcs(wb + woff[tn][j] + 8 * (s + u * MMA_WARPS));
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                const uint4* xp = xb + xoff[mt] + 8 * (s + u * MMA_WARPS);
+                xv[u][mt].lo = xok[mt] ? __ldg(xp) : zero;
+                xv[u][mt].hi = xok[mt] ? __ldg(xp + 4) : zero;
+            }
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int tn = 0; tn < TN; tn++) mma_step<MT>(acc[tn], v[u][tn], xv[u], h);
+    }
+    // The rest one step at a time; the last step may be partial (chunks past K read as zero).
+    for (; s < steps; s += MMA_WARPS) {
+        const u32 c0 = 8 * s;
+        uint4 v[TN][4];
+        Chunks2 xv[MT];
+#pragma unroll
+        for (int tn = 0; tn < TN; tn++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                v[tn][j] = c0 + p < chunks ? __ldcs(wb + woff[tn][j] + c0) : zero;
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            const uint4* xp = xb + xoff[mt] + c0;
+            xv[mt].lo = xok[mt] && c0 + t < chunks ? __ldg(xp) : zero;
+            xv[mt].hi = xok[mt] && c0 + t + 4 < chunks ? __ldg(xp + 4) : zero;
+        }
+#pragma unroll
+        for (int tn = 0; tn < TN; tn++) mma_step<MT>(acc[tn], v[tn], xv, h);
+    }
+
+    // Partial sums of the warps: red[warp][tn][mt][i][lane], summed in warp order.
+    constexpr u32 PER_WARP = TN * MT * 128;
+#pragma unroll
+    for (int tn = 0; tn < TN; tn++)
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                red[warp * PER_WARP + ((tn * MT + mt) * 4 + i) * 32 + lane] = acc[tn][mt][i];
+    __syncthreads();
+    for (u32 e = threadIdx.x; e < PER_WARP; e += MMA_WARPS * 32) {
+        float v = 0.f;
+#pragma unroll
+        for (int wi = 0; wi < MMA_WARPS; wi++) v += red[wi * PER_WARP + e];
+        // D fragment element i of lane l: fragment row g = l / 4 (+ 8 for i >= 2), i.e. weight
+        // row 2g (+ 1), and x row 2t + i % 2 of its 8-row tile.
+        const u32 l = e & 31, i = (e >> 5) & 3, tile = e >> 7;
+        const u32 n = n0 + 16 * (tile / MT) + 2 * (l >> 2) + (i >> 1);
+        const u32 m = 8 * (tile % MT) + 2 * (l & 3) + (i & 1);
+        if (n < N && m < M) store_out(y + (u64)m * N + n, v);
+    }
+}
+
+// M = 1: the warp-per-column kernel. M > 1: the tensor-core kernel for M' <= M rows (`rows`; any
+// 1 <= rows <= 8 * MT gives the same code, so the wrapper may run fewer rows through it) and
+// `cols` = 16 or 32 columns a CTA.
+template <int M, typename OUT>
+__device__ __forceinline__ void gemv_entry(OUT* __restrict__ y, const bf16* __restrict__ x,
+                                           const bf16* __restrict__ w, u32 N, u32 K, u32 rows,
+                                           u32 cols) {
+    if constexpr (M == 1) {
+        gemv_body<1, OUT>(y, x, w, N, K);
+    } else {
+        constexpr int MT = M > 8 ? 2 : 1;
+        __shared__ float red[MMA_WARPS * 2 * MT * 128];
+        if (cols == 32)
+            gemv_mma_body<MT, 2, OUT>(red, y, x, w, N, K, rows);
+        else
+            gemv_mma_body<MT, 1, OUT>(red, y, x, w, N, K, rows);
+    }
+}
+
 #define GEMV_KERNELS(M)                                                                        \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                              \
         gemv_bf16_m##M(bf16* __restrict__ y, const bf16* __restrict__ x,                       \
-                       const bf16* __restrict__ w, u32 N, u32 K) {                             \
-        gemv_body<M, bf16>(y, x, w, N, K);                                                     \
+                       const bf16* __restrict__ w, u32 N, u32 K, u32 rows, u32 cols) {         \
+        gemv_entry<M, bf16>(y, x, w, N, K, rows, cols);                                        \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                              \
         gemv_f32_m##M(float* __restrict__ y, const bf16* __restrict__ x,                       \
-                      const bf16* __restrict__ w, u32 N, u32 K) {                              \
-        gemv_body<M, float>(y, x, w, N, K);                                                    \
+                      const bf16* __restrict__ w, u32 N, u32 K, u32 rows, u32 cols) {          \
+        gemv_entry<M, float>(y, x, w, N, K, rows, cols);                                       \
     }
 
 GEMV_KERNELS(1)
@@ -77,3 +274,11 @@ GEMV_KERNELS(5)
 GEMV_KERNELS(6)
 GEMV_KERNELS(7)
 GEMV_KERNELS(8)
+GEMV_KERNELS(9)
+GEMV_KERNELS(10)
+GEMV_KERNELS(11)
+GEMV_KERNELS(12)
+GEMV_KERNELS(13)
+GEMV_KERNELS(14)
+GEMV_KERNELS(15)
+GEMV_KERNELS(16)

@@ -10,7 +10,16 @@ use crate::error::{ensure, expect_len, to_u32};
 use crate::{KernelError, Kernels};
 
 /// Most rows of `x` one GEMV launch takes; larger steps belong to cuBLAS's GEMMs.
-pub const GEMV_MAX_ROWS: usize = 8;
+pub const GEMV_MAX_ROWS: usize = 16;
+/// Output columns from which [`Kernels::gemv_mma_cols`] gives the tensor-core kernel 32
+/// columns a block instead of 16: half the re-reads of x, but half the blocks, and below ~2
+/// blocks per SM (132 SMs on an H100) too few weight loads are in flight. Llama-3-8B: gate/up
+/// (28672) and lm_head (128256) get 32, qkv (6144), o and down (4096) 16.
+const GEMV_WIDE_MIN_N: usize = 8192;
+/// Rows from which [`Kernels::gemv`] runs the tensor-core kernel; fewer go to the warp kernel
+/// (one warp per column, x re-read per column: 91% of copy bandwidth at 1 row on an H100).
+const GEMV_MMA_MIN_ROWS: usize = 2;
+/// Warps of a block, both kernels.
 const WARPS: u32 = 8;
 
 /// An output element type of [`Kernels::gemv`]: bf16 activations or f32 logits.
@@ -27,9 +36,23 @@ impl GemvOut for f32 {
 }
 
 impl Kernels {
-    /// `y[m, n] = sum_k x[m, k] * w[n, k]` for `rows = x.len() / k` rows (1..=8): `x` bf16
+    /// The kernel [`Kernels::gemv`] runs for `rows` rows and `n` output columns: `None` for the
+    /// warp-per-column kernel (1 row), `Some(16)` or `Some(32)` for the tensor-core kernel with
+    /// that many output columns a block.
+    pub fn gemv_mma_cols(rows: usize, n: usize) -> Option<u32> {
+        if rows < GEMV_MMA_MIN_ROWS {
+            None
+        } else if n >= GEMV_WIDE_MIN_N {
+            Some(32)
+        } else {
+            Some(16)
+        }
+    }
+
+    /// `y[m, n] = sum_k x[m, k] * w[n, k]` for `rows = x.len() / k` rows (1..=16): `x` bf16
     /// `[rows, k]`, `w` bf16 `[n, k]` (row-major, as linear layers store it), `y` `[rows, n]`.
-    /// f32 accumulation; `k` must be a multiple of 8 (16-byte loads).
+    /// f32 accumulation; `k` must be a multiple of 8 (16-byte loads). Runs the kernel
+    /// [`Kernels::gemv_mma_cols`] picks.
     pub fn gemv<O: GemvOut>(
         &self,
         stream: &CudaStream,
@@ -39,32 +62,72 @@ impl Kernels {
         n: usize,
         k: usize,
     ) -> Result<(), KernelError> {
+        let rows = x.len().checked_div(k).unwrap_or(0);
+        self.gemv_with(stream, y, x, w, n, k, Self::gemv_mma_cols(rows, n))
+    }
+
+    /// [`Kernels::gemv`] on a chosen kernel (benchmarks, tests): `mma_cols` `None` for the warp
+    /// kernel (1 row only), `Some(16)` or `Some(32)` for the tensor-core kernel (1..=16 rows).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_with<O: GemvOut>(
+        &self,
+        stream: &CudaStream,
+        y: &mut CudaViewMut<'_, O>,
+        x: &CudaView<'_, bf16>,
+        w: &CudaView<'_, bf16>,
+        n: usize,
+        k: usize,
+        mma_cols: Option<u32>,
+    ) -> Result<(), KernelError> {
         const K: &str = "gemv";
         ensure(K, k > 0 && k.is_multiple_of(8), || {
             format!("k = {k} must be a positive multiple of 8")
         })?;
+        ensure(K, n > 0, || "n = 0".to_string())?;
         expect_len(K, "w", w.len(), n * k)?;
         ensure(K, x.len().is_multiple_of(k), || {
             format!("x has {} elements, not [rows, {k}]", x.len())
         })?;
         let rows = x.len() / k;
-        ensure(K, (1..=GEMV_MAX_ROWS).contains(&rows), || {
-            format!("{rows} rows; 1..={GEMV_MAX_ROWS} supported")
+        let max = if mma_cols.is_some() { GEMV_MAX_ROWS } else { 1 };
+        ensure(K, (1..=max).contains(&rows), || {
+            format!("{rows} rows; 1..={max} supported by this kernel ({mma_cols:?})")
+        })?;
+        ensure(K, matches!(mma_cols, None | Some(16) | Some(32)), || {
+            format!("{mma_cols:?} columns a block; 16 or 32")
         })?;
         expect_len(K, "y", y.len(), rows * n)?;
-        let (n32, k32) = (to_u32(K, "n", n)?, to_u32(K, "k", k)?);
+        let (n32, k32, rows32) = (
+            to_u32(K, "n", n)?,
+            to_u32(K, "k", k)?,
+            to_u32(K, "rows", rows)?,
+        );
+        // Kernel gemv_*_m1 is the warp kernel; gemv_*_m{2..=16} all hold the tensor-core kernel
+        // for up to 8 (m2..=m8) or 16 rows and take the row count and columns a block as
+        // arguments, so a row count runs through m{max(rows, 2)}.
+        let (name, cols, per_block) = match mma_cols {
+            None => (format!("gemv_{}_m1", O::NAME), 0u32, WARPS),
+            Some(c) => (format!("gemv_{}_m{}", O::NAME, rows.max(2)), c, c),
+        };
         let (yp, _g0) = y.device_ptr_mut(stream);
         let (xp, _g1) = x.device_ptr(stream);
         let (wp, _g2) = w.device_ptr(stream);
-        let name = format!("gemv_{}_m{rows}", O::NAME);
         let mut b = stream.launch_builder(self.func(&name)?);
-        b.arg(&yp).arg(&xp).arg(&wp).arg(&n32).arg(&k32);
+        b.arg(&yp)
+            .arg(&xp)
+            .arg(&wp)
+            .arg(&n32)
+            .arg(&k32)
+            .arg(&rows32)
+            .arg(&cols);
         let cfg = LaunchConfig {
-            grid_dim: (n32.div_ceil(WARPS), 1, 1),
+            grid_dim: (n32.div_ceil(per_block), 1, 1),
             block_dim: (WARPS * 32, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: lengths checked above match the kernel's indexing (one warp per column).
+        // SAFETY: lengths checked above match the kernels' indexing: the warp kernel takes one
+        // column a warp, the tensor-core kernel `cols` columns a block (rows past `n` are read
+        // as row n - 1 and not written) and `rows <= 8 * MT` rows of x.
         unsafe { b.launch(cfg) }?;
         Ok(())
     }
