@@ -1,9 +1,13 @@
-//! Linear layers of small decode batches: our GEMV (1-8 rows) and cuBLAS's bf16 GEMM on
+//! Linear layers of small decode batches: our GEMV (1-16 rows) and cuBLAS's bf16 GEMM on
 //! Llama-3-8B's layer shapes (qkv 6144x4096, o 4096x4096, gate/up 28672x4096, down
-//! 4096x14336), for 1..64 rows. Each case rotates over 4 copies of the weight
-//! (never an L2 hit between calls), random inputs, CUDA events around back-to-back calls after
-//! warm-up, median of 7 samples. Prints GB/s of weight bytes read (what bounds these shapes)
-//! as a share of the device's copy bandwidth, and one layer's total time per kernel.
+//! 4096x14336) and its lm_head (128256x4096; bf16 output here, f32 logits in the engine: <1% of
+//! the bytes), for 1..64 rows. Each case rotates over 4 copies of the weight (never an L2 hit
+//! between calls), random inputs, CUDA events around back-to-back calls after warm-up, median of
+//! 7 samples. Prints, per shape, us per call and GB/s of weight bytes read (what bounds these
+//! shapes) as a share of the device's copy bandwidth; then one layer's (qkv + o + gate/up +
+//! down) total time and share. Kernels: `gemv` is what `Kernels::gemv` picks (the engine's
+//! GEMV), `cublas` the engine's cuBLAS call; `warp` (1 row), `mma16` and `mma32` (1-16 rows)
+//! force one GEMV kernel, to tune `gemv.rs`'s GEMV_MMA_MIN_ROWS and GEMV_WIDE_MIN_N.
 //!
 //! Then prefill-sized steps (512, 2048, 8192 rows), where the FLOPs bound: cuBLAS's GEMM (what
 //! the engine calls) against cuBLASLt's heuristic pick with a 32 MiB workspace, in TFLOP/s per
@@ -18,14 +22,18 @@ use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
 use cudarc::driver::CudaSlice;
 use half::bf16;
-use pagedserve_kernels::GEMV_MAX_ROWS;
+use pagedserve_kernels::{GEMV_MAX_ROWS, Kernels};
 
-const SHAPES: [(&str, usize, usize); 4] = [
+const SHAPES: [(&str, usize, usize); 5] = [
     ("qkv", 6144, 4096),
     ("o", 4096, 4096),
     ("gate_up", 28672, 4096),
     ("down", 4096, 14336),
+    ("lm_head", 128256, 4096),
 ];
+/// The first LAYER shapes make one decoder layer.
+const LAYER: usize = 4;
+const ROWS: [usize; 12] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
 const COPIES: usize = 4;
 const REPS: usize = 8;
 
@@ -44,49 +52,76 @@ fn main() -> Res<()> {
                 .collect()
         })
         .collect::<Res<_>>()?;
-    println!("\n| rows | kernel | qkv | o | gate_up | down | layer us | % copy BW |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for rows in [1, 2, 3, 4, 8, 16, 24, 32, 48, 64] {
+    let names: Vec<&str> = SHAPES.iter().map(|s| s.0).collect();
+    println!(
+        "\n| rows | kernel | {} | layer us | layer % copy |",
+        names.join(" | ")
+    );
+    println!("|---|---|{}---|---|", "---|".repeat(SHAPES.len()));
+    let max_n = SHAPES.iter().map(|s| s.1).max().unwrap_or(0);
+    for rows in ROWS {
         let x = b.random_bf16(rows * 14336, 7, 0.05)?;
-        let mut y = b.random_bf16(rows * 28672, 8, 0.05)?;
-        for kernel in ["gemv", "cublas"] {
-            if kernel == "gemv" && rows > GEMV_MAX_ROWS {
-                continue;
+        let mut y = b.random_bf16(rows * max_n, 8, 0.05)?;
+        // `None`: cuBLAS; `Some(None)`: what Kernels::gemv picks; `Some(Some(c))`: a forced
+        // GEMV kernel (`c` as `Kernels::gemv_with` takes it).
+        let mut kernels: Vec<(&str, Option<Option<Option<u32>>>)> = vec![("cublas", None)];
+        if rows <= GEMV_MAX_ROWS {
+            kernels.insert(0, ("gemv", Some(None)));
+            if rows == 1 {
+                kernels.push(("warp", Some(Some(None))));
             }
+            kernels.push(("mma16", Some(Some(Some(16)))));
+            kernels.push(("mma32", Some(Some(Some(32)))));
+        }
+        for (label, kernel) in kernels {
             let mut us = Vec::new();
             for (i, &(_, n, kk)) in SHAPES.iter().enumerate() {
                 let w = &weights[i];
                 let ms = b.time(|call| {
                     let w = &w[call % COPIES];
                     let xs = x.slice(..rows * kk);
+                    let mut yv = y.slice_mut(..rows * n);
                     match kernel {
-                        "gemv" => b.k.gemv(
-                            &b.stream,
-                            &mut y.slice_mut(..rows * n),
-                            &xs,
-                            &w.as_view(),
-                            n,
-                            kk,
-                        )?,
-                        _ => {
-                            let mut yv = y.slice_mut(..rows * n);
-                            // SAFETY: views sized for this shape.
-                            unsafe { blas.gemm(gemm_config(rows, n, kk), w, &xs, &mut yv) }?;
+                        Some(None) => b.k.gemv(&b.stream, &mut yv, &xs, &w.as_view(), n, kk)?,
+                        Some(Some(c)) => {
+                            b.k.gemv_with(&b.stream, &mut yv, &xs, &w.as_view(), n, kk, c)?
                         }
+                        // SAFETY: views sized for this shape.
+                        None => unsafe { blas.gemm(gemm_config(rows, n, kk), w, &xs, &mut yv) }?,
                     }
                     Ok(())
                 })?;
                 us.push(ms * 1e3);
             }
-            let bytes: f64 = SHAPES.iter().map(|&(_, n, k)| (n * k * 2) as f64).sum();
-            let total: f64 = us.iter().sum();
+            let pct = |bytes: f64, us: f64| 100.0 * bytes / (us * 1e-6) / 1e9 / copy;
+            let cells: Vec<String> = SHAPES
+                .iter()
+                .zip(&us)
+                .map(|(&(_, n, k), &t)| format!("{t:.1} ({:.1}%)", pct((n * k * 2) as f64, t)))
+                .collect();
+            let bytes: f64 = SHAPES[..LAYER]
+                .iter()
+                .map(|&(_, n, k)| (n * k * 2) as f64)
+                .sum();
+            let total: f64 = us[..LAYER].iter().sum();
+            // The GEMV's pick per shape, e.g. "gemv mma16/mma16/mma32/mma16/mma32".
+            let label = if label == "gemv" {
+                let picks: Vec<&str> = SHAPES
+                    .iter()
+                    .map(|&(_, n, _)| match Kernels::gemv_mma_cols(rows, n) {
+                        None => "warp",
+                        Some(16) => "mma16",
+                        Some(_) => "mma32",
+                    })
+                    .collect();
+                format!("gemv {}", picks.join("/"))
+            } else {
+                label.to_string()
+            };
             println!(
-                "| {rows} | {kernel} | {:.1} | {:.1} | {:.1} | {:.1} | {total:.1} | {:.1}% |",
-                us[0],
-                us[1],
-                us[2],
-                us[3],
-                100.0 * bytes / (total * 1e-6) / 1e9 / copy
+                "| {rows} | {label} | {} | {total:.1} | {:.1}% |",
+                cells.join(" | "),
+                pct(bytes, total)
             );
         }
     }
@@ -120,7 +155,7 @@ fn prefill(b: &Bench, blas: &CudaBlas, weights: &[Vec<CudaSlice<bf16>>]) -> Res<
         let mut y = b.random_bf16(rows * 28672, 10, 0.05)?;
         for library in ["cublas", "cublaslt"] {
             let mut ms = Vec::new();
-            for (i, &(_, n, kk)) in SHAPES.iter().enumerate() {
+            for (i, &(_, n, kk)) in SHAPES[..LAYER].iter().enumerate() {
                 let w = &weights[i];
                 ms.push(b.time(|call| {
                     let w = &w[call % COPIES];
@@ -160,7 +195,7 @@ fn prefill(b: &Bench, blas: &CudaBlas, weights: &[Vec<CudaSlice<bf16>>]) -> Res<
                 })?);
             }
             let tflops = |n: usize, k: usize, ms: f64| 2.0 * (rows * n * k) as f64 / ms / 1e9;
-            let flops: f64 = SHAPES
+            let flops: f64 = SHAPES[..LAYER]
                 .iter()
                 .map(|&(_, n, k)| 2.0 * (rows * n * k) as f64)
                 .sum();
