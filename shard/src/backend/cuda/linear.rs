@@ -1,12 +1,14 @@
-//! Linear layers, `y[rows, n] = x[rows, k] @ w[n, k]^T`: our GEMV for one or two rows, cuBLAS's
-//! GEMMs for everything larger.
+//! Linear layers, `y[rows, n] = x[rows, k] @ w[n, k]^T`: our GEMV for decode steps of up to
+//! [`GEMV_ROWS`] rows, cuBLAS's GEMMs for everything larger.
 //!
 //! Measured per Llama-3-8B layer on an H100 (2026-11-26, `kernels/examples/linear_bench.rs`,
-//! share of copy bandwidth): the GEMV 92% at 1 row, 86% at 2; cuBLAS 86% from 1 to 64 rows. A
-//! tensor-core skinny GEMM of ours (mma.sync, x read once per 32 columns, loads of 2-4 chunks in
-//! flight per warp) reached only 77% at 1-8 rows and fell to 26% at 64, so it was dropped.
+//! share of copy bandwidth), before the tensor-core GEMV: the warp-per-column GEMV 92% at 1 row,
+//! 86% at 2, 80% at 4, 51% at 8; cuBLAS 82-86% from 1 to 64 rows. A first tensor-core skinny
+//! GEMM (mma.sync, weights loaded straight in fragment layout: half of each 128-byte line per
+//! load instruction) reached only 77% at 1-8 rows and was dropped. The GEMV's 2-16-row kernel is
+//! a tensor-core one again, with whole-line weight loads (`kernels/cuda/gemv.cu`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
@@ -17,19 +19,38 @@ use super::gemm::{Gemm, OutType};
 use super::ops::ptr;
 use crate::backend::BackendResult;
 
-/// Steps of at most this many rows use the GEMV kernel. Decode steps of a Llama-3-8B shape on
-/// an H100 (2026-11-26, `cuda_bench`, context 1k): 1 row 5.91 ms with the GEMV against 6.34
-/// with cuBLAS; 4 rows 6.99 against 6.63 with cuBLAS, because every GEMV warp re-reads all of x
-/// for its one column (a variant staging x in shared memory was slower still).
-const GEMV_ROWS: usize = 2;
+/// Steps of at most this many rows use the GEMV kernel (`PAGEDSERVE_CUDA_GEMV_ROWS` overrides,
+/// see [`gemv_rows`]). 16 covers the CUDA-graph buckets 1, 2, 4, 8 and 16: the tensor-core GEMV
+/// is meant to read weights at ~88-91% of copy bandwidth at 2-16 rows against cuBLAS's 82-85%;
+/// lower it to the largest row count where `linear_bench` shows `gemv` ahead of `cublas`.
+/// Before the tensor-core GEMV it was 2: decode steps of a Llama-3-8B shape on an H100
+/// (2026-11-26, `cuda_bench`, context 1k): 1 row 5.91 ms with the GEMV against 6.34 with
+/// cuBLAS; 4 rows 6.99 against 6.63 with cuBLAS, because every warp of the warp-per-column GEMV
+/// re-read all of x for its one column.
+const GEMV_ROWS: usize = 16;
 const _: () = assert!(GEMV_ROWS <= GEMV_MAX_ROWS);
+
+/// The most rows a step may have to go through the GEMV: [`GEMV_ROWS`], or
+/// `PAGEDSERVE_CUDA_GEMV_ROWS` (a row count, capped at the kernel's 16; 0: cuBLAS for every
+/// step, as `PAGEDSERVE_CUDA_GEMV=0`; read once, so set it before the model loads its decode
+/// graphs). An unparsable value leaves the default.
+fn gemv_rows() -> usize {
+    static ROWS: OnceLock<usize> = OnceLock::new();
+    *ROWS.get_or_init(|| {
+        std::env::var("PAGEDSERVE_CUDA_GEMV_ROWS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map_or(GEMV_ROWS, |n| n.min(GEMV_MAX_ROWS))
+    })
+}
 
 /// What a linear layer may run on.
 #[derive(Clone, Copy)]
 pub(super) struct Linear<'a> {
     pub gemm: &'a Gemm,
     pub kernels: &'a Kernels,
-    /// Our GEMV for one or two rows (`PAGEDSERVE_CUDA_GEMV=0`: cuBLAS for every step).
+    /// Our GEMV for steps of up to [`gemv_rows`] rows (`PAGEDSERVE_CUDA_GEMV=0`: cuBLAS for
+    /// every step).
     pub gemv: bool,
 }
 
@@ -45,7 +66,7 @@ pub(super) fn linear<O: GemvOut>(
     n: usize,
     k: usize,
 ) -> BackendResult<()> {
-    if lin.gemv && rows <= GEMV_ROWS && k.is_multiple_of(8) {
+    if lin.gemv && rows <= gemv_rows() && k.is_multiple_of(8) {
         return lin
             .kernels
             .gemv(
