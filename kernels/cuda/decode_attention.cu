@@ -2,7 +2,9 @@
 // Grid (S, KVH, Z) with Z = ceil(max_ctx / P): P (64, 256 or 512, by launch size) is the longest
 // partition a CTA takes (it sizes the score array), and the grid depends only on S and max_ctx,
 // never on the step's lengths, so a captured CUDA graph can be replayed with new ctx_lens and
-// block tables. A sequence of ctx tokens uses ceil(ctx / P) of its Z slots (decode_split).
+// block tables. Each sequence picks on the device how many of its Z slots to use
+// (decode_split): at least ceil(ctx / P), and more when the launch's CTAs would not fill the GPU
+// (target_ctas), down to 64-token partitions.
 // One CTA serves all G = H / KVH query heads of one KV group, so each K and V row is read once
 // per group. It puts the scores of its partition in shared memory, turns them into
 // probabilities and accumulates P·V. A sequence of one
@@ -16,6 +18,8 @@
 
 #define DEC_WARPS 4
 #define DEC_THREADS (DEC_WARPS * 32)
+// Shortest partition decode_split makes when it splits further than ceil(ctx / P).
+#define DEC_MIN_CHUNK 64
 // Stands for "no partition yet" in the combine: finite, so differences never make NaN.
 #define DEC_NO_MAX (-3.0e38f)
 
@@ -30,7 +34,7 @@ struct DecodeArgs {
     float* ws;
     u64 ws_len;  // f32 elements of ws; the counters are its last S * KVH words
     u32 qkv_stride, out_rows, H, KVH, block_size, bt_stride, num_blocks, max_ctx;
-    u32 bs_log2, part;
+    u32 bs_log2, target_ctas;
     float scale_log2;
 };
 
@@ -46,8 +50,15 @@ struct DecodeSplit {
     u32 n, chunk;
 };
 template <int P>
-__device__ __forceinline__ DecodeSplit decode_split(const DecodeArgs&, u32 ctx) {
-    return {(ctx + P - 1) / P, P};
+__device__ __forceinline__ DecodeSplit decode_split(const DecodeArgs& a, u32 ctx) {
+    const u32 n_min = (ctx + P - 1) / P;
+    const u32 n_max = max(n_min, min(gridDim.z, (ctx + DEC_MIN_CHUNK - 1) / DEC_MIN_CHUNK));
+    // As many partitions as keep the launch's busy CTAs within one wave of the GPU.
+    const u32 want = max(1u, a.target_ctas / (gridDim.x * gridDim.y));
+    const u32 n = min(max(want, n_min), n_max);
+    u32 chunk = (ctx + n - 1) / n;
+    chunk = (chunk + a.block_size - 1) & ~(a.block_size - 1);
+    return {(ctx + chunk - 1) / chunk, chunk};
 }
 
 

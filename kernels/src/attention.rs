@@ -1,6 +1,7 @@
 //! Wrappers of paged decode attention (cuda/decode_attention.cu) and paged prefill attention
 //! (cuda/prefill_attention.cu), plus their host-side helpers.
 
+use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{
     CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
     PushKernelArg,
@@ -45,7 +46,8 @@ const LARGE_PAIRS: usize = 256;
 /// per sequence), from the number of (sequence, 256-token partition) pairs: under 64,
 /// 64-token partitions (batch 1: too few CTAs to keep the memory system busy); under 256, 256;
 /// else 512 (fewer partials to write and combine). Depends only on the launch shape, never on
-/// the actual lengths.
+/// the actual lengths. On the device a sequence shorter than `max_ctx` may split into more,
+/// shorter partitions (down to 64 tokens) where the launch would not fill the GPU.
 pub fn decode_partition(num_seqs: usize, max_ctx: usize) -> usize {
     let pairs = num_seqs * max_ctx.div_ceil(DECODE_PARTITION);
     if pairs < SMALL_PAIRS {
@@ -131,7 +133,7 @@ struct DecodeArgs {
     num_blocks: u32,
     max_ctx: u32,
     bs_log2: u32,
-    part: u32,
+    target_ctas: u32,
     scale_log2: f32,
 }
 
@@ -287,6 +289,14 @@ impl Kernels {
             )
         })?;
         let func = self.func(&kernel)?;
+        // The CTAs the GPU holds at once: the kernel splits short sequences until the launch's
+        // busy CTAs fill that (a device constant, so graph replays stay valid).
+        let sms = self
+            .ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let per_sm =
+            func.occupancy_max_active_blocks_per_multiprocessor(DECODE_THREADS, 0, None)?;
+        let target_ctas = (sms.max(1) as u32).saturating_mul(per_sm.max(1));
         let out_rows = (out.len() / (num_heads * head_dim)).min(q_rows_avail);
         let ws_len = workspace.len() as u64;
         let (o, _g0) = out.device_ptr_mut(stream);
@@ -316,7 +326,7 @@ impl Kernels {
             num_blocks: to_u32(K, "num_blocks", num_blocks)?,
             max_ctx: to_u32(K, "max_ctx", max_ctx)?,
             bs_log2: block_size.trailing_zeros(),
-            part: part as u32,
+            target_ctas,
             scale_log2: scale * std::f32::consts::LOG2_E,
         };
         let mut b = stream.launch_builder(func);

@@ -255,6 +255,41 @@ fn llama(lens: Vec<usize>, max_ctx: usize) -> Case {
     }
 }
 
+/// Sequences that split into many partitions of different sizes in one launch: the kernel
+/// picks each one's partition count from its own length, so these mix 1, 2, ~10 and the full
+/// ceil(max_ctx / P) partitions, for each partition size the host can pick.
+#[test]
+fn paged_decode_attention_splits_by_length() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = rng("paged_decode_attention_splits_by_length");
+    let cases = [
+        // 64-token slots (3 x 16 pairs < 64).
+        llama(vec![4096, 70, 1000], 4096),
+        // 256-token slots, lengths from 1 to max_ctx.
+        llama(vec![4096, 70, 1000, 1, 0, 2500], 4096),
+        // 512-token slots (16 x 16 pairs >= 256), short and long.
+        llama(
+            (0..16)
+                .map(|i| [4096, 1, 65, 700, 2049, 16, 3333, 0][i % 8])
+                .collect(),
+            4096,
+        ),
+        // Block size 64 (partitions are whole blocks), G = 4, D = 64.
+        Case {
+            h: 16,
+            kvh: 4,
+            d: 64,
+            bs: 64,
+            lens: vec![1, 64, 65, 3000, 129],
+            max_ctx: 3000,
+        },
+    ];
+    for c in &cases {
+        run_case(g, &mut rng, c)?;
+    }
+    Ok(())
+}
+
 /// Batch 1 at long contexts: 128 partitions of 64 tokens, ~80 of 256, and 512-token ones with
 /// G = 8 (the kernel whose V prefetch shares shared memory with the cross-warp sums).
 #[test]
