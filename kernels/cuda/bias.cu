@@ -4,6 +4,7 @@
 
 extern "C" __global__ void add_bias_kernel(bf16* __restrict__ x, const float* __restrict__ b,
                                            u32 n, u64 rows) {
+    pdl_enter();
     const u64 pairs = rows * n / 2;
     for (u64 p = (u64)blockIdx.x * blockDim.x + threadIdx.x; p < pairs;
          p += (u64)gridDim.x * blockDim.x) {

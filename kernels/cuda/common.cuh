@@ -12,6 +12,37 @@ typedef __nv_bfloat162 bf162;
 #define NEG_INF __int_as_float(0xff800000)
 #define LOG2E 1.4426950408889634f
 
+// Programmatic dependent launch (src/launch.rs). A kernel launched with it may start while the
+// stream's previous kernel still runs. It calls pdl_wait() in every CTA before it reads anything
+// an earlier kernel writes, writes anything an earlier kernel reads, or exits (so that its
+// completion implies its predecessors'). Before the wait it may read only what no kernel of the
+// step writes: weights, and the step's metadata (lengths, block tables), which is copied in
+// before the step's first kernel, launched without PDL. pdl_launch_dependents() then lets the
+// next kernel start (it will wait for this one in turn). Both are no-ops without PDL and before
+// sm_90.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Brings the line holding `p` into L2 without waiting for it (no register is written).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
+// Both at once, at the top of a kernel that has nothing to do before its inputs are ready.
+__device__ __forceinline__ void pdl_enter() {
+    pdl_wait();
+    pdl_launch_dependents();
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);

@@ -44,6 +44,7 @@ __device__ __forceinline__ void norm_scale_store(bf16* __restrict__ out, const f
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     rms_norm_kernel(bf16* __restrict__ out, const float* __restrict__ x,
                     const float* __restrict__ w, u32 hidden, float eps) {
+    pdl_enter();
     __shared__ float scratch[32];
     const u64 t = blockIdx.x;
     const float* xr = x + t * hidden;
@@ -64,6 +65,7 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     add_rms_norm_kernel(float* __restrict__ x, const bf16* __restrict__ delta,
                         bf16* __restrict__ out, const float* __restrict__ w, u32 hidden,
                         float eps) {
+    pdl_enter();
     __shared__ float scratch[32];
     const u64 t = blockIdx.x;
     float* xr = x + t * hidden;
@@ -93,6 +95,7 @@ __device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); 
 // out [T, I] = silu(gu[:, :I]) * gu[:, I:], two elements per thread step.
 extern "C" __global__ void silu_mul_kernel(bf16* __restrict__ out, const bf16* __restrict__ gu,
                                            u32 inter, u64 rows) {
+    pdl_enter();
     const u64 pairs = rows * inter / 2;
     for (u64 p = (u64)blockIdx.x * blockDim.x + threadIdx.x; p < pairs;
          p += (u64)gridDim.x * blockDim.x) {

@@ -14,6 +14,7 @@ extern "C" __global__ void __launch_bounds__(ROPE_THREADS)
                          const float* __restrict__ cos_t, const float* __restrict__ sin_t,
                          u32 H, u32 KVH, u32 D, u32 rope_dim, u32 block_size, u32 max_pos,
                          u64 num_slots, u32 stride) {
+    pdl_enter();
     const u64 t = blockIdx.x;
     const u32 head = blockIdx.y;
     const u32 p = min(pos[t], max_pos - 1);

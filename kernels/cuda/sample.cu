@@ -179,6 +179,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
                   const float* __restrict__ temperature, const int* __restrict__ top_k,
                   const float* __restrict__ top_p, const u64* __restrict__ seeds,
                   const u64* __restrict__ counters, u32 V) {
+    pdl_enter();
     __shared__ float scratch[32];
     __shared__ float sv[32];
     __shared__ u32 si[32];

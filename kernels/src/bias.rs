@@ -1,6 +1,6 @@
 //! Wrapper of the projection-bias add (cuda/bias.cu).
 
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use crate::error::{ensure, to_u32};
@@ -30,7 +30,7 @@ impl Kernels {
         let cfg = grid_for(x.len() / 2, 256);
         let (xp, _g0) = x.device_ptr_mut(stream);
         let (bp, _g1) = bias.device_ptr(stream);
-        let mut b = stream.launch_builder(self.func("add_bias_kernel")?);
+        let mut b = self.dependent_launch(stream, "add_bias_kernel")?;
         b.arg(&xp).arg(&bp).arg(&n32).arg(&rows);
         // SAFETY: the kernel touches pairs below rows * n / 2 = x.len() / 2 and bias below n.
         unsafe { b.launch(cfg) }?;

@@ -15,6 +15,7 @@ mod bias;
 mod device;
 mod error;
 mod gemv;
+mod launch;
 mod loader;
 mod ops;
 mod rope;
@@ -39,14 +40,18 @@ pub use loader::{cached_ptx, compile_ptx, device_arch, full_source};
 pub struct Kernels {
     ctx: Arc<CudaContext>,
     loaded: loader::Loaded,
+    /// Programmatic dependent launch for the kernels that support it (launch.rs).
+    pdl: bool,
 }
 
 impl Kernels {
     /// Compiles (or reads from `cache_dir`) and loads every kernel for `ctx`'s device.
     pub fn load(ctx: &Arc<CudaContext>, cache_dir: Option<&Path>) -> Result<Kernels, KernelError> {
+        let loaded = loader::Loaded::load(ctx, cache_dir)?;
         Ok(Kernels {
             ctx: ctx.clone(),
-            loaded: loader::Loaded::load(ctx, cache_dir)?,
+            pdl: launch::pdl_enabled(&loaded.arch),
+            loaded,
         })
     }
 

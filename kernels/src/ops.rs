@@ -99,7 +99,7 @@ impl Kernels {
         let (o, _g0) = out.device_ptr_mut(stream);
         let (xp, _g1) = x.device_ptr(stream);
         let (wp, _g2) = w.device_ptr(stream);
-        let mut b = stream.launch_builder(self.func("rms_norm_kernel")?);
+        let mut b = self.dependent_launch(stream, "rms_norm_kernel")?;
         b.arg(&o).arg(&xp).arg(&wp).arg(&hid).arg(&eps);
         // SAFETY: sizes checked above.
         unsafe { b.launch(norm_config(t, hidden)?) }?;
@@ -129,7 +129,7 @@ impl Kernels {
         let (dp, _g1) = delta.device_ptr(stream);
         let (o, _g2) = out.device_ptr_mut(stream);
         let (wp, _g3) = w.device_ptr(stream);
-        let mut b = stream.launch_builder(self.func("add_rms_norm_kernel")?);
+        let mut b = self.dependent_launch(stream, "add_rms_norm_kernel")?;
         b.arg(&xp).arg(&dp).arg(&o).arg(&wp).arg(&hid).arg(&eps);
         // SAFETY: sizes checked above.
         unsafe { b.launch(norm_config(t, hidden)?) }?;
@@ -156,7 +156,7 @@ impl Kernels {
         let (inter, rows) = (to_u32(K, "intermediate", intermediate)?, t as u64);
         let (o, _g0) = out.device_ptr_mut(stream);
         let (g, _g1) = gate_up.device_ptr(stream);
-        let mut b = stream.launch_builder(self.func("silu_mul_kernel")?);
+        let mut b = self.dependent_launch(stream, "silu_mul_kernel")?;
         b.arg(&o).arg(&g).arg(&inter).arg(&rows);
         // SAFETY: sizes checked above.
         unsafe { b.launch(grid_for(t * intermediate / 2, 256)) }?;

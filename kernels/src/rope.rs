@@ -1,8 +1,6 @@
 //! Wrapper of the fused RoPE + KV-cache write (cuda/rope.cu).
 
-use cudarc::driver::{
-    CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 
 use crate::error::{ensure, expect_len, to_u32};
@@ -87,7 +85,7 @@ impl Kernels {
         let (s, _g4) = slots.device_ptr(stream);
         let (c, _g5) = cos.device_ptr(stream);
         let (sn, _g6) = sin.device_ptr(stream);
-        let mut b = stream.launch_builder(self.func("rope_kv_write_kernel")?);
+        let mut b = self.dependent_launch(stream, "rope_kv_write_kernel")?;
         b.arg(&q).arg(&kc).arg(&vc).arg(&p).arg(&s).arg(&c).arg(&sn);
         b.arg(&h)
             .arg(&kvh)

@@ -1,8 +1,6 @@
 //! Wrapper of device-side sampling (cuda/sample.cu).
 
-use cudarc::driver::{
-    CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use crate::error::{ensure, expect_len, to_u32};
 use crate::{KernelError, Kernels};
@@ -51,7 +49,7 @@ impl Kernels {
         let (p, _g4) = top_p.device_ptr(stream);
         let (s, _g5) = seeds.device_ptr(stream);
         let (c, _g6) = counters.device_ptr(stream);
-        let mut lb = stream.launch_builder(self.func("sample_kernel")?);
+        let mut lb = self.dependent_launch(stream, "sample_kernel")?;
         lb.arg(&o)
             .arg(&l)
             .arg(&t)
