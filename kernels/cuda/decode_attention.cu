@@ -309,9 +309,19 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
     const int ctx_in = a.ctx_lens[s];
     const int qrow = a.q_rows[s];
     const int ctx = decode_ctx_len(a, ctx_in);
-    if (ctx <= 0 || qrow < 0 || (u32)qrow >= a.out_rows) return;
+    // Lengths, q rows and block tables are the step's metadata, copied in before its first
+    // kernel: they may be read before pdl_wait (common.cuh); q and the cache (this step's k and
+    // v rows come from rope_kv_write) only after it. Idle CTAs wait too, so that this grid never
+    // completes before the one it follows.
+    if (ctx <= 0 || qrow < 0 || (u32)qrow >= a.out_rows) {
+        pdl_wait();
+        return;
+    }
     const DecodeSplit sp = decode_split<P>(a, (u32)ctx);
-    if (part >= sp.n) return;
+    if (part >= sp.n) {
+        pdl_wait();
+        return;
+    }
     const u32 p0 = part * sp.chunk;
     const u32 plen = min(sp.chunk, (u32)ctx - p0);
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -321,6 +331,7 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
         b = (b < 0 || (u32)b >= a.num_blocks) ? 0 : b;
         blk_off[threadIdx.x] = (((u64)b * a.KVH + kvh) << a.bs_log2) * D;
     }
+    pdl_enter();
     // q of this group, pre-scaled into the log2 domain; chunk layout matches decode_scores.
     constexpr int TG = D / 16;
     float q[G][16];
@@ -430,7 +441,3 @@ DECODE_INST(128, 5)
 DECODE_INST(128, 6)
 DECODE_INST(128, 7)
 DECODE_INST(128, 8)
-
-// No longer launched: the last CTA of each (sequence, KV head) combines the partitions inside
-// the main kernel. Kept, empty, only because loader.rs still lists it among the kernels to load.
-extern "C" __global__ void paged_decode_reduce() {}

@@ -37,14 +37,23 @@ __device__ __forceinline__ void gemv_body(OUT* __restrict__ y, const bf16* __res
                                           const bf16* __restrict__ w, u32 N, u32 K) {
     const u32 lane = threadIdx.x & 31;
     const u32 n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (n >= N) return;
-    const uint4* wr = (const uint4*)(w + (u64)n * K);
+    const bool valid = n < N;
+    const uint4* wr = (const uint4*)(w + (u64)(valid ? n : 0) * K);
     const uint4* xr = (const uint4*)x;
     const u32 chunks = K / 8;
     float acc[M];
 #pragma unroll
     for (int m = 0; m < M; m++) acc[m] = 0.f;
     u32 c = lane;
+    // Before waiting for x (PDL, common.cuh): this warp's first weights, into L2. They are
+    // constant, so fetching them overlaps the end of the kernel that writes x (prefetches, not
+    // loads, so no registers are held across the wait).
+    if (valid && c + 96 < chunks) {
+#pragma unroll
+        for (int u = 0; u < 4; u++) prefetch_l2(wr + c + 32 * u);
+    }
+    pdl_enter();
+    if (!valid) return;
     // Four independent weight loads in flight per lane, then their products.
     for (; c + 96 < chunks; c += 128) {
         uint4 wv[4];
@@ -168,6 +177,18 @@ __device__ __forceinline__ void gemv_mma_body(float* red, OUT* __restrict__ y,
     const uint4 zero = make_uint4(0, 0, 0, 0);
 
     u32 s = warp;
+    // Before waiting for x (PDL, common.cuh): the weights of this warp's first round, into L2.
+    // They are constant, so fetching them overlaps the end of the kernel that writes x.
+    if (s + (U - 1) * MMA_WARPS < whole) {
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int tn = 0; tn < TN; tn++)
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    prefetch_l2(wb + woff[tn][j] + 8 * (s + u * MMA_WARPS));
+    }
+    pdl_enter();
     // Whole steps, U at a time: all loads first (8 weight, 2 * U * MT x loads a lane), then mma.
     for (; s + (U - 1) * MMA_WARPS < whole; s += U * MMA_WARPS) {
         uint4 v[U][TN][4];

@@ -240,9 +240,11 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
 }
 
 extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d64(PrefillArgs a) {
+    pdl_enter();
     prefill_impl<64>(a);
 }
 
 extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d128(PrefillArgs a) {
+    pdl_enter();
     prefill_impl<128>(a);
 }

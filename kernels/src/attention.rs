@@ -4,7 +4,6 @@
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{
     CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
-    PushKernelArg,
 };
 use half::bf16;
 
@@ -329,7 +328,7 @@ impl Kernels {
             target_ctas,
             scale_log2: scale * std::f32::consts::LOG2_E,
         };
-        let mut b = stream.launch_builder(func);
+        let mut b = self.dependent_launch_of(stream, func);
         b.arg(&args);
         let cfg = LaunchConfig {
             grid_dim: (
@@ -427,7 +426,7 @@ impl Kernels {
             bs_log2: block_size.trailing_zeros(),
             scale_log2: scale * std::f32::consts::LOG2_E,
         };
-        let mut b = stream.launch_builder(self.func(&format!("paged_prefill_d{head_dim}"))?);
+        let mut b = self.dependent_launch(stream, &format!("paged_prefill_d{head_dim}"))?;
         b.arg(&args);
         let cfg = LaunchConfig {
             grid_dim: (to_u32(K, "num_tiles", num_tiles)?, num_heads as u32, 1),

@@ -2,7 +2,6 @@
 
 use cudarc::driver::{
     CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
-    PushKernelArg,
 };
 use half::bf16;
 
@@ -112,7 +111,7 @@ impl Kernels {
         let (yp, _g0) = y.device_ptr_mut(stream);
         let (xp, _g1) = x.device_ptr(stream);
         let (wp, _g2) = w.device_ptr(stream);
-        let mut b = stream.launch_builder(self.func(&name)?);
+        let mut b = self.dependent_launch(stream, &name)?;
         b.arg(&yp)
             .arg(&xp)
             .arg(&wp)

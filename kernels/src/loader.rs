@@ -140,7 +140,6 @@ pub(crate) fn kernel_names() -> Vec<String> {
         "fill_random_f32_kernel",
         "rope_kv_write_kernel",
         "add_bias_kernel",
-        "paged_decode_reduce",
         "paged_prefill_d64",
         "paged_prefill_d128",
         "sample_kernel",
