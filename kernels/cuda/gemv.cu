@@ -1,11 +1,11 @@
-// Skinny matrix products for decode steps: y[m, n] = sum_k x[m, k] * w[n, k] for M <= 16 rows
+// Skinny matrix products for decode steps: y[m, n] = sum_k x[m, k] * w[n, k] for M <= 32 rows
 // of x. Memory-bound: every weight is read once with 16-byte streaming loads. Two kernels:
 //
 // 1 row: one warp per output column, four 16-byte loads in flight per lane (91% of copy
 // bandwidth on an H100); x (a few KB) is read through the cache by every warp.
 //
-// 2-16 rows: tensor cores (mma.sync m16n8k16), 16 or 32 output columns a CTA, K split over its 8
-// warps. The one-warp-per-column kernel re-reads all of x for every column (M 16-byte loads per
+// 1-32 rows: tensor cores (mma.sync m16n8k16), 16 or 32 output columns a CTA, K split over its 8
+// warps (17-32 rows with x staged through shared memory, below). The one-warp-per-column kernel re-reads all of x for every column (M 16-byte loads per
 // weight load: L1-bound from ~4 rows); here a warp's x load serves 16 or 32 columns. A first
 // tensor-core version (commit 0be6ffb) loaded weights straight in the mma fragment layout: each
 // load instruction then touched 8 rows x 64 bytes, half of each 128-byte line, and it reached only
@@ -77,7 +77,7 @@ __device__ __forceinline__ void gemv_body(OUT* __restrict__ y, const bf16* __res
     }
 }
 
-// ---- 2-16 rows: tensor cores ----
+// ---- 1-16 rows: tensor cores, x in registers ----
 //
 // A CTA computes 16 * TN output columns (TN = 1 or 2 tiles of 16 weight rows) for all M rows;
 // its 8 warps take the 64-wide K steps warp, warp + 8, ... (so a CTA reads 1 KB contiguous of
@@ -108,11 +108,10 @@ __device__ __forceinline__ uint4 sel4(bool c, const uint4 a, const uint4 b) {
     return make_uint4(c ? a.x : b.x, c ? a.y : b.y, c ? a.z : b.z, c ? a.w : b.w);
 }
 
-// One 64-k step of one 16-row tile: v[j] = chunk p of row 4q + j (as loaded) times the x chunks
-// of MT 8-row tiles, into acc[MT][4].
-template <int MT>
-__device__ __forceinline__ void mma_step(float (&acc)[MT][4], const uint4 (&v)[4],
-                                         const Chunks2 (&xv)[MT], bool h) {
+// The A fragments of one 64-k step of one 16-row tile from v[j] = chunk p of row 4q + j (as
+// loaded): aw / bw = fragment rows g (weight row 2g) / g + 8 (2g + 1), chunks t and t + 4.
+__device__ __forceinline__ void mma_frags(const uint4 (&v)[4], bool h, u32 (&aw)[8],
+                                          u32 (&bw)[8]) {
     // Partner l ^ 4 needs rows 4q + 2(1 - h) and 4q + 2(1 - h) + 1 of chunk p: my v[2(1 - h)], v[...+1].
     const uint4 r0 = shfl_xor4(sel4(h, v[0], v[2]), 4);
     const uint4 r1 = shfl_xor4(sel4(h, v[1], v[3]), 4);
@@ -122,8 +121,19 @@ __device__ __forceinline__ void mma_step(float (&acc)[MT][4], const uint4 (&v)[4
     a.hi = sel4(h, v[2], r0);
     b.lo = sel4(h, r1, v[1]);
     b.hi = sel4(h, v[3], r1);
-    const u32 aw[8] = {a.lo.x, a.lo.y, a.lo.z, a.lo.w, a.hi.x, a.hi.y, a.hi.z, a.hi.w};
-    const u32 bw[8] = {b.lo.x, b.lo.y, b.lo.z, b.lo.w, b.hi.x, b.hi.y, b.hi.z, b.hi.w};
+    aw[0] = a.lo.x, aw[1] = a.lo.y, aw[2] = a.lo.z, aw[3] = a.lo.w;
+    aw[4] = a.hi.x, aw[5] = a.hi.y, aw[6] = a.hi.z, aw[7] = a.hi.w;
+    bw[0] = b.lo.x, bw[1] = b.lo.y, bw[2] = b.lo.z, bw[3] = b.lo.w;
+    bw[4] = b.hi.x, bw[5] = b.hi.y, bw[6] = b.hi.z, bw[7] = b.hi.w;
+}
+
+// One 64-k step of one 16-row tile: v[j] = chunk p of row 4q + j (as loaded) times the x chunks
+// of MT 8-row tiles, into acc[MT][4].
+template <int MT>
+__device__ __forceinline__ void mma_step(float (&acc)[MT][4], const uint4 (&v)[4],
+                                         const Chunks2 (&xv)[MT], bool h) {
+    u32 aw[8], bw[8];
+    mma_frags(v, h, aw, bw);
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         const u32 frag[4] = {aw[2 * i], bw[2 * i], aw[2 * i + 1], bw[2 * i + 1]};
@@ -256,15 +266,170 @@ __device__ __forceinline__ void gemv_mma_body(float* red, OUT* __restrict__ y,
     }
 }
 
+// ---- 17-32 rows: x through shared memory ----
+//
+// MT = 3 or 4 tiles of x (24 or 32 rows). The same tiles, fragments and warp split as above, but
+// a 64-k step of x (MT * 8 rows x 128 bytes, as much as 1-2 tiles of weights) would take 8 * MT
+// registers a lane next to the weights in flight: 146-198 registers for MT = 4 (1 block, 8 warps
+// an SM). Instead each lane copies its own x chunks (chunks t and t + 4 of row 8 mt + g: the
+// same ones it reads back, so only cp.async.wait_group orders them, no barrier) into a slot of
+// shared memory with cp.async while its weight loads are in flight, and reads them back one
+// 8-row tile at a time inside the mma loop. One step (U = 1) a round: 4 (16 columns a CTA) or 8
+// (32 columns) weight loads in flight a lane; the x slots (MT KB a warp) then hold the partial
+// sums (TN * MT * 512 bytes a warp) at the end.
+
+__device__ __forceinline__ void gemv_cp_async16(u32 dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+
+// One 64-k step of one 16-row tile as mma_step, x from this lane's slots: xl[(2 mt + half) * 32]
+// = chunk t + 4 half of x row 8 mt + g.
+template <int MT>
+__device__ __forceinline__ void mma_step_xs(float (&acc)[MT][4], const uint4 (&v)[4],
+                                            const uint4* xl, bool h) {
+    u32 aw[8], bw[8];
+    mma_frags(v, h, aw, bw);
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        const uint4 lo = xl[(2 * mt) * 32], hi = xl[(2 * mt + 1) * 32];
+        const u32 xw[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const u32 frag[4] = {aw[2 * i], bw[2 * i], aw[2 * i + 1], bw[2 * i + 1]};
+            mma_bf16(acc[mt], frag, xw[2 * i], xw[2 * i + 1]);
+        }
+    }
+}
+
+// K % 8 == 0 (checked by the wrapper); 1 <= M <= 8 * MT. `xs` holds MMA_WARPS * MT * 64 uint4
+// (MT KB a warp).
+template <int MT, int TN, typename OUT>
+__device__ __forceinline__ void gemv_mma_xs_body(uint4* xs, OUT* __restrict__ y,
+                                                 const bf16* __restrict__ x,
+                                                 const bf16* __restrict__ w, u32 N, u32 K,
+                                                 u32 M) {
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const u32 q = lane >> 3, p = lane & 7, g = lane >> 2, t = lane & 3;
+    const bool h = (g & 1) != 0;
+    const u32 chunks = K >> 3;            // 16-byte chunks per row
+    const u32 steps = (chunks + 7) >> 3;  // 64-k steps; all but the last are whole
+    const u32 whole = chunks >> 3;
+    const u32 n0 = blockIdx.x * (16 * TN);
+    const uint4* wb = (const uint4*)w + (u64)n0 * chunks;
+    // Chunk offsets from wb of the rows this lane loads (rows past N read row N - 1, unused).
+    u32 woff[TN][4];
+#pragma unroll
+    for (int tn = 0; tn < TN; tn++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) woff[tn][j] = (min(n0 + 16 * tn + 4 * q + j, N - 1) - n0) * chunks + p;
+    // x rows past M read row 0: they only feed D columns (x rows) that are never stored.
+    const uint4* xb = (const uint4*)x;
+    u32 xoff[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        const u32 m = 8 * mt + g;
+        xoff[mt] = (m < M ? m : 0) * chunks + t;
+    }
+    // This lane's x slots: xl[(2 mt + half) * 32], chunk t + 4 half of x row 8 mt + g.
+    uint4* xl = xs + warp * (MT * 64) + lane;
+    const u32 xl_s = (u32)__cvta_generic_to_shared(xl);
+    float acc[TN][MT][4];
+#pragma unroll
+    for (int tn = 0; tn < TN; tn++)
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[tn][mt][i] = 0.f;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+
+    u32 s = warp;
+    // Before waiting for x (PDL, common.cuh): the weights of this warp's first step, into L2.
+    if (s < whole) {
+#pragma unroll
+        for (int tn = 0; tn < TN; tn++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) prefetch_l2(wb + woff[tn][j] + 8 * s);
+    }
+    pdl_enter();
+    // Whole steps: weight loads, then x into the slots, wait for x, mma (waits for the weights).
+    for (; s < whole; s += MMA_WARPS) {
+        const u32 c0 = 8 * s;
+        uint4 v[TN][4];
+#pragma unroll
+        for (int tn = 0; tn < TN; tn++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) v[tn][j] = __ldcs(wb + woff[tn][j] + c0);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            gemv_cp_async16(xl_s + (2 * mt) * 512, xb + xoff[mt] + c0);
+            gemv_cp_async16(xl_s + (2 * mt + 1) * 512, xb + xoff[mt] + c0 + 4);
+        }
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
+        asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+#pragma unroll
+        for (int tn = 0; tn < TN; tn++) mma_step_xs<MT>(acc[tn], v[tn], xl, h);
+    }
+    // The last step if partial (chunks past K read as zero); at most one, warp whole % 8's.
+    if (s < steps) {
+        const u32 c0 = 8 * s;
+        uint4 v[TN][4];
+#pragma unroll
+        for (int tn = 0; tn < TN; tn++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                v[tn][j] = c0 + p < chunks ? __ldcs(wb + woff[tn][j] + c0) : zero;
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            const uint4* xp = xb + xoff[mt] + c0;
+            xl[(2 * mt) * 32] = c0 + t < chunks ? __ldg(xp) : zero;
+            xl[(2 * mt + 1) * 32] = c0 + t + 4 < chunks ? __ldg(xp + 4) : zero;
+        }
+#pragma unroll
+        for (int tn = 0; tn < TN; tn++) mma_step_xs<MT>(acc[tn], v[tn], xl, h);
+    }
+
+    // Partial sums of the warps: red[warp][tn][mt][i][lane] over the x slots, once every warp
+    // has read its last x; summed in warp order.
+    __syncthreads();
+    float* red = (float*)xs;
+    constexpr u32 PER_WARP = TN * MT * 128;
+    static_assert(PER_WARP * 4 <= MT * 64 * 16, "partial sums fit a warp's x slots");
+#pragma unroll
+    for (int tn = 0; tn < TN; tn++)
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                red[warp * PER_WARP + ((tn * MT + mt) * 4 + i) * 32 + lane] = acc[tn][mt][i];
+    __syncthreads();
+    for (u32 e = threadIdx.x; e < PER_WARP; e += MMA_WARPS * 32) {
+        float v = 0.f;
+#pragma unroll
+        for (int wi = 0; wi < MMA_WARPS; wi++) v += red[wi * PER_WARP + e];
+        // As in gemv_mma_body.
+        const u32 l = e & 31, i = (e >> 5) & 3, tile = e >> 7;
+        const u32 n = n0 + 16 * (tile / MT) + 2 * (l >> 2) + (i >> 1);
+        const u32 m = 8 * (tile % MT) + 2 * (l & 3) + (i & 1);
+        if (n < N && m < M) store_out(y + (u64)m * N + n, v);
+    }
+}
+
 // M = 1: the warp-per-column kernel. M > 1: the tensor-core kernel for M' <= M rows (`rows`; any
 // 1 <= rows <= 8 * MT gives the same code, so the wrapper may run fewer rows through it) and
-// `cols` = 16 or 32 columns a CTA.
+// `cols` = 16 or 32 columns a CTA; M = 24 and 32 (MT = 3, 4) with x through shared memory.
 template <int M, typename OUT>
 __device__ __forceinline__ void gemv_entry(OUT* __restrict__ y, const bf16* __restrict__ x,
                                            const bf16* __restrict__ w, u32 N, u32 K, u32 rows,
                                            u32 cols) {
     if constexpr (M == 1) {
         gemv_body<1, OUT>(y, x, w, N, K);
+    } else if constexpr (M > 16) {
+        constexpr int MT = (M + 7) / 8;
+        __shared__ uint4 xs[MMA_WARPS * MT * 64];
+        if (cols == 32)
+            gemv_mma_xs_body<MT, 2, OUT>(xs, y, x, w, N, K, rows);
+        else
+            gemv_mma_xs_body<MT, 1, OUT>(xs, y, x, w, N, K, rows);
     } else {
         constexpr int MT = M > 8 ? 2 : 1;
         __shared__ float red[MMA_WARPS * 2 * MT * 128];
@@ -303,3 +468,5 @@ GEMV_KERNELS(13)
 GEMV_KERNELS(14)
 GEMV_KERNELS(15)
 GEMV_KERNELS(16)
+GEMV_KERNELS(24)
+GEMV_KERNELS(32)

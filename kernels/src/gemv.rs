@@ -9,19 +9,53 @@ use crate::error::{ensure, expect_len, to_u32};
 use crate::{KernelError, Kernels};
 
 /// Most rows of `x` one GEMV launch takes; larger steps belong to cuBLAS's GEMMs.
-pub const GEMV_MAX_ROWS: usize = 16;
+pub const GEMV_MAX_ROWS: usize = 32;
+/// Most rows of the tensor-core kernels that keep x in registers (`gemv_*_m2`..`m16`); 17-24
+/// rows run `gemv_*_m24`, 25-32 `gemv_*_m32`, which stage x through shared memory.
+const GEMV_REG_ROWS: usize = 16;
 /// Output columns from which [`Kernels::gemv_mma_cols`] gives the tensor-core kernel 32
-/// columns a block instead of 16 (half the re-reads of x, but half the blocks). Never, today:
-/// on an H100 (linear_bench, 2026-11-26) 16 columns were as fast or faster for every Llama-3-8B
-/// shape at 1-16 rows (gate/up at 1 row 77.5 against 78.8 us, lm_head 335 against 339 us); the
-/// 32-column variant stays for the benchmark and for other shapes.
+/// columns a block instead of 16 (half the re-reads of x, but half the blocks) at 1-16 rows.
+/// Never, today: on an H100 (linear_bench, 2026-11-26) 16 columns were as fast or faster for
+/// every Llama-3-8B shape at 1-16 rows (gate/up at 1 row 77.5 against 78.8 us, lm_head 335
+/// against 339 us); the 32-column variant stays for the benchmark and for other shapes.
 const GEMV_WIDE_MIN_N: Option<usize> = None;
+/// Rows from which [`Kernels::gemv_mma_cols`] gives 32 columns a block whatever `n`. 17: at
+/// 17-32 rows the 16-column variant re-reads x (M * 128 bytes a 64-k step) at 1.5-2x the
+/// weights' bytes, and the 32-column one keeps 8 weight loads in flight a lane against 4 (x in
+/// shared memory, gemv.cu; both run 2 blocks an SM). Not yet measured: compare `mma16` with
+/// `mma32` at 24 and 32 rows in linear_bench.
+const GEMV_WIDE_MIN_ROWS: usize = 17;
 /// Rows from which [`Kernels::gemv`] runs the tensor-core kernel; fewer go to the warp kernel
 /// (one warp per column). From 1: on an H100 the tensor-core kernel read a Llama-3-8B layer at
 /// 1 row at 97.6% of copy bandwidth against the warp kernel's 94.7% (148.3 against 152.8 us).
 const GEMV_MMA_MIN_ROWS: usize = 1;
 /// Warps of a block, both kernels.
 const WARPS: u32 = 8;
+
+/// The `M` of the tensor-core kernel `gemv_*_m{M}` that runs `rows` rows (1..=32). gemv_*_m1 is
+/// the warp kernel; gemv_*_m{2..=16} all hold the tensor-core kernel for up to 8 (m2..=m8) or
+/// 16 rows, m24 and m32 the one for up to 24 or 32 rows with x in shared memory; all take the
+/// row count and columns a block as arguments. So a row count runs through m{max(rows, 2)} up
+/// to 16, then m24 or m32.
+pub(crate) fn gemv_kernel_m(rows: usize) -> usize {
+    match rows {
+        0..=GEMV_REG_ROWS => rows.max(2),
+        _ => rows.div_ceil(8) * 8,
+    }
+}
+
+/// The `M`s of every `gemv_*_m{M}` kernel (the loader's list): the warp kernel's 1 and every
+/// [`gemv_kernel_m`].
+pub(crate) fn gemv_kernel_ms() -> Vec<usize> {
+    let mut ms = vec![1];
+    for rows in 1..=GEMV_MAX_ROWS {
+        let m = gemv_kernel_m(rows);
+        if !ms.contains(&m) {
+            ms.push(m);
+        }
+    }
+    ms
+}
 
 /// An output element type of [`Kernels::gemv`]: bf16 activations or f32 logits.
 pub trait GemvOut: DeviceRepr {
@@ -43,14 +77,14 @@ impl Kernels {
     pub fn gemv_mma_cols(rows: usize, n: usize) -> Option<u32> {
         if rows < GEMV_MMA_MIN_ROWS {
             None
-        } else if GEMV_WIDE_MIN_N.is_some_and(|min| n >= min) {
+        } else if rows >= GEMV_WIDE_MIN_ROWS || GEMV_WIDE_MIN_N.is_some_and(|min| n >= min) {
             Some(32)
         } else {
             Some(16)
         }
     }
 
-    /// `y[m, n] = sum_k x[m, k] * w[n, k]` for `rows = x.len() / k` rows (1..=16): `x` bf16
+    /// `y[m, n] = sum_k x[m, k] * w[n, k]` for `rows = x.len() / k` rows (1..=32): `x` bf16
     /// `[rows, k]`, `w` bf16 `[n, k]` (row-major, as linear layers store it), `y` `[rows, n]`.
     /// f32 accumulation; `k` must be a multiple of 8 (16-byte loads). Runs the kernel
     /// [`Kernels::gemv_mma_cols`] picks.
@@ -68,7 +102,7 @@ impl Kernels {
     }
 
     /// [`Kernels::gemv`] on a chosen kernel (benchmarks, tests): `mma_cols` `None` for the warp
-    /// kernel (1 row only), `Some(16)` or `Some(32)` for the tensor-core kernel (1..=16 rows).
+    /// kernel (1 row only), `Some(16)` or `Some(32)` for the tensor-core kernel (1..=32 rows).
     #[allow(clippy::too_many_arguments)]
     pub fn gemv_with<O: GemvOut>(
         &self,
@@ -103,12 +137,9 @@ impl Kernels {
             to_u32(K, "k", k)?,
             to_u32(K, "rows", rows)?,
         );
-        // Kernel gemv_*_m1 is the warp kernel; gemv_*_m{2..=16} all hold the tensor-core kernel
-        // for up to 8 (m2..=m8) or 16 rows and take the row count and columns a block as
-        // arguments, so a row count runs through m{max(rows, 2)}.
         let (name, cols, per_block) = match mma_cols {
             None => (format!("gemv_{}_m1", O::NAME), 0u32, WARPS),
-            Some(c) => (format!("gemv_{}_m{}", O::NAME, rows.max(2)), c, c),
+            Some(c) => (format!("gemv_{}_m{}", O::NAME, gemv_kernel_m(rows)), c, c),
         };
         let (yp, _g0) = y.device_ptr_mut(stream);
         let (xp, _g1) = x.device_ptr(stream);
@@ -128,8 +159,31 @@ impl Kernels {
         };
         // SAFETY: lengths checked above match the kernels' indexing: the warp kernel takes one
         // column a warp, the tensor-core kernel `cols` columns a block (rows past `n` are read
-        // as row n - 1 and not written) and `rows <= 8 * MT` rows of x.
+        // as row n - 1 and not written) and `rows <= 8 * MT` rows of x (`gemv_kernel_m(rows)`
+        // >= rows; m24 / m32 read x rows past `rows` as row 0 and do not write them).
         unsafe { b.launch(cfg) }?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_m_covers_its_rows() {
+        for rows in 1..=GEMV_MAX_ROWS {
+            let m = gemv_kernel_m(rows);
+            assert!(m >= rows && m >= 2, "{rows} rows on m{m}");
+            assert!(gemv_kernel_ms().contains(&m));
+        }
+        assert_eq!(gemv_kernel_m(16), 16);
+        assert_eq!(gemv_kernel_m(17), 24);
+        assert_eq!(gemv_kernel_m(24), 24);
+        assert_eq!(gemv_kernel_m(25), 32);
+        assert_eq!(gemv_kernel_m(32), 32);
+        let mut want: Vec<usize> = (1..=16).collect();
+        want.extend([24, 32]);
+        assert_eq!(gemv_kernel_ms(), want);
     }
 }

@@ -158,7 +158,7 @@ pub(crate) fn kernel_names() -> Vec<String> {
             }
         }
     }
-    for m in 1..=crate::gemv::GEMV_MAX_ROWS {
+    for m in crate::gemv::gemv_kernel_ms() {
         names.push(format!("gemv_bf16_m{m}"));
         names.push(format!("gemv_f32_m{m}"));
     }
