@@ -1,19 +1,29 @@
 //! The skinny decode GEMV against an f64 reference: every row count through the kernel `gemv`
 //! picks, and every kernel forced (the warp kernel at 1 row, the tensor-core kernel with 16 and
-//! 32 columns a block at 1..=16 rows), bf16 and f32 outputs.
+//! 32 columns a block at 1..=32 rows: x in registers up to 16, through shared memory at 17-32),
+//! bf16 and f32 outputs.
 
 use crate::common::*;
+use cudarc::driver::CudaSlice;
 use half::bf16;
 use pagedserve_kernels::{GEMV_MAX_ROWS, Kernels};
 
 /// `kernel`: `None` for `gemv`'s own pick, else `Some(mma_cols)` for `gemv_with`.
 type Pick = Option<Option<u32>>;
 
-fn run_f32(g: &Gpu, x: &[bf16], w: &[bf16], n: usize, k: usize, pick: Pick) -> Res<Vec<f64>> {
-    let rows = x.len() / k;
-    let (d_x, d_w) = (up(g, x)?, up(g, w)?);
+/// `d_x` holds at least `rows` rows of `k`; `d_w` is `[n, k]`.
+type Dev<'a> = (&'a CudaSlice<bf16>, &'a CudaSlice<bf16>);
+
+fn run_f32(
+    g: &Gpu,
+    (d_x, d_w): Dev<'_>,
+    rows: usize,
+    n: usize,
+    k: usize,
+    pick: Pick,
+) -> Res<Vec<f64>> {
     let mut d_y = up(g, &poison_f32(rows * n))?;
-    let (mut yv, xv, wv) = (d_y.as_view_mut(), d_x.as_view(), d_w.as_view());
+    let (mut yv, xv, wv) = (d_y.as_view_mut(), d_x.slice(..rows * k), d_w.as_view());
     match pick {
         None => g.k.gemv(&g.stream, &mut yv, &xv, &wv, n, k)?,
         Some(c) => g.k.gemv_with(&g.stream, &mut yv, &xv, &wv, n, k, c)?,
@@ -21,11 +31,16 @@ fn run_f32(g: &Gpu, x: &[bf16], w: &[bf16], n: usize, k: usize, pick: Pick) -> R
     Ok(down(g, &d_y)?.iter().map(|&v| v as f64).collect())
 }
 
-fn run_bf16(g: &Gpu, x: &[bf16], w: &[bf16], n: usize, k: usize, pick: Pick) -> Res<Vec<bf16>> {
-    let rows = x.len() / k;
-    let (d_x, d_w) = (up(g, x)?, up(g, w)?);
+fn run_bf16(
+    g: &Gpu,
+    (d_x, d_w): Dev<'_>,
+    rows: usize,
+    n: usize,
+    k: usize,
+    pick: Pick,
+) -> Res<Vec<bf16>> {
     let mut d_y = up(g, &poison_bf16(rows * n))?;
-    let (mut yv, xv, wv) = (d_y.as_view_mut(), d_x.as_view(), d_w.as_view());
+    let (mut yv, xv, wv) = (d_y.as_view_mut(), d_x.slice(..rows * k), d_w.as_view());
     match pick {
         None => g.k.gemv(&g.stream, &mut yv, &xv, &wv, n, k)?,
         Some(c) => g.k.gemv_with(&g.stream, &mut yv, &xv, &wv, n, k, c)?,
@@ -41,7 +56,10 @@ fn gemv_matches_reference_for_every_row_count() -> TestResult {
     let mut rng = rng("gemv");
     // Llama-3-8B's o_proj and down_proj inner sizes, SmolLM2's; column counts that are not a
     // multiple of the 16 or 32 columns a block (577, 9, 33, 50); K that is not a multiple of
-    // the tensor-core kernel's 64-wide steps (1000 = 15 steps + 40, 4104 = 64 steps + 8, 72).
+    // the tensor-core kernel's 64-wide steps (1000 = 15 steps + 40, 4104 = 64 steps + 8, 72 =
+    // 1 + 8: the partial step is warp 7's second, warp 0's ninth, warp 1's only one). Every row
+    // count 1..=32: 17-24 run gemv_*_m24 (3 x tiles; 17 and 24 its ends), 25-32 gemv_*_m32
+    // (31: a partial last tile).
     for (n, k) in [
         (4096, 4096),
         (577, 14336),
@@ -53,6 +71,7 @@ fn gemv_matches_reference_for_every_row_count() -> TestResult {
     ] {
         let w = to_bf16(&rand_vec(&mut rng, n * k, -1.0, 1.0));
         let x = to_bf16(&rand_vec(&mut rng, GEMV_MAX_ROWS * k, -1.0, 1.0));
+        let (d_x, d_w) = (up(g, &x)?, up(g, &w)?);
         // Reference for all rows at once; a run of `rows` rows takes the first `rows` of x.
         let (wf, xf): (Vec<f64>, Vec<f64>) = (
             w.iter().map(|v| v.to_f64()).collect(),
@@ -66,7 +85,6 @@ fn gemv_matches_reference_for_every_row_count() -> TestResult {
             })
             .collect();
         for rows in 1..=GEMV_MAX_ROWS {
-            let x = &x[..rows * k];
             let want = &want_all[..rows * n];
             let mut picks: Vec<Pick> = vec![None, Some(Some(16)), Some(Some(32))];
             if rows == 1 {
@@ -77,14 +95,14 @@ fn gemv_matches_reference_for_every_row_count() -> TestResult {
                     None => format!("auto {:?}", Kernels::gemv_mma_cols(rows, n)),
                     Some(c) => format!("forced {c:?}"),
                 };
-                let y = run_f32(g, x, &w, n, k, pick)?;
+                let y = run_f32(g, (&d_x, &d_w), rows, n, k, pick)?;
                 assert!(
                     y.iter().all(|v| v.is_finite()),
                     "f32 n={n} k={k} rows={rows} {what}: every element written"
                 );
                 let e = rel_l2(&y, want);
                 assert!(e < 1e-5, "f32 n={n} k={k} rows={rows} {what}: rel err {e}");
-                let yb = run_bf16(g, x, &w, n, k, pick)?;
+                let yb = run_bf16(g, (&d_x, &d_w), rows, n, k, pick)?;
                 assert!(
                     !yb.iter().any(|&v| is_poison_bf16(v)),
                     "bf16 n={n} k={k} rows={rows} {what}: every element written"
