@@ -1,4 +1,4 @@
-//! Linear layers of small decode batches: our GEMV (1-16 rows) and cuBLAS's bf16 GEMM on
+//! Linear layers of small decode batches: our GEMV (1-32 rows) and cuBLAS's bf16 GEMM on
 //! Llama-3-8B's layer shapes (qkv 6144x4096, o 4096x4096, gate/up 28672x4096, down
 //! 4096x14336) and its lm_head (128256x4096; bf16 output here, f32 logits in the engine: <1% of
 //! the bytes), for 1..64 rows. Each case rotates over 4 copies of the weight (never an L2 hit
@@ -6,8 +6,9 @@
 //! 7 samples. Prints, per shape, us per call and GB/s of weight bytes read (what bounds these
 //! shapes) as a share of the device's copy bandwidth; then one layer's (qkv + o + gate/up +
 //! down) total time and share. Kernels: `gemv` is what `Kernels::gemv` picks (the engine's
-//! GEMV), `cublas` the engine's cuBLAS call; `warp` (1 row), `mma16` and `mma32` (1-16 rows)
-//! force one GEMV kernel, to tune `gemv.rs`'s GEMV_MMA_MIN_ROWS and GEMV_WIDE_MIN_N.
+//! GEMV), `cublas` the engine's cuBLAS call; `warp` (1 row), `mma16` and `mma32` (1-32 rows)
+//! force one GEMV kernel, to tune `gemv.rs`'s GEMV_MMA_MIN_ROWS, GEMV_WIDE_MIN_N and
+//! GEMV_WIDE_MIN_ROWS (24 and 32 rows run the kernels with x in shared memory).
 //!
 //! Then prefill-sized steps (512, 2048, 8192 rows), where the FLOPs bound: cuBLAS's GEMM (what
 //! the engine calls) against cuBLASLt's heuristic pick with a 32 MiB workspace, in TFLOP/s per
