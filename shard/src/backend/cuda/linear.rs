@@ -5,8 +5,9 @@
 //! share of copy bandwidth), before the tensor-core GEMV: the warp-per-column GEMV 92% at 1 row,
 //! 86% at 2, 80% at 4, 51% at 8; cuBLAS 82-86% from 1 to 64 rows. A first tensor-core skinny
 //! GEMM (mma.sync, weights loaded straight in fragment layout: half of each 128-byte line per
-//! load instruction) reached only 77% at 1-8 rows and was dropped. The GEMV's 2-16-row kernel is
-//! a tensor-core one again, with whole-line weight loads (`kernels/cuda/gemv.cu`).
+//! load instruction) reached only 77% at 1-8 rows and was dropped. The GEMV is a tensor-core one
+//! again, with whole-line weight loads (`kernels/cuda/gemv.cu`): 97.6% at 1 row, 96.7% at 8,
+//! 93.9% at 16 (H100, 2026-11-26), against cuBLAS's 84.3% at 16, 84.2% at 24, 83.9% at 32.
 
 use std::sync::{Arc, OnceLock};
 
@@ -20,18 +21,19 @@ use super::ops::ptr;
 use crate::backend::BackendResult;
 
 /// Steps of at most this many rows use the GEMV kernel (`PAGEDSERVE_CUDA_GEMV_ROWS` overrides,
-/// see [`gemv_rows`]). 16 covers the CUDA-graph buckets 1, 2, 4, 8 and 16: the tensor-core GEMV
-/// is meant to read weights at ~88-91% of copy bandwidth at 2-16 rows against cuBLAS's 82-85%;
-/// lower it to the largest row count where `linear_bench` shows `gemv` ahead of `cublas`.
-/// Before the tensor-core GEMV it was 2: decode steps of a Llama-3-8B shape on an H100
-/// (2026-11-26, `cuda_bench`, context 1k): 1 row 5.91 ms with the GEMV against 6.34 with
-/// cuBLAS; 4 rows 6.99 against 6.63 with cuBLAS, because every warp of the warp-per-column GEMV
-/// re-read all of x for its one column.
-const GEMV_ROWS: usize = 16;
+/// see [`gemv_rows`]). 32 covers the CUDA-graph buckets 1, 2, 4, 8, 16, 24 and 32: the
+/// tensor-core GEMV reads weights at 94-98% of copy bandwidth at 1-16 rows against cuBLAS's
+/// 84%; 17-32 rows (x through shared memory, not yet measured) are meant to stay ahead of
+/// cuBLAS's 84%: lower it to 16 if `linear_bench` shows `gemv` behind `cublas` at 24 or 32.
+/// It was 16 before the 17-32-row kernels; before the tensor-core GEMV it was 2: decode steps
+/// of a Llama-3-8B shape on an H100 (2026-11-26, `cuda_bench`, context 1k): 1 row 5.91 ms with
+/// the GEMV against 6.34 with cuBLAS; 4 rows 6.99 against 6.63 with cuBLAS, because every warp
+/// of the warp-per-column GEMV re-read all of x for its one column.
+const GEMV_ROWS: usize = 32;
 const _: () = assert!(GEMV_ROWS <= GEMV_MAX_ROWS);
 
 /// The most rows a step may have to go through the GEMV: [`GEMV_ROWS`], or
-/// `PAGEDSERVE_CUDA_GEMV_ROWS` (a row count, capped at the kernel's 16; 0: cuBLAS for every
+/// `PAGEDSERVE_CUDA_GEMV_ROWS` (a row count, capped at the kernel's 32; 0: cuBLAS for every
 /// step, as `PAGEDSERVE_CUDA_GEMV=0`; read once, so set it before the model loads its decode
 /// graphs). An unparsable value leaves the default.
 fn gemv_rows() -> usize {
