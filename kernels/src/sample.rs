@@ -9,7 +9,9 @@ impl Kernels {
     /// One token per row of `logits` f32 `[B, V]` into `out` u32 `[B]`. Row b: temperature
     /// < 1e-5 → argmax (ties → lowest index); else softmax(logits / temperature) restricted to
     /// the `top_k` largest (k <= 0: off; ties at the k-th value are kept), then to the smallest
-    /// set of most likely tokens whose mass reaches `top_p` (p >= 1: off), one draw by Gumbel-max
+    /// set of most likely tokens whose mass reaches `top_p` (p >= 1: off; by value too: a token
+    /// is kept when the tokens strictly more likely weigh less than p, so ties at the boundary
+    /// are all kept and p <= 0 keeps every token tied for the maximum), one draw by Gumbel-max
     /// with noise from a hash of (seeds[b], counters[b], token): equal (seed, counter) give equal
     /// tokens. NaN logits are never drawn.
     #[allow(clippy::too_many_arguments)]

@@ -45,6 +45,9 @@ fn argmax(row: &[f32]) -> u32 {
 }
 
 /// Tokens a draw may return (a superset by a hair at the boundaries, for f32 vs f64 rounding).
+/// Both filters go by value, as the kernel does: top-k keeps every token tied with the k-th,
+/// and top-p keeps a token when the tokens strictly more likely than it weigh less than p, so
+/// tokens tied at the boundary are all in (p = 0 keeps every token tied for the maximum).
 fn allowed(row: &[f32], t: f32, k: i32, p: f32) -> Vec<bool> {
     let z: Vec<f64> = row
         .iter()
@@ -71,16 +74,41 @@ fn allowed(row: &[f32], t: f32, k: i32, p: f32) -> Vec<bool> {
         .collect();
     let total: f64 = kept.iter().map(|&i| (z[i] - m).exp()).sum();
     let mut ok = vec![false; z.len()];
-    let mut cum = 0.0;
+    // `above`: the mass of the tokens strictly more likely than the current one (ties, up to
+    // f32 rounding of the scaled logits, count as one value).
+    let (mut cum, mut above) = (0.0, 0.0);
+    let mut level = kept.first().map_or(0.0, |&i| z[i]);
     for &i in &kept {
-        // The most likely token is always kept (p = 0 keeps exactly it).
-        if p < 1.0 && cum > 0.0 && cum >= p as f64 * total * (1.0 + 1e-4) {
+        if z[i] < level - 1.2e-7 * level.abs() {
+            above = cum;
+            level = z[i];
+        }
+        // The most likely tokens are always kept.
+        if p < 1.0 && above > 0.0 && above >= p as f64 * total * (1.0 + 1e-4) {
             break;
         }
         ok[i] = true;
         cum += (z[i] - m).exp();
     }
     ok
+}
+
+#[test]
+fn reference_keeps_ties_at_the_top_p_boundary() {
+    // Tokens 1 and 3 tie for the maximum (the seed 8897753456927848554 failure: row 49 had
+    // two equal maxima and the kernel drew the second); 4 and 6 tie below them.
+    let row = [0.5f32, 3.0, f32::NAN, 3.0, 1.0, -2.0, 1.0];
+    let set = |t, k, p| -> Vec<usize> {
+        let ok = allowed(&row, t, k, p);
+        (0..row.len()).filter(|&i| ok[i]).collect()
+    };
+    assert_eq!(set(0.7, 0, 0.0), [1, 3]);
+    assert_eq!(set(0.7, 1, 1.0), [1, 3]);
+    assert_eq!(set(1.0, 5, 0.0), [1, 3]);
+    // Mass of {1, 3}: 2e^3 / (2e^3 + 2e + e^0.5 + e^-2) = 0.85; 0.9 ends inside the 4/6 tie.
+    assert_eq!(set(1.0, 0, 0.9), [1, 3, 4, 6]);
+    assert_eq!(set(1.0, 0, 0.8), [1, 3]);
+    assert_eq!(set(1.0, 0, 1.0), [0, 1, 3, 4, 5, 6]);
 }
 
 #[test]
@@ -149,10 +177,11 @@ fn draws_stay_in_top_k_top_p_set_and_repeat_for_equal_seeds() -> TestResult {
         );
         assert!(!row[tok].is_nan(), "row {r}: drew a NaN logit");
         if params.top_k[r] == 1 || params.top_p[r] == 0.0 {
+            // Not necessarily the argmax's index: every token tied for the maximum is kept.
             assert_eq!(
-                out[r],
-                argmax(row),
-                "row {r}: k = 1 or p = 0 keeps only the argmax"
+                row[tok],
+                row[argmax(row) as usize],
+                "row {r}: k = 1 or p = 0 keeps only the most likely tokens"
             );
         }
     }
@@ -161,6 +190,60 @@ fn draws_stay_in_top_k_top_p_set_and_repeat_for_equal_seeds() -> TestResult {
         run(g, &logits, &params)?,
         "equal (seed, counter) give equal tokens"
     );
+    Ok(())
+}
+
+#[test]
+fn ties_at_the_top_and_at_the_top_p_boundary_are_all_kept() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    // A fixed row with two equal maxima (tokens 1 and 3, as in the seed 8897753456927848554
+    // failure) and a tie (4 and 6) where top-p 0.9 ends; the rest is filler below them.
+    let vocab = 4096usize;
+    let mut row: Vec<f32> = (0..vocab)
+        .map(|i| -20.0 - (i % 251) as f32 / 64.0)
+        .collect();
+    row[..7].copy_from_slice(&[0.5, 3.0, f32::NAN, 3.0, 1.0, -2.0, 1.0]);
+    let draws = 2000usize;
+    for (temp, k, p) in [
+        (0.7f32, 0i32, 0.0f32),
+        (0.7, 1, 1.0),
+        (1.3, 1, 0.5),
+        (1.0, 5, 0.0),
+        (1.0, 1000, 0.0),
+        (1.0, 0, 0.9),
+        (1.0, 50, 0.9),
+    ] {
+        let ok = allowed(&row, temp, k, p);
+        let want: Vec<usize> = (0..vocab).filter(|&i| ok[i]).collect();
+        assert!(
+            want == [1, 3] || want == [1, 3, 4, 6],
+            "t {temp} k {k} p {p}: {want:?}"
+        );
+        let params = Params {
+            temperature: vec![temp; draws],
+            top_k: vec![k; draws],
+            top_p: vec![p; draws],
+            seeds: vec![77; draws],
+            counters: (0..draws as u64).collect(),
+        };
+        let logits: Vec<f32> = (0..draws).flat_map(|_| row.iter().copied()).collect();
+        let out = run(g, &logits, &params)?;
+        let mut counts = vec![0usize; vocab];
+        for &t in &out {
+            assert!(
+                (t as usize) < vocab && ok[t as usize],
+                "t {temp} k {k} p {p}: token {t} outside {want:?}"
+            );
+            counts[t as usize] += 1;
+        }
+        for &i in &want {
+            assert!(
+                counts[i] > 0,
+                "t {temp} k {k} p {p}: tied token {i} never drawn ({counts:?})",
+                counts = &counts[..7]
+            );
+        }
+    }
     Ok(())
 }
 
