@@ -6,10 +6,10 @@
 // (decode_split): at least ceil(ctx / P), and more when the launch's CTAs would not fill the GPU
 // (target_ctas), down to 64-token partitions.
 // One CTA serves all G = H / KVH query heads of one KV group, so each K and V row is read once
-// per group. It loads the block ids, starts copying the first V rows of the partition into
-// shared memory (cp.async, so their latency overlaps the K loads and the softmax), puts the
-// scores in shared memory, turns them into probabilities and accumulates P·V. A sequence of one
-// partition writes `out` directly; otherwise every CTA leaves (acc, max, sum) per head in the
+// per group. It puts the scores of its partition in shared memory, turns them into
+// probabilities and accumulates P·V (copying the first V rows into shared memory next to the
+// K loads, cp.async, was tried: 0.3-0.9 us slower at batch 1-64 on an H100, 9f3f7bf). A
+// sequence of one partition writes `out` directly; otherwise every CTA leaves (acc, max, sum) per head in the
 // workspace and bumps a counter of its (sequence, KV head); the last one to arrive combines the
 // partitions, writes `out` and puts the counter back to 0, so the next launch (a graph replay)
 // finds it as the first one did. The counters sit at the end of the workspace, one u32 per
@@ -23,8 +23,6 @@
 #define DEC_MIN_CHUNK 64
 // Stands for "no partition yet" in the combine: finite, so differences never make NaN.
 #define DEC_NO_MAX (-3.0e38f)
-// Static shared memory a CTA may use without opting in.
-#define DEC_SMEM_LIMIT (48 * 1024)
 
 struct DecodeArgs {
     bf16* out;
@@ -69,14 +67,6 @@ __device__ __forceinline__ DecodeSplit decode_split(const DecodeArgs& a, u32 ctx
     return {(ctx + chunk - 1) / chunk, chunk};
 }
 
-__device__ __forceinline__ u32 dec_smem_u32(const void* p) {
-    return (u32)__cvta_generic_to_shared(p);
-}
-
-__device__ __forceinline__ void dec_cp_async16(void* dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dec_smem_u32(dst)), "l"(src)
-                 : "memory");
-}
 
 // Element offset of token `tok` (partition-relative) of this KV head in the cache.
 __device__ __forceinline__ u64 tok_off(const DecodeArgs& a, const u64* blk_off, u32 tok, u32 D) {
@@ -122,33 +112,22 @@ __device__ __forceinline__ void decode_scores(const DecodeArgs& a, const u64* bl
     }
 }
 
-// Starts copying the V rows of decode_pv's first pass (this thread's U 16-byte chunks: 64 tokens
-// per CTA for D = 128, 128 for D = 64) into shared memory; decode_pv waits for them. Each thread
-// reads back only what it copied, so no barrier is needed, only cp.async.wait_group.
-template <int D, int U>
-__device__ __forceinline__ void decode_v_prefetch(const DecodeArgs& a, const u64* blk_off, u32 plen,
-                                                  uint4* vbuf) {
-    constexpr int CH = D / 8, TPI = 32 / CH;
-    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const u32 c = lane % CH, vsub = lane / CH;
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        const u32 tok = warp * TPI * U + u * TPI + vsub;
-        if (tok < plen)
-            dec_cp_async16(vbuf + u * DEC_THREADS + threadIdx.x,
-                           a.vc + tok_off(a, blk_off, tok, D) + c * 8);
-    }
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
 template <int D, int G, int P, int U>
 __device__ __forceinline__ void decode_pv(const DecodeArgs& a, const u64* blk_off, u32 plen,
-                                          float (*sc)[P], const uint4* vbuf, float (&acc)[G][8]) {
+                                          float (*sc)[P], float (&acc)[G][8]) {
     constexpr int CH = D / 8;     // 16-byte chunks per row
     constexpr int TPI = 32 / CH;  // tokens per warp load; U loads in flight
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const u32 c = lane % CH, vsub = lane / CH;
-    auto accumulate = [&](const uint4 (&vr)[U], u32 base) {
+    for (u32 base = warp * TPI * U; base < plen; base += DEC_WARPS * TPI * U) {
+        uint4 vr[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const u32 tok = base + u * TPI + vsub;
+            vr[u] = make_uint4(0, 0, 0, 0);
+            if (tok < plen)
+                vr[u] = __ldg((const uint4*)(a.vc + tok_off(a, blk_off, tok, D) + c * 8));
+        }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const u32 tok = base + u * TPI + vsub;
@@ -163,28 +142,6 @@ __device__ __forceinline__ void decode_pv(const DecodeArgs& a, const u64* blk_of
                 }
             }
         }
-    };
-    // First pass: the rows decode_v_prefetch put in shared memory.
-    u32 base = warp * TPI * U;
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-    if (base < plen) {
-        uint4 vr[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-            vr[u] = base + u * TPI + vsub < plen ? vbuf[u * DEC_THREADS + threadIdx.x]
-                                                 : make_uint4(0, 0, 0, 0);
-        accumulate(vr, base);
-    }
-    for (base += DEC_WARPS * TPI * U; base < plen; base += DEC_WARPS * TPI * U) {
-        uint4 vr[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const u32 tok = base + u * TPI + vsub;
-            vr[u] = make_uint4(0, 0, 0, 0);
-            if (tok < plen)
-                vr[u] = __ldg((const uint4*)(a.vc + tok_off(a, blk_off, tok, D) + c * 8));
-        }
-        accumulate(vr, base);
     }
 #pragma unroll
     for (int o = CH; o < 32; o <<= 1)
@@ -295,19 +252,11 @@ __device__ __forceinline__ void decode_combine(const DecodeArgs& a, u32 s, u32 k
 
 template <int D, int G, int P, int U1 = 4, int U2 = 8>
 __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
-    // `red` (cross-warp sums) and `vbuf` (prefetched V) share memory where all of it would
-    // pass the static limit (G = 8, D = 128, P = 512); a barrier then separates their uses.
-    constexpr u32 RED_BYTES = DEC_WARPS * G * D * 4, VBUF_BYTES = DEC_THREADS * U2 * 16;
-    constexpr bool SHARE = G * P * 4 + RED_BYTES + VBUF_BYTES + P + 256 > DEC_SMEM_LIMIT;
-    constexpr u32 RV_BYTES =
-        SHARE ? (RED_BYTES > VBUF_BYTES ? RED_BYTES : VBUF_BYTES) : RED_BYTES + VBUF_BYTES;
     __shared__ float sc[G][P];
-    __shared__ __align__(16) unsigned char rv[RV_BYTES];
+    __shared__ __align__(16) float red[DEC_WARPS][G][D];
     __shared__ u64 blk_off[P / 8];
     __shared__ float head_max[G], head_sum[G];
     __shared__ u32 is_last;
-    float(*red)[G][D] = reinterpret_cast<float(*)[G][D]>(rv);
-    uint4* vbuf = reinterpret_cast<uint4*>(rv + (SHARE ? 0 : RED_BYTES));
 
     const u32 s = blockIdx.x, kvh = blockIdx.y, part = blockIdx.z;
     // Both loads issued before either is tested: they head the chain of dependent loads.
@@ -351,7 +300,6 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
         }
     __syncthreads();
 
-    decode_v_prefetch<D, U2>(a, blk_off, plen, vbuf);
     decode_scores<D, G, P, U1>(a, blk_off, plen, q, sc);
     __syncthreads();
     for (int g = warp; g < G; g += DEC_WARPS) {
@@ -377,8 +325,7 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
     for (int g = 0; g < G; ++g)
 #pragma unroll
         for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
-    decode_pv<D, G, P, U2>(a, blk_off, plen, sc, vbuf, acc);
-    if constexpr (SHARE) __syncthreads();  // every warp is done with vbuf before red overwrites it
+    decode_pv<D, G, P, U2>(a, blk_off, plen, sc, acc);
     if (lane < D / 8)
 #pragma unroll
         for (int g = 0; g < G; ++g)
