@@ -1,7 +1,8 @@
 //! The skinny decode GEMV against an f64 reference: every row count through the kernel `gemv`
 //! picks, and every kernel forced (the warp kernel at 1 row, the tensor-core kernel with 16 and
 //! 32 columns a block at 1..=32 rows: x in registers up to 16, through shared memory at 17-32),
-//! bf16 and f32 outputs.
+//! bf16 and f32 outputs; and the down projection fused with silu(gate) * up (`gemv_silu`),
+//! bit for bit as `silu_mul` then `gemv`.
 
 use crate::common::*;
 use cudarc::driver::CudaSlice;
@@ -160,5 +161,141 @@ fn gemv_rejects_bad_shapes() -> TestResult {
         );
         assert!(r.is_err(), "2 rows on {cols:?} must be refused");
     }
+    Ok(())
+}
+
+/// Rows of `gate_up` the silu tests upload (the most `gemv_silu` takes).
+const SILU_ROWS: usize = Kernels::GEMV_SILU_MAX_ROWS;
+
+#[test]
+fn gemv_silu_equals_silu_mul_then_gemv() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = rng("gemv_silu");
+    // Llama-3-8B's down projection inner size (k 14336) on fewer columns, SmolLM2's (1536 on
+    // its 576 hidden), and k that is not a multiple of the 64-wide steps (1000, 4104, 72) on
+    // column counts that are not a multiple of 16 or 32.
+    for (n, k) in [
+        (577, 14336),
+        (576, 1536),
+        (33, 1000),
+        (50, 4104),
+        (40, 72),
+        (9, 64),
+    ] {
+        let w = to_bf16(&rand_vec(&mut rng, n * k, -1.0, 1.0));
+        // The range of silu_mul's own test: both tails of silu.
+        let gu = to_bf16(&rand_vec(&mut rng, SILU_ROWS * 2 * k, -6.0, 6.0));
+        let (d_gu, d_w) = (up(g, &gu)?, up(g, &w)?);
+        // f64 reference of every row, x unrounded.
+        let wf: Vec<f64> = w.iter().map(|v| v.to_f64()).collect();
+        let xf: Vec<f64> = (0..SILU_ROWS * k)
+            .map(|i| {
+                let (m, c) = (i / k, i % k);
+                let a = gu[m * 2 * k + c].to_f64();
+                let b = gu[m * 2 * k + k + c].to_f64();
+                a / (1.0 + (-a).exp()) * b
+            })
+            .collect();
+        let want_all: Vec<f64> = (0..SILU_ROWS * n)
+            .map(|i| {
+                let (m, c) = (i / n, i % n);
+                let (xr, wr) = (&xf[m * k..(m + 1) * k], &wf[c * k..(c + 1) * k]);
+                xr.iter().zip(wr).map(|(a, b)| a * b).sum()
+            })
+            .collect();
+        for rows in 1..=SILU_ROWS {
+            let gu_v = d_gu.slice(..rows * 2 * k);
+            // Today's two kernels: silu_mul, then the GEMV the engine runs.
+            let mut d_act = up(g, &poison_bf16(rows * k))?;
+            g.k.silu_mul(&g.stream, &mut d_act.as_view_mut(), &gu_v, k)?;
+            let mut d_y = up(g, &poison_bf16(rows * n))?;
+            g.k.gemv(
+                &g.stream,
+                &mut d_y.as_view_mut(),
+                &d_act.as_view(),
+                &d_w.as_view(),
+                n,
+                k,
+            )?;
+            let two = down(g, &d_y)?;
+            for cols in [None, Some(16), Some(32)] {
+                let what = format!(
+                    "n={n} k={k} rows={rows} cols {cols:?} (auto {})",
+                    Kernels::gemv_silu_cols(rows)
+                );
+                let mut d_f = up(g, &poison_bf16(rows * n))?;
+                let mut fv = d_f.as_view_mut();
+                match cols {
+                    None => {
+                        g.k.gemv_silu(&g.stream, &mut fv, &gu_v, &d_w.as_view(), n, k)?
+                    }
+                    Some(c) => {
+                        g.k.gemv_silu_with(&g.stream, &mut fv, &gu_v, &d_w.as_view(), n, k, c)?
+                    }
+                }
+                let fused = down(g, &d_f)?;
+                assert!(
+                    !fused.iter().any(|&v| is_poison_bf16(v)),
+                    "{what}: every element written"
+                );
+                let diff = fused
+                    .iter()
+                    .zip(&two)
+                    .position(|(a, b)| a.to_bits() != b.to_bits());
+                if let Some(i) = diff {
+                    panic!(
+                        "{what}: element {i} (row {}, col {}): {} fused, {} by silu_mul + gemv",
+                        i / n,
+                        i % n,
+                        fused[i],
+                        two[i]
+                    );
+                }
+                let got: Vec<f64> = fused.iter().map(|v| v.to_f64()).collect();
+                let e = rel_l2(&got, &want_all[..rows * n]);
+                // Two bf16 roundings (x, then y): 2^-9 relative each at most.
+                assert!(e < 5e-3, "{what}: rel err {e} against f64");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn gemv_silu_rejects_bad_shapes() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let max = SILU_ROWS;
+    let w = up(g, &to_bf16(&vec![0.5; 64 * 16]))?;
+    let mut y = up(g, &poison_bf16((max + 1) * 64))?;
+    let gu = up(g, &to_bf16(&vec![0.5; (max + 1) * 2 * 16]))?;
+    let mut run = |rows: usize, gu_len: usize, k: usize, cols: u32| {
+        g.k.gemv_silu_with(
+            &g.stream,
+            &mut y.slice_mut(..rows * 64),
+            &gu.slice(..gu_len),
+            &w.slice(..64 * k),
+            64,
+            k,
+            cols,
+        )
+    };
+    assert!(run(1, 2 * 12, 12, 16).is_err(), "k = 12 must be refused");
+    assert!(
+        run(max + 1, (max + 1) * 2 * 16, 16, 16).is_err(),
+        "{} rows must be refused",
+        max + 1
+    );
+    assert!(
+        run(2, 2 * 2 * 16 - 8, 16, 16).is_err(),
+        "gate_up not [rows, 2k]"
+    );
+    assert!(run(2, 2 * 16, 16, 16).is_err(), "y of 2 rows, gate_up of 1");
+    for cols in [8, 64] {
+        assert!(
+            run(2, 2 * 2 * 16, 16, cols).is_err(),
+            "{cols} columns a block"
+        );
+    }
+    assert!(run(2, 2 * 2 * 16, 16, 16).is_ok(), "a good shape runs");
     Ok(())
 }
