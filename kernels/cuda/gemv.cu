@@ -176,6 +176,34 @@ __device__ __forceinline__ uint4 load_x(const uint4* xp, u32 chunks) {
         return __ldg(xp);
 }
 
+// The end of both tensor-core kernels: each warp's partial D fragments go to shared memory
+// (red[warp][tn][mt][i][lane], MMA_WARPS * TN * MT * 128 floats), are summed in warp order and
+// stored. D fragment element i of lane l: fragment row g = l / 4 (+ 8 for i >= 2), i.e. weight
+// row 2g (+ 1), and x row 2t + i % 2 of its 8-row tile (t = l % 4).
+template <int MT, int TN, typename OUT>
+__device__ __forceinline__ void gemv_mma_store(float* red, const float (&acc)[TN][MT][4],
+                                               OUT* __restrict__ y, u32 n0, u32 N, u32 M) {
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    constexpr u32 PER_WARP = TN * MT * 128;
+#pragma unroll
+    for (int tn = 0; tn < TN; tn++)
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                red[warp * PER_WARP + ((tn * MT + mt) * 4 + i) * 32 + lane] = acc[tn][mt][i];
+    __syncthreads();
+    for (u32 e = threadIdx.x; e < PER_WARP; e += MMA_WARPS * 32) {
+        float v = 0.f;
+#pragma unroll
+        for (int wi = 0; wi < MMA_WARPS; wi++) v += red[wi * PER_WARP + e];
+        const u32 l = e & 31, i = (e >> 5) & 3, tile = e >> 7;
+        const u32 n = n0 + 16 * (tile / MT) + 2 * (l >> 2) + (i >> 1);
+        const u32 m = 8 * (tile % MT) + 2 * (l & 3) + (i & 1);
+        if (n < N && m < M) store_out(y + (u64)m * N + n, v);
+    }
+}
+
 // K % 8 == 0 (checked by the wrapper); 1 <= M <= 8 * MT. `red` holds MMA_WARPS * 2 * MT * 128
 // floats. SILU: x is a gate/up output [M, 2K] and the product runs over silu(gate) * up (above).
 template <int MT, int TN, typename OUT, bool SILU = false>
@@ -273,27 +301,7 @@ __device__ __forceinline__ void gemv_mma_body(float* red, OUT* __restrict__ y,
         for (int tn = 0; tn < TN; tn++) mma_step<MT>(acc[tn], v[tn], xv, h);
     }
 
-    // Partial sums of the warps: red[warp][tn][mt][i][lane], summed in warp order.
-    constexpr u32 PER_WARP = TN * MT * 128;
-#pragma unroll
-    for (int tn = 0; tn < TN; tn++)
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-                red[warp * PER_WARP + ((tn * MT + mt) * 4 + i) * 32 + lane] = acc[tn][mt][i];
-    __syncthreads();
-    for (u32 e = threadIdx.x; e < PER_WARP; e += MMA_WARPS * 32) {
-        float v = 0.f;
-#pragma unroll
-        for (int wi = 0; wi < MMA_WARPS; wi++) v += red[wi * PER_WARP + e];
-        // D fragment element i of lane l: fragment row g = l / 4 (+ 8 for i >= 2), i.e. weight
-        // row 2g (+ 1), and x row 2t + i % 2 of its 8-row tile.
-        const u32 l = e & 31, i = (e >> 5) & 3, tile = e >> 7;
-        const u32 n = n0 + 16 * (tile / MT) + 2 * (l >> 2) + (i >> 1);
-        const u32 m = 8 * (tile % MT) + 2 * (l & 3) + (i & 1);
-        if (n < N && m < M) store_out(y + (u64)m * N + n, v);
-    }
+    gemv_mma_store<MT, TN, OUT>(red, acc, y, n0, N, M);
 }
 
 // ---- 17-32 rows: x through shared memory ----
@@ -418,30 +426,10 @@ __device__ __forceinline__ void gemv_mma_xs_body(uint4* xs, OUT* __restrict__ y,
         for (int tn = 0; tn < TN; tn++) mma_step_xs<MT>(acc[tn], v[tn], xl, h);
     }
 
-    // Partial sums of the warps: red[warp][tn][mt][i][lane] over the x slots, once every warp
-    // has read its last x; summed in warp order.
+    // The partial sums go over the x slots, once every warp has read its last x.
     __syncthreads();
-    float* red = (float*)xs;
-    constexpr u32 PER_WARP = TN * MT * 128;
-    static_assert(PER_WARP * 4 <= MT * 64 * 16, "partial sums fit a warp's x slots");
-#pragma unroll
-    for (int tn = 0; tn < TN; tn++)
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-                red[warp * PER_WARP + ((tn * MT + mt) * 4 + i) * 32 + lane] = acc[tn][mt][i];
-    __syncthreads();
-    for (u32 e = threadIdx.x; e < PER_WARP; e += MMA_WARPS * 32) {
-        float v = 0.f;
-#pragma unroll
-        for (int wi = 0; wi < MMA_WARPS; wi++) v += red[wi * PER_WARP + e];
-        // As in gemv_mma_body.
-        const u32 l = e & 31, i = (e >> 5) & 3, tile = e >> 7;
-        const u32 n = n0 + 16 * (tile / MT) + 2 * (l >> 2) + (i >> 1);
-        const u32 m = 8 * (tile % MT) + 2 * (l & 3) + (i & 1);
-        if (n < N && m < M) store_out(y + (u64)m * N + n, v);
-    }
+    static_assert(TN * MT * 128 * 4 <= MT * 64 * 16, "partial sums fit a warp's x slots");
+    gemv_mma_store<MT, TN, OUT>((float*)xs, acc, y, n0, N, M);
 }
 
 // M = 1: the warp-per-column kernel. M > 1: the tensor-core kernel for M' <= M rows (`rows`; any
