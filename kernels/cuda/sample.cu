@@ -1,8 +1,10 @@
 // Sampling on the device, one CTA per row: greedy argmax, or temperature + top-k + top-p and a
-// Gumbel-max draw from a counter-based hash of (seed, counter, token). No sort: top-k alone and
-// top-p use rejection (sample_filtered); with both on, the top-k threshold comes from a bitwise
-// binary search over the order-preserving u32 key of the scaled logits (one block-wide count per
-// bit). NaN logits count as -inf.
+// Gumbel-max draw from a counter-based hash of (seed, counter, token). No sort. Top-k with
+// k <= TOPK_MAX (with or without top-p): two passes over the row gather candidates into shared
+// memory, the rest works on those (sample_top_k). Otherwise (top-p alone, larger k, or too many
+// candidates, e.g. ties at the k-th value): rejection (sample_filtered); with both on, the top-k
+// threshold comes from a bitwise binary search over the order-preserving u32 key of the scaled
+// logits (one block-wide count per bit). NaN logits count as -inf.
 #include "common.cuh"
 
 #define SAMPLE_THREADS 1024
@@ -174,7 +176,248 @@ __device__ u32 sample_filtered(const float* lg, u32 V, float inv_t, u32 lo, int 
     return draw(lg, V, inv_t, t, false, seed + SAMPLE_ROUNDS * ROUND_SEED, counter, sv, si);
 }
 
-extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
+// ---- Top-k (k <= TOPK_MAX) from candidates in shared memory ----
+// Pass 1 reads the row once and keeps each thread's 4 largest keys (a pool of 4096 distinct
+// tokens); T = the k-th largest pooled key is a lower bound of the k-th largest key of the row
+// (k pooled tokens reach it). Pass 2 reads the row again (from L2 at small batch) and gathers
+// the finite tokens with key >= T into per-warp segments of shared memory (usually a few more
+// than k), in an order fixed by the row alone, so sums over them are reproducible. The exact
+// k-th key, the Gumbel-max draw and the top-p rejection rounds then touch only the candidates,
+// 4 per thread in registers. A segment that overflows sends the row to sample_filtered.
+#define TOPK_MAX 1024
+#define CAND_SEG 128                              // candidates per warp
+#define CAND_SLOTS (CAND_SEG * SAMPLE_THREADS / 32)  // 4096 = 4 per thread
+
+__device__ __forceinline__ float key2f(u32 k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// Key of x * inv_t, NaN as -inf.
+__device__ __forceinline__ u32 zkey(float x, float inv_t) {
+    const float z = x * inv_t;
+    return f2key(isnan(z) ? NEG_INF : z);
+}
+
+// Calls f(i, x) for every i < V of the row, warp-uniformly (every lane takes every iteration;
+// `valid` false for lanes past the end). float4 loads, four in flight, when the row is 16-byte
+// aligned.
+template <typename F>
+__device__ __forceinline__ void row_pass(const float* lg, u32 V, F f) {
+    const u32 nv = ((reinterpret_cast<size_t>(lg) & 15) == 0) ? V / 4 : 0;
+    const float4* lg4 = reinterpret_cast<const float4*>(lg);
+    for (u32 base = 0; base < nv; base += 4 * SAMPLE_THREADS) {
+        float4 r[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const u32 v = base + u * SAMPLE_THREADS + threadIdx.x;
+            r[u] = v < nv ? __ldg(lg4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const u32 v = base + u * SAMPLE_THREADS + threadIdx.x;
+            const bool ok = v < nv;
+            f(4 * v, r[u].x, ok);
+            f(4 * v + 1, r[u].y, ok);
+            f(4 * v + 2, r[u].z, ok);
+            f(4 * v + 3, r[u].w, ok);
+        }
+    }
+    for (u32 base = 4 * nv; base < V; base += SAMPLE_THREADS) {
+        const u32 i = base + threadIdx.x;
+        const bool ok = i < V;
+        f(i, ok ? __ldg(lg + i) : 0.f, ok);
+    }
+}
+
+// The k-th largest (k >= 1) of the nonzero keys key[0..4) of all threads, by an MSB-first
+// radix select with 8-bit digits (warp-aggregated shared atomics; counts, so deterministic);
+// 0 if there are fewer than k. `hist`: 256 u32, `bc`: 2 u32. Every thread gets the result.
+__device__ u32 select_kth(const u32 (&key)[4], u32 k, u32* hist, u32* bc) {
+    const u32 lane = threadIdx.x & 31;
+    u32 prefix = 0, pmask = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        if (threadIdx.x < 256) hist[threadIdx.x] = 0;
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const bool act = key[j] != 0 && (key[j] & pmask) == prefix;
+            const u32 d = act ? (key[j] >> shift) & 255u : 256u;
+            const u32 peers = __match_any_sync(FULL_MASK, d);
+            if (act && lane == (u32)(__ffs(peers) - 1)) atomicAdd(&hist[d], __popc(peers));
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            // Lane l holds digits 255 - 8l down to 248 - 8l: a scan from the largest digit.
+            u32 s = 0;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) s += hist[255 - 8 * lane - j];
+            u32 incl = s;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const u32 t = __shfl_up_sync(FULL_MASK, incl, o);
+                if (lane >= (u32)o) incl += t;
+            }
+            const u32 excl = incl - s;
+            if (lane == 31 && incl < k) bc[0] = 0xffffffffu;  // fewer than k keys
+            if (excl < k && k <= incl) {
+                u32 acc = excl;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    const u32 c = hist[255 - 8 * lane - j];
+                    if (acc < k && k <= acc + c) {
+                        bc[0] = 255 - 8 * lane - j;
+                        bc[1] = k - acc;
+                    }
+                    acc += c;
+                }
+            }
+        }
+        __syncthreads();
+        const u32 d = bc[0];
+        if (d == 0xffffffffu) return 0;  // uniform: only possible in the first round
+        prefix |= d << shift;
+        pmask |= 255u << shift;
+        k = bc[1];
+    }
+    return prefix;
+}
+
+// Gumbel-max draw among the candidates (ck, ci) with key >= lo; token or 0xffffffff, in every
+// thread.
+__device__ u32 cand_draw(const u32 (&ck)[4], const u32 (&ci)[4], u32 lo, u64 seed, u64 counter,
+                         float* sv, u32* si) {
+    float best = NEG_INF;
+    u32 best_i = 0xffffffffu;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        if (ck[j] == 0 || ck[j] < lo) continue;
+        const u32 i = ci[j];
+        const u64 h = hash3(seed, counter, i);
+        const float u = ((float)(h >> 40) + 0.5f) * (1.f / 16777216.f);
+        const float v = key2f(ck[j]) - __logf(-__logf(u));
+        if (best_i == 0xffffffffu || v > best || (v == best && i < best_i)) {
+            best = v;
+            best_i = i;
+        }
+    }
+    const u32 idx = block_argmax(best, best_i, sv, si);
+    __syncthreads();
+    if (threadIdx.x == 0) si[0] = idx;
+    __syncthreads();
+    return si[0];
+}
+
+// Mass sum(exp(z - m)) of the candidates with key >= lo.
+__device__ __forceinline__ float cand_mass(const u32 (&ck)[4], u32 lo, float m, float* scratch) {
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+        if (ck[j] != 0 && ck[j] >= lo) s += exp2f((key2f(ck[j]) - m) * LOG2E);
+    return block_sum<SAMPLE_THREADS>(s, scratch);
+}
+
+struct CandSmem {
+    u32 key[CAND_SLOTS];
+    u32 idx[CAND_SLOTS];
+    u32 hist[256];
+    u32 bc[2];
+    u32 overflow;
+};
+
+// Top-k (1 <= k <= TOPK_MAX, k < V), then top-p when p < 1. Returns false (every thread) when
+// the candidates do not fit: the caller then takes the general path.
+__device__ bool sample_top_k(const float* lg, u32 V, float inv_t, u32 k, const float* top_p,
+                             const u64* seeds, const u64* counters, CandSmem& sm,
+                             float* scratch, float* sv, u32* si, u32& out) {
+    // Pass 1: the 4 largest keys of this thread's tokens (0 = none).
+    u32 pool[4] = {0, 0, 0, 0};
+    row_pass(lg, V, [&](u32, float x, bool ok) {
+        u32 t = ok ? zkey(x, inv_t) : 0u;
+#pragma unroll
+        for (int j = 0; j < 3; ++j) {
+            const u32 a = max(pool[j], t);
+            t = min(pool[j], t);
+            pool[j] = a;
+        }
+        pool[3] = max(pool[3], t);
+    });
+    if (threadIdx.x == 0) sm.overflow = 0;
+    u32 T = select_kth(pool, k, sm.hist, sm.bc);
+    if (T == 0) T = 1;  // fewer than k pooled (tiny V): every token is a candidate
+    // Pass 2: gather the finite tokens with key >= T, per warp in token order.
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const u32 lt = (1u << lane) - 1u;
+    u32 n = 0;  // this warp's count, warp-uniform
+    u32* wk = sm.key + warp * CAND_SEG;
+    u32* wi = sm.idx + warp * CAND_SEG;
+    const u32 kinf = f2key(NEG_INF);
+    row_pass(lg, V, [&](u32 i, float x, bool ok) {
+        const u32 key = ok ? zkey(x, inv_t) : 0u;
+        const bool take = ok && key >= T && key != kinf;
+        const u32 bal = __ballot_sync(FULL_MASK, take);
+        if (bal) {
+            const u32 pos = n + __popc(bal & lt);
+            if (take && pos < CAND_SEG) {
+                wk[pos] = key;
+                wi[pos] = i;
+            }
+            n += __popc(bal);
+        }
+    });
+    if (lane == 0 && n > CAND_SEG) sm.overflow = 1;
+    // Every thread takes slots lane, lane + 32, ... of its warp's segment into registers.
+    u32 ck[4], ci[4];
+    __syncwarp();
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const u32 s = lane + 32 * j;
+        ck[j] = s < n ? wk[s] : 0u;
+        ci[j] = s < n ? wi[s] : 0u;
+    }
+    __syncthreads();
+    if (sm.overflow) return false;
+    // The exact k-th largest key (all kept when fewer than k finite candidates).
+    u32 tk = select_kth(ck, k, sm.hist, sm.bc);
+    if (tk == 0) tk = 1;
+    const u64 seed = seeds[blockIdx.x], counter = counters[blockIdx.x];
+    const float p = top_p[blockIdx.x];
+    if (!(p < 1.f)) {
+        out = cand_draw(ck, ci, tk, seed, counter, sv, si);
+        return true;
+    }
+    // Top-p inside the top-k set, by rejection as in sample_filtered (see there).
+    float m = NEG_INF;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+        if (ck[j] != 0) m = fmaxf(m, key2f(ck[j]));
+    m = block_max<SAMPLE_THREADS>(m, scratch);
+    if (m == NEG_INF) {  // no finite token
+        out = 0xffffffffu;
+        return true;
+    }
+    const float target = fmaxf(fmaxf(p, 0.f) * cand_mass(ck, tk, m, scratch), 1.f);
+    u32 low = tk;
+    for (int r = 0; r < SAMPLE_ROUNDS; ++r) {
+        const u32 x = cand_draw(ck, ci, low, seed + r * ROUND_SEED, counter, sv, si);
+        if (x == 0xffffffffu) break;
+        const u32 kx = f2key(scaled(lg, x, inv_t));
+        if (cand_mass(ck, kx + 1, m, scratch) < target) {
+            out = x;
+            return true;
+        }
+        low = kx + 1;
+    }
+    // Bisection for the largest key t >= tk whose kept mass reaches the target.
+    u32 res = 0;
+    for (int bit = 31; bit >= 0; --bit) {
+        const u32 cand = max(res | (1u << bit), tk);
+        if (cand_mass(ck, cand, m, scratch) >= target) res |= 1u << bit;
+    }
+    out = cand_draw(ck, ci, max(res, tk), seed + SAMPLE_ROUNDS * ROUND_SEED, counter, sv, si);
+    return true;
+}
+
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS, 2)
     sample_kernel(u32* __restrict__ out, const float* __restrict__ logits,
                   const float* __restrict__ temperature, const int* __restrict__ top_k,
                   const float* __restrict__ top_p, const u64* __restrict__ seeds,
@@ -193,9 +436,12 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     const float p = top_p[b];
     const bool k_on = !greedy && k > 0 && (u32)k < V, p_on = !greedy && p < 1.f;
     u32 idx;
+    __shared__ CandSmem cand;
     if (!k_on && !p_on) {
         idx = draw(lg, V, inv_t, 0, greedy, seed, counter, sv, si);
-    } else {
+    } else if (!(k_on && k <= TOPK_MAX &&
+                 sample_top_k(lg, V, inv_t, (u32)k, top_p, seeds, counters, cand, scratch,
+                              sv, si, idx))) {
         // With both on, the top-k set is found exactly first; top-p then works inside it.
         const u32 lo = (k_on && p_on) ? top_k_key(lg, V, inv_t, (u32)k, scratch) : 0;
         idx = sample_filtered(lg, V, inv_t, lo, k, p, !p_on, seed, counter, scratch, sv, si);

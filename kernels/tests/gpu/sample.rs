@@ -334,3 +334,62 @@ fn frequencies_match_the_renormalized_distribution() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn top_k_candidates_and_their_fallback_stay_in_the_set() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = rng("sample top-k candidates");
+    // Per vocabulary: rows of distinct values (candidates in shared memory), rows of three
+    // values (ties at the k-th value overflow the candidates: the general path), rows of NaN
+    // with a few finite values, an all-NaN row; odd vocabularies take the unaligned loads.
+    for vocab in [128_256usize, 4097, 7] {
+        let kinds = 4;
+        let ks = [1, 3, 50, 1024];
+        let ps = [1.0f32, 0.9];
+        let b = kinds * ks.len() * ps.len();
+        let mut logits = rand_vec(&mut rng, b * vocab, -8.0, 8.0);
+        let (mut top_k, mut top_p) = (Vec::new(), Vec::new());
+        for r in 0..b {
+            let row = &mut logits[r * vocab..(r + 1) * vocab];
+            match r % kinds {
+                1 => row.iter_mut().for_each(|x| *x = (*x * 0.2).round()),
+                2 => row
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| i % 5 != 1)
+                    .for_each(|(_, x)| *x = f32::NAN),
+                3 => row.iter_mut().for_each(|x| *x = f32::NAN),
+                _ => {}
+            }
+            top_k.push(ks[(r / kinds) % ks.len()]);
+            top_p.push(ps[r / (kinds * ks.len())]);
+        }
+        let params = Params {
+            temperature: (0..b).map(|_| rng.random_range(0.5..1.5)).collect(),
+            top_k,
+            top_p,
+            seeds: (0..b).map(|_| rng.random()).collect(),
+            counters: (0..b).map(|_| rng.random_range(0..1000)).collect(),
+        };
+        let out = run(g, &logits, &params)?;
+        for r in 0..b {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            let tok = out[r] as usize;
+            let (k, p) = (params.top_k[r], params.top_p[r]);
+            if row.iter().all(|x| x.is_nan()) {
+                assert_eq!(
+                    tok, 0,
+                    "vocab {vocab} row {r}: an all-NaN row gives token 0"
+                );
+                continue;
+            }
+            let ok = allowed(row, params.temperature[r], k, p);
+            assert!(
+                tok < vocab && ok[tok] && !row[tok].is_nan(),
+                "vocab {vocab} row {r} (k {k}, p {p}): token {tok} outside the allowed set"
+            );
+        }
+        assert_eq!(out, run(g, &logits, &params)?, "vocab {vocab}: equal draws");
+    }
+    Ok(())
+}
