@@ -12,9 +12,6 @@
 // 77% of copy bandwidth. Here every weight load instruction reads 4 whole 128-byte lines (8 lanes
 // per row) and one exchange of half the registers with lane ^ 4 (8 shuffles per 64 bytes a lane)
 // puts them in fragment layout; no shared memory, no barriers in the loop.
-//
-// The 1-16-row kernel also comes fused with the MLP's SiLU*mul (gemv_silu_bf16_m8 / m16, the
-// down projection): x = silu(gate) * up computed from the gate/up output as it is loaded.
 #include "common.cuh"
 
 #define GEMV_WARPS 8
@@ -149,33 +146,6 @@ __device__ __forceinline__ void mma_step(float (&acc)[MT][4], const uint4 (&v)[4
     }
 }
 
-// SILU: x[m, k] = silu(gu[m, k]) * gu[m, K + k] from a gate/up output gu [M, 2K], in f32 and
-// rounded to bf16 as silu_mul_kernel does (same `silu` of elementwise.cu, one translation unit
-// with it, loader.rs), so the product equals silu_mul followed by the plain GEMV bit for bit.
-// Each 16-byte chunk of x is two loads (gate and up) and 8 of these.
-__device__ __forceinline__ uint4 silu_mul8(const uint4 g, const uint4 u) {
-    const bf162* gp = (const bf162*)&g;
-    const bf162* up = (const bf162*)&u;
-    uint4 r;
-    bf162* rp = (bf162*)&r;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const float2 a = __bfloat1622float2(gp[i]);
-        const float2 b = __bfloat1622float2(up[i]);
-        rp[i] = __floats2bfloat162_rn(silu(a.x) * b.x, silu(a.y) * b.y);
-    }
-    return r;
-}
-
-// The x chunk at xp: as stored, or (SILU) silu(gate) * up with up `chunks` chunks after it.
-template <bool SILU>
-__device__ __forceinline__ uint4 load_x(const uint4* xp, u32 chunks) {
-    if constexpr (SILU)
-        return silu_mul8(__ldg(xp), __ldg(xp + chunks));
-    else
-        return __ldg(xp);
-}
-
 // The end of both tensor-core kernels: each warp's partial D fragments go to shared memory
 // (red[warp][tn][mt][i][lane], MMA_WARPS * TN * MT * 128 floats), are summed in warp order and
 // stored. D fragment element i of lane l: fragment row g = l / 4 (+ 8 for i >= 2), i.e. weight
@@ -205,8 +175,8 @@ __device__ __forceinline__ void gemv_mma_store(float* red, const float (&acc)[TN
 }
 
 // K % 8 == 0 (checked by the wrapper); 1 <= M <= 8 * MT. `red` holds MMA_WARPS * 2 * MT * 128
-// floats. SILU: x is a gate/up output [M, 2K] and the product runs over silu(gate) * up (above).
-template <int MT, int TN, typename OUT, bool SILU = false>
+// floats.
+template <int MT, int TN, typename OUT>
 __device__ __forceinline__ void gemv_mma_body(float* red, OUT* __restrict__ y,
                                               const bf16* __restrict__ x,
                                               const bf16* __restrict__ w, u32 N, u32 K, u32 M) {
@@ -233,7 +203,7 @@ __device__ __forceinline__ void gemv_mma_body(float* red, OUT* __restrict__ y,
     for (int mt = 0; mt < MT; mt++) {
         const u32 m = 8 * mt + g;
         xok[mt] = m < M;
-        xoff[mt] = (xok[mt] ? m : 0) * (SILU ? 2 * chunks : chunks) + t;
+        xoff[mt] = (xok[mt] ? m : 0) * chunks + t;
     }
     float acc[TN][MT][4];
 #pragma unroll
@@ -273,8 +243,8 @@ __device__ __forceinline__ void gemv_mma_body(float* red, OUT* __restrict__ y,
 #pragma unroll
             for (int mt = 0; mt < MT; mt++) {
                 const uint4* xp = xb + xoff[mt] + 8 * (s + u * MMA_WARPS);
-                xv[u][mt].lo = xok[mt] ? load_x<SILU>(xp, chunks) : zero;
-                xv[u][mt].hi = xok[mt] ? load_x<SILU>(xp + 4, chunks) : zero;
+                xv[u][mt].lo = xok[mt] ? __ldg(xp) : zero;
+                xv[u][mt].hi = xok[mt] ? __ldg(xp + 4) : zero;
             }
 #pragma unroll
         for (int u = 0; u < U; u++)
@@ -294,8 +264,8 @@ __device__ __forceinline__ void gemv_mma_body(float* red, OUT* __restrict__ y,
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
             const uint4* xp = xb + xoff[mt] + c0;
-            xv[mt].lo = xok[mt] && c0 + t < chunks ? load_x<SILU>(xp, chunks) : zero;
-            xv[mt].hi = xok[mt] && c0 + t + 4 < chunks ? load_x<SILU>(xp + 4, chunks) : zero;
+            xv[mt].lo = xok[mt] && c0 + t < chunks ? __ldg(xp) : zero;
+            xv[mt].hi = xok[mt] && c0 + t + 4 < chunks ? __ldg(xp + 4) : zero;
         }
 #pragma unroll
         for (int tn = 0; tn < TN; tn++) mma_step<MT>(acc[tn], v[tn], xv, h);
@@ -435,11 +405,10 @@ __device__ __forceinline__ void gemv_mma_xs_body(uint4* xs, OUT* __restrict__ y,
 // M = 1: the warp-per-column kernel. M > 1: the tensor-core kernel for M' <= M rows (`rows`; any
 // 1 <= rows <= 8 * MT gives the same code, so the wrapper may run fewer rows through it) and
 // `cols` = 16 or 32 columns a CTA; M = 24 and 32 (MT = 3, 4) with x through shared memory.
-template <int M, typename OUT, bool SILU = false>
+template <int M, typename OUT>
 __device__ __forceinline__ void gemv_entry(OUT* __restrict__ y, const bf16* __restrict__ x,
                                            const bf16* __restrict__ w, u32 N, u32 K, u32 rows,
                                            u32 cols) {
-    static_assert(!SILU || (M > 1 && M <= 16), "silu * up: the 1-16-row tensor-core kernel");
     if constexpr (M == 1) {
         gemv_body<1, OUT>(y, x, w, N, K);
     } else if constexpr (M > 16) {
@@ -453,9 +422,9 @@ __device__ __forceinline__ void gemv_entry(OUT* __restrict__ y, const bf16* __re
         constexpr int MT = M > 8 ? 2 : 1;
         __shared__ float red[MMA_WARPS * 2 * MT * 128];
         if (cols == 32)
-            gemv_mma_body<MT, 2, OUT, SILU>(red, y, x, w, N, K, rows);
+            gemv_mma_body<MT, 2, OUT>(red, y, x, w, N, K, rows);
         else
-            gemv_mma_body<MT, 1, OUT, SILU>(red, y, x, w, N, K, rows);
+            gemv_mma_body<MT, 1, OUT>(red, y, x, w, N, K, rows);
     }
 }
 
@@ -489,16 +458,3 @@ GEMV_KERNELS(15)
 GEMV_KERNELS(16)
 GEMV_KERNELS(24)
 GEMV_KERNELS(32)
-
-// The down projection over silu(gate) * up of a gate/up output gu [rows, 2K] (gemv_mma_body's
-// SILU), bf16 out: one kernel instead of silu_mul_kernel + gemv_bf16_m*. M = 8 runs 1-8 rows,
-// M = 16 9-16 rows (the same code for any row count up to 8 * MT, gemv_entry).
-#define GEMV_SILU_KERNEL(M)                                                                    \
-    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                              \
-        gemv_silu_bf16_m##M(bf16* __restrict__ y, const bf16* __restrict__ gu,                 \
-                            const bf16* __restrict__ w, u32 N, u32 K, u32 rows, u32 cols) {    \
-        gemv_entry<M, bf16, true>(y, gu, w, N, K, rows, cols);                                 \
-    }
-
-GEMV_SILU_KERNEL(8)
-GEMV_SILU_KERNEL(16)

@@ -31,17 +31,6 @@ const GEMV_WIDE_MIN_ROWS: usize = 17;
 const GEMV_MMA_MIN_ROWS: usize = 1;
 /// Warps of a block, both kernels.
 const WARPS: u32 = 8;
-/// Most rows of [`Kernels::gemv_silu`] (the x-in-registers tensor-core kernel).
-const GEMV_SILU_MAX_ROWS: usize = GEMV_REG_ROWS;
-/// Rows from which [`Kernels::gemv_silu_cols`] gives 32 columns a block. Every block computes
-/// silu(gate) * up of all of x again (two MUFU operations an element: ex2 and the division's
-/// reciprocal), once per 16 or 32 weight rows. With 16 columns a block that is 32 MUFU warp
-/// instructions per 2 KB of weights at 1-8 rows (one x tile) and 64 at 9-16 (two tiles); at 16
-/// MUFU lanes a clock per SM (sm_90) the two tiles would take ~128 clocks per 2 KB, about the
-/// ~140 clocks an SM's share of HBM bandwidth takes to deliver them. 32 columns a block halve
-/// that. An estimate, not yet measured: compare `gemv_silu_with` at 16 and 32 columns on an
-/// H100 at 8, 9 and 16 rows (Llama-3-8B down: n 4096, k 14336).
-const GEMV_SILU_WIDE_MIN_ROWS: usize = 9;
 
 /// The `M` of the tensor-core kernel `gemv_*_m{M}` that runs `rows` rows (1..=32). gemv_*_m1 is
 /// the warp kernel; gemv_*_m{2..=16} all hold the tensor-core kernel for up to 8 (m2..=m8) or
@@ -53,17 +42,6 @@ pub(crate) fn gemv_kernel_m(rows: usize) -> usize {
         0..=GEMV_REG_ROWS => rows.max(2),
         _ => rows.div_ceil(8) * 8,
     }
-}
-
-/// The `M` of the kernel `gemv_silu_bf16_m{M}` that runs `rows` rows (1..=16): m8 holds the
-/// kernel for one x tile (up to 8 rows), m16 for two.
-pub(crate) fn gemv_silu_kernel_m(rows: usize) -> usize {
-    if rows <= 8 { 8 } else { 16 }
-}
-
-/// The `M`s of every `gemv_silu_bf16_m{M}` kernel (the loader's list).
-pub(crate) fn gemv_silu_kernel_ms() -> [usize; 2] {
-    [8, 16]
 }
 
 /// The `M`s of every `gemv_*_m{M}` kernel (the loader's list): the warp kernel's 1 and every
@@ -163,111 +141,10 @@ impl Kernels {
             None => (format!("gemv_{}_m1", O::NAME), 0u32, WARPS),
             Some(c) => (format!("gemv_{}_m{}", O::NAME, gemv_kernel_m(rows)), c, c),
         };
-        // SAFETY: lengths checked above match the kernels' indexing: the warp kernel takes one
-        // column a warp, the tensor-core kernel `cols` columns a block (rows past `n` are read
-        // as row n - 1 and not written) and `rows <= 8 * MT` rows of x (`gemv_kernel_m(rows)`
-        // >= rows; m24 / m32 read x rows past `rows` as row 0 and do not write them).
-        unsafe { self.launch_gemv(stream, &name, y, x, w, [n32, k32, rows32, cols], per_block) }
-    }
-
-    /// Columns a block [`Kernels::gemv_silu`] runs for `rows` rows: 16, or 32 from
-    /// `GEMV_SILU_WIDE_MIN_ROWS` (9) rows, where each block's recomputation of silu(gate) * up
-    /// would otherwise cost about as much time as its weights take to arrive.
-    pub fn gemv_silu_cols(rows: usize) -> u32 {
-        if rows >= GEMV_SILU_WIDE_MIN_ROWS {
-            32
-        } else {
-            16
-        }
-    }
-
-    /// Most rows [`Kernels::gemv_silu`] takes.
-    pub const GEMV_SILU_MAX_ROWS: usize = GEMV_SILU_MAX_ROWS;
-
-    /// The down projection of an MLP over its gate/up output, without the `silu_mul` kernel:
-    /// `y[m, n] = sum_k bf16(silu(g[m, k]) * u[m, k]) * w[n, k]` with `gate_up` bf16
-    /// `[rows, 2k]` (gate in columns `0..k`, up in `k..2k`, as [`Kernels::silu_mul`] reads it),
-    /// `w` bf16 `[n, k]`, `y` bf16 `[rows, n]`, for `rows = gate_up.len() / 2k` rows (1..=16).
-    /// The activation is computed as `silu_mul` computes it (f32, rounded to bf16), so `y` equals
-    /// `silu_mul` followed by [`Kernels::gemv`] bit for bit. `k` must be a multiple of 8.
-    pub fn gemv_silu(
-        &self,
-        stream: &CudaStream,
-        y: &mut CudaViewMut<'_, bf16>,
-        gate_up: &CudaView<'_, bf16>,
-        w: &CudaView<'_, bf16>,
-        n: usize,
-        k: usize,
-    ) -> Result<(), KernelError> {
-        let rows = gate_up.len().checked_div(2 * k).unwrap_or(0);
-        self.gemv_silu_with(stream, y, gate_up, w, n, k, Self::gemv_silu_cols(rows))
-    }
-
-    /// [`Kernels::gemv_silu`] with a chosen number of columns a block (16 or 32; benchmarks,
-    /// tests).
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemv_silu_with(
-        &self,
-        stream: &CudaStream,
-        y: &mut CudaViewMut<'_, bf16>,
-        gate_up: &CudaView<'_, bf16>,
-        w: &CudaView<'_, bf16>,
-        n: usize,
-        k: usize,
-        cols: u32,
-    ) -> Result<(), KernelError> {
-        const K: &str = "gemv_silu";
-        ensure(K, k > 0 && k.is_multiple_of(8), || {
-            format!("k = {k} must be a positive multiple of 8")
-        })?;
-        ensure(K, n > 0, || "n = 0".to_string())?;
-        expect_len(K, "w", w.len(), n * k)?;
-        ensure(K, gate_up.len().is_multiple_of(2 * k), || {
-            format!(
-                "gate_up has {} elements, not [rows, 2 * {k}]",
-                gate_up.len()
-            )
-        })?;
-        let rows = gate_up.len() / (2 * k);
-        ensure(K, (1..=GEMV_SILU_MAX_ROWS).contains(&rows), || {
-            format!("{rows} rows; 1..={GEMV_SILU_MAX_ROWS} supported")
-        })?;
-        ensure(K, matches!(cols, 16 | 32), || {
-            format!("{cols} columns a block; 16 or 32")
-        })?;
-        expect_len(K, "y", y.len(), rows * n)?;
-        let (n32, k32, rows32) = (
-            to_u32(K, "n", n)?,
-            to_u32(K, "k", k)?,
-            to_u32(K, "rows", rows)?,
-        );
-        let name = format!("gemv_silu_bf16_m{}", gemv_silu_kernel_m(rows));
-        // SAFETY: lengths checked above match the kernel's indexing: `cols` columns a block
-        // (rows past `n` are read as row n - 1 and not written), rows m < `rows` <= 8 * MT of
-        // gate_up read at m * 2k + c (gate) and m * 2k + k + c (up) for c < k, as in `gemv`.
-        unsafe { self.launch_gemv(stream, &name, y, gate_up, w, [n32, k32, rows32, cols], cols) }
-    }
-
-    /// Launches `gemv_*` kernel `name` with arguments `(y, x, w, n, k, rows, cols)` on
-    /// `n / per_block` blocks (rounded up) of [`WARPS`] warps.
-    ///
-    /// # Safety
-    /// The buffers must hold what the kernel reads and writes for these sizes.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn launch_gemv<O: DeviceRepr>(
-        &self,
-        stream: &CudaStream,
-        name: &str,
-        y: &mut CudaViewMut<'_, O>,
-        x: &CudaView<'_, bf16>,
-        w: &CudaView<'_, bf16>,
-        [n32, k32, rows32, cols]: [u32; 4],
-        per_block: u32,
-    ) -> Result<(), KernelError> {
         let (yp, _g0) = y.device_ptr_mut(stream);
         let (xp, _g1) = x.device_ptr(stream);
         let (wp, _g2) = w.device_ptr(stream);
-        let mut b = self.dependent_launch(stream, name)?;
+        let mut b = self.dependent_launch(stream, &name)?;
         b.arg(&yp)
             .arg(&xp)
             .arg(&wp)
@@ -280,7 +157,10 @@ impl Kernels {
             block_dim: (WARPS * 32, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the caller's.
+        // SAFETY: lengths checked above match the kernels' indexing: the warp kernel takes one
+        // column a warp, the tensor-core kernel `cols` columns a block (rows past `n` are read
+        // as row n - 1 and not written) and `rows <= 8 * MT` rows of x (`gemv_kernel_m(rows)`
+        // >= rows; m24 / m32 read x rows past `rows` as row 0 and do not write them).
         unsafe { b.launch(cfg) }?;
         Ok(())
     }
@@ -305,18 +185,5 @@ mod tests {
         let mut want: Vec<usize> = (1..=16).collect();
         want.extend([24, 32]);
         assert_eq!(gemv_kernel_ms(), want);
-    }
-
-    #[test]
-    fn silu_kernel_m_covers_its_rows() {
-        for rows in 1..=GEMV_SILU_MAX_ROWS {
-            let m = gemv_silu_kernel_m(rows);
-            assert!(
-                m >= rows && gemv_silu_kernel_ms().contains(&m),
-                "{rows} rows on m{m}"
-            );
-        }
-        assert_eq!(gemv_silu_kernel_m(8), 8);
-        assert_eq!(gemv_silu_kernel_m(9), 16);
     }
 }

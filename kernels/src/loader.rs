@@ -162,9 +162,6 @@ pub(crate) fn kernel_names() -> Vec<String> {
         names.push(format!("gemv_bf16_m{m}"));
         names.push(format!("gemv_f32_m{m}"));
     }
-    for m in crate::gemv::gemv_silu_kernel_ms() {
-        names.push(format!("gemv_silu_bf16_m{m}"));
-    }
     names
 }
 
@@ -212,19 +209,11 @@ mod tests {
                 .and_then(|r| r.split_once("_g"))
                 .and_then(|(d, r)| Some((d, r.split_once("_p")?.0)))
                 .is_some_and(|(d, g)| src.contains(&format!("DECODE_INST({d}, {g})")));
-            // GEMV kernels come from GEMV_KERNELS(M), the fused silu ones from
-            // GEMV_SILU_KERNEL(M).
+            // GEMV kernels come from GEMV_KERNELS(M).
             let gemv = name
                 .rsplit_once("_m")
                 .filter(|(k, _)| k.starts_with("gemv_"))
-                .is_some_and(|(k, m)| {
-                    let mac = if k.starts_with("gemv_silu_") {
-                        "GEMV_SILU_KERNEL"
-                    } else {
-                        "GEMV_KERNELS"
-                    };
-                    src.contains(&format!("{mac}({m})"))
-                });
+                .is_some_and(|(_, m)| src.contains(&format!("GEMV_KERNELS({m})")));
             assert!(direct || inst || gemv, "{name} is not in the sources");
         }
     }

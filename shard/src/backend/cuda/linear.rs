@@ -46,14 +46,6 @@ fn gemv_rows() -> usize {
     })
 }
 
-/// Whether the MLP's SiLU·mul may be fused into its down projection (`Kernels::gemv_silu`, see
-/// [`silu_down`]): yes unless `PAGEDSERVE_CUDA_GEMV_SILU=0` (read once; for measurements: the
-/// two-kernel path, `silu_mul` then the GEMV, gives the same numbers).
-fn gemv_silu_on() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("PAGEDSERVE_CUDA_GEMV_SILU").map_or(true, |v| v.trim() != "0"))
-}
-
 /// What a linear layer may run on.
 #[derive(Clone, Copy)]
 pub(super) struct Linear<'a> {
@@ -62,61 +54,6 @@ pub(super) struct Linear<'a> {
     /// Our GEMV for steps of up to [`gemv_rows`] rows (`PAGEDSERVE_CUDA_GEMV=0`: cuBLAS for
     /// every step).
     pub gemv: bool,
-}
-
-impl Linear<'_> {
-    /// Whether [`linear`] runs a step of `rows` rows and inner size `k` through our GEMV (else
-    /// cuBLAS).
-    pub fn uses_gemv(&self, rows: usize, k: usize) -> bool {
-        self.gemv && rows <= gemv_rows() && k.is_multiple_of(8)
-    }
-
-    /// Whether [`silu_down`] fuses SiLU·mul into the down projection's GEMV for `rows` rows and
-    /// intermediate size `k`: where [`linear`] would run the GEMV and the fused kernel takes the
-    /// rows (1..=16, x in registers).
-    pub fn fuses_silu(&self, rows: usize, k: usize) -> bool {
-        gemv_silu_on() && self.uses_gemv(rows, k) && rows <= Kernels::GEMV_SILU_MAX_ROWS
-    }
-}
-
-/// The MLP's SiLU·mul and down projection: `y[rows, n] = (silu(g) * u)[rows, k] @ w[n, k]^T`
-/// with `gate_up` `[rows, 2k]` (gate in columns `0..k`, up in `k..2k`). One kernel
-/// (`gemv_silu`) where [`Linear::fuses_silu`], else `silu_mul` into `act` then [`linear`]; the
-/// same numbers either way (gemv_silu rounds the activation to bf16 as silu_mul does).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn silu_down(
-    lin: Linear<'_>,
-    s: &Arc<CudaStream>,
-    y: &mut CudaSlice<bf16>,
-    act: &mut CudaSlice<bf16>,
-    gate_up: &CudaSlice<bf16>,
-    w: &CudaSlice<bf16>,
-    rows: usize,
-    n: usize,
-    k: usize,
-) -> BackendResult<()> {
-    if lin.fuses_silu(rows, k) {
-        return lin
-            .kernels
-            .gemv_silu(
-                s,
-                &mut y.slice_mut(..rows * n),
-                &gate_up.slice(..rows * 2 * k),
-                &w.as_view(),
-                n,
-                k,
-            )
-            .map_err(cuda_err("gemv_silu"));
-    }
-    lin.kernels
-        .silu_mul(
-            s,
-            &mut act.slice_mut(..rows * k),
-            &gate_up.slice(..rows * 2 * k),
-            k,
-        )
-        .map_err(cuda_err("silu_mul"))?;
-    linear(lin, s, y, act, w, rows, n, k)
 }
 
 /// `y[rows, n] = x[rows, k] @ w[n, k]^T`.
@@ -131,7 +68,7 @@ pub(super) fn linear<O: GemvOut>(
     n: usize,
     k: usize,
 ) -> BackendResult<()> {
-    if lin.uses_gemv(rows, k) {
+    if lin.gemv && rows <= gemv_rows() && k.is_multiple_of(8) {
         return lin
             .kernels
             .gemv(

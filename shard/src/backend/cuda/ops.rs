@@ -1,14 +1,13 @@
 //! The forward pass as a sequence of launches over the preallocated buffers: embedding, then
 //! per layer norm -> QKV GEMM -> RoPE + KV write -> paged attention -> o_proj -> norm (with
-//! the residual add) -> gate/up GEMM -> SiLU*mul -> down GEMM (SiLU*mul fused into down's GEMV
-//! for decode steps of up to 16 rows), then the final norm, the vocabulary projection and
-//! (optionally) sampling. Nothing here synchronizes.
+//! the residual add) -> gate/up GEMM -> SiLU*mul -> down GEMM, then the final norm, the
+//! vocabulary projection and (optionally) sampling. Nothing here synchronizes.
 
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtrMut};
 use half::bf16;
 
 use super::device::cuda_err;
-use super::linear::{Linear, linear, silu_down};
+use super::linear::{Linear, linear};
 use super::model::{CudaLlama, StepShape};
 use crate::backend::BackendResult;
 use crate::model::DeviceSampling;
@@ -257,19 +256,14 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
         )
         .map_err(err("add_rms_norm"))?;
         linear(lin, s, &mut b.gate_up, &b.h, &l.gate_up, t, 2 * d.ffn, h)?;
-        // SiLU·mul, then down (row-parallel under TP: partial sums in `delta` either way), or
-        // both in one GEMV for small decode steps (linear.rs).
-        silu_down(
-            lin,
+        k.silu_mul(
             s,
-            &mut b.delta,
-            &mut b.act,
-            &b.gate_up,
-            &l.down,
-            t,
-            h,
+            &mut b.act.slice_mut(..t * d.ffn),
+            &b.gate_up.slice(..t * 2 * d.ffn),
             d.ffn,
-        )?;
+        )
+        .map_err(err("silu_mul"))?;
+        linear(lin, s, &mut b.delta, &b.act, &l.down, t, h, d.ffn)?;
         if let Some(c) = nccl {
             c.all_reduce_sum(&mut b.delta.slice_mut(..t * h))?;
         }
