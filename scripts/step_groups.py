@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Where a rate-inf run's time went, by kind of engine step.
+
+Usage: step_groups.py SERVER.log
+
+SERVER.log is a server's log at RUST_LOG=info,pagedserve_shard::engine=trace (gpu-check's
+BENCH_RUST_LOG), which has one `step` line per engine step with prefill_tokens, decode_seqs,
+forward_us and step_us. Prints the steps grouped as docs/perf.md's ShareGPT section groups
+them: prefill chunks, then decode-only steps by batch size.
+"""
+import re
+import sys
+
+GROUPS = [
+    ("prefill chunks (+ the running decodes)", lambda p, d: p > 0),
+    ("decode, > 512 sequences", lambda p, d: p == 0 and d > 512),
+    ("decode, 257-512", lambda p, d: p == 0 and 257 <= d <= 512),
+    ("decode, 129-256", lambda p, d: p == 0 and 129 <= d <= 256),
+    ("decode, 33-128", lambda p, d: p == 0 and 33 <= d <= 128),
+    ("decode, 17-32", lambda p, d: p == 0 and 17 <= d <= 32),
+    ("decode, <= 16", lambda p, d: p == 0 and 1 <= d <= 16),
+]
+
+
+def main():
+    steps = []
+    with open(sys.argv[1], errors="replace") as f:
+        for line in f:
+            if "step_us" not in line:
+                continue
+            fields = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+            if {"prefill_tokens", "decode_seqs", "forward_us", "step_us"} <= fields.keys():
+                steps.append(fields)
+    if not steps:
+        print("no step lines (was the server run with engine=trace?)")
+        return 1
+    total = sum(s["step_us"] for s in steps)
+    forward = sum(s["forward_us"] for s in steps)
+    print(f"{len(steps)} steps, {total / 1e6:.2f} s; forward {100 * forward / total:.1f}% of step time")
+    print("| steps | count | time (s) | ms a step |")
+    print("| --- | --- | --- | --- |")
+    for name, pick in GROUPS:
+        group = [s for s in steps if pick(s["prefill_tokens"], s["decode_seqs"])]
+        if group:
+            t = sum(s["step_us"] for s in group)
+            print(f"| {name} | {len(group)} | {t / 1e6:.2f} | {t / len(group) / 1e3:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
