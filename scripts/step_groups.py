@@ -28,6 +28,7 @@ def main():
         for line in f:
             if "step_us" not in line:
                 continue
+            line = re.sub(r"\x1b\[[0-9;]*m", "", line)  # tracing's colours, when it has them
             fields = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
             if {"prefill_tokens", "decode_seqs", "forward_us", "step_us"} <= fields.keys():
                 steps.append(fields)
