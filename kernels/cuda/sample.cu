@@ -20,7 +20,15 @@ __device__ __forceinline__ float scaled(const float* lg, u32 i, float inv_t) {
     return isnan(z) ? NEG_INF : z;
 }
 
-// Block-wide argmax of (value, index): larger value wins, ties go to the lower index.
+// Gumbel noise -log(-log(u)) of token i, with u uniform in (0, 1) from hash(seed, counter, i).
+__device__ __forceinline__ float gumbel(u64 seed, u64 counter, u32 i) {
+    const u64 h = hash3(seed, counter, i);
+    const float u = ((float)(h >> 40) + 0.5f) * (1.f / 16777216.f);
+    return -__logf(-__logf(u));
+}
+
+// Block-wide argmax of (value, index): larger value wins, ties go to the lower index. The
+// index in every thread.
 __device__ __forceinline__ u32 block_argmax(float v, u32 idx, float* sv, u32* si) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
@@ -50,7 +58,10 @@ __device__ __forceinline__ u32 block_argmax(float v, u32 idx, float* sv, u32* si
             }
         }
     }
-    return idx;  // valid in thread 0
+    __syncthreads();
+    if (threadIdx.x == 0) si[0] = idx;
+    __syncthreads();
+    return si[0];
 }
 
 // Largest key t with count(key(z_i) >= t) >= k: the key of the k-th largest scaled logit.
@@ -103,21 +114,13 @@ __device__ u32 draw(const float* lg, u32 V, float inv_t, u32 lo, bool greedy, u6
         const float z = scaled(lg, i, inv_t);
         if (z == NEG_INF || f2key(z) < lo) continue;
         float v = z;
-        if (!greedy) {
-            const u64 h = hash3(seed, counter, i);
-            const float u = ((float)(h >> 40) + 0.5f) * (1.f / 16777216.f);
-            v = z - __logf(-__logf(u));
-        }
+        if (!greedy) v = z + gumbel(seed, counter, i);
         if (v > best || best_i == 0xffffffffu) {
             best = v;
             best_i = i;
         }
     }
-    const u32 idx = block_argmax(best, best_i, sv, si);
-    __syncthreads();
-    if (threadIdx.x == 0) si[0] = idx;
-    __syncthreads();
-    return si[0];
+    return block_argmax(best, best_i, sv, si);
 }
 
 // Count and mass (exp(z - m)) of the tokens whose key is > kx.
@@ -292,19 +295,13 @@ __device__ u32 cand_draw(const u32 (&ck)[4], const u32 (&ci)[4], u32 lo, u64 see
     for (int j = 0; j < 4; ++j) {
         if (ck[j] == 0 || ck[j] < lo) continue;
         const u32 i = ci[j];
-        const u64 h = hash3(seed, counter, i);
-        const float u = ((float)(h >> 40) + 0.5f) * (1.f / 16777216.f);
-        const float v = key2f(ck[j]) - __logf(-__logf(u));
+        const float v = key2f(ck[j]) + gumbel(seed, counter, i);
         if (best_i == 0xffffffffu || v > best || (v == best && i < best_i)) {
             best = v;
             best_i = i;
         }
     }
-    const u32 idx = block_argmax(best, best_i, sv, si);
-    __syncthreads();
-    if (threadIdx.x == 0) si[0] = idx;
-    __syncthreads();
-    return si[0];
+    return block_argmax(best, best_i, sv, si);
 }
 
 // Mass sum(exp(z - m)) of the candidates with key >= lo.
