@@ -6,7 +6,7 @@
 use crate::common::*;
 use cudarc::driver::CudaSlice;
 use half::bf16;
-use pagedserve_kernels::{GEMV_MAX_ROWS, Kernels};
+use pagedserve_kernels::{GEMV_MAX_ROWS, GemvOut, Kernels};
 
 /// `kernel`: `None` for `gemv`'s own pick, else `Some(mma_cols)` for `gemv_with`.
 type Pick = Option<Option<u32>>;
@@ -14,38 +14,32 @@ type Pick = Option<Option<u32>>;
 /// `d_x` holds at least `rows` rows of `k`; `d_w` is `[n, k]`.
 type Dev<'a> = (&'a CudaSlice<bf16>, &'a CudaSlice<bf16>);
 
-fn run_f32(
+/// `y` of one GEMV launch (output type `O`), its buffer poisoned with `poison` first.
+fn run<O: GemvOut>(
     g: &Gpu,
     (d_x, d_w): Dev<'_>,
     rows: usize,
     n: usize,
     k: usize,
     pick: Pick,
-) -> Res<Vec<f64>> {
-    let mut d_y = up(g, &poison_f32(rows * n))?;
-    let (mut yv, xv, wv) = (d_y.as_view_mut(), d_x.slice(..rows * k), d_w.as_view());
-    match pick {
-        None => g.k.gemv(&g.stream, &mut yv, &xv, &wv, n, k)?,
-        Some(c) => g.k.gemv_with(&g.stream, &mut yv, &xv, &wv, n, k, c)?,
-    }
-    Ok(down(g, &d_y)?.iter().map(|&v| v as f64).collect())
-}
-
-fn run_bf16(
-    g: &Gpu,
-    (d_x, d_w): Dev<'_>,
-    rows: usize,
-    n: usize,
-    k: usize,
-    pick: Pick,
-) -> Res<Vec<bf16>> {
-    let mut d_y = up(g, &poison_bf16(rows * n))?;
+    poison: Vec<O>,
+) -> Res<Vec<O>> {
+    let mut d_y = up(g, &poison)?;
     let (mut yv, xv, wv) = (d_y.as_view_mut(), d_x.slice(..rows * k), d_w.as_view());
     match pick {
         None => g.k.gemv(&g.stream, &mut yv, &xv, &wv, n, k)?,
         Some(c) => g.k.gemv_with(&g.stream, &mut yv, &xv, &wv, n, k, c)?,
     }
     down(g, &d_y)
+}
+
+fn run_f32(g: &Gpu, dev: Dev<'_>, rows: usize, n: usize, k: usize, pick: Pick) -> Res<Vec<f64>> {
+    let y = run(g, dev, rows, n, k, pick, poison_f32(rows * n))?;
+    Ok(y.iter().map(|&v| v as f64).collect())
+}
+
+fn run_bf16(g: &Gpu, dev: Dev<'_>, rows: usize, n: usize, k: usize, pick: Pick) -> Res<Vec<bf16>> {
+    run(g, dev, rows, n, k, pick, poison_bf16(rows * n))
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
