@@ -1,9 +1,12 @@
 //! Wrappers of paged decode attention (cuda/decode_attention.cu) and paged prefill attention
 //! (cuda/prefill_attention.cu), plus their host-side helpers.
 
+use std::sync::PoisonError;
+
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{
-    CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    CudaFunction, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr,
+    LaunchConfig,
 };
 use half::bf16;
 
@@ -216,6 +219,25 @@ fn check_qkv(
 }
 
 impl Kernels {
+    /// CTAs of decode kernel `name` the GPU holds at once (SMs × resident CTAs a SM), asked of
+    /// the driver at the kernel's first launch and kept: eager steps launch it once a layer.
+    fn decode_target_ctas(&self, name: &str, func: &CudaFunction) -> Result<u32, KernelError> {
+        let mut known = self
+            .decode_ctas
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(&n) = known.get(name) {
+            return Ok(n);
+        }
+        let sms = self
+            .ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let per_sm =
+            func.occupancy_max_active_blocks_per_multiprocessor(DECODE_THREADS, 0, None)?;
+        let n = (sms.max(1) as u32).saturating_mul(per_sm.max(1));
+        known.insert(name.to_string(), n);
+        Ok(n)
+    }
     /// Paged decode attention for `S = q_rows.len()` sequences, one query row each: sequence s
     /// reads q from row `q_rows[s]` of `qkv` (row stride `qkv_stride`), attends to its first
     /// `ctx_lens[s]` cached tokens (0: padding, nothing written) through row s of
@@ -288,14 +310,9 @@ impl Kernels {
             )
         })?;
         let func = self.func(&kernel)?;
-        // The CTAs the GPU holds at once: the kernel splits short sequences until the launch's
-        // busy CTAs fill that (a device constant, so graph replays stay valid).
-        let sms = self
-            .ctx
-            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
-        let per_sm =
-            func.occupancy_max_active_blocks_per_multiprocessor(DECODE_THREADS, 0, None)?;
-        let target_ctas = (sms.max(1) as u32).saturating_mul(per_sm.max(1));
+        // The kernel splits short sequences until the launch's busy CTAs fill this (a device
+        // constant, so graph replays stay valid).
+        let target_ctas = self.decode_target_ctas(&kernel, func)?;
         let out_rows = (out.len() / (num_heads * head_dim)).min(q_rows_avail);
         let ws_len = workspace.len() as u64;
         let (o, _g0) = out.device_ptr_mut(stream);

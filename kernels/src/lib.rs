@@ -21,8 +21,9 @@ mod ops;
 mod rope;
 mod sample;
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaFunction, LaunchConfig};
 
@@ -42,6 +43,9 @@ pub struct Kernels {
     loaded: loader::Loaded,
     /// Programmatic dependent launch for the kernels that support it (launch.rs).
     pdl: bool,
+    /// CTAs the GPU holds at once, per decode attention kernel (attention.rs): a device
+    /// constant, asked of the driver at a kernel's first launch only.
+    decode_ctas: Mutex<HashMap<String, u32>>,
 }
 
 impl Kernels {
@@ -52,6 +56,7 @@ impl Kernels {
             ctx: ctx.clone(),
             pdl: launch::pdl_enabled(&loaded.arch),
             loaded,
+            decode_ctas: Mutex::new(HashMap::new()),
         })
     }
 
