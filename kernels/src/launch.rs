@@ -18,7 +18,6 @@
 //! `PAGEDSERVE_PDL=0` turns it off (for before/after measurements in one run).
 
 use std::ffi::c_void;
-use std::marker::PhantomData;
 
 use cudarc::driver::sys::{
     CUlaunchAttribute, CUlaunchAttributeID, CUlaunchAttributeValue, CUlaunchConfig,
@@ -48,7 +47,6 @@ pub(crate) struct Launch<'a> {
     stream: &'a CudaStream,
     args: Vec<*mut c_void>,
     pdl: bool,
-    _args: PhantomData<&'a ()>,
 }
 
 impl<'a> Launch<'a> {
@@ -119,7 +117,6 @@ impl Kernels {
             stream,
             args: Vec::with_capacity(16),
             pdl: self.pdl,
-            _args: PhantomData,
         }
     }
 
