@@ -67,7 +67,6 @@ __device__ __forceinline__ DecodeSplit decode_split(const DecodeArgs& a, u32 ctx
     return {(ctx + chunk - 1) / chunk, chunk};
 }
 
-
 // Element offset of token `tok` (partition-relative) of this KV head in the cache.
 __device__ __forceinline__ u64 tok_off(const DecodeArgs& a, const u64* blk_off, u32 tok, u32 D) {
     return blk_off[tok >> a.bs_log2] + (u64)((tok & (a.block_size - 1)) * D);

@@ -23,8 +23,8 @@ use crate::backend::BackendResult;
 /// Steps of at most this many rows use the GEMV kernel (`PAGEDSERVE_CUDA_GEMV_ROWS` overrides,
 /// see [`gemv_rows`]). 32 covers the CUDA-graph buckets 1, 2, 4, 8, 16, 24 and 32: the
 /// tensor-core GEMV reads weights at 94-98% of copy bandwidth at 1-16 rows against cuBLAS's
-/// 84%; 17-32 rows (x through shared memory, not yet measured) are meant to stay ahead of
-/// cuBLAS's 84%: lower it to 16 if `linear_bench` shows `gemv` behind `cublas` at 24 or 32.
+/// 84%, and at 86% at 24 and 32 rows (x through shared memory) against cuBLAS's 83% (H100,
+/// `linear_bench`, 2026-11-26; only 2-3% ahead there, and noisy between runs).
 /// It was 16 before the 17-32-row kernels; before the tensor-core GEMV it was 2: decode steps
 /// of a Llama-3-8B shape on an H100 (2026-11-26, `cuda_bench`, context 1k): 1 row 5.91 ms with
 /// the GEMV against 6.34 with cuBLAS; 4 rows 6.99 against 6.63 with cuBLAS, because every warp
