@@ -7,6 +7,7 @@ mod common;
 mod decode;
 mod elementwise;
 mod gemv;
+mod gemv_fused;
 mod prefill;
 mod rope;
 mod sample;

@@ -1,0 +1,429 @@
+//! The tensor-core GEMV with its fused epilogues (gemv.cu, "Fused epilogues") against f64
+//! references: RoPE + KV-cache write (`gemv_rope_kv`), SiLU·mul of interleaved gate/up rows
+//! (`gemv_silu`) and residual add + RMSNorm by the last CTA (`gemv_add_rms_norm`), at row counts
+//! that reach every kernel family (m2..m16 with x in registers, m24 and m32 through shared
+//! memory), and the shapes each wrapper refuses.
+
+use rand::Rng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use crate::common::*;
+use cudarc::driver::CudaSlice;
+use half::bf16;
+use pagedserve_kernels::{GEMV_MAX_ROWS, GEMV_NORM_MAX_HIDDEN, GEMV_NORM_MAX_ROWS, RopeHeads};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// One bf16 rounding of each output: 2^-9 relative at most, about 1.1e-3 in relative L2.
+const BF16_TOL: f64 = 4e-3;
+
+/// `y[m, c] = sum_i x[m, i] * w[c, i]` in f64 over `x` `[rows, k]` and `w` `[n, k]` (bf16 values
+/// held as f32, exactly), one thread a row: the largest case here (32 x 6144 x 4096) is 0.8 G
+/// multiply-adds in a debug build.
+fn matmul_ref(x: &[f32], w: &[f32], n: usize, k: usize) -> Vec<f64> {
+    let rows = x.len() / k;
+    let mut y = vec![0.0; rows * n];
+    std::thread::scope(|s| {
+        for (yr, xr) in y.chunks_mut(n).zip(x.chunks(k)) {
+            s.spawn(move || {
+                for (out, wr) in yr.iter_mut().zip(w.chunks(k)) {
+                    *out = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                }
+            });
+        }
+    });
+    y
+}
+
+/// Random bf16 `w` `[n, k]` and `x` `[rows, k]` in [-1, 1], their upload and the f64 product of
+/// all `rows` rows (a run of fewer rows takes the first ones).
+struct Product {
+    d_w: CudaSlice<bf16>,
+    d_x: CudaSlice<bf16>,
+    y: Vec<f64>,
+}
+
+fn product(g: &Gpu, rng: &mut StdRng, rows: usize, n: usize, k: usize) -> Res<Product> {
+    let w = to_bf16(&rand_vec(rng, n * k, -1.0, 1.0));
+    let x = to_bf16(&rand_vec(rng, rows * k, -1.0, 1.0));
+    let y = matmul_ref(&from_bf16(&x), &from_bf16(&w), n, k);
+    Ok(Product {
+        d_w: up(g, &w)?,
+        d_x: up(g, &x)?,
+        y,
+    })
+}
+
+fn to_f64(v: &[bf16]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f64()).collect()
+}
+
+/// Every element written (no poison left), relative L2 over everything within `tol` and every
+/// vector of `d` values (one head, one row) within `3 * tol`, naming the worst vector.
+fn check(label: &str, got: &[bf16], want: &[f64], d: usize, tol: f64) {
+    assert_eq!(got.len(), want.len(), "{label}: lengths");
+    if let Some(i) = got.iter().position(|&v| is_poison_bf16(v)) {
+        panic!("{label}: element {i} (vector {}) not written", i / d);
+    }
+    let got = to_f64(got);
+    let err = rel_l2(&got, want);
+    let (at, worst) = got
+        .chunks(d)
+        .zip(want.chunks(d))
+        .map(|(a, b)| rel_l2(a, b))
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or((0, 0.0));
+    assert!(err < tol, "{label}: rel L2 {err:.3e} >= {tol}");
+    assert!(
+        worst < 3.0 * tol,
+        "{label}: vector {at} ({d} values) is off: rel L2 {worst:.3e}"
+    );
+}
+
+/// RoPE tables `[max_pos, rope_dim / 2]`, as rope.rs builds them.
+fn tables(max_pos: usize, rope_dim: usize, base: f64) -> (Vec<f32>, Vec<f32>) {
+    let half = rope_dim / 2;
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for p in 0..max_pos {
+        for i in 0..half {
+            let a = p as f64 * base.powf(-2.0 * i as f64 / rope_dim as f64);
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
+/// The reference QKV rows: the f64 sums `y` `[rows, stride]` with the q and k heads rotated at
+/// `positions` (clamped to the last table row), v heads as they are.
+fn rope_ref(y: &[f64], positions: &[u32], cos: &[f32], sin: &[f32], h: RopeHeads) -> Vec<f64> {
+    let (d, half) = (h.head_dim, h.rope_dim / 2);
+    let max_pos = cos.len() / half;
+    let mut want = y.to_vec();
+    for (row, &pos) in want.chunks_mut(h.stride()).zip(positions) {
+        let p = (pos as usize).min(max_pos - 1);
+        let (c, s) = (&cos[p * half..][..half], &sin[p * half..][..half]);
+        for head in row.chunks_mut(d).take(h.num_heads + h.num_kv_heads) {
+            for ((pair, &c), &s) in head.chunks_mut(2).zip(c).zip(s) {
+                let (a, b, c, s) = (pair[0], pair[1], c as f64, s as f64);
+                pair[0] = a * c - b * s;
+                pair[1] = a * s + b * c;
+            }
+        }
+    }
+    want
+}
+
+#[test]
+fn gemv_rope_kv_rotates_and_fills_slots_for_every_kernel() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = rng("gemv_rope_kv");
+    let (max_pos, num_blocks) = (4096, 5);
+    // (H, KVH, D, rope_dim, block_size, k): Llama-3-8B's QKV; partial RoPE (half of each head)
+    // with a K that is not a multiple of the 64-wide k steps; 9 q and 3 kv heads of 64.
+    for (nh, nkv, d, rope_dim, bs, k) in [
+        (32, 8, 128, 128, 16, 4096),
+        (4, 2, 128, 64, 32, 1000),
+        (9, 3, 64, 64, 16, 576),
+    ] {
+        let heads = RopeHeads {
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+            rope_dim,
+            block_size: bs,
+        };
+        let n = heads.stride();
+        let p = product(g, &mut rng, GEMV_MAX_ROWS, n, k)?;
+        let (cos, sin) = tables(max_pos, rope_dim, 500_000.0);
+        let (d_cos, d_sin) = (up(g, &cos)?, up(g, &sin)?);
+        let num_slots = num_blocks * bs;
+        let block_elems = nkv * bs * d;
+        let cache_len = num_blocks * block_elems;
+        // 1 row: m2; 2..=16: the register kernels (16 columns a CTA); 17-32: m24 (17 and 24
+        // its ends) and m32 (32 columns a CTA).
+        for rows in [1, 2, 5, 8, 16, 17, 24, 32] {
+            let label = format!("H={nh} KVH={nkv} D={d} rope_dim={rope_dim} k={k} rows={rows}");
+            // Random positions; from 2 rows, row 0 past the tables (clamped to max_pos - 1).
+            let mut positions: Vec<u32> = (0..rows)
+                .map(|_| rng.random_range(0..max_pos as u32))
+                .collect();
+            if rows >= 2 {
+                positions[0] = max_pos as u32 + 7;
+            }
+            // Distinct slots; from 2 rows one padding row (u32::MAX), from 5 rows also one
+            // slot just past the cache: neither is written.
+            let mut all_slots: Vec<u32> = (0..num_slots as u32).collect();
+            all_slots.shuffle(&mut rng);
+            let mut slots = all_slots[..rows].to_vec();
+            if rows >= 2 {
+                slots[rows / 2] = u32::MAX;
+            }
+            if rows >= 5 {
+                slots[rows - 1] = num_slots as u32;
+            }
+            let (d_pos, d_slots) = (up(g, &positions)?, up(g, &slots)?);
+            let mut d_qkv = up(g, &poison_bf16(rows * n))?;
+            // One poisoned block more than the kernel is given: a write past the cache it was
+            // handed would land there.
+            let mut d_kc = up(g, &poison_bf16(cache_len + block_elems))?;
+            let mut d_vc = up(g, &poison_bf16(cache_len + block_elems))?;
+            g.k.gemv_rope_kv(
+                &g.stream,
+                &mut d_qkv.as_view_mut(),
+                &p.d_x.slice(..rows * k),
+                &p.d_w.as_view(),
+                k,
+                &mut d_kc.slice_mut(..cache_len),
+                &mut d_vc.slice_mut(..cache_len),
+                &d_pos.as_view(),
+                &d_slots.as_view(),
+                &d_cos.as_view(),
+                &d_sin.as_view(),
+                heads,
+            )?;
+            let (qkv, kc, vc) = (down(g, &d_qkv)?, down(g, &d_kc)?, down(g, &d_vc)?);
+
+            // q and k rotated, v as summed; padding rows too.
+            let want = rope_ref(&p.y[..rows * n], &positions, &cos, &sin, heads);
+            check(&format!("{label} qkv"), &qkv, &want, d, BF16_TOL);
+
+            // Each cached row is bit for bit the kernel's own k or v row of qkv.
+            let mut written = vec![false; kc.len()];
+            for (r, &slot) in slots.iter().enumerate() {
+                if slot as usize >= num_slots {
+                    continue;
+                }
+                let (blk, off) = (slot as usize / bs, slot as usize % bs);
+                for kh in 0..nkv {
+                    let at = ((blk * nkv + kh) * bs + off) * d;
+                    let k_row = &qkv[r * n + (nh + kh) * d..][..d];
+                    let v_row = &qkv[r * n + (nh + nkv + kh) * d..][..d];
+                    for (cache, row, what) in [(&kc, k_row, "k"), (&vc, v_row, "v")] {
+                        for (j, (c, q)) in cache[at..at + d].iter().zip(row).enumerate() {
+                            assert_eq!(
+                                c.to_bits(),
+                                q.to_bits(),
+                                "{label}: {what} cache, row {r} slot {slot} head {kh} dim {j}"
+                            );
+                        }
+                    }
+                    written[at..at + d].fill(true);
+                }
+            }
+            // Every other element, the padding rows' and past the cache included, is poison.
+            for (i, &wr) in written.iter().enumerate() {
+                if !wr {
+                    let slot = i / block_elems * bs + i / d % bs;
+                    assert!(
+                        is_poison_bf16(kc[i]) && is_poison_bf16(vc[i]),
+                        "{label}: cache element {i} (slot {slot}) was written"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn gemv_silu_matches_reference() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = rng("gemv_silu");
+    // SmolLM2-sized gate/up (3072 columns); 100 columns, not a multiple of 16 or 32, with a K
+    // that is not a multiple of the 64-wide k steps.
+    for (n, k) in [(2 * 1536, 576), (2 * 50, 1000)] {
+        let p = product(g, &mut rng, GEMV_MAX_ROWS, n, k)?;
+        // silu(gate) * up from the f64 sums: gate i is column 2i, up i column 2i + 1.
+        let want_all: Vec<f64> =
+            p.y.chunks(2)
+                .map(|gu| gu[0] / (1.0 + (-gu[0]).exp()) * gu[1])
+                .collect();
+        for rows in [1, 3, 8, 16, 24, 32] {
+            let label = format!("silu n={n} k={k} rows={rows}");
+            let mut d_act = up(g, &poison_bf16(rows * n / 2))?;
+            g.k.gemv_silu(
+                &g.stream,
+                &mut d_act.as_view_mut(),
+                &p.d_x.slice(..rows * k),
+                &p.d_w.as_view(),
+                n,
+                k,
+            )?;
+            let act = down(g, &d_act)?;
+            check(&label, &act, &want_all[..rows * n / 2], n / 2, BF16_TOL);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn gemv_add_rms_norm_matches_reference_and_resets_its_counter() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = rng("gemv_add_rms_norm");
+    let eps = 1e-5f32;
+    // One counter for every launch of the test: each must leave it at 0 for the next.
+    let mut d_counter = up(g, &[0u32])?;
+    // Llama-3-8B's hidden size from a K that is not a multiple of the 64-wide k steps; SmolLM2's
+    // (576: not a multiple of the 2 * 256 values one pass of the finishing CTA takes).
+    for (n, k) in [(4096, 1000), (576, 1536)] {
+        let p = product(g, &mut rng, GEMV_NORM_MAX_ROWS, n, k)?;
+        let norm = rand_vec(&mut rng, n, 0.5, 1.5);
+        let d_norm = up(g, &norm)?;
+        for rows in 1..=GEMV_NORM_MAX_ROWS {
+            // Two launches back to back on fresh buffers (own random residuals), one counter:
+            // the second finds a norm to do only if the first put the counter back.
+            let mut launches = Vec::new();
+            for _ in 0..2 {
+                let res0 = rand_vec(&mut rng, rows * n, -8.0, 8.0);
+                let mut d_delta = up(g, &poison_bf16(rows * n))?;
+                let mut d_res = up(g, &res0)?;
+                let mut d_out = up(g, &poison_bf16(rows * n))?;
+                g.k.gemv_add_rms_norm(
+                    &g.stream,
+                    &mut d_delta.as_view_mut(),
+                    &p.d_x.slice(..rows * k),
+                    &p.d_w.as_view(),
+                    k,
+                    &mut d_res.as_view_mut(),
+                    &mut d_out.as_view_mut(),
+                    &d_norm.as_view(),
+                    eps,
+                    &mut d_counter.as_view_mut(),
+                )?;
+                launches.push((res0, d_delta, d_res, d_out));
+            }
+            for (launch, (res0, d_delta, d_res, d_out)) in launches.iter().enumerate() {
+                let label = format!("add_rms_norm n={n} k={k} rows={rows} launch {launch}");
+                let (delta, res, out) = (down(g, d_delta)?, down(g, d_res)?, down(g, d_out)?);
+                let y = &p.y[..rows * n];
+                check(&format!("{label} delta"), &delta, y, n, BF16_TOL);
+
+                // The residual gets the delta as rounded to bf16: exactly the kernel's own
+                // delta (one f32 rounding of the sum), and within 1e-3 of the reference's.
+                let res_own: Vec<f64> = res0
+                    .iter()
+                    .zip(&delta)
+                    .map(|(&r, d)| r as f64 + d.to_f64())
+                    .collect();
+                assert_close(&format!("{label} residual"), &res, &res_own, 1e-6, 1e-12);
+                let want_res: Vec<f64> = res0
+                    .iter()
+                    .zip(y)
+                    .map(|(&r, &d)| r as f64 + bf16::from_f64(d).to_f64())
+                    .collect();
+                let res64: Vec<f64> = res.iter().map(|&v| v as f64).collect();
+                let err = rel_l2(&res64, &want_res);
+                assert!(err < 1e-3, "{label} residual: rel L2 {err:.3e}");
+
+                // out = residual * rsqrt(mean(residual^2) + eps) * norm, row by row.
+                let mut want_out = Vec::with_capacity(rows * n);
+                for row in want_res.chunks(n) {
+                    let ms = row.iter().map(|v| v * v).sum::<f64>() / n as f64;
+                    let r = 1.0 / (ms + eps as f64).sqrt();
+                    want_out.extend(row.iter().zip(&norm).map(|(v, &w)| v * r * w as f64));
+                }
+                check(&format!("{label} out"), &out, &want_out, n, BF16_TOL);
+            }
+            let counter = down(g, &d_counter)?;
+            assert_eq!(counter, [0], "n={n} k={k} rows={rows}: counter left at 0");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn gemv_fused_rejects_bad_shapes() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let k = 64;
+
+    // gemv_add_rms_norm: one row past GEMV_NORM_MAX_ROWS, then a hidden size past
+    // GEMV_NORM_MAX_HIDDEN; nothing launched, so the counter stays 0 and out poison.
+    let mut counter = up(g, &[0u32])?;
+    for (rows, n) in [(GEMV_NORM_MAX_ROWS + 1, 64), (1, GEMV_NORM_MAX_HIDDEN + 2)] {
+        let w = up(g, &to_bf16(&vec![0.5; n * k]))?;
+        let x = up(g, &to_bf16(&vec![0.5; rows * k]))?;
+        let mut delta = up(g, &poison_bf16(rows * n))?;
+        let mut res = up(g, &vec![0.0f32; rows * n])?;
+        let mut out = up(g, &poison_bf16(rows * n))?;
+        let norm = up(g, &vec![1.0f32; n])?;
+        let r = g.k.gemv_add_rms_norm(
+            &g.stream,
+            &mut delta.as_view_mut(),
+            &x.as_view(),
+            &w.as_view(),
+            k,
+            &mut res.as_view_mut(),
+            &mut out.as_view_mut(),
+            &norm.as_view(),
+            1e-5,
+            &mut counter.as_view_mut(),
+        );
+        assert!(
+            r.is_err(),
+            "add_rms_norm: {rows} rows of {n} must be refused"
+        );
+        assert!(down(g, &out)?.iter().all(|&v| is_poison_bf16(v)));
+        assert_eq!(down(g, &counter)?, [0]);
+    }
+
+    // gemv_silu: an odd n has no gate/up pairs.
+    let (rows, n) = (2, 33);
+    let w = up(g, &to_bf16(&vec![0.5; n * k]))?;
+    let x = up(g, &to_bf16(&vec![0.5; rows * k]))?;
+    let mut act = up(g, &poison_bf16(rows * n))?;
+    let r = g.k.gemv_silu(
+        &g.stream,
+        &mut act.slice_mut(..rows * (n / 2)),
+        &x.as_view(),
+        &w.as_view(),
+        n,
+        k,
+    );
+    assert!(r.is_err(), "silu: n = {n} must be refused");
+
+    // gemv_rope_kv: a qkv buffer one head longer than [rows, (H + 2 KVH) D].
+    let heads = RopeHeads {
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 64,
+        rope_dim: 64,
+        block_size: 16,
+    };
+    let (rows, n, max_pos) = (2, heads.stride(), 64);
+    let w = up(g, &to_bf16(&vec![0.5; n * k]))?;
+    let x = up(g, &to_bf16(&vec![0.5; rows * k]))?;
+    let cache_len = 2 * heads.num_kv_heads * heads.block_size * heads.head_dim;
+    let mut kc = up(g, &poison_bf16(cache_len))?;
+    let mut vc = up(g, &poison_bf16(cache_len))?;
+    let (pos, slots) = (up(g, &[0u32, 1])?, up(g, &[0u32, 1])?);
+    let table = up(g, &vec![0.5f32; max_pos * heads.rope_dim / 2])?;
+    let mut qkv = up(g, &poison_bf16(rows * n + heads.head_dim))?;
+    let r = g.k.gemv_rope_kv(
+        &g.stream,
+        &mut qkv.as_view_mut(),
+        &x.as_view(),
+        &w.as_view(),
+        k,
+        &mut kc.as_view_mut(),
+        &mut vc.as_view_mut(),
+        &pos.as_view(),
+        &slots.as_view(),
+        &table.as_view(),
+        &table.as_view(),
+        heads,
+    );
+    assert!(
+        r.is_err(),
+        "rope_kv: qkv of {} elements must be refused",
+        qkv.len()
+    );
+    let kc = down(g, &kc)?;
+    assert!(
+        kc.iter().all(|&v| is_poison_bf16(v)),
+        "rope_kv: refused, cache untouched"
+    );
+    Ok(())
+}
