@@ -146,13 +146,121 @@ __device__ __forceinline__ void mma_step(float (&acc)[MT][4], const uint4 (&v)[4
     }
 }
 
+// ---- Fused epilogues (tensor-core kernels, bf16 out) ----
+//
+// The small kernels between a decode step's GEMVs cost more than their bytes: each is a few
+// microseconds of latency on the step's critical path. Three of them can instead run at the end
+// of the GEMV that feeds them, on the f32 sums before any bf16 rounding:
+// - EPI_ROPE_KV (the QKV projection): RoPE on q and k (interleaved pairs (2i, 2i + 1): both
+//   columns of a pair always land in one CTA) and the write of k and v into the paged cache, as
+//   rope_kv_write_kernel (rope.cu) does.
+// - EPI_SILU (gate/up with interleaved weight rows, gate i at row 2i, up i at 2i + 1): y[m, i] =
+//   silu(gate) * up, as silu_mul_kernel (elementwise.cu).
+// - EPI_ADD_NORM (o_proj, down): y is the residual delta; the last CTA to finish (a counter, as
+//   decode attention combines) adds it to the f32 residual and writes the RMSNorm of the sum, as
+//   add_rms_norm_kernel (elementwise.cu). One CTA does every row, so only for a few rows.
+#define EPI_NONE 0
+#define EPI_ROPE_KV 1
+#define EPI_SILU 2
+#define EPI_ADD_NORM 3
+// Most hidden elements the EPI_ADD_NORM epilogue keeps in registers (8,192: 16 float2 a thread).
+#define EPI_NORM_ITERS 16
+
+struct GemvEpi {
+    // EPI_ROPE_KV: caches [num_blocks, KVH, block_size, D]; tables [max_pos, rope_half].
+    bf16* kc;
+    bf16* vc;
+    const u32* pos;
+    const u32* slots;
+    const float* cos_t;
+    const float* sin_t;
+    u64 num_slots;
+    u32 H, KVH, D, rope_half, block_size, max_pos;
+    // EPI_ADD_NORM: residual x f32 [M, N] (+= y), h bf16 [M, N] = rms_norm(x) * w.
+    float* x;
+    bf16* h;
+    const float* w;
+    u32* counter;  // 0 before the launch; put back to 0 by the last CTA
+    float eps;
+};
+
+// Columns n, n + 1 (n even) of row m, summed in f32: the pair's outputs.
+template <int EPI>
+__device__ __forceinline__ void epi_pair(const GemvEpi& ep, bf16* __restrict__ y, u32 m, u32 n,
+                                         u32 N, float v0, float v1) {
+    if constexpr (EPI == EPI_SILU) {
+        y[(u64)m * (N / 2) + n / 2] = __float2bfloat16_rn(v0 / (1.f + __expf(-v0)) * v1);
+    } else if constexpr (EPI == EPI_ROPE_KV) {
+        const u32 head = n / ep.D, j = (n % ep.D) / 2;
+        if (head < ep.H + ep.KVH && j < ep.rope_half) {
+            const u64 at = (u64)min(ep.pos[m], ep.max_pos - 1) * ep.rope_half + j;
+            const float c = ep.cos_t[at], s = ep.sin_t[at];
+            const float r0 = v0 * c - v1 * s;
+            v1 = v0 * s + v1 * c;
+            v0 = r0;
+        }
+        const bf162 r = __floats2bfloat162_rn(v0, v1);
+        *(bf162*)(y + (u64)m * N + n) = r;
+        const u32 slot = ep.slots[m];
+        if (head >= ep.H && (u64)slot < ep.num_slots) {
+            const bool v = head >= ep.H + ep.KVH;
+            const u32 kvh = head - ep.H - (v ? ep.KVH : 0);
+            const u64 blk = slot / ep.block_size, off = slot % ep.block_size;
+            bf16* cache = v ? ep.vc : ep.kc;
+            *(bf162*)(cache + ((blk * ep.KVH + kvh) * ep.block_size + off) * ep.D + n % ep.D) = r;
+        }
+    } else {
+        *(bf162*)(y + (u64)m * N + n) = __floats2bfloat162_rn(v0, v1);
+    }
+}
+
+// EPI_ADD_NORM, run by the last CTA once every CTA's delta columns are out: for each of the M
+// rows x += delta, h = x * rsqrt(mean(x^2) + eps) * w (N = hidden <= 2 * 256 * EPI_NORM_ITERS).
+__device__ __forceinline__ void epi_add_norm_rows(const GemvEpi& ep, const bf16* delta, u32 N,
+                                                  u32 M) {
+    constexpr u32 NT = MMA_WARPS * 32;
+    __shared__ float scratch[32];
+    for (u32 m = 0; m < M; m++) {
+        float* xr = ep.x + (u64)m * N;
+        const bf16* dr = delta + (u64)m * N;
+        float2 v[EPI_NORM_ITERS];
+        float ss = 0.f;
+#pragma unroll
+        for (int it = 0; it < EPI_NORM_ITERS; it++) {
+            const u32 i = (it * NT + threadIdx.x) * 2;
+            v[it] = make_float2(0.f, 0.f);
+            if (i < N) {
+                float2 a = *(const float2*)(xr + i);
+                const float2 d = __bfloat1622float2(__ldcg((const bf162*)(dr + i)));
+                a.x += d.x;
+                a.y += d.y;
+                *(float2*)(xr + i) = a;
+                v[it] = a;
+            }
+            ss += v[it].x * v[it].x + v[it].y * v[it].y;
+        }
+        ss = block_sum<NT>(ss, scratch);
+        const float r = rsqrtf(ss / (float)N + ep.eps);
+#pragma unroll
+        for (int it = 0; it < EPI_NORM_ITERS; it++) {
+            const u32 i = (it * NT + threadIdx.x) * 2;
+            if (i < N) {
+                const float2 g = *(const float2*)(ep.w + i);
+                *(bf162*)(ep.h + (u64)m * N + i) =
+                    __floats2bfloat162_rn(v[it].x * r * g.x, v[it].y * r * g.y);
+            }
+        }
+    }
+}
+
 // The end of both tensor-core kernels: each warp's partial D fragments go to shared memory
 // (red[warp][tn][mt][i][lane], MMA_WARPS * TN * MT * 128 floats), are summed in warp order and
 // stored. D fragment element i of lane l: fragment row g = l / 4 (+ 8 for i >= 2), i.e. weight
 // row 2g (+ 1), and x row 2t + i % 2 of its 8-row tile (t = l % 4).
-template <int MT, int TN, typename OUT>
+template <int MT, int TN, typename OUT, int EPI = EPI_NONE>
 __device__ __forceinline__ void gemv_mma_store(float* red, const float (&acc)[TN][MT][4],
-                                               OUT* __restrict__ y, u32 n0, u32 N, u32 M) {
+                                               OUT* __restrict__ y, u32 n0, u32 N, u32 M,
+                                               const GemvEpi* ep = nullptr) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     constexpr u32 PER_WARP = TN * MT * 128;
 #pragma unroll
@@ -163,23 +271,58 @@ __device__ __forceinline__ void gemv_mma_store(float* red, const float (&acc)[TN
             for (int i = 0; i < 4; i++)
                 red[warp * PER_WARP + ((tn * MT + mt) * 4 + i) * 32 + lane] = acc[tn][mt][i];
     __syncthreads();
-    for (u32 e = threadIdx.x; e < PER_WARP; e += MMA_WARPS * 32) {
-        float v = 0.f;
+    if constexpr (EPI == EPI_NONE) {
+        for (u32 e = threadIdx.x; e < PER_WARP; e += MMA_WARPS * 32) {
+            float v = 0.f;
 #pragma unroll
-        for (int wi = 0; wi < MMA_WARPS; wi++) v += red[wi * PER_WARP + e];
-        const u32 l = e & 31, i = (e >> 5) & 3, tile = e >> 7;
-        const u32 n = n0 + 16 * (tile / MT) + 2 * (l >> 2) + (i >> 1);
-        const u32 m = 8 * (tile % MT) + 2 * (l & 3) + (i & 1);
-        if (n < N && m < M) store_out(y + (u64)m * N + n, v);
+            for (int wi = 0; wi < MMA_WARPS; wi++) v += red[wi * PER_WARP + e];
+            const u32 l = e & 31, i = (e >> 5) & 3, tile = e >> 7;
+            const u32 n = n0 + 16 * (tile / MT) + 2 * (l >> 2) + (i >> 1);
+            const u32 m = 8 * (tile % MT) + 2 * (l & 3) + (i & 1);
+            if (n < N && m < M) store_out(y + (u64)m * N + n, v);
+        }
+    } else {
+        // Column pairs (n even, n + 1): element e (i < 2) and e + 64 (i + 2) of one lane and
+        // tile. N is even (checked by the wrappers).
+        for (u32 pe = threadIdx.x; pe < PER_WARP / 2; pe += MMA_WARPS * 32) {
+            const u32 e = ((pe >> 6) << 7) | (pe & 63);
+            float v0 = 0.f, v1 = 0.f;
+#pragma unroll
+            for (int wi = 0; wi < MMA_WARPS; wi++) {
+                v0 += red[wi * PER_WARP + e];
+                v1 += red[wi * PER_WARP + e + 64];
+            }
+            const u32 l = e & 31, i = (e >> 5) & 1, tile = e >> 7;
+            const u32 n = n0 + 16 * (tile / MT) + 2 * (l >> 2);
+            const u32 m = 8 * (tile % MT) + 2 * (l & 3) + i;
+            if (n < N && m < M) epi_pair<EPI>(*ep, y, m, n, N, v0, v1);
+        }
+        if constexpr (EPI == EPI_ADD_NORM) {
+            // Publish this CTA's delta columns, then count it; the last CTA to arrive does the
+            // rows' residual add and norm and puts the counter back for the next launch.
+            __shared__ u32 is_last;
+            __threadfence();
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                const bool last = atomicAdd(ep->counter, 1u) == gridDim.x - 1;
+                if (last) atomicExch(ep->counter, 0u);
+                is_last = last;
+            }
+            __syncthreads();
+            if (!is_last) return;
+            __threadfence();
+            epi_add_norm_rows(*ep, y, N, M);
+        }
     }
 }
 
 // K % 8 == 0 (checked by the wrapper); 1 <= M <= 8 * MT. `red` holds MMA_WARPS * 2 * MT * 128
 // floats.
-template <int MT, int TN, typename OUT>
+template <int MT, int TN, typename OUT, int EPI = EPI_NONE>
 __device__ __forceinline__ void gemv_mma_body(float* red, OUT* __restrict__ y,
                                               const bf16* __restrict__ x,
-                                              const bf16* __restrict__ w, u32 N, u32 K, u32 M) {
+                                              const bf16* __restrict__ w, u32 N, u32 K, u32 M,
+                                              const GemvEpi* ep = nullptr) {
     // Steps a warp loads before it multiplies: 8 weight loads in flight per lane either way.
     constexpr int U = 2 / TN;
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -271,7 +414,7 @@ __device__ __forceinline__ void gemv_mma_body(float* red, OUT* __restrict__ y,
         for (int tn = 0; tn < TN; tn++) mma_step<MT>(acc[tn], v[tn], xv, h);
     }
 
-    gemv_mma_store<MT, TN, OUT>(red, acc, y, n0, N, M);
+    gemv_mma_store<MT, TN, OUT, EPI>(red, acc, y, n0, N, M, ep);
 }
 
 // ---- 17-32 rows: x through shared memory ----
@@ -311,11 +454,11 @@ __device__ __forceinline__ void mma_step_xs(float (&acc)[MT][4], const uint4 (&v
 
 // K % 8 == 0 (checked by the wrapper); 1 <= M <= 8 * MT. `xs` holds MMA_WARPS * MT * 64 uint4
 // (MT KB a warp).
-template <int MT, int TN, typename OUT>
+template <int MT, int TN, typename OUT, int EPI = EPI_NONE>
 __device__ __forceinline__ void gemv_mma_xs_body(uint4* xs, OUT* __restrict__ y,
                                                  const bf16* __restrict__ x,
                                                  const bf16* __restrict__ w, u32 N, u32 K,
-                                                 u32 M) {
+                                                 u32 M, const GemvEpi* ep = nullptr) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const u32 q = lane >> 3, p = lane & 7, g = lane >> 2, t = lane & 3;
     const bool h = (g & 1) != 0;
@@ -399,7 +542,7 @@ __device__ __forceinline__ void gemv_mma_xs_body(uint4* xs, OUT* __restrict__ y,
     // The partial sums go over the x slots, once every warp has read its last x.
     __syncthreads();
     static_assert(TN * MT * 128 * 4 <= MT * 64 * 16, "partial sums fit a warp's x slots");
-    gemv_mma_store<MT, TN, OUT>((float*)xs, acc, y, n0, N, M);
+    gemv_mma_store<MT, TN, OUT, EPI>((float*)xs, acc, y, n0, N, M, ep);
 }
 
 // M = 1: the warp-per-column kernel. M > 1: the tensor-core kernel for M' <= M rows (`rows`; any
@@ -440,6 +583,41 @@ __device__ __forceinline__ void gemv_entry(OUT* __restrict__ y, const bf16* __re
         gemv_entry<M, float>(y, x, w, N, K, rows, cols);                                       \
     }
 
+// The fused variants (bf16 out, tensor-core kernels only): gemv_rope_m{M}, gemv_silu_m{M} for
+// every M but 1, gemv_norm_m{M} for M <= 8 (its one finishing CTA does every row).
+template <int M, int EPI>
+__device__ __forceinline__ void gemv_entry_epi(bf16* __restrict__ y, const bf16* __restrict__ x,
+                                               const bf16* __restrict__ w, u32 N, u32 K,
+                                               u32 rows, u32 cols, const GemvEpi* ep) {
+    if constexpr (M > 16) {
+        constexpr int MT = (M + 7) / 8;
+        __shared__ uint4 xs[MMA_WARPS * MT * 64];
+        if (cols == 32)
+            gemv_mma_xs_body<MT, 2, bf16, EPI>(xs, y, x, w, N, K, rows, ep);
+        else
+            gemv_mma_xs_body<MT, 1, bf16, EPI>(xs, y, x, w, N, K, rows, ep);
+    } else {
+        constexpr int MT = M > 8 ? 2 : 1;
+        __shared__ float red[MMA_WARPS * 2 * MT * 128];
+        if (cols == 32)
+            gemv_mma_body<MT, 2, bf16, EPI>(red, y, x, w, N, K, rows, ep);
+        else
+            gemv_mma_body<MT, 1, bf16, EPI>(red, y, x, w, N, K, rows, ep);
+    }
+}
+
+#define GEMV_EPI_KERNEL(NAME, EPI, M)                                                          \
+    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                              \
+        gemv_##NAME##_m##M(bf16* __restrict__ y, const bf16* __restrict__ x,                   \
+                           const bf16* __restrict__ w, u32 N, u32 K, u32 rows, u32 cols,       \
+                           const GemvEpi ep) {                                                 \
+        gemv_entry_epi<M, EPI>(y, x, w, N, K, rows, cols, &ep);                                \
+    }
+#define GEMV_FUSED(M)                      \
+    GEMV_EPI_KERNEL(rope, EPI_ROPE_KV, M) \
+    GEMV_EPI_KERNEL(silu, EPI_SILU, M)
+#define GEMV_FUSED_NORM(M) GEMV_FUSED(M) GEMV_EPI_KERNEL(norm, EPI_ADD_NORM, M)
+
 GEMV_KERNELS(1)
 GEMV_KERNELS(2)
 GEMV_KERNELS(3)
@@ -458,3 +636,21 @@ GEMV_KERNELS(15)
 GEMV_KERNELS(16)
 GEMV_KERNELS(24)
 GEMV_KERNELS(32)
+
+GEMV_FUSED_NORM(2)
+GEMV_FUSED_NORM(3)
+GEMV_FUSED_NORM(4)
+GEMV_FUSED_NORM(5)
+GEMV_FUSED_NORM(6)
+GEMV_FUSED_NORM(7)
+GEMV_FUSED_NORM(8)
+GEMV_FUSED(9)
+GEMV_FUSED(10)
+GEMV_FUSED(11)
+GEMV_FUSED(12)
+GEMV_FUSED(13)
+GEMV_FUSED(14)
+GEMV_FUSED(15)
+GEMV_FUSED(16)
+GEMV_FUSED(24)
+GEMV_FUSED(32)

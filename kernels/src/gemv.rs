@@ -6,6 +6,7 @@ use cudarc::driver::{
 use half::bf16;
 
 use crate::error::{ensure, expect_len, to_u32};
+use crate::rope::RopeHeads;
 use crate::{KernelError, Kernels};
 
 /// Most rows of `x` one GEMV launch takes; larger steps belong to cuBLAS's GEMMs.
@@ -116,36 +117,184 @@ impl Kernels {
         mma_cols: Option<u32>,
     ) -> Result<(), KernelError> {
         const K: &str = "gemv";
-        ensure(K, k > 0 && k.is_multiple_of(8), || {
-            format!("k = {k} must be a positive multiple of 8")
-        })?;
-        ensure(K, n > 0, || "n = 0".to_string())?;
-        expect_len(K, "w", w.len(), n * k)?;
-        ensure(K, x.len().is_multiple_of(k), || {
-            format!("x has {} elements, not [rows, {k}]", x.len())
-        })?;
-        let rows = x.len() / k;
         let max = if mma_cols.is_some() { GEMV_MAX_ROWS } else { 1 };
-        ensure(K, (1..=max).contains(&rows), || {
-            format!("{rows} rows; 1..={max} supported by this kernel ({mma_cols:?})")
-        })?;
+        let rows = gemv_rows(K, x.len(), w.len(), n, k, max)?;
         ensure(K, matches!(mma_cols, None | Some(16) | Some(32)), || {
             format!("{mma_cols:?} columns a block; 16 or 32")
         })?;
         expect_len(K, "y", y.len(), rows * n)?;
+        let name = match mma_cols {
+            None => format!("gemv_{}_m1", O::NAME),
+            Some(_) => format!("gemv_{}_m{}", O::NAME, gemv_kernel_m(rows)),
+        };
+        let (yp, _g0) = y.device_ptr_mut(stream);
+        // SAFETY: `y` holds rows * n elements, as the kernels write.
+        unsafe { self.gemv_launch(stream, &name, yp, x, w, n, k, rows, mma_cols, None) }
+    }
+
+    /// [`Kernels::gemv`] of the QKV projection with RoPE and the KV-cache write done on its
+    /// sums, as [`Kernels::rope_kv_write`] does after it: `qkv` bf16 `[rows, (H + 2 KVH) D]`
+    /// gets q and k rotated and v; k and v go to slot `slots[t]` of the caches. 1..=32 rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_rope_kv(
+        &self,
+        stream: &CudaStream,
+        qkv: &mut CudaViewMut<'_, bf16>,
+        x: &CudaView<'_, bf16>,
+        w: &CudaView<'_, bf16>,
+        k: usize,
+        k_cache: &mut CudaViewMut<'_, bf16>,
+        v_cache: &mut CudaViewMut<'_, bf16>,
+        positions: &CudaView<'_, u32>,
+        slots: &CudaView<'_, u32>,
+        cos: &CudaView<'_, f32>,
+        sin: &CudaView<'_, f32>,
+        heads: RopeHeads,
+    ) -> Result<(), KernelError> {
+        const K: &str = "gemv_rope_kv";
+        let n = heads.stride();
+        let rows = gemv_rows(K, x.len(), w.len(), n, k, GEMV_MAX_ROWS)?;
+        let g = heads.check(K, qkv.len(), k_cache.len(), v_cache.len(), cos, sin, rows)?;
+        expect_len(K, "positions", positions.len(), rows)?;
+        expect_len(K, "slots", slots.len(), rows)?;
+        let (yp, _g0) = qkv.device_ptr_mut(stream);
+        let (kc, _g1) = k_cache.device_ptr_mut(stream);
+        let (vc, _g2) = v_cache.device_ptr_mut(stream);
+        let (pos, _g3) = positions.device_ptr(stream);
+        let (sl, _g4) = slots.device_ptr(stream);
+        let (c, _g5) = cos.device_ptr(stream);
+        let (sn, _g6) = sin.device_ptr(stream);
+        let epi = GemvEpi {
+            kc,
+            vc,
+            pos,
+            slots: sl,
+            cos: c,
+            sin: sn,
+            num_slots: g.num_slots,
+            h: g.h,
+            kvh: g.kvh,
+            d: g.d,
+            rope_half: g.rope_half,
+            block_size: g.block_size,
+            max_pos: g.max_pos,
+            ..GemvEpi::default()
+        };
+        let name = format!("gemv_rope_m{}", gemv_kernel_m(rows));
+        let cols = Self::gemv_mma_cols(rows, n);
+        // SAFETY: `qkv` holds rows * n elements; the caches and tables were checked by
+        // `heads.check` (slots past the cache are not written, positions clamped).
+        unsafe { self.gemv_launch(stream, &name, yp, x, w, n, k, rows, cols, Some(epi)) }
+    }
+
+    /// [`Kernels::gemv`] of gate/up with SiLU·mul done on its sums: `w` bf16 `[n, k]` holds the
+    /// gate and up rows interleaved (gate i at row 2i, up i at 2i + 1), `act` bf16 `[rows, n /
+    /// 2]` gets silu(gate) * up. 1..=32 rows.
+    pub fn gemv_silu(
+        &self,
+        stream: &CudaStream,
+        act: &mut CudaViewMut<'_, bf16>,
+        x: &CudaView<'_, bf16>,
+        w: &CudaView<'_, bf16>,
+        n: usize,
+        k: usize,
+    ) -> Result<(), KernelError> {
+        const K: &str = "gemv_silu";
+        ensure(K, n.is_multiple_of(2), || format!("n = {n} is odd"))?;
+        let rows = gemv_rows(K, x.len(), w.len(), n, k, GEMV_MAX_ROWS)?;
+        expect_len(K, "act", act.len(), rows * n / 2)?;
+        let name = format!("gemv_silu_m{}", gemv_kernel_m(rows));
+        let (yp, _g0) = act.device_ptr_mut(stream);
+        let cols = Self::gemv_mma_cols(rows, n);
+        let epi = GemvEpi::default();
+        // SAFETY: `act` holds rows * n / 2 elements, as the SiLU epilogue writes.
+        unsafe { self.gemv_launch(stream, &name, yp, x, w, n, k, rows, cols, Some(epi)) }
+    }
+
+    /// [`Kernels::gemv`] into the residual delta, then the residual add and RMSNorm of
+    /// [`Kernels::add_rms_norm`] by the last block to finish: `residual` f32 `[rows, n]` +=
+    /// `delta`, `out` bf16 `[rows, n]` = rms_norm(residual) * `norm`. `counter` is one u32,
+    /// 0 before the launch and left 0 after it. 1..=[`GEMV_NORM_MAX_ROWS`] rows, `n` even and
+    /// at most [`GEMV_NORM_MAX_HIDDEN`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemv_add_rms_norm(
+        &self,
+        stream: &CudaStream,
+        delta: &mut CudaViewMut<'_, bf16>,
+        x: &CudaView<'_, bf16>,
+        w: &CudaView<'_, bf16>,
+        k: usize,
+        residual: &mut CudaViewMut<'_, f32>,
+        out: &mut CudaViewMut<'_, bf16>,
+        norm: &CudaView<'_, f32>,
+        eps: f32,
+        counter: &mut CudaViewMut<'_, u32>,
+    ) -> Result<(), KernelError> {
+        const K: &str = "gemv_add_rms_norm";
+        let n = norm.len();
+        ensure(K, n.is_multiple_of(2) && n <= GEMV_NORM_MAX_HIDDEN, || {
+            format!("hidden {n}: even and at most {GEMV_NORM_MAX_HIDDEN}")
+        })?;
+        let rows = gemv_rows(K, x.len(), w.len(), n, k, GEMV_NORM_MAX_ROWS)?;
+        expect_len(K, "delta", delta.len(), rows * n)?;
+        expect_len(K, "residual", residual.len(), rows * n)?;
+        expect_len(K, "out", out.len(), rows * n)?;
+        expect_len(K, "counter", counter.len(), 1)?;
+        let (yp, _g0) = delta.device_ptr_mut(stream);
+        let (rp, _g1) = residual.device_ptr_mut(stream);
+        let (op, _g2) = out.device_ptr_mut(stream);
+        let (np, _g3) = norm.device_ptr(stream);
+        let (cp, _g4) = counter.device_ptr_mut(stream);
+        let epi = GemvEpi {
+            x: rp,
+            out: op,
+            norm: np,
+            counter: cp,
+            eps,
+            ..GemvEpi::default()
+        };
+        let name = format!("gemv_norm_m{}", gemv_kernel_m(rows));
+        let cols = Self::gemv_mma_cols(rows, n);
+        // SAFETY: delta, residual and out hold rows * n elements, norm n, counter one.
+        unsafe { self.gemv_launch(stream, &name, yp, x, w, n, k, rows, cols, Some(epi)) }
+    }
+
+    /// Launches GEMV kernel `name` (checked shapes) writing `yp`, with the fused epilogue's
+    /// arguments when it has one.
+    ///
+    /// # Safety
+    /// `yp` must point to as many elements as kernel `name` writes for `rows` and `n`, and
+    /// `epi`'s pointers to buffers its epilogue may touch.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemv_launch(
+        &self,
+        stream: &CudaStream,
+        name: &str,
+        yp: u64,
+        x: &CudaView<'_, bf16>,
+        w: &CudaView<'_, bf16>,
+        n: usize,
+        k: usize,
+        rows: usize,
+        mma_cols: Option<u32>,
+        epi: Option<GemvEpi>,
+    ) -> Result<(), KernelError> {
+        const K: &str = "gemv";
         let (n32, k32, rows32) = (
             to_u32(K, "n", n)?,
             to_u32(K, "k", k)?,
             to_u32(K, "rows", rows)?,
         );
-        let (name, cols, per_block) = match mma_cols {
-            None => (format!("gemv_{}_m1", O::NAME), 0u32, WARPS),
-            Some(c) => (format!("gemv_{}_m{}", O::NAME, gemv_kernel_m(rows)), c, c),
+        let (cols, per_block) = match mma_cols {
+            None => (0u32, WARPS),
+            Some(c) => (c, c),
         };
-        let (yp, _g0) = y.device_ptr_mut(stream);
+        ensure(K, epi.is_none() || mma_cols.is_some(), || {
+            format!("{name}: a fused epilogue needs the tensor-core kernel")
+        })?;
         let (xp, _g1) = x.device_ptr(stream);
         let (wp, _g2) = w.device_ptr(stream);
-        let mut b = self.dependent_launch(stream, &name)?;
+        let mut b = self.dependent_launch(stream, name)?;
         b.arg(&yp)
             .arg(&xp)
             .arg(&wp)
@@ -153,19 +302,79 @@ impl Kernels {
             .arg(&k32)
             .arg(&rows32)
             .arg(&cols);
+        if let Some(e) = epi.as_ref() {
+            b.arg(e);
+        }
         let cfg = LaunchConfig {
             grid_dim: (n32.div_ceil(per_block), 1, 1),
             block_dim: (WARPS * 32, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: lengths checked above match the kernels' indexing: the warp kernel takes one
-        // column a warp, the tensor-core kernel `cols` columns a block (rows past `n` are read
-        // as row n - 1 and not written) and `rows <= 8 * MT` rows of x (`gemv_kernel_m(rows)`
-        // >= rows; m24 / m32 read x rows past `rows` as row 0 and do not write them).
+        // SAFETY: x and w hold [rows, k] and [n, k] (gemv_rows); the caller vouches for y and
+        // the epilogue. The warp kernel takes one column a warp, the tensor-core kernel `cols`
+        // columns a block (rows past `n` are read as row n - 1 and not written) and `rows <= 8 *
+        // MT` rows of x (`gemv_kernel_m(rows)` >= rows; m24 / m32 read x rows past `rows` as row
+        // 0 and do not write them).
         unsafe { b.launch(cfg) }?;
         Ok(())
     }
 }
+
+/// Most rows [`Kernels::gemv_add_rms_norm`] takes: its one finishing block does every row.
+pub const GEMV_NORM_MAX_ROWS: usize = 8;
+/// Largest hidden size [`Kernels::gemv_add_rms_norm`] takes (EPI_NORM_ITERS in gemv.cu).
+pub const GEMV_NORM_MAX_HIDDEN: usize = 8192;
+
+/// Checks `x` `[rows, k]` and `w` `[n, k]` for a GEMV of 1..=`max_rows` rows; returns rows.
+fn gemv_rows(
+    kernel: &'static str,
+    x_len: usize,
+    w_len: usize,
+    n: usize,
+    k: usize,
+    max_rows: usize,
+) -> Result<usize, KernelError> {
+    ensure(kernel, k > 0 && k.is_multiple_of(8), || {
+        format!("k = {k} must be a positive multiple of 8")
+    })?;
+    ensure(kernel, n > 0, || "n = 0".to_string())?;
+    expect_len(kernel, "w", w_len, n * k)?;
+    ensure(kernel, x_len.is_multiple_of(k), || {
+        format!("x has {x_len} elements, not [rows, {k}]")
+    })?;
+    let rows = x_len / k;
+    ensure(kernel, (1..=max_rows).contains(&rows), || {
+        format!("{rows} rows; 1..={max_rows} supported by this kernel")
+    })?;
+    Ok(rows)
+}
+
+/// Mirrors `struct GemvEpi` in gemv.cu field by field (unused fields 0).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct GemvEpi {
+    kc: u64,
+    vc: u64,
+    pos: u64,
+    slots: u64,
+    cos: u64,
+    sin: u64,
+    num_slots: u64,
+    h: u32,
+    kvh: u32,
+    d: u32,
+    rope_half: u32,
+    block_size: u32,
+    max_pos: u32,
+    x: u64,
+    out: u64,
+    norm: u64,
+    counter: u64,
+    eps: f32,
+}
+
+// SAFETY: plain numbers and device addresses, laid out as the kernels' struct.
+unsafe impl DeviceRepr for GemvEpi {}
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,98 @@ use half::bf16;
 use crate::error::{ensure, expect_len, to_u32};
 use crate::{KernelError, Kernels};
 
+/// The head layout of a fused QKV row and of the paged KV cache, as RoPE and the cache write
+/// see them.
+#[derive(Debug, Clone, Copy)]
+pub struct RopeHeads {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// Leading dimensions of each head that rotate (`head_dim` for full RoPE).
+    pub rope_dim: usize,
+    /// Tokens a cache block.
+    pub block_size: usize,
+}
+
+/// [`RopeHeads`] checked against the buffers, as the kernels take it.
+pub(crate) struct RopeGeom {
+    pub num_slots: u64,
+    pub h: u32,
+    pub kvh: u32,
+    pub d: u32,
+    pub rope_half: u32,
+    pub block_size: u32,
+    pub max_pos: u32,
+    pub stride: u32,
+}
+
+impl RopeHeads {
+    /// Elements of one fused QKV row.
+    pub fn stride(&self) -> usize {
+        (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+    }
+
+    /// Checks `rows` QKV rows of `qkv_len` elements, caches `[num_blocks, KVH, block_size, D]`
+    /// and tables `[max_pos, rope_dim / 2]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn check(
+        &self,
+        kernel: &'static str,
+        qkv_len: usize,
+        k_cache_len: usize,
+        v_cache_len: usize,
+        cos: &CudaView<'_, f32>,
+        sin: &CudaView<'_, f32>,
+        rows: usize,
+    ) -> Result<RopeGeom, KernelError> {
+        let (head_dim, rope_dim) = (self.head_dim, self.rope_dim);
+        ensure(
+            kernel,
+            head_dim.is_multiple_of(2) && rope_dim.is_multiple_of(2) && rope_dim <= head_dim,
+            || {
+                format!(
+                    "head_dim {head_dim} and rope_dim {rope_dim} must be even, rope_dim <= head_dim"
+                )
+            },
+        )?;
+        ensure(
+            kernel,
+            rope_dim > 0 && cos.len() % (rope_dim / 2) == 0 && !cos.is_empty(),
+            || {
+                format!(
+                    "cos has {} elements, not [max_pos, {}]",
+                    cos.len(),
+                    rope_dim / 2
+                )
+            },
+        )?;
+        expect_len(kernel, "sin", sin.len(), cos.len())?;
+        expect_len(kernel, "qkv", qkv_len, rows * self.stride())?;
+        let block_elems = self.num_kv_heads * self.block_size * head_dim;
+        ensure(
+            kernel,
+            block_elems > 0 && k_cache_len.is_multiple_of(block_elems),
+            || {
+                format!(
+                    "k_cache has {k_cache_len} elements, not a multiple of KVH*block_size*D = \
+                     {block_elems}"
+                )
+            },
+        )?;
+        expect_len(kernel, "v_cache", v_cache_len, k_cache_len)?;
+        Ok(RopeGeom {
+            num_slots: (k_cache_len / block_elems * self.block_size) as u64,
+            h: to_u32(kernel, "num_heads", self.num_heads)?,
+            kvh: to_u32(kernel, "num_kv_heads", self.num_kv_heads)?,
+            d: to_u32(kernel, "head_dim", head_dim)?,
+            rope_half: to_u32(kernel, "rope_dim", rope_dim / 2)?,
+            block_size: to_u32(kernel, "block_size", self.block_size)?,
+            max_pos: to_u32(kernel, "max_pos", cos.len() / (rope_dim / 2))?,
+            stride: to_u32(kernel, "stride", self.stride())?,
+        })
+    }
+}
+
 impl Kernels {
     /// Rotates every q and k head of `qkv` bf16 `[T, (H + 2*KVH) * D]` in place (interleaved
     /// pairs `(2i, 2i+1)` for `i < rope_dim / 2`, tables `cos`/`sin` f32 `[max_pos, rope_dim/2]`),
@@ -23,61 +115,16 @@ impl Kernels {
         slots: &CudaView<'_, u32>,
         cos: &CudaView<'_, f32>,
         sin: &CudaView<'_, f32>,
-        num_heads: usize,
-        num_kv_heads: usize,
-        head_dim: usize,
-        rope_dim: usize,
-        block_size: usize,
+        heads: RopeHeads,
     ) -> Result<(), KernelError> {
         const K: &str = "rope_kv_write";
         let t = positions.len();
-        let stride = (num_heads + 2 * num_kv_heads) * head_dim;
-        ensure(
-            K,
-            head_dim.is_multiple_of(2) && rope_dim.is_multiple_of(2) && rope_dim <= head_dim,
-            || {
-                format!(
-                    "head_dim {head_dim} and rope_dim {rope_dim} must be even, rope_dim <= head_dim"
-                )
-            },
-        )?;
-        ensure(
-            K,
-            rope_dim > 0 && cos.len() % (rope_dim / 2) == 0 && !cos.is_empty(),
-            || {
-                format!(
-                    "cos has {} elements, not [max_pos, {}]",
-                    cos.len(),
-                    rope_dim / 2
-                )
-            },
-        )?;
-        expect_len(K, "sin", sin.len(), cos.len())?;
+        let g = heads.check(K, qkv.len(), k_cache.len(), v_cache.len(), cos, sin, t)?;
         expect_len(K, "slots", slots.len(), t)?;
-        expect_len(K, "qkv", qkv.len(), t * stride)?;
-        let block_elems = num_kv_heads * block_size * head_dim;
-        ensure(
-            K,
-            block_elems > 0 && k_cache.len() % block_elems == 0,
-            || {
-                format!(
-                    "k_cache has {} elements, not a multiple of KVH*block_size*D = {block_elems}",
-                    k_cache.len()
-                )
-            },
-        )?;
-        expect_len(K, "v_cache", v_cache.len(), k_cache.len())?;
         if t == 0 {
             return Ok(());
         }
-        let num_slots = (k_cache.len() / block_elems * block_size) as u64;
-        let max_pos = to_u32(K, "max_pos", cos.len() / (rope_dim / 2))?;
-        let h = to_u32(K, "num_heads", num_heads)?;
-        let kvh = to_u32(K, "num_kv_heads", num_kv_heads)?;
-        let d = to_u32(K, "head_dim", head_dim)?;
-        let rd = to_u32(K, "rope_dim", rope_dim)?;
-        let bs = to_u32(K, "block_size", block_size)?;
-        let st = to_u32(K, "stride", stride)?;
+        let rd = 2 * g.rope_half;
         let (q, _g0) = qkv.device_ptr_mut(stream);
         let (kc, _g1) = k_cache.device_ptr_mut(stream);
         let (vc, _g2) = v_cache.device_ptr_mut(stream);
@@ -87,16 +134,16 @@ impl Kernels {
         let (sn, _g6) = sin.device_ptr(stream);
         let mut b = self.dependent_launch(stream, "rope_kv_write_kernel")?;
         b.arg(&q).arg(&kc).arg(&vc).arg(&p).arg(&s).arg(&c).arg(&sn);
-        b.arg(&h)
-            .arg(&kvh)
-            .arg(&d)
+        b.arg(&g.h)
+            .arg(&g.kvh)
+            .arg(&g.d)
             .arg(&rd)
-            .arg(&bs)
-            .arg(&max_pos)
-            .arg(&num_slots)
-            .arg(&st);
+            .arg(&g.block_size)
+            .arg(&g.max_pos)
+            .arg(&g.num_slots)
+            .arg(&g.stride);
         let cfg = LaunchConfig {
-            grid_dim: (to_u32(K, "rows", t)?, h + kvh, 1),
+            grid_dim: (to_u32(K, "rows", t)?, g.h + g.kvh, 1),
             block_dim: (64, 1, 1),
             shared_mem_bytes: 0,
         };

@@ -4,6 +4,7 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 
 use crate::common::*;
+use pagedserve_kernels::RopeHeads;
 
 struct Case {
     h: usize,
@@ -90,11 +91,13 @@ fn rope_kv_write_rotates_q_k_and_fills_slots() -> TestResult {
             &d_slots.as_view(),
             &d_cos.as_view(),
             &d_sin.as_view(),
-            c.h,
-            c.kvh,
-            c.d,
-            c.rope_dim,
-            c.bs,
+            RopeHeads {
+                num_heads: c.h,
+                num_kv_heads: c.kvh,
+                head_dim: c.d,
+                rope_dim: c.rope_dim,
+                block_size: c.bs,
+            },
         )?;
         let (out, kc, vc) = (down(g, &d_qkv)?, down(g, &kc)?, down(g, &vc)?);
 

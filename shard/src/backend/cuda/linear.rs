@@ -56,6 +56,14 @@ pub(super) struct Linear<'a> {
     pub gemv: bool,
 }
 
+impl Linear<'_> {
+    /// Whether a product of `rows` rows and inner size `k` runs on our GEMV kernel (which the
+    /// fused epilogues of `Kernels::gemv_rope_kv` and friends need).
+    pub fn on_gemv(&self, rows: usize, k: usize) -> bool {
+        self.gemv && rows <= gemv_rows() && k.is_multiple_of(8)
+    }
+}
+
 /// `y[rows, n] = x[rows, k] @ w[n, k]^T`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn linear<O: GemvOut>(
@@ -68,7 +76,7 @@ pub(super) fn linear<O: GemvOut>(
     n: usize,
     k: usize,
 ) -> BackendResult<()> {
-    if lin.gemv && rows <= gemv_rows() && k.is_multiple_of(8) {
+    if lin.on_gemv(rows, k) {
         return lin
             .kernels
             .gemv(

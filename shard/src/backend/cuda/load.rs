@@ -283,6 +283,7 @@ fn build(
         sin,
         gather: Vec::new(),
         gemv: std::env::var("PAGEDSERVE_CUDA_GEMV").map_or(true, |v| v != "0"),
+        fuse: std::env::var("PAGEDSERVE_CUDA_FUSE").map_or(true, |v| v != "0"),
         tp: group,
     };
     capture_decode_graphs(&mut model)?;

@@ -1,7 +1,8 @@
 //! The forward pass as a sequence of launches over the preallocated buffers: embedding, then
 //! per layer norm -> QKV GEMM -> RoPE + KV write -> paged attention -> o_proj -> norm (with
 //! the residual add) -> gate/up GEMM -> SiLU*mul -> down GEMM, then the final norm, the
-//! vocabulary projection and (optionally) sampling. Nothing here synchronizes.
+//! vocabulary projection and (optionally) sampling. Small decode steps fold RoPE + KV write
+//! and the norms into the GEMVs before them (fused epilogues). Nothing here synchronizes.
 
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtrMut};
 use half::bf16;
@@ -11,6 +12,7 @@ use super::linear::{Linear, linear};
 use super::model::{CudaLlama, StepShape};
 use crate::backend::BackendResult;
 use crate::model::DeviceSampling;
+use pagedserve_kernels::{GEMV_NORM_MAX_HIDDEN, GEMV_NORM_MAX_ROWS, RopeHeads};
 
 /// Model dimensions the kernels need.
 #[derive(Debug, Clone, Copy)]
@@ -97,7 +99,9 @@ fn as_i32<'a>(v: &CudaView<'a, u32>) -> CudaView<'a, i32> {
     unsafe { v.transmute::<i32>(v.len()) }.expect("same length")
 }
 
-pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> {
+/// Runs every layer; returns whether the last one's down projection already left the final
+/// norm's output in `h` (a fused epilogue), so [`final_norm_and_logits`] skips it.
+pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<bool> {
     let d = m.dims();
     let leader = m.is_leader();
     // Row-parallel o_proj and down leave partial sums on each rank: NCCL adds them up.
@@ -127,6 +131,25 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
         kernels: &m.kernels,
         gemv: m.gemv,
     };
+    // Decode steps small enough for the GEMV run RoPE + KV write and the residual add + norm
+    // in its epilogues (kernels/cuda/gemv.cu): about 5% of a batch-1 step was those kernels'
+    // latency. Not with a tensor-parallel all-reduce between a projection and its norm, nor
+    // with biases (which the epilogues do not add).
+    let fuse = m.fuse && lin.on_gemv(t, h) && lin.on_gemv(t, d.heads * d.head_dim);
+    let fuse_norm = fuse
+        && nccl.is_none()
+        && t <= GEMV_NORM_MAX_ROWS
+        && h <= GEMV_NORM_MAX_HIDDEN
+        && lin.on_gemv(t, d.ffn);
+    let heads = RopeHeads {
+        num_heads: d.heads,
+        num_kv_heads: d.kv_heads,
+        head_dim: d.head_dim,
+        rope_dim: d.rope_dim,
+        block_size: d.block_size,
+    };
+    // `h` already holds this layer's normalized input (the last down projection's epilogue).
+    let mut normed = false;
 
     k.embedding(
         s,
@@ -147,7 +170,7 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
                 d.eps,
             )
             .map_err(err("rms_norm"))?;
-        } else {
+        } else if !normed {
             k.add_rms_norm(
                 s,
                 &mut b.x.slice_mut(..t * h),
@@ -158,31 +181,45 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
             )
             .map_err(err("add_rms_norm"))?;
         }
-        linear(lin, s, &mut b.qkv, &b.h, &l.qkv, t, qkvw, h)?;
-        if let Some(bias) = &l.qkv_bias {
-            k.add_bias(s, &mut b.qkv.slice_mut(..t * qkvw), &bias.as_view())
-                .map_err(err("qkv bias"))?;
-        }
         let cache = i * per_layer..(i + 1) * per_layer;
         {
             let mut kc = m.k_cache.slice_mut(cache.clone());
             let mut vc = m.v_cache.slice_mut(cache.clone());
-            k.rope_kv_write(
-                s,
-                &mut b.qkv.slice_mut(..t * qkvw),
-                &mut kc,
-                &mut vc,
-                &positions,
-                &slots,
-                &m.cos.as_view(),
-                &m.sin.as_view(),
-                d.heads,
-                d.kv_heads,
-                d.head_dim,
-                d.rope_dim,
-                d.block_size,
-            )
-            .map_err(err("rope_kv_write"))?;
+            if fuse && l.qkv_bias.is_none() {
+                k.gemv_rope_kv(
+                    s,
+                    &mut b.qkv.slice_mut(..t * qkvw),
+                    &b.h.slice(..t * h),
+                    &l.qkv.as_view(),
+                    h,
+                    &mut kc,
+                    &mut vc,
+                    &positions,
+                    &slots,
+                    &m.cos.as_view(),
+                    &m.sin.as_view(),
+                    heads,
+                )
+                .map_err(err("gemv_rope_kv"))?;
+            } else {
+                linear(lin, s, &mut b.qkv, &b.h, &l.qkv, t, qkvw, h)?;
+                if let Some(bias) = &l.qkv_bias {
+                    k.add_bias(s, &mut b.qkv.slice_mut(..t * qkvw), &bias.as_view())
+                        .map_err(err("qkv bias"))?;
+                }
+                k.rope_kv_write(
+                    s,
+                    &mut b.qkv.slice_mut(..t * qkvw),
+                    &mut kc,
+                    &mut vc,
+                    &positions,
+                    &slots,
+                    &m.cos.as_view(),
+                    &m.sin.as_view(),
+                    heads,
+                )
+                .map_err(err("rope_kv_write"))?;
+            }
         }
         let kc = m.k_cache.slice(cache.clone());
         let vc = m.v_cache.slice(cache);
@@ -228,33 +265,49 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
             )
             .map_err(err("paged prefill attention"))?;
         }
-        linear(
-            lin,
-            s,
-            &mut b.delta,
-            &b.attn,
-            &l.o,
-            t,
-            h,
-            d.heads * d.head_dim,
-        )?;
-        // Added once, before the sum, when the model is split.
-        if let Some(bias) = l.o_bias.as_ref().filter(|_| leader) {
-            k.add_bias(s, &mut b.delta.slice_mut(..t * h), &bias.as_view())
-                .map_err(err("o_proj bias"))?;
+        if fuse_norm && l.o_bias.is_none() {
+            k.gemv_add_rms_norm(
+                s,
+                &mut b.delta.slice_mut(..t * h),
+                &b.attn.slice(..t * d.heads * d.head_dim),
+                &l.o.as_view(),
+                d.heads * d.head_dim,
+                &mut b.x.slice_mut(..t * h),
+                &mut b.h.slice_mut(..t * h),
+                &l.ffn_norm.as_view(),
+                d.eps,
+                &mut b.gemv_counter.as_view_mut(),
+            )
+            .map_err(err("gemv_add_rms_norm"))?;
+        } else {
+            linear(
+                lin,
+                s,
+                &mut b.delta,
+                &b.attn,
+                &l.o,
+                t,
+                h,
+                d.heads * d.head_dim,
+            )?;
+            // Added once, before the sum, when the model is split.
+            if let Some(bias) = l.o_bias.as_ref().filter(|_| leader) {
+                k.add_bias(s, &mut b.delta.slice_mut(..t * h), &bias.as_view())
+                    .map_err(err("o_proj bias"))?;
+            }
+            if let Some(c) = nccl {
+                c.all_reduce_sum(&mut b.delta.slice_mut(..t * h))?;
+            }
+            k.add_rms_norm(
+                s,
+                &mut b.x.slice_mut(..t * h),
+                &b.delta.slice(..t * h),
+                &mut b.h.slice_mut(..t * h),
+                &l.ffn_norm.as_view(),
+                d.eps,
+            )
+            .map_err(err("add_rms_norm"))?;
         }
-        if let Some(c) = nccl {
-            c.all_reduce_sum(&mut b.delta.slice_mut(..t * h))?;
-        }
-        k.add_rms_norm(
-            s,
-            &mut b.x.slice_mut(..t * h),
-            &b.delta.slice(..t * h),
-            &mut b.h.slice_mut(..t * h),
-            &l.ffn_norm.as_view(),
-            d.eps,
-        )
-        .map_err(err("add_rms_norm"))?;
         linear(lin, s, &mut b.gate_up, &b.h, &l.gate_up, t, 2 * d.ffn, h)?;
         k.silu_mul(
             s,
@@ -263,31 +316,60 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
             d.ffn,
         )
         .map_err(err("silu_mul"))?;
-        linear(lin, s, &mut b.delta, &b.act, &l.down, t, h, d.ffn)?;
-        if let Some(c) = nccl {
-            c.all_reduce_sum(&mut b.delta.slice_mut(..t * h))?;
+        // The next layer's input norm, or the final one after the last layer.
+        let next_norm =
+            m.w.layers
+                .get(i + 1)
+                .map_or(&m.w.final_norm, |n| &n.attn_norm);
+        normed = fuse_norm;
+        if fuse_norm {
+            k.gemv_add_rms_norm(
+                s,
+                &mut b.delta.slice_mut(..t * h),
+                &b.act.slice(..t * d.ffn),
+                &l.down.as_view(),
+                d.ffn,
+                &mut b.x.slice_mut(..t * h),
+                &mut b.h.slice_mut(..t * h),
+                &next_norm.as_view(),
+                d.eps,
+                &mut b.gemv_counter.as_view_mut(),
+            )
+            .map_err(err("gemv_add_rms_norm"))?;
+        } else {
+            linear(lin, s, &mut b.delta, &b.act, &l.down, t, h, d.ffn)?;
+            if let Some(c) = nccl {
+                c.all_reduce_sum(&mut b.delta.slice_mut(..t * h))?;
+            }
         }
     }
-    Ok(())
+    Ok(normed)
 }
 
 /// Final residual add + norm over every row, the logit rows gathered (eager steps with
 /// prefill chunks) into `last`, the vocabulary GEMM, and device sampling when asked.
-pub fn final_norm_and_logits(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> {
+/// `normed`: the last layer's epilogue already wrote the final norm's output to `h`.
+pub fn final_norm_and_logits(
+    m: &mut CudaLlama,
+    shape: StepShape,
+    normed: bool,
+) -> BackendResult<()> {
     let d = m.dims();
     let (t, h) = (shape.rows, d.hidden);
     let s = &m.gpu.stream;
     let b = &mut m.bufs;
-    m.kernels
-        .add_rms_norm(
-            s,
-            &mut b.x.slice_mut(..t * h),
-            &b.delta.slice(..t * h),
-            &mut b.h.slice_mut(..t * h),
-            &m.w.final_norm.as_view(),
-            d.eps,
-        )
-        .map_err(cuda_err("final norm"))?;
+    if !normed {
+        m.kernels
+            .add_rms_norm(
+                s,
+                &mut b.x.slice_mut(..t * h),
+                &b.delta.slice(..t * h),
+                &mut b.h.slice_mut(..t * h),
+                &m.w.final_norm.as_view(),
+                d.eps,
+            )
+            .map_err(cuda_err("final norm"))?;
+    }
     let n = shape.logit_rows;
     if n == 0 {
         return Ok(());
