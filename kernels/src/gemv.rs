@@ -59,6 +59,20 @@ pub(crate) fn gemv_kernel_ms() -> Vec<usize> {
     ms
 }
 
+/// The fused-epilogue kernels (the loader's list): `gemv_rope_m{M}` and `gemv_silu_m{M}` for
+/// every tensor-core `M`, `gemv_norm_m{M}` for those of up to [`GEMV_NORM_MAX_ROWS`] rows.
+pub(crate) fn gemv_fused_kernel_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for m in gemv_kernel_ms().into_iter().filter(|&m| m > 1) {
+        names.push(format!("gemv_rope_m{m}"));
+        names.push(format!("gemv_silu_m{m}"));
+        if m <= gemv_kernel_m(GEMV_NORM_MAX_ROWS) {
+            names.push(format!("gemv_norm_m{m}"));
+        }
+    }
+    names
+}
+
 /// An output element type of [`Kernels::gemv`]: bf16 activations or f32 logits.
 pub trait GemvOut: DeviceRepr {
     const NAME: &'static str;

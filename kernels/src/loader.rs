@@ -162,6 +162,7 @@ pub(crate) fn kernel_names() -> Vec<String> {
         names.push(format!("gemv_bf16_m{m}"));
         names.push(format!("gemv_f32_m{m}"));
     }
+    names.extend(crate::gemv::gemv_fused_kernel_names());
     names
 }
 
@@ -209,11 +210,17 @@ mod tests {
                 .and_then(|r| r.split_once("_g"))
                 .and_then(|(d, r)| Some((d, r.split_once("_p")?.0)))
                 .is_some_and(|(d, g)| src.contains(&format!("DECODE_INST({d}, {g})")));
-            // GEMV kernels come from GEMV_KERNELS(M).
-            let gemv = name
-                .rsplit_once("_m")
-                .filter(|(k, _)| k.starts_with("gemv_"))
-                .is_some_and(|(_, m)| src.contains(&format!("GEMV_KERNELS({m})")));
+            // GEMV kernels come from GEMV_KERNELS(M), the fused ones from GEMV_FUSED(M) or
+            // GEMV_FUSED_NORM(M) (which holds all three).
+            let gemv = name.rsplit_once("_m").is_some_and(|(k, m)| match k {
+                "gemv_bf16" | "gemv_f32" => src.contains(&format!("GEMV_KERNELS({m})")),
+                "gemv_rope" | "gemv_silu" => {
+                    src.contains(&format!("GEMV_FUSED({m})"))
+                        || src.contains(&format!("GEMV_FUSED_NORM({m})"))
+                }
+                "gemv_norm" => src.contains(&format!("GEMV_FUSED_NORM({m})")),
+                _ => false,
+            });
             assert!(direct || inst || gemv, "{name} is not in the sources");
         }
     }
