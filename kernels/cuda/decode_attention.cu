@@ -21,6 +21,8 @@
 #define DEC_THREADS (DEC_WARPS * 32)
 // Shortest partition decode_split makes when it splits further than ceil(ctx / P).
 #define DEC_MIN_CHUNK 64
+// Tokens a CTA prefetches into L2 before it waits for the kernel before it (decode_impl).
+#define DEC_PREFETCH 64
 // Stands for "no partition yet" in the combine: finite, so differences never make NaN.
 #define DEC_NO_MAX (-3.0e38f)
 
@@ -284,6 +286,22 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
         b = (b < 0 || (u32)b >= a.num_blocks) ? 0 : b;
         blk_off[threadIdx.x] = (((u64)b * a.KVH + kvh) << a.bs_log2) * D;
     }
+    __syncthreads();
+    // Still before the wait: the K and V rows of this partition's first DEC_PREFETCH tokens into
+    // L2, so that the loads after it find them there instead of in DRAM (two DRAM round trips
+    // of the chain, K then V, at small batches). Rows of earlier steps are final; this step's
+    // row is being written by the kernel before, and prefetching it is harmless: prefetches
+    // fill L2 only, where that kernel's stores land, and the loads come after the wait. Capped
+    // so that a full wave of CTAs (~500 resident) prefetches well under L2's 50 MB.
+    {
+        constexpr u32 LINES = D * 2 / 128;  // 128-byte lines a row
+        const u32 n = min(plen, (u32)DEC_PREFETCH) * LINES;
+        for (u32 i = threadIdx.x; i < n; i += DEC_THREADS) {
+            const u64 off = tok_off(a, blk_off, i / LINES, D) + (i % LINES) * 64;
+            prefetch_l2(a.kc + off);
+            prefetch_l2(a.vc + off);
+        }
+    }
     pdl_enter();
     // q of this group, pre-scaled into the log2 domain; chunk layout matches decode_scores.
     constexpr int TG = D / 16;
@@ -297,8 +315,8 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
 #pragma unroll
             for (int e = 0; e < 8; ++e) q[g][c * 8 + e] *= a.scale_log2;
         }
-    __syncthreads();
-
+    // No barrier here (blk_off was published before the prefetch): the first K loads may
+    // issue while q is still on its way.
     decode_scores<D, G, P, U1>(a, blk_off, plen, q, sc);
     __syncthreads();
     for (int g = warp; g < G; g += DEC_WARPS) {

@@ -156,15 +156,14 @@ __device__ __forceinline__ void mma_step(float (&acc)[MT][4], const uint4 (&v)[4
 //   rope_kv_write_kernel (rope.cu) does.
 // - EPI_SILU (gate/up with interleaved weight rows, gate i at row 2i, up i at 2i + 1): y[m, i] =
 //   silu(gate) * up, as silu_mul_kernel (elementwise.cu).
-// - EPI_ADD_NORM (o_proj, down): y is the residual delta; the last CTA to finish (a counter, as
-//   decode attention combines) adds it to the f32 residual and writes the RMSNorm of the sum, as
-//   add_rms_norm_kernel (elementwise.cu). One CTA does every row, so only for a few rows.
+// The residual add + RMSNorm after o_proj and down was tried the same way (the last CTA to
+// finish, found with a counter as decode attention combines, adding the delta to the residual
+// and writing the norm): every step got slower, batch 1 5.89 against 5.69 ms and batch 8 7.97
+// against 6.15 (H100, cuda_bench, 2026-11-26). One CTA doing a whole row after the GEMV is a
+// longer chain than the norm kernel's 1,024 threads, and every CTA paid the fence and atomic.
 #define EPI_NONE 0
 #define EPI_ROPE_KV 1
 #define EPI_SILU 2
-#define EPI_ADD_NORM 3
-// Most hidden elements the EPI_ADD_NORM epilogue keeps in registers (8,192: 16 float2 a thread).
-#define EPI_NORM_ITERS 16
 
 struct GemvEpi {
     // EPI_ROPE_KV: caches [num_blocks, KVH, block_size, D]; tables [max_pos, rope_half].
@@ -176,12 +175,6 @@ struct GemvEpi {
     const float* sin_t;
     u64 num_slots;
     u32 H, KVH, D, rope_half, block_size, max_pos;
-    // EPI_ADD_NORM: residual x f32 [M, N] (+= y), h bf16 [M, N] = rms_norm(x) * w.
-    float* x;
-    bf16* h;
-    const float* w;
-    u32* counter;  // 0 before the launch; put back to 0 by the last CTA
-    float eps;
 };
 
 // Columns n, n + 1 (n even) of row m, summed in f32: the pair's outputs.
@@ -211,45 +204,6 @@ __device__ __forceinline__ void epi_pair(const GemvEpi& ep, bf16* __restrict__ y
         }
     } else {
         *(bf162*)(y + (u64)m * N + n) = __floats2bfloat162_rn(v0, v1);
-    }
-}
-
-// EPI_ADD_NORM, run by the last CTA once every CTA's delta columns are out: for each of the M
-// rows x += delta, h = x * rsqrt(mean(x^2) + eps) * w (N = hidden <= 2 * 256 * EPI_NORM_ITERS).
-__device__ __forceinline__ void epi_add_norm_rows(const GemvEpi& ep, const bf16* delta, u32 N,
-                                                  u32 M) {
-    constexpr u32 NT = MMA_WARPS * 32;
-    __shared__ float scratch[32];
-    for (u32 m = 0; m < M; m++) {
-        float* xr = ep.x + (u64)m * N;
-        const bf16* dr = delta + (u64)m * N;
-        float2 v[EPI_NORM_ITERS];
-        float ss = 0.f;
-#pragma unroll
-        for (int it = 0; it < EPI_NORM_ITERS; it++) {
-            const u32 i = (it * NT + threadIdx.x) * 2;
-            v[it] = make_float2(0.f, 0.f);
-            if (i < N) {
-                float2 a = *(const float2*)(xr + i);
-                const float2 d = __bfloat1622float2(__ldcg((const bf162*)(dr + i)));
-                a.x += d.x;
-                a.y += d.y;
-                *(float2*)(xr + i) = a;
-                v[it] = a;
-            }
-            ss += v[it].x * v[it].x + v[it].y * v[it].y;
-        }
-        ss = block_sum<NT>(ss, scratch);
-        const float r = rsqrtf(ss / (float)N + ep.eps);
-#pragma unroll
-        for (int it = 0; it < EPI_NORM_ITERS; it++) {
-            const u32 i = (it * NT + threadIdx.x) * 2;
-            if (i < N) {
-                const float2 g = *(const float2*)(ep.w + i);
-                *(bf162*)(ep.h + (u64)m * N + i) =
-                    __floats2bfloat162_rn(v[it].x * r * g.x, v[it].y * r * g.y);
-            }
-        }
     }
 }
 
@@ -296,22 +250,6 @@ __device__ __forceinline__ void gemv_mma_store(float* red, const float (&acc)[TN
             const u32 n = n0 + 16 * (tile / MT) + 2 * (l >> 2);
             const u32 m = 8 * (tile % MT) + 2 * (l & 3) + i;
             if (n < N && m < M) epi_pair<EPI>(*ep, y, m, n, N, v0, v1);
-        }
-        if constexpr (EPI == EPI_ADD_NORM) {
-            // Publish this CTA's delta columns, then count it; the last CTA to arrive does the
-            // rows' residual add and norm and puts the counter back for the next launch.
-            __shared__ u32 is_last;
-            __threadfence();
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                const bool last = atomicAdd(ep->counter, 1u) == gridDim.x - 1;
-                if (last) atomicExch(ep->counter, 0u);
-                is_last = last;
-            }
-            __syncthreads();
-            if (!is_last) return;
-            __threadfence();
-            epi_add_norm_rows(*ep, y, N, M);
         }
     }
 }
@@ -584,7 +522,7 @@ __device__ __forceinline__ void gemv_entry(OUT* __restrict__ y, const bf16* __re
     }
 
 // The fused variants (bf16 out, tensor-core kernels only): gemv_rope_m{M}, gemv_silu_m{M} for
-// every M but 1, gemv_norm_m{M} for M <= 8 (its one finishing CTA does every row).
+// every M but 1.
 template <int M, int EPI>
 __device__ __forceinline__ void gemv_entry_epi(bf16* __restrict__ y, const bf16* __restrict__ x,
                                                const bf16* __restrict__ w, u32 N, u32 K,
@@ -616,7 +554,6 @@ __device__ __forceinline__ void gemv_entry_epi(bf16* __restrict__ y, const bf16*
 #define GEMV_FUSED(M)                      \
     GEMV_EPI_KERNEL(rope, EPI_ROPE_KV, M) \
     GEMV_EPI_KERNEL(silu, EPI_SILU, M)
-#define GEMV_FUSED_NORM(M) GEMV_FUSED(M) GEMV_EPI_KERNEL(norm, EPI_ADD_NORM, M)
 
 GEMV_KERNELS(1)
 GEMV_KERNELS(2)
@@ -637,13 +574,13 @@ GEMV_KERNELS(16)
 GEMV_KERNELS(24)
 GEMV_KERNELS(32)
 
-GEMV_FUSED_NORM(2)
-GEMV_FUSED_NORM(3)
-GEMV_FUSED_NORM(4)
-GEMV_FUSED_NORM(5)
-GEMV_FUSED_NORM(6)
-GEMV_FUSED_NORM(7)
-GEMV_FUSED_NORM(8)
+GEMV_FUSED(2)
+GEMV_FUSED(3)
+GEMV_FUSED(4)
+GEMV_FUSED(5)
+GEMV_FUSED(6)
+GEMV_FUSED(7)
+GEMV_FUSED(8)
 GEMV_FUSED(9)
 GEMV_FUSED(10)
 GEMV_FUSED(11)

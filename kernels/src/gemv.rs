@@ -60,17 +60,11 @@ pub(crate) fn gemv_kernel_ms() -> Vec<usize> {
 }
 
 /// The fused-epilogue kernels (the loader's list): `gemv_rope_m{M}` and `gemv_silu_m{M}` for
-/// every tensor-core `M`, `gemv_norm_m{M}` for those of up to [`GEMV_NORM_MAX_ROWS`] rows.
+/// every tensor-core `M`.
 pub(crate) fn gemv_fused_kernel_names() -> Vec<String> {
-    let mut names = Vec::new();
-    for m in gemv_kernel_ms().into_iter().filter(|&m| m > 1) {
-        names.push(format!("gemv_rope_m{m}"));
-        names.push(format!("gemv_silu_m{m}"));
-        if m <= gemv_kernel_m(GEMV_NORM_MAX_ROWS) {
-            names.push(format!("gemv_norm_m{m}"));
-        }
-    }
-    names
+    let ms = gemv_kernel_ms().into_iter().filter(|&m| m > 1);
+    ms.flat_map(|m| [format!("gemv_rope_m{m}"), format!("gemv_silu_m{m}")])
+        .collect()
 }
 
 /// An output element type of [`Kernels::gemv`]: bf16 activations or f32 logits.
@@ -192,7 +186,6 @@ impl Kernels {
             rope_half: g.rope_half,
             block_size: g.block_size,
             max_pos: g.max_pos,
-            ..GemvEpi::default()
         };
         let name = format!("gemv_rope_m{}", gemv_kernel_m(rows));
         let cols = Self::gemv_mma_cols(rows, n);
@@ -222,54 +215,6 @@ impl Kernels {
         let cols = Self::gemv_mma_cols(rows, n);
         let epi = GemvEpi::default();
         // SAFETY: `act` holds rows * n / 2 elements, as the SiLU epilogue writes.
-        unsafe { self.gemv_launch(stream, &name, yp, x, w, n, k, rows, cols, Some(epi)) }
-    }
-
-    /// [`Kernels::gemv`] into the residual delta, then the residual add and RMSNorm of
-    /// [`Kernels::add_rms_norm`] by the last block to finish: `residual` f32 `[rows, n]` +=
-    /// `delta`, `out` bf16 `[rows, n]` = rms_norm(residual) * `norm`. `counter` is one u32,
-    /// 0 before the launch and left 0 after it. 1..=[`GEMV_NORM_MAX_ROWS`] rows, `n` even and
-    /// at most [`GEMV_NORM_MAX_HIDDEN`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn gemv_add_rms_norm(
-        &self,
-        stream: &CudaStream,
-        delta: &mut CudaViewMut<'_, bf16>,
-        x: &CudaView<'_, bf16>,
-        w: &CudaView<'_, bf16>,
-        k: usize,
-        residual: &mut CudaViewMut<'_, f32>,
-        out: &mut CudaViewMut<'_, bf16>,
-        norm: &CudaView<'_, f32>,
-        eps: f32,
-        counter: &mut CudaViewMut<'_, u32>,
-    ) -> Result<(), KernelError> {
-        const K: &str = "gemv_add_rms_norm";
-        let n = norm.len();
-        ensure(K, n.is_multiple_of(2) && n <= GEMV_NORM_MAX_HIDDEN, || {
-            format!("hidden {n}: even and at most {GEMV_NORM_MAX_HIDDEN}")
-        })?;
-        let rows = gemv_rows(K, x.len(), w.len(), n, k, GEMV_NORM_MAX_ROWS)?;
-        expect_len(K, "delta", delta.len(), rows * n)?;
-        expect_len(K, "residual", residual.len(), rows * n)?;
-        expect_len(K, "out", out.len(), rows * n)?;
-        expect_len(K, "counter", counter.len(), 1)?;
-        let (yp, _g0) = delta.device_ptr_mut(stream);
-        let (rp, _g1) = residual.device_ptr_mut(stream);
-        let (op, _g2) = out.device_ptr_mut(stream);
-        let (np, _g3) = norm.device_ptr(stream);
-        let (cp, _g4) = counter.device_ptr_mut(stream);
-        let epi = GemvEpi {
-            x: rp,
-            out: op,
-            norm: np,
-            counter: cp,
-            eps,
-            ..GemvEpi::default()
-        };
-        let name = format!("gemv_norm_m{}", gemv_kernel_m(rows));
-        let cols = Self::gemv_mma_cols(rows, n);
-        // SAFETY: delta, residual and out hold rows * n elements, norm n, counter one.
         unsafe { self.gemv_launch(stream, &name, yp, x, w, n, k, rows, cols, Some(epi)) }
     }
 
@@ -334,11 +279,6 @@ impl Kernels {
     }
 }
 
-/// Most rows [`Kernels::gemv_add_rms_norm`] takes: its one finishing block does every row.
-pub const GEMV_NORM_MAX_ROWS: usize = 8;
-/// Largest hidden size [`Kernels::gemv_add_rms_norm`] takes (EPI_NORM_ITERS in gemv.cu).
-pub const GEMV_NORM_MAX_HIDDEN: usize = 8192;
-
 /// Checks `x` `[rows, k]` and `w` `[n, k]` for a GEMV of 1..=`max_rows` rows; returns rows.
 fn gemv_rows(
     kernel: &'static str,
@@ -380,11 +320,6 @@ struct GemvEpi {
     rope_half: u32,
     block_size: u32,
     max_pos: u32,
-    x: u64,
-    out: u64,
-    norm: u64,
-    counter: u64,
-    eps: f32,
 }
 
 // SAFETY: plain numbers and device addresses, laid out as the kernels' struct.

@@ -34,7 +34,7 @@ pub use attention::{
 };
 pub use device::{driver_present, nvrtc_present, open_device};
 pub use error::KernelError;
-pub use gemv::{GEMV_MAX_ROWS, GEMV_NORM_MAX_HIDDEN, GEMV_NORM_MAX_ROWS, GemvOut};
+pub use gemv::{GEMV_MAX_ROWS, GemvOut};
 pub use loader::{cached_ptx, compile_ptx, device_arch, full_source};
 pub use rope::RopeHeads;
 

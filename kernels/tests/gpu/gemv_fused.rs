@@ -1,6 +1,6 @@
 //! The tensor-core GEMV with its fused epilogues (gemv.cu, "Fused epilogues") against f64
-//! references: RoPE + KV-cache write (`gemv_rope_kv`), SiLU·mul of interleaved gate/up rows
-//! (`gemv_silu`) and residual add + RMSNorm by the last CTA (`gemv_add_rms_norm`), at row counts
+//! references: RoPE + KV-cache write (`gemv_rope_kv`) and SiLU·mul of interleaved gate/up rows
+//! (`gemv_silu`), at row counts
 //! that reach every kernel family (m2..m16 with x in registers, m24 and m32 through shared
 //! memory), and the shapes each wrapper refuses.
 
@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use crate::common::*;
 use cudarc::driver::CudaSlice;
 use half::bf16;
-use pagedserve_kernels::{GEMV_MAX_ROWS, GEMV_NORM_MAX_HIDDEN, GEMV_NORM_MAX_ROWS, RopeHeads};
+use pagedserve_kernels::{GEMV_MAX_ROWS, RopeHeads};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -260,114 +260,9 @@ fn gemv_silu_matches_reference() -> TestResult {
 }
 
 #[test]
-fn gemv_add_rms_norm_matches_reference_and_resets_its_counter() -> TestResult {
-    let Some(g) = gpu() else { return Ok(()) };
-    let mut rng = rng("gemv_add_rms_norm");
-    let eps = 1e-5f32;
-    // One counter for every launch of the test: each must leave it at 0 for the next.
-    let mut d_counter = up(g, &[0u32])?;
-    // Llama-3-8B's hidden size from a K that is not a multiple of the 64-wide k steps; SmolLM2's
-    // (576: not a multiple of the 2 * 256 values one pass of the finishing CTA takes).
-    for (n, k) in [(4096, 1000), (576, 1536)] {
-        let p = product(g, &mut rng, GEMV_NORM_MAX_ROWS, n, k)?;
-        let norm = rand_vec(&mut rng, n, 0.5, 1.5);
-        let d_norm = up(g, &norm)?;
-        for rows in 1..=GEMV_NORM_MAX_ROWS {
-            // Two launches back to back on fresh buffers (own random residuals), one counter:
-            // the second finds a norm to do only if the first put the counter back.
-            let mut launches = Vec::new();
-            for _ in 0..2 {
-                let res0 = rand_vec(&mut rng, rows * n, -8.0, 8.0);
-                let mut d_delta = up(g, &poison_bf16(rows * n))?;
-                let mut d_res = up(g, &res0)?;
-                let mut d_out = up(g, &poison_bf16(rows * n))?;
-                g.k.gemv_add_rms_norm(
-                    &g.stream,
-                    &mut d_delta.as_view_mut(),
-                    &p.d_x.slice(..rows * k),
-                    &p.d_w.as_view(),
-                    k,
-                    &mut d_res.as_view_mut(),
-                    &mut d_out.as_view_mut(),
-                    &d_norm.as_view(),
-                    eps,
-                    &mut d_counter.as_view_mut(),
-                )?;
-                launches.push((res0, d_delta, d_res, d_out));
-            }
-            for (launch, (res0, d_delta, d_res, d_out)) in launches.iter().enumerate() {
-                let label = format!("add_rms_norm n={n} k={k} rows={rows} launch {launch}");
-                let (delta, res, out) = (down(g, d_delta)?, down(g, d_res)?, down(g, d_out)?);
-                let y = &p.y[..rows * n];
-                check(&format!("{label} delta"), &delta, y, n, BF16_TOL);
-
-                // The residual gets the delta as rounded to bf16: exactly the kernel's own
-                // delta (one f32 rounding of the sum), and within 1e-3 of the reference's.
-                let res_own: Vec<f64> = res0
-                    .iter()
-                    .zip(&delta)
-                    .map(|(&r, d)| r as f64 + d.to_f64())
-                    .collect();
-                assert_close(&format!("{label} residual"), &res, &res_own, 1e-6, 1e-12);
-                let want_res: Vec<f64> = res0
-                    .iter()
-                    .zip(y)
-                    .map(|(&r, &d)| r as f64 + bf16::from_f64(d).to_f64())
-                    .collect();
-                let res64: Vec<f64> = res.iter().map(|&v| v as f64).collect();
-                let err = rel_l2(&res64, &want_res);
-                assert!(err < 1e-3, "{label} residual: rel L2 {err:.3e}");
-
-                // out = residual * rsqrt(mean(residual^2) + eps) * norm, row by row.
-                let mut want_out = Vec::with_capacity(rows * n);
-                for row in want_res.chunks(n) {
-                    let ms = row.iter().map(|v| v * v).sum::<f64>() / n as f64;
-                    let r = 1.0 / (ms + eps as f64).sqrt();
-                    want_out.extend(row.iter().zip(&norm).map(|(v, &w)| v * r * w as f64));
-                }
-                check(&format!("{label} out"), &out, &want_out, n, BF16_TOL);
-            }
-            let counter = down(g, &d_counter)?;
-            assert_eq!(counter, [0], "n={n} k={k} rows={rows}: counter left at 0");
-        }
-    }
-    Ok(())
-}
-
-#[test]
 fn gemv_fused_rejects_bad_shapes() -> TestResult {
     let Some(g) = gpu() else { return Ok(()) };
     let k = 64;
-
-    // gemv_add_rms_norm: one row past GEMV_NORM_MAX_ROWS, then a hidden size past
-    // GEMV_NORM_MAX_HIDDEN; nothing launched, so the counter stays 0 and out poison.
-    let mut counter = up(g, &[0u32])?;
-    for (rows, n) in [(GEMV_NORM_MAX_ROWS + 1, 64), (1, GEMV_NORM_MAX_HIDDEN + 2)] {
-        let w = up(g, &to_bf16(&vec![0.5; n * k]))?;
-        let x = up(g, &to_bf16(&vec![0.5; rows * k]))?;
-        let mut delta = up(g, &poison_bf16(rows * n))?;
-        let mut res = up(g, &vec![0.0f32; rows * n])?;
-        let mut out = up(g, &poison_bf16(rows * n))?;
-        let norm = up(g, &vec![1.0f32; n])?;
-        let r = g.k.gemv_add_rms_norm(
-            &g.stream,
-            &mut delta.as_view_mut(),
-            &x.as_view(),
-            &w.as_view(),
-            k,
-            &mut res.as_view_mut(),
-            &mut out.as_view_mut(),
-            &norm.as_view(),
-            1e-5,
-            &mut counter.as_view_mut(),
-        );
-        assert!(
-            r.is_err(),
-            "add_rms_norm: {rows} rows of {n} must be refused"
-        );
-        assert!(down(g, &out)?.iter().all(|&v| is_poison_bf16(v)));
-        assert_eq!(down(g, &counter)?, [0]);
-    }
 
     // gemv_silu: an odd n has no gate/up pairs.
     let (rows, n) = (2, 33);

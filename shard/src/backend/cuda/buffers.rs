@@ -33,9 +33,6 @@ pub struct Buffers {
     pub decode_ws: CudaSlice<f32>,
     /// Tokens sampled on the device, `[s_max]`.
     pub sampled: CudaSlice<u32>,
-    /// The finishing-block counter of the GEMVs with the residual add and norm fused in
-    /// (`Kernels::gemv_add_rms_norm`): one u32, 0 between launches.
-    pub gemv_counter: CudaSlice<u32>,
 }
 
 impl Buffers {
@@ -61,7 +58,6 @@ impl Buffers {
             logits: alloc(stream, s_max * vocab, "logits")?,
             decode_ws: alloc(stream, decode_ws_len.max(1), "decode attention workspace")?,
             sampled: alloc(stream, s_max, "sampled tokens")?,
-            gemv_counter: alloc(stream, 1, "GEMV counter")?,
         })
     }
 }

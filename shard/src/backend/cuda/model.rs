@@ -66,7 +66,7 @@ pub struct CudaLlama {
     pub(super) gather: Vec<usize>,
     /// Decode-sized linear layers through our GEMV kernel (`PAGEDSERVE_CUDA_GEMV=0`: cuBLAS).
     pub(super) gemv: bool,
-    /// RoPE + KV write and the residual add + norm run inside the GEMVs of decode steps
+    /// RoPE + KV write and SiLU*mul run inside the GEMVs of decode steps
     /// (`PAGEDSERVE_CUDA_FUSE=0`: as separate kernels, for comparison).
     pub(super) fuse: bool,
     /// The tensor-parallel group this rank belongs to (`None`: the whole model is here).
@@ -186,10 +186,10 @@ impl CudaLlama {
     /// Enqueues one step of `shape` over the staged metadata. Never synchronizes, so it can
     /// be captured into a CUDA graph.
     pub(super) fn enqueue(&mut self, shape: StepShape) -> BackendResult<()> {
-        let normed = ops::forward_layers(self, shape)?;
+        ops::forward_layers(self, shape)?;
         // lm_head and sampling run on the leader only.
         if self.is_leader() {
-            ops::final_norm_and_logits(self, shape, normed)?;
+            ops::final_norm_and_logits(self, shape)?;
         }
         Ok(())
     }

@@ -1,8 +1,8 @@
 //! The forward pass as a sequence of launches over the preallocated buffers: embedding, then
 //! per layer norm -> QKV GEMM -> RoPE + KV write -> paged attention -> o_proj -> norm (with
 //! the residual add) -> gate/up GEMM -> SiLU*mul -> down GEMM, then the final norm, the
-//! vocabulary projection and (optionally) sampling. Small decode steps fold RoPE + KV write
-//! and the norms into the GEMVs before them (fused epilogues). Nothing here synchronizes.
+//! vocabulary projection and (optionally) sampling. Small decode steps do RoPE + KV write in
+//! the QKV GEMV's epilogue. Nothing here synchronizes.
 
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtrMut};
 use half::bf16;
@@ -12,7 +12,7 @@ use super::linear::{Linear, linear};
 use super::model::{CudaLlama, StepShape};
 use crate::backend::BackendResult;
 use crate::model::DeviceSampling;
-use pagedserve_kernels::{GEMV_NORM_MAX_HIDDEN, GEMV_NORM_MAX_ROWS, RopeHeads};
+use pagedserve_kernels::RopeHeads;
 
 /// Model dimensions the kernels need.
 #[derive(Debug, Clone, Copy)]
@@ -99,9 +99,7 @@ fn as_i32<'a>(v: &CudaView<'a, u32>) -> CudaView<'a, i32> {
     unsafe { v.transmute::<i32>(v.len()) }.expect("same length")
 }
 
-/// Runs every layer; returns whether the last one's down projection already left the final
-/// norm's output in `h` (a fused epilogue), so [`final_norm_and_logits`] skips it.
-pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<bool> {
+pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> {
     let d = m.dims();
     let leader = m.is_leader();
     // Row-parallel o_proj and down leave partial sums on each rank: NCCL adds them up.
@@ -131,16 +129,10 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<bool
         kernels: &m.kernels,
         gemv: m.gemv,
     };
-    // Decode steps small enough for the GEMV run RoPE + KV write and the residual add + norm
-    // in its epilogues (kernels/cuda/gemv.cu): about 5% of a batch-1 step was those kernels'
-    // latency. Not with a tensor-parallel all-reduce between a projection and its norm, nor
-    // with biases (which the epilogues do not add).
-    let fuse = m.fuse && lin.on_gemv(t, h) && lin.on_gemv(t, d.heads * d.head_dim);
-    let fuse_norm = fuse
-        && nccl.is_none()
-        && t <= GEMV_NORM_MAX_ROWS
-        && h <= GEMV_NORM_MAX_HIDDEN
-        && lin.on_gemv(t, d.ffn);
+    // Decode steps small enough for the GEMV run RoPE + KV write in its epilogue
+    // (kernels/cuda/gemv.cu) instead of a kernel of their own; not with a QKV bias, which the
+    // epilogue does not add.
+    let fuse_rope = m.fuse && lin.on_gemv(t, h);
     let heads = RopeHeads {
         num_heads: d.heads,
         num_kv_heads: d.kv_heads,
@@ -148,8 +140,6 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<bool
         rope_dim: d.rope_dim,
         block_size: d.block_size,
     };
-    // `h` already holds this layer's normalized input (the last down projection's epilogue).
-    let mut normed = false;
 
     k.embedding(
         s,
@@ -170,7 +160,7 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<bool
                 d.eps,
             )
             .map_err(err("rms_norm"))?;
-        } else if !normed {
+        } else {
             k.add_rms_norm(
                 s,
                 &mut b.x.slice_mut(..t * h),
@@ -185,7 +175,7 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<bool
         {
             let mut kc = m.k_cache.slice_mut(cache.clone());
             let mut vc = m.v_cache.slice_mut(cache.clone());
-            if fuse && l.qkv_bias.is_none() {
+            if fuse_rope && l.qkv_bias.is_none() {
                 k.gemv_rope_kv(
                     s,
                     &mut b.qkv.slice_mut(..t * qkvw),
@@ -265,49 +255,33 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<bool
             )
             .map_err(err("paged prefill attention"))?;
         }
-        if fuse_norm && l.o_bias.is_none() {
-            k.gemv_add_rms_norm(
-                s,
-                &mut b.delta.slice_mut(..t * h),
-                &b.attn.slice(..t * d.heads * d.head_dim),
-                &l.o.as_view(),
-                d.heads * d.head_dim,
-                &mut b.x.slice_mut(..t * h),
-                &mut b.h.slice_mut(..t * h),
-                &l.ffn_norm.as_view(),
-                d.eps,
-                &mut b.gemv_counter.as_view_mut(),
-            )
-            .map_err(err("gemv_add_rms_norm"))?;
-        } else {
-            linear(
-                lin,
-                s,
-                &mut b.delta,
-                &b.attn,
-                &l.o,
-                t,
-                h,
-                d.heads * d.head_dim,
-            )?;
-            // Added once, before the sum, when the model is split.
-            if let Some(bias) = l.o_bias.as_ref().filter(|_| leader) {
-                k.add_bias(s, &mut b.delta.slice_mut(..t * h), &bias.as_view())
-                    .map_err(err("o_proj bias"))?;
-            }
-            if let Some(c) = nccl {
-                c.all_reduce_sum(&mut b.delta.slice_mut(..t * h))?;
-            }
-            k.add_rms_norm(
-                s,
-                &mut b.x.slice_mut(..t * h),
-                &b.delta.slice(..t * h),
-                &mut b.h.slice_mut(..t * h),
-                &l.ffn_norm.as_view(),
-                d.eps,
-            )
-            .map_err(err("add_rms_norm"))?;
+        linear(
+            lin,
+            s,
+            &mut b.delta,
+            &b.attn,
+            &l.o,
+            t,
+            h,
+            d.heads * d.head_dim,
+        )?;
+        // Added once, before the sum, when the model is split.
+        if let Some(bias) = l.o_bias.as_ref().filter(|_| leader) {
+            k.add_bias(s, &mut b.delta.slice_mut(..t * h), &bias.as_view())
+                .map_err(err("o_proj bias"))?;
         }
+        if let Some(c) = nccl {
+            c.all_reduce_sum(&mut b.delta.slice_mut(..t * h))?;
+        }
+        k.add_rms_norm(
+            s,
+            &mut b.x.slice_mut(..t * h),
+            &b.delta.slice(..t * h),
+            &mut b.h.slice_mut(..t * h),
+            &l.ffn_norm.as_view(),
+            d.eps,
+        )
+        .map_err(err("add_rms_norm"))?;
         linear(lin, s, &mut b.gate_up, &b.h, &l.gate_up, t, 2 * d.ffn, h)?;
         k.silu_mul(
             s,
@@ -316,60 +290,31 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<bool
             d.ffn,
         )
         .map_err(err("silu_mul"))?;
-        // The next layer's input norm, or the final one after the last layer.
-        let next_norm =
-            m.w.layers
-                .get(i + 1)
-                .map_or(&m.w.final_norm, |n| &n.attn_norm);
-        normed = fuse_norm;
-        if fuse_norm {
-            k.gemv_add_rms_norm(
-                s,
-                &mut b.delta.slice_mut(..t * h),
-                &b.act.slice(..t * d.ffn),
-                &l.down.as_view(),
-                d.ffn,
-                &mut b.x.slice_mut(..t * h),
-                &mut b.h.slice_mut(..t * h),
-                &next_norm.as_view(),
-                d.eps,
-                &mut b.gemv_counter.as_view_mut(),
-            )
-            .map_err(err("gemv_add_rms_norm"))?;
-        } else {
-            linear(lin, s, &mut b.delta, &b.act, &l.down, t, h, d.ffn)?;
-            if let Some(c) = nccl {
-                c.all_reduce_sum(&mut b.delta.slice_mut(..t * h))?;
-            }
+        linear(lin, s, &mut b.delta, &b.act, &l.down, t, h, d.ffn)?;
+        if let Some(c) = nccl {
+            c.all_reduce_sum(&mut b.delta.slice_mut(..t * h))?;
         }
     }
-    Ok(normed)
+    Ok(())
 }
 
 /// Final residual add + norm over every row, the logit rows gathered (eager steps with
 /// prefill chunks) into `last`, the vocabulary GEMM, and device sampling when asked.
-/// `normed`: the last layer's epilogue already wrote the final norm's output to `h`.
-pub fn final_norm_and_logits(
-    m: &mut CudaLlama,
-    shape: StepShape,
-    normed: bool,
-) -> BackendResult<()> {
+pub fn final_norm_and_logits(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> {
     let d = m.dims();
     let (t, h) = (shape.rows, d.hidden);
     let s = &m.gpu.stream;
     let b = &mut m.bufs;
-    if !normed {
-        m.kernels
-            .add_rms_norm(
-                s,
-                &mut b.x.slice_mut(..t * h),
-                &b.delta.slice(..t * h),
-                &mut b.h.slice_mut(..t * h),
-                &m.w.final_norm.as_view(),
-                d.eps,
-            )
-            .map_err(cuda_err("final norm"))?;
-    }
+    m.kernels
+        .add_rms_norm(
+            s,
+            &mut b.x.slice_mut(..t * h),
+            &b.delta.slice(..t * h),
+            &mut b.h.slice_mut(..t * h),
+            &m.w.final_norm.as_view(),
+            d.eps,
+        )
+        .map_err(cuda_err("final norm"))?;
     let n = shape.logit_rows;
     if n == 0 {
         return Ok(());
