@@ -292,8 +292,10 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
     // of the chain, K then V, at small batches). Rows of earlier steps are final; this step's
     // row is being written by the kernel before, and prefetching it is harmless: prefetches
     // fill L2 only, where that kernel's stores land, and the loads come after the wait. Capped
-    // so that a full wave of CTAs (~500 resident) prefetches well under L2's 50 MB.
-    {
+    // so that a full wave of CTAs (~500 resident) prefetches well under L2's 50 MB, and only in
+    // launches of one wave: in bigger ones (128 x 4k tokens) it made attention 3-5% slower
+    // (H100, attn_bench, 2026-11-26), where it gained 0.7 us at batch 1.
+    if (sp.n * gridDim.x * gridDim.y <= a.target_ctas) {
         constexpr u32 LINES = D * 2 / 128;  // 128-byte lines a row
         const u32 n = min(plen, (u32)DEC_PREFETCH) * LINES;
         for (u32 i = threadIdx.x; i < n; i += DEC_THREADS) {

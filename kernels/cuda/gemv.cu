@@ -177,24 +177,63 @@ struct GemvEpi {
     u32 H, KVH, D, rope_half, block_size, max_pos;
 };
 
-// Columns n, n + 1 (n even) of row m, summed in f32: the pair's outputs.
+// What the RoPE epilogue needs besides the sums, read into shared memory before the kernel
+// waits for x (PDL): positions, slots and tables are step metadata and constants, so this
+// takes the epilogue's two dependent loads (position, then table) off the end of the GEMV.
+// Without it the fused kernel was slower than GEMV + rope kernel at 1-2 rows (H100, 2026-11-26).
+#define STAGE_ROWS 32   // GEMV_MAX_ROWS
+#define STAGE_PAIRS 16  // column pairs of a 32-column CTA
+struct RopeStage {
+    float c[STAGE_ROWS][STAGE_PAIRS], s[STAGE_ROWS][STAGE_PAIRS];
+    u32 slot[STAGE_ROWS];
+};
+
+// The epilogue's arguments and its shared staging area (null without an epilogue).
+struct EpiRef {
+    const GemvEpi* ep;
+    RopeStage* st;
+};
+
+template <int EPI, int TN>
+__device__ __forceinline__ void epi_stage(const EpiRef& e, u32 n0, u32 N, u32 M) {
+    if constexpr (EPI == EPI_ROPE_KV) {
+        const GemvEpi& ep = *e.ep;
+        constexpr u32 PAIRS = 8 * TN;
+        for (u32 i = threadIdx.x; i < M * PAIRS; i += MMA_WARPS * 32) {
+            const u32 m = i / PAIRS, jj = i % PAIRS, n = n0 + 2 * jj;
+            const u32 head = n / ep.D, j = (n % ep.D) / 2;
+            float c = 1.f, sn = 0.f;
+            if (n < N && head < ep.H + ep.KVH && j < ep.rope_half) {
+                const u64 at = (u64)min(ep.pos[m], ep.max_pos - 1) * ep.rope_half + j;
+                c = ep.cos_t[at];
+                sn = ep.sin_t[at];
+            }
+            e.st->c[m][jj] = c;
+            e.st->s[m][jj] = sn;
+        }
+        for (u32 m = threadIdx.x; m < M; m += MMA_WARPS * 32) e.st->slot[m] = ep.slots[m];
+    }
+}
+
+// Columns n, n + 1 (n even) of row m, summed in f32: the pair's outputs. The tables and slot
+// come from the stage (epi_stage, published by the barrier before the epilogue).
 template <int EPI>
-__device__ __forceinline__ void epi_pair(const GemvEpi& ep, bf16* __restrict__ y, u32 m, u32 n,
-                                         u32 N, float v0, float v1) {
+__device__ __forceinline__ void epi_pair(const EpiRef& e, bf16* __restrict__ y, u32 n0, u32 m,
+                                         u32 n, u32 N, float v0, float v1) {
+    const GemvEpi& ep = *e.ep;
     if constexpr (EPI == EPI_SILU) {
         y[(u64)m * (N / 2) + n / 2] = __float2bfloat16_rn(v0 / (1.f + __expf(-v0)) * v1);
     } else if constexpr (EPI == EPI_ROPE_KV) {
         const u32 head = n / ep.D, j = (n % ep.D) / 2;
         if (head < ep.H + ep.KVH && j < ep.rope_half) {
-            const u64 at = (u64)min(ep.pos[m], ep.max_pos - 1) * ep.rope_half + j;
-            const float c = ep.cos_t[at], s = ep.sin_t[at];
+            const float c = e.st->c[m][(n - n0) / 2], s = e.st->s[m][(n - n0) / 2];
             const float r0 = v0 * c - v1 * s;
             v1 = v0 * s + v1 * c;
             v0 = r0;
         }
         const bf162 r = __floats2bfloat162_rn(v0, v1);
         *(bf162*)(y + (u64)m * N + n) = r;
-        const u32 slot = ep.slots[m];
+        const u32 slot = e.st->slot[m];
         if (head >= ep.H && (u64)slot < ep.num_slots) {
             const bool v = head >= ep.H + ep.KVH;
             const u32 kvh = head - ep.H - (v ? ep.KVH : 0);
@@ -214,7 +253,7 @@ __device__ __forceinline__ void epi_pair(const GemvEpi& ep, bf16* __restrict__ y
 template <int MT, int TN, typename OUT, int EPI = EPI_NONE>
 __device__ __forceinline__ void gemv_mma_store(float* red, const float (&acc)[TN][MT][4],
                                                OUT* __restrict__ y, u32 n0, u32 N, u32 M,
-                                               const GemvEpi* ep = nullptr) {
+                                               const EpiRef e = {}) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     constexpr u32 PER_WARP = TN * MT * 128;
 #pragma unroll
@@ -239,17 +278,17 @@ __device__ __forceinline__ void gemv_mma_store(float* red, const float (&acc)[TN
         // Column pairs (n even, n + 1): element e (i < 2) and e + 64 (i + 2) of one lane and
         // tile. N is even (checked by the wrappers).
         for (u32 pe = threadIdx.x; pe < PER_WARP / 2; pe += MMA_WARPS * 32) {
-            const u32 e = ((pe >> 6) << 7) | (pe & 63);
+            const u32 el = ((pe >> 6) << 7) | (pe & 63);
             float v0 = 0.f, v1 = 0.f;
 #pragma unroll
             for (int wi = 0; wi < MMA_WARPS; wi++) {
-                v0 += red[wi * PER_WARP + e];
-                v1 += red[wi * PER_WARP + e + 64];
+                v0 += red[wi * PER_WARP + el];
+                v1 += red[wi * PER_WARP + el + 64];
             }
-            const u32 l = e & 31, i = (e >> 5) & 1, tile = e >> 7;
+            const u32 l = el & 31, i = (el >> 5) & 1, tile = el >> 7;
             const u32 n = n0 + 16 * (tile / MT) + 2 * (l >> 2);
             const u32 m = 8 * (tile % MT) + 2 * (l & 3) + i;
-            if (n < N && m < M) epi_pair<EPI>(*ep, y, m, n, N, v0, v1);
+            if (n < N && m < M) epi_pair<EPI>(e, y, n0, m, n, N, v0, v1);
         }
     }
 }
@@ -260,7 +299,7 @@ template <int MT, int TN, typename OUT, int EPI = EPI_NONE>
 __device__ __forceinline__ void gemv_mma_body(float* red, OUT* __restrict__ y,
                                               const bf16* __restrict__ x,
                                               const bf16* __restrict__ w, u32 N, u32 K, u32 M,
-                                              const GemvEpi* ep = nullptr) {
+                                              const EpiRef e = {}) {
     // Steps a warp loads before it multiplies: 8 weight loads in flight per lane either way.
     constexpr int U = 2 / TN;
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -307,6 +346,7 @@ __device__ __forceinline__ void gemv_mma_body(float* red, OUT* __restrict__ y,
                 for (int j = 0; j < 4; j++)
                     prefetch_l2(wb + woff[tn][j] + 8 * (s + u * MMA_WARPS));
     }
+    epi_stage<EPI, TN>(e, n0, N, M);
     pdl_enter();
     // Whole steps, U at a time: all loads first (8 weight, 2 * U * MT x loads a lane), then mma.
     for (; s + (U - 1) * MMA_WARPS < whole; s += U * MMA_WARPS) {
@@ -352,7 +392,7 @@ __device__ __forceinline__ void gemv_mma_body(float* red, OUT* __restrict__ y,
         for (int tn = 0; tn < TN; tn++) mma_step<MT>(acc[tn], v[tn], xv, h);
     }
 
-    gemv_mma_store<MT, TN, OUT, EPI>(red, acc, y, n0, N, M, ep);
+    gemv_mma_store<MT, TN, OUT, EPI>(red, acc, y, n0, N, M, e);
 }
 
 // ---- 17-32 rows: x through shared memory ----
@@ -396,7 +436,7 @@ template <int MT, int TN, typename OUT, int EPI = EPI_NONE>
 __device__ __forceinline__ void gemv_mma_xs_body(uint4* xs, OUT* __restrict__ y,
                                                  const bf16* __restrict__ x,
                                                  const bf16* __restrict__ w, u32 N, u32 K,
-                                                 u32 M, const GemvEpi* ep = nullptr) {
+                                                 u32 M, const EpiRef e = {}) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const u32 q = lane >> 3, p = lane & 7, g = lane >> 2, t = lane & 3;
     const bool h = (g & 1) != 0;
@@ -439,6 +479,7 @@ __device__ __forceinline__ void gemv_mma_xs_body(uint4* xs, OUT* __restrict__ y,
 #pragma unroll
             for (int j = 0; j < 4; j++) prefetch_l2(wb + woff[tn][j] + 8 * s);
     }
+    epi_stage<EPI, TN>(e, n0, N, M);
     pdl_enter();
     // Whole steps: weight loads, then x into the slots, wait for x, mma (waits for the weights).
     for (; s < whole; s += MMA_WARPS) {
@@ -480,7 +521,7 @@ __device__ __forceinline__ void gemv_mma_xs_body(uint4* xs, OUT* __restrict__ y,
     // The partial sums go over the x slots, once every warp has read its last x.
     __syncthreads();
     static_assert(TN * MT * 128 * 4 <= MT * 64 * 16, "partial sums fit a warp's x slots");
-    gemv_mma_store<MT, TN, OUT, EPI>((float*)xs, acc, y, n0, N, M, ep);
+    gemv_mma_store<MT, TN, OUT, EPI>((float*)xs, acc, y, n0, N, M, e);
 }
 
 // M = 1: the warp-per-column kernel. M > 1: the tensor-core kernel for M' <= M rows (`rows`; any
@@ -527,20 +568,22 @@ template <int M, int EPI>
 __device__ __forceinline__ void gemv_entry_epi(bf16* __restrict__ y, const bf16* __restrict__ x,
                                                const bf16* __restrict__ w, u32 N, u32 K,
                                                u32 rows, u32 cols, const GemvEpi* ep) {
+    __shared__ RopeStage stage;
+    const EpiRef e = {ep, &stage};
     if constexpr (M > 16) {
         constexpr int MT = (M + 7) / 8;
         __shared__ uint4 xs[MMA_WARPS * MT * 64];
         if (cols == 32)
-            gemv_mma_xs_body<MT, 2, bf16, EPI>(xs, y, x, w, N, K, rows, ep);
+            gemv_mma_xs_body<MT, 2, bf16, EPI>(xs, y, x, w, N, K, rows, e);
         else
-            gemv_mma_xs_body<MT, 1, bf16, EPI>(xs, y, x, w, N, K, rows, ep);
+            gemv_mma_xs_body<MT, 1, bf16, EPI>(xs, y, x, w, N, K, rows, e);
     } else {
         constexpr int MT = M > 8 ? 2 : 1;
         __shared__ float red[MMA_WARPS * 2 * MT * 128];
         if (cols == 32)
-            gemv_mma_body<MT, 2, bf16, EPI>(red, y, x, w, N, K, rows, ep);
+            gemv_mma_body<MT, 2, bf16, EPI>(red, y, x, w, N, K, rows, e);
         else
-            gemv_mma_body<MT, 1, bf16, EPI>(red, y, x, w, N, K, rows, ep);
+            gemv_mma_body<MT, 1, bf16, EPI>(red, y, x, w, N, K, rows, e);
     }
 }
 
