@@ -149,13 +149,14 @@ __device__ __forceinline__ void mma_step(float (&acc)[MT][4], const uint4 (&v)[4
 // ---- Fused epilogues (tensor-core kernels, bf16 out) ----
 //
 // The small kernels between a decode step's GEMVs cost more than their bytes: each is a few
-// microseconds of latency on the step's critical path. Three of them can instead run at the end
-// of the GEMV that feeds them, on the f32 sums before any bf16 rounding:
-// - EPI_ROPE_KV (the QKV projection): RoPE on q and k (interleaved pairs (2i, 2i + 1): both
-//   columns of a pair always land in one CTA) and the write of k and v into the paged cache, as
-//   rope_kv_write_kernel (rope.cu) does.
-// - EPI_SILU (gate/up with interleaved weight rows, gate i at row 2i, up i at 2i + 1): y[m, i] =
-//   silu(gate) * up, as silu_mul_kernel (elementwise.cu).
+// microseconds of latency on the step's critical path. EPI_ROPE_KV runs RoPE + KV write at the
+// end of the QKV projection instead, on the f32 sums before any bf16 rounding: RoPE on q and k
+// (interleaved pairs (2i, 2i + 1): both columns of a pair always land in one CTA) and the write
+// of k and v into the paged cache, as rope_kv_write_kernel (rope.cu) does. Measured on an H100
+// (cuda_bench, 2026-11-26, PAGEDSERVE_CUDA_FUSE=0 against 1, one binary, two rounds): within
+// the noise (+-0.5%) at 1-16 sequences, 0.6-1.8% faster at 32. SiLU*mul could go into the
+// gate/up GEMV the same way (with gate and up rows interleaved at load, and the cuBLAS path's
+// kernel reading pairs); with gains of that size it was written, tested and left out.
 // The residual add + RMSNorm after o_proj and down was tried the same way (the last CTA to
 // finish, found with a counter as decode attention combines, adding the delta to the residual
 // and writing the norm): every step got slower, batch 1 5.89 against 5.69 ms and batch 8 7.97
@@ -163,7 +164,6 @@ __device__ __forceinline__ void mma_step(float (&acc)[MT][4], const uint4 (&v)[4
 // longer chain than the norm kernel's 1,024 threads, and every CTA paid the fence and atomic.
 #define EPI_NONE 0
 #define EPI_ROPE_KV 1
-#define EPI_SILU 2
 
 struct GemvEpi {
     // EPI_ROPE_KV: caches [num_blocks, KVH, block_size, D]; tables [max_pos, rope_half].
@@ -221,9 +221,7 @@ template <int EPI>
 __device__ __forceinline__ void epi_pair(const EpiRef& e, bf16* __restrict__ y, u32 n0, u32 m,
                                          u32 n, u32 N, float v0, float v1) {
     const GemvEpi& ep = *e.ep;
-    if constexpr (EPI == EPI_SILU) {
-        y[(u64)m * (N / 2) + n / 2] = __float2bfloat16_rn(v0 / (1.f + __expf(-v0)) * v1);
-    } else if constexpr (EPI == EPI_ROPE_KV) {
+    if constexpr (EPI == EPI_ROPE_KV) {
         const u32 head = n / ep.D, j = (n % ep.D) / 2;
         if (head < ep.H + ep.KVH && j < ep.rope_half) {
             const float c = e.st->c[m][(n - n0) / 2], s = e.st->s[m][(n - n0) / 2];
@@ -241,8 +239,6 @@ __device__ __forceinline__ void epi_pair(const EpiRef& e, bf16* __restrict__ y, 
             bf16* cache = v ? ep.vc : ep.kc;
             *(bf162*)(cache + ((blk * ep.KVH + kvh) * ep.block_size + off) * ep.D + n % ep.D) = r;
         }
-    } else {
-        *(bf162*)(y + (u64)m * N + n) = __floats2bfloat162_rn(v0, v1);
     }
 }
 
@@ -562,8 +558,7 @@ __device__ __forceinline__ void gemv_entry(OUT* __restrict__ y, const bf16* __re
         gemv_entry<M, float>(y, x, w, N, K, rows, cols);                                       \
     }
 
-// The fused variants (bf16 out, tensor-core kernels only): gemv_rope_m{M}, gemv_silu_m{M} for
-// every M but 1.
+// The fused variant (bf16 out, tensor-core kernels only): gemv_rope_m{M} for every M but 1.
 template <int M, int EPI>
 __device__ __forceinline__ void gemv_entry_epi(bf16* __restrict__ y, const bf16* __restrict__ x,
                                                const bf16* __restrict__ w, u32 N, u32 K,
@@ -594,9 +589,7 @@ __device__ __forceinline__ void gemv_entry_epi(bf16* __restrict__ y, const bf16*
                            const GemvEpi ep) {                                                 \
         gemv_entry_epi<M, EPI>(y, x, w, N, K, rows, cols, &ep);                                \
     }
-#define GEMV_FUSED(M)                      \
-    GEMV_EPI_KERNEL(rope, EPI_ROPE_KV, M) \
-    GEMV_EPI_KERNEL(silu, EPI_SILU, M)
+#define GEMV_FUSED(M) GEMV_EPI_KERNEL(rope, EPI_ROPE_KV, M)
 
 GEMV_KERNELS(1)
 GEMV_KERNELS(2)

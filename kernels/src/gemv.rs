@@ -59,12 +59,10 @@ pub(crate) fn gemv_kernel_ms() -> Vec<usize> {
     ms
 }
 
-/// The fused-epilogue kernels (the loader's list): `gemv_rope_m{M}` and `gemv_silu_m{M}` for
-/// every tensor-core `M`.
+/// The fused-epilogue kernels (the loader's list): `gemv_rope_m{M}` for every tensor-core `M`.
 pub(crate) fn gemv_fused_kernel_names() -> Vec<String> {
     let ms = gemv_kernel_ms().into_iter().filter(|&m| m > 1);
-    ms.flat_map(|m| [format!("gemv_rope_m{m}"), format!("gemv_silu_m{m}")])
-        .collect()
+    ms.map(|m| format!("gemv_rope_m{m}")).collect()
 }
 
 /// An output element type of [`Kernels::gemv`]: bf16 activations or f32 logits.
@@ -191,30 +189,6 @@ impl Kernels {
         let cols = Self::gemv_mma_cols(rows, n);
         // SAFETY: `qkv` holds rows * n elements; the caches and tables were checked by
         // `heads.check` (slots past the cache are not written, positions clamped).
-        unsafe { self.gemv_launch(stream, &name, yp, x, w, n, k, rows, cols, Some(epi)) }
-    }
-
-    /// [`Kernels::gemv`] of gate/up with SiLU·mul done on its sums: `w` bf16 `[n, k]` holds the
-    /// gate and up rows interleaved (gate i at row 2i, up i at 2i + 1), `act` bf16 `[rows, n /
-    /// 2]` gets silu(gate) * up. 1..=32 rows.
-    pub fn gemv_silu(
-        &self,
-        stream: &CudaStream,
-        act: &mut CudaViewMut<'_, bf16>,
-        x: &CudaView<'_, bf16>,
-        w: &CudaView<'_, bf16>,
-        n: usize,
-        k: usize,
-    ) -> Result<(), KernelError> {
-        const K: &str = "gemv_silu";
-        ensure(K, n.is_multiple_of(2), || format!("n = {n} is odd"))?;
-        let rows = gemv_rows(K, x.len(), w.len(), n, k, GEMV_MAX_ROWS)?;
-        expect_len(K, "act", act.len(), rows * n / 2)?;
-        let name = format!("gemv_silu_m{}", gemv_kernel_m(rows));
-        let (yp, _g0) = act.device_ptr_mut(stream);
-        let cols = Self::gemv_mma_cols(rows, n);
-        let epi = GemvEpi::default();
-        // SAFETY: `act` holds rows * n / 2 elements, as the SiLU epilogue writes.
         unsafe { self.gemv_launch(stream, &name, yp, x, w, n, k, rows, cols, Some(epi)) }
     }
 

@@ -210,10 +210,10 @@ mod tests {
                 .and_then(|r| r.split_once("_g"))
                 .and_then(|(d, r)| Some((d, r.split_once("_p")?.0)))
                 .is_some_and(|(d, g)| src.contains(&format!("DECODE_INST({d}, {g})")));
-            // GEMV kernels come from GEMV_KERNELS(M), the fused ones from GEMV_FUSED(M).
+            // GEMV kernels come from GEMV_KERNELS(M), the RoPE-fused ones from GEMV_FUSED(M).
             let gemv = name.rsplit_once("_m").is_some_and(|(k, m)| match k {
                 "gemv_bf16" | "gemv_f32" => src.contains(&format!("GEMV_KERNELS({m})")),
-                "gemv_rope" | "gemv_silu" => src.contains(&format!("GEMV_FUSED({m})")),
+                "gemv_rope" => src.contains(&format!("GEMV_FUSED({m})")),
                 _ => false,
             });
             assert!(direct || inst || gemv, "{name} is not in the sources");

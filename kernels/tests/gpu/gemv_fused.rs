@@ -1,6 +1,5 @@
 //! The tensor-core GEMV with its fused epilogues (gemv.cu, "Fused epilogues") against f64
-//! references: RoPE + KV-cache write (`gemv_rope_kv`) and SiLU·mul of interleaved gate/up rows
-//! (`gemv_silu`), at row counts
+//! references: RoPE + KV-cache write (`gemv_rope_kv`), at row counts
 //! that reach every kernel family (m2..m16 with x in registers, m24 and m32 through shared
 //! memory), and the shapes each wrapper refuses.
 
@@ -229,55 +228,9 @@ fn gemv_rope_kv_rotates_and_fills_slots_for_every_kernel() -> TestResult {
 }
 
 #[test]
-fn gemv_silu_matches_reference() -> TestResult {
-    let Some(g) = gpu() else { return Ok(()) };
-    let mut rng = rng("gemv_silu");
-    // SmolLM2-sized gate/up (3072 columns); 100 columns, not a multiple of 16 or 32, with a K
-    // that is not a multiple of the 64-wide k steps.
-    for (n, k) in [(2 * 1536, 576), (2 * 50, 1000)] {
-        let p = product(g, &mut rng, GEMV_MAX_ROWS, n, k)?;
-        // silu(gate) * up from the f64 sums: gate i is column 2i, up i column 2i + 1.
-        let want_all: Vec<f64> =
-            p.y.chunks(2)
-                .map(|gu| gu[0] / (1.0 + (-gu[0]).exp()) * gu[1])
-                .collect();
-        for rows in [1, 3, 8, 16, 24, 32] {
-            let label = format!("silu n={n} k={k} rows={rows}");
-            let mut d_act = up(g, &poison_bf16(rows * n / 2))?;
-            g.k.gemv_silu(
-                &g.stream,
-                &mut d_act.as_view_mut(),
-                &p.d_x.slice(..rows * k),
-                &p.d_w.as_view(),
-                n,
-                k,
-            )?;
-            let act = down(g, &d_act)?;
-            check(&label, &act, &want_all[..rows * n / 2], n / 2, BF16_TOL);
-        }
-    }
-    Ok(())
-}
-
-#[test]
 fn gemv_fused_rejects_bad_shapes() -> TestResult {
     let Some(g) = gpu() else { return Ok(()) };
     let k = 64;
-
-    // gemv_silu: an odd n has no gate/up pairs.
-    let (rows, n) = (2, 33);
-    let w = up(g, &to_bf16(&vec![0.5; n * k]))?;
-    let x = up(g, &to_bf16(&vec![0.5; rows * k]))?;
-    let mut act = up(g, &poison_bf16(rows * n))?;
-    let r = g.k.gemv_silu(
-        &g.stream,
-        &mut act.slice_mut(..rows * (n / 2)),
-        &x.as_view(),
-        &w.as_view(),
-        n,
-        k,
-    );
-    assert!(r.is_err(), "silu: n = {n} must be refused");
 
     // gemv_rope_kv: a qkv buffer one head longer than [rows, (H + 2 KVH) D].
     let heads = RopeHeads {
