@@ -6,7 +6,7 @@ use cudarc::driver::{
 use half::bf16;
 
 use crate::error::{ensure, expect_len, to_u32};
-use crate::rope::RopeHeads;
+use crate::rope::RopeKv;
 use crate::{KernelError, Kernels};
 
 /// Most rows of `x` one GEMV launch takes; larger steps belong to cuBLAS's GEMMs.
@@ -140,8 +140,8 @@ impl Kernels {
 
     /// [`Kernels::gemv`] of the QKV projection with RoPE and the KV-cache write done on its
     /// sums, as [`Kernels::rope_kv_write`] does after it: `qkv` bf16 `[rows, (H + 2 KVH) D]`
-    /// gets q and k rotated and v; k and v go to slot `slots[t]` of the caches. 1..=32 rows.
-    #[allow(clippy::too_many_arguments)]
+    /// gets q and k rotated and v; k and v go to slot `rope.slots[t]` of the caches. 1..=32
+    /// rows.
     pub fn gemv_rope_kv(
         &self,
         stream: &CudaStream,
@@ -149,34 +149,22 @@ impl Kernels {
         x: &CudaView<'_, bf16>,
         w: &CudaView<'_, bf16>,
         k: usize,
-        k_cache: &mut CudaViewMut<'_, bf16>,
-        v_cache: &mut CudaViewMut<'_, bf16>,
-        positions: &CudaView<'_, u32>,
-        slots: &CudaView<'_, u32>,
-        cos: &CudaView<'_, f32>,
-        sin: &CudaView<'_, f32>,
-        heads: RopeHeads,
+        rope: &mut RopeKv<'_>,
     ) -> Result<(), KernelError> {
         const K: &str = "gemv_rope_kv";
-        let n = heads.stride();
+        let n = rope.heads.stride();
         let rows = gemv_rows(K, x.len(), w.len(), n, k, GEMV_MAX_ROWS)?;
-        let g = heads.check(K, qkv.len(), k_cache.len(), v_cache.len(), cos, sin, rows)?;
-        expect_len(K, "positions", positions.len(), rows)?;
-        expect_len(K, "slots", slots.len(), rows)?;
+        let g = rope.check(K, qkv.len(), rows)?;
         let (yp, _g0) = qkv.device_ptr_mut(stream);
-        let (kc, _g1) = k_cache.device_ptr_mut(stream);
-        let (vc, _g2) = v_cache.device_ptr_mut(stream);
-        let (pos, _g3) = positions.device_ptr(stream);
-        let (sl, _g4) = slots.device_ptr(stream);
-        let (c, _g5) = cos.device_ptr(stream);
-        let (sn, _g6) = sin.device_ptr(stream);
+        let p = rope.ptrs(stream);
+        let [kc, vc, pos, slots, cos, sin] = p.ptrs;
         let epi = GemvEpi {
             kc,
             vc,
             pos,
-            slots: sl,
-            cos: c,
-            sin: sn,
+            slots,
+            cos,
+            sin,
             num_slots: g.num_slots,
             h: g.h,
             kvh: g.kvh,
@@ -188,7 +176,7 @@ impl Kernels {
         let name = format!("gemv_rope_m{}", gemv_kernel_m(rows));
         let cols = Self::gemv_mma_cols(rows, n);
         // SAFETY: `qkv` holds rows * n elements; the caches and tables were checked by
-        // `heads.check` (slots past the cache are not written, positions clamped).
+        // `rope.check` (slots past the cache are not written, positions clamped).
         unsafe { self.gemv_launch(stream, &name, yp, x, w, n, k, rows, cols, Some(epi)) }
     }
 
@@ -279,7 +267,7 @@ fn gemv_rows(
 
 /// Mirrors `struct GemvEpi` in gemv.cu field by field (unused fields 0).
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct GemvEpi {
     kc: u64,
     vc: u64,

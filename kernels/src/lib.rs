@@ -36,7 +36,7 @@ pub use device::{driver_present, nvrtc_present, open_device};
 pub use error::KernelError;
 pub use gemv::{GEMV_MAX_ROWS, GemvOut};
 pub use loader::{cached_ptx, compile_ptx, device_arch, full_source};
-pub use rope::RopeHeads;
+pub use rope::{RopeHeads, RopeKv};
 
 /// The compiled kernels of one device.
 pub struct Kernels {

@@ -1,6 +1,8 @@
 //! Wrapper of the fused RoPE + KV-cache write (cuda/rope.cu).
 
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{
+    CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, SyncOnDrop,
+};
 use half::bf16;
 
 use crate::error::{ensure, expect_len, to_u32};
@@ -98,42 +100,87 @@ impl RopeHeads {
     }
 }
 
+/// Where RoPE + KV write puts this step's k and v, and what it rotates with: the layer's caches
+/// `[num_blocks, KVH, block_size, D]`, each row's position and cache slot (`u32::MAX`, or any
+/// slot past the cache, for a padding row that is not written), the tables `cos`/`sin` f32
+/// `[max_pos, rope_dim / 2]`, and the head layout.
+pub struct RopeKv<'a> {
+    pub k_cache: CudaViewMut<'a, bf16>,
+    pub v_cache: CudaViewMut<'a, bf16>,
+    pub positions: CudaView<'a, u32>,
+    pub slots: CudaView<'a, u32>,
+    pub cos: CudaView<'a, f32>,
+    pub sin: CudaView<'a, f32>,
+    pub heads: RopeHeads,
+}
+
+/// Device addresses of a [`RopeKv`], in the kernels' order: k cache, v cache, positions, slots,
+/// cos, sin; valid while the guards live.
+pub(crate) struct RopePtrs<'s> {
+    pub ptrs: [u64; 6],
+    _guards: [SyncOnDrop<'s>; 6],
+}
+
+impl RopeKv<'_> {
+    /// Checks the buffers for `rows` QKV rows of `qkv_len` elements.
+    pub(crate) fn check(
+        &self,
+        kernel: &'static str,
+        qkv_len: usize,
+        rows: usize,
+    ) -> Result<RopeGeom, KernelError> {
+        let g = self.heads.check(
+            kernel,
+            qkv_len,
+            self.k_cache.len(),
+            self.v_cache.len(),
+            &self.cos,
+            &self.sin,
+            rows,
+        )?;
+        expect_len(kernel, "positions", self.positions.len(), rows)?;
+        expect_len(kernel, "slots", self.slots.len(), rows)?;
+        Ok(g)
+    }
+
+    pub(crate) fn ptrs<'s>(&'s mut self, stream: &'s CudaStream) -> RopePtrs<'s> {
+        let (kc, g0) = self.k_cache.device_ptr_mut(stream);
+        let (vc, g1) = self.v_cache.device_ptr_mut(stream);
+        let (p, g2) = self.positions.device_ptr(stream);
+        let (s, g3) = self.slots.device_ptr(stream);
+        let (c, g4) = self.cos.device_ptr(stream);
+        let (sn, g5) = self.sin.device_ptr(stream);
+        RopePtrs {
+            ptrs: [kc, vc, p, s, c, sn],
+            _guards: [g0, g1, g2, g3, g4, g5],
+        }
+    }
+}
+
 impl Kernels {
     /// Rotates every q and k head of `qkv` bf16 `[T, (H + 2*KVH) * D]` in place (interleaved
-    /// pairs `(2i, 2i+1)` for `i < rope_dim / 2`, tables `cos`/`sin` f32 `[max_pos, rope_dim/2]`),
-    /// then writes the rotated k and the v of row t into slot `slots[t]` of this layer's caches
-    /// (`[num_blocks, KVH, block_size, D]`). Slot `u32::MAX` (or any slot past the cache) marks a
-    /// padding row: no cache write. T = positions.len().
-    #[allow(clippy::too_many_arguments)]
+    /// pairs `(2i, 2i+1)` for `i < rope_dim / 2`), then writes the rotated k and the v of row t
+    /// into slot `rope.slots[t]` of the layer's caches. T = `rope.positions.len()`.
     pub fn rope_kv_write(
         &self,
         stream: &CudaStream,
         qkv: &mut CudaViewMut<'_, bf16>,
-        k_cache: &mut CudaViewMut<'_, bf16>,
-        v_cache: &mut CudaViewMut<'_, bf16>,
-        positions: &CudaView<'_, u32>,
-        slots: &CudaView<'_, u32>,
-        cos: &CudaView<'_, f32>,
-        sin: &CudaView<'_, f32>,
-        heads: RopeHeads,
+        rope: &mut RopeKv<'_>,
     ) -> Result<(), KernelError> {
         const K: &str = "rope_kv_write";
-        let t = positions.len();
-        let g = heads.check(K, qkv.len(), k_cache.len(), v_cache.len(), cos, sin, t)?;
-        expect_len(K, "slots", slots.len(), t)?;
+        let t = rope.positions.len();
+        let g = rope.check(K, qkv.len(), t)?;
         if t == 0 {
             return Ok(());
         }
         let rd = 2 * g.rope_half;
         let (q, _g0) = qkv.device_ptr_mut(stream);
-        let (kc, _g1) = k_cache.device_ptr_mut(stream);
-        let (vc, _g2) = v_cache.device_ptr_mut(stream);
-        let (p, _g3) = positions.device_ptr(stream);
-        let (s, _g4) = slots.device_ptr(stream);
-        let (c, _g5) = cos.device_ptr(stream);
-        let (sn, _g6) = sin.device_ptr(stream);
+        let p = rope.ptrs(stream);
         let mut b = self.dependent_launch(stream, "rope_kv_write_kernel")?;
-        b.arg(&q).arg(&kc).arg(&vc).arg(&p).arg(&s).arg(&c).arg(&sn);
+        b.arg(&q);
+        for ptr in &p.ptrs {
+            b.arg(ptr);
+        }
         b.arg(&g.h)
             .arg(&g.kvh)
             .arg(&g.d)

@@ -153,3 +153,17 @@ pub fn check_attention(label: &str, got: &[f64], want: &[f64], d: usize, tol: f6
         "{label}: one head's output is off: rel L2 {worst}"
     );
 }
+
+/// RoPE tables `[max_pos, rope_dim / 2]` for theta `base`: cos and sin of p * base^(-2i / rope_dim).
+pub fn rope_tables(max_pos: usize, rope_dim: usize, base: f64) -> (Vec<f32>, Vec<f32>) {
+    let half = rope_dim / 2;
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for p in 0..max_pos {
+        for i in 0..half {
+            let a = p as f64 * base.powf(-2.0 * i as f64 / rope_dim as f64);
+            cos.push(a.cos() as f32);
+            sin.push(a.sin() as f32);
+        }
+    }
+    (cos, sin)
+}

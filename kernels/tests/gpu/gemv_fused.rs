@@ -10,7 +10,7 @@ use rand::seq::SliceRandom;
 use crate::common::*;
 use cudarc::driver::CudaSlice;
 use half::bf16;
-use pagedserve_kernels::{GEMV_MAX_ROWS, RopeHeads};
+use pagedserve_kernels::{GEMV_MAX_ROWS, RopeHeads, RopeKv};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -81,20 +81,6 @@ fn check(label: &str, got: &[bf16], want: &[f64], d: usize, tol: f64) {
     );
 }
 
-/// RoPE tables `[max_pos, rope_dim / 2]`, as rope.rs builds them.
-fn tables(max_pos: usize, rope_dim: usize, base: f64) -> (Vec<f32>, Vec<f32>) {
-    let half = rope_dim / 2;
-    let (mut cos, mut sin) = (Vec::new(), Vec::new());
-    for p in 0..max_pos {
-        for i in 0..half {
-            let a = p as f64 * base.powf(-2.0 * i as f64 / rope_dim as f64);
-            cos.push(a.cos() as f32);
-            sin.push(a.sin() as f32);
-        }
-    }
-    (cos, sin)
-}
-
 /// The reference QKV rows: the f64 sums `y` `[rows, stride]` with the q and k heads rotated at
 /// `positions` (clamped to the last table row), v heads as they are.
 fn rope_ref(y: &[f64], positions: &[u32], cos: &[f32], sin: &[f32], h: RopeHeads) -> Vec<f64> {
@@ -136,7 +122,7 @@ fn gemv_rope_kv_rotates_and_fills_slots_for_every_kernel() -> TestResult {
         };
         let n = heads.stride();
         let p = product(g, &mut rng, GEMV_MAX_ROWS, n, k)?;
-        let (cos, sin) = tables(max_pos, rope_dim, 500_000.0);
+        let (cos, sin) = rope_tables(max_pos, rope_dim, 500_000.0);
         let (d_cos, d_sin) = (up(g, &cos)?, up(g, &sin)?);
         let num_slots = num_blocks * bs;
         let block_elems = nkv * bs * d;
@@ -169,19 +155,23 @@ fn gemv_rope_kv_rotates_and_fills_slots_for_every_kernel() -> TestResult {
             // handed would land there.
             let mut d_kc = up(g, &poison_bf16(cache_len + block_elems))?;
             let mut d_vc = up(g, &poison_bf16(cache_len + block_elems))?;
+            let mut rope = RopeKv {
+                k_cache: d_kc.slice_mut(..cache_len),
+                v_cache: d_vc.slice_mut(..cache_len),
+                positions: d_pos.as_view(),
+                slots: d_slots.as_view(),
+                cos: d_cos.as_view(),
+                sin: d_sin.as_view(),
+                heads,
+            };
+            let x = p.d_x.slice(..rows * k);
             g.k.gemv_rope_kv(
                 &g.stream,
                 &mut d_qkv.as_view_mut(),
-                &p.d_x.slice(..rows * k),
+                &x,
                 &p.d_w.as_view(),
                 k,
-                &mut d_kc.slice_mut(..cache_len),
-                &mut d_vc.slice_mut(..cache_len),
-                &d_pos.as_view(),
-                &d_slots.as_view(),
-                &d_cos.as_view(),
-                &d_sin.as_view(),
-                heads,
+                &mut rope,
             )?;
             let (qkv, kc, vc) = (down(g, &d_qkv)?, down(g, &d_kc)?, down(g, &d_vc)?);
 
@@ -249,19 +239,22 @@ fn gemv_fused_rejects_bad_shapes() -> TestResult {
     let (pos, slots) = (up(g, &[0u32, 1])?, up(g, &[0u32, 1])?);
     let table = up(g, &vec![0.5f32; max_pos * heads.rope_dim / 2])?;
     let mut qkv = up(g, &poison_bf16(rows * n + heads.head_dim))?;
+    let mut rope = RopeKv {
+        k_cache: kc.as_view_mut(),
+        v_cache: vc.as_view_mut(),
+        positions: pos.as_view(),
+        slots: slots.as_view(),
+        cos: table.as_view(),
+        sin: table.as_view(),
+        heads,
+    };
     let r = g.k.gemv_rope_kv(
         &g.stream,
         &mut qkv.as_view_mut(),
         &x.as_view(),
         &w.as_view(),
         k,
-        &mut kc.as_view_mut(),
-        &mut vc.as_view_mut(),
-        &pos.as_view(),
-        &slots.as_view(),
-        &table.as_view(),
-        &table.as_view(),
-        heads,
+        &mut rope,
     );
     assert!(
         r.is_err(),

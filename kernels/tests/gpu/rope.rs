@@ -4,7 +4,7 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 
 use crate::common::*;
-use pagedserve_kernels::RopeHeads;
+use pagedserve_kernels::{RopeHeads, RopeKv};
 
 struct Case {
     h: usize,
@@ -13,19 +13,6 @@ struct Case {
     rope_dim: usize,
     bs: usize,
     t: usize,
-}
-
-fn tables(max_pos: usize, rope_dim: usize, base: f64) -> (Vec<f32>, Vec<f32>) {
-    let half = rope_dim / 2;
-    let (mut cos, mut sin) = (Vec::new(), Vec::new());
-    for p in 0..max_pos {
-        for i in 0..half {
-            let a = p as f64 * base.powf(-2.0 * i as f64 / rope_dim as f64);
-            cos.push(a.cos() as f32);
-            sin.push(a.sin() as f32);
-        }
-    }
-    (cos, sin)
 }
 
 #[test]
@@ -69,7 +56,7 @@ fn rope_kv_write_rotates_q_k_and_fills_slots() -> TestResult {
         all_slots.shuffle(&mut rng);
         let mut slots = all_slots[..c.t].to_vec();
         slots[1] = u32::MAX; // padding row: rotated in qkv, never written to the cache
-        let (cos, sin) = tables(max_pos, c.rope_dim, 100_000.0);
+        let (cos, sin) = rope_tables(max_pos, c.rope_dim, 100_000.0);
         let cache_len = num_blocks * c.kvh * c.bs * c.d;
         let mut d_qkv = up(g, &qkv)?;
         let (mut kc, mut vc) = (
@@ -82,23 +69,22 @@ fn rope_kv_write_rotates_q_k_and_fills_slots() -> TestResult {
             up(g, &cos)?,
             up(g, &sin)?,
         );
-        g.k.rope_kv_write(
-            &g.stream,
-            &mut d_qkv.as_view_mut(),
-            &mut kc.as_view_mut(),
-            &mut vc.as_view_mut(),
-            &d_pos.as_view(),
-            &d_slots.as_view(),
-            &d_cos.as_view(),
-            &d_sin.as_view(),
-            RopeHeads {
+        let mut rope = RopeKv {
+            k_cache: kc.as_view_mut(),
+            v_cache: vc.as_view_mut(),
+            positions: d_pos.as_view(),
+            slots: d_slots.as_view(),
+            cos: d_cos.as_view(),
+            sin: d_sin.as_view(),
+            heads: RopeHeads {
                 num_heads: c.h,
                 num_kv_heads: c.kvh,
                 head_dim: c.d,
                 rope_dim: c.rope_dim,
                 block_size: c.bs,
             },
-        )?;
+        };
+        g.k.rope_kv_write(&g.stream, &mut d_qkv.as_view_mut(), &mut rope)?;
         let (out, kc, vc) = (down(g, &d_qkv)?, down(g, &kc)?, down(g, &vc)?);
 
         // Reference: rotate q and k heads in f64; v heads unchanged.

@@ -12,7 +12,7 @@ use super::linear::{Linear, linear};
 use super::model::{CudaLlama, StepShape};
 use crate::backend::BackendResult;
 use crate::model::DeviceSampling;
-use pagedserve_kernels::RopeHeads;
+use pagedserve_kernels::{RopeHeads, RopeKv};
 
 /// Model dimensions the kernels need.
 #[derive(Debug, Clone, Copy)]
@@ -111,8 +111,6 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
     let b = &mut m.bufs;
     let meta = &m.meta;
     let tokens = meta.slice(lay.tokens()..lay.tokens() + t);
-    let positions = meta.slice(lay.positions()..lay.positions() + t);
-    let slots = meta.slice(lay.slots()..lay.slots() + t);
     let dq_rows = meta.slice(lay.dq_rows()..lay.dq_rows() + shape.decode_seqs);
     let dctx = meta.slice(lay.dctx()..lay.dctx() + shape.decode_seqs);
     let bt_decode =
@@ -173,42 +171,27 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
         }
         let cache = i * per_layer..(i + 1) * per_layer;
         {
-            let mut kc = m.k_cache.slice_mut(cache.clone());
-            let mut vc = m.v_cache.slice_mut(cache.clone());
+            let mut rope = RopeKv {
+                k_cache: m.k_cache.slice_mut(cache.clone()),
+                v_cache: m.v_cache.slice_mut(cache.clone()),
+                positions: meta.slice(lay.positions()..lay.positions() + t),
+                slots: meta.slice(lay.slots()..lay.slots() + t),
+                cos: m.cos.as_view(),
+                sin: m.sin.as_view(),
+                heads,
+            };
             if fuse_rope && l.qkv_bias.is_none() {
-                k.gemv_rope_kv(
-                    s,
-                    &mut b.qkv.slice_mut(..t * qkvw),
-                    &b.h.slice(..t * h),
-                    &l.qkv.as_view(),
-                    h,
-                    &mut kc,
-                    &mut vc,
-                    &positions,
-                    &slots,
-                    &m.cos.as_view(),
-                    &m.sin.as_view(),
-                    heads,
-                )
-                .map_err(err("gemv_rope_kv"))?;
+                let (qkv, x) = (&mut b.qkv.slice_mut(..t * qkvw), &b.h.slice(..t * h));
+                k.gemv_rope_kv(s, qkv, x, &l.qkv.as_view(), h, &mut rope)
+                    .map_err(err("gemv_rope_kv"))?;
             } else {
                 linear(lin, s, &mut b.qkv, &b.h, &l.qkv, t, qkvw, h)?;
                 if let Some(bias) = &l.qkv_bias {
                     k.add_bias(s, &mut b.qkv.slice_mut(..t * qkvw), &bias.as_view())
                         .map_err(err("qkv bias"))?;
                 }
-                k.rope_kv_write(
-                    s,
-                    &mut b.qkv.slice_mut(..t * qkvw),
-                    &mut kc,
-                    &mut vc,
-                    &positions,
-                    &slots,
-                    &m.cos.as_view(),
-                    &m.sin.as_view(),
-                    heads,
-                )
-                .map_err(err("rope_kv_write"))?;
+                k.rope_kv_write(s, &mut b.qkv.slice_mut(..t * qkvw), &mut rope)
+                    .map_err(err("rope_kv_write"))?;
             }
         }
         let kc = m.k_cache.slice(cache.clone());
