@@ -1,6 +1,9 @@
-// Paged prefill attention (causal, chunked), FlashAttention-2 style on tensor cores.
-// Grid (num_tiles, H); a CTA of 4 warps takes PF_TILE = 64 query rows of one sequence chunk and one
-// head, 16 rows per warp. Query row j of a sequence sits at position start_pos + j and sees keys
+// Paged prefill attention (causal, chunked), FlashAttention-2 style on tensor cores. Two kernels:
+// paged_prefill2_d* (the default, below the first) and the older paged_prefill_d*
+// (PAGEDSERVE_PREFILL_V1=1), both over the same tile list of P2_M = 128 query rows a tile.
+//
+// paged_prefill_d*: grid (2 * num_tiles, H); a CTA of 4 warps takes PF_TILE = 64 query rows (half
+// a listed tile) of one sequence chunk and one head, 16 rows per warp. Query row j of a sequence sits at position start_pos + j and sees keys
 // 0..=start_pos + j, all read from the paged cache through the block table (this step's K/V were
 // written by rope_kv_write already). K and V tiles of PF_KT keys go to shared memory with
 // cp.async, two stages deep (the next tile loads while this one is computed); S = Q·K^T and
@@ -163,7 +166,9 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
     __shared__ __align__(16) bf16 vs[2][PF_KT * LDS];
     __shared__ int sbt[PF_BT_SMEM];
 
-    const int s = a.tiles[2 * blockIdx.x], q0 = a.tiles[2 * blockIdx.x + 1];
+    // The tile list has P2_M-row tiles (prefill_tiles); this kernel takes each in two halves.
+    const int t = blockIdx.x >> 1;
+    const int s = a.tiles[2 * t], q0 = a.tiles[2 * t + 1] + (int)(blockIdx.x & 1) * PF_TILE;
     const u32 h = blockIdx.y;
     if (s < 0 || (u32)s >= a.num_seqs) return;
     const int row_start = a.seq_info[3 * s], nrows = a.seq_info[3 * s + 1];
@@ -247,4 +252,307 @@ extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d64(Prefi
 extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d128(PrefillArgs a) {
     pdl_enter();
     prefill_impl<128>(a);
+}
+
+// ---- paged_prefill2_d*: 128 query rows x 64 keys a step ----
+// Grid (H, num_tiles): the heads of one tile are neighbours in launch order, so the G heads of a
+// KV head (and all heads of a sequence) read the same K/V out of L2 at about the same time, and
+// the heaviest tiles of every head start first. A CTA of 4 warps takes P2_M = 128 query rows, 32
+// a warp in two m16 tiles, so each K or V fragment read from shared memory by ldmatrix feeds two
+// mma rows. Q sits in shared memory (its fragments are re-read each K/V tile: registers go to the
+// 2 x D/8 x 4 O accumulators and the 2 x 8 x 4 scores); K/V tiles of P2_KT = 64 keys,
+// two stages of cp.async. P stays in registers between the two mmas (the S accumulator layout of
+// m16n8k16 is the A layout of the next one once packed to bf16). The causal mask is applied only
+// to the tiles that cross a warp's diagonal; tiles wholly past a warp's last row are skipped, as
+// are warps with no rows left. The output goes out through shared memory in 16-byte rows.
+// The tiles, sequence table and block table are read before pdl_wait (step metadata).
+#define P2_M 128
+#define P2_KT 64
+#define P2_THREADS 128
+
+// Dynamic shared memory of paged_prefill2_d<D> (prefill2_smem_bytes in attention.rs mirrors it):
+// Q [P2_M][D + 8], K and V [2][P2_KT][D + 8] each (bf16), then PF_BT_SMEM block ids.
+template <int D>
+struct P2Smem {
+    static constexpr int LDS = D + 8;  // padded rows: ldmatrix rows fall in distinct banks
+    static constexpr int Q = P2_M * LDS;
+    static constexpr int KV = P2_KT * LDS;
+    static constexpr int BYTES = (Q + 4 * KV) * 2 + PF_BT_SMEM * 4;
+};
+
+// mma.sync without `volatile`: a pure register operation the compiler may schedule freely.
+__device__ __forceinline__ void p2_mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Keys kbase.. of K and V into one stage ([P2_KT][D + 8] each), as load_kv_tile: keys at or past
+// nkeys, and keys of a block id outside the cache, become zeros. Commits one cp.async group
+// (with whatever this thread issued before it, e.g. the Q rows).
+template <int D>
+__device__ __forceinline__ void load_kv_tile2(bf16* kdst, bf16* vdst, const int* sbt,
+                                              const int* bt_row, int kbase, int nkeys, u32 kvh,
+                                              const PrefillArgs& a) {
+    constexpr int CH = D / 8, LDS = D + 8, ROWS = P2_THREADS / CH;
+    const int c = threadIdx.x % CH;
+#pragma unroll
+    for (int r = threadIdx.x / CH; r < P2_KT; r += ROWS) {
+        const int key = kbase + r;
+        u64 off = 0;
+        u32 bytes = 0;
+        if (key < nkeys) {
+            const int bi = key >> a.bs_log2;
+            const int b = bi < PF_BT_SMEM ? sbt[bi] : bt_row[bi];
+            if (b >= 0 && (u32)b < a.num_blocks) {
+                off = ((((u64)b * a.KVH + kvh) << a.bs_log2) + (key & (a.block_size - 1))) * D +
+                      c * 8;
+                bytes = 16;
+            }
+        }
+        cp_async16(kdst + r * LDS + c * 8, a.kc + off, bytes);
+        cp_async16(vdst + r * LDS + c * 8, a.vc + off, bytes);
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+__device__ __forceinline__ void p2_ldsm_x4(u32 (&r)[4], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ void p2_ldsm_x4_t(u32 (&r)[4], u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// One K/V tile for this warp's 32 rows (two m16 tiles): S = Q·K^T, the causal mask where MASK,
+// online softmax (log2 domain), O += P·V. qa, ka and va are this lane's ldmatrix addresses
+// (shared window) of the warp's Q rows and the stage's K and V, at fragment (0, 0); every other
+// fragment is a constant offset from them. pos_g is the position of the lane's first row
+// (warp row gid) and last_pos the chunk's last position (rows past the chunk repeat it).
+template <int D, bool MASK>
+__device__ __forceinline__ void prefill2_tile(u32 qa, u32 ka, u32 va, float (&o)[2][D / 8][4],
+                                              float (&m)[2][2], float (&l)[2][2], int kbase,
+                                              int pos_g, int last_pos, float scale_log2) {
+    constexpr int LDS = D + 8, NT = P2_KT / 8;
+    const int tig = threadIdx.x & 3;
+    float s[2][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int i = 0; i < NT; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        u32 qf[2][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) p2_ldsm_x4(qf[mt], qa + (mt * 16 * LDS + kk * 16) * 2);
+#pragma unroll
+        for (int n2 = 0; n2 < P2_KT / 16; ++n2) {
+            u32 b[4];
+            p2_ldsm_x4(b, ka + (n2 * 16 * LDS + kk * 16) * 2);
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+                p2_mma(s[mt][2 * n2], qf[mt], b[0], b[1]);
+                p2_mma(s[mt][2 * n2 + 1], qf[mt], b[2], b[3]);
+            }
+        }
+    }
+    // P, packed to bf16 as soon as it is known: the A fragments of O += P·V.
+    u32 p[2][P2_KT / 16][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+        float mx0 = m[mt][0], mx1 = m[mt][1];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float v = s[mt][nt][e] * scale_log2;
+                if (MASK && kbase + nt * 8 + tig * 2 + (e & 1) >
+                                min(pos_g + mt * 16 + (e >> 1) * 8, last_pos))
+                    v = NEG_INF;
+                s[mt][nt][e] = v;
+                if (e < 2) mx0 = fmaxf(mx0, v);
+                else mx1 = fmaxf(mx1, v);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(FULL_MASK, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(FULL_MASK, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(FULL_MASK, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(FULL_MASK, mx1, 2));
+        // Tile 0 holds key 0, visible to every row, so the max is finite from the first tile on
+        // (and exp2(-inf - finite) = 0 scales the empty O of that first tile).
+        const float al0 = exp2f(m[mt][0] - mx0), al1 = exp2f(m[mt][1] - mx1);
+        m[mt][0] = mx0;
+        m[mt][1] = mx1;
+        float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            const float e0 = exp2f(s[mt][nt][0] - mx0), e1 = exp2f(s[mt][nt][1] - mx0);
+            const float e2 = exp2f(s[mt][nt][2] - mx1), e3 = exp2f(s[mt][nt][3] - mx1);
+            rs0 += e0 + e1;
+            rs1 += e2 + e3;
+            p[mt][nt / 2][(nt & 1) * 2] = pack_bf16(e0, e1);
+            p[mt][nt / 2][(nt & 1) * 2 + 1] = pack_bf16(e2, e3);
+        }
+        l[mt][0] = l[mt][0] * al0 + rs0;
+        l[mt][1] = l[mt][1] * al1 + rs1;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+            o[mt][dt][0] *= al0;
+            o[mt][dt][1] *= al0;
+            o[mt][dt][2] *= al1;
+            o[mt][dt][3] *= al1;
+        }
+    }
+#pragma unroll
+    for (int kk = 0; kk < P2_KT / 16; ++kk)
+#pragma unroll
+        for (int d2 = 0; d2 < D / 16; ++d2) {
+            u32 b[4];
+            p2_ldsm_x4_t(b, va + (kk * 16 * LDS + d2 * 16) * 2);
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+                p2_mma(o[mt][2 * d2], p[mt][kk], b[0], b[1]);
+                p2_mma(o[mt][2 * d2 + 1], p[mt][kk], b[2], b[3]);
+            }
+        }
+}
+
+template <int D>
+__device__ __forceinline__ void prefill2_impl(const PrefillArgs& a) {
+    using SM = P2Smem<D>;
+    constexpr int LDS = SM::LDS, CH = D / 8;
+    extern __shared__ __align__(16) unsigned char p2_smem[];
+    bf16* qsm = (bf16*)p2_smem;
+    bf16* ksm = qsm + SM::Q;       // [2][P2_KT * LDS]
+    bf16* vsm = ksm + 2 * SM::KV;  // [2][P2_KT * LDS]
+    int* sbt = (int*)(vsm + 2 * SM::KV);
+
+    // Step metadata only (tiles, sequence table, block tables) before pdl_wait.
+    const u32 h = blockIdx.x;
+    const int s = a.tiles[2 * blockIdx.y], q0 = a.tiles[2 * blockIdx.y + 1];
+    const bool valid = s >= 0 && (u32)s < a.num_seqs;
+    const int row_start = valid ? a.seq_info[3 * s] : 0, nrows = valid ? a.seq_info[3 * s + 1] : 0;
+    const int start_pos = valid ? a.seq_info[3 * s + 2] : 0;
+    const bool work = valid && q0 >= 0 && q0 < nrows;
+    const int nkeys =
+        work ? min(start_pos + min(q0 + P2_M, nrows), (int)(a.bt_stride * a.block_size)) : 0;
+    const int* bt_row = a.block_tables + (u64)(work ? s : 0) * a.bt_stride;
+    if (work) {
+        const int nblk = min((nkeys + (int)a.block_size - 1) >> a.bs_log2, PF_BT_SMEM);
+        for (int i = threadIdx.x; i < nblk; i += P2_THREADS) sbt[i] = bt_row[i];
+    }
+    pdl_enter();
+    if (!work) return;
+    __syncthreads();
+
+    const u32 kvh = h / (a.H / a.KVH);
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gid = lane >> 2, tig = lane & 3;
+    const int last = nrows - 1;
+
+    // Q rows q0.. of head h (rows past the chunk read as zeros), with the first K/V tile.
+    {
+        const int c = threadIdx.x % CH;
+        const bf16* qb = a.qkv + (u64)h * D + c * 8;
+#pragma unroll
+        for (int r = threadIdx.x / CH; r < P2_M; r += P2_THREADS / CH) {
+            const bool in = q0 + r < nrows;
+            cp_async16(qsm + r * LDS + c * 8,
+                       in ? qb + (u64)(row_start + q0 + r) * a.qkv_stride : a.qkv, in ? 16 : 0);
+        }
+    }
+    const int ntiles = (nkeys + P2_KT - 1) / P2_KT;
+    load_kv_tile2<D>(ksm, vsm, sbt, bt_row, 0, nkeys, kvh, a);
+
+    const int wr0 = q0 + (int)warp * 32;  // the warp's first row within the chunk
+    const bool warp_rows = wr0 < nrows;
+    const int warp_min_pos = start_pos + min(wr0, last);
+    const int warp_max_pos = start_pos + min(wr0 + 31, last);
+    const int pos_g = start_pos + wr0 + gid, last_pos = start_pos + last;
+    // This lane's ldmatrix addresses: Q (A operand: rows lane % 16, columns 8 (lane / 16)), K
+    // (B operand, keys (lane % 8) + 8 (lane / 16), dims 8 ((lane / 8) % 2)) and V (transposed:
+    // keys (lane % 8) + 8 ((lane / 8) % 2), dims 8 (lane / 16)), all of stage 0.
+    const u32 qa = smem_u32(qsm) + ((warp * 32 + (lane & 15)) * LDS + (lane >> 4) * 8) * 2;
+    const u32 ka = smem_u32(ksm) +
+                   (((lane & 7) + (lane >> 4) * 8) * LDS + ((lane >> 3) & 1) * 8) * 2;
+    const u32 va = smem_u32(vsm) +
+                   (((lane & 7) + ((lane >> 3) & 1) * 8) * LDS + (lane >> 4) * 8) * 2;
+
+    float o[2][D / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+    float m[2][2] = {{NEG_INF, NEG_INF}, {NEG_INF, NEG_INF}};
+    float l[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+
+    for (int kt = 0; kt < ntiles; ++kt) {
+        const int kbase = kt * P2_KT, st = kt & 1;
+        // Prefetch the next tile into the other stage (freed by the barrier that ended the
+        // previous iteration), then wait for this one (and, at kt = 0, the Q rows).
+        if (kt + 1 < ntiles) {
+            load_kv_tile2<D>(ksm + (st ^ 1) * SM::KV, vsm + (st ^ 1) * SM::KV, sbt, bt_row,
+                             kbase + P2_KT, nkeys, kvh, a);
+            asm volatile("cp.async.wait_group 1;\n" ::);
+        } else {
+            asm volatile("cp.async.wait_group 0;\n" ::);
+        }
+        __syncthreads();
+        const u32 so = st * SM::KV * 2;
+        if (warp_rows && kbase <= warp_max_pos) {  // else every key is masked for this warp
+            if (kbase + P2_KT - 1 > warp_min_pos)
+                prefill2_tile<D, true>(qa, ka + so, va + so, o, m, l, kbase, pos_g, last_pos,
+                                       a.scale_log2);
+            else
+                prefill2_tile<D, false>(qa, ka + so, va + so, o, m, l, kbase, pos_g, last_pos,
+                                        a.scale_log2);
+        }
+        __syncthreads();
+    }
+    // No copies in flight past here (only a table of width 0, no key tiles, leaves the first
+    // group unawaited); the output goes through the Q rows.
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    if (!warp_rows) return;
+
+    // Normalize, stage the warp's 32 rows in its own Q rows (only this warp reads them; the
+    // loop's last barrier ordered its last reads), then write them out 16 bytes a lane.
+    bf16* ow = qsm + warp * 32 * LDS;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            float li = l[mt][i];
+            li += __shfl_xor_sync(FULL_MASK, li, 1);
+            li += __shfl_xor_sync(FULL_MASK, li, 2);
+            l[mt][i] = 1.f / li;
+        }
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+            bf16* p = ow + (mt * 16 + gid) * LDS + dt * 8 + tig * 2;
+            *(u32*)p = pack_bf16(o[mt][dt][0] * l[mt][0], o[mt][dt][1] * l[mt][0]);
+            *(u32*)(p + 8 * LDS) = pack_bf16(o[mt][dt][2] * l[mt][1], o[mt][dt][3] * l[mt][1]);
+        }
+    }
+    __syncwarp();
+    const u64 ostride = (u64)a.H * D;
+    bf16* ob = a.out + (u64)h * D;
+#pragma unroll
+    for (int i = lane; i < 32 * CH; i += 32) {
+        const int r = i / CH, c = i % CH;
+        if (wr0 + r < nrows)
+            *(uint4*)(ob + (u64)(row_start + wr0 + r) * ostride + c * 8) =
+                *(const uint4*)(ow + r * LDS + c * 8);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(P2_THREADS) paged_prefill2_d64(PrefillArgs a) {
+    prefill2_impl<64>(a);
+}
+
+extern "C" __global__ void __launch_bounds__(P2_THREADS) paged_prefill2_d128(PrefillArgs a) {
+    prefill2_impl<128>(a);
 }

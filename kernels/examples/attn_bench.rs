@@ -2,7 +2,8 @@
 //! H=32, KVH=8, D=128, block 16, shuffled blocks) at context 1k/4k/16k x batch 1/32/128
 //! (max_ctx = context), the small batches 1-16 at 1k/4k as the engine launches them (max_ctx
 //! 8192, Llama-3-8B's, so the grid is sized for 8k and the kernel splits by actual length), and
-//! causal prefill attention at 2k and 8k tokens. Times are per call, medians over samples of
+//! causal prefill attention, old and new kernel side by side, over one sequence of 512, 2k and
+//! 8k tokens and over 4 chunks of 1k after 1k cached tokens each. Times are per call, medians over samples of
 //! back-to-back calls timed with CUDA events after warm-up, on random inputs; small cases rotate
 //! over several block sets so repeats do not measure L2. Usage: `attn_bench [ptx-cache-dir]`; prints a table.
 
@@ -11,7 +12,7 @@ mod common;
 use common::{Bench, Res};
 use cudarc::driver::CudaSlice;
 use half::bf16;
-use pagedserve_kernels::{decode_partition, decode_workspace_len, prefill_tiles};
+use pagedserve_kernels::{Kernels, decode_partition, decode_workspace_len, prefill_tiles};
 
 const H: usize = 32;
 const KVH: usize = 8;
@@ -103,27 +104,55 @@ fn decode_case(
     })
 }
 
-/// (ms, TFLOP/s) of causal prefill over one sequence of n tokens; flops = 4 * H * D * n(n+1)/2
-/// (Q·K^T and P·V, 2 flops per multiply-add, over the causal pairs).
+/// The prefill kernels compared: the default (paged_prefill2_d*) and the older one.
+#[derive(Clone, Copy)]
+enum Prefill {
+    Old,
+    New,
+}
+
+/// (ms, TFLOP/s) of causal prefill over `seqs` = (rows, earlier tokens) chunks, each sequence
+/// with its own (shuffled) blocks; flops = 4 * H * D * (causal query-key pairs), i.e.
+/// 4*H*D*n(n+1)/2 for one sequence of n tokens (Q·K^T and P·V, 2 flops per multiply-add).
 fn prefill_case(
     b: &Bench,
     kv: &(CudaSlice<bf16>, CudaSlice<bf16>),
     pool: usize,
-    n: usize,
+    seqs: &[(usize, usize)],
+    kernel: Prefill,
 ) -> Res<(f64, f64)> {
-    let bt = b.stream.clone_htod(&tables(pool, 1, n, 1, n as u64))?;
+    let ctx = seqs.iter().map(|&(n, start)| n + start).max().unwrap_or(0);
+    let bt_stride = ctx.div_ceil(BS);
+    let bt = b.stream.clone_htod(&tables(
+        pool,
+        seqs.len(),
+        bt_stride * BS,
+        1,
+        (ctx * 7 + seqs.len()) as u64,
+    ))?;
     let stride = (H + 2 * KVH) * D;
-    let qkv = b.random_bf16(n * stride, 11, 1.0)?;
-    let info = [[0, n as i32, 0]];
+    let t: usize = seqs.iter().map(|s| s.0).sum();
+    let qkv = b.random_bf16(t * stride, 11, 1.0)?;
+    let mut info = Vec::new();
+    let mut row = 0;
+    for &(n, start) in seqs {
+        info.push([row as i32, n as i32, start as i32]);
+        row += n;
+    }
     let tiles: Vec<i32> = prefill_tiles(&info).into_iter().flatten().collect();
     let (info, tiles) = (
         b.stream.clone_htod(&info.concat())?,
         b.stream.clone_htod(&tiles)?,
     );
-    let mut out = b.random_bf16(n * H * D, 5, 1.0)?;
+    let mut out = b.random_bf16(t * H * D, 5, 1.0)?;
     let scale = 1.0 / (D as f32).sqrt();
+    let launch = match kernel {
+        Prefill::Old => Kernels::paged_prefill_attention_v1,
+        Prefill::New => Kernels::paged_prefill_attention_v2,
+    };
     let ms = b.time(|_| {
-        b.k.paged_prefill_attention(
+        launch(
+            &b.k,
             &b.stream,
             &mut out.as_view_mut(),
             &qkv.as_view(),
@@ -131,7 +160,7 @@ fn prefill_case(
             &kv.0.as_view(),
             &kv.1.as_view(),
             &bt.as_view(),
-            n / BS,
+            bt_stride,
             &info.as_view(),
             &tiles.as_view(),
             H,
@@ -142,7 +171,11 @@ fn prefill_case(
         )?;
         Ok(())
     })?;
-    let flops = 4.0 * (H * D) as f64 * (n * (n + 1) / 2) as f64;
+    let pairs: usize = seqs
+        .iter()
+        .map(|&(n, start)| n * start + n * (n + 1) / 2)
+        .sum();
+    let flops = 4.0 * (H * D) as f64 * pairs as f64;
     Ok((ms, flops / (ms * 1e-3) / 1e12))
 }
 
@@ -195,10 +228,19 @@ fn main() -> Res<()> {
             small.push(decode_case(&b, &kv, pool, ctx_len, ENGINE_MAX_CTX, batch)?);
         }
     }
-    let prefill: Vec<(usize, (f64, f64))> = [2048, 8192]
-        .into_iter()
-        .map(|n| prefill_case(&b, &kv, pool, n).map(|r| (n, r)))
-        .collect::<Res<_>>()?;
+    // One sequence of 512 / 2k / 8k tokens, and 4 chunks of 1024 rows after 1024 cached tokens.
+    let prefill_cases: [(&str, Vec<(usize, usize)>); 4] = [
+        ("1 x 512", vec![(512, 0)]),
+        ("1 x 2048", vec![(2048, 0)]),
+        ("1 x 8192", vec![(8192, 0)]),
+        ("4 x 1024 @1024", vec![(1024, 1024); 4]),
+    ];
+    let mut prefill = Vec::new();
+    for (name, seqs) in &prefill_cases {
+        let old = prefill_case(&b, &kv, pool, seqs, Prefill::Old)?;
+        let new = prefill_case(&b, &kv, pool, seqs, Prefill::New)?;
+        prefill.push((name, old, new));
+    }
     let modes = [
         ("greedy", 0.0, 0, 1.0),
         ("temperature", 0.8, 0, 1.0),
@@ -232,10 +274,19 @@ fn main() -> Res<()> {
             r.ctx, r.max_ctx, r.batch, r.us, r.gbs
         );
     }
-    println!("prefill attention, causal, one sequence (flops = 4*H*D*n(n+1)/2):");
-    println!("{:>7} {:>10} {:>9}", "tokens", "time_ms", "TFLOP/s");
-    for (n, (ms, tf)) in prefill {
-        println!("{n:>7} {ms:>10.3} {tf:>9.1}");
+    println!(
+        "prefill attention, causal, H=32 KVH=8 D=128 block 16 (rows x tokens @earlier tokens; \
+         flops = 4*H*D*causal pairs); old = paged_prefill_d128, new = paged_prefill2_d128:"
+    );
+    println!(
+        "{:>16} {:>11} {:>11} {:>11} {:>11} {:>8}",
+        "sequences", "old_ms", "old_TFLOP/s", "new_ms", "new_TFLOP/s", "speedup"
+    );
+    for (name, (oms, otf), (nms, ntf)) in prefill {
+        println!(
+            "{name:>16} {oms:>11.3} {otf:>11.1} {nms:>11.3} {ntf:>11.1} {:>7.2}x",
+            oms / nms
+        );
     }
     println!("sample over a 128256-token vocabulary:");
     for (name, batch, us) in samples {

@@ -142,6 +142,8 @@ pub(crate) fn kernel_names() -> Vec<String> {
         "add_bias_kernel",
         "paged_prefill_d64",
         "paged_prefill_d128",
+        "paged_prefill2_d64",
+        "paged_prefill2_d128",
         "sample_kernel",
     ]
     .iter()

@@ -1,8 +1,11 @@
 //! Paged prefill attention (causal, chunked) against the f64 reference.
 
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut};
+use half::bf16;
+use pagedserve_kernels::{KernelError, Kernels, prefill_tiles};
+
 use crate::attention_ref::{HostCache, block_tables};
 use crate::common::*;
-use pagedserve_kernels::prefill_tiles;
 
 struct Case {
     h: usize,
@@ -16,11 +19,39 @@ struct Case {
 
 const ATTN_TOL: f64 = 1e-2;
 
+/// The prefill launches under test: the default kernel (paged_prefill2_d*) and the older one
+/// (paged_prefill_d*), both over the same tile list.
+type PrefillFn = fn(
+    &Kernels,
+    &CudaStream,
+    &mut CudaViewMut<'_, bf16>,
+    &CudaView<'_, bf16>,
+    usize,
+    &CudaView<'_, bf16>,
+    &CudaView<'_, bf16>,
+    &CudaView<'_, i32>,
+    usize,
+    &CudaView<'_, i32>,
+    &CudaView<'_, i32>,
+    usize,
+    usize,
+    usize,
+    usize,
+    f32,
+) -> Result<(), KernelError>;
+
+const KERNELS: [(&str, PrefillFn); 2] = [
+    ("v2", Kernels::paged_prefill_attention_v2),
+    ("v1", Kernels::paged_prefill_attention_v1),
+];
+
 #[test]
 fn paged_prefill_attention_matches_reference() -> TestResult {
     let Some(g) = gpu() else { return Ok(()) };
     let mut rng = rng("paged_prefill_attention");
     let cases = [
+        // GQA 3, several sequences: a 1-row chunk after 40 cached tokens, 130 rows after 200
+        // (a 2-row last tile), one exact tile of 64.
         Case {
             h: 9,
             kvh: 3,
@@ -28,6 +59,7 @@ fn paged_prefill_attention_matches_reference() -> TestResult {
             bs: 16,
             seqs: vec![(70, 0), (1, 40), (130, 200), (64, 0)],
         },
+        // Llama-3-8B heads (GQA 4).
         Case {
             h: 32,
             kvh: 8,
@@ -42,12 +74,46 @@ fn paged_prefill_attention_matches_reference() -> TestResult {
             bs: 32,
             seqs: vec![(300, 1000)],
         },
+        // No GQA, block size 8.
         Case {
             h: 4,
             kvh: 4,
             d: 64,
             bs: 8,
             seqs: vec![(129, 7), (2, 0)],
+        },
+        // GQA 8, block size 64; full 128-row tiles and ones whose last warps have no rows
+        // (33 and 97 rows), start positions off the 64-key grid.
+        Case {
+            h: 16,
+            kvh: 2,
+            d: 128,
+            bs: 64,
+            seqs: vec![(256, 0), (33, 61), (97, 129), (128, 64)],
+        },
+        // GQA 2, D 64, many short chunks after long contexts.
+        Case {
+            h: 4,
+            kvh: 2,
+            d: 64,
+            bs: 32,
+            seqs: vec![(5, 500), (31, 1), (64, 63), (1, 1), (200, 0), (3, 777)],
+        },
+        // More blocks than the kernels stage in shared memory (1024): the rest of the table is
+        // read from global memory.
+        Case {
+            h: 2,
+            kvh: 1,
+            d: 64,
+            bs: 8,
+            seqs: vec![(70, 8300)],
+        },
+        Case {
+            h: 1,
+            kvh: 1,
+            d: 128,
+            bs: 8,
+            seqs: vec![(150, 8150)],
         },
     ];
     for c in cases {
@@ -56,6 +122,7 @@ fn paged_prefill_attention_matches_reference() -> TestResult {
     Ok(())
 }
 
+/// One case on every kernel of KERNELS: the same inputs, the reference computed once.
 fn run_case(g: &Gpu, rng: &mut rand::rngs::StdRng, c: &Case) -> TestResult {
     let keys: Vec<usize> = c.seqs.iter().map(|&(n, start)| n + start).collect();
     let num_blocks = keys.iter().map(|k| k.div_ceil(c.bs)).sum::<usize>() + 5;
@@ -81,27 +148,10 @@ fn run_case(g: &Gpu, rng: &mut rand::rngs::StdRng, c: &Case) -> TestResult {
         up(g, &flat_tiles)?,
     );
     let (d_k, d_v) = (up(g, &cache.k)?, up(g, &cache.v)?);
-    let mut d_out = up(g, &poison_bf16(t * c.h * c.d))?;
-    g.k.paged_prefill_attention(
-        &g.stream,
-        &mut d_out.as_view_mut(),
-        &d_qkv.as_view(),
-        stride,
-        &d_k.as_view(),
-        &d_v.as_view(),
-        &d_tables.as_view(),
-        bt_stride,
-        &d_info.as_view(),
-        &d_tiles.as_view(),
-        c.h,
-        c.kvh,
-        c.d,
-        c.bs,
-        scale as f32,
-    )?;
-    let out = down(g, &d_out)?;
 
-    let (mut got, mut want) = (Vec::new(), Vec::new());
+    // The reference, and where each row's heads sit in `out`.
+    let mut want = Vec::new();
+    let mut at = Vec::new();
     let mut owned = vec![false; t];
     for (si, &[row_start, n, start]) in seq_info.iter().enumerate() {
         let table = &tables[si * bt_stride..(si + 1) * bt_stride];
@@ -117,19 +167,42 @@ fn run_case(g: &Gpu, rng: &mut rand::rngs::StdRng, c: &Case) -> TestResult {
                     start as usize + j + 1,
                     scale,
                 ));
-                got.extend(
-                    out[(r * c.h + h) * c.d..][..c.d]
-                        .iter()
-                        .map(|x| x.to_f32() as f64),
-                );
+                at.push((r * c.h + h) * c.d);
             }
         }
     }
-    check_rows_written(&out, &owned, c.h * c.d);
-    let label = format!(
-        "prefill H={} KVH={} D={} bs={} seqs={:?}",
-        c.h, c.kvh, c.d, c.bs, c.seqs
-    );
-    check_attention(&label, &got, &want, c.d, ATTN_TOL);
+
+    for (kernel, launch) in KERNELS {
+        let mut d_out = up(g, &poison_bf16(t * c.h * c.d))?;
+        launch(
+            &g.k,
+            &g.stream,
+            &mut d_out.as_view_mut(),
+            &d_qkv.as_view(),
+            stride,
+            &d_k.as_view(),
+            &d_v.as_view(),
+            &d_tables.as_view(),
+            bt_stride,
+            &d_info.as_view(),
+            &d_tiles.as_view(),
+            c.h,
+            c.kvh,
+            c.d,
+            c.bs,
+            scale as f32,
+        )?;
+        let out = down(g, &d_out)?;
+        let got: Vec<f64> = at
+            .iter()
+            .flat_map(|&i| out[i..i + c.d].iter().map(|x| x.to_f32() as f64))
+            .collect();
+        check_rows_written(&out, &owned, c.h * c.d);
+        let label = format!(
+            "prefill {kernel} H={} KVH={} D={} bs={} seqs={:?}",
+            c.h, c.kvh, c.d, c.bs, c.seqs
+        );
+        check_attention(&label, &got, &want, c.d, ATTN_TOL);
+    }
     Ok(())
 }
