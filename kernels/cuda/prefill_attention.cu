@@ -291,11 +291,18 @@ __device__ __forceinline__ void p2_mma(float (&c)[4], const u32 (&a)[4], u32 b0,
 // Keys kbase.. of K and V into one stage ([P2_KT][D + 8] each), as load_kv_tile: keys at or past
 // nkeys, and keys of a block id outside the cache, become zeros. Commits one cp.async group
 // (with whatever this thread issued before it, e.g. the Q rows).
+__device__ __forceinline__ void cp_async16_s(u32 dst, const void* src, u32 src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+                 "r"(src_bytes));
+}
+
+// kdst: the stage's K in the shared window (its V follows 2 P2Smem::KV bf16 later).
 template <int D>
-__device__ __forceinline__ void load_kv_tile2(bf16* kdst, bf16* vdst, const int* sbt,
-                                              const int* bt_row, int kbase, int nkeys, u32 kvh,
+__device__ __forceinline__ void load_kv_tile2(u32 kdst, const int* sbt, const int* bt_row,
+                                              int kbase, int nkeys, u32 kvh,
                                               const PrefillArgs& a) {
     constexpr int CH = D / 8, LDS = D + 8, ROWS = P2_THREADS / CH;
+    constexpr u32 VOFF = 2 * P2Smem<D>::KV * 2;
     const int c = threadIdx.x % CH;
 #pragma unroll
     for (int r = threadIdx.x / CH; r < P2_KT; r += ROWS) {
@@ -311,8 +318,9 @@ __device__ __forceinline__ void load_kv_tile2(bf16* kdst, bf16* vdst, const int*
                 bytes = 16;
             }
         }
-        cp_async16(kdst + r * LDS + c * 8, a.kc + off, bytes);
-        cp_async16(vdst + r * LDS + c * 8, a.vc + off, bytes);
+        const u32 d = kdst + (r * LDS + c * 8) * 2;
+        cp_async16_s(d, a.kc + off, bytes);
+        cp_async16_s(d + VOFF, a.vc + off, bytes);
     }
     asm volatile("cp.async.commit_group;\n" ::);
 }
@@ -466,7 +474,8 @@ __device__ __forceinline__ void prefill2_impl(const PrefillArgs& a) {
         }
     }
     const int ntiles = (nkeys + P2_KT - 1) / P2_KT;
-    load_kv_tile2<D>(ksm, vsm, sbt, bt_row, 0, nkeys, kvh, a);
+    const u32 ks0 = smem_u32(ksm);
+    load_kv_tile2<D>(ks0, sbt, bt_row, 0, nkeys, kvh, a);
 
     const int wr0 = q0 + (int)warp * 32;  // the warp's first row within the chunk
     const bool warp_rows = wr0 < nrows;
@@ -495,8 +504,8 @@ __device__ __forceinline__ void prefill2_impl(const PrefillArgs& a) {
         // Prefetch the next tile into the other stage (freed by the barrier that ended the
         // previous iteration), then wait for this one (and, at kt = 0, the Q rows).
         if (kt + 1 < ntiles) {
-            load_kv_tile2<D>(ksm + (st ^ 1) * SM::KV, vsm + (st ^ 1) * SM::KV, sbt, bt_row,
-                             kbase + P2_KT, nkeys, kvh, a);
+            load_kv_tile2<D>(ks0 + (st ^ 1) * SM::KV * 2, sbt, bt_row, kbase + P2_KT, nkeys,
+                             kvh, a);
             asm volatile("cp.async.wait_group 1;\n" ::);
         } else {
             asm volatile("cp.async.wait_group 0;\n" ::);

@@ -671,6 +671,27 @@ mod tests {
     }
 
     #[test]
+    fn prefill_constants_mirror_the_source() {
+        let src = include_str!("../cuda/prefill_attention.cu");
+        for line in [
+            format!("#define P2_M {PREFILL_TILE}"),
+            format!("#define P2_KT {PREFILL2_KT}"),
+            format!("#define P2_THREADS {PREFILL_THREADS}"),
+            format!("#define PF_THREADS {PREFILL_THREADS}"),
+            format!("#define PF_TILE {}", PREFILL_TILE / 2),
+        ] {
+            assert!(
+                src.lines().any(|l| l.trim() == line),
+                "{line} not in the source"
+            );
+        }
+        assert!(src.contains(&format!("#define PF_BT_SMEM {PREFILL_BT_SMEM} ")));
+        // 106 KB for D = 128: two CTAs fit an H100 SM (228 KB).
+        assert_eq!(prefill2_smem_bytes(128), 108_544);
+        assert_eq!(prefill2_smem_bytes(64), 59_392);
+    }
+
+    #[test]
     fn workspace_counts_partitions_and_counters() {
         // Partials of (S, H, slots, D + 2) plus S * H counter words.
         assert_eq!(decode_workspace_len(2, 4, 64, 1), 2 * 4 * 66 + 2 * 4);
