@@ -1,18 +1,30 @@
-// Paged prefill attention (causal, chunked), FlashAttention-2 style on tensor cores. Two kernels:
-// paged_prefill2_d* (the default, below the first) and the older paged_prefill_d*
-// (PAGEDSERVE_PREFILL_V1=1), both over the same tile list of P2_M = 128 query rows a tile.
+// Paged prefill attention (causal, chunked), FlashAttention-2 style on tensor cores:
+// paged_prefill_d64 / paged_prefill_d128, 128 query rows x 64 keys a step.
 //
-// paged_prefill_d*: grid (2 * num_tiles, H); a CTA of 4 warps takes PF_TILE = 64 query rows (half
-// a listed tile) of one sequence chunk and one head, 16 rows per warp. Query row j of a sequence sits at position start_pos + j and sees keys
-// 0..=start_pos + j, all read from the paged cache through the block table (this step's K/V were
-// written by rope_kv_write already). K and V tiles of PF_KT keys go to shared memory with
-// cp.async, two stages deep (the next tile loads while this one is computed); S = Q·K^T and
-// O += P·V use mma.sync m16n8k16 (bf16 in, f32 accumulate) with an online softmax in the log2
-// domain. The block-table row is staged in shared memory once per CTA.
+// Query row j of a sequence chunk sits at position start_pos + j and sees keys 0..=start_pos + j,
+// all read from the paged cache through the block table (this step's K/V were written by
+// rope_kv_write already). Grid (H, num_tiles) over the tile list of prefill_tiles (PF_M = 128
+// query rows a tile, heaviest first): the heads of one tile are neighbours in launch order, so the
+// G heads of a KV head (and all heads of a sequence) read the same K/V out of L2 at about the same
+// time, and the heaviest tiles of every head start first. A CTA of 4 warps takes the 128 rows of
+// one tile and one head, 32 rows a warp in two m16 tiles, so each K or V fragment read from shared
+// memory by ldmatrix feeds two mma rows. Q sits in shared memory (its fragments are re-read each
+// K/V tile: registers go to the 2 x D/8 x 4 O accumulators and the 2 x 8 x 4 scores); K/V tiles
+// of PF_KT = 64 keys, two stages of cp.async (the next tile loads while this one is computed).
+// S = Q·K^T and O += P·V use mma.sync m16n8k16 (bf16 in, f32 accumulate) with an online softmax
+// in the log2 domain; P stays in registers between the two mmas (the S accumulator layout of
+// m16n8k16 is the A layout of the next one once packed to bf16). The causal mask is applied only
+// to the tiles that cross a warp's diagonal; tiles wholly past a warp's last row are skipped, as
+// are warps with no rows left. Q, the K/V stages and the block-table row (staged once per CTA)
+// live in dynamic shared memory (PfSmem); the output goes out through the Q rows in 16-byte rows.
+// The tiles, sequence table and block table are read before pdl_wait (step metadata).
+// Replaced a 64 x 32-key kernel: 1 x 512 tokens 60.7 -> 78.1 TFLOP/s, 1 x 2048 139.8 -> 247.8,
+// 1 x 8192 191.4 -> 293.0, 4 x 1024 after 1024 180.4 -> 266.5 (H=32 KVH=8 D=128; H100,
+// attn_bench, 2026-11-26).
 #include "common.cuh"
 
-#define PF_TILE 64
-#define PF_KT 32
+#define PF_M 128
+#define PF_KT 64
 #define PF_THREADS 128
 #define PF_BT_SMEM 1024  // block ids staged in shared memory; longer rows read global memory
 
@@ -37,275 +49,47 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, u32 src_b
                  "l"(src), "r"(src_bytes));
 }
 
-__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p)));
-}
-
-__device__ __forceinline__ void ldsm_x4_t(u32 (&r)[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p)));
-}
-
-
 __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
     const bf162 v = __floats2bfloat162_rn(lo, hi);
     return *(const u32*)&v;
 }
 
-// Keys kbase.. of K and V into one pipeline stage ([PF_KT][D + 8] each); keys at or past nkeys
-// become zeros, so that a zero probability never meets a NaN from memory nothing wrote.
+// Dynamic shared memory of paged_prefill_d<D> (prefill_smem_bytes in attention.rs mirrors it):
+// Q [PF_M][D + 8], K and V [2][PF_KT][D + 8] each (bf16), then PF_BT_SMEM block ids.
 template <int D>
-__device__ __forceinline__ void load_kv_tile(bf16* kdst, bf16* vdst, const int* sbt,
-                                             const int* bt_row, int kbase, int nkeys, u32 kvh,
-                                             const PrefillArgs& a) {
-    constexpr int CH = D / 8, LDS = D + 8;
-    for (int i = threadIdx.x; i < PF_KT * CH; i += PF_THREADS) {
-        const int r = i / CH, c = i % CH, key = kbase + r;
-        u64 off = 0;
-        u32 bytes = 0;
-        if (key < nkeys) {
-            const int bi = key >> a.bs_log2;
-            const int b = bi < PF_BT_SMEM ? sbt[bi] : bt_row[bi];
-            if (b >= 0 && (u32)b < a.num_blocks) {
-                off = ((((u64)b * a.KVH + kvh) << a.bs_log2) + (key & (a.block_size - 1))) * D +
-                      c * 8;
-                bytes = 16;
-            }
-        }
-        cp_async16(kdst + r * LDS + c * 8, a.kc + off, bytes);
-        cp_async16(vdst + r * LDS + c * 8, a.vc + off, bytes);
-    }
-    asm volatile("cp.async.commit_group;\n" ::);
-}
-
-// One K/V tile for this warp's 16 rows: S = Q·K^T, mask, online softmax, O += P·V.
-template <int D>
-__device__ __forceinline__ void prefill_tile(const bf16* ks, const bf16* vs,
-                                             const u32 (&qf)[D / 16][4], float (&o)[D / 8][4],
-                                             float& m0, float& m1, float& l0, float& l1,
-                                             int kbase, int pos0, int pos1, float scale_log2) {
-    constexpr int LDS = D + 8;
-    const u32 lane = threadIdx.x & 31;
-    const int tig = lane & 3;
-    float sacc[PF_KT / 8][4];
-#pragma unroll
-    for (int i = 0; i < PF_KT / 8; ++i) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-#pragma unroll
-        for (int n2 = 0; n2 < PF_KT / 16; ++n2) {
-            u32 b[4];
-            ldsm_x4(b, ks + (n2 * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + kk * 16 +
-                           ((lane >> 3) & 1) * 8);
-            mma_bf16(sacc[2 * n2], qf[kk], b[0], b[1]);
-            mma_bf16(sacc[2 * n2 + 1], qf[kk], b[2], b[3]);
-        }
-    float mx0 = m0, mx1 = m1;
-#pragma unroll
-    for (int nt = 0; nt < PF_KT / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int key = kbase + nt * 8 + tig * 2 + (e & 1);
-            float v = sacc[nt][e] * scale_log2;
-            if (key > (e < 2 ? pos0 : pos1)) v = NEG_INF;
-            sacc[nt][e] = v;
-            if (e < 2) mx0 = fmaxf(mx0, v);
-            else mx1 = fmaxf(mx1, v);
-        }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(FULL_MASK, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(FULL_MASK, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(FULL_MASK, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(FULL_MASK, mx1, 2));
-    // Tile 0 always holds key 0, visible to every row, so mx is finite from then on.
-    const float al0 = exp2f(m0 - mx0), al1 = exp2f(m1 - mx1);
-    m0 = mx0;
-    m1 = mx1;
-    float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < PF_KT / 8; ++nt) {
-        sacc[nt][0] = exp2f(sacc[nt][0] - m0);
-        sacc[nt][1] = exp2f(sacc[nt][1] - m0);
-        sacc[nt][2] = exp2f(sacc[nt][2] - m1);
-        sacc[nt][3] = exp2f(sacc[nt][3] - m1);
-        rs0 += sacc[nt][0] + sacc[nt][1];
-        rs1 += sacc[nt][2] + sacc[nt][3];
-    }
-    l0 = l0 * al0 + rs0;
-    l1 = l1 * al1 + rs1;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-        o[dt][0] *= al0;
-        o[dt][1] *= al0;
-        o[dt][2] *= al1;
-        o[dt][3] *= al1;
-    }
-#pragma unroll
-    for (int kk = 0; kk < PF_KT / 16; ++kk) {
-        const u32 pa[4] = {pack_bf16(sacc[2 * kk][0], sacc[2 * kk][1]),
-                           pack_bf16(sacc[2 * kk][2], sacc[2 * kk][3]),
-                           pack_bf16(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]),
-                           pack_bf16(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3])};
-#pragma unroll
-        for (int d2 = 0; d2 < D / 16; ++d2) {
-            u32 b[4];
-            ldsm_x4_t(b, vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + d2 * 16 +
-                             (lane >> 4) * 8);
-            mma_bf16(o[2 * d2], pa, b[0], b[1]);
-            mma_bf16(o[2 * d2 + 1], pa, b[2], b[3]);
-        }
-    }
-}
-
-template <int D>
-__device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
-    constexpr int LDS = D + 8;  // padded rows: ldmatrix rows fall in distinct banks
-    __shared__ __align__(16) bf16 ks[2][PF_KT * LDS];
-    __shared__ __align__(16) bf16 vs[2][PF_KT * LDS];
-    __shared__ int sbt[PF_BT_SMEM];
-
-    // The tile list has P2_M-row tiles (prefill_tiles); this kernel takes each in two halves.
-    const int t = blockIdx.x >> 1;
-    const int s = a.tiles[2 * t], q0 = a.tiles[2 * t + 1] + (int)(blockIdx.x & 1) * PF_TILE;
-    const u32 h = blockIdx.y;
-    if (s < 0 || (u32)s >= a.num_seqs) return;
-    const int row_start = a.seq_info[3 * s], nrows = a.seq_info[3 * s + 1];
-    const int start_pos = a.seq_info[3 * s + 2];
-    if (q0 < 0 || q0 >= nrows) return;
-    const u32 kvh = h / (a.H / a.KVH);
-    const int nkeys = min(start_pos + min(q0 + PF_TILE, nrows), (int)(a.bt_stride * a.block_size));
-    const int* bt_row = a.block_tables + (u64)s * a.bt_stride;
-    const int nblk = min((nkeys + (int)a.block_size - 1) >> a.bs_log2, PF_BT_SMEM);
-    for (int i = threadIdx.x; i < nblk; i += PF_THREADS) sbt[i] = bt_row[i];
-    __syncthreads();
-
-    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int gid = lane >> 2, tig = lane & 3;
-    const int r0 = q0 + warp * 16 + gid, r1 = r0 + 8;  // rows within the sequence chunk
-    const int last = nrows - 1;
-    const int pos0 = start_pos + min(r0, last), pos1 = start_pos + min(r1, last);
-    const int warp_max_pos = start_pos + min(q0 + (int)warp * 16 + 15, last);
-
-    u32 qf[D / 16][4];
-    {
-        const bf16* qb = a.qkv + (u64)h * D;
-        const bf16* q_r0 = qb + (u64)(row_start + min(r0, last)) * a.qkv_stride;
-        const bf16* q_r1 = qb + (u64)(row_start + min(r1, last)) * a.qkv_stride;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            const int c = kk * 16 + tig * 2;
-            qf[kk][0] = *(const u32*)(q_r0 + c);
-            qf[kk][1] = *(const u32*)(q_r1 + c);
-            qf[kk][2] = *(const u32*)(q_r0 + c + 8);
-            qf[kk][3] = *(const u32*)(q_r1 + c + 8);
-        }
-    }
-
-    float o[D / 8][4];
-#pragma unroll
-    for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;
-
-    const int ntiles = (nkeys + PF_KT - 1) / PF_KT;
-    load_kv_tile<D>(ks[0], vs[0], sbt, bt_row, 0, nkeys, kvh, a);
-    for (int kt = 0; kt < ntiles; ++kt) {
-        const int kbase = kt * PF_KT, st = kt & 1;
-        // Prefetch the next tile into the other stage (freed by the barrier that ended the
-        // previous iteration), then wait for this one.
-        if (kt + 1 < ntiles) {
-            load_kv_tile<D>(ks[st ^ 1], vs[st ^ 1], sbt, bt_row, kbase + PF_KT, nkeys, kvh, a);
-            asm volatile("cp.async.wait_group 1;\n" ::);
-        } else {
-            asm volatile("cp.async.wait_group 0;\n" ::);
-        }
-        __syncthreads();
-        if (kbase <= warp_max_pos)  // else every key of the tile is masked for this warp
-            prefill_tile<D>(ks[st], vs[st], qf, o, m0, m1, l0, l1, kbase, pos0, pos1, a.scale_log2);
-        __syncthreads();
-    }
-
-    l0 += __shfl_xor_sync(FULL_MASK, l0, 1);
-    l0 += __shfl_xor_sync(FULL_MASK, l0, 2);
-    l1 += __shfl_xor_sync(FULL_MASK, l1, 1);
-    l1 += __shfl_xor_sync(FULL_MASK, l1, 2);
-    const float inv0 = 1.f / l0, inv1 = 1.f / l1;
-    const u64 ostride = (u64)a.H * D;
-    bf16* ob = a.out + (u64)h * D + tig * 2;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-        if (r0 < nrows)
-            *(u32*)(ob + (u64)(row_start + r0) * ostride + dt * 8) =
-                pack_bf16(o[dt][0] * inv0, o[dt][1] * inv0);
-        if (r1 < nrows)
-            *(u32*)(ob + (u64)(row_start + r1) * ostride + dt * 8) =
-                pack_bf16(o[dt][2] * inv1, o[dt][3] * inv1);
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d64(PrefillArgs a) {
-    pdl_enter();
-    prefill_impl<64>(a);
-}
-
-extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d128(PrefillArgs a) {
-    pdl_enter();
-    prefill_impl<128>(a);
-}
-
-// ---- paged_prefill2_d*: 128 query rows x 64 keys a step ----
-// Grid (H, num_tiles): the heads of one tile are neighbours in launch order, so the G heads of a
-// KV head (and all heads of a sequence) read the same K/V out of L2 at about the same time, and
-// the heaviest tiles of every head start first. A CTA of 4 warps takes P2_M = 128 query rows, 32
-// a warp in two m16 tiles, so each K or V fragment read from shared memory by ldmatrix feeds two
-// mma rows. Q sits in shared memory (its fragments are re-read each K/V tile: registers go to the
-// 2 x D/8 x 4 O accumulators and the 2 x 8 x 4 scores); K/V tiles of P2_KT = 64 keys,
-// two stages of cp.async. P stays in registers between the two mmas (the S accumulator layout of
-// m16n8k16 is the A layout of the next one once packed to bf16). The causal mask is applied only
-// to the tiles that cross a warp's diagonal; tiles wholly past a warp's last row are skipped, as
-// are warps with no rows left. The output goes out through shared memory in 16-byte rows.
-// The tiles, sequence table and block table are read before pdl_wait (step metadata).
-#define P2_M 128
-#define P2_KT 64
-#define P2_THREADS 128
-
-// Dynamic shared memory of paged_prefill2_d<D> (prefill2_smem_bytes in attention.rs mirrors it):
-// Q [P2_M][D + 8], K and V [2][P2_KT][D + 8] each (bf16), then PF_BT_SMEM block ids.
-template <int D>
-struct P2Smem {
+struct PfSmem {
     static constexpr int LDS = D + 8;  // padded rows: ldmatrix rows fall in distinct banks
-    static constexpr int Q = P2_M * LDS;
-    static constexpr int KV = P2_KT * LDS;
+    static constexpr int Q = PF_M * LDS;
+    static constexpr int KV = PF_KT * LDS;
     static constexpr int BYTES = (Q + 4 * KV) * 2 + PF_BT_SMEM * 4;
 };
 
 // mma.sync without `volatile`: a pure register operation the compiler may schedule freely.
-__device__ __forceinline__ void p2_mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+__device__ __forceinline__ void pf_mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Keys kbase.. of K and V into one stage ([P2_KT][D + 8] each), as load_kv_tile: keys at or past
-// nkeys, and keys of a block id outside the cache, become zeros. Commits one cp.async group
-// (with whatever this thread issued before it, e.g. the Q rows).
 __device__ __forceinline__ void cp_async16_s(u32 dst, const void* src, u32 src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
                  "r"(src_bytes));
 }
 
-// kdst: the stage's K in the shared window (its V follows 2 P2Smem::KV bf16 later).
+// Keys kbase.. of K and V into one stage ([PF_KT][D + 8] each): keys at or past nkeys, and keys
+// of a block id outside the cache, become zeros, so that a zero probability never meets a NaN
+// from memory nothing wrote. Commits one cp.async group (with whatever this thread issued before
+// it, e.g. the Q rows). kdst: the stage's K in the shared window (its V follows 2 PfSmem::KV bf16
+// later).
 template <int D>
-__device__ __forceinline__ void load_kv_tile2(u32 kdst, const int* sbt, const int* bt_row,
-                                              int kbase, int nkeys, u32 kvh,
-                                              const PrefillArgs& a) {
-    constexpr int CH = D / 8, LDS = D + 8, ROWS = P2_THREADS / CH;
-    constexpr u32 VOFF = 2 * P2Smem<D>::KV * 2;
+__device__ __forceinline__ void load_kv_tile(u32 kdst, const int* sbt, const int* bt_row,
+                                             int kbase, int nkeys, u32 kvh, const PrefillArgs& a) {
+    constexpr int CH = D / 8, LDS = D + 8, ROWS = PF_THREADS / CH;
+    constexpr u32 VOFF = 2 * PfSmem<D>::KV * 2;
     const int c = threadIdx.x % CH;
 #pragma unroll
-    for (int r = threadIdx.x / CH; r < P2_KT; r += ROWS) {
+    for (int r = threadIdx.x / CH; r < PF_KT; r += ROWS) {
         const int key = kbase + r;
         u64 off = 0;
         u32 bytes = 0;
@@ -325,13 +109,13 @@ __device__ __forceinline__ void load_kv_tile2(u32 kdst, const int* sbt, const in
     asm volatile("cp.async.commit_group;\n" ::);
 }
 
-__device__ __forceinline__ void p2_ldsm_x4(u32 (&r)[4], u32 addr) {
+__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], u32 addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));
 }
 
-__device__ __forceinline__ void p2_ldsm_x4_t(u32 (&r)[4], u32 addr) {
+__device__ __forceinline__ void ldsm_x4_t(u32 (&r)[4], u32 addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));
@@ -343,10 +127,10 @@ __device__ __forceinline__ void p2_ldsm_x4_t(u32 (&r)[4], u32 addr) {
 // fragment is a constant offset from them. pos_g is the position of the lane's first row
 // (warp row gid) and last_pos the chunk's last position (rows past the chunk repeat it).
 template <int D, bool MASK>
-__device__ __forceinline__ void prefill2_tile(u32 qa, u32 ka, u32 va, float (&o)[2][D / 8][4],
-                                              float (&m)[2][2], float (&l)[2][2], int kbase,
-                                              int pos_g, int last_pos, float scale_log2) {
-    constexpr int LDS = D + 8, NT = P2_KT / 8;
+__device__ __forceinline__ void prefill_tile(u32 qa, u32 ka, u32 va, float (&o)[2][D / 8][4],
+                                             float (&m)[2][2], float (&l)[2][2], int kbase,
+                                             int pos_g, int last_pos, float scale_log2) {
+    constexpr int LDS = D + 8, NT = PF_KT / 8;
     const int tig = threadIdx.x & 3;
     float s[2][NT][4];
 #pragma unroll
@@ -357,20 +141,20 @@ __device__ __forceinline__ void prefill2_tile(u32 qa, u32 ka, u32 va, float (&o)
     for (int kk = 0; kk < D / 16; ++kk) {
         u32 qf[2][4];
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) p2_ldsm_x4(qf[mt], qa + (mt * 16 * LDS + kk * 16) * 2);
+        for (int mt = 0; mt < 2; ++mt) ldsm_x4(qf[mt], qa + (mt * 16 * LDS + kk * 16) * 2);
 #pragma unroll
-        for (int n2 = 0; n2 < P2_KT / 16; ++n2) {
+        for (int n2 = 0; n2 < PF_KT / 16; ++n2) {
             u32 b[4];
-            p2_ldsm_x4(b, ka + (n2 * 16 * LDS + kk * 16) * 2);
+            ldsm_x4(b, ka + (n2 * 16 * LDS + kk * 16) * 2);
 #pragma unroll
             for (int mt = 0; mt < 2; ++mt) {
-                p2_mma(s[mt][2 * n2], qf[mt], b[0], b[1]);
-                p2_mma(s[mt][2 * n2 + 1], qf[mt], b[2], b[3]);
+                pf_mma(s[mt][2 * n2], qf[mt], b[0], b[1]);
+                pf_mma(s[mt][2 * n2 + 1], qf[mt], b[2], b[3]);
             }
         }
     }
     // P, packed to bf16 as soon as it is known: the A fragments of O += P·V.
-    u32 p[2][P2_KT / 16][4];
+    u32 p[2][PF_KT / 16][4];
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
         float mx0 = m[mt][0], mx1 = m[mt][1];
@@ -416,27 +200,27 @@ __device__ __forceinline__ void prefill2_tile(u32 qa, u32 ka, u32 va, float (&o)
         }
     }
 #pragma unroll
-    for (int kk = 0; kk < P2_KT / 16; ++kk)
+    for (int kk = 0; kk < PF_KT / 16; ++kk)
 #pragma unroll
         for (int d2 = 0; d2 < D / 16; ++d2) {
             u32 b[4];
-            p2_ldsm_x4_t(b, va + (kk * 16 * LDS + d2 * 16) * 2);
+            ldsm_x4_t(b, va + (kk * 16 * LDS + d2 * 16) * 2);
 #pragma unroll
             for (int mt = 0; mt < 2; ++mt) {
-                p2_mma(o[mt][2 * d2], p[mt][kk], b[0], b[1]);
-                p2_mma(o[mt][2 * d2 + 1], p[mt][kk], b[2], b[3]);
+                pf_mma(o[mt][2 * d2], p[mt][kk], b[0], b[1]);
+                pf_mma(o[mt][2 * d2 + 1], p[mt][kk], b[2], b[3]);
             }
         }
 }
 
 template <int D>
-__device__ __forceinline__ void prefill2_impl(const PrefillArgs& a) {
-    using SM = P2Smem<D>;
+__device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
+    using SM = PfSmem<D>;
     constexpr int LDS = SM::LDS, CH = D / 8;
-    extern __shared__ __align__(16) unsigned char p2_smem[];
-    bf16* qsm = (bf16*)p2_smem;
-    bf16* ksm = qsm + SM::Q;       // [2][P2_KT * LDS]
-    bf16* vsm = ksm + 2 * SM::KV;  // [2][P2_KT * LDS]
+    extern __shared__ __align__(16) unsigned char pf_smem[];
+    bf16* qsm = (bf16*)pf_smem;
+    bf16* ksm = qsm + SM::Q;       // [2][PF_KT * LDS]
+    bf16* vsm = ksm + 2 * SM::KV;  // [2][PF_KT * LDS]
     int* sbt = (int*)(vsm + 2 * SM::KV);
 
     // Step metadata only (tiles, sequence table, block tables) before pdl_wait.
@@ -447,11 +231,11 @@ __device__ __forceinline__ void prefill2_impl(const PrefillArgs& a) {
     const int start_pos = valid ? a.seq_info[3 * s + 2] : 0;
     const bool work = valid && q0 >= 0 && q0 < nrows;
     const int nkeys =
-        work ? min(start_pos + min(q0 + P2_M, nrows), (int)(a.bt_stride * a.block_size)) : 0;
+        work ? min(start_pos + min(q0 + PF_M, nrows), (int)(a.bt_stride * a.block_size)) : 0;
     const int* bt_row = a.block_tables + (u64)(work ? s : 0) * a.bt_stride;
     if (work) {
         const int nblk = min((nkeys + (int)a.block_size - 1) >> a.bs_log2, PF_BT_SMEM);
-        for (int i = threadIdx.x; i < nblk; i += P2_THREADS) sbt[i] = bt_row[i];
+        for (int i = threadIdx.x; i < nblk; i += PF_THREADS) sbt[i] = bt_row[i];
     }
     pdl_enter();
     if (!work) return;
@@ -467,15 +251,15 @@ __device__ __forceinline__ void prefill2_impl(const PrefillArgs& a) {
         const int c = threadIdx.x % CH;
         const bf16* qb = a.qkv + (u64)h * D + c * 8;
 #pragma unroll
-        for (int r = threadIdx.x / CH; r < P2_M; r += P2_THREADS / CH) {
+        for (int r = threadIdx.x / CH; r < PF_M; r += PF_THREADS / CH) {
             const bool in = q0 + r < nrows;
             cp_async16(qsm + r * LDS + c * 8,
                        in ? qb + (u64)(row_start + q0 + r) * a.qkv_stride : a.qkv, in ? 16 : 0);
         }
     }
-    const int ntiles = (nkeys + P2_KT - 1) / P2_KT;
+    const int ntiles = (nkeys + PF_KT - 1) / PF_KT;
     const u32 ks0 = smem_u32(ksm);
-    load_kv_tile2<D>(ks0, sbt, bt_row, 0, nkeys, kvh, a);
+    load_kv_tile<D>(ks0, sbt, bt_row, 0, nkeys, kvh, a);
 
     const int wr0 = q0 + (int)warp * 32;  // the warp's first row within the chunk
     const bool warp_rows = wr0 < nrows;
@@ -500,12 +284,12 @@ __device__ __forceinline__ void prefill2_impl(const PrefillArgs& a) {
     float l[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
 
     for (int kt = 0; kt < ntiles; ++kt) {
-        const int kbase = kt * P2_KT, st = kt & 1;
+        const int kbase = kt * PF_KT, st = kt & 1;
         // Prefetch the next tile into the other stage (freed by the barrier that ended the
         // previous iteration), then wait for this one (and, at kt = 0, the Q rows).
         if (kt + 1 < ntiles) {
-            load_kv_tile2<D>(ks0 + (st ^ 1) * SM::KV * 2, sbt, bt_row, kbase + P2_KT, nkeys,
-                             kvh, a);
+            load_kv_tile<D>(ks0 + (st ^ 1) * SM::KV * 2, sbt, bt_row, kbase + PF_KT, nkeys,
+                            kvh, a);
             asm volatile("cp.async.wait_group 1;\n" ::);
         } else {
             asm volatile("cp.async.wait_group 0;\n" ::);
@@ -513,12 +297,12 @@ __device__ __forceinline__ void prefill2_impl(const PrefillArgs& a) {
         __syncthreads();
         const u32 so = st * SM::KV * 2;
         if (warp_rows && kbase <= warp_max_pos) {  // else every key is masked for this warp
-            if (kbase + P2_KT - 1 > warp_min_pos)
-                prefill2_tile<D, true>(qa, ka + so, va + so, o, m, l, kbase, pos_g, last_pos,
-                                       a.scale_log2);
+            if (kbase + PF_KT - 1 > warp_min_pos)
+                prefill_tile<D, true>(qa, ka + so, va + so, o, m, l, kbase, pos_g, last_pos,
+                                      a.scale_log2);
             else
-                prefill2_tile<D, false>(qa, ka + so, va + so, o, m, l, kbase, pos_g, last_pos,
-                                        a.scale_log2);
+                prefill_tile<D, false>(qa, ka + so, va + so, o, m, l, kbase, pos_g, last_pos,
+                                       a.scale_log2);
         }
         __syncthreads();
     }
@@ -558,10 +342,10 @@ __device__ __forceinline__ void prefill2_impl(const PrefillArgs& a) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(P2_THREADS) paged_prefill2_d64(PrefillArgs a) {
-    prefill2_impl<64>(a);
+extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d64(PrefillArgs a) {
+    prefill_impl<64>(a);
 }
 
-extern "C" __global__ void __launch_bounds__(P2_THREADS) paged_prefill2_d128(PrefillArgs a) {
-    prefill2_impl<128>(a);
+extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d128(PrefillArgs a) {
+    prefill_impl<128>(a);
 }

@@ -2,17 +2,17 @@
 //! H=32, KVH=8, D=128, block 16, shuffled blocks) at context 1k/4k/16k x batch 1/32/128
 //! (max_ctx = context), the small batches 1-16 at 1k/4k as the engine launches them (max_ctx
 //! 8192, Llama-3-8B's, so the grid is sized for 8k and the kernel splits by actual length), and
-//! causal prefill attention, old and new kernel side by side, over one sequence of 512, 2k and
-//! 8k tokens and over 4 chunks of 1k after 1k cached tokens each. Times are per call, medians over samples of
-//! back-to-back calls timed with CUDA events after warm-up, on random inputs; small cases rotate
-//! over several block sets so repeats do not measure L2. Usage: `attn_bench [ptx-cache-dir]`; prints a table.
+//! causal prefill attention over one sequence of 512, 2k and 8k tokens and over 4 chunks of 1k
+//! after 1k cached tokens each. Times are per call, medians over samples of back-to-back calls
+//! timed with CUDA events after warm-up, on random inputs; small cases rotate over several block
+//! sets so repeats do not measure L2. Usage: `attn_bench [ptx-cache-dir]`; prints a table.
 
 mod common;
 
 use common::{Bench, Res};
 use cudarc::driver::CudaSlice;
 use half::bf16;
-use pagedserve_kernels::{Kernels, decode_partition, decode_workspace_len, prefill_tiles};
+use pagedserve_kernels::{decode_partition, decode_workspace_len, prefill_tiles};
 
 const H: usize = 32;
 const KVH: usize = 8;
@@ -104,13 +104,6 @@ fn decode_case(
     })
 }
 
-/// The prefill kernels compared: the default (paged_prefill2_d*) and the older one.
-#[derive(Clone, Copy)]
-enum Prefill {
-    Old,
-    New,
-}
-
 /// (ms, TFLOP/s) of causal prefill over `seqs` = (rows, earlier tokens) chunks, each sequence
 /// with its own (shuffled) blocks; flops = 4 * H * D * (causal query-key pairs), i.e.
 /// 4*H*D*n(n+1)/2 for one sequence of n tokens (Q·K^T and P·V, 2 flops per multiply-add).
@@ -119,7 +112,6 @@ fn prefill_case(
     kv: &(CudaSlice<bf16>, CudaSlice<bf16>),
     pool: usize,
     seqs: &[(usize, usize)],
-    kernel: Prefill,
 ) -> Res<(f64, f64)> {
     let ctx = seqs.iter().map(|&(n, start)| n + start).max().unwrap_or(0);
     let bt_stride = ctx.div_ceil(BS);
@@ -146,13 +138,8 @@ fn prefill_case(
     );
     let mut out = b.random_bf16(t * H * D, 5, 1.0)?;
     let scale = 1.0 / (D as f32).sqrt();
-    let launch = match kernel {
-        Prefill::Old => Kernels::paged_prefill_attention_v1,
-        Prefill::New => Kernels::paged_prefill_attention_v2,
-    };
     let ms = b.time(|_| {
-        launch(
-            &b.k,
+        b.k.paged_prefill_attention(
             &b.stream,
             &mut out.as_view_mut(),
             &qkv.as_view(),
@@ -237,9 +224,7 @@ fn main() -> Res<()> {
     ];
     let mut prefill = Vec::new();
     for (name, seqs) in &prefill_cases {
-        let old = prefill_case(&b, &kv, pool, seqs, Prefill::Old)?;
-        let new = prefill_case(&b, &kv, pool, seqs, Prefill::New)?;
-        prefill.push((name, old, new));
+        prefill.push((name, prefill_case(&b, &kv, pool, seqs)?));
     }
     let modes = [
         ("greedy", 0.0, 0, 1.0),
@@ -276,17 +261,11 @@ fn main() -> Res<()> {
     }
     println!(
         "prefill attention, causal, H=32 KVH=8 D=128 block 16 (rows x tokens @earlier tokens; \
-         flops = 4*H*D*causal pairs); old = paged_prefill_d128, new = paged_prefill2_d128:"
+         flops = 4*H*D*causal pairs):"
     );
-    println!(
-        "{:>16} {:>11} {:>11} {:>11} {:>11} {:>8}",
-        "sequences", "old_ms", "old_TFLOP/s", "new_ms", "new_TFLOP/s", "speedup"
-    );
-    for (name, (oms, otf), (nms, ntf)) in prefill {
-        println!(
-            "{name:>16} {oms:>11.3} {otf:>11.1} {nms:>11.3} {ntf:>11.1} {:>7.2}x",
-            oms / nms
-        );
+    println!("{:>16} {:>10} {:>9}", "sequences", "time_ms", "TFLOP/s");
+    for (name, (ms, tf)) in prefill {
+        println!("{name:>16} {ms:>10.3} {tf:>9.1}");
     }
     println!("sample over a 128256-token vocabulary:");
     for (name, batch, us) in samples {

@@ -1,7 +1,7 @@
 //! Wrappers of paged decode attention (cuda/decode_attention.cu) and paged prefill attention
 //! (cuda/prefill_attention.cu), plus their host-side helpers.
 
-use std::sync::{OnceLock, PoisonError};
+use std::sync::PoisonError;
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
@@ -21,8 +21,7 @@ pub const DECODE_PARTITION_SMALL: usize = 64;
 /// Tokens per decode partition of large launches: half the partials of 256 to write and
 /// combine (H200, Llama-3-8B heads: 84.9% vs 79.3% of copy bandwidth at 4k x 128).
 pub const DECODE_PARTITION_LARGE: usize = 512;
-/// Query rows per prefill tile of [`prefill_tiles`] (P2_M in prefill_attention.cu): one CTA of
-/// the default kernel, two of the older one (PF_TILE = 64 rows each).
+/// Query rows per prefill tile of [`prefill_tiles`] (PF_M in prefill_attention.cu): one CTA.
 pub const PREFILL_TILE: usize = 128;
 /// Most partition slots per decode sequence (`ceil(max_ctx / P)`, the grid's z): bounds the
 /// workspace and the in-kernel combine's serial work.
@@ -143,37 +142,18 @@ struct DecodeArgs {
 // SAFETY: plain old data with the C layout of the kernel's parameter.
 unsafe impl DeviceRepr for DecodeArgs {}
 
-/// Threads per CTA of both prefill kernels (PF_THREADS, P2_THREADS).
+/// Threads per prefill CTA (PF_THREADS in prefill_attention.cu).
 const PREFILL_THREADS: u32 = 128;
-/// Block ids of a sequence staged in shared memory (PF_BT_SMEM in prefill_attention.cu).
+/// Block ids of a sequence staged in shared memory (PF_BT_SMEM).
 const PREFILL_BT_SMEM: usize = 1024;
-/// Keys per K/V tile of the default prefill kernel (P2_KT).
-const PREFILL2_KT: usize = 64;
+/// Keys per prefill K/V tile (PF_KT).
+const PREFILL_KT: usize = 64;
 
-/// Dynamic shared memory of `paged_prefill2_d{head_dim}` (`P2Smem<D>::BYTES`): Q of
-/// PREFILL_TILE rows and two stages of K and V of PREFILL2_KT keys, rows padded to D + 8 bf16,
+/// Dynamic shared memory of `paged_prefill_d{head_dim}` (`PfSmem<D>::BYTES`): Q of
+/// PREFILL_TILE rows and two stages of K and V of PREFILL_KT keys, rows padded to D + 8 bf16,
 /// then the staged block ids.
-fn prefill2_smem_bytes(head_dim: usize) -> usize {
-    (PREFILL_TILE + 4 * PREFILL2_KT) * (head_dim + 8) * 2 + PREFILL_BT_SMEM * 4
-}
-
-/// Which prefill kernel a launch takes: `Tiled2` (paged_prefill2_d*: 128 query rows x 64 keys
-/// a step, the default) or `V1` (paged_prefill_d*: 64 x 32, kept for comparison).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum PrefillKernel {
-    V1,
-    Tiled2,
-}
-
-/// The kernel [`Kernels::paged_prefill_attention`] takes: the older one where
-/// `PAGEDSERVE_PREFILL_V1=1` (read once).
-fn default_prefill_kernel() -> PrefillKernel {
-    static V1: OnceLock<bool> = OnceLock::new();
-    if *V1.get_or_init(|| std::env::var("PAGEDSERVE_PREFILL_V1").is_ok_and(|v| v == "1")) {
-        PrefillKernel::V1
-    } else {
-        PrefillKernel::Tiled2
-    }
+fn prefill_smem_bytes(head_dim: usize) -> usize {
+    (PREFILL_TILE + 4 * PREFILL_KT) * (head_dim + 8) * 2 + PREFILL_BT_SMEM * 4
 }
 
 /// Mirrors `struct PrefillArgs` in prefill_attention.cu.
@@ -403,134 +383,10 @@ impl Kernels {
     /// keys `0..=start_pos + j` through row s of `block_tables`. `tiles` i32 `[num_tiles, 2]`
     /// comes from [`prefill_tiles`] (uploaded). The host must keep rows and positions within
     /// the buffers; the kernel clamps keys to the block-table width. Runs
-    /// `paged_prefill2_d{D}` (128 query rows x 64 keys a step), or the older
-    /// `paged_prefill_d{D}` where `PAGEDSERVE_PREFILL_V1=1`.
+    /// `paged_prefill_d{D}`: one CTA of 128 query rows (a tile) x one head, 64 keys a step.
     #[allow(clippy::too_many_arguments)]
     pub fn paged_prefill_attention(
         &self,
-        stream: &CudaStream,
-        out: &mut CudaViewMut<'_, bf16>,
-        qkv: &CudaView<'_, bf16>,
-        qkv_stride: usize,
-        k_cache: &CudaView<'_, bf16>,
-        v_cache: &CudaView<'_, bf16>,
-        block_tables: &CudaView<'_, i32>,
-        bt_stride: usize,
-        seq_info: &CudaView<'_, i32>,
-        tiles: &CudaView<'_, i32>,
-        num_heads: usize,
-        num_kv_heads: usize,
-        head_dim: usize,
-        block_size: usize,
-        scale: f32,
-    ) -> Result<(), KernelError> {
-        self.prefill_launch(
-            default_prefill_kernel(),
-            stream,
-            out,
-            qkv,
-            qkv_stride,
-            k_cache,
-            v_cache,
-            block_tables,
-            bt_stride,
-            seq_info,
-            tiles,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            block_size,
-            scale,
-        )
-    }
-
-    /// [`Kernels::paged_prefill_attention`] on the older kernel (`paged_prefill_d{D}`: 64
-    /// query rows x 32 keys a step, two CTAs a tile) whatever the environment says: for tests
-    /// and before/after measurements.
-    #[allow(clippy::too_many_arguments)]
-    pub fn paged_prefill_attention_v1(
-        &self,
-        stream: &CudaStream,
-        out: &mut CudaViewMut<'_, bf16>,
-        qkv: &CudaView<'_, bf16>,
-        qkv_stride: usize,
-        k_cache: &CudaView<'_, bf16>,
-        v_cache: &CudaView<'_, bf16>,
-        block_tables: &CudaView<'_, i32>,
-        bt_stride: usize,
-        seq_info: &CudaView<'_, i32>,
-        tiles: &CudaView<'_, i32>,
-        num_heads: usize,
-        num_kv_heads: usize,
-        head_dim: usize,
-        block_size: usize,
-        scale: f32,
-    ) -> Result<(), KernelError> {
-        self.prefill_launch(
-            PrefillKernel::V1,
-            stream,
-            out,
-            qkv,
-            qkv_stride,
-            k_cache,
-            v_cache,
-            block_tables,
-            bt_stride,
-            seq_info,
-            tiles,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            block_size,
-            scale,
-        )
-    }
-
-    /// [`Kernels::paged_prefill_attention`] on the new kernel (`paged_prefill2_d{D}`) whatever
-    /// the environment says: for tests and before/after measurements.
-    #[allow(clippy::too_many_arguments)]
-    pub fn paged_prefill_attention_v2(
-        &self,
-        stream: &CudaStream,
-        out: &mut CudaViewMut<'_, bf16>,
-        qkv: &CudaView<'_, bf16>,
-        qkv_stride: usize,
-        k_cache: &CudaView<'_, bf16>,
-        v_cache: &CudaView<'_, bf16>,
-        block_tables: &CudaView<'_, i32>,
-        bt_stride: usize,
-        seq_info: &CudaView<'_, i32>,
-        tiles: &CudaView<'_, i32>,
-        num_heads: usize,
-        num_kv_heads: usize,
-        head_dim: usize,
-        block_size: usize,
-        scale: f32,
-    ) -> Result<(), KernelError> {
-        self.prefill_launch(
-            PrefillKernel::Tiled2,
-            stream,
-            out,
-            qkv,
-            qkv_stride,
-            k_cache,
-            v_cache,
-            block_tables,
-            bt_stride,
-            seq_info,
-            tiles,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            block_size,
-            scale,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn prefill_launch(
-        &self,
-        kernel: PrefillKernel,
         stream: &CudaStream,
         out: &mut CudaViewMut<'_, bf16>,
         qkv: &CudaView<'_, bf16>,
@@ -577,6 +433,10 @@ impl Kernels {
         if num_tiles == 0 {
             return Ok(());
         }
+        // One CTA a tile, heads along x (neighbours in launch order share K/V in L2).
+        ensure(K, num_tiles <= 65_535, || {
+            format!("{num_tiles} tiles: at most 65535 (the grid's y)")
+        })?;
         let (o, _g0) = out.device_ptr_mut(stream);
         let (q, _g1) = qkv.device_ptr(stream);
         let (kc, _g3) = k_cache.device_ptr(stream);
@@ -602,38 +462,18 @@ impl Kernels {
             bs_log2: block_size.trailing_zeros(),
             scale_log2: scale * std::f32::consts::LOG2_E,
         };
-        let (name, grid, smem) = match kernel {
-            // Two CTAs of 64 rows a listed tile, tiles along x.
-            PrefillKernel::V1 => (
-                format!("paged_prefill_d{head_dim}"),
-                (to_u32(K, "num_tiles", 2 * num_tiles)?, num_heads as u32, 1),
-                0,
-            ),
-            // One CTA a tile, heads along x (neighbours in launch order share K/V in L2).
-            PrefillKernel::Tiled2 => {
-                ensure(K, num_tiles <= 65_535, || {
-                    format!("{num_tiles} tiles: at most 65535 (the grid's y)")
-                })?;
-                (
-                    format!("paged_prefill2_d{head_dim}"),
-                    (num_heads as u32, num_tiles as u32, 1),
-                    prefill2_smem_bytes(head_dim) as u32,
-                )
-            }
-        };
-        let func = self.func(&name)?;
-        if smem > 0 {
-            // Over the 48 KB default: allowed per function (cheap; legal during graph capture).
-            stream.context().bind_to_thread()?;
-            func.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )?;
-        }
+        let smem = prefill_smem_bytes(head_dim) as u32;
+        let func = self.func(&format!("paged_prefill_d{head_dim}"))?;
+        // Over the 48 KB default: allowed per function (cheap; legal during graph capture).
+        stream.context().bind_to_thread()?;
+        func.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )?;
         let mut b = self.dependent_launch_of(stream, func);
         b.arg(&args);
         let cfg = LaunchConfig {
-            grid_dim: grid,
+            grid_dim: (num_heads as u32, num_tiles as u32, 1),
             block_dim: (PREFILL_THREADS, 1, 1),
             shared_mem_bytes: smem,
         };
@@ -674,11 +514,9 @@ mod tests {
     fn prefill_constants_mirror_the_source() {
         let src = include_str!("../cuda/prefill_attention.cu");
         for line in [
-            format!("#define P2_M {PREFILL_TILE}"),
-            format!("#define P2_KT {PREFILL2_KT}"),
-            format!("#define P2_THREADS {PREFILL_THREADS}"),
+            format!("#define PF_M {PREFILL_TILE}"),
+            format!("#define PF_KT {PREFILL_KT}"),
             format!("#define PF_THREADS {PREFILL_THREADS}"),
-            format!("#define PF_TILE {}", PREFILL_TILE / 2),
         ] {
             assert!(
                 src.lines().any(|l| l.trim() == line),
@@ -687,8 +525,8 @@ mod tests {
         }
         assert!(src.contains(&format!("#define PF_BT_SMEM {PREFILL_BT_SMEM} ")));
         // 106 KB for D = 128: two CTAs fit an H100 SM (228 KB).
-        assert_eq!(prefill2_smem_bytes(128), 108_544);
-        assert_eq!(prefill2_smem_bytes(64), 59_392);
+        assert_eq!(prefill_smem_bytes(128), 108_544);
+        assert_eq!(prefill_smem_bytes(64), 59_392);
     }
 
     #[test]

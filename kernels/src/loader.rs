@@ -142,8 +142,6 @@ pub(crate) fn kernel_names() -> Vec<String> {
         "add_bias_kernel",
         "paged_prefill_d64",
         "paged_prefill_d128",
-        "paged_prefill2_d64",
-        "paged_prefill2_d128",
         "sample_kernel",
     ]
     .iter()
@@ -219,6 +217,30 @@ mod tests {
                 _ => false,
             });
             assert!(direct || inst || gemv, "{name} is not in the sources");
+        }
+    }
+
+    #[test]
+    fn every_kernel_defined_in_the_source_is_loaded() {
+        let src = full_source();
+        let names = kernel_names();
+        for def in src.split("extern \"C\" __global__").skip(1) {
+            // `void [__launch_bounds__(N)] name(...) {`; macro instances (`name##D`) are
+            // checked above.
+            let decl = def.split('{').next().unwrap_or_default();
+            let decl = decl
+                .split_once("__launch_bounds__(")
+                .and_then(|(_, rest)| rest.split_once(')'))
+                .map_or(decl, |(_, rest)| rest);
+            let name = decl
+                .split('(')
+                .next()
+                .and_then(|d| d.split_whitespace().last())
+                .unwrap_or_default();
+            assert!(
+                name.contains("##") || names.iter().any(|n| n == name),
+                "{name} is defined but not in kernel_names"
+            );
         }
     }
 

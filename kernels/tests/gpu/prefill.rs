@@ -1,8 +1,6 @@
 //! Paged prefill attention (causal, chunked) against the f64 reference.
 
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut};
-use half::bf16;
-use pagedserve_kernels::{KernelError, Kernels, prefill_tiles};
+use pagedserve_kernels::prefill_tiles;
 
 use crate::attention_ref::{HostCache, block_tables};
 use crate::common::*;
@@ -19,39 +17,13 @@ struct Case {
 
 const ATTN_TOL: f64 = 1e-2;
 
-/// The prefill launches under test: the default kernel (paged_prefill2_d*) and the older one
-/// (paged_prefill_d*), both over the same tile list.
-type PrefillFn = fn(
-    &Kernels,
-    &CudaStream,
-    &mut CudaViewMut<'_, bf16>,
-    &CudaView<'_, bf16>,
-    usize,
-    &CudaView<'_, bf16>,
-    &CudaView<'_, bf16>,
-    &CudaView<'_, i32>,
-    usize,
-    &CudaView<'_, i32>,
-    &CudaView<'_, i32>,
-    usize,
-    usize,
-    usize,
-    usize,
-    f32,
-) -> Result<(), KernelError>;
-
-const KERNELS: [(&str, PrefillFn); 2] = [
-    ("v2", Kernels::paged_prefill_attention_v2),
-    ("v1", Kernels::paged_prefill_attention_v1),
-];
-
 #[test]
 fn paged_prefill_attention_matches_reference() -> TestResult {
     let Some(g) = gpu() else { return Ok(()) };
     let mut rng = rng("paged_prefill_attention");
     let cases = [
         // GQA 3, several sequences: a 1-row chunk after 40 cached tokens, 130 rows after 200
-        // (a 2-row last tile), one exact tile of 64.
+        // (a 2-row last tile), 64 rows (half a tile: two warps without rows).
         Case {
             h: 9,
             kvh: 3,
@@ -99,7 +71,7 @@ fn paged_prefill_attention_matches_reference() -> TestResult {
             bs: 32,
             seqs: vec![(5, 500), (31, 1), (64, 63), (1, 1), (200, 0), (3, 777)],
         },
-        // More blocks than the kernels stage in shared memory (1024): the rest of the table is
+        // More blocks than the kernel stages in shared memory (1024): the rest of the table is
         // read from global memory.
         Case {
             h: 2,
@@ -122,7 +94,7 @@ fn paged_prefill_attention_matches_reference() -> TestResult {
     Ok(())
 }
 
-/// One case on every kernel of KERNELS: the same inputs, the reference computed once.
+/// One case: the kernel's output against the f64 reference.
 fn run_case(g: &Gpu, rng: &mut rand::rngs::StdRng, c: &Case) -> TestResult {
     let keys: Vec<usize> = c.seqs.iter().map(|&(n, start)| n + start).collect();
     let num_blocks = keys.iter().map(|k| k.div_ceil(c.bs)).sum::<usize>() + 5;
@@ -172,37 +144,34 @@ fn run_case(g: &Gpu, rng: &mut rand::rngs::StdRng, c: &Case) -> TestResult {
         }
     }
 
-    for (kernel, launch) in KERNELS {
-        let mut d_out = up(g, &poison_bf16(t * c.h * c.d))?;
-        launch(
-            &g.k,
-            &g.stream,
-            &mut d_out.as_view_mut(),
-            &d_qkv.as_view(),
-            stride,
-            &d_k.as_view(),
-            &d_v.as_view(),
-            &d_tables.as_view(),
-            bt_stride,
-            &d_info.as_view(),
-            &d_tiles.as_view(),
-            c.h,
-            c.kvh,
-            c.d,
-            c.bs,
-            scale as f32,
-        )?;
-        let out = down(g, &d_out)?;
-        let got: Vec<f64> = at
-            .iter()
-            .flat_map(|&i| out[i..i + c.d].iter().map(|x| x.to_f32() as f64))
-            .collect();
-        check_rows_written(&out, &owned, c.h * c.d);
-        let label = format!(
-            "prefill {kernel} H={} KVH={} D={} bs={} seqs={:?}",
-            c.h, c.kvh, c.d, c.bs, c.seqs
-        );
-        check_attention(&label, &got, &want, c.d, ATTN_TOL);
-    }
+    let mut d_out = up(g, &poison_bf16(t * c.h * c.d))?;
+    g.k.paged_prefill_attention(
+        &g.stream,
+        &mut d_out.as_view_mut(),
+        &d_qkv.as_view(),
+        stride,
+        &d_k.as_view(),
+        &d_v.as_view(),
+        &d_tables.as_view(),
+        bt_stride,
+        &d_info.as_view(),
+        &d_tiles.as_view(),
+        c.h,
+        c.kvh,
+        c.d,
+        c.bs,
+        scale as f32,
+    )?;
+    let out = down(g, &d_out)?;
+    let got: Vec<f64> = at
+        .iter()
+        .flat_map(|&i| out[i..i + c.d].iter().map(|x| x.to_f32() as f64))
+        .collect();
+    check_rows_written(&out, &owned, c.h * c.d);
+    let label = format!(
+        "prefill H={} KVH={} D={} bs={} seqs={:?}",
+        c.h, c.kvh, c.d, c.bs, c.seqs
+    );
+    check_attention(&label, &got, &want, c.d, ATTN_TOL);
     Ok(())
 }
