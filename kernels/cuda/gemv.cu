@@ -152,9 +152,10 @@ __device__ __forceinline__ void mma_step(float (&acc)[MT][4], const uint4 (&v)[4
 // microseconds of latency on the step's critical path. EPI_ROPE_KV runs RoPE + KV write at the
 // end of the QKV projection instead, on the f32 sums before any bf16 rounding: RoPE on q and k
 // (interleaved pairs (2i, 2i + 1): both columns of a pair always land in one CTA) and the write
-// of k and v into the paged cache, as rope_kv_write_kernel (rope.cu) does. Measured on an H100
-// (cuda_bench, 2026-11-26, PAGEDSERVE_CUDA_FUSE=0 against 1, one binary, two rounds): within
-// the noise (+-0.5%) at 1-16 sequences, 0.6-1.8% faster at 32. SiLU*mul could go into the
+// of k and v into the paged cache, as rope_kv_write_kernel (rope.cu) does. Measured on H100s
+// (cuda_bench, 2026-11-26, PAGEDSERVE_CUDA_FUSE=0 against 1, one binary, three rounds on three
+// machines): nothing measurable at 1-2 sequences, 0.7-1.2% faster at 4-32 in the last round
+// (within +-0.5% at 1-16 and 0.6-1.8% at 32 in the first two). SiLU*mul could go into the
 // gate/up GEMV the same way (with gate and up rows interleaved at load, and the cuBLAS path's
 // kernel reading pairs); with gains of that size it was written, tested and left out.
 // The residual add + RMSNorm after o_proj and down was tried the same way (the last CTA to
