@@ -26,17 +26,27 @@ extern "C" __global__ void __launch_bounds__(ROW_THREADS)
 #define NORM_THREADS 1024
 #define NORM_ITERS 8
 
+// The norm weights of this thread's elements, loaded before the PDL wait (they are constants),
+// so that no memory round trip follows the block's reduction.
+__device__ __forceinline__ void norm_load_weights(float2* g, const float* __restrict__ w,
+                                                  u32 hidden) {
+#pragma unroll
+    for (int it = 0; it < NORM_ITERS; it++) {
+        const u32 i = (it * NORM_THREADS + threadIdx.x) * 2;
+        g[it] = i < hidden ? *(const float2*)(w + i) : make_float2(0.f, 0.f);
+    }
+}
+
 __device__ __forceinline__ void norm_scale_store(bf16* __restrict__ out, const float2* v,
-                                                 const float* __restrict__ w, u32 hidden,
-                                                 float ss, float eps) {
+                                                 const float2* g, u32 hidden, float ss,
+                                                 float eps) {
     const float r = rsqrtf(ss / (float)hidden + eps);
 #pragma unroll
     for (int it = 0; it < NORM_ITERS; it++) {
         const u32 i = (it * NORM_THREADS + threadIdx.x) * 2;
-        if (i < hidden) {
-            const float2 g = *(const float2*)(w + i);
-            *(bf162*)(out + i) = __floats2bfloat162_rn(v[it].x * r * g.x, v[it].y * r * g.y);
-        }
+        if (i < hidden)
+            *(bf162*)(out + i) =
+                __floats2bfloat162_rn(v[it].x * r * g[it].x, v[it].y * r * g[it].y);
     }
 }
 
@@ -44,6 +54,8 @@ __device__ __forceinline__ void norm_scale_store(bf16* __restrict__ out, const f
 extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     rms_norm_kernel(bf16* __restrict__ out, const float* __restrict__ x,
                     const float* __restrict__ w, u32 hidden, float eps) {
+    float2 g[NORM_ITERS];
+    norm_load_weights(g, w, hidden);
     pdl_enter();
     __shared__ float scratch[32];
     const u64 t = blockIdx.x;
@@ -57,7 +69,7 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
         ss += v[it].x * v[it].x + v[it].y * v[it].y;
     }
     ss = block_sum<NORM_THREADS>(ss, scratch);
-    norm_scale_store(out + t * hidden, v, w, hidden, ss, eps);
+    norm_scale_store(out + t * hidden, v, g, hidden, ss, eps);
 }
 
 // x += delta (the residual add), then out = rms_norm(x) * w.
@@ -65,29 +77,38 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
     add_rms_norm_kernel(float* __restrict__ x, const bf16* __restrict__ delta,
                         bf16* __restrict__ out, const float* __restrict__ w, u32 hidden,
                         float eps) {
-    pdl_enter();
-    __shared__ float scratch[32];
+    // Before the wait: the norm weights, and this row of the residual through L2 (ld.cg). The
+    // residual was last written by the norm three kernels back (before the GEMV, attention or
+    // SiLU and GEMV that lead here), which had completed before the kernel before this one got
+    // past its own wait, which it has when this one starts; L2 is coherent, L1 is bypassed.
+    // Only delta, written by the kernel just before, waits.
+    float2 g[NORM_ITERS];
+    norm_load_weights(g, w, hidden);
     const u64 t = blockIdx.x;
     float* xr = x + t * hidden;
     const bf16* dr = delta + t * hidden;
     float2 v[NORM_ITERS];
+#pragma unroll
+    for (int it = 0; it < NORM_ITERS; it++) {
+        const u32 i = (it * NORM_THREADS + threadIdx.x) * 2;
+        v[it] = i < hidden ? __ldcg((const float2*)(xr + i)) : make_float2(0.f, 0.f);
+    }
+    pdl_enter();
+    __shared__ float scratch[32];
     float ss = 0.f;
 #pragma unroll
     for (int it = 0; it < NORM_ITERS; it++) {
         const u32 i = (it * NORM_THREADS + threadIdx.x) * 2;
-        v[it] = make_float2(0.f, 0.f);
         if (i < hidden) {
-            float2 a = *(const float2*)(xr + i);
             const float2 d = __bfloat1622float2(*(const bf162*)(dr + i));
-            a.x += d.x;
-            a.y += d.y;
-            *(float2*)(xr + i) = a;
-            v[it] = a;
+            v[it].x += d.x;
+            v[it].y += d.y;
+            *(float2*)(xr + i) = v[it];
         }
         ss += v[it].x * v[it].x + v[it].y * v[it].y;
     }
     ss = block_sum<NORM_THREADS>(ss, scratch);
-    norm_scale_store(out + t * hidden, v, w, hidden, ss, eps);
+    norm_scale_store(out + t * hidden, v, g, hidden, ss, eps);
 }
 
 __device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }
