@@ -17,7 +17,11 @@ typedef __nv_bfloat162 bf162;
 // an earlier kernel writes, writes anything an earlier kernel reads, or exits (so that its
 // completion implies its predecessors'). Before the wait it may read only what no kernel of the
 // step writes: weights, and the step's metadata (lengths, block tables), which is copied in
-// before the step's first kernel, launched without PDL. pdl_launch_dependents() then lets the
+// before the step's first kernel, launched without PDL. One exception, add_rms_norm's residual
+// row: it was last written three kernels back, by a kernel that had completed before the kernel
+// just before this one passed its own wait, which it has when this one starts (each kernel
+// triggers its dependents only after its wait); it is read through L2 (ld.cg), never L1.
+// pdl_launch_dependents() then lets the
 // next kernel start (it will wait for this one in turn). Both are no-ops without PDL and before
 // sm_90.
 __device__ __forceinline__ void pdl_wait() {
