@@ -1,10 +1,13 @@
 // Paged decode attention: one query row per sequence, split over KV partitions, one launch.
-// Grid (S, KVH, Z) with Z = ceil(max_ctx / P): P (64, 256 or 512, by launch size) is the longest
-// partition a CTA takes (it sizes the score array), and the grid depends only on S and max_ctx,
-// never on the step's lengths, so a captured CUDA graph can be replayed with new ctx_lens and
-// block tables. Each sequence picks on the device how many of its Z slots to use
-// (decode_split): at least ceil(ctx / P), and more when the launch's CTAs would not fill the GPU
-// (target_ctas), down to 64-token partitions.
+// A sequence has max_parts = ceil(max_ctx / P) partition slots: P (64, 256 or 512, by launch
+// size) is the longest partition (it sizes the score array). Grid (S, KVH, Z) with Z =
+// min(max_parts, a few waves of CTAs over S * KVH), set on the host from S and max_ctx only,
+// never from the step's lengths, so a captured CUDA graph can be replayed with new ctx_lens and
+// block tables; a CTA takes partitions z, z + Z, ... Each sequence picks on the device how many
+// of its slots to use (decode_split): at least ceil(ctx / P), and more when the launch's CTAs
+// would not fill the GPU (target_ctas), down to 64-token partitions. (Z was max_parts itself
+// until a long-context engine showed the cost of CTAs with nothing to do: max_ctx 131,072 made
+// 32 sequences of 1k tokens 111.9 us against 57.6 with max_ctx 1,024; H100, 2026-11-26.)
 // One CTA serves all G = H / KVH query heads of one KV group, so each K and V row is read once
 // per group. It puts the scores of its partition in shared memory, turns them into
 // probabilities and accumulates P·V (copying the first V rows into shared memory next to the
@@ -38,6 +41,7 @@ struct DecodeArgs {
     u64 ws_len;  // f32 elements of ws; the counters are its last S * KVH words
     u32 qkv_stride, out_rows, H, KVH, block_size, bt_stride, num_blocks, max_ctx;
     u32 bs_log2, target_ctas;
+    u32 max_parts;  // ceil(max_ctx / P): partition slots a (sequence, head) has in ws
     float scale_log2;
 };
 
@@ -47,7 +51,7 @@ __device__ __forceinline__ int decode_ctx_len(const DecodeArgs& a, int ctx) {
 }
 
 // How a sequence of `ctx` (> 0) tokens splits: n partitions of `chunk` tokens (the last shorter),
-// chunk a multiple of the block size and at most P, n at most gridDim.z. A pure function of
+// chunk a multiple of the block size and at most P, n at most max_parts. A pure function of
 // ctx and the launch, so every CTA of the sequence (and the one that combines) agrees.
 struct DecodeSplit {
     u32 n, chunk;
@@ -55,7 +59,7 @@ struct DecodeSplit {
 template <int P>
 __device__ __forceinline__ DecodeSplit decode_split(const DecodeArgs& a, u32 ctx) {
     const u32 n_min = (ctx + P - 1) / P;
-    const u32 n_max = max(n_min, min(gridDim.z, (ctx + DEC_MIN_CHUNK - 1) / DEC_MIN_CHUNK));
+    const u32 n_max = max(n_min, min(a.max_parts, (ctx + DEC_MIN_CHUNK - 1) / DEC_MIN_CHUNK));
     // As many partitions as keep the launch's busy CTAs within one wave of the GPU.
     const u32 want = max(1u, a.target_ctas / (gridDim.x * gridDim.y));
     const u32 n = min(max(want, n_min), n_max);
@@ -162,7 +166,7 @@ __device__ __forceinline__ void decode_combine(const DecodeArgs& a, u32 s, u32 k
                                                u32 n, float (*red)[G][D], float* head_max,
                                                float* head_sum) {
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const u32 Z = gridDim.z;
+    const u32 Z = a.max_parts;
     const u64 n_acc = (u64)gridDim.x * a.H * Z;
     const u64 base = ((u64)s * a.H + kvh * G) * Z;  // head g of the group adds g * Z
     const float* wmax = a.ws + n_acc * D;
@@ -251,6 +255,18 @@ __device__ __forceinline__ void decode_combine(const DecodeArgs& a, u32 s, u32 k
     }
 }
 
+// Cache offsets of the blocks of partition [p0, p0 + plen) of sequence s, KV head kvh, into
+// blk_off (read by the whole CTA after a barrier).
+template <int D, int P>
+__device__ __forceinline__ void decode_stage_blocks(const DecodeArgs& a, u32 s, u32 kvh, u32 p0,
+                                                    u32 plen, u64* blk_off) {
+    if (threadIdx.x < (plen + a.block_size - 1) >> a.bs_log2) {
+        int b = a.block_tables[(u64)s * a.bt_stride + (p0 >> a.bs_log2) + threadIdx.x];
+        b = (b < 0 || (u32)b >= a.num_blocks) ? 0 : b;
+        blk_off[threadIdx.x] = (((u64)b * a.KVH + kvh) << a.bs_log2) * D;
+    }
+}
+
 template <int D, int G, int P, int U1 = 4, int U2 = 8>
 __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
     __shared__ float sc[G][P];
@@ -259,7 +275,8 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
     __shared__ float head_max[G], head_sum[G];
     __shared__ u32 is_last;
 
-    const u32 s = blockIdx.x, kvh = blockIdx.y, part = blockIdx.z;
+    const u32 s = blockIdx.x, kvh = blockIdx.y;
+    u32 part = blockIdx.z;
     // Both loads issued before either is tested: they head the chain of dependent loads.
     const int ctx_in = a.ctx_lens[s];
     const int qrow = a.q_rows[s];
@@ -277,15 +294,11 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
         pdl_wait();
         return;
     }
-    const u32 p0 = part * sp.chunk;
-    const u32 plen = min(sp.chunk, (u32)ctx - p0);
+    u32 p0 = part * sp.chunk;
+    u32 plen = min(sp.chunk, (u32)ctx - p0);
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
-    if (threadIdx.x < (plen + a.block_size - 1) >> a.bs_log2) {
-        int b = a.block_tables[(u64)s * a.bt_stride + (p0 >> a.bs_log2) + threadIdx.x];
-        b = (b < 0 || (u32)b >= a.num_blocks) ? 0 : b;
-        blk_off[threadIdx.x] = (((u64)b * a.KVH + kvh) << a.bs_log2) * D;
-    }
+    decode_stage_blocks<D, P>(a, s, kvh, p0, plen, blk_off);
     __syncthreads();
     // Still before the wait: the K and V rows of this partition's first DEC_PREFETCH tokens into
     // L2, so that the loads after it find them there instead of in DRAM (two DRAM round trips
@@ -305,92 +318,114 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
         }
     }
     pdl_enter();
-    // q of this group, pre-scaled into the log2 domain; chunk layout matches decode_scores.
-    constexpr int TG = D / 16;
-    float q[G][16];
+    // The grid's z may be smaller than the partitions a sequence splits into (the host caps it
+    // at a few waves of CTAs, whatever max_ctx): a CTA then takes partitions z, z + gridDim.z,
+    // ... one after the other.
     const bf16* qb = a.qkv + (u64)qrow * a.qkv_stride + (u64)kvh * G * D;
-#pragma unroll
-    for (int g = 0; g < G; ++g)
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-            unpack8(*(const uint4*)(qb + g * D + ((lane % TG) + c * TG) * 8), &q[g][c * 8]);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) q[g][c * 8 + e] *= a.scale_log2;
-        }
-    // No barrier here (blk_off was published before the prefetch): the first K loads may
-    // issue while q is still on its way.
-    decode_scores<D, G, P, U1>(a, blk_off, plen, q, sc);
-    __syncthreads();
-    for (int g = warp; g < G; g += DEC_WARPS) {
-        float m = NEG_INF;
-        for (u32 t = lane; t < plen; t += 32) m = fmaxf(m, sc[g][t]);
-        m = warp_max(m);
-        float l = 0.f;
-        for (u32 t = lane; t < plen; t += 32) {
-            const float e = exp2f(sc[g][t] - m);
-            sc[g][t] = e;
-            l += e;
-        }
-        l = warp_sum(l);
-        if (lane == 0) {
-            head_max[g] = m;
-            head_sum[g] = l;
-        }
-    }
-    __syncthreads();
-
-    float acc[G][8];
-#pragma unroll
-    for (int g = 0; g < G; ++g)
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
-    decode_pv<D, G, P, U2>(a, blk_off, plen, sc, acc);
-    if (lane < D / 8)
+    for (;;) {
+        // q of this group, pre-scaled into the log2 domain; chunk layout matches
+        // decode_scores. Loaded again for each partition a CTA takes (from L2), so that it is
+        // not held in registers across the loop (157 registers instead of 128: 3 CTAs an SM
+        // instead of 4).
+        constexpr int TG = D / 16;
+        float q[G][16];
 #pragma unroll
         for (int g = 0; g < G; ++g)
 #pragma unroll
-            for (int e = 0; e < 8; ++e) red[warp][g][lane * 8 + e] = acc[g][e];
-    __syncthreads();
-
-    const u32 max_parts = gridDim.z;
-    const u64 n_acc = (u64)gridDim.x * a.H * max_parts;
-    for (u32 i = threadIdx.x; i < G * D; i += DEC_THREADS) {
-        const u32 g = i / D, d = i % D;
-        float v = 0.f;
+            for (int c = 0; c < 2; ++c) {
+                unpack8(*(const uint4*)(qb + g * D + ((lane % TG) + c * TG) * 8), &q[g][c * 8]);
 #pragma unroll
-        for (int w = 0; w < DEC_WARPS; ++w) v += red[w][g][d];
-        const u32 h = kvh * G + g;
-        if (sp.n == 1) {
-            a.out[(u64)qrow * a.H * D + h * D + d] = __float2bfloat16(v / head_sum[g]);
-        } else {
-            const u64 idx = ((u64)s * a.H + h) * max_parts + part;
-            a.ws[idx * D + d] = v;
-            if (d == 0) {
-                a.ws[n_acc * D + idx] = head_max[g];
-                a.ws[n_acc * D + n_acc + idx] = head_sum[g];
+                for (int e = 0; e < 8; ++e) q[g][c * 8 + e] *= a.scale_log2;
+            }
+        // No barrier here (blk_off was published before): the first K loads may issue while q
+        // is still on its way.
+        decode_scores<D, G, P, U1>(a, blk_off, plen, q, sc);
+        __syncthreads();
+        for (int g = warp; g < G; g += DEC_WARPS) {
+            float m = NEG_INF;
+            for (u32 t = lane; t < plen; t += 32) m = fmaxf(m, sc[g][t]);
+            m = warp_max(m);
+            float l = 0.f;
+            for (u32 t = lane; t < plen; t += 32) {
+                const float e = exp2f(sc[g][t] - m);
+                sc[g][t] = e;
+                l += e;
+            }
+            l = warp_sum(l);
+            if (lane == 0) {
+                head_max[g] = m;
+                head_sum[g] = l;
             }
         }
-    }
-    if (sp.n == 1) return;
+        __syncthreads();
 
-    // Publish this partition, then count it; the last of the n to arrive combines them all and
-    // puts the counter back to 0 for the next launch.
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        u32* ctr = reinterpret_cast<u32*>(a.ws) + (a.ws_len - 1 - ((u64)s * a.KVH + kvh));
-        const bool last = atomicAdd(ctr, 1u) == sp.n - 1;
-        if (last) atomicExch(ctr, 0u);
-        is_last = last;
+        float acc[G][8];
+#pragma unroll
+        for (int g = 0; g < G; ++g)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
+        decode_pv<D, G, P, U2>(a, blk_off, plen, sc, acc);
+        if (lane < D / 8)
+#pragma unroll
+            for (int g = 0; g < G; ++g)
+#pragma unroll
+                for (int e = 0; e < 8; ++e) red[warp][g][lane * 8 + e] = acc[g][e];
+        __syncthreads();
+
+        const u32 max_parts = a.max_parts;
+        const u64 n_acc = (u64)gridDim.x * a.H * max_parts;
+        for (u32 i = threadIdx.x; i < G * D; i += DEC_THREADS) {
+            const u32 g = i / D, d = i % D;
+            float v = 0.f;
+#pragma unroll
+            for (int w = 0; w < DEC_WARPS; ++w) v += red[w][g][d];
+            const u32 h = kvh * G + g;
+            if (sp.n == 1) {
+                a.out[(u64)qrow * a.H * D + h * D + d] = __float2bfloat16(v / head_sum[g]);
+            } else {
+                const u64 idx = ((u64)s * a.H + h) * max_parts + part;
+                a.ws[idx * D + d] = v;
+                if (d == 0) {
+                    a.ws[n_acc * D + idx] = head_max[g];
+                    a.ws[n_acc * D + n_acc + idx] = head_sum[g];
+                }
+            }
+        }
+        if (sp.n == 1) return;
+
+        // Publish this partition, then count it; the last of the n to arrive combines them all and
+        // puts the counter back to 0 for the next launch.
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            u32* ctr = reinterpret_cast<u32*>(a.ws) + (a.ws_len - 1 - ((u64)s * a.KVH + kvh));
+            const bool last = atomicAdd(ctr, 1u) == sp.n - 1;
+            if (last) atomicExch(ctr, 0u);
+            is_last = last;
+        }
+        __syncthreads();
+        if (is_last) {
+            __threadfence();
+            decode_combine<D, G>(a, s, kvh, (u32)qrow, sp.n, red, head_max, head_sum);
+            return;
+        }
+        // This CTA's next partition, if any (the last arrival always comes at some CTA's last
+        // partition, so a CTA that combined has none left).
+        part += gridDim.z;
+        if (part >= sp.n) return;
+        p0 = part * sp.chunk;
+        plen = min(sp.chunk, (u32)ctx - p0);
+        decode_stage_blocks<D, P>(a, s, kvh, p0, plen, blk_off);
+        __syncthreads();
     }
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    decode_combine<D, G>(a, s, kvh, (u32)qrow, sp.n, red, head_max, head_sum);
 }
 
+// Groups of up to 4 heads are held to 128 registers (4 CTAs an SM), which they fit without
+// spills; the partition loop let them grow to 164 otherwise. Larger groups as they come (G = 8:
+// 252, no spills; capped at 4 CTAs it spilled 1.4 KB).
+#define DEC_MIN_BLOCKS(G) ((G) <= 4 ? 4 : 1)
 #define DECODE_ONE(D, G, P)                                                            \
-    extern "C" __global__ void __launch_bounds__(DEC_THREADS)                          \
+    extern "C" __global__ void __launch_bounds__(DEC_THREADS, DEC_MIN_BLOCKS(G))                        \
         paged_decode_d##D##_g##G##_p##P(DecodeArgs a) {                                \
         decode_impl<D, G, P>(a);                                                       \
     }

@@ -37,6 +37,8 @@ fn tables(pool: usize, batch: usize, ctx: usize, sets: usize, seed: u64) -> Vec<
 
 /// max_ctx of the small-batch decode cases: the engine's for Llama-3-8B.
 const ENGINE_MAX_CTX: usize = 8192;
+/// max_ctx of a long-context model's engine (Llama-3.1-8B: 131,072).
+const LONG_MAX_CTX: usize = 131_072;
 
 struct DecodeRow {
     ctx: usize,
@@ -214,6 +216,10 @@ fn main() -> Res<()> {
         for batch in [1, 2, 4, 8, 16] {
             small.push(decode_case(&b, &kv, pool, ctx_len, ENGINE_MAX_CTX, batch)?);
         }
+    }
+    // A long-context model's engine (Llama-3.1's 131,072): the grid is sized for max_ctx.
+    for (ctx_len, batch) in [(1024, 1), (1024, 8), (1024, 32), (4096, 32)] {
+        small.push(decode_case(&b, &kv, pool, ctx_len, LONG_MAX_CTX, batch)?);
     }
     // One sequence of 512 / 2k / 8k tokens, and 4 chunks of 1024 rows after 1024 cached tokens.
     let prefill_cases: [(&str, Vec<(usize, usize)>); 4] = [

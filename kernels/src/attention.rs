@@ -61,6 +61,25 @@ pub fn decode_partition(num_seqs: usize, max_ctx: usize) -> usize {
     }
 }
 
+/// Waves of CTAs a decode launch's grid may hold (see [`decode_grid_z`]).
+const DECODE_GRID_WAVES: usize = 4;
+
+/// The decode grid's z: a sequence's `parts` partition slots, capped at what keeps the launch
+/// within [`DECODE_GRID_WAVES`] waves of `target_ctas` CTAs (the kernel loops over the
+/// partitions of a sequence beyond z). Without the cap a long-context engine launched mostly
+/// CTAs with nothing to do: with max_ctx 131,072, 32 sequences of 1k tokens took 111.9 us
+/// against 57.6 at max_ctx 1,024, 8 sequences 31.9 against 19.1 at 8,192 (H100, attn_bench,
+/// 2026-11-26).
+pub fn decode_grid_z(
+    num_seqs: usize,
+    num_kv_heads: usize,
+    parts: usize,
+    target_ctas: u32,
+) -> usize {
+    let per_wave = (target_ctas as usize).div_ceil((num_seqs * num_kv_heads).max(1));
+    parts.min(DECODE_GRID_WAVES * per_wave).max(1)
+}
+
 /// f32 elements of the decode workspace for up to `num_seqs` sequences of up to `max_ctx`
 /// tokens: per (sequence, head, partition slot) a D-vector of partial outputs plus its max and
 /// sum, and at the end one u32 counter per (sequence, KV head) (`num_seqs * num_heads` words
@@ -136,6 +155,7 @@ struct DecodeArgs {
     max_ctx: u32,
     bs_log2: u32,
     target_ctas: u32,
+    max_parts: u32,
     scale_log2: f32,
 }
 
@@ -357,6 +377,7 @@ impl Kernels {
             max_ctx: to_u32(K, "max_ctx", max_ctx)?,
             bs_log2: block_size.trailing_zeros(),
             target_ctas,
+            max_parts: to_u32(K, "partitions", parts)?,
             scale_log2: scale * std::f32::consts::LOG2_E,
         };
         let mut b = self.dependent_launch_of(stream, func);
@@ -365,7 +386,11 @@ impl Kernels {
             grid_dim: (
                 to_u32(K, "num_seqs", s)?,
                 num_kv_heads as u32,
-                to_u32(K, "partitions", parts)?,
+                to_u32(
+                    K,
+                    "grid z",
+                    decode_grid_z(s, num_kv_heads, parts, target_ctas),
+                )?,
             ),
             block_dim: (DECODE_THREADS, 1, 1),
             shared_mem_bytes: 0,
@@ -486,6 +511,17 @@ impl Kernels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_grid_z_caps_at_a_few_waves() {
+        // An H100's 528 resident CTAs, Llama-3-8B's 8 KV heads.
+        assert_eq!(decode_grid_z(1, 8, 128, 528), 128);
+        assert_eq!(decode_grid_z(1, 8, 2048, 528), 4 * 66);
+        assert_eq!(decode_grid_z(32, 8, 256, 528), 12);
+        assert_eq!(decode_grid_z(128, 8, 16, 528), 4);
+        assert_eq!(decode_grid_z(4096, 8, 1, 528), 1);
+        assert_eq!(decode_grid_z(0, 8, 16, 528), 16);
+    }
 
     #[test]
     fn prefill_tiles_cover_every_row_once_heaviest_first() {

@@ -283,6 +283,14 @@ fn paged_decode_attention_splits_by_length() -> TestResult {
             lens: vec![1, 64, 65, 3000, 129],
             max_ctx: 3000,
         },
+        // 64 sequences: the grid's z is capped at a few waves (decode_grid_z: 8 on an H100,
+        // against 16 slots of 512 tokens), so CTAs take several partitions in turn.
+        llama(
+            (0..64)
+                .map(|i| [8192, 4096, 1, 700, 5000, 0, 8000, 130][i % 8])
+                .collect(),
+            8192,
+        ),
     ];
     for c in &cases {
         run_case(g, &mut rng, c)?;
