@@ -38,66 +38,6 @@ impl RopeHeads {
     pub fn stride(&self) -> usize {
         (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
     }
-
-    /// Checks `rows` QKV rows of `qkv_len` elements, caches `[num_blocks, KVH, block_size, D]`
-    /// and tables `[max_pos, rope_dim / 2]`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn check(
-        &self,
-        kernel: &'static str,
-        qkv_len: usize,
-        k_cache_len: usize,
-        v_cache_len: usize,
-        cos: &CudaView<'_, f32>,
-        sin: &CudaView<'_, f32>,
-        rows: usize,
-    ) -> Result<RopeGeom, KernelError> {
-        let (head_dim, rope_dim) = (self.head_dim, self.rope_dim);
-        ensure(
-            kernel,
-            head_dim.is_multiple_of(2) && rope_dim.is_multiple_of(2) && rope_dim <= head_dim,
-            || {
-                format!(
-                    "head_dim {head_dim} and rope_dim {rope_dim} must be even, rope_dim <= head_dim"
-                )
-            },
-        )?;
-        ensure(
-            kernel,
-            rope_dim > 0 && cos.len() % (rope_dim / 2) == 0 && !cos.is_empty(),
-            || {
-                format!(
-                    "cos has {} elements, not [max_pos, {}]",
-                    cos.len(),
-                    rope_dim / 2
-                )
-            },
-        )?;
-        expect_len(kernel, "sin", sin.len(), cos.len())?;
-        expect_len(kernel, "qkv", qkv_len, rows * self.stride())?;
-        let block_elems = self.num_kv_heads * self.block_size * head_dim;
-        ensure(
-            kernel,
-            block_elems > 0 && k_cache_len.is_multiple_of(block_elems),
-            || {
-                format!(
-                    "k_cache has {k_cache_len} elements, not a multiple of KVH*block_size*D = \
-                     {block_elems}"
-                )
-            },
-        )?;
-        expect_len(kernel, "v_cache", v_cache_len, k_cache_len)?;
-        Ok(RopeGeom {
-            num_slots: (k_cache_len / block_elems * self.block_size) as u64,
-            h: to_u32(kernel, "num_heads", self.num_heads)?,
-            kvh: to_u32(kernel, "num_kv_heads", self.num_kv_heads)?,
-            d: to_u32(kernel, "head_dim", head_dim)?,
-            rope_half: to_u32(kernel, "rope_dim", rope_dim / 2)?,
-            block_size: to_u32(kernel, "block_size", self.block_size)?,
-            max_pos: to_u32(kernel, "max_pos", cos.len() / (rope_dim / 2))?,
-            stride: to_u32(kernel, "stride", self.stride())?,
-        })
-    }
 }
 
 /// Where RoPE + KV write puts this step's k and v, and what it rotates with: the layer's caches
@@ -122,25 +62,64 @@ pub(crate) struct RopePtrs<'s> {
 }
 
 impl RopeKv<'_> {
-    /// Checks the buffers for `rows` QKV rows of `qkv_len` elements.
+    /// Checks the buffers for `rows` QKV rows of `qkv_len` elements: caches `[num_blocks, KVH,
+    /// block_size, D]`, tables `[max_pos, rope_dim / 2]`, a position and a slot a row.
     pub(crate) fn check(
         &self,
         kernel: &'static str,
         qkv_len: usize,
         rows: usize,
     ) -> Result<RopeGeom, KernelError> {
-        let g = self.heads.check(
+        let h = &self.heads;
+        let (head_dim, rope_dim) = (h.head_dim, h.rope_dim);
+        let (cos, sin) = (&self.cos, &self.sin);
+        let (k_cache_len, v_cache_len) = (self.k_cache.len(), self.v_cache.len());
+        ensure(
             kernel,
-            qkv_len,
-            self.k_cache.len(),
-            self.v_cache.len(),
-            &self.cos,
-            &self.sin,
-            rows,
+            head_dim.is_multiple_of(2) && rope_dim.is_multiple_of(2) && rope_dim <= head_dim,
+            || {
+                format!(
+                    "head_dim {head_dim} and rope_dim {rope_dim} must be even, rope_dim <= head_dim"
+                )
+            },
         )?;
+        ensure(
+            kernel,
+            rope_dim > 0 && cos.len() % (rope_dim / 2) == 0 && !cos.is_empty(),
+            || {
+                format!(
+                    "cos has {} elements, not [max_pos, {}]",
+                    cos.len(),
+                    rope_dim / 2
+                )
+            },
+        )?;
+        expect_len(kernel, "sin", sin.len(), cos.len())?;
+        expect_len(kernel, "qkv", qkv_len, rows * h.stride())?;
+        let block_elems = h.num_kv_heads * h.block_size * head_dim;
+        ensure(
+            kernel,
+            block_elems > 0 && k_cache_len.is_multiple_of(block_elems),
+            || {
+                format!(
+                    "k_cache has {k_cache_len} elements, not a multiple of KVH*block_size*D = \
+                     {block_elems}"
+                )
+            },
+        )?;
+        expect_len(kernel, "v_cache", v_cache_len, k_cache_len)?;
         expect_len(kernel, "positions", self.positions.len(), rows)?;
         expect_len(kernel, "slots", self.slots.len(), rows)?;
-        Ok(g)
+        Ok(RopeGeom {
+            num_slots: (k_cache_len / block_elems * h.block_size) as u64,
+            h: to_u32(kernel, "num_heads", h.num_heads)?,
+            kvh: to_u32(kernel, "num_kv_heads", h.num_kv_heads)?,
+            d: to_u32(kernel, "head_dim", head_dim)?,
+            rope_half: to_u32(kernel, "rope_dim", rope_dim / 2)?,
+            block_size: to_u32(kernel, "block_size", h.block_size)?,
+            max_pos: to_u32(kernel, "max_pos", cos.len() / (rope_dim / 2))?,
+            stride: to_u32(kernel, "stride", h.stride())?,
+        })
     }
 
     pub(crate) fn ptrs<'s>(&'s mut self, stream: &'s CudaStream) -> RopePtrs<'s> {
