@@ -524,26 +524,35 @@ __device__ __forceinline__ void gemv_mma_xs_body(uint4* xs, OUT* __restrict__ y,
 // M = 1: the warp-per-column kernel. M > 1: the tensor-core kernel for M' <= M rows (`rows`; any
 // 1 <= rows <= 8 * MT gives the same code, so the wrapper may run fewer rows through it) and
 // `cols` = 16 or 32 columns a CTA; M = 24 and 32 (MT = 3, 4) with x through shared memory.
-template <int M, typename OUT>
+// EPI: the fused epilogue (tensor-core kernels only), with its arguments `ep`.
+template <int M, typename OUT, int EPI = EPI_NONE>
 __device__ __forceinline__ void gemv_entry(OUT* __restrict__ y, const bf16* __restrict__ x,
                                            const bf16* __restrict__ w, u32 N, u32 K, u32 rows,
-                                           u32 cols) {
+                                           u32 cols, const GemvEpi* ep = nullptr) {
     if constexpr (M == 1) {
+        static_assert(EPI == EPI_NONE, "the warp kernel has no epilogue");
         gemv_body<1, OUT>(y, x, w, N, K);
-    } else if constexpr (M > 16) {
-        constexpr int MT = (M + 7) / 8;
-        __shared__ uint4 xs[MMA_WARPS * MT * 64];
-        if (cols == 32)
-            gemv_mma_xs_body<MT, 2, OUT>(xs, y, x, w, N, K, rows);
-        else
-            gemv_mma_xs_body<MT, 1, OUT>(xs, y, x, w, N, K, rows);
     } else {
-        constexpr int MT = M > 8 ? 2 : 1;
-        __shared__ float red[MMA_WARPS * 2 * MT * 128];
-        if (cols == 32)
-            gemv_mma_body<MT, 2, OUT>(red, y, x, w, N, K, rows);
-        else
-            gemv_mma_body<MT, 1, OUT>(red, y, x, w, N, K, rows);
+        EpiRef e = {};
+        if constexpr (EPI != EPI_NONE) {
+            __shared__ RopeStage stage;
+            e = {ep, &stage};
+        }
+        if constexpr (M > 16) {
+            constexpr int MT = (M + 7) / 8;
+            __shared__ uint4 xs[MMA_WARPS * MT * 64];
+            if (cols == 32)
+                gemv_mma_xs_body<MT, 2, OUT, EPI>(xs, y, x, w, N, K, rows, e);
+            else
+                gemv_mma_xs_body<MT, 1, OUT, EPI>(xs, y, x, w, N, K, rows, e);
+        } else {
+            constexpr int MT = M > 8 ? 2 : 1;
+            __shared__ float red[MMA_WARPS * 2 * MT * 128];
+            if (cols == 32)
+                gemv_mma_body<MT, 2, OUT, EPI>(red, y, x, w, N, K, rows, e);
+            else
+                gemv_mma_body<MT, 1, OUT, EPI>(red, y, x, w, N, K, rows, e);
+        }
     }
 }
 
@@ -560,35 +569,12 @@ __device__ __forceinline__ void gemv_entry(OUT* __restrict__ y, const bf16* __re
     }
 
 // The fused variant (bf16 out, tensor-core kernels only): gemv_rope_m{M} for every M but 1.
-template <int M, int EPI>
-__device__ __forceinline__ void gemv_entry_epi(bf16* __restrict__ y, const bf16* __restrict__ x,
-                                               const bf16* __restrict__ w, u32 N, u32 K,
-                                               u32 rows, u32 cols, const GemvEpi* ep) {
-    __shared__ RopeStage stage;
-    const EpiRef e = {ep, &stage};
-    if constexpr (M > 16) {
-        constexpr int MT = (M + 7) / 8;
-        __shared__ uint4 xs[MMA_WARPS * MT * 64];
-        if (cols == 32)
-            gemv_mma_xs_body<MT, 2, bf16, EPI>(xs, y, x, w, N, K, rows, e);
-        else
-            gemv_mma_xs_body<MT, 1, bf16, EPI>(xs, y, x, w, N, K, rows, e);
-    } else {
-        constexpr int MT = M > 8 ? 2 : 1;
-        __shared__ float red[MMA_WARPS * 2 * MT * 128];
-        if (cols == 32)
-            gemv_mma_body<MT, 2, bf16, EPI>(red, y, x, w, N, K, rows, e);
-        else
-            gemv_mma_body<MT, 1, bf16, EPI>(red, y, x, w, N, K, rows, e);
-    }
-}
-
 #define GEMV_EPI_KERNEL(NAME, EPI, M)                                                          \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)                              \
         gemv_##NAME##_m##M(bf16* __restrict__ y, const bf16* __restrict__ x,                   \
                            const bf16* __restrict__ w, u32 N, u32 K, u32 rows, u32 cols,       \
                            const GemvEpi ep) {                                                 \
-        gemv_entry_epi<M, EPI>(y, x, w, N, K, rows, cols, &ep);                                \
+        gemv_entry<M, bf16, EPI>(y, x, w, N, K, rows, cols, &ep);                              \
     }
 #define GEMV_FUSED(M) GEMV_EPI_KERNEL(rope, EPI_ROPE_KV, M)
 

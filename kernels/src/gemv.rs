@@ -265,7 +265,7 @@ fn gemv_rows(
     Ok(rows)
 }
 
-/// Mirrors `struct GemvEpi` in gemv.cu field by field (unused fields 0).
+/// Mirrors `struct GemvEpi` in gemv.cu field by field.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct GemvEpi {
