@@ -1,5 +1,6 @@
 // Paged prefill attention (causal, chunked), FlashAttention-2 style on tensor cores:
-// paged_prefill_d64 / paged_prefill_d128, 128 query rows x 64 keys a step.
+// paged_prefill_d64 / paged_prefill_d128, 128 query rows x 64 keys a step, and
+// paged_prefill_d64_k32 / paged_prefill_d128_k32, the same with 32 keys a step (KT, below).
 //
 // Query row j of a sequence chunk sits at position start_pos + j and sees keys 0..=start_pos + j,
 // all read from the paged cache through the block table (this step's K/V were written by
@@ -9,8 +10,8 @@
 // time, and the heaviest tiles of every head start first. A CTA of 4 warps takes the 128 rows of
 // one tile and one head, 32 rows a warp in two m16 tiles, so each K or V fragment read from shared
 // memory by ldmatrix feeds two mma rows. Q sits in shared memory (its fragments are re-read each
-// K/V tile: registers go to the 2 x D/8 x 4 O accumulators and the 2 x 8 x 4 scores); K/V tiles
-// of PF_KT = 64 keys, two stages of cp.async (the next tile loads while this one is computed).
+// K/V tile: registers go to the 2 x D/8 x 4 O accumulators and the 2 x KT/8 x 4 scores); K/V tiles
+// of KT keys, two stages of cp.async (the next tile loads while this one is computed).
 // S = Q·K^T and O += P·V use mma.sync m16n8k16 (bf16 in, f32 accumulate) with an online softmax
 // in the log2 domain; P stays in registers between the two mmas (the S accumulator layout of
 // m16n8k16 is the A layout of the next one once packed to bf16). The causal mask is applied only
@@ -18,13 +19,16 @@
 // are warps with no rows left. Q, the K/V stages and the block-table row (staged once per CTA)
 // live in dynamic shared memory (PfSmem); the output goes out through the Q rows in 16-byte rows.
 // The tiles, sequence table and block table are read before pdl_wait (step metadata).
-// Replaced a 64 x 32-key kernel: 1 x 512 tokens 60.7 -> 78.1 TFLOP/s, 1 x 2048 139.8 -> 247.8,
-// 1 x 8192 191.4 -> 293.0, 4 x 1024 after 1024 180.4 -> 266.5 (H=32 KVH=8 D=128; H100,
-// attn_bench, 2026-11-26).
+// Why two key tiles: at D = 128, KT = 64 needs (128 + 4 x 64) x 136 x 2 + 4096 = 108,544 B of
+// shared memory, within the opt-in limit per block of sm_80 (163 KB) and sm_90 (227 KB) but past
+// that of sm_86 / sm_89 (99 KB: A10, A40, L4, L40S, RTX 30xx / 40xx), where the KT = 32 kernels
+// (73,728 B) run instead. attention.rs picks, per device and head dim, KT = 64 where it fits.
+// The 128 x 64 kernels replaced a 64-row x 32-key kernel: 1 x 512 tokens 60.7 -> 78.1 TFLOP/s,
+// 1 x 2048 139.8 -> 247.8, 1 x 8192 191.4 -> 293.0, 4 x 1024 after 1024 180.4 -> 266.5
+// (H=32 KVH=8 D=128; H100, attn_bench, 2026-11-26).
 #include "common.cuh"
 
 #define PF_M 128
-#define PF_KT 64
 #define PF_THREADS 128
 #define PF_BT_SMEM 1024  // block ids staged in shared memory; longer rows read global memory
 
@@ -54,13 +58,14 @@ __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
     return *(const u32*)&v;
 }
 
-// Dynamic shared memory of paged_prefill_d<D> (prefill_smem_bytes in attention.rs mirrors it):
-// Q [PF_M][D + 8], K and V [2][PF_KT][D + 8] each (bf16), then PF_BT_SMEM block ids.
-template <int D>
+// Dynamic shared memory of paged_prefill_d<D>[_k32] (prefill_smem_bytes in attention.rs mirrors
+// it): Q [PF_M][D + 8], K and V [2][KT][D + 8] each (bf16), then PF_BT_SMEM block ids.
+template <int D, int KT>
 struct PfSmem {
+    static_assert(KT == 32 || KT == 64, "KT: 32 or 64 keys a tile");
     static constexpr int LDS = D + 8;  // padded rows: ldmatrix rows fall in distinct banks
     static constexpr int Q = PF_M * LDS;
-    static constexpr int KV = PF_KT * LDS;
+    static constexpr int KV = KT * LDS;
     static constexpr int BYTES = (Q + 4 * KV) * 2 + PF_BT_SMEM * 4;
 };
 
@@ -77,19 +82,19 @@ __device__ __forceinline__ void cp_async16_s(u32 dst, const void* src, u32 src_b
                  "r"(src_bytes));
 }
 
-// Keys kbase.. of K and V into one stage ([PF_KT][D + 8] each): keys at or past nkeys, and keys
+// Keys kbase.. of K and V into one stage ([KT][D + 8] each): keys at or past nkeys, and keys
 // of a block id outside the cache, become zeros, so that a zero probability never meets a NaN
 // from memory nothing wrote. Commits one cp.async group (with whatever this thread issued before
 // it, e.g. the Q rows). kdst: the stage's K in the shared window (its V follows 2 PfSmem::KV bf16
 // later).
-template <int D>
+template <int D, int KT>
 __device__ __forceinline__ void load_kv_tile(u32 kdst, const int* sbt, const int* bt_row,
                                              int kbase, int nkeys, u32 kvh, const PrefillArgs& a) {
     constexpr int CH = D / 8, LDS = D + 8, ROWS = PF_THREADS / CH;
-    constexpr u32 VOFF = 2 * PfSmem<D>::KV * 2;
+    constexpr u32 VOFF = 2 * PfSmem<D, KT>::KV * 2;
     const int c = threadIdx.x % CH;
 #pragma unroll
-    for (int r = threadIdx.x / CH; r < PF_KT; r += ROWS) {
+    for (int r = threadIdx.x / CH; r < KT; r += ROWS) {
         const int key = kbase + r;
         u64 off = 0;
         u32 bytes = 0;
@@ -126,11 +131,11 @@ __device__ __forceinline__ void ldsm_x4_t(u32 (&r)[4], u32 addr) {
 // (shared window) of the warp's Q rows and the stage's K and V, at fragment (0, 0); every other
 // fragment is a constant offset from them. pos_g is the position of the lane's first row
 // (warp row gid) and last_pos the chunk's last position (rows past the chunk repeat it).
-template <int D, bool MASK>
+template <int D, int KT, bool MASK>
 __device__ __forceinline__ void prefill_tile(u32 qa, u32 ka, u32 va, float (&o)[2][D / 8][4],
                                              float (&m)[2][2], float (&l)[2][2], int kbase,
                                              int pos_g, int last_pos, float scale_log2) {
-    constexpr int LDS = D + 8, NT = PF_KT / 8;
+    constexpr int LDS = D + 8, NT = KT / 8;
     const int tig = threadIdx.x & 3;
     float s[2][NT][4];
 #pragma unroll
@@ -143,7 +148,7 @@ __device__ __forceinline__ void prefill_tile(u32 qa, u32 ka, u32 va, float (&o)[
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) ldsm_x4(qf[mt], qa + (mt * 16 * LDS + kk * 16) * 2);
 #pragma unroll
-        for (int n2 = 0; n2 < PF_KT / 16; ++n2) {
+        for (int n2 = 0; n2 < KT / 16; ++n2) {
             u32 b[4];
             ldsm_x4(b, ka + (n2 * 16 * LDS + kk * 16) * 2);
 #pragma unroll
@@ -154,7 +159,7 @@ __device__ __forceinline__ void prefill_tile(u32 qa, u32 ka, u32 va, float (&o)[
         }
     }
     // P, packed to bf16 as soon as it is known: the A fragments of O += P·V.
-    u32 p[2][PF_KT / 16][4];
+    u32 p[2][KT / 16][4];
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
         float mx0 = m[mt][0], mx1 = m[mt][1];
@@ -200,7 +205,7 @@ __device__ __forceinline__ void prefill_tile(u32 qa, u32 ka, u32 va, float (&o)[
         }
     }
 #pragma unroll
-    for (int kk = 0; kk < PF_KT / 16; ++kk)
+    for (int kk = 0; kk < KT / 16; ++kk)
 #pragma unroll
         for (int d2 = 0; d2 < D / 16; ++d2) {
             u32 b[4];
@@ -213,14 +218,14 @@ __device__ __forceinline__ void prefill_tile(u32 qa, u32 ka, u32 va, float (&o)[
         }
 }
 
-template <int D>
+template <int D, int KT>
 __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
-    using SM = PfSmem<D>;
+    using SM = PfSmem<D, KT>;
     constexpr int LDS = SM::LDS, CH = D / 8;
     extern __shared__ __align__(16) unsigned char pf_smem[];
     bf16* qsm = (bf16*)pf_smem;
-    bf16* ksm = qsm + SM::Q;       // [2][PF_KT * LDS]
-    bf16* vsm = ksm + 2 * SM::KV;  // [2][PF_KT * LDS]
+    bf16* ksm = qsm + SM::Q;       // [2][KT * LDS]
+    bf16* vsm = ksm + 2 * SM::KV;  // [2][KT * LDS]
     int* sbt = (int*)(vsm + 2 * SM::KV);
 
     // Step metadata only (tiles, sequence table, block tables) before pdl_wait.
@@ -257,9 +262,9 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
                        in ? qb + (u64)(row_start + q0 + r) * a.qkv_stride : a.qkv, in ? 16 : 0);
         }
     }
-    const int ntiles = (nkeys + PF_KT - 1) / PF_KT;
+    const int ntiles = (nkeys + KT - 1) / KT;
     const u32 ks0 = smem_u32(ksm);
-    load_kv_tile<D>(ks0, sbt, bt_row, 0, nkeys, kvh, a);
+    load_kv_tile<D, KT>(ks0, sbt, bt_row, 0, nkeys, kvh, a);
 
     const int wr0 = q0 + (int)warp * 32;  // the warp's first row within the chunk
     const bool warp_rows = wr0 < nrows;
@@ -284,12 +289,12 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
     float l[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
 
     for (int kt = 0; kt < ntiles; ++kt) {
-        const int kbase = kt * PF_KT, st = kt & 1;
+        const int kbase = kt * KT, st = kt & 1;
         // Prefetch the next tile into the other stage (freed by the barrier that ended the
         // previous iteration), then wait for this one (and, at kt = 0, the Q rows).
         if (kt + 1 < ntiles) {
-            load_kv_tile<D>(ks0 + (st ^ 1) * SM::KV * 2, sbt, bt_row, kbase + PF_KT, nkeys,
-                            kvh, a);
+            load_kv_tile<D, KT>(ks0 + (st ^ 1) * SM::KV * 2, sbt, bt_row, kbase + KT, nkeys,
+                                kvh, a);
             asm volatile("cp.async.wait_group 1;\n" ::);
         } else {
             asm volatile("cp.async.wait_group 0;\n" ::);
@@ -297,12 +302,12 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
         __syncthreads();
         const u32 so = st * SM::KV * 2;
         if (warp_rows && kbase <= warp_max_pos) {  // else every key is masked for this warp
-            if (kbase + PF_KT - 1 > warp_min_pos)
-                prefill_tile<D, true>(qa, ka + so, va + so, o, m, l, kbase, pos_g, last_pos,
-                                      a.scale_log2);
+            if (kbase + KT - 1 > warp_min_pos)
+                prefill_tile<D, KT, true>(qa, ka + so, va + so, o, m, l, kbase, pos_g, last_pos,
+                                          a.scale_log2);
             else
-                prefill_tile<D, false>(qa, ka + so, va + so, o, m, l, kbase, pos_g, last_pos,
-                                       a.scale_log2);
+                prefill_tile<D, KT, false>(qa, ka + so, va + so, o, m, l, kbase, pos_g,
+                                           last_pos, a.scale_log2);
         }
         __syncthreads();
     }
@@ -343,9 +348,19 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
 }
 
 extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d64(PrefillArgs a) {
-    prefill_impl<64>(a);
+    prefill_impl<64, 64>(a);
 }
 
 extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d128(PrefillArgs a) {
-    prefill_impl<128>(a);
+    prefill_impl<128, 64>(a);
+}
+
+// 32 keys a step: for GPUs whose opt-in shared memory per block (99 KB on sm_86 / sm_89) is
+// below the 64-key kernels' (see the header).
+extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d64_k32(PrefillArgs a) {
+    prefill_impl<64, 32>(a);
+}
+
+extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d128_k32(PrefillArgs a) {
+    prefill_impl<128, 32>(a);
 }

@@ -2,15 +2,17 @@
 //! (cuda/prefill_attention.cu), plus their host-side helpers.
 
 use std::sync::PoisonError;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
-    CudaFunction, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr,
-    LaunchConfig,
+    CudaContext, CudaFunction, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
+    DeviceRepr, LaunchConfig,
 };
 use half::bf16;
 
 use crate::error::{ensure, expect_len, to_u32};
+use crate::loader::Loaded;
 use crate::{KernelError, Kernels};
 
 /// Tokens per decode partition of medium launches (small ones use DECODE_PARTITION_SMALL, large
@@ -23,6 +25,10 @@ pub const DECODE_PARTITION_SMALL: usize = 64;
 pub const DECODE_PARTITION_LARGE: usize = 512;
 /// Query rows per prefill tile of [`prefill_tiles`] (PF_M in prefill_attention.cu): one CTA.
 pub const PREFILL_TILE: usize = 128;
+/// Keys per K/V tile of the compiled prefill kernels (KT in prefill_attention.cu), the preferred
+/// first: 64 where the device's shared memory allows it, else 32 (see
+/// [`Kernels::set_prefill_key_tile`]).
+pub const PREFILL_KEY_TILES: [usize; 2] = [64, 32];
 /// Most partition slots per decode sequence (`ceil(max_ctx / P)`, the grid's z): bounds the
 /// workspace and the in-kernel combine's serial work.
 pub const DECODE_MAX_PARTITIONS: usize = 2048;
@@ -166,14 +172,120 @@ unsafe impl DeviceRepr for DecodeArgs {}
 const PREFILL_THREADS: u32 = 128;
 /// Block ids of a sequence staged in shared memory (PF_BT_SMEM).
 const PREFILL_BT_SMEM: usize = 1024;
-/// Keys per prefill K/V tile (PF_KT).
-const PREFILL_KT: usize = 64;
 
-/// Dynamic shared memory of `paged_prefill_d{head_dim}` (`PfSmem<D>::BYTES`): Q of
-/// PREFILL_TILE rows and two stages of K and V of PREFILL_KT keys, rows padded to D + 8 bf16,
-/// then the staged block ids.
-fn prefill_smem_bytes(head_dim: usize) -> usize {
-    (PREFILL_TILE + 4 * PREFILL_KT) * (head_dim + 8) * 2 + PREFILL_BT_SMEM * 4
+/// The prefill kernel of head dim `head_dim` and `kt` keys a K/V tile: `paged_prefill_d{D}`
+/// for 64, `paged_prefill_d{D}_k{kt}` otherwise.
+pub(crate) fn prefill_kernel_name(head_dim: usize, kt: usize) -> String {
+    if kt == PREFILL_KEY_TILES[0] {
+        format!("paged_prefill_d{head_dim}")
+    } else {
+        format!("paged_prefill_d{head_dim}_k{kt}")
+    }
+}
+
+/// Dynamic shared memory of the prefill kernel of `head_dim` and `kt` keys a tile
+/// (`PfSmem<D, KT>::BYTES`): Q of PREFILL_TILE rows and two stages of K and V of `kt` keys, rows
+/// padded to D + 8 bf16, then the staged block ids.
+fn prefill_smem_bytes(head_dim: usize, kt: usize) -> usize {
+    (PREFILL_TILE + 4 * kt) * (head_dim + 8) * 2 + PREFILL_BT_SMEM * 4
+}
+
+/// The key tile a device with `avail` bytes of dynamic shared memory per block runs at
+/// `head_dim`: the first of [`PREFILL_KEY_TILES`] that fits.
+fn default_key_tile(head_dim: usize, avail: usize) -> Option<usize> {
+    PREFILL_KEY_TILES
+        .into_iter()
+        .find(|&kt| prefill_smem_bytes(head_dim, kt) <= avail)
+}
+
+/// Which prefill kernel runs, per head dim of [`SUPPORTED_HEAD_DIMS`]: chosen at load from the
+/// device's opt-in shared memory per block, which is also when the kernels that fit get their
+/// dynamic shared memory allowance (a function attribute, set once, not at every launch).
+pub(crate) struct PrefillTiles {
+    /// The device's opt-in shared memory per block, bytes.
+    limit: usize,
+    /// Static shared memory of each head dim's prefill kernels (none today: it is all dynamic).
+    static_bytes: [usize; SUPPORTED_HEAD_DIMS.len()],
+    /// The key tile of each head dim chosen at load.
+    default: [usize; SUPPORTED_HEAD_DIMS.len()],
+    /// The key tile each head dim runs now (`default` unless a test or benchmark forced one).
+    current: [AtomicUsize; SUPPORTED_HEAD_DIMS.len()],
+    device: usize,
+    device_arch: String,
+}
+
+impl PrefillTiles {
+    /// Reads the device's limit, picks each head dim's key tile and raises the dynamic shared
+    /// memory allowance of every prefill kernel that fits; `Err(SharedMemory)` when some head
+    /// dim has no kernel that fits.
+    pub(crate) fn init(ctx: &CudaContext, loaded: &Loaded) -> Result<Self, KernelError> {
+        let limit = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
+            .max(0) as usize;
+        let device = ctx.ordinal();
+        let (major, minor) = ctx.compute_capability()?;
+        let device_arch = format!("sm_{major}{minor}");
+        ctx.bind_to_thread()?;
+        let mut tiles = PrefillTiles {
+            limit,
+            static_bytes: [0; SUPPORTED_HEAD_DIMS.len()],
+            default: [0; SUPPORTED_HEAD_DIMS.len()],
+            current: Default::default(),
+            device,
+            device_arch,
+        };
+        for (i, &d) in SUPPORTED_HEAD_DIMS.iter().enumerate() {
+            let funcs = PREFILL_KEY_TILES
+                .iter()
+                .map(|&kt| loaded.get(&prefill_kernel_name(d, kt)))
+                .collect::<Result<Vec<_>, _>>()?;
+            for f in &funcs {
+                let b =
+                    f.get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?;
+                tiles.static_bytes[i] = tiles.static_bytes[i].max(b.max(0) as usize);
+            }
+            let avail = limit.saturating_sub(tiles.static_bytes[i]);
+            let last = PREFILL_KEY_TILES[PREFILL_KEY_TILES.len() - 1];
+            tiles.default[i] = default_key_tile(d, avail).ok_or_else(|| tiles.too_big(i, last))?;
+            tiles.current[i].store(tiles.default[i], Ordering::Relaxed);
+            for (&kt, f) in PREFILL_KEY_TILES.iter().zip(&funcs) {
+                let bytes = prefill_smem_bytes(d, kt);
+                if bytes <= avail {
+                    // Over the 48 KB default: allowed per function, up to the opt-in limit.
+                    f.set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        bytes as i32,
+                    )?;
+                }
+            }
+        }
+        Ok(tiles)
+    }
+
+    /// `Err` unless the prefill kernel of head dim `SUPPORTED_HEAD_DIMS[i]` and `kt` keys fits.
+    fn check_fits(&self, i: usize, kt: usize) -> Result<(), KernelError> {
+        let need = prefill_smem_bytes(SUPPORTED_HEAD_DIMS[i], kt) + self.static_bytes[i];
+        if need <= self.limit {
+            Ok(())
+        } else {
+            Err(self.too_big(i, kt))
+        }
+    }
+
+    fn too_big(&self, i: usize, kt: usize) -> KernelError {
+        let d = SUPPORTED_HEAD_DIMS[i];
+        KernelError::SharedMemory {
+            kernel: prefill_kernel_name(d, kt),
+            need: prefill_smem_bytes(d, kt) + self.static_bytes[i],
+            device: self.device,
+            arch: self.device_arch.clone(),
+            limit: self.limit,
+        }
+    }
+
+    fn index(head_dim: usize) -> Option<usize> {
+        SUPPORTED_HEAD_DIMS.iter().position(|&d| d == head_dim)
+    }
 }
 
 /// Mirrors `struct PrefillArgs` in prefill_attention.cu.
@@ -253,6 +365,41 @@ fn check_qkv(
 }
 
 impl Kernels {
+    /// The keys per K/V tile of the prefill kernel that runs at `head_dim` (`None` for an
+    /// unsupported head dim): 64 where the device's shared memory per block allows it (sm_80,
+    /// sm_90: 163 / 227 KB), else 32 (sm_86 / sm_89: 99 KB, too little for 64 at D = 128).
+    pub fn prefill_key_tile(&self, head_dim: usize) -> Option<usize> {
+        PrefillTiles::index(head_dim).map(|i| self.prefill.current[i].load(Ordering::Relaxed))
+    }
+
+    /// For tests and benchmarks: makes every head dim's prefill launches use `kt` keys a K/V
+    /// tile (one of [`PREFILL_KEY_TILES`]), or with `None` the device's own choice again (see
+    /// [`Kernels::prefill_key_tile`]), e.g. to run on an H100 what an L4 would. Takes effect
+    /// for launches after it (a CUDA graph captured before keeps the kernel it captured).
+    /// `Err(Shape)` for another `kt`, `Err(SharedMemory)` where a head dim's kernel of `kt` keys
+    /// does not fit this device; either way nothing changes.
+    pub fn set_prefill_key_tile(&self, kt: Option<usize>) -> Result<(), KernelError> {
+        let p = &self.prefill;
+        let Some(kt) = kt else {
+            for (cur, &kt) in p.current.iter().zip(&p.default) {
+                cur.store(kt, Ordering::Relaxed);
+            }
+            return Ok(());
+        };
+        ensure(
+            "set_prefill_key_tile",
+            PREFILL_KEY_TILES.contains(&kt),
+            || format!("{kt} keys a tile: one of {PREFILL_KEY_TILES:?}"),
+        )?;
+        for i in 0..SUPPORTED_HEAD_DIMS.len() {
+            p.check_fits(i, kt)?;
+        }
+        for cur in &p.current {
+            cur.store(kt, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     /// CTAs of decode kernel `name` the GPU holds at once (SMs × resident CTAs a SM), asked of
     /// the driver at the kernel's first launch and kept: eager steps launch it once a layer.
     fn decode_target_ctas(&self, name: &str, func: &CudaFunction) -> Result<u32, KernelError> {
@@ -408,7 +555,9 @@ impl Kernels {
     /// keys `0..=start_pos + j` through row s of `block_tables`. `tiles` i32 `[num_tiles, 2]`
     /// comes from [`prefill_tiles`] (uploaded). The host must keep rows and positions within
     /// the buffers; the kernel clamps keys to the block-table width. Runs
-    /// `paged_prefill_d{D}`: one CTA of 128 query rows (a tile) x one head, 64 keys a step.
+    /// `paged_prefill_d{D}` (64 keys a step) or, where the device's shared memory is too small
+    /// for it, `paged_prefill_d{D}_k32` ([`Kernels::prefill_key_tile`]): one CTA of 128 query
+    /// rows (a tile) x one head.
     #[allow(clippy::too_many_arguments)]
     pub fn paged_prefill_attention(
         &self,
@@ -487,14 +636,12 @@ impl Kernels {
             bs_log2: block_size.trailing_zeros(),
             scale_log2: scale * std::f32::consts::LOG2_E,
         };
-        let smem = prefill_smem_bytes(head_dim) as u32;
-        let func = self.func(&format!("paged_prefill_d{head_dim}"))?;
-        // Over the 48 KB default: allowed per function (cheap; legal during graph capture).
-        stream.context().bind_to_thread()?;
-        func.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )?;
+        // The kernel's shared memory allowance was raised at load (PrefillTiles::init).
+        let kt = self
+            .prefill_key_tile(head_dim)
+            .ok_or_else(|| KernelError::shape(K, format!("head_dim {head_dim}")))?;
+        let smem = prefill_smem_bytes(head_dim, kt) as u32;
+        let func = self.func(&prefill_kernel_name(head_dim, kt))?;
         let mut b = self.dependent_launch_of(stream, func);
         b.arg(&args);
         let cfg = LaunchConfig {
@@ -551,7 +698,6 @@ mod tests {
         let src = include_str!("../cuda/prefill_attention.cu");
         for line in [
             format!("#define PF_M {PREFILL_TILE}"),
-            format!("#define PF_KT {PREFILL_KT}"),
             format!("#define PF_THREADS {PREFILL_THREADS}"),
         ] {
             assert!(
@@ -560,9 +706,45 @@ mod tests {
             );
         }
         assert!(src.contains(&format!("#define PF_BT_SMEM {PREFILL_BT_SMEM} ")));
-        // 106 KB for D = 128: two CTAs fit an H100 SM (228 KB).
-        assert_eq!(prefill_smem_bytes(128), 108_544);
-        assert_eq!(prefill_smem_bytes(64), 59_392);
+        // Each kernel name instantiates its head dim and key tile.
+        for d in SUPPORTED_HEAD_DIMS {
+            for kt in PREFILL_KEY_TILES {
+                let name = prefill_kernel_name(d, kt);
+                let def = src
+                    .split(&format!(" {name}(PrefillArgs a) {{"))
+                    .nth(1)
+                    .unwrap_or_else(|| panic!("{name} not in the source"));
+                let body = def.split('}').next().unwrap_or_default();
+                assert_eq!(
+                    body.trim(),
+                    format!("prefill_impl<{d}, {kt}>(a);"),
+                    "{name}"
+                );
+            }
+        }
+        // 106 KB for D = 128: two CTAs fit an H100 SM (228 KB), none an sm_86 / sm_89 block
+        // (99 KB opt-in); 72 KB with 32-key tiles.
+        assert_eq!(prefill_smem_bytes(128, 64), 108_544);
+        assert_eq!(prefill_smem_bytes(64, 64), 59_392);
+        assert_eq!(prefill_smem_bytes(128, 32), 73_728);
+        assert_eq!(prefill_smem_bytes(64, 32), 40_960);
+        assert_eq!(prefill_kernel_name(128, 64), "paged_prefill_d128");
+        assert_eq!(prefill_kernel_name(64, 32), "paged_prefill_d64_k32");
+    }
+
+    #[test]
+    fn prefill_key_tile_follows_the_shared_memory_limit() {
+        // Opt-in bytes per block: H100 227 KB, A100 163 KB, sm_86 / sm_89 99 KB.
+        for limit in [232_448, 166_912] {
+            assert_eq!(default_key_tile(128, limit), Some(64));
+            assert_eq!(default_key_tile(64, limit), Some(64));
+        }
+        assert_eq!(default_key_tile(128, 101_376), Some(32));
+        assert_eq!(default_key_tile(64, 101_376), Some(64));
+        assert_eq!(default_key_tile(128, 108_544), Some(64));
+        assert_eq!(default_key_tile(128, 108_543), Some(32));
+        assert_eq!(default_key_tile(64, 49_152), Some(32));
+        assert_eq!(default_key_tile(128, 73_727), None);
     }
 
     #[test]

@@ -21,6 +21,18 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+    /// A kernel needs more shared memory per block than the device allows (opt-in limit).
+    #[error(
+        "{kernel} needs {need} B of shared memory per block; device {device} ({arch}) allows at \
+         most {limit} B"
+    )]
+    SharedMemory {
+        kernel: String,
+        need: usize,
+        device: usize,
+        arch: String,
+        limit: usize,
+    },
     /// Arguments whose sizes do not fit together.
     #[error("{kernel}: {msg}")]
     Shape { kernel: &'static str, msg: String },

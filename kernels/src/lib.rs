@@ -29,8 +29,8 @@ use cudarc::driver::{CudaContext, CudaFunction, LaunchConfig};
 
 pub use attention::{
     DECODE_MAX_PARTITIONS, DECODE_PARTITION, DECODE_PARTITION_LARGE, DECODE_PARTITION_SMALL,
-    MAX_GQA_GROUP, PREFILL_TILE, SUPPORTED_HEAD_DIMS, decode_partition, decode_workspace_len,
-    prefill_tiles,
+    MAX_GQA_GROUP, PREFILL_KEY_TILES, PREFILL_TILE, SUPPORTED_HEAD_DIMS, decode_partition,
+    decode_workspace_len, prefill_tiles,
 };
 pub use device::{driver_present, nvrtc_present, open_device};
 pub use error::KernelError;
@@ -47,15 +47,24 @@ pub struct Kernels {
     /// CTAs the GPU holds at once, per decode attention kernel (attention.rs): a device
     /// constant, asked of the driver at a kernel's first launch only.
     decode_ctas: Mutex<HashMap<String, u32>>,
+    /// The prefill kernel's key tile per head dim (attention.rs), chosen at load from the
+    /// device's shared memory per block.
+    prefill: attention::PrefillTiles,
 }
 
 impl Kernels {
     /// Compiles (or reads from `cache_dir`) and loads every kernel for `ctx`'s device.
+    /// `Err(SharedMemory)` where a prefill kernel fits no variant into the device's shared
+    /// memory per block.
     pub fn load(ctx: &Arc<CudaContext>, cache_dir: Option<&Path>) -> Result<Kernels, KernelError> {
-        let loaded = loader::Loaded::load(ctx, cache_dir)?;
+        Self::from_loaded(ctx, loader::Loaded::load(ctx, cache_dir)?)
+    }
+
+    fn from_loaded(ctx: &Arc<CudaContext>, loaded: loader::Loaded) -> Result<Kernels, KernelError> {
         Ok(Kernels {
             ctx: ctx.clone(),
             pdl: launch::pdl_enabled(&loaded.arch),
+            prefill: attention::PrefillTiles::init(ctx, &loaded)?,
             loaded,
             decode_ctas: Mutex::new(HashMap::new()),
         })

@@ -140,14 +140,15 @@ pub(crate) fn kernel_names() -> Vec<String> {
         "fill_random_f32_kernel",
         "rope_kv_write_kernel",
         "add_bias_kernel",
-        "paged_prefill_d64",
-        "paged_prefill_d128",
         "sample_kernel",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     for d in crate::attention::SUPPORTED_HEAD_DIMS {
+        for kt in crate::attention::PREFILL_KEY_TILES {
+            names.push(crate::attention::prefill_kernel_name(d, kt));
+        }
         for g in 1..=crate::attention::MAX_GQA_GROUP {
             for p in [
                 crate::attention::DECODE_PARTITION_SMALL,
