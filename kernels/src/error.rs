@@ -21,6 +21,22 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+    /// The device is older than the kernels allow: they use bf16 `mma.sync` and `cp.async`,
+    /// instructions of compute capability 8.0 and newer.
+    #[error(
+        "pagedserve's CUDA kernels need compute capability 8.0 or newer (bf16 tensor cores, \
+         cp.async); device {device} is {arch}"
+    )]
+    ArchTooOld { device: usize, arch: String },
+    /// `Kernels::load_for_arch` was asked for an architecture whose PTX this device cannot run
+    /// (newer than the device, older than sm_80, or not an `sm_XY` name).
+    #[error("kernels for {arch} cannot run on device {device} ({device_arch}): {reason}")]
+    ArchUnusable {
+        arch: String,
+        device: usize,
+        device_arch: String,
+        reason: String,
+    },
     /// A kernel needs more shared memory per block than the device allows (opt-in limit).
     #[error(
         "{kernel} needs {need} B of shared memory per block; device {device} ({arch}) allows at \

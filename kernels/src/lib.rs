@@ -2,6 +2,7 @@
 //!
 //! The sources live in `kernels/cuda/*.cu`; [`Kernels::load`] compiles them with NVRTC for the
 //! device's architecture at shard start (caching the PTX on disk) and loads every function once.
+//! The kernels need compute capability 8.0 or newer (`KernelError::ArchTooOld` below that).
 //! Wrappers take a stream and typed device views, check sizes (`KernelError::Shape`), launch, and
 //! never synchronize, so a caller can capture them in a CUDA graph. Layouts are those of the
 //! CUDA backend: bf16 activations row-major with one row per token, f32 residual stream, the KV
@@ -54,10 +55,24 @@ pub struct Kernels {
 
 impl Kernels {
     /// Compiles (or reads from `cache_dir`) and loads every kernel for `ctx`'s device.
-    /// `Err(SharedMemory)` where a prefill kernel fits no variant into the device's shared
-    /// memory per block.
+    /// `Err(ArchTooOld)` below compute capability 8.0; `Err(SharedMemory)` where a prefill
+    /// kernel fits no variant into the device's shared memory per block.
     pub fn load(ctx: &Arc<CudaContext>, cache_dir: Option<&Path>) -> Result<Kernels, KernelError> {
         Self::from_loaded(ctx, loader::Loaded::load(ctx, cache_dir)?)
+    }
+
+    /// For tests and benchmarks: [`Kernels::load`] with the kernels compiled for `arch` (e.g.
+    /// `sm_86`) instead of the device's own architecture; the driver compiles that PTX for the
+    /// device at load, so an H100 runs the code an L4 or A10 would get. `arch` must be sm_80 or
+    /// newer and not newer than the device (`Err(ArchUnusable)`). PDL follows `arch` (off below
+    /// sm_90, see launch.rs); the prefill key tile still follows this device's shared memory, so
+    /// pair it with [`Kernels::set_prefill_key_tile`] to run what the smaller GPU would.
+    pub fn load_for_arch(
+        ctx: &Arc<CudaContext>,
+        arch: &str,
+        cache_dir: Option<&Path>,
+    ) -> Result<Kernels, KernelError> {
+        Self::from_loaded(ctx, loader::Loaded::load_for_arch(ctx, arch, cache_dir)?)
     }
 
     fn from_loaded(ctx: &Arc<CudaContext>, loaded: loader::Loaded) -> Result<Kernels, KernelError> {

@@ -122,6 +122,63 @@ pub fn device_arch(ctx: &Arc<CudaContext>) -> Result<String, KernelError> {
     Ok(format!("sm_{major}{minor}"))
 }
 
+/// The oldest compute capability the kernels run on: bf16 `mma.sync` (m16n8k16) and `cp.async`
+/// are sm_80 instructions.
+const MIN_ARCH: (u32, u32) = (8, 0);
+
+/// (major, minor) of an `sm_XY` name (`sm_86`: 8.6, `sm_100`: 10.0); `None` for anything else,
+/// suffixed names such as `sm_90a` included.
+pub(crate) fn parse_arch(arch: &str) -> Option<(u32, u32)> {
+    let digits = arch.strip_prefix("sm_")?;
+    if digits.len() < 2 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u32 = digits.parse().ok()?;
+    Some((n / 10, n % 10))
+}
+
+/// `Err(ArchTooOld)` unless device `device`, of architecture `arch`, can run the kernels
+/// (instead of the compile log NVRTC would give for an sm_75 target).
+pub(crate) fn check_device_arch(device: usize, arch: &str) -> Result<(), KernelError> {
+    if parse_arch(arch).is_some_and(|v| v >= MIN_ARCH) {
+        Ok(())
+    } else {
+        Err(KernelError::ArchTooOld {
+            device,
+            arch: arch.into(),
+        })
+    }
+}
+
+/// `Err(ArchUnusable)` unless PTX compiled for `arch` runs on device `device` of architecture
+/// `device_arch`: the driver compiles PTX for the device's own architecture at load, from that
+/// of the same or an older one only.
+pub(crate) fn check_target_arch(
+    arch: &str,
+    device: usize,
+    device_arch: &str,
+) -> Result<(), KernelError> {
+    let reason = match (parse_arch(arch), parse_arch(device_arch)) {
+        (None, _) => Some("not an sm_XY architecture name".to_string()),
+        (Some(a), _) if a < MIN_ARCH => {
+            Some("the kernels need sm_80 or newer (bf16 tensor cores, cp.async)".into())
+        }
+        (Some(a), Some(d)) if a > d => {
+            Some("PTX runs only on its own architecture or a newer one".into())
+        }
+        _ => None,
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(KernelError::ArchUnusable {
+            arch: arch.into(),
+            device,
+            device_arch: device_arch.into(),
+            reason,
+        }),
+    }
+}
+
 /// The loaded module and its functions by name.
 pub(crate) struct Loaded {
     pub(crate) arch: String,
@@ -168,11 +225,34 @@ pub(crate) fn kernel_names() -> Vec<String> {
 }
 
 impl Loaded {
+    /// Every kernel compiled for the device's own architecture.
     pub(crate) fn load(
         ctx: &Arc<CudaContext>,
         cache_dir: Option<&Path>,
     ) -> Result<Self, KernelError> {
         let arch = device_arch(ctx)?;
+        check_device_arch(ctx.ordinal(), &arch)?;
+        Self::load_arch(ctx, arch, cache_dir)
+    }
+
+    /// Every kernel compiled for `arch`, which the device must be able to run (the same
+    /// architecture or an older one, sm_80 or newer).
+    pub(crate) fn load_for_arch(
+        ctx: &Arc<CudaContext>,
+        arch: &str,
+        cache_dir: Option<&Path>,
+    ) -> Result<Self, KernelError> {
+        let device = device_arch(ctx)?;
+        check_device_arch(ctx.ordinal(), &device)?;
+        check_target_arch(arch, ctx.ordinal(), &device)?;
+        Self::load_arch(ctx, arch.to_string(), cache_dir)
+    }
+
+    fn load_arch(
+        ctx: &Arc<CudaContext>,
+        arch: String,
+        cache_dir: Option<&Path>,
+    ) -> Result<Self, KernelError> {
         let ptx = cached_ptx(&arch, cache_dir)?;
         let module = ctx.load_module(Ptx::from_src(ptx))?;
         let mut functions = HashMap::new();
@@ -243,6 +323,65 @@ mod tests {
                 "{name} is defined but not in kernel_names"
             );
         }
+    }
+
+    #[test]
+    fn arch_names_parse() {
+        assert_eq!(parse_arch("sm_80"), Some((8, 0)));
+        assert_eq!(parse_arch("sm_86"), Some((8, 6)));
+        assert_eq!(parse_arch("sm_90"), Some((9, 0)));
+        assert_eq!(parse_arch("sm_100"), Some((10, 0)));
+        assert_eq!(parse_arch("sm_121"), Some((12, 1)));
+        for bad in ["sm_90a", "compute_90", "sm_8", "sm_", "90", "sm_8x", ""] {
+            assert_eq!(parse_arch(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn devices_below_sm_80_are_refused_by_name() {
+        for ok in ["sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120"] {
+            assert!(check_device_arch(0, ok).is_ok(), "{ok}");
+        }
+        let err = check_device_arch(0, "sm_75").expect_err("sm_75 is refused");
+        assert!(matches!(err, KernelError::ArchTooOld { device: 0, .. }));
+        assert_eq!(
+            err.to_string(),
+            "pagedserve's CUDA kernels need compute capability 8.0 or newer (bf16 tensor cores, \
+             cp.async); device 0 is sm_75"
+        );
+        assert!(check_device_arch(1, "sm_70").is_err());
+        assert!(check_device_arch(0, "nonsense").is_err());
+    }
+
+    #[test]
+    fn target_arch_must_run_on_the_device() {
+        for (arch, device) in [("sm_86", "sm_90"), ("sm_80", "sm_90"), ("sm_90", "sm_90")] {
+            assert!(
+                check_target_arch(arch, 0, device).is_ok(),
+                "{arch} on {device}"
+            );
+            assert!(
+                check_target_arch(arch, 0, "sm_100").is_ok(),
+                "{arch} on sm_100"
+            );
+        }
+        for (arch, device) in [
+            ("sm_100", "sm_90"),
+            ("sm_89", "sm_86"),
+            ("sm_75", "sm_90"),
+            ("sm_90a", "sm_90"),
+            ("86", "sm_90"),
+        ] {
+            let err = check_target_arch(arch, 0, device).expect_err("refused");
+            assert!(
+                matches!(err, KernelError::ArchUnusable { .. }),
+                "{arch} on {device}"
+            );
+        }
+        let msg = check_target_arch("sm_100", 2, "sm_90")
+            .expect_err("sm_100 on sm_90 is refused")
+            .to_string();
+        assert!(msg.starts_with("kernels for sm_100 cannot run on device 2 (sm_90): "));
     }
 
     #[test]
