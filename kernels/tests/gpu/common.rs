@@ -1,5 +1,6 @@
 //! Shared set-up and helpers of the GPU tests.
 
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
@@ -27,8 +28,7 @@ pub fn gpu() -> Option<&'static Gpu> {
                 return None;
             }
         };
-        let cache = std::env::temp_dir().join("pagedserve-kernels-test-cache");
-        let k = Kernels::load(&ctx, Some(&cache)).expect("kernels compile and load");
+        let k = Kernels::load(&ctx, Some(&kernel_cache_dir())).expect("kernels compile and load");
         let stream = ctx.default_stream();
         Some(Gpu { stream, k })
     });
@@ -36,6 +36,11 @@ pub fn gpu() -> Option<&'static Gpu> {
         eprintln!("skipped: no CUDA driver");
     }
     g.as_ref()
+}
+
+/// Where the tests keep compiled PTX between runs (per architecture and source hash).
+pub fn kernel_cache_dir() -> PathBuf {
+    std::env::temp_dir().join("pagedserve-kernels-test-cache")
 }
 
 /// A fresh RNG per test; the seed is printed so a failure can be replayed.

@@ -1,6 +1,8 @@
-//! Paged prefill attention (causal, chunked) against the f64 reference.
+//! Paged prefill attention (causal, chunked) against the f64 reference, for each kernel variant
+//! a device may run: the one this device picks, 32-key tiles (what sm_86 / sm_89 GPUs pick at
+//! D = 128), and 32-key tiles compiled for sm_86 (what an L4 or A10 runs, emulated here).
 
-use pagedserve_kernels::prefill_tiles;
+use pagedserve_kernels::{KernelError, Kernels, prefill_tiles};
 
 use crate::attention_ref::{HostCache, block_tables};
 use crate::common::*;
@@ -17,11 +19,87 @@ struct Case {
 
 const ATTN_TOL: f64 = 1e-2;
 
+/// The prefill kernel this device picks (64-key tiles on sm_80 / sm_90, 32 where shared
+/// memory is smaller).
 #[test]
 fn paged_prefill_attention_matches_reference() -> TestResult {
     let Some(g) = gpu() else { return Ok(()) };
-    let mut rng = rng("paged_prefill_attention");
-    let cases = [
+    run_cases(g, "paged_prefill_attention")
+}
+
+/// The 32-key kernels forced on this device (its own kernels, loaded again so the shared ones
+/// keep their choice), and the key-tile setting's checks.
+#[test]
+fn paged_prefill_attention_k32_matches_reference() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let k = Kernels::load(g.k.context(), Some(&kernel_cache_dir()))?;
+    for d in [64, 128] {
+        let kt = k.prefill_key_tile(d);
+        assert!(matches!(kt, Some(32 | 64)), "D = {d}: key tile {kt:?}");
+    }
+    assert_eq!(k.prefill_key_tile(96), None);
+    let r = k.set_prefill_key_tile(Some(48));
+    assert!(matches!(r, Err(KernelError::Shape { .. })), "{r:?}");
+    let defaults = [k.prefill_key_tile(64), k.prefill_key_tile(128)];
+    k.set_prefill_key_tile(Some(32))?;
+    assert_eq!(k.prefill_key_tile(64), Some(32));
+    assert_eq!(k.prefill_key_tile(128), Some(32));
+    let v = Gpu {
+        stream: g.stream.clone(),
+        k,
+    };
+    run_cases(&v, "paged_prefill_attention_k32")?;
+    v.k.set_prefill_key_tile(None)?;
+    assert_eq!(
+        [v.k.prefill_key_tile(64), v.k.prefill_key_tile(128)],
+        defaults
+    );
+    Ok(())
+}
+
+/// What an sm_86 / sm_89 GPU (A10, L4, L40S) runs: the kernels compiled for sm_86 (the driver
+/// compiles that PTX for this device at load; no PDL below sm_90) with 32-key tiles.
+#[test]
+fn paged_prefill_attention_sm86_k32_matches_reference() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    // sm_XY as the number XY (sm_100: 100), which orders architectures.
+    let device: u32 = g.k.arch().trim_start_matches("sm_").parse().unwrap_or(0);
+    if device < 86 {
+        eprintln!("skipped: {} cannot run sm_86 code", g.k.arch());
+        return Ok(());
+    }
+    let ctx = g.k.context();
+    // Architectures the device cannot run are refused before anything compiles.
+    for arch in ["sm_75", "sm_90a", "sm_999"] {
+        let r = Kernels::load_for_arch(ctx, arch, None);
+        assert!(
+            matches!(r, Err(KernelError::ArchUnusable { .. })),
+            "{arch}: {:?}",
+            r.err()
+        );
+    }
+    let k = Kernels::load_for_arch(ctx, "sm_86", Some(&kernel_cache_dir()))?;
+    assert_eq!(k.arch(), "sm_86");
+    assert!(!k.pdl(), "PDL follows the compiled architecture");
+    k.set_prefill_key_tile(Some(32))?;
+    let v = Gpu {
+        stream: g.stream.clone(),
+        k,
+    };
+    run_cases(&v, "paged_prefill_attention_sm86_k32")
+}
+
+/// Every case of [`cases`] on `g`'s kernels.
+fn run_cases(g: &Gpu, name: &str) -> TestResult {
+    let mut rng = rng(name);
+    for c in cases() {
+        run_case(g, &mut rng, &c)?;
+    }
+    Ok(())
+}
+
+fn cases() -> Vec<Case> {
+    vec![
         // GQA 3, several sequences: a 1-row chunk after 40 cached tokens, 130 rows after 200
         // (a 2-row last tile), 64 rows (half a tile: two warps without rows).
         Case {
@@ -87,11 +165,15 @@ fn paged_prefill_attention_matches_reference() -> TestResult {
             bs: 8,
             seqs: vec![(150, 8150)],
         },
-    ];
-    for c in cases {
-        run_case(g, &mut rng, &c)?;
-    }
-    Ok(())
+        // Start positions on and just off the 32-key grid, a 1-row chunk on it.
+        Case {
+            h: 6,
+            kvh: 2,
+            d: 128,
+            bs: 16,
+            seqs: vec![(32, 31), (95, 33), (1, 32), (160, 0), (40, 97)],
+        },
+    ]
 }
 
 /// One case: the kernel's output against the f64 reference.
@@ -169,8 +251,14 @@ fn run_case(g: &Gpu, rng: &mut rand::rngs::StdRng, c: &Case) -> TestResult {
         .collect();
     check_rows_written(&out, &owned, c.h * c.d);
     let label = format!(
-        "prefill H={} KVH={} D={} bs={} seqs={:?}",
-        c.h, c.kvh, c.d, c.bs, c.seqs
+        "prefill {} KT={} H={} KVH={} D={} bs={} seqs={:?}",
+        g.k.arch(),
+        g.k.prefill_key_tile(c.d).unwrap_or(0),
+        c.h,
+        c.kvh,
+        c.d,
+        c.bs,
+        c.seqs
     );
     check_attention(&label, &got, &want, c.d, ATTN_TOL);
     Ok(())
