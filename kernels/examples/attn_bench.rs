@@ -3,7 +3,8 @@
 //! (max_ctx = context), the small batches 1-16 at 1k/4k as the engine launches them (max_ctx
 //! 8192, Llama-3-8B's, so the grid is sized for 8k and the kernel splits by actual length), and
 //! causal prefill attention over one sequence of 512, 2k and 8k tokens and over 4 chunks of 1k
-//! after 1k cached tokens each. Times are per call, medians over samples of back-to-back calls
+//! after 1k cached tokens each, with the device's own key tile (64 keys where shared memory
+//! allows) and again with 32-key tiles (what sm_86 / sm_89 GPUs run at D = 128). Times are per call, medians over samples of back-to-back calls
 //! timed with CUDA events after warm-up, on random inputs; small cases rotate over several block
 //! sets so repeats do not measure L2. Usage: `attn_bench [ptx-cache-dir]`; prints a table.
 
@@ -228,10 +229,17 @@ fn main() -> Res<()> {
         ("1 x 8192", vec![(8192, 0)]),
         ("4 x 1024 @1024", vec![(1024, 1024); 4]),
     ];
+    // The device's own key tile first, then 32-key tiles forced.
+    let own_kt = b.k.prefill_key_tile(D).unwrap_or(0);
     let mut prefill = Vec::new();
-    for (name, seqs) in &prefill_cases {
-        prefill.push((name, prefill_case(&b, &kv, pool, seqs)?));
+    for kt in [None, Some(32)] {
+        b.k.set_prefill_key_tile(kt)?;
+        for (name, seqs) in &prefill_cases {
+            let r = prefill_case(&b, &kv, pool, seqs)?;
+            prefill.push((name, kt.unwrap_or(own_kt), r));
+        }
     }
+    b.k.set_prefill_key_tile(None)?;
     let modes = [
         ("greedy", 0.0, 0, 1.0),
         ("temperature", 0.8, 0, 1.0),
@@ -269,9 +277,15 @@ fn main() -> Res<()> {
         "prefill attention, causal, H=32 KVH=8 D=128 block 16 (rows x tokens @earlier tokens; \
          flops = 4*H*D*causal pairs):"
     );
-    println!("{:>16} {:>10} {:>9}", "sequences", "time_ms", "TFLOP/s");
-    for (name, (ms, tf)) in prefill {
-        println!("{name:>16} {ms:>10.3} {tf:>9.1}");
+    println!(
+        "{:>16} {:>3} {:>10} {:>9} {:>8}",
+        "sequences", "KT", "time_ms", "TFLOP/s", "vs own"
+    );
+    for (i, &(name, kt, (ms, tf))) in prefill.iter().enumerate() {
+        // TFLOP/s against the same shape with the device's own key tile.
+        let own = prefill[i % prefill_cases.len()].2.1;
+        let pct = 100.0 * tf / own;
+        println!("{name:>16} {kt:>3} {ms:>10.3} {tf:>9.1} {pct:>7.1}%");
     }
     println!("sample over a 128256-token vocabulary:");
     for (name, batch, us) in samples {
