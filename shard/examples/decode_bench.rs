@@ -29,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // One table more than the streams: a warm-up prefill runs there first.
         num_kv_blocks: Some(per_seq * (streams.max(1) + 1)),
         kv_cache_bytes: 0,
+        max_model_len: None,
         device: "cpu".into(),
         gpu: Default::default(),
     };

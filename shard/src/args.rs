@@ -56,6 +56,15 @@ pub struct Args {
     /// KV cache memory budget when --num-kv-blocks is not given.
     #[arg(long, default_value_t = 1024, value_parser = at_least_one())]
     pub kv_cache_memory_mb: usize,
+    /// Longest sequence served, prompt and generated tokens together (vLLM's flag, same
+    /// meaning); default: the model's own context (GGUF `llama.context_length`, HF
+    /// `max_position_embeddings`). Applied to the model's config before anything is sized from
+    /// it, so it also bounds the RoPE table, block tables and (CUDA) decode workspace; `Info`
+    /// reports it. More than the model's own context is refused at start. A KV cache too small
+    /// for one sequence this long caps sequences at what it holds, with a warning at start
+    /// (vLLM refuses to start there).
+    #[arg(long, value_parser = at_least_one())]
+    pub max_model_len: Option<usize>,
     /// Per-step token budget (prefill chunk tokens + decode tokens); default 2048 on a GPU,
     /// 256 on the CPU, where a 2,048-token step takes seconds and stalls every running stream.
     #[arg(long, value_parser = at_least_one())]
@@ -119,6 +128,7 @@ impl Args {
             block_size: self.block_size,
             num_kv_blocks: self.num_kv_blocks,
             kv_cache_bytes: self.kv_cache_memory_mb.saturating_mul(1 << 20),
+            max_model_len: self.max_model_len,
             device: match self.device.as_str() {
                 "auto" => auto_device(self.shard_id as usize),
                 d => d.to_string(),
@@ -211,6 +221,7 @@ mod tests {
         assert_eq!(opts.num_kv_blocks, None);
         assert_eq!(opts.kv_cache_bytes, 1024 << 20);
         assert_eq!(opts.device, "cpu");
+        assert_eq!(opts.max_model_len, None, "the model's own context");
         let config = args.engine_config();
         assert_eq!((config.max_batch_tokens, config.max_num_seqs), (256, 256));
         assert_eq!(config.prefill_policy, PrefillPolicy::Shared);
@@ -234,6 +245,8 @@ mod tests {
         assert_eq!(args.load_options().num_kv_blocks, Some(12));
         assert_eq!(args.block_size, 8);
         assert_eq!(args.port, 7);
+        let capped = parse(&["--max-model-len", "8192"]).expect("parses");
+        assert_eq!(capped.load_options().max_model_len, Some(8192));
         let dummy =
             parse(&["--load-format", "dummy", "--model-shape", "mistral-7b"]).expect("parses");
         let gpu = dummy.load_options().gpu;
@@ -282,6 +295,7 @@ mod tests {
     fn rejects_zero_and_missing_model() {
         assert!(parse(&["--block-size", "0"]).is_err());
         assert!(parse(&["--max-batch-tokens", "0"]).is_err());
+        assert!(parse(&["--max-model-len", "0"]).is_err());
         assert!(parse(&["--gpu-memory-utilization", "1.5"]).is_err());
         assert!(parse(&["--load-format", "pt"]).is_err());
         assert!(parse(&["--tp-size", "0"]).is_err());

@@ -65,6 +65,7 @@ fn engine_with(
         block_size: 16,
         num_kv_blocks: Some(num_kv_blocks),
         kv_cache_bytes: 0,
+        max_model_len: None,
         device: "cpu".into(),
         gpu: Default::default(),
     };

@@ -28,6 +28,7 @@ fn greedy_tokens_and_logits_match_transformers() {
         block_size: BLOCK_SIZE,
         num_kv_blocks: Some(FIXTURE_BLOCKS),
         kv_cache_bytes: 0,
+        max_model_len: None,
         device: "cpu".into(),
         gpu: Default::default(),
     };
@@ -88,6 +89,7 @@ fn invalid_batches_are_errors_not_panics() {
         block_size: BLOCK_SIZE,
         num_kv_blocks: None,
         kv_cache_bytes: 4 << 20,
+        max_model_len: None,
         device: "cpu".into(),
         gpu: Default::default(),
     };
@@ -165,6 +167,7 @@ fn batched_logits_equal_single_sequence_logits_bitwise() {
         block_size: BLOCK_SIZE,
         num_kv_blocks: Some(30),
         kv_cache_bytes: 0,
+        max_model_len: None,
         device: "cpu".into(),
         gpu: Default::default(),
     };
@@ -206,6 +209,7 @@ fn kv_cache_sizing_errors_are_reported() {
         block_size: BLOCK_SIZE,
         num_kv_blocks: None,
         kv_cache_bytes: 1000,
+        max_model_len: None,
         device: "cpu".into(),
         gpu: Default::default(),
     };

@@ -63,6 +63,29 @@ impl LlamaConfig {
             max_context: opt_usize(md, "llama.context_length")?.unwrap_or(4096),
         })
     }
+
+    /// Applies `--max-model-len` (vLLM's flag, same meaning): the longest sequence, prompt and
+    /// generated tokens together, this shard serves. Applied as soon as the config is read, so
+    /// every size derived from `max_context` (RoPE table, block tables, the CUDA decode
+    /// workspace) and what `Info` and `/v1/models` report follow it. `None` keeps the model's
+    /// own context. A value above the model's own is refused, as vLLM refuses it: positions
+    /// past what the model was trained on would be served silently wrong.
+    pub fn with_max_model_len(self, max_model_len: Option<usize>) -> Result<Self, ModelError> {
+        match max_model_len {
+            None => Ok(self),
+            Some(0) => Err(ModelError::Format(
+                "max_model_len must be at least 1".into(),
+            )),
+            Some(requested) if requested > self.max_context => Err(ModelError::MaxModelLen {
+                requested,
+                model: self.max_context,
+            }),
+            Some(requested) => Ok(Self {
+                max_context: requested,
+                ..self
+            }),
+        }
+    }
 }
 
 fn get_usize(md: &HashMap<String, Value>, key: &str) -> Result<usize, ModelError> {
@@ -134,6 +157,46 @@ mod tests {
             (c.rope_base, c.rms_eps, c.max_context),
             (100000.0, 1e-5, 8192)
         );
+    }
+
+    #[test]
+    fn max_model_len_caps_the_context_and_refuses_more_than_the_model_has() {
+        let c = LlamaConfig::from_metadata(&smollm()).unwrap();
+        assert_eq!(c.clone().with_max_model_len(None).unwrap(), c);
+        let capped = c.clone().with_max_model_len(Some(64)).unwrap();
+        assert_eq!(capped.max_context, 64);
+        assert_eq!(
+            capped,
+            LlamaConfig {
+                max_context: 64,
+                ..c.clone()
+            },
+            "only the context changes"
+        );
+        // The model's own limit is allowed, one more is not.
+        let same = c.clone().with_max_model_len(Some(8192)).unwrap();
+        assert_eq!(same.max_context, 8192);
+        let err = c.clone().with_max_model_len(Some(8193)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ModelError::MaxModelLen {
+                    requested: 8193,
+                    model: 8192
+                }
+            ),
+            "{err:?}"
+        );
+        let message = c
+            .clone()
+            .with_max_model_len(Some(10_000_000))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("10000000") && message.contains("8192"),
+            "names both numbers: {message}"
+        );
+        assert!(c.with_max_model_len(Some(0)).is_err());
     }
 
     #[test]

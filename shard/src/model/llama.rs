@@ -6,7 +6,7 @@ use crate::backend::{Backend, KvLayout, RopeTable};
 use crate::model::batch::{BatchLimits, build_plan};
 use crate::model::config::LlamaConfig;
 use crate::model::source::ModelSource;
-use crate::model::{CausalLm, LoadOptions, ModelError, ModelInfo, SeqChunk};
+use crate::model::{CausalLm, LoadOptions, ModelError, ModelInfo, SeqChunk, read_config};
 
 struct Layer<B: Backend> {
     attn_norm: B::Vector,
@@ -42,7 +42,7 @@ impl<B: Backend> Llama<B> {
         gguf: &mut dyn ModelSource,
         opts: &LoadOptions,
     ) -> Result<Self, ModelError> {
-        let cfg = gguf.config()?;
+        let cfg = read_config(gguf, opts)?;
         let vocab_size = match gguf.tensor_dims("token_embd.weight").as_deref() {
             Some([vocab, hidden]) if *hidden == cfg.hidden => *vocab,
             other => {

@@ -71,6 +71,10 @@ pub struct LoadOptions {
     pub num_kv_blocks: Option<usize>,
     /// Memory budget for the KV cache when `num_kv_blocks` is `None`.
     pub kv_cache_bytes: usize,
+    /// `--max-model-len`: caps the model's context (prompt + generated tokens) before
+    /// anything is sized from it; more than the model's own context is refused. `None`: the
+    /// model's own. See [`LlamaConfig::with_max_model_len`].
+    pub max_model_len: Option<usize>,
     /// "cpu", "cuda", "cuda:N" or "auto" (the first GPU when one is found, else the CPU).
     pub device: String,
     /// Settings only the CUDA backend reads.
@@ -85,6 +89,7 @@ impl Default for LoadOptions {
             block_size: 16,
             num_kv_blocks: None,
             kv_cache_bytes: 1 << 30,
+            max_model_len: None,
             device: "cpu".into(),
             gpu: GpuOptions::default(),
         }
@@ -150,6 +155,13 @@ pub enum ModelError {
     UnsupportedArchitecture(String),
     #[error("unsupported device `{0}`")]
     UnsupportedDevice(String),
+    /// `--max-model-len` above what the model supports (vLLM refuses this too).
+    #[error(
+        "--max-model-len {requested} is more than this model's maximum context of {model} \
+         tokens (its llama.context_length or max_position_embeddings); use at most {model}, \
+         or leave --max-model-len out to serve the model's own"
+    )]
+    MaxModelLen { requested: usize, model: usize },
     #[error("KV cache too small: {0}")]
     KvCache(String),
     #[error("invalid batch: {0}")]
@@ -195,6 +207,14 @@ fn checked(
         Err(ModelError::Format(e)) => Err(ModelError::Format(format!("{}: {e}", path.display()))),
         Err(e) => Err(e),
     }
+}
+
+/// The source's config with `opts.max_model_len` applied: what every loader sizes from.
+pub fn read_config(
+    source: &dyn ModelSource,
+    opts: &LoadOptions,
+) -> Result<LlamaConfig, ModelError> {
+    source.config()?.with_max_model_len(opts.max_model_len)
 }
 
 /// Loads a model (GGUF file or HF directory) onto `opts.device` with a KV cache sized from

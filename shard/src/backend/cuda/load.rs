@@ -16,7 +16,9 @@ use super::shapes::ModelShape;
 use super::tp::{self, Group, TpConfig};
 use super::weights::Weights;
 use crate::backend::{BackendError, KvLayout, RopeTable, StepPlan};
-use crate::model::{LlamaConfig, LoadOptions, ModelError, ModelInfo, ModelSource, open_source};
+use crate::model::{
+    LlamaConfig, LoadOptions, ModelError, ModelInfo, ModelSource, open_source, read_config,
+};
 
 /// Memory kept free beyond the KV cache for graphs, cuBLAS and the allocator's slack.
 const RESERVE_BYTES: usize = 768 << 20;
@@ -57,7 +59,9 @@ pub fn load_cuda_tp(
         (Some(name), _) => {
             let shape = ModelShape::parse(name)
                 .ok_or_else(|| ModelError::Format(format!("unknown model shape {name}")))?;
-            let spec = shape.spec();
+            let mut spec = shape.spec();
+            // `--max-model-len` before anything is sized, as for a real checkpoint.
+            spec.config = spec.config.with_max_model_len(opts.max_model_len)?;
             let w = Weights::dummy(
                 &spec.config,
                 spec.vocab_size,
@@ -85,7 +89,8 @@ pub fn load_cuda_tp(
             (spec.config, info, w, None)
         }
         (None, Some(src)) => {
-            let mut cfg = src.config()?;
+            // `--max-model-len` first: at or below the window it leaves nothing to cap.
+            let mut cfg = read_config(&*src, opts)?;
             // The attention kernels have no window: with sequences capped at the window's
             // length, full causal attention is exactly sliding-window attention (what vLLM
             // did before it had windowed kernels).
@@ -95,7 +100,8 @@ pub fn load_cuda_tp(
                 tracing::warn!(
                     window = w,
                     max_context = cfg.max_context,
-                    "sliding-window attention: sequences capped at the window's length on CUDA"
+                    "sliding-window attention: sequences capped at the window's length on CUDA \
+                     (--max-model-len {w} or less serves the same without this warning)"
                 );
                 cfg.max_context = w;
             }
