@@ -27,7 +27,7 @@ impl Engine {
         let total_blocks = model.num_kv_blocks();
         let limits = SeqLimits {
             max_context: info.max_context,
-            max_seq_len: info.max_context.min(total_blocks * block_size),
+            max_seq_len: max_seq_len(info.max_context, total_blocks, block_size),
             block_size,
             total_blocks,
             vocab_size: info.vocab_size,
@@ -307,5 +307,40 @@ impl Engine {
             prefix_cache_queries_total: s.prefix_cache_queries,
             prefix_cache_hits_total: s.prefix_cache_hits,
         }
+    }
+}
+
+/// The longest sequence the engine runs: the model's context (`--max-model-len`, else the
+/// model's own), capped by what the whole KV cache holds. vLLM refuses to start when the
+/// cache cannot hold one sequence of max_model_len tokens; this engine serves the shorter
+/// length (it is what `Info` and `/v1/models` report) and says so once, here, at start.
+fn max_seq_len(max_context: usize, total_blocks: usize, block_size: usize) -> usize {
+    let kv_tokens = total_blocks.saturating_mul(block_size);
+    if kv_tokens < max_context {
+        tracing::warn!(
+            max_model_len = max_context,
+            kv_tokens,
+            kv_blocks = total_blocks,
+            block_size,
+            "the KV cache holds {kv_tokens} tokens, too few for one sequence of max_model_len \
+             ({max_context} tokens): sequences are capped at {kv_tokens} tokens, the limit this \
+             shard reports (vLLM refuses to start here). Give the cache more room \
+             (--kv-cache-memory-mb, --num-kv-blocks, --gpu-memory-utilization) or set \
+             --max-model-len {kv_tokens} or less"
+        );
+    }
+    max_context.min(kv_tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_seq_len;
+
+    #[test]
+    fn sequences_are_capped_by_the_kv_cache_not_refused() {
+        assert_eq!(max_seq_len(8192, 1000, 16), 8192, "the cache holds 16,000");
+        assert_eq!(max_seq_len(8192, 512, 16), 8192, "exactly one sequence");
+        assert_eq!(max_seq_len(8192, 100, 16), 1600, "capped, with a warning");
+        assert_eq!(max_seq_len(64, usize::MAX, 16), 64, "no overflow");
     }
 }

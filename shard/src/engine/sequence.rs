@@ -17,7 +17,9 @@ pub(crate) struct SeqKey {
 /// What every new sequence is checked against.
 #[derive(Debug, Clone)]
 pub(crate) struct SeqLimits {
+    /// The model's context: `--max-model-len` when given, else the model's own.
     pub max_context: usize,
+    /// `max_context` capped by what the whole KV cache holds: where generation stops.
     pub max_seq_len: usize,
     pub block_size: usize,
     pub total_blocks: usize,
