@@ -19,15 +19,23 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::MakeWriterExt;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // No colour codes when a launcher or a file captures the logs.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // Errors on stderr, the rest on stdout: the reason a shard refuses to start (a
+    // --max-model-len above the model's context, a model it cannot load) is what a script
+    // reading stderr needs, and the launcher passes a child's stderr on to its own.
+    let writer = std::io::stderr
+        .with_max_level(tracing::Level::ERROR)
+        .or_else(std::io::stdout);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
+        .with_writer(writer)
         .init();
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
