@@ -157,6 +157,20 @@ pub struct ServeArgs {
     #[arg(long)]
     pub max_batch_tokens: Option<u32>,
 
+    /// Longest sequence served, prompt and generated tokens together, as vLLM's
+    /// `--max-model-len`; default: the model's own context (GGUF `llama.context_length`, HF
+    /// `max_position_embeddings`). Bounds memory and latency: every shard sizes its buffers
+    /// from it, `/v1/models` reports it, and longer prompts get a 400. More than the model's
+    /// own context is refused at start. Where a shard's KV cache cannot hold one sequence this
+    /// long, the shard caps sequences at what it holds and warns at start (vLLM refuses to
+    /// start there).
+    #[arg(
+        long,
+        env = "MAX_MODEL_LEN",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_model_len: Option<u32>,
+
     /// Maximum sequences in each shard's running batch.
     #[arg(long)]
     pub max_num_seqs: Option<u32>,
@@ -330,6 +344,17 @@ mod tests {
             let err = parse(&[flag, "18446744073709551615"]).expect_err("u64::MAX");
             assert!(err.to_string().contains(flag), "{err}");
         }
+    }
+
+    #[test]
+    fn max_model_len_is_optional_and_positive() {
+        assert_eq!(serve(&[]).max_model_len, None, "the model's own context");
+        assert_eq!(
+            serve(&["--max-model-len", "8192"]).max_model_len,
+            Some(8192)
+        );
+        assert!(parse(&["--max-model-len", "0"]).is_err());
+        assert!(parse(&["--max-model-len", "-1"]).is_err());
     }
 
     #[test]

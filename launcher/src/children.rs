@@ -119,6 +119,7 @@ fn rank_spec(
             args.max_batch_tokens.map(|v| v.to_string()),
         ),
         ("max-num-seqs", args.max_num_seqs.map(|v| v.to_string())),
+        ("max-model-len", args.max_model_len.map(|v| v.to_string())),
         (
             "gpu-memory-utilization",
             args.gpu_memory_utilization.map(|v| v.to_string()),
@@ -275,6 +276,29 @@ mod tests {
         assert_eq!(value_of(&argv, "--threads").as_deref(), Some("3"));
         assert!(spec.env.contains(&("RAYON_NUM_THREADS".into(), "3".into())));
         assert_eq!(spec.name, "shard-1");
+        assert!(value_of(&argv, "--max-model-len").is_none());
+    }
+
+    #[test]
+    fn every_rank_gets_max_model_len() {
+        let a = args(&["--max-model-len", "8192"]);
+        let leader = strings(&shard_spec(&a, &plan("len"), 0, 7001).expect("spec"));
+        assert_eq!(
+            value_of(&leader, "--max-model-len").as_deref(),
+            Some("8192")
+        );
+        // Tensor-parallel followers size their buffers from it too.
+        let mut p = plan("len-tp");
+        p.tp_size = 2;
+        p.tp_ports = vec![9101];
+        let follower = strings(&follower_spec(&a, &p, 0, 1).expect("spec"));
+        assert_eq!(
+            value_of(&follower, "--max-model-len").as_deref(),
+            Some("8192")
+        );
+        // The router learns the limit from the shards, not from a flag.
+        let router = strings(&router_spec(&a, &plan("len-router")).expect("spec"));
+        assert!(value_of(&router, "--max-model-len").is_none());
     }
 
     #[test]
