@@ -141,8 +141,9 @@ pub struct ServeArgs {
     #[arg(long)]
     pub enforce_eager: bool,
 
-    /// KV blocks per shard (overrides --kv-cache-memory-mb).
-    #[arg(long)]
+    /// KV blocks per shard (overrides --kv-cache-memory-mb). Also
+    /// `--num-gpu-blocks-override`, vLLM's name for the same.
+    #[arg(long, visible_alias = "num-gpu-blocks-override")]
     pub num_kv_blocks: Option<u32>,
 
     /// KV cache budget per shard, in MiB.
@@ -153,8 +154,9 @@ pub struct ServeArgs {
     #[arg(long)]
     pub block_size: Option<u32>,
 
-    /// Per-step token budget of each shard's engine.
-    #[arg(long)]
+    /// Per-step token budget of each shard's engine. Also `--max-num-batched-tokens`, vLLM's
+    /// name for the same.
+    #[arg(long, visible_alias = "max-num-batched-tokens")]
     pub max_batch_tokens: Option<u32>,
 
     /// Longest sequence served, prompt and generated tokens together, as vLLM's
@@ -355,6 +357,60 @@ mod tests {
         );
         assert!(parse(&["--max-model-len", "0"]).is_err());
         assert!(parse(&["--max-model-len", "-1"]).is_err());
+    }
+
+    /// A vLLM command line, flag for flag, parses to the same settings.
+    #[test]
+    fn vllm_flag_names_are_accepted() {
+        let s = serve(&[
+            "--model",
+            "meta-llama/Llama-3.1-8B-Instruct",
+            "--served-model-name",
+            "llama",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "8001",
+            "--tensor-parallel-size",
+            "2",
+            "--data-parallel-size",
+            "2",
+            "--gpu-memory-utilization",
+            "0.85",
+            "--max-model-len",
+            "8192",
+            "--max-num-batched-tokens",
+            "4096",
+            "--max-num-seqs",
+            "128",
+            "--block-size",
+            "16",
+            "--num-gpu-blocks-override",
+            "2000",
+            "--load-format",
+            "dummy",
+            "--enforce-eager",
+            "--no-enable-prefix-caching",
+        ]);
+        assert_eq!(s.model.as_deref(), Some("meta-llama/Llama-3.1-8B-Instruct"));
+        assert_eq!(s.served_model_name.as_deref(), Some("llama"));
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 8001));
+        assert_eq!((s.tensor_parallel_size, s.num_shards), (2, 2));
+        assert_eq!(s.gpu_memory_utilization, Some(0.85));
+        assert_eq!(s.max_model_len, Some(8192));
+        assert_eq!(s.max_batch_tokens, Some(4096));
+        assert_eq!(s.max_num_seqs, Some(128));
+        assert_eq!(s.block_size, Some(16));
+        assert_eq!(s.num_kv_blocks, Some(2000));
+        assert_eq!(s.load_format.as_deref(), Some("dummy"));
+        assert!(s.enforce_eager);
+        assert!(!s.prefix_caching());
+        // Each alias is the same argument as its own name: giving both is a repeat.
+        assert!(parse(&["--max-batch-tokens", "1", "--max-num-batched-tokens", "2"]).is_err());
+        assert!(parse(&["--num-kv-blocks", "1", "--num-gpu-blocks-override", "2"]).is_err());
+        // Flags of vLLM's that pagedserve does not implement are refused, not ignored.
+        assert!(parse(&["--pipeline-parallel-size", "2"]).is_err());
+        assert!(parse(&["--trust-remote-code"]).is_err());
     }
 
     #[test]

@@ -281,11 +281,21 @@ mod tests {
 
     #[test]
     fn every_rank_gets_max_model_len() {
-        let a = args(&["--max-model-len", "8192"]);
+        // vLLM's spelling of the step budget reaches the shard under the shard's name.
+        let a = args(&[
+            "--max-model-len",
+            "8192",
+            "--max-num-batched-tokens",
+            "4096",
+        ]);
         let leader = strings(&shard_spec(&a, &plan("len"), 0, 7001).expect("spec"));
         assert_eq!(
             value_of(&leader, "--max-model-len").as_deref(),
             Some("8192")
+        );
+        assert_eq!(
+            value_of(&leader, "--max-batch-tokens").as_deref(),
+            Some("4096")
         );
         // Tensor-parallel followers size their buffers from it too.
         let mut p = plan("len-tp");
