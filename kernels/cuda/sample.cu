@@ -414,7 +414,11 @@ __device__ bool sample_top_k(const float* lg, u32 V, float inv_t, u32 k, const f
     return true;
 }
 
-extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS, 2)
+// No minimum of 2 CTAs an SM: that capped the kernel at 32 registers and made it spill 44 B,
+// and top-p alone ran 7-13% slower for it (H100, attn_bench, 2026-11-26: top-p 0.9 at batch
+// 1 / 128 90.0 / 283.5 us against 96.7 / 326.0; top-k 50 + top-p 0.9 60.6 against 63.9 us at
+// 128; greedy, temperature and top-k alone within 1 us).
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     sample_kernel(u32* __restrict__ out, const float* __restrict__ logits,
                   const float* __restrict__ temperature, const int* __restrict__ top_k,
                   const float* __restrict__ top_p, const u64* __restrict__ seeds,
