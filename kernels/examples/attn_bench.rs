@@ -222,6 +222,11 @@ fn main() -> Res<()> {
     for (ctx_len, batch) in [(1024, 1), (1024, 8), (1024, 32), (4096, 32)] {
         small.push(decode_case(&b, &kv, pool, ctx_len, LONG_MAX_CTX, batch)?);
     }
+    // The big steps of a ShareGPT run at request rate inf: hundreds of sequences of a few
+    // hundred tokens each (prompts ~230 tokens, answers ~200), the engine's max_ctx.
+    for (ctx_len, batch) in [(256, 1024), (512, 512), (512, 1024)] {
+        small.push(decode_case(&b, &kv, pool, ctx_len, ENGINE_MAX_CTX, batch)?);
+    }
     // One sequence of 512 / 2k / 8k tokens, and 4 chunks of 1024 rows after 1024 cached tokens.
     let prefill_cases: [(&str, Vec<(usize, usize)>); 4] = [
         ("1 x 512", vec![(512, 0)]),
@@ -265,7 +270,9 @@ fn main() -> Res<()> {
     );
     for (i, r) in rows.iter().chain(&small).enumerate() {
         if i == rows.len() {
-            println!("small batches, max_ctx as in the engine:");
+            println!(
+                "small batches (and ShareGPT-like wide ones, last), max_ctx as in the engine:"
+            );
         }
         let (part, pct) = (decode_partition(r.batch, r.max_ctx), 100.0 * r.gbs / copy);
         println!(
