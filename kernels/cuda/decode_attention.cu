@@ -11,7 +11,9 @@
 // One CTA serves all G = H / KVH query heads of one KV group, so each K and V row is read once
 // per group. It puts the scores of its partition in shared memory, turns them into
 // probabilities and accumulates P·V (copying the first V rows into shared memory next to the
-// K loads, cp.async, was tried: 0.3-0.9 us slower at batch 1-64 on an H100, 9f3f7bf). A
+// K loads, cp.async, was tried: 0.3-0.9 us slower at batch 1-64 on an H100, 9f3f7bf; so was an
+// L2 prefetch of each token's V row issued with its K loads: 5-18% slower at batch 1-16 even
+// in launches of one wave, ~30% in big ones, attn_bench 2026-11-26). A
 // sequence of one partition writes `out` directly; otherwise every CTA leaves (acc, max, sum) per head in the
 // workspace and bumps a counter of its (sequence, KV head); the last one to arrive combines the
 // partitions, writes `out` and puts the counter back to 0, so the next launch (a graph replay)
