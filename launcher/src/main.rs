@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::MakeWriterExt;
 
 use crate::args::{Cli, Command};
 
@@ -42,8 +43,12 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(ansi)
         // Through a queue with its own thread: a stalled reader of our stdout must not stall
-        // supervision or signal handling (see output.rs).
-        .with_writer(output::LogWriter::default)
+        // supervision or signal handling (see output.rs). Errors on stderr, the rest on stdout.
+        .with_writer(
+            (output::LogWriter::stderr as fn() -> output::LogWriter)
+                .with_max_level(tracing::Level::ERROR)
+                .or_else(output::LogWriter::default as fn() -> output::LogWriter),
+        )
         .init();
     let command = Cli::parse().into_command();
     // Current-thread on purpose: children are spawned from the main thread, which

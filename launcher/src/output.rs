@@ -126,7 +126,7 @@ pub fn stdout() -> &'static Sink {
     SINK.get_or_init(|| Sink::new("stdout", std::io::stdout(), QUEUE_LINES))
 }
 
-/// The launcher's stderr: the children's stderr.
+/// The launcher's stderr: its own errors and the children's stderr.
 pub fn stderr() -> &'static Sink {
     static SINK: OnceLock<Sink> = OnceLock::new();
     SINK.get_or_init(|| Sink::new("stderr", std::io::stderr(), QUEUE_LINES))
@@ -140,13 +140,28 @@ pub fn flush_at_exit() {
     stderr().flush(limit);
 }
 
-/// A `tracing` writer: one formatted event, queued whole on `stdout()` when dropped.
+/// A `tracing` writer: one formatted event, queued whole on `stdout()` when dropped
+/// (`LogWriter::default`), or on `stderr()` (`LogWriter::stderr`, for ERROR events: why the
+/// launcher stopped, e.g. a shard that exited during start-up, is what a script or a
+/// container runtime reading stderr needs, as the shards' own errors already are).
 #[derive(Default)]
-pub struct LogWriter(Vec<u8>);
+pub struct LogWriter {
+    buf: Vec<u8>,
+    to_stderr: bool,
+}
+
+impl LogWriter {
+    pub fn stderr() -> Self {
+        Self {
+            buf: Vec::new(),
+            to_stderr: true,
+        }
+    }
+}
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(buf);
+        self.buf.extend_from_slice(buf);
         Ok(buf.len())
     }
 
@@ -157,8 +172,9 @@ impl Write for LogWriter {
 
 impl Drop for LogWriter {
     fn drop(&mut self) {
-        if !self.0.is_empty() {
-            stdout().send(std::mem::take(&mut self.0));
+        if !self.buf.is_empty() {
+            let sink = if self.to_stderr { stderr() } else { stdout() };
+            sink.send(std::mem::take(&mut self.buf));
         }
     }
 }
