@@ -433,19 +433,29 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
     }
 #define DECODE_INST(D, G) DECODE_ONE(D, G, 64) DECODE_ONE(D, G, 256) DECODE_ONE(D, G, 512)
 
+// PS_DECODE_PART (0-3) keeps a quarter of the instances, so that NVRTC can compile them in
+// parallel at shard start (loader.rs); the whole source, without it, holds all 48.
+#if !defined(PS_DECODE_PART) || PS_DECODE_PART == 0
 DECODE_INST(64, 1)
 DECODE_INST(64, 2)
 DECODE_INST(64, 3)
 DECODE_INST(64, 4)
+#endif
+#if !defined(PS_DECODE_PART) || PS_DECODE_PART == 1
 DECODE_INST(64, 5)
 DECODE_INST(64, 6)
 DECODE_INST(64, 7)
 DECODE_INST(64, 8)
+#endif
+#if !defined(PS_DECODE_PART) || PS_DECODE_PART == 2
 DECODE_INST(128, 1)
 DECODE_INST(128, 2)
 DECODE_INST(128, 3)
 DECODE_INST(128, 4)
+#endif
+#if !defined(PS_DECODE_PART) || PS_DECODE_PART == 3
 DECODE_INST(128, 5)
 DECODE_INST(128, 6)
 DECODE_INST(128, 7)
 DECODE_INST(128, 8)
+#endif

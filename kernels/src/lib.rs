@@ -21,6 +21,7 @@ mod loader;
 mod ops;
 mod rope;
 mod sample;
+mod units;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -36,7 +37,7 @@ pub use attention::{
 pub use device::{driver_present, nvrtc_present, open_device};
 pub use error::KernelError;
 pub use gemv::{GEMV_MAX_ROWS, GemvOut};
-pub use loader::{cached_ptx, compile_ptx, device_arch, full_source};
+pub use loader::{cached_units, compile_ptx, device_arch, full_source};
 pub use rope::{RopeHeads, RopeKv};
 
 /// The compiled kernels of one device.

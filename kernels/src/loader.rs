@@ -10,6 +10,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
 use crate::KernelError;
+use crate::units::{UNITS, Unit, unit_of};
 
 /// The sources, in the order they are concatenated (common helpers first).
 const COMMON: &str = include_str!("../cuda/common.cuh");
@@ -41,8 +42,15 @@ fn cuda_include_dir() -> String {
 /// Every kernel source as one translation unit: common.cuh once, then each file without its
 /// `#include "common.cuh"` line.
 pub fn full_source() -> String {
+    let all: Vec<&str> = SOURCES.iter().map(|(name, _)| *name).collect();
+    source_of(&all)
+}
+
+/// common.cuh once, then the named files of [`SOURCES`] in that order, each without its
+/// `#include "common.cuh"` line.
+fn source_of(files: &[&str]) -> String {
     let mut src = COMMON.replace("#pragma once", "");
-    for (name, text) in SOURCES {
+    for (name, text) in SOURCES.iter().filter(|(name, _)| files.contains(name)) {
         src.push_str(&format!("\n// ---- {name} ----\n"));
         for line in text.lines() {
             if line.trim() != "#include \"common.cuh\"" {
@@ -71,16 +79,30 @@ fn cache_name(arch: &str, src: &str, opts: &[String]) -> String {
     format!("{arch}-{:016x}.ptx", h.finish())
 }
 
-/// Compiles all kernels to PTX for `arch` (e.g. `sm_90`). Needs libnvrtc, not a GPU.
+/// Compiles all kernels to PTX for `arch` (e.g. `sm_90`) as one translation unit. Needs
+/// libnvrtc, not a GPU. (The shard compiles them as [`UNITS`], in parallel.)
 pub fn compile_ptx(arch: &str) -> Result<String, KernelError> {
+    compile_source(
+        arch,
+        &full_source(),
+        &compile_options(arch),
+        "pagedserve_kernels.cu",
+    )
+}
+
+fn compile_source(
+    arch: &str,
+    src: &str,
+    options: &[String],
+    name: &str,
+) -> Result<String, KernelError> {
     crate::device::nvrtc_present()?;
-    let src = full_source();
     let opts = CompileOptions {
-        options: compile_options(arch),
-        name: Some("pagedserve_kernels.cu".into()),
+        options: options.to_vec(),
+        name: Some(name.into()),
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts).map_err(|e| match e {
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| match e {
         CompileError::CompileError { log, .. } => KernelError::Compile {
             arch: arch.into(),
             log: log.to_string_lossy().into_owned(),
@@ -93,18 +115,22 @@ pub fn compile_ptx(arch: &str) -> Result<String, KernelError> {
     Ok(ptx.to_src())
 }
 
-/// PTX for `arch`, from `cache_dir` when it holds a copy for these exact sources and options,
-/// else compiled and stored there (written to a temporary name, then renamed, so concurrent
-/// shards never read a half-written file).
-pub fn cached_ptx(arch: &str, cache_dir: Option<&Path>) -> Result<String, KernelError> {
+/// PTX of `unit` for `arch`, from `cache_dir` when it holds a copy for these exact sources and
+/// options, else compiled and stored there (written to a temporary name, then renamed, so
+/// concurrent shards never read a half-written file).
+fn cached_unit(arch: &str, unit: &Unit, cache_dir: Option<&Path>) -> Result<String, KernelError> {
+    let src = source_of(unit.files);
+    let mut opts = compile_options(arch);
+    opts.extend(unit.defines.iter().map(|d| d.to_string()));
+    let file = format!("{}.cu", unit.name);
     let Some(dir) = cache_dir else {
-        return compile_ptx(arch);
+        return compile_source(arch, &src, &opts, &file);
     };
-    let path = dir.join(cache_name(arch, &full_source(), &compile_options(arch)));
+    let path = dir.join(cache_name(&format!("{arch}-{}", unit.name), &src, &opts));
     if let Ok(ptx) = std::fs::read_to_string(&path) {
         return Ok(ptx);
     }
-    let ptx = compile_ptx(arch)?;
+    let ptx = compile_source(arch, &src, &opts, &file)?;
     let io = |source| KernelError::Cache {
         path: path.display().to_string(),
         source,
@@ -114,6 +140,27 @@ pub fn cached_ptx(arch: &str, cache_dir: Option<&Path>) -> Result<String, Kernel
     std::fs::write(&tmp, &ptx).map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)?;
     Ok(ptx)
+}
+
+/// The PTX of every unit of [`UNITS`] for `arch`, in that order: cached ones read, the others
+/// compiled each on its own thread (NVRTC compiles separate programs concurrently).
+pub fn cached_units(arch: &str, cache_dir: Option<&Path>) -> Result<Vec<String>, KernelError> {
+    std::thread::scope(|scope| {
+        let jobs: Vec<_> = UNITS
+            .iter()
+            .map(|unit| scope.spawn(move || cached_unit(arch, unit, cache_dir)))
+            .collect();
+        jobs.into_iter()
+            .map(|job| {
+                job.join().unwrap_or_else(|_| {
+                    Err(KernelError::Compile {
+                        arch: arch.into(),
+                        log: "the NVRTC thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    })
 }
 
 /// `sm_XY` of the context's device.
@@ -182,7 +229,7 @@ pub(crate) fn check_target_arch(
 /// The loaded module and its functions by name.
 pub(crate) struct Loaded {
     pub(crate) arch: String,
-    _module: Arc<CudaModule>,
+    _modules: Vec<Arc<CudaModule>>,
     functions: HashMap<String, CudaFunction>,
 }
 
@@ -253,16 +300,18 @@ impl Loaded {
         arch: String,
         cache_dir: Option<&Path>,
     ) -> Result<Self, KernelError> {
-        let ptx = cached_ptx(&arch, cache_dir)?;
-        let module = ctx.load_module(Ptx::from_src(ptx))?;
+        let modules = cached_units(&arch, cache_dir)?
+            .into_iter()
+            .map(|ptx| ctx.load_module(Ptx::from_src(ptx)))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut functions = HashMap::new();
         for name in kernel_names() {
-            let f = module.load_function(&name)?;
+            let f = modules[unit_of(&name)].load_function(&name)?;
             functions.insert(name, f);
         }
         Ok(Loaded {
             arch,
-            _module: module,
+            _modules: modules,
             functions,
         })
     }
@@ -321,6 +370,24 @@ mod tests {
             assert!(
                 name.contains("##") || names.iter().any(|n| n == name),
                 "{name} is defined but not in kernel_names"
+            );
+        }
+    }
+
+    #[test]
+    fn every_source_file_is_compiled_in_some_unit() {
+        for (name, _) in SOURCES {
+            let units: Vec<&str> = UNITS
+                .iter()
+                .filter(|u| u.files.contains(&name))
+                .map(|u| u.name)
+                .collect();
+            assert!(!units.is_empty(), "{name} is in no unit");
+            // Only decode_attention.cu is split (by PS_DECODE_PART); any other file twice would
+            // define its kernels in two modules.
+            assert!(
+                units.len() == 1 || name == "decode_attention.cu",
+                "{name}: {units:?}"
             );
         }
     }
