@@ -10,7 +10,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
 use crate::KernelError;
-use crate::units::{UNITS, Unit, unit_of};
+use crate::units::{GEMV_UNIT, PREFILL_UNIT, SMALL_UNIT, UNITS, Unit, decode_unit};
 
 /// The sources, in the order they are concatenated (common helpers first).
 const COMMON: &str = include_str!("../cuda/common.cuh");
@@ -233,9 +233,14 @@ pub(crate) struct Loaded {
     functions: HashMap<String, CudaFunction>,
 }
 
-/// Names of every `extern "C"` kernel in the sources.
-pub(crate) fn kernel_names() -> Vec<String> {
-    let mut names: Vec<String> = [
+/// Every `extern "C"` kernel in the sources, with the index in [`UNITS`] of the unit that
+/// compiles it.
+pub(crate) fn kernel_names() -> Vec<(String, usize)> {
+    use crate::attention::{
+        DECODE_PARTITION, DECODE_PARTITION_LARGE, DECODE_PARTITION_SMALL, MAX_GQA_GROUP,
+        PREFILL_KEY_TILES, SUPPORTED_HEAD_DIMS, decode_kernel_name, prefill_kernel_name,
+    };
+    let mut names: Vec<(String, usize)> = [
         "embedding_kernel",
         "rms_norm_kernel",
         "add_rms_norm_kernel",
@@ -247,27 +252,27 @@ pub(crate) fn kernel_names() -> Vec<String> {
         "sample_kernel",
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(|s| (s.to_string(), SMALL_UNIT))
     .collect();
-    for d in crate::attention::SUPPORTED_HEAD_DIMS {
-        for kt in crate::attention::PREFILL_KEY_TILES {
-            names.push(crate::attention::prefill_kernel_name(d, kt));
+    for d in SUPPORTED_HEAD_DIMS {
+        for kt in PREFILL_KEY_TILES {
+            names.push((prefill_kernel_name(d, kt), PREFILL_UNIT));
         }
-        for g in 1..=crate::attention::MAX_GQA_GROUP {
+        for g in 1..=MAX_GQA_GROUP {
             for p in [
-                crate::attention::DECODE_PARTITION_SMALL,
-                crate::attention::DECODE_PARTITION,
-                crate::attention::DECODE_PARTITION_LARGE,
+                DECODE_PARTITION_SMALL,
+                DECODE_PARTITION,
+                DECODE_PARTITION_LARGE,
             ] {
-                names.push(crate::attention::decode_kernel_name(d, g, p));
+                names.push((decode_kernel_name(d, g, p), decode_unit(d, g)));
             }
         }
     }
-    for m in crate::gemv::gemv_kernel_ms() {
-        names.push(format!("gemv_bf16_m{m}"));
-        names.push(format!("gemv_f32_m{m}"));
-    }
-    names.extend(crate::gemv::gemv_fused_kernel_names());
+    let gemv = crate::gemv::gemv_kernel_ms()
+        .into_iter()
+        .flat_map(|m| [format!("gemv_bf16_m{m}"), format!("gemv_f32_m{m}")])
+        .chain(crate::gemv::gemv_fused_kernel_names());
+    names.extend(gemv.map(|name| (name, GEMV_UNIT)));
     names
 }
 
@@ -305,8 +310,8 @@ impl Loaded {
             .map(|ptx| ctx.load_module(Ptx::from_src(ptx)))
             .collect::<Result<Vec<_>, _>>()?;
         let mut functions = HashMap::new();
-        for name in kernel_names() {
-            let f = modules[unit_of(&name)].load_function(&name)?;
+        for (name, unit) in kernel_names() {
+            let f = modules[unit].load_function(&name)?;
             functions.insert(name, f);
         }
         Ok(Loaded {
@@ -331,7 +336,7 @@ mod tests {
     fn every_kernel_name_is_defined_in_the_source() {
         let src = full_source();
         assert!(!src.lines().any(|l| l.trim() == "#include \"common.cuh\""));
-        for name in kernel_names() {
+        for (name, _) in kernel_names() {
             let direct =
                 src.contains(&format!(" {name}(")) || src.contains(&format!("    {name}("));
             // Decode kernels come from DECODE_INST(D, G).
@@ -353,7 +358,7 @@ mod tests {
     #[test]
     fn every_kernel_defined_in_the_source_is_loaded() {
         let src = full_source();
-        let names = kernel_names();
+        let names: Vec<String> = kernel_names().into_iter().map(|(name, _)| name).collect();
         for def in src.split("extern \"C\" __global__").skip(1) {
             // `void [__launch_bounds__(N)] name(...) {`; macro instances (`name##D`) are
             // checked above.

@@ -54,25 +54,16 @@ pub(crate) const UNITS: [Unit; 7] = [
     },
 ];
 
-/// Index in [`UNITS`] of the unit that defines kernel `name`: decode kernels by head dim and
-/// group (`paged_decode_d{D}_g{G}_p{P}`: part 2 (D = 128) + 1 (G > 4)), then by prefix.
-pub(crate) fn unit_of(name: &str) -> usize {
-    if let Some(rest) = name.strip_prefix("paged_decode_d") {
-        let (d, rest) = rest.split_once("_g").unwrap_or((rest, ""));
-        let g: usize = rest
-            .split_once("_p")
-            .and_then(|(g, _)| g.parse().ok())
-            .unwrap_or(0);
-        let part = if d == "128" { 2 } else { 0 } + usize::from(g > 4);
-        return 3 + part;
-    }
-    if name.starts_with("paged_prefill_") {
-        1
-    } else if name.starts_with("gemv_") {
-        2
-    } else {
-        0
-    }
+/// Indices in [`UNITS`] of the units that are not split.
+pub(crate) const SMALL_UNIT: usize = 0;
+pub(crate) const PREFILL_UNIT: usize = 1;
+pub(crate) const GEMV_UNIT: usize = 2;
+
+/// Index in [`UNITS`] of the unit that instantiates decode attention for head dim `head_dim`
+/// (64 or 128) and GQA group `group` (1..=8): `decode{2 (D = 128) + 1 (G > 4)}`, as the
+/// `PS_DECODE_PART` blocks at the end of decode_attention.cu split them.
+pub(crate) fn decode_unit(head_dim: usize, group: usize) -> usize {
+    3 + if head_dim == 128 { 2 } else { 0 } + usize::from(group > 4)
 }
 
 #[cfg(test)]
@@ -80,21 +71,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kernels_map_to_the_unit_that_instantiates_them() {
-        assert_eq!(UNITS[unit_of("paged_decode_d64_g1_p64")].name, "decode0");
-        assert_eq!(UNITS[unit_of("paged_decode_d64_g4_p512")].name, "decode0");
-        assert_eq!(UNITS[unit_of("paged_decode_d64_g5_p256")].name, "decode1");
-        assert_eq!(UNITS[unit_of("paged_decode_d128_g4_p512")].name, "decode2");
-        assert_eq!(UNITS[unit_of("paged_decode_d128_g8_p64")].name, "decode3");
-        assert_eq!(UNITS[unit_of("paged_prefill_d128_k32")].name, "prefill");
-        assert_eq!(UNITS[unit_of("gemv_rope_bf16_m7")].name, "gemv");
-        assert_eq!(UNITS[unit_of("sample_kernel")].name, "small");
-        assert_eq!(UNITS[unit_of("add_rms_norm_kernel")].name, "small");
+    fn unit_indices_name_their_units() {
+        assert_eq!(UNITS[SMALL_UNIT].name, "small");
+        assert_eq!(UNITS[PREFILL_UNIT].name, "prefill");
+        assert_eq!(UNITS[GEMV_UNIT].name, "gemv");
+        assert_eq!(UNITS[decode_unit(64, 1)].name, "decode0");
+        assert_eq!(UNITS[decode_unit(64, 4)].name, "decode0");
+        assert_eq!(UNITS[decode_unit(64, 5)].name, "decode1");
+        assert_eq!(UNITS[decode_unit(128, 4)].name, "decode2");
+        assert_eq!(UNITS[decode_unit(128, 8)].name, "decode3");
     }
 
     #[test]
-    fn decode_parts_in_the_source_match_unit_of() {
-        // Each `#if ... PS_DECODE_PART == k` block instantiates the (D, G) that unit_of sends
+    fn decode_parts_in_the_source_match_decode_unit() {
+        // Each `#if ... PS_DECODE_PART == k` block instantiates the (D, G) that decode_unit sends
         // to part k.
         let src = include_str!("../cuda/decode_attention.cu");
         let mut part = None;
@@ -108,11 +98,8 @@ mod tests {
             } else if let Some(args) = line.strip_prefix("DECODE_INST(") {
                 let (d, g) = args.trim_end_matches(')').split_once(", ").expect("D, G");
                 let k = part.expect("every DECODE_INST sits in a part block");
-                assert_eq!(
-                    unit_of(&format!("paged_decode_d{d}_g{g}_p64")),
-                    3 + k,
-                    "{line}"
-                );
+                let (d, g) = (d.parse().expect("D"), g.parse().expect("G"));
+                assert_eq!(decode_unit(d, g), 3 + k, "{line}");
                 seen += 1;
             }
         }
