@@ -223,8 +223,7 @@ impl PrefillTiles {
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
             .max(0) as usize;
         let device = ctx.ordinal();
-        let (major, minor) = ctx.compute_capability()?;
-        let device_arch = format!("sm_{major}{minor}");
+        let device_arch = crate::loader::device_arch(ctx)?;
         ctx.bind_to_thread()?;
         let mut tiles = PrefillTiles {
             limit,

@@ -164,7 +164,7 @@ pub fn cached_units(arch: &str, cache_dir: Option<&Path>) -> Result<Vec<String>,
 }
 
 /// `sm_XY` of the context's device.
-pub fn device_arch(ctx: &Arc<CudaContext>) -> Result<String, KernelError> {
+pub fn device_arch(ctx: &CudaContext) -> Result<String, KernelError> {
     let (major, minor) = ctx.compute_capability()?;
     Ok(format!("sm_{major}{minor}"))
 }
