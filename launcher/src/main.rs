@@ -45,9 +45,9 @@ fn main() -> ExitCode {
         // Through a queue with its own thread: a stalled reader of our stdout must not stall
         // supervision or signal handling (see output.rs). Errors on stderr, the rest on stdout.
         .with_writer(
-            (output::LogWriter::stderr as fn() -> output::LogWriter)
+            output::LogWriter::stderr
                 .with_max_level(tracing::Level::ERROR)
-                .or_else(output::LogWriter::default as fn() -> output::LogWriter),
+                .or_else(output::LogWriter::default),
         )
         .init();
     let command = Cli::parse().into_command();
