@@ -177,6 +177,14 @@ pub struct ServeArgs {
     #[arg(long)]
     pub max_num_seqs: Option<u32>,
 
+    /// Order in which each shard admits waiting requests: `fcfs` (default; first come, first
+    /// served, as vLLM) or `lof` (longest output first, SGLang's policy for offline
+    /// throughput: the request with the most tokens left to generate, by its `max_tokens`,
+    /// starts first, so a batch of requests sent at once ends sooner; short requests wait
+    /// behind long ones). Also `--schedule-policy`, SGLang's name.
+    #[arg(long, visible_alias = "schedule-policy", value_parser = ["fcfs", "lof"])]
+    pub scheduling_policy: Option<String>,
+
     /// Automatic prefix caching, on by default as in vLLM V1 (this flag only confirms it): full
     /// KV blocks of earlier requests, prompts and answers, stay cached after they finish, and a
     /// later request whose tokens start with the same blocks reuses them instead of recomputing
@@ -383,6 +391,8 @@ mod tests {
             "4096",
             "--max-num-seqs",
             "128",
+            "--scheduling-policy",
+            "lof",
             "--block-size",
             "16",
             "--num-gpu-blocks-override",
@@ -400,6 +410,7 @@ mod tests {
         assert_eq!(s.max_model_len, Some(8192));
         assert_eq!(s.max_batch_tokens, Some(4096));
         assert_eq!(s.max_num_seqs, Some(128));
+        assert_eq!(s.scheduling_policy.as_deref(), Some("lof"));
         assert_eq!(s.block_size, Some(16));
         assert_eq!(s.num_kv_blocks, Some(2000));
         assert_eq!(s.load_format.as_deref(), Some("dummy"));

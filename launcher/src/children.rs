@@ -119,6 +119,7 @@ fn rank_spec(
             args.max_batch_tokens.map(|v| v.to_string()),
         ),
         ("max-num-seqs", args.max_num_seqs.map(|v| v.to_string())),
+        ("scheduling-policy", args.scheduling_policy.clone()),
         ("max-model-len", args.max_model_len.map(|v| v.to_string())),
         (
             "gpu-memory-utilization",
@@ -261,9 +262,20 @@ mod tests {
 
     #[test]
     fn shard_gets_its_id_port_and_only_given_options() {
-        let a = args(&["--num-kv-blocks", "64", "--max-num-seqs", "8"]);
+        let a = args(&[
+            "--num-kv-blocks",
+            "64",
+            "--max-num-seqs",
+            "8",
+            "--schedule-policy",
+            "lof",
+        ]);
         let spec = shard_spec(&a, &plan("shard"), 1, 7002).expect("spec");
         let argv = strings(&spec);
+        assert_eq!(
+            value_of(&argv, "--scheduling-policy").as_deref(),
+            Some("lof")
+        );
         assert_eq!(value_of(&argv, "--port").as_deref(), Some("7002"));
         assert_eq!(value_of(&argv, "--shard-id").as_deref(), Some("1"));
         assert_eq!(value_of(&argv, "--num-kv-blocks").as_deref(), Some("64"));

@@ -1,6 +1,6 @@
 //! Command-line arguments of `pagedserve-shard`.
 
-use crate::engine::{EngineConfig, PrefillPolicy};
+use crate::engine::{EngineConfig, PrefillPolicy, SchedulePolicy};
 use crate::model::{GpuOptions, LoadOptions};
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
@@ -72,6 +72,13 @@ pub struct Args {
     /// Most sequences in the running batch.
     #[arg(long, default_value_t = 256, value_parser = at_least_one())]
     pub max_num_seqs: usize,
+    /// Order in which waiting requests are admitted: `fcfs` (first come, first served; vLLM's
+    /// and SGLang's default) or `lof` (longest output first, SGLang's policy for offline
+    /// throughput: the request with the most tokens left to generate, by its `max_tokens`,
+    /// goes first; short requests wait behind long ones). Also `--schedule-policy` (SGLang).
+    #[arg(long, visible_alias = "schedule-policy", default_value = "fcfs",
+          value_parser = ["fcfs", "lof"])]
+    pub scheduling_policy: String,
     /// CPU compute threads (default: every core). The launcher gives each of N shards cores / N.
     #[arg(long, env = "PAGEDSERVE_THREADS", value_parser = at_least_one())]
     pub threads: Option<usize>,
@@ -175,6 +182,10 @@ impl Args {
                 true => PrefillPolicy::Shared,
                 false => PrefillPolicy::Fifo,
             },
+            schedule_policy: match self.scheduling_policy.as_str() {
+                "lof" => SchedulePolicy::Lof,
+                _ => SchedulePolicy::Fcfs,
+            },
             prefix_caching: self.prefix_caching(),
         }
     }
@@ -236,6 +247,17 @@ mod tests {
         );
         let set = parse(&["--max-batch-tokens", "64"]).expect("parses");
         assert_eq!(set.engine_config().max_batch_tokens, 64);
+    }
+
+    #[test]
+    fn scheduling_policy() {
+        let default = parse(&[]).expect("parses").engine_config();
+        assert_eq!(default.schedule_policy, SchedulePolicy::Fcfs);
+        for flag in ["--scheduling-policy", "--schedule-policy"] {
+            let lof = parse(&[flag, "lof"]).expect("parses");
+            assert_eq!(lof.engine_config().schedule_policy, SchedulePolicy::Lof);
+        }
+        assert!(parse(&["--scheduling-policy", "priority"]).is_err());
     }
 
     #[test]

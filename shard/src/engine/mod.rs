@@ -43,6 +43,22 @@ pub enum PrefillPolicy {
     Shared,
 }
 
+/// The order in which waiting sequences are admitted (`--scheduling-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchedulePolicy {
+    /// First come, first served: vLLM's and SGLang's default, and the right one for online
+    /// serving, where every request's latency counts.
+    #[default]
+    Fcfs,
+    /// Longest output first (SGLang's `lof`): the waiting sequence with the most tokens left
+    /// to generate (its `max_tokens` less what it generated) is admitted first; ties keep
+    /// arrival order. For offline, throughput-bound runs (all requests queued at once): such a
+    /// run lasts at least as many steps as its longest answer, so starting that answer first,
+    /// while the short ones fill the steps around it, shortens the run. Short requests wait
+    /// behind long ones, and a request without `max_tokens` counts as the longest.
+    Lof,
+}
+
 /// Scheduling limits.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
@@ -52,6 +68,8 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     /// The backend's choice (`Args::engine_config`): shared on the CPU, FIFO on GPUs.
     pub prefill_policy: PrefillPolicy,
+    /// Admission order of the waiting sequences.
+    pub schedule_policy: SchedulePolicy,
     /// Keep full KV blocks of earlier sequences and reuse them for any sequence that starts
     /// with the same tokens (vLLM's automatic prefix caching; `--no-enable-prefix-caching`).
     pub prefix_caching: bool,
@@ -63,6 +81,7 @@ impl Default for EngineConfig {
             max_batch_tokens: 2048,
             max_num_seqs: 256,
             prefill_policy: PrefillPolicy::Fifo,
+            schedule_policy: SchedulePolicy::Fcfs,
             prefix_caching: true,
         }
     }

@@ -1,8 +1,9 @@
 //! Per-step planning: which sequences run, with how many tokens, and who gets preempted.
 
 use super::sequence::{SeqKey, Sequence};
-use super::{EngineConfig, PrefillPolicy};
+use super::{EngineConfig, PrefillPolicy, SchedulePolicy};
 use crate::kv_cache::BlockPool;
+use std::cmp::Reverse;
 use std::collections::{HashSet, VecDeque};
 
 /// The smallest prefill share worth a prompt's place in a shared step.
@@ -36,8 +37,11 @@ pub(crate) struct Scheduler {
     pub pool: BlockPool,
     /// Admission order: oldest first, so the newest is preempted first.
     pub running: Vec<Sequence>,
-    /// FIFO; preempted sequences go back to the front.
+    /// FIFO; preempted sequences go back to the front. Under [`SchedulePolicy::Lof`] it is
+    /// re-sorted, longest output first, before a step that follows a change.
     pub waiting: VecDeque<Sequence>,
+    /// `waiting` changed since it was last sorted (LOF only).
+    waiting_unsorted: bool,
     /// The keys of every sequence in `running` and `waiting`, so that the duplicate check of
     /// each submitted request is O(1): scanning both queues made a Submit of k requests cost
     /// k × (queued sequences), and a few hundred thousand stalled the engine for minutes.
@@ -55,6 +59,7 @@ impl Scheduler {
             pool,
             running: Vec::new(),
             waiting: VecDeque::new(),
+            waiting_unsorted: false,
             keys: HashSet::new(),
             config: EngineConfig {
                 max_batch_tokens: config.max_batch_tokens.max(1),
@@ -79,6 +84,7 @@ impl Scheduler {
     pub fn enqueue(&mut self, seq: Sequence) {
         self.keys.insert(seq.key);
         self.waiting.push_back(seq);
+        self.waiting_unsorted = true;
     }
 
     /// Removes (and so frees the blocks of) every sequence matching `pred`, returning them.
@@ -121,16 +127,30 @@ impl Scheduler {
         queued == self.keys && self.keys.len() == self.running.len() + self.waiting.len()
     }
 
-    /// Plans one step by the configured [`PrefillPolicy`].
+    /// Plans one step by the configured [`SchedulePolicy`] and [`PrefillPolicy`].
     pub fn schedule(&mut self) -> Vec<ScheduledChunk> {
+        self.order_waiting();
         match self.config.prefill_policy {
             PrefillPolicy::Fifo => self.schedule_fifo(),
             PrefillPolicy::Shared => self.schedule_shared(),
         }
     }
 
-    /// Running sequences first (oldest first, each with all it still needs), then FIFO
-    /// admission.
+    /// Puts the waiting queue in admission order. FCFS: nothing to do (arrivals are pushed
+    /// to the back, preempted sequences to the front). LOF: most tokens left to generate
+    /// first; the sort is stable, so ties keep their order, and it runs only after the queue
+    /// changed (new arrivals or preemptions), at most once a step.
+    fn order_waiting(&mut self) {
+        if self.config.schedule_policy == SchedulePolicy::Lof && self.waiting_unsorted {
+            self.waiting
+                .make_contiguous()
+                .sort_by_key(|s| Reverse(s.tokens_left()));
+        }
+        self.waiting_unsorted = false;
+    }
+
+    /// Running sequences first (oldest first, each with all it still needs), then
+    /// admission in queue order.
     fn schedule_fifo(&mut self) -> Vec<ScheduledChunk> {
         let preemptions_before = self.preemptions_total;
         let mut budget = self.config.max_batch_tokens;
@@ -228,7 +248,7 @@ impl Scheduler {
 
     /// Admits the head of the queue with a first chunk of at most `len` tokens after what
     /// the prefix cache holds of it, and returns the chunk's length; `None` when the queue is
-    /// empty or its head's blocks do not fit (FIFO: it stays first in line, nobody overtakes
+    /// empty or its head's blocks do not fit (it stays first in line, nobody overtakes
     /// it).
     fn admit_one(&mut self, len: usize, chunks: &mut Vec<ScheduledChunk>) -> Option<usize> {
         let mut seq = self.waiting.pop_front()?;
@@ -236,6 +256,7 @@ impl Scheduler {
         let start = seq.num_computed;
         let len = len.min(seq.num_uncomputed());
         if seq.block_table.reserve(&self.pool, start + len).is_err() {
+            // Back to the head: it stays first in line, whatever the policy.
             seq.forget_blocks();
             self.waiting.push_front(seq);
             return None;
@@ -288,6 +309,7 @@ impl Scheduler {
             };
             victim.preempt();
             self.waiting.push_front(victim);
+            self.waiting_unsorted = true;
             self.preemptions_total += 1;
             if self.running.len() == i {
                 return false;
@@ -295,7 +317,8 @@ impl Scheduler {
         }
     }
 
-    /// FIFO admission, each sequence with all of its prompt that the budget still covers.
+    /// Admission in queue order, each sequence with all of its prompt that the budget still
+    /// covers.
     fn admit(&mut self, budget: &mut usize, chunks: &mut Vec<ScheduledChunk>) {
         while *budget > 0 && self.running.len() < self.config.max_num_seqs {
             let Some(len) = self.admit_one(*budget, chunks) else {

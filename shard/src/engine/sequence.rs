@@ -121,6 +121,12 @@ impl Sequence {
         self.tokens.len() - self.prompt_len
     }
 
+    /// Tokens it may still generate: `max_tokens` less those generated (the key of
+    /// longest-output-first admission).
+    pub fn tokens_left(&self) -> usize {
+        self.max_tokens.saturating_sub(self.num_generated())
+    }
+
     /// Tokens still to run through the model before the next token can be sampled.
     pub fn num_uncomputed(&self) -> usize {
         self.tokens.len().saturating_sub(self.num_computed)

@@ -2,7 +2,7 @@
 
 use super::runner::Engine;
 use super::test_model::{FAKE_EOS, FakeLm, ForwardLog, request};
-use super::{Command, EngineConfig, PrefillPolicy, StreamId};
+use super::{Command, EngineConfig, PrefillPolicy, SchedulePolicy, StreamId};
 use pagedserve_proto::v1 as pb;
 use std::collections::HashMap;
 use tokio::sync::mpsc;
@@ -100,7 +100,15 @@ fn config(max_batch_tokens: usize, max_num_seqs: usize) -> EngineConfig {
         max_batch_tokens,
         max_num_seqs,
         prefill_policy: PrefillPolicy::Fifo,
+        schedule_policy: SchedulePolicy::Fcfs,
         prefix_caching: true,
+    }
+}
+
+fn lof(config: EngineConfig) -> EngineConfig {
+    EngineConfig {
+        schedule_policy: SchedulePolicy::Lof,
+        ..config
     }
 }
 
@@ -134,7 +142,13 @@ fn batched_with_preemption_matches_solo_runs() {
         .map(|(i, &n)| solo(prompt(n, i as u32), 20))
         .collect();
     // 14 blocks of 4 = 56 tokens: the longest alone needs 50, all together ~160.
-    for config in [config(64, 16), shared(64, 16), shared(24, 16)] {
+    for config in [
+        config(64, 16),
+        shared(64, 16),
+        shared(24, 16),
+        lof(config(64, 16)),
+        lof(shared(24, 16)),
+    ] {
         let mut h = Harness::new(FakeLm::new(4, 14, 1024), config);
         let reqs = lens
             .iter()
@@ -200,6 +214,75 @@ fn admission_respects_budget_and_max_num_seqs() {
         assert!(call.len() <= 2);
     }
     assert!(h.results.values().all(|r| r.tokens.len() == 3));
+}
+
+/// Steps `h` until it has no work, returning the ids in the order their sequences finished.
+fn finish_order(h: &mut Harness) -> Vec<u64> {
+    let mut finished = Vec::new();
+    while h.engine.has_work() {
+        h.step();
+        let mut done: Vec<u64> = h
+            .results
+            .iter()
+            .filter(|(id, r)| r.finish != 0 && !finished.contains(*id))
+            .map(|(&id, _)| id)
+            .collect();
+        done.sort_unstable();
+        finished.extend(done);
+    }
+    finished
+}
+
+#[test]
+fn longest_output_first_admits_by_tokens_left() {
+    // One sequence at a time: the order in which answers finish is the admission order.
+    let max_tokens = [2, 9, 5, 9, 1];
+    let order = |policy| {
+        let mut h = Harness::new(
+            FakeLm::new(4, 64, 1024),
+            EngineConfig {
+                schedule_policy: policy,
+                ..config(8, 1)
+            },
+        );
+        h.submit(
+            (0..5)
+                .map(|i| request(i, prompt(4, i as u32), max_tokens[i as usize]))
+                .collect(),
+        );
+        let order = finish_order(&mut h);
+        for (i, &n) in max_tokens.iter().enumerate() {
+            assert_eq!(h.results[&(i as u64)].tokens.len(), n as usize);
+        }
+        order
+    };
+    assert_eq!(order(SchedulePolicy::Fcfs), vec![0, 1, 2, 3, 4]);
+    // Longest first; the two 9-token answers keep their arrival order.
+    assert_eq!(order(SchedulePolicy::Lof), vec![1, 3, 2, 0, 4]);
+}
+
+#[test]
+fn longest_output_first_sorts_late_arrivals_in() {
+    for (policy, want) in [
+        (SchedulePolicy::Fcfs, vec![1, 2, 3]),
+        (SchedulePolicy::Lof, vec![1, 3, 2]),
+    ] {
+        let mut h = Harness::new(
+            FakeLm::new(4, 64, 1024),
+            EngineConfig {
+                schedule_policy: policy,
+                ..config(4, 1)
+            },
+        );
+        h.submit(vec![request(1, prompt(4, 1), 3)]);
+        h.step();
+        // 1 runs (nothing overtakes a running sequence); then a short and a long one arrive.
+        h.submit(vec![
+            request(2, prompt(4, 2), 2),
+            request(3, prompt(4, 3), 6),
+        ]);
+        assert_eq!(finish_order(&mut h), want, "{policy:?}");
+    }
 }
 
 #[test]
@@ -508,6 +591,10 @@ fn random_scenario(rng: &mut Rng) -> (Shape, EngineConfig, Vec<Planned>) {
         max_batch_tokens: rng.range(1, 48),
         max_num_seqs: rng.range(1, 8),
         prefill_policy: policy,
+        schedule_policy: match rng.chance(50) {
+            true => SchedulePolicy::Lof,
+            false => SchedulePolicy::Fcfs,
+        },
         prefix_caching: rng.chance(75),
     };
     // Mostly servable prompts; a few too long for the context or the whole cache.
