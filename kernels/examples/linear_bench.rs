@@ -14,6 +14,9 @@
 //! the engine calls) against cuBLASLt's heuristic pick with a 32 MiB workspace, in TFLOP/s per
 //! shape and for the whole layer, to tell how much of a prefill step's ~560 TFLOP/s gap to the
 //! H100's 989 is in the GEMMs themselves (`scripts/sharegpt_bound.py` ranks it first).
+//! `LINEAR_BENCH_GEMM_ROWS=64,128,256` runs that table at other sizes, e.g. the mid-sized
+//! decode steps (64-256 rows) that sit between the two bounds; its last columns give the
+//! layer's time and its weight reads as a share of copy bandwidth.
 //! Usage: `linear_bench [ptx-cache-dir]`.
 
 mod common;
@@ -126,7 +129,7 @@ fn main() -> Res<()> {
             );
         }
     }
-    prefill(&b, &blas, &weights)
+    prefill(&b, &blas, &weights, copy)
 }
 
 /// cuBLAS's `y[rows, n] = x[rows, k] @ w[n, k]^T`, as the engine's `Gemm::matmul` calls it:
@@ -147,11 +150,20 @@ fn gemm_config(rows: usize, n: usize, k: usize) -> GemmConfig<bf16> {
 }
 
 /// Prefill-sized GEMMs: TFLOP/s of cuBLAS and cuBLASLt per shape and per layer.
-fn prefill(b: &Bench, blas: &CudaBlas, weights: &[Vec<CudaSlice<bf16>>]) -> Res<()> {
+fn prefill(b: &Bench, blas: &CudaBlas, weights: &[Vec<CudaSlice<bf16>>], copy: f64) -> Res<()> {
     let lt = CudaBlasLT::new(b.stream.clone())?;
-    println!("\n| rows | library | qkv | o | gate_up | down | layer TFLOP/s |");
-    println!("|---|---|---|---|---|---|---|");
-    for rows in [512usize, 2048, 8192] {
+    println!(
+        "\n| rows | library | qkv | o | gate_up | down | layer TFLOP/s | layer us | layer % copy |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let sizes: Vec<usize> = match std::env::var("LINEAR_BENCH_GEMM_ROWS") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|r| r.trim().parse().ok())
+            .collect(),
+        Err(_) => vec![512, 2048, 8192],
+    };
+    for rows in sizes {
         let x = b.random_bf16(rows * 14336, 9, 0.05)?;
         let mut y = b.random_bf16(rows * 28672, 10, 0.05)?;
         for library in ["cublas", "cublaslt"] {
@@ -201,13 +213,19 @@ fn prefill(b: &Bench, blas: &CudaBlas, weights: &[Vec<CudaSlice<bf16>>]) -> Res<
                 .map(|&(_, n, k)| 2.0 * (rows * n * k) as f64)
                 .sum();
             let total: f64 = ms.iter().sum();
+            let bytes: f64 = SHAPES[..LAYER]
+                .iter()
+                .map(|&(_, n, k)| (n * k * 2) as f64)
+                .sum();
             println!(
-                "| {rows} | {library} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                "| {rows} | {library} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1}% |",
                 tflops(SHAPES[0].1, SHAPES[0].2, ms[0]),
                 tflops(SHAPES[1].1, SHAPES[1].2, ms[1]),
                 tflops(SHAPES[2].1, SHAPES[2].2, ms[2]),
                 tflops(SHAPES[3].1, SHAPES[3].2, ms[3]),
-                flops / total / 1e9
+                flops / total / 1e9,
+                total * 1e3,
+                100.0 * bytes / (total * 1e-3) / 1e9 / copy
             );
         }
     }
