@@ -17,15 +17,29 @@
 //! `LINEAR_BENCH_GEMM_ROWS=64,128,256` runs that table at other sizes, e.g. the mid-sized
 //! decode steps (64-256 rows) that sit between the two bounds; its last columns give the
 //! layer's time and its weight reads as a share of copy bandwidth.
+//!
+//! `LINEAR_BENCH_TUNE_ROWS=64,96,128,192,256,320,512` adds a last table: how much autotuning
+//! would give over the heuristics at those rows. For each layer shape it asks cuBLASLt's
+//! heuristic for up to 32 algorithms (32 MiB workspace, the prefill table's layouts), checks
+//! each once against cuBLAS's output (more than 2e-2 off, relative to the largest value, and it
+//! is skipped, so a wrong algorithm never wins), times the rest like everything above, and
+//! prints cuBLAS, the heuristic's first pick and the fastest candidate (its place in the list,
+//! how many ran of those listed, its share of copy bandwidth); then the layer's totals. Its
+//! cuBLASLt calls reuse descriptors built once per shape, unlike `CudaBlasLT::matmul`, which
+//! builds them and asks the heuristic again on every call. Skipped candidates (not run, wrong)
+//! are named on stderr.
 //! Usage: `linear_bench [ptx-cache-dir]`.
 
 mod common;
+#[path = "common/lt_tune.rs"]
+mod lt_tune;
 
 use common::{Bench, Res};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, CudaView};
 use half::bf16;
+use lt_tune::{LtProblem, LtTuner};
 use pagedserve_kernels::{GEMV_MAX_ROWS, Kernels};
 
 const SHAPES: [(&str, usize, usize); 5] = [
@@ -40,6 +54,11 @@ const LAYER: usize = 4;
 const ROWS: [usize; 12] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
 const COPIES: usize = 4;
 const REPS: usize = 8;
+/// Algorithms asked of cuBLASLt's heuristic per GEMM in the tuning table.
+const TUNE_CANDIDATES: usize = 32;
+/// Largest |candidate - cuBLAS| over the largest |cuBLAS| a tuning candidate may show: bf16
+/// rounding and another summation order stay far below it, a wrong result does not.
+const TUNE_MAX_REL_DIFF: f32 = 2e-2;
 
 fn main() -> Res<()> {
     let cache = std::env::args().nth(1).map(std::path::PathBuf::from);
@@ -129,7 +148,18 @@ fn main() -> Res<()> {
             );
         }
     }
-    prefill(&b, &blas, &weights, copy)
+    prefill(&b, &blas, &weights, copy)?;
+    tune(&b, &blas, &weights, copy)
+}
+
+/// The comma-separated row counts in env `name`, if it is set.
+fn env_rows(name: &str) -> Option<Vec<usize>> {
+    let list = std::env::var(name).ok()?;
+    Some(
+        list.split(',')
+            .filter_map(|r| r.trim().parse().ok())
+            .collect(),
+    )
 }
 
 /// cuBLAS's `y[rows, n] = x[rows, k] @ w[n, k]^T`, as the engine's `Gemm::matmul` calls it:
@@ -156,13 +186,7 @@ fn prefill(b: &Bench, blas: &CudaBlas, weights: &[Vec<CudaSlice<bf16>>], copy: f
         "\n| rows | library | qkv | o | gate_up | down | layer TFLOP/s | layer us | layer % copy |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    let sizes: Vec<usize> = match std::env::var("LINEAR_BENCH_GEMM_ROWS") {
-        Ok(list) => list
-            .split(',')
-            .filter_map(|r| r.trim().parse().ok())
-            .collect(),
-        Err(_) => vec![512, 2048, 8192],
-    };
+    let sizes = env_rows("LINEAR_BENCH_GEMM_ROWS").unwrap_or_else(|| vec![512, 2048, 8192]);
     for rows in sizes {
         let x = b.random_bf16(rows * 14336, 9, 0.05)?;
         let mut y = b.random_bf16(rows * 28672, 10, 0.05)?;
@@ -230,4 +254,186 @@ fn prefill(b: &Bench, blas: &CudaBlas, weights: &[Vec<CudaSlice<bf16>>], copy: f
         }
     }
     Ok(())
+}
+
+/// One layer shape at one row count in the tuning table.
+struct Tuned {
+    cublas_us: f64,
+    /// The heuristic's first pick; `None` when it could not run or failed the check.
+    first_us: Option<f64>,
+    /// The fastest candidate: its place in the heuristic's list and us per call.
+    best: Option<(usize, f64)>,
+    /// Candidates that passed the check and were timed, of those listed.
+    ran: usize,
+    listed: usize,
+}
+
+/// The tuning table (only with `LINEAR_BENCH_TUNE_ROWS`): per shape, cuBLAS against cuBLASLt's
+/// first pick and the fastest of its TUNE_CANDIDATES candidates; per rows value, the layer.
+fn tune(b: &Bench, blas: &CudaBlas, weights: &[Vec<CudaSlice<bf16>>], copy: f64) -> Res<()> {
+    let Some(sizes) = env_rows("LINEAR_BENCH_TUNE_ROWS") else {
+        return Ok(());
+    };
+    let lt = LtTuner::new(b.stream.clone())?;
+    println!(
+        "\n| rows | shape | cublas us | lt first us | lt best us | ran/listed | best # | best % copy |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let pct = |bytes: f64, us: f64| 100.0 * bytes / (us * 1e-6) / 1e9 / copy;
+    let us_cell = |us: Option<f64>| us.map_or("-".to_string(), |t| format!("{t:.1}"));
+    for rows in sizes {
+        let x = b.random_bf16(rows * 14336, 11, 0.05)?;
+        let mut layer = Vec::new();
+        for (i, &(name, n, k)) in SHAPES[..LAYER].iter().enumerate() {
+            let t = tune_shape(
+                b,
+                blas,
+                &lt,
+                &weights[i],
+                &x.slice(..rows * k),
+                rows,
+                (n, k),
+            )?;
+            let (index, best_pct) = match t.best {
+                Some((c, us)) => (
+                    c.to_string(),
+                    format!("{:.1}%", pct((n * k * 2) as f64, us)),
+                ),
+                None => ("-".to_string(), "-".to_string()),
+            };
+            println!(
+                "| {rows} | {name} | {:.1} | {} | {} | {}/{} | {index} | {best_pct} |",
+                t.cublas_us,
+                us_cell(t.first_us),
+                us_cell(t.best.map(|b| b.1)),
+                t.ran,
+                t.listed,
+            );
+            layer.push(t);
+        }
+        // A layer total only where every shape has a time.
+        let bytes: f64 = SHAPES[..LAYER]
+            .iter()
+            .map(|&(_, n, k)| (n * k * 2) as f64)
+            .sum();
+        let cell = |us: Option<f64>| {
+            us.map_or("-".to_string(), |t| {
+                format!("{t:.1} ({:.1}%)", pct(bytes, t))
+            })
+        };
+        let cublas: f64 = layer.iter().map(|t| t.cublas_us).sum();
+        let first: Option<f64> = layer.iter().map(|t| t.first_us).sum();
+        let best: Option<f64> = layer.iter().map(|t| t.best.map(|b| b.1)).sum();
+        println!(
+            "| {rows} | layer | {} | {} | {} | {}/{} | - | {} |",
+            cell(Some(cublas)),
+            cell(first),
+            cell(best),
+            layer.iter().map(|t| t.ran).sum::<usize>(),
+            layer.iter().map(|t| t.listed).sum::<usize>(),
+            best.map_or("-".to_string(), |t| format!("{:.1}%", pct(bytes, t))),
+        );
+    }
+    Ok(())
+}
+
+/// Times cuBLAS and every usable cuBLASLt candidate for `y[rows, n] = x @ w^T`, rotating over
+/// the weight copies like the other tables; a candidate first runs once on copy 0 and is
+/// compared with cuBLAS's output there.
+fn tune_shape(
+    b: &Bench,
+    blas: &CudaBlas,
+    lt: &LtTuner,
+    w: &[CudaSlice<bf16>],
+    x: &CudaView<bf16>,
+    rows: usize,
+    (n, k): (usize, usize),
+) -> Res<Tuned> {
+    let mut y_ref = b.random_bf16(rows * n, 12, 0.05)?;
+    // SAFETY: buffers sized for this shape.
+    unsafe { blas.gemm(gemm_config(rows, n, k), &w[0], x, &mut y_ref) }?;
+    let want = to_host(b, &y_ref)?;
+    // Timed calls write here, so y_ref keeps the copy-0 reference.
+    let mut y = b.random_bf16(rows * n, 13, 0.05)?;
+    let cublas_ms = b.time(|call| {
+        // SAFETY: buffers sized for this shape.
+        unsafe { blas.gemm(gemm_config(rows, n, k), &w[call % COPIES], x, &mut y) }?;
+        Ok(())
+    })?;
+    let problem = lt.problem(rows, n, k, TUNE_CANDIDATES)?;
+    let mut t = Tuned {
+        cublas_us: cublas_ms * 1e3,
+        first_us: None,
+        best: None,
+        ran: 0,
+        listed: problem.listed(),
+    };
+    for c in 0..problem.listed() {
+        if !problem.usable(c) {
+            continue;
+        }
+        // A candidate that fails to run or to match is skipped, not fatal: the point is to try
+        // them all. A sticky CUDA error would still stop the bench at the next cuBLAS call.
+        let timed = check(b, &problem, c, &w[0], x, &mut y, &want)
+            .and_then(|()| b.time(|call| problem.run(c, &w[call % COPIES], x, &mut y)));
+        let ms = match timed {
+            Ok(ms) => ms,
+            Err(why) => {
+                eprintln!("{rows} rows, {n}x{k}: cuBLASLt candidate {c} skipped: {why}");
+                continue;
+            }
+        };
+        let us = ms * 1e3;
+        t.ran += 1;
+        if c == 0 {
+            t.first_us = Some(us);
+        }
+        if t.best.is_none_or(|(_, best)| us < best) {
+            t.best = Some((c, us));
+        }
+    }
+    Ok(t)
+}
+
+/// Runs candidate `c` once on copy 0 (`w0`) and fails unless its output matches cuBLAS's
+/// `want` within TUNE_MAX_REL_DIFF. `y` is zeroed first so a candidate that writes nothing fails.
+fn check(
+    b: &Bench,
+    problem: &LtProblem,
+    c: usize,
+    w0: &CudaSlice<bf16>,
+    x: &CudaView<bf16>,
+    y: &mut CudaSlice<bf16>,
+    want: &[bf16],
+) -> Res<()> {
+    b.stream.memset_zeros(y)?;
+    problem.run(c, w0, x, y)?;
+    let diff = rel_diff(&to_host(b, y)?, want);
+    if diff > TUNE_MAX_REL_DIFF {
+        return Err(format!("{diff:.1e} off cuBLAS's output").into());
+    }
+    Ok(())
+}
+
+/// `y` copied to the host, the stream synchronized so the copy is complete whatever the
+/// driver does with pageable memory.
+fn to_host(b: &Bench, y: &CudaSlice<bf16>) -> Res<Vec<bf16>> {
+    let v = b.stream.clone_dtoh(y)?;
+    b.stream.synchronize()?;
+    Ok(v)
+}
+
+/// Largest |got - want| over the largest |want|; infinite where `got` is not finite (which
+/// `f32::max` would otherwise pass over).
+fn rel_diff(got: &[bf16], want: &[bf16]) -> f32 {
+    let (mut diff, mut scale) = (0f32, 0f32);
+    for (g, w) in got.iter().zip(want) {
+        let (g, w) = (g.to_f32(), w.to_f32());
+        if !g.is_finite() {
+            return f32::INFINITY;
+        }
+        diff = diff.max((g - w).abs());
+        scale = scale.max(w.abs());
+    }
+    diff / scale.max(f32::MIN_POSITIVE)
 }
