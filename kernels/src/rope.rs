@@ -169,8 +169,9 @@ impl Kernels {
             .arg(&g.num_slots)
             .arg(&g.stride);
         let cfg = LaunchConfig {
-            grid_dim: (to_u32(K, "rows", t)?, g.h + g.kvh, 1),
-            block_dim: (64, 1, 1),
+            // One warp per head, ROPE_HEADS (8) heads a block (rope.cu).
+            grid_dim: (to_u32(K, "rows", t)?, (g.h + g.kvh).div_ceil(8), 1),
+            block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: sizes checked above; the kernel bounds slots by num_slots and positions by
