@@ -113,13 +113,37 @@ extern "C" __global__ void __launch_bounds__(NORM_THREADS)
 
 __device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }
 
-// out [T, I] = silu(gu[:, :I]) * gu[:, I:], two elements per thread step.
+// out [T, I] = silu(gu[:, :I]) * gu[:, I:]: eight elements (16-byte loads and stores) per
+// thread step where I % 8 == 0 (every model we know), else two. The two-element loop read
+// 22 MB of a 256-row Llama-3-8B step in 11.1 us, 66% of copy bandwidth (H100, ncu, 2026-11-26).
 extern "C" __global__ void silu_mul_kernel(bf16* __restrict__ out, const bf16* __restrict__ gu,
                                            u32 inter, u64 rows) {
     pdl_enter();
+    const u64 stride = (u64)gridDim.x * blockDim.x;
+    if (inter % 8 == 0) {
+        const u64 vecs = rows * inter / 8;
+        for (u64 p = (u64)blockIdx.x * blockDim.x + threadIdx.x; p < vecs; p += stride) {
+            const u64 e = p * 8;
+            const u64 t = e / inter;
+            const u32 i = (u32)(e - t * inter);
+            const bf16* row = gu + t * 2 * inter;
+            const uint4 g4 = *(const uint4*)(row + i);
+            const uint4 u4 = *(const uint4*)(row + inter + i);
+            const bf162* g = (const bf162*)&g4;
+            const bf162* u = (const bf162*)&u4;
+            uint4 r4;
+            bf162* r = (bf162*)&r4;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float2 a = __bfloat1622float2(g[k]), b = __bfloat1622float2(u[k]);
+                r[k] = __floats2bfloat162_rn(silu(a.x) * b.x, silu(a.y) * b.y);
+            }
+            *(uint4*)(out + e) = r4;
+        }
+        return;
+    }
     const u64 pairs = rows * inter / 2;
-    for (u64 p = (u64)blockIdx.x * blockDim.x + threadIdx.x; p < pairs;
-         p += (u64)gridDim.x * blockDim.x) {
+    for (u64 p = (u64)blockIdx.x * blockDim.x + threadIdx.x; p < pairs; p += stride) {
         const u64 e = p * 2;
         const u64 t = e / inter;
         const u32 i = (u32)(e - t * inter);

@@ -158,8 +158,10 @@ impl Kernels {
         let (g, _g1) = gate_up.device_ptr(stream);
         let mut b = self.dependent_launch(stream, "silu_mul_kernel")?;
         b.arg(&o).arg(&g).arg(&inter).arg(&rows);
+        // One thread per 8 elements where the kernel takes them 8 at a time, else per 2.
+        let per_thread = if intermediate.is_multiple_of(8) { 8 } else { 2 };
         // SAFETY: sizes checked above.
-        unsafe { b.launch(grid_for(t * intermediate / 2, 256)) }?;
+        unsafe { b.launch(grid_for(t * intermediate / per_thread, 256)) }?;
         Ok(())
     }
 

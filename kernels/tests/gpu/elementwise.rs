@@ -119,7 +119,8 @@ fn add_rms_norm_updates_residual_and_normalizes() -> TestResult {
 fn silu_mul_matches_reference() -> TestResult {
     let Some(g) = gpu() else { return Ok(()) };
     let mut rng = rng("silu_mul");
-    for (inter, t) in [(1536, 5), (14336, 2)] {
+    // 8-element steps (1536, 14336) and the 2-element fallback (1538 is not a multiple of 8).
+    for (inter, t) in [(1536, 5), (14336, 2), (1538, 3)] {
         let gu = to_bf16(&rand_vec(&mut rng, t * 2 * inter, -6.0, 6.0));
         let d_gu = up(g, &gu)?;
         let mut d_out = up(g, &poison_bf16(t * inter))?;
