@@ -116,7 +116,126 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
+    // CUDA_BENCH_MIXED=D:C:S:P[,...]: a step that decodes D sequences at context C and prefills
+    // S new prompts of P tokens each, as every step of a small-budget run mixes the two, against
+    // the decode alone and the prefill alone (the mixed step reads the weights once, so it
+    // should cost less than the two apart).
+    let mixed: Vec<Vec<usize>> = std::env::var("CUDA_BENCH_MIXED")
+        .unwrap_or_default()
+        .split(',')
+        .map(|m| m.split(':').filter_map(|v| v.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| v.len() == 4)
+        .collect();
+    if !mixed.is_empty() {
+        println!("\n| decodes x context | prompts x tokens | decode ms | prefill ms | mixed ms |");
+        println!("|---|---|---|---|---|");
+        for m in &mixed {
+            let (d, c, s, p) = (m[0], m[1], m[2], m[3]);
+            let [dec, pre, mix] = mixed_ms(model.as_mut(), d, c, s, p)?;
+            println!("| {d} x {c} | {s} x {p} | {dec:.2} | {pre:.2} | {mix:.2} |");
+        }
+    }
     Ok(())
+}
+
+/// Median wall times (7 after 2 warm-ups, tokens back on the host) of a decode step of `d`
+/// sequences at context `c`, a prefill step of `s` prompts of `p` tokens (each sampled at its
+/// end), and one step doing both.
+fn mixed_ms(
+    model: &mut dyn CausalLm,
+    d: usize,
+    c: usize,
+    s: usize,
+    p: usize,
+) -> Result<[f64; 3], Box<dyn std::error::Error>> {
+    if c < 2 || p == 0 {
+        return Err("CUDA_BENCH_MIXED needs a context of 2 or more and prompts of 1 or more".into());
+    }
+    let bs = model.block_size();
+    let (per_dec, per_pre) = (c.div_ceil(bs), p.div_ceil(bs));
+    if d * per_dec + s * per_pre > model.num_kv_blocks() {
+        return Err(format!("{d} x {c} + {s} x {p} tokens do not fit the KV cache").into());
+    }
+    let ids = |seq: usize, n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seq * 104729) % 30000) as u32 + 100)
+            .collect()
+    };
+    let dec_tables: Vec<Vec<u32>> = (0..d)
+        .map(|i| ((i * per_dec) as u32..((i + 1) * per_dec) as u32).collect())
+        .collect();
+    let base = (d * per_dec) as u32;
+    let pre_tables: Vec<Vec<u32>> = (0..s)
+        .map(|i| (base + (i * per_pre) as u32..base + ((i + 1) * per_pre) as u32).collect())
+        .collect();
+    let dec_ids: Vec<Vec<u32>> = (0..d).map(|i| ids(i, c)).collect();
+    let pre_ids: Vec<Vec<u32>> = (0..s).map(|i| ids(d + i, p)).collect();
+    // The decodes' contexts, up to 8,192 tokens a step.
+    let mut pending: Vec<SeqChunk<'_>> = Vec::new();
+    let mut tokens = 0;
+    for (t, table) in dec_ids.iter().zip(&dec_tables) {
+        if tokens + c > 8192 && !pending.is_empty() {
+            model.forward(&pending)?;
+            pending.clear();
+            tokens = 0;
+        }
+        pending.push(SeqChunk {
+            tokens: &t[..c - 1],
+            start_pos: 0,
+            block_table: table,
+            need_logits: false,
+        });
+        tokens += c;
+    }
+    if !pending.is_empty() {
+        model.forward(&pending)?;
+    }
+    let decodes: Vec<SeqChunk<'_>> = dec_ids
+        .iter()
+        .zip(&dec_tables)
+        .map(|(t, table)| SeqChunk {
+            tokens: &t[c - 1..c],
+            start_pos: c - 1,
+            block_table: table,
+            need_logits: true,
+        })
+        .collect();
+    let prefills: Vec<SeqChunk<'_>> = pre_ids
+        .iter()
+        .zip(&pre_tables)
+        .map(|(t, table)| SeqChunk {
+            tokens: t,
+            start_pos: 0,
+            block_table: table,
+            need_logits: true,
+        })
+        .collect();
+    let both: Vec<SeqChunk<'_>> = decodes.iter().chain(&prefills).cloned().collect();
+    // CUDA_BENCH_REPS=3 (1 warm-up, 2 timed) keeps a profiler's run short; its last step is
+    // then the mixed one.
+    let reps: usize = std::env::var("CUDA_BENCH_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(9)
+        .max(2);
+    let warm = (reps - 1).min(2);
+    let mut out = [0.0; 3];
+    for (slot, batch) in out.iter_mut().zip([&decodes, &prefills, &both]) {
+        let params = vec![Some(GREEDY); batch.len()];
+        let mut times = Vec::new();
+        for rep in 0..reps {
+            let t = Instant::now();
+            model
+                .forward_sampled(batch, &params)
+                .ok_or("no device sampling")??;
+            if rep >= warm {
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        *slot = times[times.len() / 2];
+    }
+    Ok(out)
 }
 
 /// Median wall time of one prefill step of `tokens` tokens of one sequence (no logits).
