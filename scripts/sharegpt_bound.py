@@ -16,7 +16,15 @@ With the rates measured on an H100 (copy bandwidth 3,015 GB/s; the decode GEMV/c
 of it, prefill GEMMs at ~560 TFLOP/s, decode attention at ~85%, ~0.4 ms outside the kernels
 per step: the "today" row) it reproduces measured durations within a few percent and the
 per-step trace of docs/perf.md group by group; the other rows say what faster kernels, or
-none at all, could give with the same schedule. Python 3 standard library only.
+none at all, could give with the same schedule.
+
+That formula underprices steps of 200-500 rows (the steps of `--longest-first` with a small
+`--max-batch-tokens`, which the engine runs with `--scheduling-policy lof`) by 2-3 ms each: it
+predicted 12,038 tok/s where the engine made 8,753. The "measured curves" rows price a step
+from measured pieces instead (`curve_step_time`: the linear layers' time by rows, a cost per
+row for the small kernels, lm_head, KV reads, prefill attention); they come within 5% of the
+FIFO runs and 10-14% (still optimistic) of the small-budget `lof` runs, and their what-if rows
+say what the next kernel gains would buy. Python 3 standard library only.
 """
 
 import argparse
@@ -39,7 +47,54 @@ SCENARIOS = [
 ]
 
 
+# One Llama-3-8B layer's linear layers (qkv, o, gate/up, down) by rows, us, measured on an H100
+# (linear_bench, 2026-11-26): our GEMV up to 32 rows, cuBLAS above; from 512 rows compute-bound
+# at the 512-row rate (733 TFLOP/s).
+LAYER_US = [(1, 148.3), (8, 149.6), (16, 154.6), (24, 169.2), (32, 169.6), (64, 177.0),
+            (96, 182.7), (128, 185.1), (192, 201.3), (256, 209.4), (320, 244.1), (512, 305.2)]
+
+
+def layers_s(rows):
+    """The 32 layers' linear layers for `rows` rows, seconds, interpolated in LAYER_US."""
+    if rows >= LAYER_US[-1][0]:
+        return 32 * LAYER_US[-1][1] * 1e-6 * rows / LAYER_US[-1][0]
+    for (r0, t0), (r1, t1) in zip(LAYER_US, LAYER_US[1:]):
+        if rows <= r1:
+            return 32 * 1e-6 * (t0 + (t1 - t0) * (max(rows, r0) - r0) / (r1 - r0))
+    return 0.0
+
+
+def curve_step_time(chunks, comp, inp, gen, rates):
+    """A step priced from measured curves rather than peak rates (the "measured" rows):
+    linear layers from LAYER_US (scaled by `gemm`), `row_s` a row for the small kernels (norms,
+    RoPE, SiLU: ~5 us a row in 2026-11-26's ncu profile of a 256-row step), lm_head over the
+    rows that need logits, KV reads at `eff_kv` of copy bandwidth (`kv_scale` of bf16's bytes),
+    prefill attention at 250 TFLOP/s, and a fixed gap."""
+    _, bw, gemm, row_s, eff_kv, kv_scale, gap = rates
+    tokens = rows = kv = pairs = 0
+    for s, n in chunks:
+        tokens += n
+        if comp[s] + n == inp[s] + gen[s]:
+            rows += 1
+        pairs += n * comp[s] + n * (n + 1) // 2
+        kv += (comp[s] + n) * KV_BYTES_PER_TOKEN * kv_scale
+    head = max(2 * P_HEAD / (bw * 0.85), 2 * P_HEAD * rows / 600e12) if rows else 0.0
+    return (gemm * layers_s(tokens) + row_s * tokens + head + kv / (bw * eff_kv)
+            + ATTN_FLOPS_PER_PAIR * pairs / 250e12 + gap)
+
+
+# ("curve", copy bandwidth, GEMM time factor, s a row, KV efficiency, KV bytes factor, gap)
+CURVE_SCENARIOS = [
+    ("measured curves (H100, 2026-11-26 late)", ("curve", 3.015e12, 1.0, 5e-6, 0.88, 1.0, 0.15e-3)),
+    ("... small kernels at 2 us a row", ("curve", 3.015e12, 1.0, 2e-6, 0.88, 1.0, 0.15e-3)),
+    ("... and GEMMs 15% faster", ("curve", 3.015e12, 0.85, 2e-6, 0.88, 1.0, 0.15e-3)),
+    ("... and an FP8 KV cache", ("curve", 3.015e12, 0.85, 2e-6, 0.88, 0.5, 0.15e-3)),
+]
+
+
 def step_time(chunks, comp, inp, gen, rates):
+    if rates[0] == "curve":
+        return curve_step_time(chunks, comp, inp, gen, rates)
     bw, eff_w, flops, eff_kv, gap = rates
     tokens = rows = kv = pairs = 0
     for s, n in chunks:
@@ -54,7 +109,7 @@ def step_time(chunks, comp, inp, gen, rates):
 
 def simulate(inp, out, budget, max_seqs, rates, longest_first=False):
     """Returns (seconds, steps) for one rate-inf run under the FIFO scheduler, or admitting
-    the longest answers first (a what-if: the engine does not do that)."""
+    the longest answers first (the engine's `--scheduling-policy lof`)."""
     order = sorted(range(len(inp)), key=lambda i: -out[i]) if longest_first else range(len(inp))
     waiting = deque(order)
     comp = [0] * len(inp)  # tokens whose KV exists
@@ -91,7 +146,7 @@ def main():
     ap.add_argument("--max-batch-tokens", type=int, default=8192)
     ap.add_argument("--max-num-seqs", type=int, default=1024)
     ap.add_argument("--longest-first", action="store_true",
-                    help="what-if: admit by answer length, longest first, instead of FIFO")
+                    help="admit by answer length, longest first (--scheduling-policy lof)")
     args = ap.parse_args()
     for path in args.results:
         with open(path) as f:
@@ -101,7 +156,8 @@ def main():
         print(f"{path}: {len(inp)} requests, {sum(inp):,} prompt and {total:,} output tokens, "
               f"longest answer {max(out):,}")
         print(f"  {'measured':48} {run['duration']:7.2f} s {run['output_throughput']:8,.0f} tok/s")
-        for name, *rates in SCENARIOS:
+        rows = [(name, rates) for name, *rates in SCENARIOS] + CURVE_SCENARIOS
+        for name, rates in rows:
             secs, steps = simulate(inp, out, args.max_batch_tokens, args.max_num_seqs, rates,
                                    args.longest_first)
             print(f"  {name:48} {secs:7.2f} s {total / secs:8,.0f} tok/s  ({steps:,} steps)")
