@@ -149,7 +149,9 @@ fn mixed_ms(
     p: usize,
 ) -> Result<[f64; 3], Box<dyn std::error::Error>> {
     if c < 2 || p == 0 {
-        return Err("CUDA_BENCH_MIXED needs a context of 2 or more and prompts of 1 or more".into());
+        return Err(
+            "CUDA_BENCH_MIXED needs a context of 2 or more and prompts of 1 or more".into(),
+        );
     }
     let bs = model.block_size();
     let (per_dec, per_pre) = (c.div_ceil(bs), p.div_ceil(bs));
