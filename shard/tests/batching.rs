@@ -4,7 +4,9 @@
 
 use pagedserve_proto::ShardClient;
 use pagedserve_proto::v1 as pb;
-use pagedserve_shard::engine::{EngineConfig, EngineHandle, PrefillPolicy, spawn_engine};
+use pagedserve_shard::engine::{
+    EngineConfig, EngineHandle, PrefillPolicy, SchedulePolicy, spawn_engine,
+};
 use pagedserve_shard::model::{LoadOptions, load_model};
 use pagedserve_shard::service::{ShardService, serve_grpc};
 use serde::Deserialize;
@@ -74,6 +76,7 @@ fn engine_with(
         max_batch_tokens,
         max_num_seqs: 16,
         prefill_policy: policy,
+        schedule_policy: SchedulePolicy::Fcfs,
         prefix_caching,
     };
     spawn_engine(model, config).expect("engine starts")
