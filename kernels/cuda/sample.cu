@@ -323,11 +323,23 @@ struct CandSmem {
 
 // Top-k (1 <= k <= TOPK_MAX, k < V), then top-p when p < 1. Returns false (every thread) when
 // the candidates do not fit: the caller then takes the general path.
-__device__ bool sample_top_k(const float* lg, u32 V, float inv_t, u32 k, const float* top_p,
-                             const u64* seeds, const u64* counters, CandSmem& sm,
-                             float* scratch, float* sv, u32* si, u32& out) {
-    // Pass 1: the 4 largest keys of this thread's tokens (0 = none).
+//
+// With p_only (top-p alone, k = TOPK_MAX): the candidates are the tokens at or above a lower
+// bound of the k-th largest key, i.e. a prefix of the row in descending order, and the nucleus
+// (the shortest such prefix holding p of the row's whole softmax mass) lies inside them
+// whenever their mass reaches p times the row's. Pass 1 then also sums the row's mass (online
+// max and sum per thread), and the rejection rounds run on the candidates with that target;
+// the draw is the same as over the whole row (the accepted set is the nucleus either way).
+// Where they hold less (a flat distribution: random logits, a high temperature), it returns
+// false after pass 1 and the row takes the general path. Real models' next-token
+// distributions put nearly all their mass in far fewer than 1,024 tokens.
+__device__ bool sample_top_k(const float* lg, u32 V, float inv_t, u32 k, bool p_only,
+                             const float* top_p, const u64* seeds, const u64* counters,
+                             CandSmem& sm, float* scratch, float* sv, u32* si, u32& out) {
+    // Pass 1: the 4 largest keys of this thread's tokens (0 = none); for p_only also the max
+    // and the mass sum(exp(z - max)) of its finite tokens.
     u32 pool[4] = {0, 0, 0, 0};
+    float om = NEG_INF, os = 0.f;
     row_pass(lg, V, [&](u32, float x, bool ok) {
         u32 t = ok ? zkey(x, inv_t) : 0u;
 #pragma unroll
@@ -337,10 +349,37 @@ __device__ bool sample_top_k(const float* lg, u32 V, float inv_t, u32 k, const f
             pool[j] = a;
         }
         pool[3] = max(pool[3], t);
+        if (p_only && ok) {
+            const float z = x * inv_t;
+            if (z > om) {  // false for NaN and -inf: they weigh nothing
+                os = os * exp2f((om - z) * LOG2E) + 1.f;
+                om = z;
+            } else if (z > NEG_INF) {
+                os += exp2f((z - om) * LOG2E);
+            }
+        }
     });
     if (threadIdx.x == 0) sm.overflow = 0;
     u32 T = select_kth(pool, k, sm.hist, sm.bc);
     if (T == 0) T = 1;  // fewer than k pooled (tiny V): every token is a candidate
+    // p_only: the row's max M and mass, and the target p * mass. The pooled tokens at or above
+    // T are candidates, so when their mass reaches the target the nucleus is inside the
+    // candidates; when it does not (a flat row) the row goes to the general path now, before
+    // the second pass. (Candidates outside the pool could still make up the difference; those
+    // rare rows take the general path too, which is exact as well.)
+    float row_target = 0.f;
+    if (p_only) {
+        const float M = block_max<SAMPLE_THREADS>(om, scratch);
+        if (M == NEG_INF) return false;  // no finite token: the general path says so
+        const float row =
+            block_sum<SAMPLE_THREADS>(om > NEG_INF ? os * exp2f((om - M) * LOG2E) : 0.f, scratch);
+        row_target = fmaxf(fmaxf(top_p[blockIdx.x], 0.f) * row, 1.f);
+        float pooled = 0.f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            if (pool[j] != 0 && pool[j] >= T) pooled += exp2f((key2f(pool[j]) - M) * LOG2E);
+        if (block_sum<SAMPLE_THREADS>(pooled, scratch) < row_target) return false;
+    }
     // Pass 2: gather the finite tokens with key >= T, per warp in token order.
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const u32 lt = (1u << lane) - 1u;
@@ -373,8 +412,9 @@ __device__ bool sample_top_k(const float* lg, u32 V, float inv_t, u32 k, const f
     }
     __syncthreads();
     if (sm.overflow) return false;
-    // The exact k-th largest key (all kept when fewer than k finite candidates).
-    u32 tk = select_kth(ck, k, sm.hist, sm.bc);
+    // The exact k-th largest key (all kept when fewer than k finite candidates); for p_only
+    // every candidate stays (no top-k cut).
+    u32 tk = p_only ? 0u : select_kth(ck, k, sm.hist, sm.bc);
     if (tk == 0) tk = 1;
     const u64 seed = seeds[blockIdx.x], counter = counters[blockIdx.x];
     const float p = top_p[blockIdx.x];
@@ -392,7 +432,10 @@ __device__ bool sample_top_k(const float* lg, u32 V, float inv_t, u32 k, const f
         out = 0xffffffffu;
         return true;
     }
-    const float target = fmaxf(fmaxf(p, 0.f) * cand_mass(ck, tk, m, scratch), 1.f);
+    // Top-k's target is p times the top-k set's mass; top-p alone's, p times the row's (m is
+    // the row's max M: the largest candidate is the row's largest token).
+    const float target =
+        p_only ? row_target : fmaxf(fmaxf(p, 0.f) * cand_mass(ck, tk, m, scratch), 1.f);
     u32 low = tk;
     for (int r = 0; r < SAMPLE_ROUNDS; ++r) {
         const u32 x = cand_draw(ck, ci, low, seed + r * ROUND_SEED, counter, sv, si);
@@ -441,8 +484,10 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     if (!k_on && !p_on) {
         idx = draw(lg, V, inv_t, 0, greedy, seed, counter, sv, si);
     } else if (!(k_on && k <= TOPK_MAX &&
-                 sample_top_k(lg, V, inv_t, (u32)k, top_p, seeds, counters, cand, scratch,
-                              sv, si, idx))) {
+                 sample_top_k(lg, V, inv_t, (u32)k, false, top_p, seeds, counters, cand,
+                              scratch, sv, si, idx)) &&
+               !(!k_on && sample_top_k(lg, V, inv_t, TOPK_MAX, true, top_p, seeds, counters,
+                                       cand, scratch, sv, si, idx))) {
         // With both on, the top-k set is found exactly first; top-p then works inside it.
         const u32 lo = (k_on && p_on) ? top_k_key(lg, V, inv_t, (u32)k, scratch) : 0;
         idx = sample_filtered(lg, V, inv_t, lo, k, p, !p_on, seed, counter, scratch, sv, si);

@@ -169,12 +169,37 @@ fn prefill_case(
     Ok((ms, flops / (ms * 1e-3) / 1e12))
 }
 
-/// Microseconds of one sample launch over [batch, vocab] random logits for (temperature,
-/// top_k, top_p).
-fn sample_case(b: &Bench, batch: usize, vocab: usize, t: f32, k: i32, p: f32) -> Res<f64> {
-    // SAFETY: filled by the kernel right away.
-    let mut logits = unsafe { b.stream.alloc::<f32>(batch * vocab) }?;
-    b.k.fill_random_f32(&b.stream, &mut logits.as_view_mut(), 31, 0.0, 8.0)?;
+/// Microseconds of one sample launch over [batch, vocab] logits for (temperature, top_k,
+/// top_p): uniform in [-8, 8] (flat: at temperature 0.8 the top 1,024 tokens hold ~15% of the
+/// mass), or `peaked` like a model's next-token distribution (4 tokens at 13.1, 12.0, 11.3,
+/// 10.8 over a flat [-0.5, 0.5]: they hold ~99% of the mass at 0.8).
+fn sample_case(
+    b: &Bench,
+    batch: usize,
+    vocab: usize,
+    (t, k, p): (f32, i32, f32),
+    peaked: bool,
+) -> Res<f64> {
+    let logits = if peaked {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut host: Vec<f32> = (0..batch * vocab)
+            .map(|_| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        for (r, row) in host.chunks_mut(vocab).enumerate() {
+            for (j, z) in [13.12f32, 12.02, 11.33, 10.82].into_iter().enumerate() {
+                row[(r * 7_919 + j * 31_337) % vocab] = z;
+            }
+        }
+        b.stream.clone_htod(&host)?
+    } else {
+        // SAFETY: filled by the kernel right away.
+        let mut logits = unsafe { b.stream.alloc::<f32>(batch * vocab) }?;
+        b.k.fill_random_f32(&b.stream, &mut logits.as_view_mut(), 31, 0.0, 8.0)?;
+        logits
+    };
     let temp = b.stream.clone_htod(&vec![t; batch])?;
     let top_k = b.stream.clone_htod(&vec![k; batch])?;
     let top_p = b.stream.clone_htod(&vec![p; batch])?;
@@ -255,7 +280,25 @@ fn main() -> Res<()> {
     let mut samples = Vec::new();
     for (name, t, k, p) in modes {
         for batch in [1, 128] {
-            samples.push((name, batch, sample_case(&b, batch, 128_256, t, k, p)?));
+            samples.push((
+                name,
+                batch,
+                sample_case(&b, batch, 128_256, (t, k, p), false)?,
+            ));
+        }
+    }
+    // Top-p alone where the nucleus is small, as with a real model (candidate path), and the
+    // same with top-k 50 for comparison.
+    for (name, t, k, p) in [
+        ("top-p 0.9, peaked", 0.8, 0, 0.9),
+        ("top-k 50 + top-p 0.9, peaked", 0.8, 50, 0.9),
+    ] {
+        for batch in [1, 128] {
+            samples.push((
+                name,
+                batch,
+                sample_case(&b, batch, 128_256, (t, k, p), true)?,
+            ));
         }
     }
     println!("\n== attn_bench ({}, {}) ==", b.ctx.name()?, b.k.arch());
@@ -296,7 +339,7 @@ fn main() -> Res<()> {
     }
     println!("sample over a 128256-token vocabulary:");
     for (name, batch, us) in samples {
-        println!("{name:>22} batch {batch:>4}: {us:>8.1} us");
+        println!("{name:>29} batch {batch:>4}: {us:>8.1} us");
     }
     Ok(())
 }

@@ -393,3 +393,54 @@ fn top_k_candidates_and_their_fallback_stay_in_the_set() -> TestResult {
     }
     Ok(())
 }
+
+/// Top-p alone on a 32,000-token row whose 4 top tokens hold ~96% of the mass and the other
+/// tokens a flat ~4%: the nucleus lies inside the top-1,024 candidates, so the kernel takes its
+/// candidate path, whose target must be p times the whole row's mass. (p times the candidates'
+/// mass would keep 2 tokens here instead of 3: the frequencies tell the two apart.)
+#[test]
+fn top_p_alone_through_candidates_matches_the_renormalized_distribution() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = rng("sample top-p candidates");
+    let vocab = 32_000usize;
+    let mut row = rand_vec(&mut rng, vocab, -0.5, 0.5);
+    // Masses ~0.60, 0.20, 0.10, 0.06 of the row; the flat rest ~0.04.
+    for (i, z) in [
+        (17usize, 13.12f32),
+        (9_001, 12.02),
+        (20_000, 11.33),
+        (31_999, 10.82),
+    ] {
+        row[i] = z;
+    }
+    let (temp, p) = (1.0f32, 0.82f32);
+    let want = expected(&row, temp, 0, p);
+    let kept = want.iter().filter(|&&w| w > 0.0).count();
+    assert_eq!(kept, 3, "the test row's nucleus holds {kept} tokens, not 3");
+    let draws = 4_000usize;
+    let params = Params {
+        temperature: vec![temp; draws],
+        top_k: vec![0; draws],
+        top_p: vec![p; draws],
+        seeds: vec![rng.random(); draws],
+        counters: (0..draws as u64).collect(),
+    };
+    let logits: Vec<f32> = (0..draws).flat_map(|_| row.iter().copied()).collect();
+    let out = run(g, &logits, &params)?;
+    let mut counts = vec![0usize; vocab];
+    for &t in &out {
+        counts[t as usize] += 1;
+    }
+    for (i, (&c, &pw)) in counts.iter().zip(&want).enumerate() {
+        let f = c as f64 / draws as f64;
+        let tol = 6.0 * (pw * (1.0 - pw) / draws as f64).sqrt() + 1e-9;
+        if pw > 0.0 {
+            eprintln!("top-p {p} alone, token {i}: frequency {f:.4}, expected {pw:.4}");
+        }
+        assert!(
+            (f - pw).abs() <= tol,
+            "top-p {p} alone, token {i}: frequency {f}, expected {pw} (tol {tol})"
+        );
+    }
+    Ok(())
+}
