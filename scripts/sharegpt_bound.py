@@ -64,6 +64,19 @@ def layers_s(rows):
     return 0.0
 
 
+def tally(chunks, comp, inp, gen):
+    """A step's tokens, rows that need logits, bf16 KV bytes read and attention (query, key)
+    pairs."""
+    tokens = rows = kv = pairs = 0
+    for s, n in chunks:
+        tokens += n
+        if comp[s] + n == inp[s] + gen[s]:
+            rows += 1
+        pairs += n * comp[s] + n * (n + 1) // 2
+        kv += (comp[s] + n) * KV_BYTES_PER_TOKEN
+    return tokens, rows, kv, pairs
+
+
 def curve_step_time(chunks, comp, inp, gen, rates):
     """A step priced from measured curves rather than peak rates (the "measured" rows):
     linear layers from LAYER_US (scaled by `gemm`), `row_s` a row for the small kernels (norms,
@@ -71,13 +84,8 @@ def curve_step_time(chunks, comp, inp, gen, rates):
     rows that need logits, KV reads at `eff_kv` of copy bandwidth (`kv_scale` of bf16's bytes),
     prefill attention at 250 TFLOP/s, and a fixed gap."""
     _, bw, gemm, row_s, eff_kv, kv_scale, gap = rates
-    tokens = rows = kv = pairs = 0
-    for s, n in chunks:
-        tokens += n
-        if comp[s] + n == inp[s] + gen[s]:
-            rows += 1
-        pairs += n * comp[s] + n * (n + 1) // 2
-        kv += (comp[s] + n) * KV_BYTES_PER_TOKEN * kv_scale
+    tokens, rows, kv, pairs = tally(chunks, comp, inp, gen)
+    kv *= kv_scale
     head = max(2 * P_HEAD / (bw * 0.85), 2 * P_HEAD * rows / 600e12) if rows else 0.0
     return (gemm * layers_s(tokens) + row_s * tokens + head + kv / (bw * eff_kv)
             + ATTN_FLOPS_PER_PAIR * pairs / 250e12 + gap)
@@ -96,13 +104,7 @@ def step_time(chunks, comp, inp, gen, rates):
     if rates[0] == "curve":
         return curve_step_time(chunks, comp, inp, gen, rates)
     bw, eff_w, flops, eff_kv, gap = rates
-    tokens = rows = kv = pairs = 0
-    for s, n in chunks:
-        tokens += n
-        if comp[s] + n == inp[s] + gen[s]:
-            rows += 1
-        pairs += n * comp[s] + n * (n + 1) // 2
-        kv += (comp[s] + n) * KV_BYTES_PER_TOKEN
+    tokens, rows, kv, pairs = tally(chunks, comp, inp, gen)
     work = 2 * P_BODY * tokens + 2 * P_HEAD * rows + ATTN_FLOPS_PER_PAIR * pairs
     return max(WEIGHT_BYTES / (bw * eff_w), work / flops) + kv / (bw * eff_kv) + gap
 
