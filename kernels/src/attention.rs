@@ -190,12 +190,18 @@ fn prefill_smem_bytes(head_dim: usize, kt: usize) -> usize {
     (PREFILL_TILE + 4 * kt) * (head_dim + 8) * 2 + PREFILL_BT_SMEM * 4
 }
 
+/// Whether the prefill kernel of `head_dim` and `kt` keys a tile fits `avail` bytes of dynamic
+/// shared memory per block.
+fn key_tile_fits(head_dim: usize, kt: usize, avail: usize) -> bool {
+    prefill_smem_bytes(head_dim, kt) <= avail
+}
+
 /// The key tile a device with `avail` bytes of dynamic shared memory per block runs at
 /// `head_dim`: the first of [`PREFILL_KEY_TILES`] that fits.
 fn default_key_tile(head_dim: usize, avail: usize) -> Option<usize> {
     PREFILL_KEY_TILES
         .into_iter()
-        .find(|&kt| prefill_smem_bytes(head_dim, kt) <= avail)
+        .find(|&kt| key_tile_fits(head_dim, kt, avail))
 }
 
 /// Which prefill kernel runs, per head dim of [`SUPPORTED_HEAD_DIMS`]: chosen at load from the
@@ -243,17 +249,16 @@ impl PrefillTiles {
                     f.get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?;
                 tiles.static_bytes[i] = tiles.static_bytes[i].max(b.max(0) as usize);
             }
-            let avail = limit.saturating_sub(tiles.static_bytes[i]);
+            let avail = tiles.avail(i);
             let last = PREFILL_KEY_TILES[PREFILL_KEY_TILES.len() - 1];
             tiles.default[i] = default_key_tile(d, avail).ok_or_else(|| tiles.too_big(i, last))?;
             tiles.current[i].store(tiles.default[i], Ordering::Relaxed);
             for (&kt, f) in PREFILL_KEY_TILES.iter().zip(&funcs) {
-                let bytes = prefill_smem_bytes(d, kt);
-                if bytes <= avail {
+                if key_tile_fits(d, kt, avail) {
                     // Over the 48 KB default: allowed per function, up to the opt-in limit.
                     f.set_attribute(
                         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        bytes as i32,
+                        prefill_smem_bytes(d, kt) as i32,
                     )?;
                 }
             }
@@ -261,10 +266,15 @@ impl PrefillTiles {
         Ok(tiles)
     }
 
+    /// Dynamic shared memory per block left to head dim `SUPPORTED_HEAD_DIMS[i]`'s prefill
+    /// kernels: the device's opt-in limit less their static shared memory.
+    fn avail(&self, i: usize) -> usize {
+        self.limit.saturating_sub(self.static_bytes[i])
+    }
+
     /// `Err` unless the prefill kernel of head dim `SUPPORTED_HEAD_DIMS[i]` and `kt` keys fits.
     fn check_fits(&self, i: usize, kt: usize) -> Result<(), KernelError> {
-        let need = prefill_smem_bytes(SUPPORTED_HEAD_DIMS[i], kt) + self.static_bytes[i];
-        if need <= self.limit {
+        if key_tile_fits(SUPPORTED_HEAD_DIMS[i], kt, self.avail(i)) {
             Ok(())
         } else {
             Err(self.too_big(i, kt))
