@@ -12,6 +12,7 @@ use cudarc::driver::{
 use half::bf16;
 
 use crate::error::{ensure, expect_len, to_u32};
+use crate::kv::{KV_DTYPES, KvDtype, KvElem};
 use crate::loader::Loaded;
 use crate::{KernelError, Kernels};
 
@@ -41,8 +42,14 @@ pub const MAX_GQA_GROUP: usize = 8;
 /// Threads per decode CTA (DEC_THREADS in decode_attention.cu).
 const DECODE_THREADS: u32 = 128;
 
-pub(crate) fn decode_kernel_name(head_dim: usize, group: usize, part: usize) -> String {
-    format!("paged_decode_d{head_dim}_g{group}_p{part}")
+/// `paged_decode[_fp8]_d{D}_g{G}_p{P}`: the decode kernel for caches of `dtype`.
+pub(crate) fn decode_kernel_name(
+    dtype: KvDtype,
+    head_dim: usize,
+    group: usize,
+    part: usize,
+) -> String {
+    format!("paged_decode{}_d{head_dim}_g{group}_p{part}", dtype.tag())
 }
 
 /// decode_partition's bands: launches with fewer (sequence, 256-token partition) pairs than
@@ -173,57 +180,74 @@ const PREFILL_THREADS: u32 = 128;
 /// Block ids of a sequence staged in shared memory (PF_BT_SMEM).
 const PREFILL_BT_SMEM: usize = 1024;
 
-/// The prefill kernel of head dim `head_dim` and `kt` keys a K/V tile: `paged_prefill_d{D}`
-/// for 64, `paged_prefill_d{D}_k{kt}` otherwise.
-pub(crate) fn prefill_kernel_name(head_dim: usize, kt: usize) -> String {
+/// The prefill kernel for caches of `dtype`, head dim `head_dim` and `kt` keys a K/V tile:
+/// `paged_prefill[_fp8]_d{D}` for 64, `paged_prefill[_fp8]_d{D}_k{kt}` otherwise.
+pub(crate) fn prefill_kernel_name(dtype: KvDtype, head_dim: usize, kt: usize) -> String {
+    let tag = dtype.tag();
     if kt == PREFILL_KEY_TILES[0] {
-        format!("paged_prefill_d{head_dim}")
+        format!("paged_prefill{tag}_d{head_dim}")
     } else {
-        format!("paged_prefill_d{head_dim}_k{kt}")
+        format!("paged_prefill{tag}_d{head_dim}_k{kt}")
     }
 }
 
-/// Dynamic shared memory of the prefill kernel of `head_dim` and `kt` keys a tile
+/// Dynamic shared memory of the prefill kernel of `dtype`, `head_dim` and `kt` keys a tile
 /// (`PfSmem<D, KT>::BYTES`): Q of PREFILL_TILE rows and two stages of K and V of `kt` keys, rows
-/// padded to D + 8 bf16, then the staged block ids.
-fn prefill_smem_bytes(head_dim: usize, kt: usize) -> usize {
-    (PREFILL_TILE + 4 * kt) * (head_dim + 8) * 2 + PREFILL_BT_SMEM * 4
+/// padded to D + 8 bf16, then the staged block ids; an fp8 cache adds two stages of the raw
+/// e4m3 K and V tiles (`kt * D` bytes each), which the kernel widens into the bf16 stages.
+fn prefill_smem_bytes(dtype: KvDtype, head_dim: usize, kt: usize) -> usize {
+    let raw = match dtype {
+        KvDtype::Bf16 => 0,
+        KvDtype::Fp8E4m3 => 4 * kt * head_dim,
+    };
+    (PREFILL_TILE + 4 * kt) * (head_dim + 8) * 2 + PREFILL_BT_SMEM * 4 + raw
 }
 
-/// Whether the prefill kernel of `head_dim` and `kt` keys a tile fits `avail` bytes of dynamic
-/// shared memory per block.
-fn key_tile_fits(head_dim: usize, kt: usize, avail: usize) -> bool {
-    prefill_smem_bytes(head_dim, kt) <= avail
+/// Whether the prefill kernel of `dtype`, `head_dim` and `kt` keys a tile fits `avail` bytes of
+/// dynamic shared memory per block.
+fn key_tile_fits(dtype: KvDtype, head_dim: usize, kt: usize, avail: usize) -> bool {
+    prefill_smem_bytes(dtype, head_dim, kt) <= avail
 }
 
 /// The key tile a device with `avail` bytes of dynamic shared memory per block runs at
-/// `head_dim`: the first of [`PREFILL_KEY_TILES`] that fits.
-fn default_key_tile(head_dim: usize, avail: usize) -> Option<usize> {
+/// `head_dim` for caches of `dtype`: the first of [`PREFILL_KEY_TILES`] that fits.
+fn default_key_tile(dtype: KvDtype, head_dim: usize, avail: usize) -> Option<usize> {
     PREFILL_KEY_TILES
         .into_iter()
-        .find(|&kt| key_tile_fits(head_dim, kt, avail))
+        .find(|&kt| key_tile_fits(dtype, head_dim, kt, avail))
 }
 
-/// Which prefill kernel runs, per head dim of [`SUPPORTED_HEAD_DIMS`]: chosen at load from the
-/// device's opt-in shared memory per block, which is also when the kernels that fit get their
-/// dynamic shared memory allowance (a function attribute, set once, not at every launch).
+/// Which prefill kernel runs, per cache type and head dim of [`SUPPORTED_HEAD_DIMS`]: chosen at
+/// load from the device's opt-in shared memory per block, which is also when the kernels that
+/// fit get their dynamic shared memory allowance (a function attribute, set once, not at every
+/// launch).
 pub(crate) struct PrefillTiles {
     /// The device's opt-in shared memory per block, bytes.
     limit: usize,
-    /// Static shared memory of each head dim's prefill kernels (none today: it is all dynamic).
-    static_bytes: [usize; SUPPORTED_HEAD_DIMS.len()],
-    /// The key tile of each head dim chosen at load.
-    default: [usize; SUPPORTED_HEAD_DIMS.len()],
-    /// The key tile each head dim runs now (`default` unless a test or benchmark forced one).
-    current: [AtomicUsize; SUPPORTED_HEAD_DIMS.len()],
+    /// Static shared memory of each (cache type, head dim)'s prefill kernels (none today: it is
+    /// all dynamic).
+    static_bytes: [[usize; SUPPORTED_HEAD_DIMS.len()]; KV_DTYPES.len()],
+    /// The key tile of each (cache type, head dim) chosen at load.
+    default: [[usize; SUPPORTED_HEAD_DIMS.len()]; KV_DTYPES.len()],
+    /// The key tile each (cache type, head dim) runs now (`default` unless a test or benchmark
+    /// forced one).
+    current: [[AtomicUsize; SUPPORTED_HEAD_DIMS.len()]; KV_DTYPES.len()],
     device: usize,
     device_arch: String,
 }
 
+/// Index of `dtype` in [`KV_DTYPES`].
+fn dtype_index(dtype: KvDtype) -> usize {
+    match dtype {
+        KvDtype::Bf16 => 0,
+        KvDtype::Fp8E4m3 => 1,
+    }
+}
+
 impl PrefillTiles {
-    /// Reads the device's limit, picks each head dim's key tile and raises the dynamic shared
-    /// memory allowance of every prefill kernel that fits; `Err(SharedMemory)` when some head
-    /// dim has no kernel that fits.
+    /// Reads the device's limit, picks each (cache type, head dim)'s key tile and raises the
+    /// dynamic shared memory allowance of every prefill kernel that fits; `Err(SharedMemory)`
+    /// when some pair has no kernel that fits.
     pub(crate) fn init(ctx: &CudaContext, loaded: &Loaded) -> Result<Self, KernelError> {
         let limit = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
@@ -233,59 +257,64 @@ impl PrefillTiles {
         ctx.bind_to_thread()?;
         let mut tiles = PrefillTiles {
             limit,
-            static_bytes: [0; SUPPORTED_HEAD_DIMS.len()],
-            default: [0; SUPPORTED_HEAD_DIMS.len()],
+            static_bytes: Default::default(),
+            default: Default::default(),
             current: Default::default(),
             device,
             device_arch,
         };
-        for (i, &d) in SUPPORTED_HEAD_DIMS.iter().enumerate() {
-            let funcs = PREFILL_KEY_TILES
-                .iter()
-                .map(|&kt| loaded.get(&prefill_kernel_name(d, kt)))
-                .collect::<Result<Vec<_>, _>>()?;
-            for f in &funcs {
-                let b =
-                    f.get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?;
-                tiles.static_bytes[i] = tiles.static_bytes[i].max(b.max(0) as usize);
-            }
-            let avail = tiles.avail(i);
-            let last = PREFILL_KEY_TILES[PREFILL_KEY_TILES.len() - 1];
-            tiles.default[i] = default_key_tile(d, avail).ok_or_else(|| tiles.too_big(i, last))?;
-            tiles.current[i].store(tiles.default[i], Ordering::Relaxed);
-            for (&kt, f) in PREFILL_KEY_TILES.iter().zip(&funcs) {
-                if key_tile_fits(d, kt, avail) {
-                    // Over the 48 KB default: allowed per function, up to the opt-in limit.
-                    f.set_attribute(
-                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        prefill_smem_bytes(d, kt) as i32,
-                    )?;
+        for (t, &dtype) in KV_DTYPES.iter().enumerate() {
+            for (i, &d) in SUPPORTED_HEAD_DIMS.iter().enumerate() {
+                let funcs = PREFILL_KEY_TILES
+                    .iter()
+                    .map(|&kt| loaded.get(&prefill_kernel_name(dtype, d, kt)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for f in &funcs {
+                    let b =
+                        f.get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?;
+                    tiles.static_bytes[t][i] = tiles.static_bytes[t][i].max(b.max(0) as usize);
+                }
+                let avail = tiles.avail(t, i);
+                let last = PREFILL_KEY_TILES[PREFILL_KEY_TILES.len() - 1];
+                tiles.default[t][i] =
+                    default_key_tile(dtype, d, avail).ok_or_else(|| tiles.too_big(t, i, last))?;
+                tiles.current[t][i].store(tiles.default[t][i], Ordering::Relaxed);
+                for (&kt, f) in PREFILL_KEY_TILES.iter().zip(&funcs) {
+                    if key_tile_fits(dtype, d, kt, avail) {
+                        // Over the 48 KB default: allowed per function, up to the opt-in limit.
+                        f.set_attribute(
+                            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                            prefill_smem_bytes(dtype, d, kt) as i32,
+                        )?;
+                    }
                 }
             }
         }
         Ok(tiles)
     }
 
-    /// Dynamic shared memory per block left to head dim `SUPPORTED_HEAD_DIMS[i]`'s prefill
-    /// kernels: the device's opt-in limit less their static shared memory.
-    fn avail(&self, i: usize) -> usize {
-        self.limit.saturating_sub(self.static_bytes[i])
+    /// Dynamic shared memory per block left to the prefill kernels of cache type
+    /// `KV_DTYPES[t]` and head dim `SUPPORTED_HEAD_DIMS[i]`: the device's opt-in limit less
+    /// their static shared memory.
+    fn avail(&self, t: usize, i: usize) -> usize {
+        self.limit.saturating_sub(self.static_bytes[t][i])
     }
 
-    /// `Err` unless the prefill kernel of head dim `SUPPORTED_HEAD_DIMS[i]` and `kt` keys fits.
-    fn check_fits(&self, i: usize, kt: usize) -> Result<(), KernelError> {
-        if key_tile_fits(SUPPORTED_HEAD_DIMS[i], kt, self.avail(i)) {
+    /// `Err` unless the prefill kernel of (`KV_DTYPES[t]`, `SUPPORTED_HEAD_DIMS[i]`) and `kt`
+    /// keys fits.
+    fn check_fits(&self, t: usize, i: usize, kt: usize) -> Result<(), KernelError> {
+        if key_tile_fits(KV_DTYPES[t], SUPPORTED_HEAD_DIMS[i], kt, self.avail(t, i)) {
             Ok(())
         } else {
-            Err(self.too_big(i, kt))
+            Err(self.too_big(t, i, kt))
         }
     }
 
-    fn too_big(&self, i: usize, kt: usize) -> KernelError {
-        let d = SUPPORTED_HEAD_DIMS[i];
+    fn too_big(&self, t: usize, i: usize, kt: usize) -> KernelError {
+        let (dtype, d) = (KV_DTYPES[t], SUPPORTED_HEAD_DIMS[i]);
         KernelError::SharedMemory {
-            kernel: prefill_kernel_name(d, kt),
-            need: prefill_smem_bytes(d, kt) + self.static_bytes[i],
+            kernel: prefill_kernel_name(dtype, d, kt),
+            need: prefill_smem_bytes(dtype, d, kt) + self.static_bytes[t][i],
             device: self.device,
             arch: self.device_arch.clone(),
             limit: self.limit,
@@ -374,11 +403,19 @@ fn check_qkv(
 }
 
 impl Kernels {
-    /// The keys per K/V tile of the prefill kernel that runs at `head_dim` (`None` for an
-    /// unsupported head dim): 64 where the device's shared memory per block allows it (sm_80,
-    /// sm_90: 163 / 227 KB), else 32 (sm_86 / sm_89: 99 KB, too little for 64 at D = 128).
+    /// The keys per K/V tile of the prefill kernel that runs at `head_dim` over a bf16 cache
+    /// (`None` for an unsupported head dim): 64 where the device's shared memory per block
+    /// allows it (sm_80, sm_90: 163 / 227 KB), else 32 (sm_86 / sm_89: 99 KB, too little for 64
+    /// at D = 128).
     pub fn prefill_key_tile(&self, head_dim: usize) -> Option<usize> {
-        PrefillTiles::index(head_dim).map(|i| self.prefill.current[i].load(Ordering::Relaxed))
+        self.prefill_key_tile_for(KvDtype::Bf16, head_dim)
+    }
+
+    /// [`Kernels::prefill_key_tile`] for a cache of `dtype` (an fp8 kernel needs `4 * kt * D`
+    /// bytes more shared memory, for the raw e4m3 tiles).
+    pub fn prefill_key_tile_for(&self, dtype: KvDtype, head_dim: usize) -> Option<usize> {
+        PrefillTiles::index(head_dim)
+            .map(|i| self.prefill.current[dtype_index(dtype)][i].load(Ordering::Relaxed))
     }
 
     /// For tests and benchmarks: makes every head dim's prefill launches use `kt` keys a K/V
@@ -390,8 +427,10 @@ impl Kernels {
     pub fn set_prefill_key_tile(&self, kt: Option<usize>) -> Result<(), KernelError> {
         let p = &self.prefill;
         let Some(kt) = kt else {
-            for (cur, &kt) in p.current.iter().zip(&p.default) {
-                cur.store(kt, Ordering::Relaxed);
+            for (cur, def) in p.current.iter().zip(&p.default) {
+                for (cur, &kt) in cur.iter().zip(def) {
+                    cur.store(kt, Ordering::Relaxed);
+                }
             }
             return Ok(());
         };
@@ -400,10 +439,12 @@ impl Kernels {
             PREFILL_KEY_TILES.contains(&kt),
             || format!("{kt} keys a tile: one of {PREFILL_KEY_TILES:?}"),
         )?;
-        for i in 0..SUPPORTED_HEAD_DIMS.len() {
-            p.check_fits(i, kt)?;
+        for t in 0..KV_DTYPES.len() {
+            for i in 0..SUPPORTED_HEAD_DIMS.len() {
+                p.check_fits(t, i, kt)?;
+            }
         }
-        for cur in &p.current {
+        for cur in p.current.iter().flatten() {
             cur.store(kt, Ordering::Relaxed);
         }
         Ok(())
@@ -439,15 +480,15 @@ impl Kernels {
     /// the per-(sequence, KV head) counters of the in-kernel combine, which every launch leaves
     /// at zero again. Launches of different S may share one buffer sized for the largest S.
     #[allow(clippy::too_many_arguments)]
-    pub fn paged_decode_attention(
+    pub fn paged_decode_attention<C: KvElem>(
         &self,
         stream: &CudaStream,
         out: &mut CudaViewMut<'_, bf16>,
         qkv: &CudaView<'_, bf16>,
         qkv_stride: usize,
         q_rows: &CudaView<'_, i32>,
-        k_cache: &CudaView<'_, bf16>,
-        v_cache: &CudaView<'_, bf16>,
+        k_cache: &CudaView<'_, C>,
+        v_cache: &CudaView<'_, C>,
         block_tables: &CudaView<'_, i32>,
         bt_stride: usize,
         ctx_lens: &CudaView<'_, i32>,
@@ -492,7 +533,7 @@ impl Kernels {
             return Ok(());
         }
         let part = decode_partition(s, max_ctx);
-        let kernel = decode_kernel_name(head_dim, group, part);
+        let kernel = decode_kernel_name(C::DTYPE, head_dim, group, part);
         let parts = max_ctx.div_ceil(part);
         ensure(K, parts <= DECODE_MAX_PARTITIONS, || {
             format!(
@@ -568,14 +609,14 @@ impl Kernels {
     /// for it, `paged_prefill_d{D}_k32` ([`Kernels::prefill_key_tile`]): one CTA of 128 query
     /// rows (a tile) x one head.
     #[allow(clippy::too_many_arguments)]
-    pub fn paged_prefill_attention(
+    pub fn paged_prefill_attention<C: KvElem>(
         &self,
         stream: &CudaStream,
         out: &mut CudaViewMut<'_, bf16>,
         qkv: &CudaView<'_, bf16>,
         qkv_stride: usize,
-        k_cache: &CudaView<'_, bf16>,
-        v_cache: &CudaView<'_, bf16>,
+        k_cache: &CudaView<'_, C>,
+        v_cache: &CudaView<'_, C>,
         block_tables: &CudaView<'_, i32>,
         bt_stride: usize,
         seq_info: &CudaView<'_, i32>,
@@ -647,10 +688,10 @@ impl Kernels {
         };
         // The kernel's shared memory allowance was raised at load (PrefillTiles::init).
         let kt = self
-            .prefill_key_tile(head_dim)
+            .prefill_key_tile_for(C::DTYPE, head_dim)
             .ok_or_else(|| KernelError::shape(K, format!("head_dim {head_dim}")))?;
-        let smem = prefill_smem_bytes(head_dim, kt) as u32;
-        let func = self.func(&prefill_kernel_name(head_dim, kt))?;
+        let smem = prefill_smem_bytes(C::DTYPE, head_dim, kt) as u32;
+        let func = self.func(&prefill_kernel_name(C::DTYPE, head_dim, kt))?;
         let mut b = self.dependent_launch_of(stream, func);
         b.arg(&args);
         let cfg = LaunchConfig {
@@ -718,7 +759,7 @@ mod tests {
         // Each kernel name instantiates its head dim and key tile.
         for d in SUPPORTED_HEAD_DIMS {
             for kt in PREFILL_KEY_TILES {
-                let name = prefill_kernel_name(d, kt);
+                let name = prefill_kernel_name(KvDtype::Bf16, d, kt);
                 let def = src
                     .split(&format!(" {name}(PrefillArgs a) {{"))
                     .nth(1)
@@ -733,27 +774,47 @@ mod tests {
         }
         // 106 KB for D = 128: two CTAs fit an H100 SM (228 KB), none an sm_86 / sm_89 block
         // (99 KB opt-in); 72 KB with 32-key tiles.
-        assert_eq!(prefill_smem_bytes(128, 64), 108_544);
-        assert_eq!(prefill_smem_bytes(64, 64), 59_392);
-        assert_eq!(prefill_smem_bytes(128, 32), 73_728);
-        assert_eq!(prefill_smem_bytes(64, 32), 40_960);
-        assert_eq!(prefill_kernel_name(128, 64), "paged_prefill_d128");
-        assert_eq!(prefill_kernel_name(64, 32), "paged_prefill_d64_k32");
+        assert_eq!(prefill_smem_bytes(KvDtype::Bf16, 128, 64), 108_544);
+        assert_eq!(prefill_smem_bytes(KvDtype::Bf16, 64, 64), 59_392);
+        assert_eq!(prefill_smem_bytes(KvDtype::Bf16, 128, 32), 73_728);
+        assert_eq!(prefill_smem_bytes(KvDtype::Bf16, 64, 32), 40_960);
+        assert_eq!(
+            prefill_kernel_name(KvDtype::Bf16, 128, 64),
+            "paged_prefill_d128"
+        );
+        assert_eq!(
+            prefill_kernel_name(KvDtype::Bf16, 64, 32),
+            "paged_prefill_d64_k32"
+        );
     }
 
     #[test]
     fn prefill_key_tile_follows_the_shared_memory_limit() {
         // Opt-in bytes per block: H100 227 KB, A100 163 KB, sm_86 / sm_89 99 KB.
         for limit in [232_448, 166_912] {
-            assert_eq!(default_key_tile(128, limit), Some(64));
-            assert_eq!(default_key_tile(64, limit), Some(64));
+            assert_eq!(default_key_tile(KvDtype::Bf16, 128, limit), Some(64));
+            assert_eq!(default_key_tile(KvDtype::Bf16, 64, limit), Some(64));
         }
-        assert_eq!(default_key_tile(128, 101_376), Some(32));
-        assert_eq!(default_key_tile(64, 101_376), Some(64));
-        assert_eq!(default_key_tile(128, 108_544), Some(64));
-        assert_eq!(default_key_tile(128, 108_543), Some(32));
-        assert_eq!(default_key_tile(64, 49_152), Some(32));
-        assert_eq!(default_key_tile(128, 73_727), None);
+        assert_eq!(default_key_tile(KvDtype::Bf16, 128, 101_376), Some(32));
+        assert_eq!(default_key_tile(KvDtype::Bf16, 64, 101_376), Some(64));
+        assert_eq!(default_key_tile(KvDtype::Bf16, 128, 108_544), Some(64));
+        assert_eq!(default_key_tile(KvDtype::Bf16, 128, 108_543), Some(32));
+        assert_eq!(default_key_tile(KvDtype::Bf16, 64, 49_152), Some(32));
+        assert_eq!(default_key_tile(KvDtype::Bf16, 128, 73_727), None);
+        // fp8 adds the raw e4m3 stages (4 x kt x D bytes): 140 KB at D = 128, still 64 keys on
+        // an H100 or A100, 32 (88 KB) on a 99 KB card.
+        let f = KvDtype::Fp8E4m3;
+        assert_eq!(prefill_smem_bytes(f, 128, 64), 108_544 + 32_768);
+        assert_eq!(default_key_tile(f, 128, 166_912), Some(64));
+        assert_eq!(default_key_tile(f, 128, 101_376), Some(32));
+        assert_eq!(
+            prefill_kernel_name(f, 128, 32),
+            "paged_prefill_fp8_d128_k32"
+        );
+        assert_eq!(
+            decode_kernel_name(f, 128, 4, 256),
+            "paged_decode_fp8_d128_g4_p256"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod bias;
 mod device;
 mod error;
 mod gemv;
+mod kv;
 mod launch;
 mod loader;
 mod ops;
@@ -37,6 +38,7 @@ pub use attention::{
 pub use device::{driver_present, nvrtc_present, open_device};
 pub use error::KernelError;
 pub use gemv::{GEMV_MAX_ROWS, GemvOut};
+pub use kv::{F8E4M3, KvDtype, KvElem};
 pub use loader::{cached_units, compile_ptx, device_arch, full_source};
 pub use rope::{RopeHeads, RopeKv};
 

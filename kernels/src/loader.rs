@@ -240,6 +240,7 @@ pub(crate) fn kernel_names() -> Vec<(String, usize)> {
         DECODE_PARTITION, DECODE_PARTITION_LARGE, DECODE_PARTITION_SMALL, MAX_GQA_GROUP,
         PREFILL_KEY_TILES, SUPPORTED_HEAD_DIMS, decode_kernel_name, prefill_kernel_name,
     };
+    use crate::kv::KV_DTYPES;
     let mut names: Vec<(String, usize)> = [
         "embedding_kernel",
         "rms_norm_kernel",
@@ -254,17 +255,21 @@ pub(crate) fn kernel_names() -> Vec<(String, usize)> {
     .iter()
     .map(|s| (s.to_string(), SMALL_UNIT))
     .collect();
-    for d in SUPPORTED_HEAD_DIMS {
-        for kt in PREFILL_KEY_TILES {
-            names.push((prefill_kernel_name(d, kt), PREFILL_UNIT));
-        }
-        for g in 1..=MAX_GQA_GROUP {
-            for p in [
-                DECODE_PARTITION_SMALL,
-                DECODE_PARTITION,
-                DECODE_PARTITION_LARGE,
-            ] {
-                names.push((decode_kernel_name(d, g, p), decode_unit(d, g)));
+    names.push(("rope_kv_write_fp8_kernel".to_string(), SMALL_UNIT));
+    for dtype in KV_DTYPES {
+        for d in SUPPORTED_HEAD_DIMS {
+            for kt in PREFILL_KEY_TILES {
+                names.push((prefill_kernel_name(dtype, d, kt), PREFILL_UNIT));
+            }
+            for g in 1..=MAX_GQA_GROUP {
+                for p in [
+                    DECODE_PARTITION_SMALL,
+                    DECODE_PARTITION,
+                    DECODE_PARTITION_LARGE,
+                ] {
+                    let name = decode_kernel_name(dtype, d, g, p);
+                    names.push((name, decode_unit(dtype, d, g)));
+                }
             }
         }
     }

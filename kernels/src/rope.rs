@@ -6,6 +6,7 @@ use cudarc::driver::{
 use half::bf16;
 
 use crate::error::{ensure, expect_len, to_u32};
+use crate::kv::KvElem;
 use crate::{KernelError, Kernels};
 
 /// The head layout of a fused QKV row and of the paged KV cache, as RoPE and the cache write
@@ -44,9 +45,11 @@ impl RopeHeads {
 /// `[num_blocks, KVH, block_size, D]`, each row's position and cache slot (`u32::MAX`, or any
 /// slot past the cache, for a padding row that is not written), the tables `cos`/`sin` f32
 /// `[max_pos, rope_dim / 2]`, and the head layout.
-pub struct RopeKv<'a> {
-    pub k_cache: CudaViewMut<'a, bf16>,
-    pub v_cache: CudaViewMut<'a, bf16>,
+/// The caches hold `C` (bf16, or fp8 e4m3 for `--kv-cache-dtype fp8`: the rotated k and the v
+/// are rounded to e4m3 as they are written, see kv.rs).
+pub struct RopeKv<'a, C: KvElem = bf16> {
+    pub k_cache: CudaViewMut<'a, C>,
+    pub v_cache: CudaViewMut<'a, C>,
     pub positions: CudaView<'a, u32>,
     pub slots: CudaView<'a, u32>,
     pub cos: CudaView<'a, f32>,
@@ -61,7 +64,7 @@ pub(crate) struct RopePtrs<'s> {
     _guards: [SyncOnDrop<'s>; 6],
 }
 
-impl RopeKv<'_> {
+impl<C: KvElem> RopeKv<'_, C> {
     /// Checks the buffers for `rows` QKV rows of `qkv_len` elements: caches `[num_blocks, KVH,
     /// block_size, D]`, tables `[max_pos, rope_dim / 2]`, a position and a slot a row.
     pub(crate) fn check(
@@ -140,11 +143,11 @@ impl Kernels {
     /// Rotates every q and k head of `qkv` bf16 `[T, (H + 2*KVH) * D]` in place (interleaved
     /// pairs `(2i, 2i+1)` for `i < rope_dim / 2`), then writes the rotated k and the v of row t
     /// into slot `rope.slots[t]` of the layer's caches. T = `rope.positions.len()`.
-    pub fn rope_kv_write(
+    pub fn rope_kv_write<C: KvElem>(
         &self,
         stream: &CudaStream,
         qkv: &mut CudaViewMut<'_, bf16>,
-        rope: &mut RopeKv<'_>,
+        rope: &mut RopeKv<'_, C>,
     ) -> Result<(), KernelError> {
         const K: &str = "rope_kv_write";
         let t = rope.positions.len();
@@ -155,7 +158,8 @@ impl Kernels {
         let rd = 2 * g.rope_half;
         let (q, _g0) = qkv.device_ptr_mut(stream);
         let p = rope.ptrs(stream);
-        let mut b = self.dependent_launch(stream, "rope_kv_write_kernel")?;
+        let name = format!("rope_kv_write{}_kernel", C::DTYPE.tag());
+        let mut b = self.dependent_launch(stream, &name)?;
         b.arg(&q);
         for ptr in &p.ptrs {
             b.arg(ptr);

@@ -8,6 +8,8 @@
 //! of decode_attention.cu); the whole source, without that define, still holds every kernel
 //! (`full_source`, for `compile_ptx` and the tools).
 
+use crate::kv::KvDtype;
+
 /// One translation unit: common.cuh, then `files` (by name, in this order), compiled with
 /// `defines` added to the options.
 pub(crate) struct Unit {
@@ -16,7 +18,7 @@ pub(crate) struct Unit {
     pub(crate) defines: &'static [&'static str],
 }
 
-pub(crate) const UNITS: [Unit; 7] = [
+pub(crate) const UNITS: [Unit; 11] = [
     Unit {
         name: "small",
         files: &["elementwise.cu", "rope.cu", "sample.cu", "bias.cu"],
@@ -52,6 +54,26 @@ pub(crate) const UNITS: [Unit; 7] = [
         files: &["decode_attention.cu"],
         defines: &["-DPS_DECODE_PART=3"],
     },
+    Unit {
+        name: "decode_fp8_0",
+        files: &["decode_attention.cu"],
+        defines: &["-DPS_DECODE_PART=0", "-DPS_DECODE_FP8"],
+    },
+    Unit {
+        name: "decode_fp8_1",
+        files: &["decode_attention.cu"],
+        defines: &["-DPS_DECODE_PART=1", "-DPS_DECODE_FP8"],
+    },
+    Unit {
+        name: "decode_fp8_2",
+        files: &["decode_attention.cu"],
+        defines: &["-DPS_DECODE_PART=2", "-DPS_DECODE_FP8"],
+    },
+    Unit {
+        name: "decode_fp8_3",
+        files: &["decode_attention.cu"],
+        defines: &["-DPS_DECODE_PART=3", "-DPS_DECODE_FP8"],
+    },
 ];
 
 /// Indices in [`UNITS`] of the units that are not split.
@@ -59,11 +81,16 @@ pub(crate) const SMALL_UNIT: usize = 0;
 pub(crate) const PREFILL_UNIT: usize = 1;
 pub(crate) const GEMV_UNIT: usize = 2;
 
-/// Index in [`UNITS`] of the unit that instantiates decode attention for head dim `head_dim`
-/// (64 or 128) and GQA group `group` (1..=8): `decode{2 (D = 128) + 1 (G > 4)}`, as the
-/// `PS_DECODE_PART` blocks at the end of decode_attention.cu split them.
-pub(crate) fn decode_unit(head_dim: usize, group: usize) -> usize {
-    3 + if head_dim == 128 { 2 } else { 0 } + usize::from(group > 4)
+/// Index in [`UNITS`] of the unit that instantiates decode attention over caches of `dtype`
+/// for head dim `head_dim` (64 or 128) and GQA group `group` (1..=8):
+/// `decode[_fp8_]{2 (D = 128) + 1 (G > 4)}`, as the `PS_DECODE_PART` blocks at the end of
+/// decode_attention.cu split them (`PS_DECODE_FP8` picks the fp8 instances of a part).
+pub(crate) fn decode_unit(dtype: KvDtype, head_dim: usize, group: usize) -> usize {
+    let first = match dtype {
+        KvDtype::Bf16 => 3,
+        KvDtype::Fp8E4m3 => 7,
+    };
+    first + if head_dim == 128 { 2 } else { 0 } + usize::from(group > 4)
 }
 
 #[cfg(test)]
@@ -75,11 +102,14 @@ mod tests {
         assert_eq!(UNITS[SMALL_UNIT].name, "small");
         assert_eq!(UNITS[PREFILL_UNIT].name, "prefill");
         assert_eq!(UNITS[GEMV_UNIT].name, "gemv");
-        assert_eq!(UNITS[decode_unit(64, 1)].name, "decode0");
-        assert_eq!(UNITS[decode_unit(64, 4)].name, "decode0");
-        assert_eq!(UNITS[decode_unit(64, 5)].name, "decode1");
-        assert_eq!(UNITS[decode_unit(128, 4)].name, "decode2");
-        assert_eq!(UNITS[decode_unit(128, 8)].name, "decode3");
+        let (b, f) = (KvDtype::Bf16, KvDtype::Fp8E4m3);
+        assert_eq!(UNITS[decode_unit(b, 64, 1)].name, "decode0");
+        assert_eq!(UNITS[decode_unit(b, 64, 4)].name, "decode0");
+        assert_eq!(UNITS[decode_unit(b, 64, 5)].name, "decode1");
+        assert_eq!(UNITS[decode_unit(b, 128, 4)].name, "decode2");
+        assert_eq!(UNITS[decode_unit(b, 128, 8)].name, "decode3");
+        assert_eq!(UNITS[decode_unit(f, 64, 1)].name, "decode_fp8_0");
+        assert_eq!(UNITS[decode_unit(f, 128, 8)].name, "decode_fp8_3");
     }
 
     #[test]
@@ -99,7 +129,8 @@ mod tests {
                 let (d, g) = args.trim_end_matches(')').split_once(", ").expect("D, G");
                 let k = part.expect("every DECODE_INST sits in a part block");
                 let (d, g) = (d.parse().expect("D"), g.parse().expect("G"));
-                assert_eq!(decode_unit(d, g), 3 + k, "{line}");
+                assert_eq!(decode_unit(KvDtype::Bf16, d, g), 3 + k, "{line}");
+                assert_eq!(decode_unit(KvDtype::Fp8E4m3, d, g), 7 + k, "{line}");
                 seen += 1;
             }
         }
