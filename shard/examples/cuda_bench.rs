@@ -8,6 +8,9 @@
 //!
 //! roofline tok/s = copy bandwidth / bytes one decode step reads (every weight but the
 //! embedding table, one embedding row, the KV cache at the context).
+//!
+//! `CUDA_BENCH_KV_CACHE_DTYPE=fp8` runs it over an fp8 (e4m3) KV cache, as
+//! `--kv-cache-dtype fp8` does (one byte an element in the roofline's KV bytes).
 
 use std::time::Instant;
 
@@ -45,6 +48,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..LoadOptions::default()
     };
     opts.gpu.dummy_shape = Some(shape_name.clone());
+    if let Ok(dtype) = std::env::var("CUDA_BENCH_KV_CACHE_DTYPE") {
+        opts.kv_cache_dtype = dtype.parse()?;
+    }
     // For profilers: CUDA_BENCH_EAGER=1 runs steps without graphs, CUDA_BENCH_BATCHES=1,32
     // and CUDA_BENCH_STEPS=N narrow the run.
     opts.gpu.enforce_eager = std::env::var_os("CUDA_BENCH_EAGER").is_some();
@@ -62,9 +68,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let mut model = load_model(&opts)?;
     println!(
-        "load + graph capture: {:.1} s, {} KV blocks",
+        "load + graph capture: {:.1} s, {} KV blocks of {}",
         t.elapsed().as_secs_f64(),
-        model.num_kv_blocks()
+        model.num_kv_blocks(),
+        opts.kv_cache_dtype.cuda().name()
     );
     let spec = shape.spec();
     let c = &spec.config;
@@ -76,7 +83,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             + spec.vocab_size * c.hidden
             + c.hidden) as f64
         + 4.0 * ((2 * c.num_layers + 1) * c.hidden) as f64;
-    let kv_bytes = |ctx: usize| (c.num_layers * 2 * ctx * c.num_kv_heads * c.head_dim * 2) as f64;
+    let elem = opts.kv_cache_dtype.cuda().bytes();
+    let kv_bytes =
+        |ctx: usize| (c.num_layers * 2 * ctx * c.num_kv_heads * c.head_dim * elem) as f64;
 
     println!(
         "\n| batch | context | step ms (median) | tok/s | bytes/step GB | roofline tok/s | % roofline |"

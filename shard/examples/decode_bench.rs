@@ -30,6 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         num_kv_blocks: Some(per_seq * (streams.max(1) + 1)),
         kv_cache_bytes: 0,
         max_model_len: None,
+        kv_cache_dtype: Default::default(),
         device: "cpu".into(),
         gpu: Default::default(),
     };

@@ -1,7 +1,7 @@
 //! Command-line arguments of `pagedserve-shard`.
 
 use crate::engine::{EngineConfig, PrefillPolicy, SchedulePolicy};
-use crate::model::{GpuOptions, LoadOptions};
+use crate::model::{GpuOptions, KvCacheDtype, LoadOptions};
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
 use std::path::PathBuf;
@@ -65,6 +65,13 @@ pub struct Args {
     /// (vLLM refuses to start there).
     #[arg(long, value_parser = at_least_one())]
     pub max_model_len: Option<usize>,
+    /// What the KV cache stores (vLLM's flag and names): `auto` (the model's dtype: bf16 on
+    /// CUDA), `bf16`/`bfloat16`, or `fp8`/`fp8_e4m3` (e4m3 with a scale of 1.0, as vLLM without
+    /// calibrated scales: half the bytes a token, so twice the KV blocks in the same memory;
+    /// slightly different outputs). `fp8_e5m2` is refused. fp8 is CUDA only: the CPU backend's
+    /// cache is f32, so a CPU shard refuses fp8 at start (and serves bf16 as auto, warning).
+    #[arg(long, default_value = "auto")]
+    pub kv_cache_dtype: KvCacheDtype,
     /// Per-step token budget (prefill chunk tokens + decode tokens); default 2048 on a GPU,
     /// 256 on the CPU, where a 2,048-token step takes seconds and stalls every running stream.
     #[arg(long, value_parser = at_least_one())]
@@ -136,6 +143,7 @@ impl Args {
             num_kv_blocks: self.num_kv_blocks,
             kv_cache_bytes: self.kv_cache_memory_mb.saturating_mul(1 << 20),
             max_model_len: self.max_model_len,
+            kv_cache_dtype: self.kv_cache_dtype,
             device: match self.device.as_str() {
                 "auto" => auto_device(self.shard_id as usize),
                 d => d.to_string(),
@@ -289,6 +297,38 @@ mod tests {
             (2, 1, Some("127.0.0.1:9"))
         );
         assert_eq!(parse(&[]).expect("parses").tp_config().size, 1);
+    }
+
+    #[test]
+    fn kv_cache_dtype_takes_vllms_names() {
+        let dtype = |extra: &[&str]| parse(extra).expect("parses").load_options().kv_cache_dtype;
+        assert_eq!(
+            dtype(&[]),
+            KvCacheDtype::Auto,
+            "the model's dtype by default"
+        );
+        for (value, want) in [
+            ("auto", KvCacheDtype::Auto),
+            ("bf16", KvCacheDtype::Bf16),
+            ("bfloat16", KvCacheDtype::Bf16),
+            ("fp8", KvCacheDtype::Fp8E4m3),
+            ("fp8_e4m3", KvCacheDtype::Fp8E4m3),
+        ] {
+            assert_eq!(dtype(&["--kv-cache-dtype", value]), want, "{value}");
+        }
+        for bad in ["fp8_e5m2", "fp16", "int8"] {
+            let err = parse(&["--kv-cache-dtype", bad])
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                err.contains("auto, bf16 (or bfloat16), fp8 (or fp8_e4m3)"),
+                "names what is supported: {err}"
+            );
+        }
+        let err = parse(&["--kv-cache-dtype", "fp8_e5m2"])
+            .expect_err("e5m2")
+            .to_string();
+        assert!(err.contains("e4m3 only"), "{err}");
     }
 
     #[test]

@@ -68,6 +68,7 @@ fn engine_with(
         num_kv_blocks: Some(num_kv_blocks),
         kv_cache_bytes: 0,
         max_model_len: None,
+        kv_cache_dtype: Default::default(),
         device: "cpu".into(),
         gpu: Default::default(),
     };

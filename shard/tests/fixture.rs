@@ -10,7 +10,12 @@ mod common;
 use common::{
     BLOCK_SIZE, CHUNK, Case, FIXTURE_BLOCKS, Seq, fixture_seqs, load_fixture, model_path, step,
 };
-use pagedserve_shard::model::{LoadOptions, ModelError, SeqChunk, load_model};
+use std::path::PathBuf;
+
+use pagedserve_shard::backend::{CpuBackend, WeightFormat};
+use pagedserve_shard::model::{
+    KvCacheDtype, Llama, LoadOptions, ModelError, SeqChunk, load_model, open_source,
+};
 
 /// Max |logit - reference| over the reference's top-5 ids (logits are ~10-30 here). Both
 /// sides dequantize the same Q4_1/Q8_0 weights to f32 and compute in f32, so only summation
@@ -29,6 +34,7 @@ fn greedy_tokens_and_logits_match_transformers() {
         num_kv_blocks: Some(FIXTURE_BLOCKS),
         kv_cache_bytes: 0,
         max_model_len: None,
+        kv_cache_dtype: Default::default(),
         device: "cpu".into(),
         gpu: Default::default(),
     };
@@ -90,6 +96,7 @@ fn invalid_batches_are_errors_not_panics() {
         num_kv_blocks: None,
         kv_cache_bytes: 4 << 20,
         max_model_len: None,
+        kv_cache_dtype: Default::default(),
         device: "cpu".into(),
         gpu: Default::default(),
     };
@@ -168,6 +175,7 @@ fn batched_logits_equal_single_sequence_logits_bitwise() {
         num_kv_blocks: Some(30),
         kv_cache_bytes: 0,
         max_model_len: None,
+        kv_cache_dtype: Default::default(),
         device: "cpu".into(),
         gpu: Default::default(),
     };
@@ -210,6 +218,7 @@ fn kv_cache_sizing_errors_are_reported() {
         num_kv_blocks: None,
         kv_cache_bytes: 1000,
         max_model_len: None,
+        kv_cache_dtype: Default::default(),
         device: "cpu".into(),
         gpu: Default::default(),
     };
@@ -229,4 +238,44 @@ fn kv_cache_sizing_errors_are_reported() {
         load_model(&zero_block),
         Err(ModelError::KvCache(_))
     ));
+}
+
+/// `--kv-cache-dtype` on the CPU, whose cache is f32: fp8 is refused before the model file is
+/// read, with a message that says why and what to use; bf16 is served as auto (f32 cache).
+#[test]
+fn fp8_kv_cache_is_refused_on_the_cpu() {
+    let fixture = load_fixture();
+    let opts = |dtype: KvCacheDtype, path: PathBuf| LoadOptions {
+        model_path: path,
+        num_kv_blocks: Some(FIXTURE_BLOCKS),
+        kv_cache_dtype: dtype,
+        device: "cpu".into(),
+        ..LoadOptions::default()
+    };
+    // A path that does not exist: the dtype is refused first.
+    let missing = PathBuf::from("/nonexistent/model.gguf");
+    let err = load_model(&opts(KvCacheDtype::Fp8E4m3, missing))
+        .err()
+        .expect("fp8 on the CPU is refused");
+    assert!(matches!(err, ModelError::Fp8KvCacheOnCpu), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("--kv-cache-dtype fp8 needs a CUDA device")
+            && msg.contains("f32")
+            && msg.contains("auto"),
+        "{msg}"
+    );
+    // Loading the CPU model directly refuses it too.
+    let path = model_path(&fixture.model);
+    let mut source = open_source(&path).expect("open");
+    let direct = Llama::load(
+        CpuBackend::new(WeightFormat::Blocks),
+        source.as_mut(),
+        &opts(KvCacheDtype::Fp8E4m3, path.clone()),
+    );
+    assert!(matches!(direct, Err(ModelError::Fp8KvCacheOnCpu)));
+    for dtype in [KvCacheDtype::Auto, KvCacheDtype::Bf16] {
+        let model = load_model(&opts(dtype, path.clone())).expect("auto and bf16 load");
+        assert_eq!(model.num_kv_blocks(), FIXTURE_BLOCKS);
+    }
 }

@@ -6,7 +6,9 @@ use crate::backend::{Backend, KvLayout, RopeTable};
 use crate::model::batch::{BatchLimits, build_plan};
 use crate::model::config::LlamaConfig;
 use crate::model::source::ModelSource;
-use crate::model::{CausalLm, LoadOptions, ModelError, ModelInfo, SeqChunk, read_config};
+use crate::model::{
+    CausalLm, KvCacheDtype, LoadOptions, ModelError, ModelInfo, SeqChunk, read_config,
+};
 
 struct Layer<B: Backend> {
     attn_norm: B::Vector,
@@ -42,6 +44,11 @@ impl<B: Backend> Llama<B> {
         gguf: &mut dyn ModelSource,
         opts: &LoadOptions,
     ) -> Result<Self, ModelError> {
+        // The backends behind `Backend` keep an f32 cache ([`crate::model::load_model`] also
+        // refuses this, before the model file is opened, and notes what bf16 means here).
+        if opts.kv_cache_dtype == KvCacheDtype::Fp8E4m3 {
+            return Err(ModelError::Fp8KvCacheOnCpu);
+        }
         let cfg = read_config(gguf, opts)?;
         let vocab_size = match gguf.tensor_dims("token_embd.weight").as_deref() {
             Some([vocab, hidden]) if *hidden == cfg.hidden => *vocab,

@@ -10,6 +10,7 @@ pub(crate) mod batch;
 mod config;
 pub mod gguf;
 pub mod hf;
+mod kv_dtype;
 pub mod llama;
 mod shapes;
 pub mod source;
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 use crate::backend::{BackendError, CpuBackend, WeightFormat};
 
 pub use config::LlamaConfig;
+pub use kv_dtype::{KvCacheDtype, KvCacheDtypeError, SUPPORTED_KV_CACHE_DTYPES};
 pub use llama::Llama;
 pub use source::ModelSource;
 
@@ -75,6 +77,9 @@ pub struct LoadOptions {
     /// anything is sized from it; more than the model's own context is refused. `None`: the
     /// model's own. See [`LlamaConfig::with_max_model_len`].
     pub max_model_len: Option<usize>,
+    /// `--kv-cache-dtype`: what the KV cache stores (see [`KvCacheDtype`]). fp8 is CUDA only;
+    /// [`load_model`] refuses it for the CPU.
+    pub kv_cache_dtype: KvCacheDtype,
     /// "cpu", "cuda", "cuda:N" or "auto" (the first GPU when one is found, else the CPU).
     pub device: String,
     /// Settings only the CUDA backend reads.
@@ -90,6 +95,7 @@ impl Default for LoadOptions {
             num_kv_blocks: None,
             kv_cache_bytes: 1 << 30,
             max_model_len: None,
+            kv_cache_dtype: KvCacheDtype::Auto,
             device: "cpu".into(),
             gpu: GpuOptions::default(),
         }
@@ -162,6 +168,13 @@ pub enum ModelError {
          or leave --max-model-len out to serve the model's own"
     )]
     MaxModelLen { requested: usize, model: usize },
+    /// A `--kv-cache-dtype` this device cannot store (fp8 on the CPU).
+    #[error(
+        "--kv-cache-dtype fp8 needs a CUDA device: the CPU backend keeps its KV cache in f32 \
+         and has no fp8 cache (on the CPU leave --kv-cache-dtype out or use auto; for fp8, \
+         serve on a GPU with --device cuda)"
+    )]
+    Fp8KvCacheOnCpu,
     #[error("KV cache too small: {0}")]
     KvCache(String),
     #[error("invalid batch: {0}")]
@@ -240,9 +253,27 @@ pub fn load_model(opts: &LoadOptions) -> Result<Box<dyn CausalLm>, ModelError> {
             "--load-format dummy needs a CUDA device (--device cuda)".into(),
         ));
     }
+    check_cpu_kv_cache_dtype(opts.kv_cache_dtype)?;
     let mut source = open_source(&opts.model_path)?;
     let backend = CpuBackend::new(WeightFormat::Blocks);
     Ok(Box::new(Llama::load(backend, source.as_mut(), opts)?))
+}
+
+/// `--kv-cache-dtype` on the CPU, whose cache is f32: fp8 is refused (there is no fp8 cache
+/// to give the memory it promises); bf16 is served as `auto` with a warning: it asks for an
+/// unquantized cache, and f32 is at least as precise as bf16 (it saves no memory, though).
+pub fn check_cpu_kv_cache_dtype(dtype: KvCacheDtype) -> Result<(), ModelError> {
+    match dtype {
+        KvCacheDtype::Auto => Ok(()),
+        KvCacheDtype::Bf16 => {
+            tracing::warn!(
+                "--kv-cache-dtype bf16 on the CPU: the CPU backend keeps its KV cache in f32 and \
+                 has no bf16 cache; serving with the f32 cache, as auto does"
+            );
+            Ok(())
+        }
+        KvCacheDtype::Fp8E4m3 => Err(ModelError::Fp8KvCacheOnCpu),
+    }
 }
 
 /// `cpu`, `cuda:N`, or for `auto` the first GPU when a CUDA driver and a GPU are found.

@@ -3,12 +3,13 @@
 //! decode graphs. A tensor-parallel rank first joins its group (`super::tp`), loads only its
 //! slice of the weights, and agrees with the other ranks on the KV block count.
 
-use pagedserve_kernels::Kernels;
+use pagedserve_kernels::{Kernels, KvDtype};
 
 use super::buffers::Buffers;
 use super::device::{Gpu, cuda_err, parse_cuda_device};
 use super::gemm::Gemm;
 use super::graphs::Graphs;
+use super::kv::KvCaches;
 use super::model::{CudaLlama, StepShape};
 use super::ops;
 use super::plan::{MetaLayout, stage};
@@ -250,24 +251,34 @@ fn build(
         num_kv_heads: cfg.num_kv_heads,
         head_dim: cfg.head_dim,
     };
-    kv.num_blocks = num_blocks(&gpu, &kv, opts)?;
+    let kv_dtype = opts.kv_cache_dtype.cuda();
+    if let Some(g) = &group {
+        // The launcher gives every rank the same flag; a rank started by hand with another
+        // would write its heads' K/V in another format than the rest expect of the group.
+        if !g.comm.agree(kv_dtype.bytes())? {
+            return Err(ModelError::KvCache(format!(
+                "this tensor-parallel rank's --kv-cache-dtype ({}) differs from another \
+                 rank's: every rank of a group must use the same",
+                kv_dtype.name()
+            )));
+        }
+    }
+    kv.num_blocks = num_blocks(&gpu, &kv, kv_dtype, opts)?;
     // Every rank holds the same block ids (the leader's block manager hands them out).
     if let Some(g) = &group {
         kv.num_blocks = g.comm.min(kv.num_blocks)?;
     }
     let cache_len = kv.num_layers * kv.num_blocks * kv.block_elems();
-    let alloc_cache = || {
-        stream
-            .alloc_zeros::<half::bf16>(cache_len)
-            .map_err(|e| ModelError::KvCache(format!("{} blocks: {e}", kv.num_blocks)))
-    };
-    let (k_cache, v_cache) = (alloc_cache()?, alloc_cache()?);
+    let kv_caches = KvCaches::alloc(stream, kv_dtype, cache_len)
+        .map_err(|e| ModelError::KvCache(format!("{} blocks: {e}", kv.num_blocks)))?;
     tracing::info!(
         device = %gpu.name,
         arch = %gpu.arch,
         weights_gib = w.bytes() as f64 / (1u64 << 30) as f64,
+        kv_dtype = kv_dtype.name(),
         kv_blocks = kv.num_blocks,
         kv_tokens = kv.num_blocks * block_size,
+        kv_gib = (kv.num_blocks * kv_block_bytes(&kv, kv_dtype)) as f64 / (1u64 << 30) as f64,
         "model on the GPU"
     );
     let mut model = CudaLlama {
@@ -283,8 +294,7 @@ fn build(
         layout,
         meta,
         sampling,
-        k_cache,
-        v_cache,
+        kv_caches,
         cos,
         sin,
         gather: Vec::new(),
@@ -296,17 +306,39 @@ fn build(
     Ok(model)
 }
 
+/// Bytes one KV block takes across all layers, K and V, with elements of `dtype` (an fp8
+/// block is half a bf16 one).
+fn kv_block_bytes(kv: &KvLayout, dtype: KvDtype) -> usize {
+    2 * kv.num_layers * kv.block_elems() * dtype.bytes()
+}
+
+/// Blocks of `block_bytes` that fit in what `utilization` of a card of `total` bytes leaves,
+/// `free` bytes being free now (weights and buffers already allocated), after the reserve.
+fn blocks_in_budget(free: usize, total: usize, utilization: f32, block_bytes: usize) -> usize {
+    let keep_free = ((1.0 - utilization as f64) * total as f64) as usize;
+    let budget = free.saturating_sub(keep_free + RESERVE_BYTES);
+    budget / block_bytes.max(1)
+}
+
 /// KV blocks: `--num-kv-blocks`, or what `--gpu-memory-utilization` of the card leaves after
-/// the weights and buffers (already allocated) and a reserve for graphs.
-fn num_blocks(gpu: &Gpu, kv: &KvLayout, opts: &LoadOptions) -> Result<usize, ModelError> {
-    let block_bytes = 2 * kv.num_layers * kv.block_elems() * 2;
+/// the weights and buffers (already allocated) and a reserve for graphs, in blocks of
+/// `dtype`'s size (so fp8 gets twice the blocks of bf16).
+fn num_blocks(
+    gpu: &Gpu,
+    kv: &KvLayout,
+    dtype: KvDtype,
+    opts: &LoadOptions,
+) -> Result<usize, ModelError> {
     if let Some(n) = opts.num_kv_blocks {
         return Ok(n);
     }
     let (free, total) = gpu.mem_info()?;
-    let keep_free = ((1.0 - opts.gpu.memory_utilization as f64) * total as f64) as usize;
-    let budget = free.saturating_sub(keep_free + RESERVE_BYTES);
-    let n = budget / block_bytes.max(1);
+    let n = blocks_in_budget(
+        free,
+        total,
+        opts.gpu.memory_utilization,
+        kv_block_bytes(kv, dtype),
+    );
     if n == 0 {
         return Err(ModelError::KvCache(format!(
             "no room for the KV cache: {} MiB free of {} MiB, {:.2} utilization",
@@ -359,4 +391,55 @@ fn capture_decode_graphs(m: &mut CudaLlama) -> Result<(), ModelError> {
         "decode graphs captured"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Llama-3-8B's cache geometry: 32 layers, 8 KV heads of 128, 16-token blocks.
+    const LLAMA3_8B: KvLayout = KvLayout {
+        num_layers: 32,
+        num_blocks: 0,
+        block_size: 16,
+        num_kv_heads: 8,
+        head_dim: 128,
+    };
+
+    #[test]
+    fn an_fp8_block_is_half_a_bf16_block() {
+        // 2 (K, V) x 32 layers x 16 x 8 x 128 elements: 2 MiB in bf16, 1 MiB in fp8.
+        assert_eq!(kv_block_bytes(&LLAMA3_8B, KvDtype::Bf16), 2 << 20);
+        assert_eq!(kv_block_bytes(&LLAMA3_8B, KvDtype::Fp8E4m3), 1 << 20);
+    }
+
+    #[test]
+    fn fp8_gets_twice_the_blocks_of_bf16_from_the_same_memory() {
+        let gib = 1usize << 30;
+        let total = 80 * gib;
+        // A utilization of 0.75 keeps exactly 20 GiB of the 80 free (0.9 is no f32).
+        let blocks = |free: usize, dtype| {
+            blocks_in_budget(free, total, 0.75, kv_block_bytes(&LLAMA3_8B, dtype))
+        };
+        // 60 GiB free: 60 - 20 - 0.75 (the reserve) = 39.25 GiB for the cache.
+        let free = 60 * gib;
+        assert_eq!(blocks(free, KvDtype::Bf16), 39 * 512 + 128);
+        assert_eq!(blocks(free, KvDtype::Fp8E4m3), 2 * (39 * 512 + 128));
+        // Whatever the budget, fp8 gets twice bf16's blocks, or one more where half a bf16
+        // block is left over.
+        for free in [
+            21 * gib,
+            21 * gib + 3 * (1 << 20),
+            37 * gib + 12345,
+            79 * gib,
+        ] {
+            let (bf16, fp8) = (blocks(free, KvDtype::Bf16), blocks(free, KvDtype::Fp8E4m3));
+            assert!(
+                bf16 > 0 && (fp8 == 2 * bf16 || fp8 == 2 * bf16 + 1),
+                "{free}: {bf16} {fp8}"
+            );
+        }
+        // Nothing left after the share kept free and the reserve: no blocks of either.
+        assert_eq!(blocks(20 * gib, KvDtype::Fp8E4m3), 0);
+    }
 }

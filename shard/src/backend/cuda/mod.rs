@@ -7,6 +7,7 @@ mod buffers;
 mod device;
 mod gemm;
 mod graphs;
+mod kv;
 mod linear;
 mod load;
 mod model;

@@ -1,15 +1,16 @@
 //! [`CudaLlama`]: the Llama-family decoder on one GPU. bf16 weights, cuBLAS GEMMs, our own
-//! kernels (`pagedserve-kernels`) for everything else, a paged bf16 KV cache sized from free
-//! memory, preallocated buffers, and CUDA graphs replayed for decode-only steps.
+//! kernels (`pagedserve-kernels`) for everything else, a paged KV cache (bf16, or fp8 e4m3 with
+//! `--kv-cache-dtype fp8`) sized from free memory, preallocated buffers, and CUDA graphs
+//! replayed for decode-only steps.
 
 use cudarc::driver::CudaSlice;
-use half::bf16;
-use pagedserve_kernels::Kernels;
+use pagedserve_kernels::{Kernels, KvDtype};
 
 use super::buffers::Buffers;
 use super::device::{Gpu, cuda_err};
 use super::gemm::Gemm;
 use super::graphs::Graphs;
+use super::kv::KvCaches;
 use super::ops::{self, Dims};
 use super::plan::{MetaLayout, StagedStep, stage};
 use super::tp::wire::{LinkError, StepFrame};
@@ -57,8 +58,8 @@ pub struct CudaLlama {
     /// Per-sequence sampling parameters: temperature, top_p (f32 bits), top_k, and seed and
     /// counter (two u32 halves each), `[s_max, 7]`.
     pub(super) sampling: CudaSlice<u32>,
-    pub(super) k_cache: CudaSlice<bf16>,
-    pub(super) v_cache: CudaSlice<bf16>,
+    /// K and V of every layer, in the `--kv-cache-dtype`'s element type.
+    pub(super) kv_caches: KvCaches,
     pub(super) cos: CudaSlice<f32>,
     pub(super) sin: CudaSlice<f32>,
     pub(super) graphs: Graphs,
@@ -74,6 +75,11 @@ pub struct CudaLlama {
 }
 
 impl CudaLlama {
+    /// The KV cache's element type (`--kv-cache-dtype`).
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_caches.dtype()
+    }
+
     fn limits(&self) -> BatchLimits {
         BatchLimits {
             vocab_size: self.info.vocab_size,

@@ -1,18 +1,25 @@
 //! The forward pass as a sequence of launches over the preallocated buffers: embedding, then
 //! per layer norm -> QKV GEMM -> RoPE + KV write -> paged attention -> o_proj -> norm (with
 //! the residual add) -> gate/up GEMM -> SiLU*mul -> down GEMM, then the final norm, the
-//! vocabulary projection and (optionally) sampling. Small decode steps do RoPE + KV write in
-//! the QKV GEMV's epilogue. Nothing here synchronizes.
+//! vocabulary projection and (optionally) sampling. Small decode steps over a bf16 cache do
+//! RoPE + KV write in the QKV GEMV's epilogue (an fp8 cache always runs it as its own kernel).
+//! Nothing here synchronizes.
+
+use std::ops::Range;
+use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtrMut};
 use half::bf16;
 
+use super::buffers::Buffers;
 use super::device::cuda_err;
+use super::kv::{CacheElem, KvCaches};
 use super::linear::{Linear, linear};
 use super::model::{CudaLlama, StepShape};
+use super::weights::LayerWeights;
 use crate::backend::BackendResult;
 use crate::model::DeviceSampling;
-use pagedserve_kernels::{RopeHeads, RopeKv};
+use pagedserve_kernels::{KvDtype, RopeHeads, RopeKv};
 
 /// Model dimensions the kernels need.
 #[derive(Debug, Clone, Copy)]
@@ -111,32 +118,46 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
     let b = &mut m.bufs;
     let meta = &m.meta;
     let tokens = meta.slice(lay.tokens()..lay.tokens() + t);
-    let dq_rows = meta.slice(lay.dq_rows()..lay.dq_rows() + shape.decode_seqs);
-    let dctx = meta.slice(lay.dctx()..lay.dctx() + shape.decode_seqs);
-    let bt_decode =
-        meta.slice(lay.block_tables()..lay.block_tables() + shape.decode_seqs * lay.bt_stride);
-    let bt_prefill_start = lay.block_tables() + shape.decode_seqs * lay.bt_stride;
-    let bt_prefill =
-        meta.slice(bt_prefill_start..bt_prefill_start + shape.prefill_seqs * lay.bt_stride);
-    let seq_info = meta.slice(lay.seq_info()..lay.seq_info() + 3 * shape.prefill_seqs);
-    let tiles = meta.slice(lay.tiles()..lay.tiles() + 2 * shape.num_tiles);
-    let (h, qkvw) = (d.hidden, d.qkv_width());
+    let h = d.hidden;
     let err = |what| cuda_err(what);
     let lin = Linear {
         gemm: &m.gemm,
         kernels: &m.kernels,
         gemv: m.gemv,
     };
-    // Decode steps small enough for the GEMV run RoPE + KV write in its epilogue
-    // (kernels/cuda/gemv.cu) instead of a kernel of their own; not with a QKV bias, which the
-    // epilogue does not add.
-    let fuse_rope = m.fuse && lin.on_gemv(t, h);
-    let heads = RopeHeads {
-        num_heads: d.heads,
-        num_kv_heads: d.kv_heads,
-        head_dim: d.head_dim,
-        rope_dim: d.rope_dim,
-        block_size: d.block_size,
+    let bt_prefill_start = lay.block_tables() + shape.decode_seqs * lay.bt_stride;
+    let cx = AttnStep {
+        s,
+        lin,
+        d,
+        shape,
+        bt_stride: lay.bt_stride,
+        // Decode steps small enough for the GEMV run RoPE + KV write in its epilogue
+        // (kernels/cuda/gemv.cu) instead of a kernel of their own; not with a QKV bias, which
+        // the epilogue does not add (checked per layer), nor over an fp8 cache: the epilogue
+        // writes bf16 only (`CacheElem::gemv_rope_kv`, which has no fp8 kernel to run).
+        fuse_rope: m.fuse && lin.on_gemv(t, h) && m.kv_caches.dtype() == KvDtype::Bf16,
+        heads: RopeHeads {
+            num_heads: d.heads,
+            num_kv_heads: d.kv_heads,
+            head_dim: d.head_dim,
+            rope_dim: d.rope_dim,
+            block_size: d.block_size,
+        },
+        positions: meta.slice(lay.positions()..lay.positions() + t),
+        slots: meta.slice(lay.slots()..lay.slots() + t),
+        cos: &m.cos,
+        sin: &m.sin,
+        dq_rows: as_i32(&meta.slice(lay.dq_rows()..lay.dq_rows() + shape.decode_seqs)),
+        dctx: as_i32(&meta.slice(lay.dctx()..lay.dctx() + shape.decode_seqs)),
+        bt_decode: as_i32(
+            &meta.slice(lay.block_tables()..lay.block_tables() + shape.decode_seqs * lay.bt_stride),
+        ),
+        bt_prefill: as_i32(
+            &meta.slice(bt_prefill_start..bt_prefill_start + shape.prefill_seqs * lay.bt_stride),
+        ),
+        seq_info: as_i32(&meta.slice(lay.seq_info()..lay.seq_info() + 3 * shape.prefill_seqs)),
+        tiles: as_i32(&meta.slice(lay.tiles()..lay.tiles() + 2 * shape.num_tiles)),
     };
 
     k.embedding(
@@ -170,73 +191,10 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
             .map_err(err("add_rms_norm"))?;
         }
         let cache = i * per_layer..(i + 1) * per_layer;
-        {
-            let mut rope = RopeKv {
-                k_cache: m.k_cache.slice_mut(cache.clone()),
-                v_cache: m.v_cache.slice_mut(cache.clone()),
-                positions: meta.slice(lay.positions()..lay.positions() + t),
-                slots: meta.slice(lay.slots()..lay.slots() + t),
-                cos: m.cos.as_view(),
-                sin: m.sin.as_view(),
-                heads,
-            };
-            if fuse_rope && l.qkv_bias.is_none() {
-                let (qkv, x) = (&mut b.qkv.slice_mut(..t * qkvw), &b.h.slice(..t * h));
-                k.gemv_rope_kv(s, qkv, x, &l.qkv.as_view(), h, &mut rope)
-                    .map_err(err("gemv_rope_kv"))?;
-            } else {
-                linear(lin, s, &mut b.qkv, &b.h, &l.qkv, t, qkvw, h)?;
-                if let Some(bias) = &l.qkv_bias {
-                    k.add_bias(s, &mut b.qkv.slice_mut(..t * qkvw), &bias.as_view())
-                        .map_err(err("qkv bias"))?;
-                }
-                k.rope_kv_write(s, &mut b.qkv.slice_mut(..t * qkvw), &mut rope)
-                    .map_err(err("rope_kv_write"))?;
-            }
-        }
-        let kc = m.k_cache.slice(cache.clone());
-        let vc = m.v_cache.slice(cache);
-        if shape.decode_seqs > 0 {
-            k.paged_decode_attention(
-                s,
-                &mut b.attn.slice_mut(..t * d.heads * d.head_dim),
-                &b.qkv.slice(..t * qkvw),
-                qkvw,
-                &as_i32(&dq_rows),
-                &kc,
-                &vc,
-                &as_i32(&bt_decode),
-                lay.bt_stride,
-                &as_i32(&dctx),
-                &mut b.decode_ws.as_view_mut(),
-                d.heads,
-                d.kv_heads,
-                d.head_dim,
-                d.block_size,
-                d.scale(),
-                d.max_context,
-            )
-            .map_err(err("paged decode attention"))?;
-        }
-        if shape.prefill_seqs > 0 {
-            k.paged_prefill_attention(
-                s,
-                &mut b.attn.slice_mut(..t * d.heads * d.head_dim),
-                &b.qkv.slice(..t * qkvw),
-                qkvw,
-                &kc,
-                &vc,
-                &as_i32(&bt_prefill),
-                lay.bt_stride,
-                &as_i32(&seq_info),
-                &as_i32(&tiles),
-                d.heads,
-                d.kv_heads,
-                d.head_dim,
-                d.block_size,
-                d.scale(),
-            )
-            .map_err(err("paged prefill attention"))?;
+        // One generic body for either cache type.
+        match &mut m.kv_caches {
+            KvCaches::Bf16 { k: kc, v: vc } => attention(&cx, b, l, kc, vc, cache)?,
+            KvCaches::Fp8 { k: kc, v: vc } => attention(&cx, b, l, kc, vc, cache)?,
         }
         linear(
             lin,
@@ -277,6 +235,119 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
         if let Some(c) = nccl {
             c.all_reduce_sum(&mut b.delta.slice_mut(..t * h))?;
         }
+    }
+    Ok(())
+}
+
+/// What every layer's RoPE + KV write and attention share in one step.
+struct AttnStep<'a> {
+    s: &'a Arc<CudaStream>,
+    lin: Linear<'a>,
+    d: Dims,
+    shape: StepShape,
+    bt_stride: usize,
+    /// RoPE + KV write in the QKV GEMV's epilogue where the layer and the cache type allow.
+    fuse_rope: bool,
+    heads: RopeHeads,
+    positions: CudaView<'a, u32>,
+    slots: CudaView<'a, u32>,
+    cos: &'a CudaSlice<f32>,
+    sin: &'a CudaSlice<f32>,
+    dq_rows: CudaView<'a, i32>,
+    dctx: CudaView<'a, i32>,
+    bt_decode: CudaView<'a, i32>,
+    bt_prefill: CudaView<'a, i32>,
+    seq_info: CudaView<'a, i32>,
+    tiles: CudaView<'a, i32>,
+}
+
+/// One layer's QKV projection, RoPE + KV write into `cache` of `k_cache` / `v_cache` (the
+/// layer's part), and paged attention over it into `b.attn`, for a cache of either type.
+fn attention<C: CacheElem>(
+    cx: &AttnStep<'_>,
+    b: &mut Buffers,
+    l: &LayerWeights,
+    k_cache: &mut CudaSlice<C>,
+    v_cache: &mut CudaSlice<C>,
+    cache: Range<usize>,
+) -> BackendResult<()> {
+    let (s, d, shape) = (cx.s, &cx.d, cx.shape);
+    let kern = cx.lin.kernels;
+    let (t, h, qkvw) = (shape.rows, d.hidden, d.qkv_width());
+    let err = |what| cuda_err(what);
+    {
+        let mut rope = RopeKv {
+            k_cache: k_cache.slice_mut(cache.clone()),
+            v_cache: v_cache.slice_mut(cache.clone()),
+            positions: cx.positions.slice(..),
+            slots: cx.slots.slice(..),
+            cos: cx.cos.as_view(),
+            sin: cx.sin.as_view(),
+            heads: cx.heads,
+        };
+        let fused = match cx.fuse_rope && l.qkv_bias.is_none() {
+            true => {
+                let (qkv, x) = (&mut b.qkv.slice_mut(..t * qkvw), &b.h.slice(..t * h));
+                C::gemv_rope_kv(kern, s, qkv, x, &l.qkv.as_view(), h, &mut rope)
+            }
+            false => None,
+        };
+        match fused {
+            Some(done) => done.map_err(err("gemv_rope_kv"))?,
+            None => {
+                linear(cx.lin, s, &mut b.qkv, &b.h, &l.qkv, t, qkvw, h)?;
+                if let Some(bias) = &l.qkv_bias {
+                    kern.add_bias(s, &mut b.qkv.slice_mut(..t * qkvw), &bias.as_view())
+                        .map_err(err("qkv bias"))?;
+                }
+                kern.rope_kv_write(s, &mut b.qkv.slice_mut(..t * qkvw), &mut rope)
+                    .map_err(err("rope_kv_write"))?;
+            }
+        }
+    }
+    let kc = k_cache.slice(cache.clone());
+    let vc = v_cache.slice(cache);
+    if shape.decode_seqs > 0 {
+        kern.paged_decode_attention(
+            s,
+            &mut b.attn.slice_mut(..t * d.heads * d.head_dim),
+            &b.qkv.slice(..t * qkvw),
+            qkvw,
+            &cx.dq_rows,
+            &kc,
+            &vc,
+            &cx.bt_decode,
+            cx.bt_stride,
+            &cx.dctx,
+            &mut b.decode_ws.as_view_mut(),
+            d.heads,
+            d.kv_heads,
+            d.head_dim,
+            d.block_size,
+            d.scale(),
+            d.max_context,
+        )
+        .map_err(err("paged decode attention"))?;
+    }
+    if shape.prefill_seqs > 0 {
+        kern.paged_prefill_attention(
+            s,
+            &mut b.attn.slice_mut(..t * d.heads * d.head_dim),
+            &b.qkv.slice(..t * qkvw),
+            qkvw,
+            &kc,
+            &vc,
+            &cx.bt_prefill,
+            cx.bt_stride,
+            &cx.seq_info,
+            &cx.tiles,
+            d.heads,
+            d.kv_heads,
+            d.head_dim,
+            d.block_size,
+            d.scale(),
+        )
+        .map_err(err("paged prefill attention"))?;
     }
     Ok(())
 }

@@ -91,4 +91,14 @@ impl Nccl {
             .map_err(|e| BackendError::Cuda(format!("download: {e}")))?;
         Ok(host.first().map_or(n, |&v| v as usize))
     }
+
+    /// Whether every rank holds the same `n` (e.g. the KV cache's element size): the smallest
+    /// `n` and the smallest `!n` of every rank, so that each rank, not just the ones above the
+    /// minimum, learns of a difference. Every rank runs both all-reduces (no short circuit:
+    /// a rank skipping one would leave the others waiting in it).
+    pub fn agree(&self, n: usize) -> BackendResult<bool> {
+        let low = self.min(n)?;
+        let high = !self.min(!n)?;
+        Ok(low == n && high == n)
+    }
 }
