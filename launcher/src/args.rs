@@ -173,6 +173,15 @@ pub struct ServeArgs {
     )]
     pub max_model_len: Option<u32>,
 
+    /// What each shard's KV cache stores, vLLM's flag and names: `auto` (default; the model's
+    /// dtype, bf16 on CUDA), `bf16` (or `bfloat16`), or `fp8` (or `fp8_e4m3`): e4m3 with a
+    /// scale of 1.0, as vLLM without calibrated scales, half the bytes a token so twice the
+    /// KV blocks in the same memory, outputs slightly different from bf16's. fp8 is CUDA
+    /// only: the CPU backend's cache is f32, so `--device cpu` refuses it at start. `fp8_e5m2`
+    /// is refused.
+    #[arg(long, env = "KV_CACHE_DTYPE")]
+    pub kv_cache_dtype: Option<KvCacheDtype>,
+
     /// Maximum sequences in each shard's running batch.
     #[arg(long)]
     pub max_num_seqs: Option<u32>,
@@ -228,6 +237,59 @@ pub struct ServeArgs {
     /// Directory holding pagedserve-shard and pagedserve-router; default: next to this binary.
     #[arg(long, env = "PAGEDSERVE_BIN_DIR", hide = true)]
     pub bin_dir: Option<PathBuf>,
+}
+
+/// The values `--kv-cache-dtype` accepts (the shard's `KvCacheDtype` takes the same).
+pub const SUPPORTED_KV_CACHE_DTYPES: &str = "auto, bf16 (or bfloat16), fp8 (or fp8_e4m3)";
+
+/// `--kv-cache-dtype`, checked here so a bad value stops the launcher before anything starts;
+/// each shard gets the canonical name ([`KvCacheDtype::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvCacheDtype {
+    /// The model's dtype (bf16 on CUDA; the CPU backend's cache is f32).
+    Auto,
+    Bf16,
+    /// fp8 e4m3, scale 1.0. CUDA only.
+    Fp8E4m3,
+}
+
+/// A `--kv-cache-dtype` value pagedserve does not serve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvCacheDtypeError {
+    /// A type vLLM knows that pagedserve has no kernels for (`fp8_e5m2`, ...).
+    #[error(
+        "{0} is not supported: pagedserve's fp8 KV cache is e4m3 only (supported: \
+         {SUPPORTED_KV_CACHE_DTYPES})"
+    )]
+    Unsupported(String),
+    #[error("unknown KV cache dtype `{0}` (supported: {SUPPORTED_KV_CACHE_DTYPES})")]
+    Unknown(String),
+}
+
+impl std::str::FromStr for KvCacheDtype {
+    type Err = KvCacheDtypeError;
+
+    /// vLLM's spellings, ASCII case aside.
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(KvCacheDtype::Auto),
+            "bf16" | "bfloat16" => Ok(KvCacheDtype::Bf16),
+            "fp8" | "fp8_e4m3" => Ok(KvCacheDtype::Fp8E4m3),
+            "fp8_e5m2" | "fp8_inc" | "fp8_ds_mla" => Err(KvCacheDtypeError::Unsupported(s.into())),
+            _ => Err(KvCacheDtypeError::Unknown(s.into())),
+        }
+    }
+}
+
+impl KvCacheDtype {
+    /// The name each shard is given: `auto`, `bf16` or `fp8_e4m3`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            KvCacheDtype::Auto => "auto",
+            KvCacheDtype::Bf16 => "bf16",
+            KvCacheDtype::Fp8E4m3 => "fp8_e4m3",
+        }
+    }
 }
 
 impl ServeArgs {
@@ -367,6 +429,61 @@ mod tests {
         assert!(parse(&["--max-model-len", "-1"]).is_err());
     }
 
+    #[test]
+    fn kv_cache_dtype_takes_vllms_names_and_its_env() {
+        assert_eq!(
+            serve(&[]).kv_cache_dtype,
+            None,
+            "the shard's default (auto)"
+        );
+        for (value, want) in [
+            ("auto", KvCacheDtype::Auto),
+            ("bf16", KvCacheDtype::Bf16),
+            ("bfloat16", KvCacheDtype::Bf16),
+            ("fp8", KvCacheDtype::Fp8E4m3),
+            ("fp8_e4m3", KvCacheDtype::Fp8E4m3),
+        ] {
+            let got = serve(&["--kv-cache-dtype", value]).kv_cache_dtype;
+            assert_eq!(got, Some(want), "{value}");
+            // What the shard is given parses back to the same.
+            assert_eq!(want.name().parse(), Ok(want));
+        }
+        let err = parse(&["--kv-cache-dtype", "fp8_e5m2"])
+            .expect_err("e5m2 is refused")
+            .to_string();
+        assert!(
+            err.contains("fp8_e5m2") && err.contains("e4m3 only"),
+            "says why: {err}"
+        );
+        for bad in ["fp8_e5m2", "float16", "int8"] {
+            let err = parse(&["--kv-cache-dtype", bad])
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                err.contains(SUPPORTED_KV_CACHE_DTYPES),
+                "names what is supported: {err}"
+            );
+        }
+    }
+
+    /// `KV_CACHE_DTYPE` in the environment sets it, as the other flags' env fallbacks (read
+    /// off the parser: setting the variable here would race the other tests' parses; the
+    /// integration test `kv_cache_dtype` runs the launcher with it).
+    #[test]
+    fn kv_cache_dtype_has_an_env_fallback() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let env = |cmd: &clap::Command| {
+            cmd.get_arguments()
+                .find(|a| a.get_id() == "kv_cache_dtype")
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+        };
+        assert_eq!(env(&cli).as_deref(), Some("KV_CACHE_DTYPE"));
+        let sub = cli.find_subcommand("serve").expect("serve");
+        assert_eq!(env(sub).as_deref(), Some("KV_CACHE_DTYPE"));
+    }
+
     /// A vLLM command line, flag for flag, parses to the same settings.
     #[test]
     fn vllm_flag_names_are_accepted() {
@@ -401,6 +518,8 @@ mod tests {
             "dummy",
             "--enforce-eager",
             "--no-enable-prefix-caching",
+            "--kv-cache-dtype",
+            "fp8",
         ]);
         assert_eq!(s.model.as_deref(), Some("meta-llama/Llama-3.1-8B-Instruct"));
         assert_eq!(s.served_model_name.as_deref(), Some("llama"));
@@ -416,6 +535,7 @@ mod tests {
         assert_eq!(s.load_format.as_deref(), Some("dummy"));
         assert!(s.enforce_eager);
         assert!(!s.prefix_caching());
+        assert_eq!(s.kv_cache_dtype, Some(KvCacheDtype::Fp8E4m3));
         // Each alias is the same argument as its own name: giving both is a repeat.
         assert!(parse(&["--max-batch-tokens", "1", "--max-num-batched-tokens", "2"]).is_err());
         assert!(parse(&["--num-kv-blocks", "1", "--num-gpu-blocks-override", "2"]).is_err());

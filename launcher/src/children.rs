@@ -121,6 +121,11 @@ fn rank_spec(
         ("max-num-seqs", args.max_num_seqs.map(|v| v.to_string())),
         ("scheduling-policy", args.scheduling_policy.clone()),
         ("max-model-len", args.max_model_len.map(|v| v.to_string())),
+        // Every rank of a tensor-parallel group alike (each checks the others agree).
+        (
+            "kv-cache-dtype",
+            args.kv_cache_dtype.map(|d| d.name().to_string()),
+        ),
         (
             "gpu-memory-utilization",
             args.gpu_memory_utilization.map(|v| v.to_string()),
@@ -321,6 +326,33 @@ mod tests {
         // The router learns the limit from the shards, not from a flag.
         let router = strings(&router_spec(&a, &plan("len-router")).expect("spec"));
         assert!(value_of(&router, "--max-model-len").is_none());
+    }
+
+    #[test]
+    fn every_rank_gets_the_kv_cache_dtype() {
+        let a = args(&["--kv-cache-dtype", "fp8"]);
+        let leader = strings(&shard_spec(&a, &plan("kvd"), 0, 7001).expect("spec"));
+        assert_eq!(
+            value_of(&leader, "--kv-cache-dtype").as_deref(),
+            Some("fp8_e4m3")
+        );
+        let mut p = plan("kvd-tp");
+        p.tp_size = 2;
+        p.tp_ports = vec![9102];
+        let follower = strings(&follower_spec(&a, &p, 0, 1).expect("spec"));
+        assert_eq!(
+            value_of(&follower, "--kv-cache-dtype").as_deref(),
+            Some("fp8_e4m3"),
+            "a follower stores its heads' K/V as the leader does"
+        );
+        let bf16 = args(&["--kv-cache-dtype", "bfloat16"]);
+        let argv = strings(&shard_spec(&bf16, &plan("kvd-bf16"), 0, 7001).expect("spec"));
+        assert_eq!(value_of(&argv, "--kv-cache-dtype").as_deref(), Some("bf16"));
+        // Not given: the shard's default (auto), and the router never hears of it.
+        let none = strings(&shard_spec(&args(&[]), &plan("kvd-none"), 0, 7001).expect("spec"));
+        assert!(value_of(&none, "--kv-cache-dtype").is_none());
+        let router = strings(&router_spec(&a, &plan("kvd-router")).expect("spec"));
+        assert!(value_of(&router, "--kv-cache-dtype").is_none());
     }
 
     #[test]

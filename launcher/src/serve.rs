@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::args::ServeArgs;
+use crate::args::{KvCacheDtype, ServeArgs};
 use crate::children::{self, Plan};
 use crate::default_model;
 use crate::error::{LaunchError, Result};
@@ -60,6 +60,7 @@ enum Outcome {
 }
 
 async fn plan(args: &ServeArgs) -> Result<Plan> {
+    check_kv_cache_dtype(args)?;
     let bin_dir = children::bin_dir(args.bin_dir.as_deref())?;
     // Check both binaries and the router's port before the (possibly slow) model fetch.
     children::binary(&bin_dir, children::SHARD_BIN)?;
@@ -104,6 +105,21 @@ async fn plan(args: &ServeArgs) -> Result<Plan> {
         tp_ports,
         shard_env,
     })
+}
+
+/// An fp8 KV cache on `--device cpu` is refused before the model is fetched, with the shard's
+/// own words (a shard refuses it too, e.g. where `--device auto` finds no GPU): the CPU
+/// backend's cache is f32, and it has no fp8 one.
+fn check_kv_cache_dtype(args: &ServeArgs) -> Result<()> {
+    match (args.kv_cache_dtype, args.device.as_str()) {
+        (Some(KvCacheDtype::Fp8E4m3), "cpu") => Err(LaunchError::Config(
+            "--kv-cache-dtype fp8 needs a CUDA device: the CPU backend keeps its KV cache in \
+             f32 and has no fp8 cache (on the CPU leave --kv-cache-dtype out or use auto; for \
+             fp8, serve on a GPU with --device cuda)"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Tensor parallelism puts every rank on its own GPU: only `--device cuda` says how. (Each
@@ -195,6 +211,40 @@ fn display_host(host: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn serve_args(argv: &[&str]) -> ServeArgs {
+        use clap::Parser;
+        let argv = std::iter::once("pagedserve").chain(argv.iter().copied());
+        match crate::args::Cli::try_parse_from(argv).map(crate::args::Cli::into_command) {
+            Ok(crate::args::Command::Serve(s)) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fp8_kv_cache_on_the_cpu_is_refused_before_anything_starts() {
+        let check =
+            |argv: &[&str]| check_kv_cache_dtype(&serve_args(argv)).map_err(|e| e.to_string());
+        let err = check(&["--device", "cpu", "--kv-cache-dtype", "fp8"]).expect_err("refused");
+        assert!(
+            err.contains("--kv-cache-dtype fp8 needs a CUDA device") && err.contains("f32"),
+            "{err}"
+        );
+        assert!(
+            check(&["--kv-cache-dtype", "fp8_e4m3"]).is_err(),
+            "cpu is the default"
+        );
+        for ok in [
+            &["--device", "cuda", "--kv-cache-dtype", "fp8"][..],
+            // `auto` may find a GPU: each shard decides.
+            &["--device", "auto", "--kv-cache-dtype", "fp8"],
+            &["--device", "cpu", "--kv-cache-dtype", "auto"],
+            &["--device", "cpu", "--kv-cache-dtype", "bf16"],
+            &["--device", "cpu"],
+        ] {
+            assert_eq!(check(ok), Ok(()), "{ok:?}");
+        }
+    }
 
     #[test]
     fn display_host_is_pasteable() {
