@@ -74,6 +74,8 @@ impl Server {
             .env_remove("MODEL_NAME")
             .env_remove("PAGEDSERVE_MODEL")
             .env_remove("PORT")
+            // Env fallbacks of flags a test may rely on the default of.
+            .env_remove("KV_CACHE_DTYPE")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap_or_else(|e| panic!("dup log: {e}")))

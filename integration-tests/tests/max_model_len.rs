@@ -1,7 +1,9 @@
 //! `--max-model-len` end to end (the real launcher, router and a shard on the default model,
 //! whose own context is 8,192): the limit is what `/v1/models` reports, longer prompts get an
 //! OpenAI-style 400 naming it, shorter ones still complete, and a limit above the model's own
-//! stops the launcher at start with both numbers on stderr.
+//! stops the launcher at start with both numbers on stderr. The server is also given
+//! `--kv-cache-dtype auto` (passed to the shard), so its completions show that `auto` serves
+//! as before (kv_cache_dtype.rs has the refusals).
 
 use std::process::{Command, Stdio};
 
@@ -15,7 +17,14 @@ const MAX_MODEL_LEN: u64 = 64;
 fn server() -> &'static Server {
     Server::shared(|| ServerOptions {
         num_shards: 1,
-        extra_args: vec!["--max-model-len".into(), MAX_MODEL_LEN.to_string()],
+        extra_args: [
+            "--max-model-len",
+            &MAX_MODEL_LEN.to_string(),
+            "--kv-cache-dtype",
+            "auto",
+        ]
+        .map(String::from)
+        .to_vec(),
         ..ServerOptions::new("max_model_len")
     })
 }
@@ -135,6 +144,7 @@ fn a_limit_above_the_models_own_stops_the_launcher() {
         .env_remove("PORT")
         .env_remove("API_KEY")
         .env_remove("MAX_MODEL_LEN")
+        .env_remove("KV_CACHE_DTYPE")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .output()
