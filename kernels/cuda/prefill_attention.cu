@@ -26,7 +26,14 @@
 // The 128 x 64 kernels replaced a 64-row x 32-key kernel: 1 x 512 tokens 60.7 -> 78.1 TFLOP/s,
 // 1 x 2048 139.8 -> 247.8, 1 x 8192 191.4 -> 293.0, 4 x 1024 after 1024 180.4 -> 266.5
 // (H=32 KVH=8 D=128; H100, attn_bench, 2026-11-26).
+// paged_prefill_fp8_d64 / _d128 / _d64_k32 / _d128_k32 read an fp8 (e4m3) cache with the same
+// CTA: its cp.async copies bring the raw e4m3 bytes of a K/V tile (16 dims of a key a copy) into
+// two raw stages of their own, so the pipeline is unchanged; once a tile has landed, all threads
+// widen it into the bf16 stage of the same index (exact: every e4m3 value is a bf16 value), and
+// the mma code runs as for a bf16 cache. Their shared memory is the bf16 kernel's plus
+// 4 x KT x D bytes (two stages of raw K and V).
 #include "common.cuh"
+#include <cuda_fp8.h>
 
 #define PF_M 128
 #define PF_THREADS 128
@@ -58,15 +65,22 @@ __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
     return *(const u32*)&v;
 }
 
-// Dynamic shared memory of paged_prefill_d<D>[_k32] (prefill_smem_bytes in attention.rs mirrors
-// it): Q [PF_M][D + 8], K and V [2][KT][D + 8] each (bf16), then PF_BT_SMEM block ids.
-template <int D, int KT>
+// Dynamic shared memory of paged_prefill[_fp8]_d<D>[_k32] (prefill_smem_bytes in attention.rs
+// mirrors it): Q [PF_M][D + 8], K and V [2][KT][D + 8] each (bf16), then PF_BT_SMEM block ids;
+// for an fp8 cache (FP8), then the raw e4m3 tiles as the copies land, K and V [2][KT][D] each
+// (one byte an element, rows unpadded: only the widening pass reads them, 8 bytes a lane).
+template <int D, int KT, bool FP8 = false>
 struct PfSmem {
     static_assert(KT == 32 || KT == 64, "KT: 32 or 64 keys a tile");
     static constexpr int LDS = D + 8;  // padded rows: ldmatrix rows fall in distinct banks
     static constexpr int Q = PF_M * LDS;
     static constexpr int KV = KT * LDS;
-    static constexpr int BYTES = (Q + 4 * KV) * 2 + PF_BT_SMEM * 4;
+    static constexpr int RAW = (Q + 4 * KV) * 2 + PF_BT_SMEM * 4;  // byte offset of the raw tiles
+    static constexpr int RAW_KV = KT * D;                          // bytes of one raw K or V tile
+    static constexpr int BYTES = RAW + (FP8 ? 4 * RAW_KV : 0);
+    // Where load_kv_tile's copies go: the bf16 stages, or the raw ones (bytes of a stage).
+    static constexpr int LOAD_STAGE = FP8 ? RAW_KV : KV * 2;
+    static_assert(RAW % 16 == 0, "16-byte copies into the raw tiles");
 };
 
 // mma.sync without `volatile`: a pure register operation the compiler may schedule freely.
@@ -82,16 +96,17 @@ __device__ __forceinline__ void cp_async16_s(u32 dst, const void* src, u32 src_b
                  "r"(src_bytes));
 }
 
-// Keys kbase.. of K and V into one stage ([KT][D + 8] each): keys at or past nkeys, and keys
-// of a block id outside the cache, become zeros, so that a zero probability never meets a NaN
-// from memory nothing wrote. Commits one cp.async group (with whatever this thread issued before
-// it, e.g. the Q rows). kdst: the stage's K in the shared window (its V follows 2 PfSmem::KV bf16
-// later).
-template <int D, int KT>
+// Keys kbase.. of K and V into one stage ([KT][D + 8] bf16 each, or for FP8 the raw [KT][D]
+// e4m3 bytes): keys at or past nkeys, and keys of a block id outside the cache, become zeros
+// (e4m3 0x00 is +0 too), so that a zero probability never meets a NaN from memory nothing wrote.
+// Commits one cp.async group (with whatever this thread issued before it, e.g. the Q rows).
+// kdst: the stage's K in the shared window (its V follows two stages later).
+template <int D, int KT, bool FP8>
 __device__ __forceinline__ void load_kv_tile(u32 kdst, const int* sbt, const int* bt_row,
                                              int kbase, int nkeys, u32 kvh, const PrefillArgs& a) {
-    constexpr int CH = D / 8, LDS = D + 8, ROWS = PF_THREADS / CH;
-    constexpr u32 VOFF = 2 * PfSmem<D, KT>::KV * 2;
+    // Elements a 16-byte copy: 8 bf16 or 16 e4m3.
+    constexpr int EL = FP8 ? 16 : 8, CH = D / EL, LDS = D + 8, ROWS = PF_THREADS / CH;
+    constexpr u32 VOFF = 2 * PfSmem<D, KT, FP8>::LOAD_STAGE;
     const int c = threadIdx.x % CH;
 #pragma unroll
     for (int r = threadIdx.x / CH; r < KT; r += ROWS) {
@@ -103,15 +118,64 @@ __device__ __forceinline__ void load_kv_tile(u32 kdst, const int* sbt, const int
             const int b = bi < PF_BT_SMEM ? sbt[bi] : bt_row[bi];
             if (b >= 0 && (u32)b < a.num_blocks) {
                 off = ((((u64)b * a.KVH + kvh) << a.bs_log2) + (key & (a.block_size - 1))) * D +
-                      c * 8;
+                      c * EL;
                 bytes = 16;
             }
         }
-        const u32 d = kdst + (r * LDS + c * 8) * 2;
-        cp_async16_s(d, a.kc + off, bytes);
-        cp_async16_s(d + VOFF, a.vc + off, bytes);
+        if constexpr (FP8) {
+            const u32 d = kdst + r * D + c * EL;
+            cp_async16_s(d, (const unsigned char*)a.kc + off, bytes);
+            cp_async16_s(d + VOFF, (const unsigned char*)a.vc + off, bytes);
+        } else {
+            const u32 d = kdst + (r * LDS + c * 8) * 2;
+            cp_async16_s(d, a.kc + off, bytes);
+            cp_async16_s(d + VOFF, a.vc + off, bytes);
+        }
     }
     asm volatile("cp.async.commit_group;\n" ::);
+}
+
+// Two e4m3 values (x's low 16 bits, the first in the low byte) as a bf16x2 word, exactly: e4m3
+// -> f16 -> f32 -> bf16 loses nothing. sm_89+ converts e4m3 in hardware; older GPUs place the
+// e4m3 bits in an f16 (its value x 2^-8: e4m3 has 8 less exponent bias; an e4m3 subnormal
+// becomes an f16 subnormal, which the f16 -> f32 conversion keeps), then scale by 2^8 in f32.
+__device__ __forceinline__ u32 pf_e4m3x2_to_bf16x2(u32 x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    const __half2 h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)x, __NV_E4M3);
+    const float2 f = __half22float2(h);
+    return pack_bf16(f.x, f.y);
+#else
+    const u32 t = __byte_perm(x, 0, 0x1404);  // byte i of x in the high byte of half i
+    const u32 bits = (t & 0x80008000u) | ((t >> 1) & 0x3f803f80u);
+    const float2 f = __half22float2(*(const __half2*)&bits);
+    return pack_bf16(f.x * 256.f, f.y * 256.f);
+#endif
+}
+
+// Widens one stage of raw e4m3 K and V tiles ([KT][D] bytes each, V 2 RAW_KV bytes after K) into
+// the bf16 stage of K and V ([KT][D + 8] each, V 2 KV elements after K): 8 bytes in, 16 out, a
+// thread a step (a quarter warp reads 64 contiguous bytes and writes 128 of one row). Every
+// address is a constant offset from the thread's first.
+template <int D, int KT>
+__device__ __forceinline__ void pf_widen_stage(const unsigned char* raw, bf16* kv) {
+    using SM = PfSmem<D, KT, true>;
+    constexpr int CH = D / 8, RS = PF_THREADS / CH;  // 8-element chunks a row, rows a step
+    static_assert(KT % RS == 0, "whole steps");
+    const int r0 = threadIdx.x / CH, c = threadIdx.x % CH;
+    raw += r0 * D + c * 8;
+    kv += r0 * SM::LDS + c * 8;
+#pragma unroll
+    for (int v = 0; v < 2; ++v)
+#pragma unroll
+        for (int r = 0; r < KT; r += RS) {
+            const uint2 w = *(const uint2*)(raw + v * 2 * SM::RAW_KV + r * D);
+            uint4 o;
+            o.x = pf_e4m3x2_to_bf16x2(w.x);
+            o.y = pf_e4m3x2_to_bf16x2(w.x >> 16);
+            o.z = pf_e4m3x2_to_bf16x2(w.y);
+            o.w = pf_e4m3x2_to_bf16x2(w.y >> 16);
+            *(uint4*)(kv + v * 2 * SM::KV + r * SM::LDS) = o;
+        }
 }
 
 __device__ __forceinline__ void ldsm_x4(u32 (&r)[4], u32 addr) {
@@ -218,15 +282,16 @@ __device__ __forceinline__ void prefill_tile(u32 qa, u32 ka, u32 va, float (&o)[
         }
 }
 
-template <int D, int KT>
+template <int D, int KT, bool FP8 = false>
 __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
-    using SM = PfSmem<D, KT>;
+    using SM = PfSmem<D, KT, FP8>;
     constexpr int LDS = SM::LDS, CH = D / 8;
     extern __shared__ __align__(16) unsigned char pf_smem[];
     bf16* qsm = (bf16*)pf_smem;
     bf16* ksm = qsm + SM::Q;       // [2][KT * LDS]
     bf16* vsm = ksm + 2 * SM::KV;  // [2][KT * LDS]
     int* sbt = (int*)(vsm + 2 * SM::KV);
+    const unsigned char* raw = pf_smem + SM::RAW;  // FP8: [K, V][2][KT * D] e4m3
 
     // Step metadata only (tiles, sequence table, block tables) before pdl_wait.
     const u32 h = blockIdx.x;
@@ -263,8 +328,9 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
         }
     }
     const int ntiles = (nkeys + KT - 1) / KT;
-    const u32 ks0 = smem_u32(ksm);
-    load_kv_tile<D, KT>(ks0, sbt, bt_row, 0, nkeys, kvh, a);
+    // Where the copies of stage 0's K land: the bf16 K stage, or the raw one.
+    const u32 ks0 = FP8 ? smem_u32(raw) : smem_u32(ksm);
+    load_kv_tile<D, KT, FP8>(ks0, sbt, bt_row, 0, nkeys, kvh, a);
 
     const int wr0 = q0 + (int)warp * 32;  // the warp's first row within the chunk
     const bool warp_rows = wr0 < nrows;
@@ -291,15 +357,20 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
     for (int kt = 0; kt < ntiles; ++kt) {
         const int kbase = kt * KT, st = kt & 1;
         // Prefetch the next tile into the other stage (freed by the barrier that ended the
-        // previous iteration), then wait for this one (and, at kt = 0, the Q rows).
+        // previous iteration; with FP8 the other raw stage, freed by the barrier after its
+        // widening), then wait for this one (and, at kt = 0, the Q rows).
         if (kt + 1 < ntiles) {
-            load_kv_tile<D, KT>(ks0 + (st ^ 1) * SM::KV * 2, sbt, bt_row, kbase + KT, nkeys,
-                                kvh, a);
+            load_kv_tile<D, KT, FP8>(ks0 + (st ^ 1) * SM::LOAD_STAGE, sbt, bt_row, kbase + KT,
+                                     nkeys, kvh, a);
             asm volatile("cp.async.wait_group 1;\n" ::);
         } else {
             asm volatile("cp.async.wait_group 0;\n" ::);
         }
         __syncthreads();
+        if constexpr (FP8) {
+            pf_widen_stage<D, KT>(raw + st * SM::RAW_KV, ksm + st * SM::KV);
+            __syncthreads();
+        }
         const u32 so = st * SM::KV * 2;
         if (warp_rows && kbase <= warp_max_pos) {  // else every key is masked for this warp
             if (kbase + KT - 1 > warp_min_pos)
@@ -309,10 +380,15 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
                 prefill_tile<D, KT, false>(qa, ka + so, va + so, o, m, l, kbase, pos_g,
                                            last_pos, a.scale_log2);
         }
-        __syncthreads();
+        // The next iteration's copies go to this stage, so its reads must end first. Not with
+        // FP8: those copies go to the raw stage, whose reads (the widening) ended at the barrier
+        // above, and the bf16 stage read here is next written after the next iteration's first
+        // barrier.
+        if constexpr (!FP8) __syncthreads();
     }
     // No copies in flight past here (only a table of width 0, no key tiles, leaves the first
-    // group unawaited); the output goes through the Q rows.
+    // group unawaited); the output goes through the Q rows (each warp's own: the last barrier
+    // ordered every other warp's copies into them, and only this warp read them since).
     asm volatile("cp.async.wait_group 0;\n" ::);
     if (!warp_rows) return;
 
@@ -363,4 +439,21 @@ extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d64_k32(P
 
 extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d128_k32(PrefillArgs a) {
     prefill_impl<128, 32>(a);
+}
+
+// The same over an fp8 (e4m3) cache (see the header).
+extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_fp8_d64(PrefillArgs a) {
+    prefill_impl<64, 64, true>(a);
+}
+
+extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_fp8_d128(PrefillArgs a) {
+    prefill_impl<128, 64, true>(a);
+}
+
+extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_fp8_d64_k32(PrefillArgs a) {
+    prefill_impl<64, 32, true>(a);
+}
+
+extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_fp8_d128_k32(PrefillArgs a) {
+    prefill_impl<128, 32, true>(a);
 }

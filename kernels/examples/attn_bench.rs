@@ -108,11 +108,12 @@ fn decode_case(
 }
 
 /// (ms, TFLOP/s) of causal prefill over `seqs` = (rows, earlier tokens) chunks, each sequence
-/// with its own (shuffled) blocks; flops = 4 * H * D * (causal query-key pairs), i.e.
-/// 4*H*D*n(n+1)/2 for one sequence of n tokens (Q·K^T and P·V, 2 flops per multiply-add).
-fn prefill_case(
+/// with its own (shuffled) blocks of a `C` cache (bf16, or fp8 e4m3); flops = 4 * H * D *
+/// (causal query-key pairs), i.e. 4*H*D*n(n+1)/2 for one sequence of n tokens (Q·K^T and P·V,
+/// 2 flops per multiply-add).
+fn prefill_case<C: pagedserve_kernels::KvElem>(
     b: &Bench,
-    kv: &(CudaSlice<bf16>, CudaSlice<bf16>),
+    kv: &(CudaSlice<C>, CudaSlice<C>),
     pool: usize,
     seqs: &[(usize, usize)],
 ) -> Res<(f64, f64)> {
@@ -167,6 +168,27 @@ fn prefill_case(
         .sum();
     let flops = 4.0 * (H * D) as f64 * pairs as f64;
     Ok((ms, flops / (ms * 1e-3) / 1e12))
+}
+
+/// Blocks of the fp8 prefill rows' K or V cache: `blocks` x [KVH, BS, D] random e4m3 values of
+/// magnitude 1/64..1.875 (never zeros), made on the host.
+fn prefill_fp8_cache(
+    b: &Bench,
+    blocks: usize,
+    seed: u64,
+) -> Res<CudaSlice<pagedserve_kernels::F8E4M3>> {
+    let mut x = seed | 1;
+    let host: Vec<_> = (0..blocks * KVH * BS * D)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Sign and 3 mantissa bits, exponent 1..=7 (2^-6..2^0).
+            let (sign_mantissa, exponent) = ((x >> 56) as u8 & 0x87, 1 + (x >> 40) as u8 % 7);
+            pagedserve_kernels::F8E4M3::from_bits(sign_mantissa | exponent << 3)
+        })
+        .collect();
+    Ok(b.stream.clone_htod(&host)?)
 }
 
 /// Microseconds of one sample launch over [batch, vocab] logits for (temperature, top_k,
@@ -270,6 +292,24 @@ fn main() -> Res<()> {
         }
     }
     b.k.set_prefill_key_tile(None)?;
+    // The same over an fp8 (e4m3) cache: its own smaller pool (8192 tokens' blocks, twice over),
+    // each case's blocks shuffled as above.
+    let pool8 = 2 * 8192 / BS;
+    let kv8 = (
+        prefill_fp8_cache(&b, pool8, 41)?,
+        prefill_fp8_cache(&b, pool8, 42)?,
+    );
+    let fp8 = pagedserve_kernels::KvDtype::Fp8E4m3;
+    let own_kt8 = b.k.prefill_key_tile_for(fp8, D).unwrap_or(0);
+    let mut prefill8 = Vec::new();
+    for kt in [None, Some(32)] {
+        b.k.set_prefill_key_tile(kt)?;
+        for (name, seqs) in &prefill_cases {
+            let r = prefill_case(&b, &kv8, pool8, seqs)?;
+            prefill8.push((name, kt.unwrap_or(own_kt8), r));
+        }
+    }
+    b.k.set_prefill_key_tile(None)?;
     let modes = [
         ("greedy", 0.0, 0, 1.0),
         ("temperature", 0.8, 0, 1.0),
@@ -335,6 +375,18 @@ fn main() -> Res<()> {
         // TFLOP/s against the same shape with the device's own key tile.
         let own = prefill[i % prefill_cases.len()].2.1;
         let pct = 100.0 * tf / own;
+        println!("{name:>16} {kt:>3} {ms:>10.3} {tf:>9.1} {pct:>7.1}%");
+    }
+    println!(
+        "prefill attention over an fp8 (e4m3) cache, same shapes (vs bf16: TFLOP/s against the \
+         bf16 row of the same shape and key-tile mode):"
+    );
+    println!(
+        "{:>16} {:>3} {:>10} {:>9} {:>8}",
+        "sequences", "KT", "time_ms", "TFLOP/s", "vs bf16"
+    );
+    for (&(name, kt, (ms, tf)), bf) in prefill8.iter().zip(&prefill) {
+        let pct = 100.0 * tf / bf.2.1;
         println!("{name:>16} {kt:>3} {ms:>10.3} {tf:>9.1} {pct:>7.1}%");
     }
     println!("sample over a 128256-token vocabulary:");

@@ -756,21 +756,39 @@ mod tests {
             );
         }
         assert!(src.contains(&format!("#define PF_BT_SMEM {PREFILL_BT_SMEM} ")));
-        // Each kernel name instantiates its head dim and key tile.
-        for d in SUPPORTED_HEAD_DIMS {
-            for kt in PREFILL_KEY_TILES {
-                let name = prefill_kernel_name(KvDtype::Bf16, d, kt);
-                let def = src
-                    .split(&format!(" {name}(PrefillArgs a) {{"))
-                    .nth(1)
-                    .unwrap_or_else(|| panic!("{name} not in the source"));
-                let body = def.split('}').next().unwrap_or_default();
-                assert_eq!(
-                    body.trim(),
-                    format!("prefill_impl<{d}, {kt}>(a);"),
-                    "{name}"
-                );
+        // Each kernel name instantiates its head dim, key tile and cache type (`true`: fp8).
+        for dtype in KV_DTYPES {
+            let fp8 = match dtype {
+                KvDtype::Bf16 => "",
+                KvDtype::Fp8E4m3 => ", true",
+            };
+            for d in SUPPORTED_HEAD_DIMS {
+                for kt in PREFILL_KEY_TILES {
+                    let name = prefill_kernel_name(dtype, d, kt);
+                    let def = src
+                        .split(&format!(" {name}(PrefillArgs a) {{"))
+                        .nth(1)
+                        .unwrap_or_else(|| panic!("{name} not in the source"));
+                    let body = def.split('}').next().unwrap_or_default();
+                    assert_eq!(
+                        body.trim(),
+                        format!("prefill_impl<{d}, {kt}{fp8}>(a);"),
+                        "{name}"
+                    );
+                }
             }
+        }
+        // The fp8 kernels' raw e4m3 stages: PfSmem adds 4 * KT * D bytes for FP8, after the
+        // block ids.
+        for line in [
+            "static constexpr int RAW = (Q + 4 * KV) * 2 + PF_BT_SMEM * 4;",
+            "static constexpr int RAW_KV = KT * D;",
+            "static constexpr int BYTES = RAW + (FP8 ? 4 * RAW_KV : 0);",
+        ] {
+            assert!(
+                src.lines().any(|l| l.trim().starts_with(line)),
+                "{line} not in the source"
+            );
         }
         // 106 KB for D = 128: two CTAs fit an H100 SM (228 KB), none an sm_86 / sm_89 block
         // (99 KB opt-in); 72 KB with 32-key tiles.
@@ -786,6 +804,12 @@ mod tests {
             prefill_kernel_name(KvDtype::Bf16, 64, 32),
             "paged_prefill_d64_k32"
         );
+        // fp8: 138 KB for D = 128, so one CTA an H100 SM (two need 278 KB with the 1 KB each
+        // reserves).
+        let f = KvDtype::Fp8E4m3;
+        assert_eq!(prefill_smem_bytes(f, 128, 64), 108_544 + 4 * 64 * 128);
+        assert_eq!(prefill_smem_bytes(f, 64, 32), 40_960 + 4 * 32 * 64);
+        assert_eq!(prefill_kernel_name(f, 64, 64), "paged_prefill_fp8_d64");
     }
 
     #[test]
