@@ -28,10 +28,14 @@
 // (H=32 KVH=8 D=128; H100, attn_bench, 2026-11-26).
 // paged_prefill_fp8_d64 / _d128 / _d64_k32 / _d128_k32 read an fp8 (e4m3) cache with the same
 // CTA: its cp.async copies bring the raw e4m3 bytes of a K/V tile (16 dims of a key a copy) into
-// two raw stages of their own, so the pipeline is unchanged; once a tile has landed, all threads
-// widen it into the bf16 stage of the same index (exact: every e4m3 value is a bf16 value), and
-// the mma code runs as for a bf16 cache. Their shared memory is the bf16 kernel's plus
-// 4 x KT x D bytes (two stages of raw K and V).
+// two raw stages of their own, so the pipeline is unchanged (the next tile's bytes load while
+// this one is computed); once a tile has landed, all threads widen it into a single bf16 K/V
+// stage (exact: every e4m3 value is a bf16 value), and the mma code runs as for a bf16 cache.
+// One bf16 stage is enough, as a tile is widened only after the previous one's reads are over
+// (the barrier that ends the wait for its bytes). Their shared memory: Q, one bf16 K and V stage,
+// the block ids, then 4 x KT x D raw bytes (two stages of K and V), (128 + 2 x 64) x 136 x 2 +
+// 4096 + 32,768 = 106,496 B at D = 128, KT = 64 (two CTAs an H100 SM, as for a bf16 cache), and
+// 72,704 B with KT = 32 (the kernel of 99 KB cards).
 #include "common.cuh"
 #include <cuda_fp8.h>
 
@@ -66,17 +70,19 @@ __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
 }
 
 // Dynamic shared memory of paged_prefill[_fp8]_d<D>[_k32] (prefill_smem_bytes in attention.rs
-// mirrors it): Q [PF_M][D + 8], K and V [2][KT][D + 8] each (bf16), then PF_BT_SMEM block ids;
+// mirrors it): Q [PF_M][D + 8], K and V [ST][KT][D + 8] each (bf16), then PF_BT_SMEM block ids;
 // for an fp8 cache (FP8), then the raw e4m3 tiles as the copies land, K and V [2][KT][D] each
-// (one byte an element, rows unpadded: only the widening pass reads them, 8 bytes a lane).
+// (one byte an element, rows unpadded: only the widening pass reads them, 8 bytes a lane). ST:
+// two bf16 stages for a bf16 cache (the copies' stages), one for FP8 (the widening's target).
 template <int D, int KT, bool FP8 = false>
 struct PfSmem {
     static_assert(KT == 32 || KT == 64, "KT: 32 or 64 keys a tile");
     static constexpr int LDS = D + 8;  // padded rows: ldmatrix rows fall in distinct banks
     static constexpr int Q = PF_M * LDS;
     static constexpr int KV = KT * LDS;
-    static constexpr int RAW = (Q + 4 * KV) * 2 + PF_BT_SMEM * 4;  // byte offset of the raw tiles
-    static constexpr int RAW_KV = KT * D;                          // bytes of one raw K or V tile
+    static constexpr int ST = FP8 ? 1 : 2;  // bf16 K/V stages
+    static constexpr int RAW = (Q + 2 * ST * KV) * 2 + PF_BT_SMEM * 4;  // byte offset of raw tiles
+    static constexpr int RAW_KV = KT * D;  // bytes of one raw K or V tile
     static constexpr int BYTES = RAW + (FP8 ? 4 * RAW_KV : 0);
     // Where load_kv_tile's copies go: the bf16 stages, or the raw ones (bytes of a stage).
     static constexpr int LOAD_STAGE = FP8 ? RAW_KV : KV * 2;
@@ -153,7 +159,7 @@ __device__ __forceinline__ u32 pf_e4m3x2_to_bf16x2(u32 x) {
 }
 
 // Widens one stage of raw e4m3 K and V tiles ([KT][D] bytes each, V 2 RAW_KV bytes after K) into
-// the bf16 stage of K and V ([KT][D + 8] each, V 2 KV elements after K): 8 bytes in, 16 out, a
+// the bf16 stage of K and V ([KT][D + 8] each, V KV elements after K): 8 bytes in, 16 out, a
 // thread a step (a quarter warp reads 64 contiguous bytes and writes 128 of one row). Every
 // address is a constant offset from the thread's first.
 template <int D, int KT>
@@ -174,7 +180,7 @@ __device__ __forceinline__ void pf_widen_stage(const unsigned char* raw, bf16* k
             o.y = pf_e4m3x2_to_bf16x2(w.x >> 16);
             o.z = pf_e4m3x2_to_bf16x2(w.y);
             o.w = pf_e4m3x2_to_bf16x2(w.y >> 16);
-            *(uint4*)(kv + v * 2 * SM::KV + r * SM::LDS) = o;
+            *(uint4*)(kv + v * SM::ST * SM::KV + r * SM::LDS) = o;
         }
 }
 
@@ -288,9 +294,9 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
     constexpr int LDS = SM::LDS, CH = D / 8;
     extern __shared__ __align__(16) unsigned char pf_smem[];
     bf16* qsm = (bf16*)pf_smem;
-    bf16* ksm = qsm + SM::Q;       // [2][KT * LDS]
-    bf16* vsm = ksm + 2 * SM::KV;  // [2][KT * LDS]
-    int* sbt = (int*)(vsm + 2 * SM::KV);
+    bf16* ksm = qsm + SM::Q;            // [ST][KT * LDS]
+    bf16* vsm = ksm + SM::ST * SM::KV;  // [ST][KT * LDS]
+    int* sbt = (int*)(vsm + SM::ST * SM::KV);
     const unsigned char* raw = pf_smem + SM::RAW;  // FP8: [K, V][2][KT * D] e4m3
 
     // Step metadata only (tiles, sequence table, block tables) before pdl_wait.
@@ -357,8 +363,9 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
     for (int kt = 0; kt < ntiles; ++kt) {
         const int kbase = kt * KT, st = kt & 1;
         // Prefetch the next tile into the other stage (freed by the barrier that ended the
-        // previous iteration; with FP8 the other raw stage, freed by the barrier after its
-        // widening), then wait for this one (and, at kt = 0, the Q rows).
+        // previous iteration; with FP8 the other raw stage, whose last reads, the widening of
+        // tile kt - 1, ended at the barrier after it), then wait for this one (and, at kt = 0,
+        // the Q rows).
         if (kt + 1 < ntiles) {
             load_kv_tile<D, KT, FP8>(ks0 + (st ^ 1) * SM::LOAD_STAGE, sbt, bt_row, kbase + KT,
                                      nkeys, kvh, a);
@@ -366,12 +373,16 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
         } else {
             asm volatile("cp.async.wait_group 0;\n" ::);
         }
+        // Every thread's copies of tile kt have landed. With FP8 this barrier also ends every
+        // warp's reads of the single bf16 stage (the mma of tile kt - 1), so the widening may
+        // overwrite it; the barrier after the widening orders its writes before the reads below
+        // (and its reads of raw stage st before the next iteration's copies into it).
         __syncthreads();
         if constexpr (FP8) {
-            pf_widen_stage<D, KT>(raw + st * SM::RAW_KV, ksm + st * SM::KV);
+            pf_widen_stage<D, KT>(raw + st * SM::RAW_KV, ksm);
             __syncthreads();
         }
-        const u32 so = st * SM::KV * 2;
+        const u32 so = FP8 ? 0 : st * SM::KV * 2;
         if (warp_rows && kbase <= warp_max_pos) {  // else every key is masked for this warp
             if (kbase + KT - 1 > warp_min_pos)
                 prefill_tile<D, KT, true>(qa, ka + so, va + so, o, m, l, kbase, pos_g, last_pos,
@@ -381,9 +392,10 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
                                            last_pos, a.scale_log2);
         }
         // The next iteration's copies go to this stage, so its reads must end first. Not with
-        // FP8: those copies go to the raw stage, whose reads (the widening) ended at the barrier
-        // above, and the bf16 stage read here is next written after the next iteration's first
-        // barrier.
+        // FP8: those copies go to raw stage st, whose reads (the widening) ended at the barrier
+        // above, and the bf16 stage read here is next written by the widening of tile kt + 1,
+        // after the next iteration's first barrier (which every warp reaches only once its
+        // reads here are done).
         if constexpr (!FP8) __syncthreads();
     }
     // No copies in flight past here (only a table of width 0, no key tiles, leaves the first

@@ -192,15 +192,17 @@ pub(crate) fn prefill_kernel_name(dtype: KvDtype, head_dim: usize, kt: usize) ->
 }
 
 /// Dynamic shared memory of the prefill kernel of `dtype`, `head_dim` and `kt` keys a tile
-/// (`PfSmem<D, KT>::BYTES`): Q of PREFILL_TILE rows and two stages of K and V of `kt` keys, rows
-/// padded to D + 8 bf16, then the staged block ids; an fp8 cache adds two stages of the raw
-/// e4m3 K and V tiles (`kt * D` bytes each), which the kernel widens into the bf16 stages.
+/// (`PfSmem<D, KT, FP8>::BYTES`): Q of PREFILL_TILE rows and K and V stages of `kt` keys, rows
+/// padded to D + 8 bf16, then the staged block ids. A bf16 cache has two stages of K and V (its
+/// copies' pipeline); an fp8 cache one, into which the kernel widens each tile, then two stages
+/// of the raw e4m3 K and V tiles (`kt * D` bytes each) for its copies: `32 * kt` bytes less than
+/// a bf16 cache's kernel (106,496 B at D = 128, kt = 64).
 fn prefill_smem_bytes(dtype: KvDtype, head_dim: usize, kt: usize) -> usize {
-    let raw = match dtype {
-        KvDtype::Bf16 => 0,
-        KvDtype::Fp8E4m3 => 4 * kt * head_dim,
+    let (stages, raw) = match dtype {
+        KvDtype::Bf16 => (2, 0),
+        KvDtype::Fp8E4m3 => (1, 4 * kt * head_dim),
     };
-    (PREFILL_TILE + 4 * kt) * (head_dim + 8) * 2 + PREFILL_BT_SMEM * 4 + raw
+    (PREFILL_TILE + 2 * stages * kt) * (head_dim + 8) * 2 + PREFILL_BT_SMEM * 4 + raw
 }
 
 /// Whether the prefill kernel of `dtype`, `head_dim` and `kt` keys a tile fits `avail` bytes of
@@ -411,8 +413,9 @@ impl Kernels {
         self.prefill_key_tile_for(KvDtype::Bf16, head_dim)
     }
 
-    /// [`Kernels::prefill_key_tile`] for a cache of `dtype` (an fp8 kernel needs `4 * kt * D`
-    /// bytes more shared memory, for the raw e4m3 tiles).
+    /// [`Kernels::prefill_key_tile`] for a cache of `dtype` (an fp8 kernel has one bf16 K/V
+    /// stage instead of two, plus `4 * kt * D` bytes of raw e4m3 tiles: a little less shared
+    /// memory than a bf16 one, so the same key tiles).
     pub fn prefill_key_tile_for(&self, dtype: KvDtype, head_dim: usize) -> Option<usize> {
         PrefillTiles::index(head_dim)
             .map(|i| self.prefill.current[dtype_index(dtype)][i].load(Ordering::Relaxed))
@@ -778,10 +781,11 @@ mod tests {
                 }
             }
         }
-        // The fp8 kernels' raw e4m3 stages: PfSmem adds 4 * KT * D bytes for FP8, after the
-        // block ids.
+        // The bf16 K/V stages (two, one for FP8) and the fp8 kernels' raw e4m3 stages: PfSmem
+        // adds 4 * KT * D bytes for FP8, after the block ids.
         for line in [
-            "static constexpr int RAW = (Q + 4 * KV) * 2 + PF_BT_SMEM * 4;",
+            "static constexpr int ST = FP8 ? 1 : 2;",
+            "static constexpr int RAW = (Q + 2 * ST * KV) * 2 + PF_BT_SMEM * 4;",
             "static constexpr int RAW_KV = KT * D;",
             "static constexpr int BYTES = RAW + (FP8 ? 4 * RAW_KV : 0);",
         ] {
@@ -804,11 +808,19 @@ mod tests {
             prefill_kernel_name(KvDtype::Bf16, 64, 32),
             "paged_prefill_d64_k32"
         );
-        // fp8: 138 KB for D = 128, so one CTA an H100 SM (two need 278 KB with the 1 KB each
-        // reserves).
+        // fp8: one bf16 K/V stage (less 2 x kt x (D + 8) x 2 bytes) plus the raw e4m3 stages
+        // (4 x kt x D): 104 KB for D = 128, so two CTAs an H100 SM (210 KB with the 1 KB each
+        // reserves, of 228 KB), as with a bf16 cache.
         let f = KvDtype::Fp8E4m3;
-        assert_eq!(prefill_smem_bytes(f, 128, 64), 108_544 + 4 * 64 * 128);
-        assert_eq!(prefill_smem_bytes(f, 64, 32), 40_960 + 4 * 32 * 64);
+        assert_eq!(prefill_smem_bytes(f, 128, 64), 106_496);
+        assert_eq!(
+            prefill_smem_bytes(f, 128, 64),
+            108_544 - 2 * 64 * 136 * 2 + 4 * 64 * 128
+        );
+        assert!(2 * (prefill_smem_bytes(f, 128, 64) + 1024) <= 233_472);
+        assert_eq!(prefill_smem_bytes(f, 64, 64), 57_344);
+        assert_eq!(prefill_smem_bytes(f, 128, 32), 72_704);
+        assert_eq!(prefill_smem_bytes(f, 64, 32), 39_936);
         assert_eq!(prefill_kernel_name(f, 64, 64), "paged_prefill_fp8_d64");
     }
 
@@ -825,12 +837,20 @@ mod tests {
         assert_eq!(default_key_tile(KvDtype::Bf16, 128, 108_543), Some(32));
         assert_eq!(default_key_tile(KvDtype::Bf16, 64, 49_152), Some(32));
         assert_eq!(default_key_tile(KvDtype::Bf16, 128, 73_727), None);
-        // fp8 adds the raw e4m3 stages (4 x kt x D bytes): 140 KB at D = 128, still 64 keys on
-        // an H100 or A100, 32 (88 KB) on a 99 KB card.
+        // fp8: one bf16 K/V stage plus the raw e4m3 stages (4 x kt x D bytes), 106,496 B at
+        // D = 128: 64 keys on an H100 or A100; on a 99 KB card (101,376 B) still past the limit,
+        // so 32 keys (72,704 B) there, and 64 at D = 64 (57,344 B), as with a bf16 cache.
         let f = KvDtype::Fp8E4m3;
-        assert_eq!(prefill_smem_bytes(f, 128, 64), 108_544 + 32_768);
-        assert_eq!(default_key_tile(f, 128, 166_912), Some(64));
+        assert_eq!(prefill_smem_bytes(f, 128, 64), 106_496);
+        for limit in [232_448, 166_912] {
+            assert_eq!(default_key_tile(f, 128, limit), Some(64));
+            assert_eq!(default_key_tile(f, 64, limit), Some(64));
+        }
         assert_eq!(default_key_tile(f, 128, 101_376), Some(32));
+        assert_eq!(default_key_tile(f, 64, 101_376), Some(64));
+        assert_eq!(default_key_tile(f, 128, 106_496), Some(64));
+        assert_eq!(default_key_tile(f, 128, 106_495), Some(32));
+        assert_eq!(default_key_tile(f, 128, 72_703), None);
         assert_eq!(
             prefill_kernel_name(f, 128, 32),
             "paged_prefill_fp8_d128_k32"
