@@ -20,6 +20,9 @@
 // finds it as the first one did. The counters sit at the end of the workspace, one u32 per
 // (sequence, KV head) at a place that does not depend on S: launches of any batch size can
 // share one buffer sized for the largest, zeroed once at allocation.
+// The cache holds bf16 or fp8 e4m3 values (kv.rs); one template serves both, the kernels of an
+// fp8 cache are named paged_decode_fp8_*. The fp8 kernels read one byte an element and widen
+// it exactly (dec_widen_e4m3x4 below says how); everything after the loads is the bf16 code.
 #include "common.cuh"
 
 #define DEC_WARPS 4
@@ -35,8 +38,8 @@ struct DecodeArgs {
     bf16* out;
     const bf16* qkv;
     const int* q_rows;
-    const bf16* kc;
-    const bf16* vc;
+    const void* kc;  // the caches: bf16, or e4m3 bytes for the fp8 kernels (DecodeFp8)
+    const void* vc;
     const int* block_tables;
     const int* ctx_lens;
     float* ws;
@@ -46,6 +49,69 @@ struct DecodeArgs {
     u32 max_parts;  // ceil(max_ctx / P): partition slots a (sequence, head) has in ws
     float scale_log2;
 };
+
+// An fp8 e4m3 cache element (the type of the fp8 kernels' caches): sign, 4 exponent bits (bias
+// 7), 3 mantissa bits, stored unscaled; the largest finite value is 448, 0x7f / 0xff are NaN.
+struct DecodeFp8 {
+    unsigned char bits;
+};
+
+template <class T>
+struct DecKv {
+    enum { FP8 = 0 };
+};
+template <>
+struct DecKv<DecodeFp8> {
+    enum { FP8 = 1 };
+};
+
+// Widening e4m3 to f32 exactly, and cheaply. An e4m3 byte s.EEEE.MMM becomes the f32 whose bits
+// are s at bit 31 and EEEE.MMM at bits 26..20: the f32 exponent field is then EEEE (bias 127
+// instead of 7) and the mantissa MMM, so the f32 is exactly the e4m3 value times 2^-120, for
+// normal values (E >= 1: 2^(E-127) (1 + M/8)) and subnormal ones alike (E = 0: 2^-126 (M/8),
+// an f32 subnormal) and for +-0. Two bytes cost one PRMT (each byte next to its sign replicated
+// over the byte above it) and a shift and a mask each: 2.5 integer instructions an element,
+// where bf16 takes 1. (The hardware cvt.rn.f16x2.e4m3x2 exists only from sm_89 and still needs
+// an f16 -> f32 step per element; this one path serves sm_80 to sm_90 alike.) NaN (E = 15,
+// M = 7) reads as 480: the cache never holds one (the KV write saturates finite values, and a
+// NaN there would have come from a NaN k or v row).
+// The 2^-120 is folded into the operands the values meet: q is pre-scaled by 2^64 and each
+// score by 2^56 after its dot product (2^120 on q alone would overflow q for |q * scale_log2|
+// >= 256), the probabilities of P.V by 2^120 (at most 1, so at most 2^120; the sums l stay
+// unscaled). The e4m3 subnormals are f32 subnormals here, which the --use_fast_math FMA
+// (fma.rn.ftz) would flush to zero: the FMAs that take widened values are dec_fma, without
+// .ftz (full rate on sm_80+). Products and sums are then those of the bf16 code; the scaled
+// dot products may only lose what lies below 2^-70 in the log2 domain (flushed partial sums).
+#define DEC_FP8_Q_SCALE 0x1p64f
+#define DEC_FP8_S_SCALE 0x1p56f
+#define DEC_FP8_P_SCALE 0x1p120f
+
+// a * b + c, rounded once, subnormal operands and results kept: fma.rn.f32 without .ftz
+// whatever --use_fast_math says (the intrinsic ignores -ftz=true; cuda_bf16.hpp uses it too).
+__device__ __forceinline__ float dec_fma(float a, float b, float c) {
+    return __fmaf_ieee_rn(a, b, c);
+}
+
+// prmt.b32 of x and 0 with selector SEL (a nibble with bit 3 set replicates the sign of the
+// byte it selects).
+template <u32 SEL>
+__device__ __forceinline__ u32 dec_prmt(u32 x) {
+    u32 r;
+    asm("prmt.b32 %0, %1, 0, %2;" : "=r"(r) : "r"(x), "n"(SEL));
+    return r;
+}
+
+// The four e4m3 bytes of w (little-endian: f[0] from the lowest byte), times 2^-120 as f32.
+__device__ __forceinline__ void dec_widen_e4m3x4(u32 w, float* f) {
+    // Bytes b1 and b3 at bits 23..16 with their sign over bits 31..24, b0 and b2 at bits 7..0
+    // with theirs over bits 15..8: shifted left by 4 (20) the byte lands at bits 27..20 under
+    // copies of its sign, and the mask keeps the sign at bit 31 and the 7 low bits.
+    const u32 y01 = dec_prmt<0x9180>(w), y23 = dec_prmt<0xB3A2>(w);
+    f[0] = __uint_as_float((y01 << 20) & 0x87f00000u);
+    f[1] = __uint_as_float((y01 << 4) & 0x87f00000u);
+    f[2] = __uint_as_float((y23 << 20) & 0x87f00000u);
+    f[3] = __uint_as_float((y23 << 4) & 0x87f00000u);
+}
 
 __device__ __forceinline__ int decode_ctx_len(const DecodeArgs& a, int ctx) {
     ctx = min(ctx, (int)a.max_ctx);
@@ -80,72 +146,129 @@ __device__ __forceinline__ u64 tok_off(const DecodeArgs& a, const u64* blk_off, 
     return blk_off[tok >> a.bs_log2] + (u64)((tok & (a.block_size - 1)) * D);
 }
 
-template <int D, int G, int P, int U>
+// Chunk (8 elements) c = 0, 1 of the 16 elements that thread r of a token's TG owns in
+// decode_scores: chunks r and r + TG of a bf16 row (each 16-byte load of the TG threads reads
+// one contiguous half row), chunks 2r and 2r + 1 of an fp8 row (one 16-byte load).
+template <class T, int TG>
+__device__ __forceinline__ u32 score_chunk(u32 r, u32 c) {
+    return DecKv<T>::FP8 ? r * 2 + c : r + c * TG;
+}
+
+template <class T, int D, int G, int P, int U>
 __device__ __forceinline__ void decode_scores(const DecodeArgs& a, const u64* blk_off, u32 plen,
                                               const float (&q)[G][16], float (*sc)[P]) {
-    constexpr int TG = D / 16;    // threads per token, each owning two 16-byte chunks
-    constexpr int TPP = 32 / TG;  // tokens per warp pass; U passes unrolled: 2U loads in flight
+    constexpr bool FP8 = DecKv<T>::FP8;
+    constexpr int TG = D / 16;    // threads per token, each owning 16 elements (score_chunk)
+    constexpr int TPP = 32 / TG;  // tokens per warp pass; U passes unrolled: 2U (bf16) or U
+                                  // (fp8) 16-byte loads in flight
+    constexpr int NL = FP8 ? 1 : 2;  // 16-byte loads a token
+    const T* kc = static_cast<const T*>(a.kc);
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const u32 r = lane % TG, tsub = lane / TG;
     for (u32 base = warp * TPP * U; base < plen; base += DEC_WARPS * TPP * U) {
-        uint4 kr[U][2];
+        uint4 kr[U][NL];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const u32 tok = base + u * TPP + tsub;
             if (tok < plen) {
-                const bf16* kp = a.kc + tok_off(a, blk_off, tok, D);
-                kr[u][0] = __ldg((const uint4*)(kp + r * 8));
-                kr[u][1] = __ldg((const uint4*)(kp + (r + TG) * 8));
+                const T* kp = kc + tok_off(a, blk_off, tok, D);
+                kr[u][0] = __ldg((const uint4*)(kp + score_chunk<T, TG>(r, 0) * 8));
+                if constexpr (NL == 2)
+                    kr[u][NL - 1] = __ldg((const uint4*)(kp + score_chunk<T, TG>(r, 1) * 8));
             } else {
-                kr[u][0] = kr[u][1] = make_uint4(0, 0, 0, 0);
+                kr[u][0] = kr[u][NL - 1] = make_uint4(0, 0, 0, 0);
             }
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            float kf[16];
-            unpack8(kr[u][0], kf);
-            unpack8(kr[u][1], kf + 8);
             const u32 tok = base + u * TPP + tsub;
+            if constexpr (FP8) {
+                // Word by word (4 elements each), all heads at a time: 4 widened values live
+                // instead of 16; each head still sums its 16 products in element order.
+                const u32 w[4] = {kr[u][0].x, kr[u][0].y, kr[u][0].z, kr[u][0].w};
+                float acc[G];
 #pragma unroll
-            for (int g = 0; g < G; ++g) {
-                float acc = 0.f;
+                for (int g = 0; g < G; ++g) acc[g] = 0.f;
 #pragma unroll
-                for (int e = 0; e < 16; ++e) acc = fmaf(q[g][e], kf[e], acc);
+                for (int j = 0; j < 4; ++j) {
+                    float kf[4];
+                    dec_widen_e4m3x4(w[j], kf);
 #pragma unroll
-                for (int o = TG / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(FULL_MASK, acc, o);
-                if (r == 0 && tok < plen) sc[g][tok] = acc;
+                    for (int g = 0; g < G; ++g)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e)
+                            acc[g] = dec_fma(q[g][j * 4 + e], kf[e], acc[g]);
+                }
+#pragma unroll
+                for (int g = 0; g < G; ++g) {
+#pragma unroll
+                    for (int o = TG / 2; o > 0; o >>= 1)
+                        acc[g] += __shfl_xor_sync(FULL_MASK, acc[g], o);
+                    if (r == 0 && tok < plen) sc[g][tok] = acc[g] * DEC_FP8_S_SCALE;
+                }
+            } else {
+                float kf[16];
+                unpack8(kr[u][0], kf);
+                unpack8(kr[u][NL - 1], kf + 8);
+#pragma unroll
+                for (int g = 0; g < G; ++g) {
+                    float acc = 0.f;
+#pragma unroll
+                    for (int e = 0; e < 16; ++e) acc = fmaf(q[g][e], kf[e], acc);
+#pragma unroll
+                    for (int o = TG / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(FULL_MASK, acc, o);
+                    if (r == 0 && tok < plen) sc[g][tok] = acc;
+                }
             }
         }
     }
 }
 
-template <int D, int G, int P, int U>
+// The 8 elements of a V row that a lane owns in decode_pv: 16 bytes of bf16, 8 of e4m3.
+template <class T>
+struct DecVChunk {
+    typedef uint4 type;
+};
+template <>
+struct DecVChunk<DecodeFp8> {
+    typedef uint2 type;
+};
+
+template <class T, int D, int G, int P, int U>
 __device__ __forceinline__ void decode_pv(const DecodeArgs& a, const u64* blk_off, u32 plen,
                                           float (*sc)[P], float (&acc)[G][8]) {
-    constexpr int CH = D / 8;     // 16-byte chunks per row
+    constexpr bool FP8 = DecKv<T>::FP8;
+    typedef typename DecVChunk<T>::type Chunk;
+    constexpr int CH = D / 8;     // 8-element chunks per row (16 bytes of bf16, 8 of e4m3)
     constexpr int TPI = 32 / CH;  // tokens per warp load; U loads in flight
+    const T* vc = static_cast<const T*>(a.vc);
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const u32 c = lane % CH, vsub = lane / CH;
     for (u32 base = warp * TPI * U; base < plen; base += DEC_WARPS * TPI * U) {
-        uint4 vr[U];
+        Chunk vr[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const u32 tok = base + u * TPI + vsub;
-            vr[u] = make_uint4(0, 0, 0, 0);
-            if (tok < plen)
-                vr[u] = __ldg((const uint4*)(a.vc + tok_off(a, blk_off, tok, D) + c * 8));
+            vr[u] = Chunk{};
+            if (tok < plen) vr[u] = __ldg((const Chunk*)(vc + tok_off(a, blk_off, tok, D) + c * 8));
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const u32 tok = base + u * TPI + vsub;
             if (tok < plen) {
                 float vf[8];
-                unpack8(vr[u], vf);
+                if constexpr (FP8) {
+                    dec_widen_e4m3x4(vr[u].x, vf);
+                    dec_widen_e4m3x4(vr[u].y, vf + 4);
+                } else {
+                    unpack8(vr[u], vf);
+                }
 #pragma unroll
                 for (int g = 0; g < G; ++g) {
                     const float p = sc[g][tok];
 #pragma unroll
-                    for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p, vf[e], acc[g][e]);
+                    for (int e = 0; e < 8; ++e)
+                        acc[g][e] = FP8 ? dec_fma(p, vf[e], acc[g][e]) : fmaf(p, vf[e], acc[g][e]);
                 }
             }
         }
@@ -269,8 +392,20 @@ __device__ __forceinline__ void decode_stage_blocks(const DecodeArgs& a, u32 s, 
     }
 }
 
-template <int D, int G, int P, int U1 = 4, int U2 = 8>
+// Loads in flight per thread: U1 token passes of decode_scores, U2 of decode_pv. An fp8 row is
+// half the bytes of a bf16 one, so the fp8 kernels take twice the passes where the partition
+// has the tokens for them (P >= 256): the same bytes in flight per thread, in the same
+// registers (8 uint4 of K, 16 uint2 of V). 64-token partitions are one pass of the CTA either
+// way (D = 128).
+template <class T, int P>
+struct DecUnroll {
+    enum { U1 = DecKv<T>::FP8 && P >= 256 ? 8 : 4, U2 = DecKv<T>::FP8 && P >= 256 ? 16 : 8 };
+};
+
+template <class T, int D, int G, int P, int U1 = DecUnroll<T, P>::U1,
+          int U2 = DecUnroll<T, P>::U2>
 __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
+    constexpr bool FP8 = DecKv<T>::FP8;
     __shared__ float sc[G][P];
     __shared__ __align__(16) float red[DEC_WARPS][G][D];
     __shared__ u64 blk_off[P / 8];
@@ -311,12 +446,14 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
     // launches of one wave: in bigger ones (128 x 4k tokens) it made attention 3-5% slower
     // (H100, attn_bench, 2026-11-26), where it gained 0.7 us at batch 1.
     if (sp.n * gridDim.x * gridDim.y <= a.target_ctas) {
-        constexpr u32 LINES = D * 2 / 128;  // 128-byte lines a row
+        // 128-byte lines a row (a 64-byte fp8 row of D = 64 shares its line with the next token)
+        constexpr u32 LINES = D * sizeof(T) / 128 > 0 ? D * sizeof(T) / 128 : 1;
         const u32 n = min(plen, (u32)DEC_PREFETCH) * LINES;
         for (u32 i = threadIdx.x; i < n; i += DEC_THREADS) {
-            const u64 off = tok_off(a, blk_off, i / LINES, D) + (i % LINES) * 64;
-            prefetch_l2(a.kc + off);
-            prefetch_l2(a.vc + off);
+            const u64 off =
+                tok_off(a, blk_off, i / LINES, D) + (i % LINES) * (u32)(128 / sizeof(T));
+            prefetch_l2(static_cast<const T*>(a.kc) + off);
+            prefetch_l2(static_cast<const T*>(a.vc) + off);
         }
     }
     pdl_enter();
@@ -325,23 +462,25 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
     // ... one after the other.
     const bf16* qb = a.qkv + (u64)qrow * a.qkv_stride + (u64)kvh * G * D;
     for (;;) {
-        // q of this group, pre-scaled into the log2 domain; chunk layout matches
-        // decode_scores. Loaded again for each partition a CTA takes (from L2), so that it is
-        // not held in registers across the loop (157 registers instead of 128: 3 CTAs an SM
-        // instead of 4).
+        // q of this group, pre-scaled into the log2 domain (and by 2^64 for fp8 K, see
+        // dec_widen_e4m3x4); chunk layout matches decode_scores. Loaded again for each
+        // partition a CTA takes (from L2), so that it is not held in registers across the loop
+        // (157 registers instead of 128: 3 CTAs an SM instead of 4).
         constexpr int TG = D / 16;
+        const float qs = FP8 ? a.scale_log2 * DEC_FP8_Q_SCALE : a.scale_log2;
         float q[G][16];
 #pragma unroll
         for (int g = 0; g < G; ++g)
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
-                unpack8(*(const uint4*)(qb + g * D + ((lane % TG) + c * TG) * 8), &q[g][c * 8]);
+                unpack8(*(const uint4*)(qb + g * D + score_chunk<T, TG>(lane % TG, c) * 8),
+                        &q[g][c * 8]);
 #pragma unroll
-                for (int e = 0; e < 8; ++e) q[g][c * 8 + e] *= a.scale_log2;
+                for (int e = 0; e < 8; ++e) q[g][c * 8 + e] *= qs;
             }
         // No barrier here (blk_off was published before): the first K loads may issue while q
         // is still on its way.
-        decode_scores<D, G, P, U1>(a, blk_off, plen, q, sc);
+        decode_scores<T, D, G, P, U1>(a, blk_off, plen, q, sc);
         __syncthreads();
         for (int g = warp; g < G; g += DEC_WARPS) {
             float m = NEG_INF;
@@ -350,7 +489,8 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
             float l = 0.f;
             for (u32 t = lane; t < plen; t += 32) {
                 const float e = exp2f(sc[g][t] - m);
-                sc[g][t] = e;
+                // P.V's weights; fp8 V rows come times 2^-120 (dec_widen_e4m3x4), e <= 1.
+                sc[g][t] = FP8 ? e * DEC_FP8_P_SCALE : e;
                 l += e;
             }
             l = warp_sum(l);
@@ -366,7 +506,7 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
         for (int g = 0; g < G; ++g)
 #pragma unroll
             for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
-        decode_pv<D, G, P, U2>(a, blk_off, plen, sc, acc);
+        decode_pv<T, D, G, P, U2>(a, blk_off, plen, sc, acc);
         if (lane < D / 8)
 #pragma unroll
             for (int g = 0; g < G; ++g)
@@ -426,15 +566,28 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
 // spills; the partition loop let them grow to 164 otherwise. Larger groups as they come (G = 8:
 // 252, no spills; capped at 4 CTAs it spilled 1.4 KB).
 #define DEC_MIN_BLOCKS(G) ((G) <= 4 ? 4 : 1)
-#define DECODE_ONE(D, G, P)                                                            \
-    extern "C" __global__ void __launch_bounds__(DEC_THREADS, DEC_MIN_BLOCKS(G))                        \
-        paged_decode_d##D##_g##G##_p##P(DecodeArgs a) {                                \
-        decode_impl<D, G, P>(a);                                                       \
+// paged_decode[_fp8]_d{D}_g{G}_p{P}: NAME is paged_decode or paged_decode_fp8, T the cache type.
+#define DECODE_ONE(T, NAME, D, G, P)                                               \
+    extern "C" __global__ void __launch_bounds__(DEC_THREADS, DEC_MIN_BLOCKS(G))   \
+        NAME##_d##D##_g##G##_p##P(DecodeArgs a) {                                  \
+        decode_impl<T, D, G, P>(a);                                                \
     }
-#define DECODE_INST(D, G) DECODE_ONE(D, G, 64) DECODE_ONE(D, G, 256) DECODE_ONE(D, G, 512)
+#define DECODE_PARTS(T, NAME, D, G) \
+    DECODE_ONE(T, NAME, D, G, 64) DECODE_ONE(T, NAME, D, G, 256) DECODE_ONE(T, NAME, D, G, 512)
 
-// PS_DECODE_PART (0-3) keeps a quarter of the instances, so that NVRTC can compile them in
-// parallel at shard start (loader.rs); the whole source, without it, holds all 48.
+// PS_DECODE_PART (0-3) keeps a quarter of the (D, G) pairs, so that NVRTC can compile them in
+// parallel at shard start (loader.rs), with PS_DECODE_FP8 the fp8 instances of that quarter
+// instead of the bf16 ones (units.rs: decode0-3, decode_fp8_0-3); the whole source, without
+// PS_DECODE_PART, holds all 96 (48 bf16, 48 fp8).
+#if !defined(PS_DECODE_PART)
+#define DECODE_INST(D, G) \
+    DECODE_PARTS(bf16, paged_decode, D, G) DECODE_PARTS(DecodeFp8, paged_decode_fp8, D, G)
+#elif defined(PS_DECODE_FP8)
+#define DECODE_INST(D, G) DECODE_PARTS(DecodeFp8, paged_decode_fp8, D, G)
+#else
+#define DECODE_INST(D, G) DECODE_PARTS(bf16, paged_decode, D, G)
+#endif
+
 #if !defined(PS_DECODE_PART) || PS_DECODE_PART == 0
 DECODE_INST(64, 1)
 DECODE_INST(64, 2)

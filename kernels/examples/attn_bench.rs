@@ -1,8 +1,9 @@
 //! Attention microbenchmark: device copy bandwidth, paged decode attention (Llama-3-8B heads:
 //! H=32, KVH=8, D=128, block 16, shuffled blocks) at context 1k/4k/16k x batch 1/32/128
 //! (max_ctx = context), the small batches 1-16 at 1k/4k as the engine launches them (max_ctx
-//! 8192, Llama-3-8B's, so the grid is sized for 8k and the kernel splits by actual length), and
-//! causal prefill attention over one sequence of 512, 2k and 8k tokens and over 4 chunks of 1k
+//! 8192, Llama-3-8B's, so the grid is sized for 8k and the kernel splits by actual length), the
+//! same decode shapes again over an fp8 (e4m3) cache (`--kv-cache-dtype fp8`: half the bytes),
+//! and causal prefill attention over one sequence of 512, 2k and 8k tokens and over 4 chunks of 1k
 //! after 1k cached tokens each, with the device's own key tile (64 keys where shared memory
 //! allows) and again with 32-key tiles (what sm_86 / sm_89 GPUs run at D = 128). Times are per call, medians over samples of back-to-back calls
 //! timed with CUDA events after warm-up, on random inputs; small cases rotate over several block
@@ -12,8 +13,7 @@ mod common;
 
 use common::{Bench, Res};
 use cudarc::driver::CudaSlice;
-use half::bf16;
-use pagedserve_kernels::{decode_partition, decode_workspace_len, prefill_tiles};
+use pagedserve_kernels::{F8E4M3, KvElem, decode_partition, decode_workspace_len, prefill_tiles};
 
 const H: usize = 32;
 const KVH: usize = 8;
@@ -49,15 +49,43 @@ struct DecodeRow {
     gbs: f64,
 }
 
-fn decode_case(
+/// `n` random e4m3 values of [-1, 1] (never NaN) on the device: a 16 Mi-element pattern from the
+/// host, copied over the whole buffer (the block tables are random anyway).
+fn random_fp8(b: &Bench, n: usize, seed: u64) -> Res<CudaSlice<F8E4M3>> {
+    let m = n.min(1 << 24);
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let host: Vec<F8E4M3> = (0..m)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            F8E4M3::from_f32((x >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+        })
+        .collect();
+    let pattern = b.stream.clone_htod(&host)?;
+    // SAFETY: every element is written by the copies below before any read.
+    let mut dst = unsafe { b.stream.alloc::<F8E4M3>(n) }?;
+    let mut at = 0;
+    while at < n {
+        let len = m.min(n - at);
+        b.stream
+            .memcpy_dtod(&pattern.slice(..len), &mut dst.slice_mut(at..at + len))?;
+        at += len;
+    }
+    Ok(dst)
+}
+
+/// One decode shape over caches of `C` (bf16 or e4m3): bytes = the K and V rows read, at
+/// `size_of::<C>()` bytes an element.
+fn decode_case<C: KvElem>(
     b: &Bench,
-    kv: &(CudaSlice<bf16>, CudaSlice<bf16>),
+    kv: &(CudaSlice<C>, CudaSlice<C>),
     pool: usize,
     ctx: usize,
     max_ctx: usize,
     batch: usize,
 ) -> Res<DecodeRow> {
-    let bytes = (batch * ctx * KVH * D * 2 * 2) as f64;
+    let bytes = (batch * ctx * KVH * D * 2 * size_of::<C>()) as f64;
     let sets = ((256e6 / bytes).ceil() as usize).clamp(1, 16);
     let per = batch * ctx / BS;
     let bt = b
@@ -274,6 +302,14 @@ fn main() -> Res<()> {
     for (ctx_len, batch) in [(256, 1024), (512, 512), (512, 1024)] {
         small.push(decode_case(&b, &kv, pool, ctx_len, ENGINE_MAX_CTX, batch)?);
     }
+    // Every decode shape again over fp8 caches of the same size (pool and block tables as
+    // above, half the bytes), their rows next to the bf16 ones in the table.
+    let kv8 = (random_fp8(&b, n, 23)?, random_fp8(&b, n, 24)?);
+    let mut fp8_rows = Vec::new();
+    for r in rows.iter().chain(&small) {
+        fp8_rows.push(decode_case(&b, &kv8, pool, r.ctx, r.max_ctx, r.batch)?);
+    }
+    drop(kv8);
     // One sequence of 512 / 2k / 8k tokens, and 4 chunks of 1024 rows after 1024 cached tokens.
     let prefill_cases: [(&str, Vec<(usize, usize)>); 4] = [
         ("1 x 512", vec![(512, 0)]),
@@ -361,6 +397,26 @@ fn main() -> Res<()> {
         println!(
             "{:>7} {:>7} {:>6} {part:>5} {:>10.1} {:>9.0} {pct:>6.1}%",
             r.ctx, r.max_ctx, r.batch, r.us, r.gbs
+        );
+    }
+    println!(
+        "paged decode attention over an fp8 e4m3 cache, the same shapes (bytes = K+V read at 1 \
+         byte an element; x bf16 = bf16 time / fp8 time):"
+    );
+    println!(
+        "{:>7} {:>7} {:>6} {:>5} {:>10} {:>9} {:>7} {:>7}",
+        "context", "max_ctx", "batch", "part", "time_us", "GB/s", "%copy", "x bf16"
+    );
+    for (r, r16) in fp8_rows.iter().zip(rows.iter().chain(&small)) {
+        let (part, pct) = (decode_partition(r.batch, r.max_ctx), 100.0 * r.gbs / copy);
+        println!(
+            "{:>7} {:>7} {:>6} {part:>5} {:>10.1} {:>9.0} {pct:>6.1}% {:>7.2}",
+            r.ctx,
+            r.max_ctx,
+            r.batch,
+            r.us,
+            r.gbs,
+            r16.us / r.us
         );
     }
     println!(

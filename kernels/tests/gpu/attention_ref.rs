@@ -1,6 +1,9 @@
-//! A paged KV cache on the host and the attention reference (f64) both attention tests use.
+//! A paged KV cache on the host and the attention reference (f64) both attention tests use, and
+//! fp8 (e4m3) caches whose values the reference reads widened.
 
 use half::bf16;
+use pagedserve_kernels::F8E4M3;
+use rand::Rng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
@@ -88,4 +91,97 @@ pub fn block_tables(
         next += n;
     }
     (tables, bt_stride)
+}
+
+/// How the values of an fp8 test cache are drawn (each rounded to e4m3 with
+/// `F8E4M3::from_f32`: to nearest even, saturating to ±448), with the range of q that keeps the
+/// scores O(1) over them, so that every value moves the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fp8Values {
+    /// Uniform in [-1, 1], like the bf16 tests (about 1.6% of them e4m3 subnormals, below 2^-6).
+    Bulk,
+    /// Uniform in ±2^-6: e4m3 subnormals (and zeros, and a few that round up to 2^-6), which a
+    /// kernel that flushed subnormals would read as zero.
+    Subnormal,
+    /// Magnitudes log-uniform over [2^-9, 1024) with random signs: every exponent, and about 6%
+    /// past 448, which saturate.
+    Large,
+}
+
+impl Fp8Values {
+    pub const ALL: [Fp8Values; 3] = [Fp8Values::Bulk, Fp8Values::Subnormal, Fp8Values::Large];
+
+    /// One value before rounding to e4m3.
+    pub fn sample(self, rng: &mut StdRng) -> f32 {
+        match self {
+            Fp8Values::Bulk => rng.random_range(-1.0..1.0),
+            Fp8Values::Subnormal => rng.random_range(-1.0..1.0) / 64.0,
+            Fp8Values::Large => {
+                let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+                sign * 2f32.powf(rng.random_range(-9.0..10.0))
+            }
+        }
+    }
+
+    /// q is drawn uniform in ±this: scores (q·k / sqrt(D)) with a standard deviation of about
+    /// one (0.7 for Bulk, as in the bf16 tests; 1.0 for Subnormal; 1.3 for Large, where one
+    /// saturated element moves a score by up to ~0.9).
+    pub fn q_range(self) -> f32 {
+        match self {
+            Fp8Values::Bulk => 2.0,
+            Fp8Values::Subnormal => 200.0,
+            Fp8Values::Large => 1.0 / 64.0,
+        }
+    }
+}
+
+/// A paged fp8 (e4m3) KV cache: `k` and `v` as the kernels read them, and `widened`, the same
+/// values as a bf16 [`HostCache`] for the reference (every finite e4m3 value is a bf16 value, so
+/// the widening is exact; checked).
+pub struct Fp8Cache {
+    pub k: Vec<F8E4M3>,
+    pub v: Vec<F8E4M3>,
+    pub widened: HostCache,
+}
+
+impl Fp8Cache {
+    pub fn random(
+        rng: &mut StdRng,
+        values: Fp8Values,
+        num_blocks: usize,
+        kvh: usize,
+        bs: usize,
+        d: usize,
+    ) -> Self {
+        let n = num_blocks * kvh * bs * d;
+        let draw = |rng: &mut StdRng| -> Vec<F8E4M3> {
+            (0..n)
+                .map(|_| F8E4M3::from_f32(values.sample(rng)))
+                .collect()
+        };
+        let (k, v) = (draw(rng), draw(rng));
+        Self::from_values(k, v, kvh, bs, d)
+    }
+
+    /// The cache of these values (finite ones; `k` and `v` `[num_blocks, kvh, bs, d]`).
+    pub fn from_values(k: Vec<F8E4M3>, v: Vec<F8E4M3>, kvh: usize, bs: usize, d: usize) -> Self {
+        let widen = |x: &[F8E4M3]| -> Vec<bf16> {
+            x.iter()
+                .map(|e| {
+                    let f = e.to_f32();
+                    let b = bf16::from_f32(f);
+                    assert!(f.is_finite() && b.to_f32() == f, "{:#04x}", e.to_bits());
+                    b
+                })
+                .collect()
+        };
+        let widened = HostCache {
+            k: widen(&k),
+            v: widen(&v),
+            kvh,
+            bs,
+            d,
+        };
+        Fp8Cache { k, v, widened }
+    }
 }

@@ -1,14 +1,15 @@
-//! Paged decode attention against the f64 reference.
+//! Paged decode attention against the f64 reference, over bf16 and fp8 (e4m3) caches.
 
 use std::error::Error;
 
 use cudarc::driver::CudaSlice;
+use half::bf16;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use crate::attention_ref::{HostCache, block_tables};
+use crate::attention_ref::{Fp8Cache, Fp8Values, HostCache, block_tables};
 use crate::common::*;
-use pagedserve_kernels::{decode_partition, decode_workspace_len};
+use pagedserve_kernels::{F8E4M3, KvElem, decode_partition, decode_workspace_len};
 
 struct Case {
     h: usize,
@@ -19,14 +20,31 @@ struct Case {
     max_ctx: usize,
 }
 
-/// Attention over cached tokens: bf16 inputs, f32 accumulation, bf16 output.
+/// What a test's cache holds: bf16 values, or fp8 e4m3 values drawn as `Fp8Values` says (q
+/// drawn to match).
+#[derive(Clone, Copy, Debug)]
+enum Kv {
+    Bf16,
+    Fp8(Fp8Values),
+}
+
+/// Attention over cached tokens: bf16 (or e4m3, exact in bf16) inputs, f32 accumulation, bf16
+/// output.
 const ATTN_TOL: f64 = 1e-2;
 
 #[test]
 fn paged_decode_attention_matches_reference() -> TestResult {
     let Some(g) = gpu() else { return Ok(()) };
     let mut rng = rng("paged_decode_attention");
-    let cases = [
+    for c in &reference_cases(&mut rng) {
+        run_case(g, &mut rng, c)?;
+    }
+    Ok(())
+}
+
+/// The cases of paged_decode_attention_matches_reference (random lengths from `rng`).
+fn reference_cases(rng: &mut rand::rngs::StdRng) -> Vec<Case> {
+    vec![
         // SmolLM2 heads: one partition, several, a padding sequence (0) and 1-token contexts.
         Case {
             h: 9,
@@ -96,9 +114,157 @@ fn paged_decode_attention_matches_reference() -> TestResult {
             lens: (0..64).map(|_| rng.random_range(1..=1100)).collect(),
             max_ctx: 1100,
         },
-    ];
+    ]
+}
+
+/// The same over fp8 caches, for each kind of values (plain, e4m3 subnormals, large and
+/// saturated ones), plus the groups the reference cases lack (G = 1, 2, 5, 6) and launches whose
+/// CTAs loop over partitions: the fp8 kernels read the same layout at one byte an element and
+/// must match the reference as closely as the bf16 ones (their inputs are exact in both).
+#[test]
+fn paged_decode_attention_fp8_matches_reference() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = rng("paged_decode_attention_fp8");
+    let mut cases = reference_cases(&mut rng);
+    cases.extend([
+        // G = 1 (MHA), several partitions.
+        Case {
+            h: 4,
+            kvh: 4,
+            d: 64,
+            bs: 16,
+            lens: vec![1, 90, 1000, 0, 256],
+            max_ctx: 1024,
+        },
+        // G = 2, block 64.
+        Case {
+            h: 16,
+            kvh: 8,
+            d: 128,
+            bs: 64,
+            lens: vec![700, 64, 65, 3],
+            max_ctx: 768,
+        },
+        // G = 5 and 6, 256- and 512-token partitions.
+        Case {
+            h: 20,
+            kvh: 4,
+            d: 64,
+            bs: 16,
+            lens: (0..24).map(|_| rng.random_range(0..=900)).collect(),
+            max_ctx: 900,
+        },
+        Case {
+            h: 12,
+            kvh: 2,
+            d: 128,
+            bs: 32,
+            lens: (0..48).map(|_| rng.random_range(1..=1500)).collect(),
+            max_ctx: 1500,
+        },
+    ]);
     for c in &cases {
-        run_case(g, &mut rng, c)?;
+        for values in Fp8Values::ALL {
+            run_case_kv(g, &mut rng, c, Kv::Fp8(values))?;
+        }
+    }
+    // Batch 1 at 64-token partitions, and 64 sequences whose CTAs take several partitions in
+    // turn (decode_grid_z), as in paged_decode_attention_splits_by_length.
+    let long = [
+        llama(vec![8192], 8192),
+        llama(
+            (0..64)
+                .map(|i| [8192, 4096, 1, 700, 5000, 0, 8000, 130][i % 8])
+                .collect(),
+            8192,
+        ),
+    ];
+    for c in &long {
+        run_case_kv(g, &mut rng, c, Kv::Fp8(Fp8Values::Bulk))?;
+    }
+    Ok(())
+}
+
+/// One-token contexts over V rows that hold every finite e4m3 value: the output is the V row
+/// itself, which bf16 holds exactly, so every value (subnormals, ±448, both zeros) must come
+/// back exactly (-0 as +0). With max_ctx 1024, 3, 32 and 80 sequences make the host pick 64-,
+/// 256- and 512-token partitions (each a kernel of its own, with its own unrolling).
+#[test]
+fn paged_decode_attention_fp8_widens_every_value_exactly() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = rng("paged_decode_attention_fp8_widens_every_value_exactly");
+    // G = 4, D = 128: one token's V over both KV heads is 256 values, one per byte (the NaN
+    // bytes 0x7f and 0xff replaced by zeros).
+    let (h, kvh, d, bs, max_ctx) = (8, 2, 128, 16, 1024);
+    for s in [3, 32, 80] {
+        let part = decode_partition(s, max_ctx);
+        let num_blocks = s + 3;
+        let n = num_blocks * kvh * bs * d;
+        let k: Vec<F8E4M3> = (0..n)
+            .map(|_| F8E4M3::from_f32(rng.random_range(-1.0..1.0)))
+            .collect();
+        // Sequence i reads block i + 1, whose token 0 holds byte (j + 37 i) % 256 at position j
+        // of its two V rows: the bytes move across lanes and word positions from one sequence to
+        // the next.
+        let mut v = vec![F8E4M3::from_bits(0); n];
+        for i in 0..s {
+            for j in 0..kvh * d {
+                let (head, e) = (j / d, j % d);
+                let byte = ((j + 37 * i) % 256) as u8;
+                let byte = if byte & 0x7f == 0x7f {
+                    byte & 0x80
+                } else {
+                    byte
+                };
+                v[(((i + 1) * kvh + head) * bs) * d + e] = F8E4M3::from_bits(byte);
+            }
+        }
+        let cache = Fp8Cache::from_values(k, v, kvh, bs, d);
+        let stride = (h + 2 * kvh) * d;
+        let qkv = to_bf16(&rand_vec(&mut rng, s * stride, -2.0, 2.0));
+        let rows: Vec<i32> = (0..s as i32).collect();
+        let tables: Vec<i32> = (0..s as i32).map(|i| i + 1).collect();
+        let ctx = vec![1i32; s];
+        let (d_qkv, d_rows, d_tables, d_ctx) =
+            (up(g, &qkv)?, up(g, &rows)?, up(g, &tables)?, up(g, &ctx)?);
+        let mut ws = workspace(g, decode_workspace_len(s, h, d, max_ctx), s * h)?;
+        let mut d_out = up(g, &poison_bf16(s * h * d))?;
+        let c = Case {
+            h,
+            kvh,
+            d,
+            bs,
+            lens: vec![1; s],
+            max_ctx,
+        };
+        let inputs = DecodeInputs {
+            qkv: &d_qkv,
+            stride,
+            rows: &d_rows,
+            tables: &d_tables,
+            bt_stride: 1,
+            ctx: &d_ctx,
+            scale: 1.0 / (d as f32).sqrt(),
+        };
+        let (d_k, d_v) = (up(g, &cache.k)?, up(g, &cache.v)?);
+        inputs.launch(g, &c, &mut d_out, &d_k, &d_v, &mut ws)?;
+        let out = down(g, &d_out)?;
+        for i in 0..s {
+            for hh in 0..h {
+                let head = hh / (h / kvh);
+                for e in 0..d {
+                    let want = cache.widened.v[(((i + 1) * kvh + head) * bs) * d + e].to_f32();
+                    let got = out[(i * h + hh) * d + e].to_f32();
+                    assert!(
+                        got == want,
+                        "S={s} part={part} seq {i} head {hh} [{e}]: got {got}, want {want} \
+                         (byte {:#04x})",
+                        cache.v[(((i + 1) * kvh + head) * bs) * d + e].to_bits()
+                    );
+                }
+            }
+        }
+        check_counters_reset(g, &ws, s * h, &format!("exact S={s}"))?;
     }
     Ok(())
 }
@@ -135,11 +301,60 @@ fn check_counters_reset(g: &Gpu, ws: &CudaSlice<f32>, counters: usize, label: &s
 }
 
 fn run_case(g: &Gpu, rng: &mut rand::rngs::StdRng, c: &Case) -> TestResult {
+    run_case_kv(g, rng, c, Kv::Bf16)
+}
+
+fn run_case_kv(g: &Gpu, rng: &mut rand::rngs::StdRng, c: &Case, kv: Kv) -> TestResult {
     let s = c.lens.len();
     let ws_len = decode_workspace_len(s, c.h, c.d, c.max_ctx) + rng.random_range(0..5);
     let mut ws = workspace(g, ws_len, s * c.h)?;
-    launch_and_check(g, rng, c, &mut ws, &Faults::default())?;
-    check_counters_reset(g, &ws, s * c.h, &format!("{:?}", c.lens))
+    launch_and_check(g, rng, c, &mut ws, &Faults::default(), kv)?;
+    check_counters_reset(g, &ws, s * c.h, &format!("{kv:?} {:?}", c.lens))
+}
+
+/// The device inputs of a decode launch other than the caches, the output and the workspace.
+struct DecodeInputs<'a> {
+    qkv: &'a CudaSlice<bf16>,
+    stride: usize,
+    rows: &'a CudaSlice<i32>,
+    tables: &'a CudaSlice<i32>,
+    bt_stride: usize,
+    ctx: &'a CudaSlice<i32>,
+    scale: f32,
+}
+
+impl DecodeInputs<'_> {
+    /// paged_decode_attention of case `c`'s shape over caches of `C`.
+    fn launch<C: KvElem>(
+        &self,
+        g: &Gpu,
+        c: &Case,
+        out: &mut CudaSlice<bf16>,
+        k: &CudaSlice<C>,
+        v: &CudaSlice<C>,
+        ws: &mut CudaSlice<f32>,
+    ) -> TestResult {
+        g.k.paged_decode_attention(
+            &g.stream,
+            &mut out.as_view_mut(),
+            &self.qkv.as_view(),
+            self.stride,
+            &self.rows.as_view(),
+            &k.as_view(),
+            &v.as_view(),
+            &self.tables.as_view(),
+            self.bt_stride,
+            &self.ctx.as_view(),
+            &mut ws.as_view_mut(),
+            c.h,
+            c.kvh,
+            c.d,
+            c.bs,
+            self.scale,
+            c.max_ctx,
+        )?;
+        Ok(())
+    }
 }
 
 /// One decode launch on fresh random inputs over `ws`, checked against the reference.
@@ -149,6 +364,7 @@ fn launch_and_check(
     c: &Case,
     ws: &mut CudaSlice<f32>,
     faults: &Faults,
+    kv: Kv,
 ) -> TestResult {
     let s = c.lens.len();
     let num_blocks = c
@@ -157,7 +373,18 @@ fn launch_and_check(
         .map(|l| l.div_ceil(c.bs).max(1))
         .sum::<usize>()
         + 7;
-    let cache = HostCache::random(rng, num_blocks, c.kvh, c.bs, c.d);
+    // The reference reads `cache`; an fp8 launch reads `fp8`, the same values in e4m3.
+    let (cache, fp8) = match kv {
+        Kv::Bf16 => (HostCache::random(rng, num_blocks, c.kvh, c.bs, c.d), None),
+        Kv::Fp8(values) => {
+            let f = Fp8Cache::random(rng, values, num_blocks, c.kvh, c.bs, c.d);
+            (f.widened, Some((f.k, f.v)))
+        }
+    };
+    let q_range = match kv {
+        Kv::Bf16 => 2.0,
+        Kv::Fp8(values) => values.q_range(),
+    };
     let (mut tables, bt_stride) = block_tables(rng, &c.lens, c.bs, num_blocks);
     // What the kernel reads for an out-of-range id (block 0), for the reference.
     let mut ref_tables = tables.clone();
@@ -172,7 +399,7 @@ fn launch_and_check(
     // Rows of qkv / out: two more than sequences, in shuffled order; unused rows stay poison.
     let t = s + 2;
     let stride = (c.h + 2 * c.kvh) * c.d;
-    let qkv = to_bf16(&rand_vec(rng, t * stride, -2.0, 2.0));
+    let qkv = to_bf16(&rand_vec(rng, t * stride, -q_range, q_range));
     let mut rows: Vec<i32> = (0..t as i32).collect();
     rows.shuffle(rng);
     let mut q_rows = rows[..s].to_vec();
@@ -184,27 +411,26 @@ fn launch_and_check(
 
     let (d_qkv, d_rows, d_tables, d_ctx) =
         (up(g, &qkv)?, up(g, &q_rows)?, up(g, &tables)?, up(g, &ctx)?);
-    let (d_k, d_v) = (up(g, &cache.k)?, up(g, &cache.v)?);
     let mut d_out = up(g, &poison_bf16(t * c.h * c.d))?;
-    g.k.paged_decode_attention(
-        &g.stream,
-        &mut d_out.as_view_mut(),
-        &d_qkv.as_view(),
+    let inputs = DecodeInputs {
+        qkv: &d_qkv,
         stride,
-        &d_rows.as_view(),
-        &d_k.as_view(),
-        &d_v.as_view(),
-        &d_tables.as_view(),
+        rows: &d_rows,
+        tables: &d_tables,
         bt_stride,
-        &d_ctx.as_view(),
-        &mut ws.as_view_mut(),
-        c.h,
-        c.kvh,
-        c.d,
-        c.bs,
-        scale as f32,
-        c.max_ctx,
-    )?;
+        ctx: &d_ctx,
+        scale: scale as f32,
+    };
+    match &fp8 {
+        None => {
+            let (d_k, d_v) = (up(g, &cache.k)?, up(g, &cache.v)?);
+            inputs.launch(g, c, &mut d_out, &d_k, &d_v, ws)?;
+        }
+        Some((k, v)) => {
+            let (d_k, d_v) = (up(g, k)?, up(g, v)?);
+            inputs.launch(g, c, &mut d_out, &d_k, &d_v, ws)?;
+        }
+    }
     let out = down(g, &d_out)?;
 
     let (mut got, mut want) = (Vec::new(), Vec::new());
@@ -228,7 +454,7 @@ fn launch_and_check(
     }
     check_rows_written(&out, &expect_written, c.h * c.d);
     let label = format!(
-        "decode H={} KVH={} D={} bs={} max_ctx={} part={} lens={:?}",
+        "decode {kv:?} H={} KVH={} D={} bs={} max_ctx={} part={} lens={:?}",
         c.h,
         c.kvh,
         c.d,
@@ -337,7 +563,7 @@ fn paged_decode_attention_tolerates_bad_inputs() -> TestResult {
         no_q_row: vec![1],
         bad_block: vec![(0, 3), (3, 0), (3, 40), (4, 0)],
     };
-    launch_and_check(g, &mut rng, &c, &mut ws, &faults)?;
+    launch_and_check(g, &mut rng, &c, &mut ws, &faults, Kv::Bf16)?;
     check_counters_reset(g, &ws, s * c.h, "bad inputs")
 }
 
@@ -362,7 +588,7 @@ fn paged_decode_attention_reuses_its_workspace() -> TestResult {
     ];
     for lens in steps {
         let c = llama(lens, max_ctx);
-        launch_and_check(g, &mut rng, &c, &mut ws, &Faults::default())?;
+        launch_and_check(g, &mut rng, &c, &mut ws, &Faults::default(), Kv::Bf16)?;
         check_counters_reset(g, &ws, counters, &format!("{:?}", c.lens))?;
     }
     Ok(())
