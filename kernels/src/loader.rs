@@ -344,9 +344,10 @@ mod tests {
         for (name, _) in kernel_names() {
             let direct =
                 src.contains(&format!(" {name}(")) || src.contains(&format!("    {name}("));
-            // Decode kernels come from DECODE_INST(D, G).
+            // Decode kernels, bf16 and fp8 alike, come from DECODE_INST(D, G).
             let inst = name
                 .strip_prefix("paged_decode_d")
+                .or_else(|| name.strip_prefix("paged_decode_fp8_d"))
                 .and_then(|r| r.split_once("_g"))
                 .and_then(|(d, r)| Some((d, r.split_once("_p")?.0)))
                 .is_some_and(|(d, g)| src.contains(&format!("DECODE_INST({d}, {g})")));
