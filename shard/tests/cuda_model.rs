@@ -21,6 +21,8 @@ use pagedserve_shard::model::{
 const TIE_MARGIN: f32 = 0.5;
 /// Largest |CUDA logit - CPU logit| over the CPU's top-5 ids before the first divergence.
 const LOGIT_TOL: f32 = 1.0;
+/// The same over an fp8 (e4m3) KV cache (`fp8_kv_cache_serves_the_fixture`).
+const FP8_LOGIT_TOL: f32 = 2.0;
 
 fn gpu() -> bool {
     match cuda_device_count() {
@@ -57,8 +59,29 @@ fn run(enforce_eager: bool) -> Vec<Vec<u32>> {
     assert_eq!(model.info().dtype, "bf16");
     let mut seqs = fixture_seqs(&fixture);
     while step(model.as_mut(), &mut seqs, fixture.new_tokens) {}
+    compare(
+        &fixture,
+        &seqs,
+        &format!("eager={enforce_eager}"),
+        LOGIT_TOL,
+    )
+}
+
+/// Checks each case's tokens and logits against the CPU's: every CUDA top-5 logit within
+/// `logit_tol` of the CPU's up to the first divergence, which must sit at a near-tie of the
+/// CPU's logits (top-2 gap under `TIE_MARGIN`). Returns the generated tokens.
+fn compare(
+    fixture: &common::Fixture,
+    seqs: &[common::Seq],
+    label: &str,
+    logit_tol: f32,
+) -> Vec<Vec<u32>> {
     let mut out = Vec::new();
-    for (n, (case, seq)) in fixture.cases.iter().zip(&seqs).enumerate() {
+    for (n, (case, seq)) in fixture.cases.iter().zip(seqs).enumerate() {
+        assert!(
+            seq.logits.iter().flatten().all(|x| x.is_finite()),
+            "{label} case {n}: finite logits"
+        );
         let got = &seq.tokens[seq.prompt_len..];
         let same = got
             .iter()
@@ -72,18 +95,22 @@ fn run(enforce_eager: bool) -> Vec<Vec<u32>> {
             }
         }
         println!(
-            "eager={enforce_eager} case {n}: {same}/{} tokens as on the CPU, max |top-5 logit \
-             diff| up to the first divergence {worst:.4}",
+            "{label} case {n}: {same}/{} tokens as on the CPU, max |top-5 logit diff| up to the \
+             first divergence {worst:.4}",
             case.generated_ids.len()
         );
-        assert!(worst <= LOGIT_TOL, "case {n}: logits off by {worst}");
+        assert!(
+            worst <= logit_tol,
+            "{label} case {n}: logits off by {worst}"
+        );
         if same < case.generated_ids.len() {
             let top = &case.top5[same];
             let gap = top[0].1 - top[1].1;
-            println!("case {n}: diverges at {same}, CPU top-2 gap {gap:.4}");
+            println!("{label} case {n}: diverges at {same}, CPU top-2 gap {gap:.4}");
             assert!(
                 gap < TIE_MARGIN,
-                "case {n}: diverges at {same} where the CPU's top-2 gap is {gap} (not a near-tie)"
+                "{label} case {n}: diverges at {same} where the CPU's top-2 gap is {gap} (not a \
+                 near-tie)"
             );
         }
         out.push(got.to_vec());
@@ -105,11 +132,11 @@ fn cuda_model_gives_the_cpu_greedy_tokens() {
 }
 
 /// `--kv-cache-dtype fp8`: the fixture through an e4m3 cache (RoPE + KV write as its own
-/// kernel, the fp8 attention kernels), graphs and eager alike. e4m3 keeps 3 mantissa bits, so
-/// logits move further from the CPU's than with bf16 and near-ties flip sooner; no tolerance
-/// has been measured yet, so this prints how far each case stays with the CPU and asserts
-/// only what a working cache must give: finite logits, graphs equal to eager steps, and the
-/// CPU's first token in most cases (a cache read or written wrongly gives noise).
+/// kernel, the fp8 attention kernels), graphs and eager alike, held to the bf16 run's rule
+/// with a wider logit tolerance. e4m3 keeps 3 mantissa bits (relative rounding up to 1/16), so
+/// logits move further from the CPU's: on an H100 (2026-11-26) the largest top-5 difference
+/// before a divergence was 1.54 (bf16 cache: 0.31), and every divergence sat at a CPU top-2
+/// gap of 0.22 or less (two cases flip their first token, at gaps 0.22 and 0.012).
 #[test]
 fn fp8_kv_cache_serves_the_fixture() {
     if !gpu() {
@@ -129,41 +156,8 @@ fn fp8_kv_cache_serves_the_fixture() {
         assert_eq!(model.num_kv_blocks(), FIXTURE_BLOCKS, "as asked");
         let mut seqs = fixture_seqs(&fixture);
         while step(&mut model, &mut seqs, fixture.new_tokens) {}
-        let mut first_agree = 0;
-        for (n, (case, seq)) in fixture.cases.iter().zip(&seqs).enumerate() {
-            assert!(
-                seq.logits.iter().flatten().all(|x| x.is_finite()),
-                "case {n}: finite logits"
-            );
-            let got = &seq.tokens[seq.prompt_len..];
-            let same = got
-                .iter()
-                .zip(&case.generated_ids)
-                .take_while(|(a, b)| a == b)
-                .count();
-            let mut worst = 0f32;
-            for (top, logits) in case.top5.iter().zip(&seq.logits).take(same + 1) {
-                for &(id, want) in top {
-                    worst = worst.max((logits[id as usize] - want).abs());
-                }
-            }
-            println!(
-                "fp8 eager={enforce_eager} case {n}: {same}/{} tokens as on the CPU, max |top-5 \
-                 logit diff| up to the first divergence {worst:.4}",
-                case.generated_ids.len()
-            );
-            first_agree += usize::from(same > 0);
-        }
-        assert!(
-            2 * first_agree >= fixture.cases.len(),
-            "only {first_agree} of {} cases start with the CPU's token",
-            fixture.cases.len()
-        );
-        runs.push(
-            seqs.iter()
-                .map(|s| s.tokens[s.prompt_len..].to_vec())
-                .collect::<Vec<_>>(),
-        );
+        let label = format!("fp8 eager={enforce_eager}");
+        runs.push(compare(&fixture, &seqs, &label, FP8_LOGIT_TOL));
     }
     assert_eq!(
         runs[0], runs[1],
