@@ -239,58 +239,9 @@ pub struct ServeArgs {
     pub bin_dir: Option<PathBuf>,
 }
 
-/// The values `--kv-cache-dtype` accepts (the shard's `KvCacheDtype` takes the same).
-pub const SUPPORTED_KV_CACHE_DTYPES: &str = "auto, bf16 (or bfloat16), fp8 (or fp8_e4m3)";
-
-/// `--kv-cache-dtype`, checked here so a bad value stops the launcher before anything starts;
-/// each shard gets the canonical name ([`KvCacheDtype::name`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KvCacheDtype {
-    /// The model's dtype (bf16 on CUDA; the CPU backend's cache is f32).
-    Auto,
-    Bf16,
-    /// fp8 e4m3, scale 1.0. CUDA only.
-    Fp8E4m3,
-}
-
-/// A `--kv-cache-dtype` value pagedserve does not serve.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KvCacheDtypeError {
-    /// A type vLLM knows that pagedserve has no kernels for (`fp8_e5m2`, ...).
-    #[error(
-        "{0} is not supported: pagedserve's fp8 KV cache is e4m3 only (supported: \
-         {SUPPORTED_KV_CACHE_DTYPES})"
-    )]
-    Unsupported(String),
-    #[error("unknown KV cache dtype `{0}` (supported: {SUPPORTED_KV_CACHE_DTYPES})")]
-    Unknown(String),
-}
-
-impl std::str::FromStr for KvCacheDtype {
-    type Err = KvCacheDtypeError;
-
-    /// vLLM's spellings, ASCII case aside.
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(KvCacheDtype::Auto),
-            "bf16" | "bfloat16" => Ok(KvCacheDtype::Bf16),
-            "fp8" | "fp8_e4m3" => Ok(KvCacheDtype::Fp8E4m3),
-            "fp8_e5m2" | "fp8_inc" | "fp8_ds_mla" => Err(KvCacheDtypeError::Unsupported(s.into())),
-            _ => Err(KvCacheDtypeError::Unknown(s.into())),
-        }
-    }
-}
-
-impl KvCacheDtype {
-    /// The name each shard is given: `auto`, `bf16` or `fp8_e4m3`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            KvCacheDtype::Auto => "auto",
-            KvCacheDtype::Bf16 => "bf16",
-            KvCacheDtype::Fp8E4m3 => "fp8_e4m3",
-        }
-    }
-}
+// `--kv-cache-dtype` is checked here, so a bad value stops the launcher before anything
+// starts; each shard gets the canonical name (`KvCacheDtype::name`).
+pub use pagedserve_proto::kv_cache_dtype::KvCacheDtype;
 
 impl ServeArgs {
     /// Automatic prefix caching: on unless `--no-enable-prefix-caching` is the last of the
@@ -313,6 +264,7 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pagedserve_proto::kv_cache_dtype::SUPPORTED_KV_CACHE_DTYPES;
     use std::time::Duration;
 
     fn parse(args: &[&str]) -> Result<Command, clap::Error> {

@@ -2,6 +2,8 @@
 
 #![allow(clippy::all, clippy::unwrap_used)]
 
+pub mod kv_cache_dtype;
+
 /// `pagedserve.shard.v1`: messages, client and server.
 pub mod v1 {
     tonic::include_proto!("pagedserve.shard.v1");

@@ -16,7 +16,9 @@ use std::time::Instant;
 
 use cudarc::driver::CudaContext;
 use pagedserve_shard::backend::cuda::{ModelShape, cuda_device_count};
-use pagedserve_shard::model::{CausalLm, DeviceSampling, LoadOptions, SeqChunk, load_model};
+use pagedserve_shard::model::{
+    CausalLm, DeviceSampling, LoadOptions, SeqChunk, cuda_kv_dtype, load_model,
+};
 
 const GREEDY: DeviceSampling = DeviceSampling::GREEDY;
 
@@ -71,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "load + graph capture: {:.1} s, {} KV blocks of {}",
         t.elapsed().as_secs_f64(),
         model.num_kv_blocks(),
-        opts.kv_cache_dtype.cuda().name()
+        cuda_kv_dtype(opts.kv_cache_dtype).name()
     );
     let spec = shape.spec();
     let c = &spec.config;
@@ -83,7 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             + spec.vocab_size * c.hidden
             + c.hidden) as f64
         + 4.0 * ((2 * c.num_layers + 1) * c.hidden) as f64;
-    let elem = opts.kv_cache_dtype.cuda().bytes();
+    let elem = cuda_kv_dtype(opts.kv_cache_dtype).bytes();
     let kv_bytes =
         |ctx: usize| (c.num_layers * 2 * ctx * c.num_kv_heads * c.head_dim * elem) as f64;
 

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use crate::backend::{BackendError, CpuBackend, WeightFormat};
 
 pub use config::LlamaConfig;
-pub use kv_dtype::{KvCacheDtype, KvCacheDtypeError, SUPPORTED_KV_CACHE_DTYPES};
+pub use kv_dtype::{KvCacheDtype, KvCacheDtypeError, SUPPORTED_KV_CACHE_DTYPES, cuda_kv_dtype};
 pub use llama::Llama;
 pub use source::ModelSource;
 

@@ -18,7 +18,8 @@ use super::tp::{self, Group, TpConfig};
 use super::weights::Weights;
 use crate::backend::{BackendError, KvLayout, RopeTable, StepPlan};
 use crate::model::{
-    LlamaConfig, LoadOptions, ModelError, ModelInfo, ModelSource, open_source, read_config,
+    LlamaConfig, LoadOptions, ModelError, ModelInfo, ModelSource, cuda_kv_dtype, open_source,
+    read_config,
 };
 
 /// Memory kept free beyond the KV cache for graphs, cuBLAS and the allocator's slack.
@@ -251,7 +252,7 @@ fn build(
         num_kv_heads: cfg.num_kv_heads,
         head_dim: cfg.head_dim,
     };
-    let kv_dtype = opts.kv_cache_dtype.cuda();
+    let kv_dtype = cuda_kv_dtype(opts.kv_cache_dtype);
     if let Some(g) = &group {
         // The launcher gives every rank the same flag; a rank started by hand with another
         // would write its heads' K/V in another format than the rest expect of the group.
