@@ -21,8 +21,9 @@
 // (sequence, KV head) at a place that does not depend on S: launches of any batch size can
 // share one buffer sized for the largest, zeroed once at allocation.
 // The cache holds bf16 or fp8 e4m3 values (kv.rs); one template serves both, the kernels of an
-// fp8 cache are named paged_decode_fp8_*. The fp8 kernels read one byte an element and widen
-// it exactly (dec_widen_e4m3x4 below says how); everything after the loads is the bf16 code.
+// fp8 cache are named paged_decode_fp8_*. The fp8 kernels read one byte an element, widen it
+// exactly to f16 and take scores and P.V in f16x2 (decode_scores_fp8, decode_pv_fp8; the notes
+// above dec_widen_e4m3x4 say why and how exactly); the rest is the bf16 code.
 #include "common.cuh"
 
 #define DEC_WARPS 4
@@ -65,32 +66,68 @@ struct DecKv<DecodeFp8> {
     enum { FP8 = 1 };
 };
 
-// Widening e4m3 to f32 exactly, and cheaply. An e4m3 byte s.EEEE.MMM becomes the f32 whose bits
-// are s at bit 31 and EEEE.MMM at bits 26..20: the f32 exponent field is then EEEE (bias 127
-// instead of 7) and the mantissa MMM, so the f32 is exactly the e4m3 value times 2^-120, for
-// normal values (E >= 1: 2^(E-127) (1 + M/8)) and subnormal ones alike (E = 0: 2^-126 (M/8),
-// an f32 subnormal) and for +-0. Two bytes cost one PRMT (each byte next to its sign replicated
-// over the byte above it) and a shift and a mask each: 2.5 integer instructions an element,
-// where bf16 takes 1. (The hardware cvt.rn.f16x2.e4m3x2 exists only from sm_89 and still needs
-// an f16 -> f32 step per element; this one path serves sm_80 to sm_90 alike.) NaN (E = 15,
-// M = 7) reads as 480: the cache never holds one (the KV write saturates finite values, and a
-// NaN there would have come from a NaN k or v row).
-// The 2^-120 is folded into the operands the values meet: q is pre-scaled by 2^64 and each
-// score by 2^56 after its dot product (2^120 on q alone would overflow q for |q * scale_log2|
-// >= 256), the probabilities of P.V by 2^120 (at most 1, so at most 2^120; the sums l stay
-// unscaled). The e4m3 subnormals are f32 subnormals here, which the --use_fast_math FMA
-// (fma.rn.ftz) would flush to zero: the FMAs that take widened values are dec_fma, without
-// .ftz (full rate on sm_80+). Products and sums are then those of the bf16 code; the scaled
-// dot products may only lose what lies below 2^-70 in the log2 domain (flushed partial sums).
-#define DEC_FP8_Q_SCALE 0x1p64f
-#define DEC_FP8_S_SCALE 0x1p56f
-#define DEC_FP8_P_SCALE 0x1p120f
-
-// a * b + c, rounded once, subnormal operands and results kept: fma.rn.f32 without .ftz
-// whatever --use_fast_math says (the intrinsic ignores -ftz=true; cuda_bf16.hpp uses it too).
-__device__ __forceinline__ float dec_fma(float a, float b, float c) {
-    return __fmaf_ieee_rn(a, b, c);
-}
+// The fp8 kernels compute in f16x2 (two f16 a 32-bit register, one HFMA2 for two products):
+// an e4m3 pair widens to one f16x2 exactly, and the f16 products and short sums are exact
+// or rounded to 11 bits, where the f32 FFMA path of ff78324 spent one FFMA an element and a
+// head on top of 2.5 integer instructions to widen (it was instruction-issue bound: 1.31-1.38x
+// the bf16 kernel, 63% of copy bandwidth at 4k x 128, H100). Per element the f16 path issues
+// 1.5 instructions to widen and G/2 HFMA2 (scores: q of two heads in one f16x2 times the
+// element broadcast; P.V: p of two heads times the element broadcast), against 2.5 + G.
+//
+// Widening, exactly. An e4m3 byte s.EEEE.MMM (bias 7) becomes the f16 whose bits are s at
+// bit 15, 0 at bit 14, EEEE.MMM at bits 13..7: the f16 exponent field is EEEE (bias 15
+// instead of 7) and the mantissa MMM, so the f16 is the e4m3 value times 2^-8, normal values
+// (E >= 1) and subnormal ones (E = 0: 2^-14 (M/8) is an f16 subnormal) and +-0 alike. Two
+// bytes cost one PRMT (each byte under a byte of copies of its sign: a sign-extended 16-bit
+// half), then a shift by 7 (sign copy to bit 15, the byte to bits 14..7) and a mask (clears
+// bit 14, the byte's own sign, and the copies shifted into the other half): 1.5 instructions
+// an element. NaN (E = 15, M = 7) reads as 480 (times 2^-8; NaN with PS_FP8_HW_CVT): the
+// cache never holds one (the KV write saturates finite values), and the bounds below hold for
+// 480 too (61,440). With PS_FP8_HW_CVT on sm_89+ the hardware conversion (cvt.rn.f16x2.e4m3x2,
+// exact, one F2FP a pair with no PRMT: 0.5 instructions an element) widens instead, to the
+// unscaled values; the scales below then move the 2^-8 into q and p, so both paths compute
+// the same f16 numbers up to the rounding of q (q * scale * 2^-8 is an f16 subnormal below
+// 2^-6: 2^-17 absolute, not 11 bits). Which is faster depends on F2FP's issue rate against
+// the INT pipe's; to time it, define PS_FP8_HW_CVT at the top of this file (sm_80 / sm_86
+// builds ignore it).
+//
+// Ranges and precision (the 2^-8 of the manual widening; HW: the same products):
+// - Scores: q * scale_log2 rounded to f16 (11 significant bits, bf16 q has 8) and clamped
+//   to +-2048 (DEC_FP8_Q_MAX: |q * scale| > 2048 would put thousands into one score's log2
+//   units; no real query is near it, the clamp only keeps f16 finite for any finite q), k
+//   times 2^-8 (|k| <= 448: <= 1.75). A thread sums its 16 products of a (token, head) in one
+//   f16 chain: |partial| <= 16 * 2048 * 1.75 = 57,344 < 65,504, never infinite. The partial
+//   then goes to f32 exactly, and the shuffle-reduce and everything after it is the f32 code.
+//   The scores so come out times 2^-8: the softmax multiplies the 2^8 back into its
+//   exp2f(s - m) FFMA (exact: a power of two) and into the max it leaves for the combine.
+//   Errors: each of the 16 roundings is at most 2^-11 of the partial it rounds (relative),
+//   f16 subnormals (kept: fma.rn.f16x2 without .ftz, whatever --use_fast_math says) put a
+//   floor of 2^-25 * 2^8 = 2^-17 log2 units on a rounding. The roundings of a score of
+//   magnitude S (log2 units; 16 a partial, partials of about S / 8) add up, at random, to
+//   about 2^-12 S: for S = 45 (a large attention logit) 0.01 log2 units, 0.7% of a
+//   probability, where the e4m3 rounding of k (2^-4 an element) already moves it by ~10%.
+// - P.V: p = exp2(s - m) in [0, 1] rounded to f16 times 2^11 (<= 2048, exactly 2048 for the
+//   max token), v times 2^-8 (<= 1.75): products p v 2^3 <= 3,584, summed over the U2 <= 16
+//   tokens a lane takes in one pass (one f16 chain per head and element: <= 57,344, finite),
+//   then moved to the f32 accumulators times 2^-3 (exact, one FFMA each, once a pass). The
+//   probabilities keep 11 bits (the bf16 prefill kernel's P keeps 8), the partial sums an
+//   error of at most 16 * 2^-12 of the pass's own partial; p below 2^-35 rounds to 0 (its
+//   weight against the max token's 1 is below 2^-35). A one-token context has p = 1, and
+//   the one product 2^11 * v 2^-8 = 8v is exact in f16 for every finite e4m3 v (2^-6 to
+//   3,584): the output is v exactly, subnormals included.
+#if defined(PS_FP8_HW_CVT) && __CUDA_ARCH__ >= 890
+#define DEC_FP8_HW 1
+#define DEC_FP8_Q_SCALE 0x1p-8f  // f16 k unscaled: q carries the 2^-8
+#define DEC_FP8_Q_MAX 0x4800u    // 8 (f16 bits): 2048 * 2^-8
+#define DEC_FP8_P_SCALE 0x1p3f   // f16 v unscaled: products p v 2^3
+#else
+#define DEC_FP8_HW 0
+#define DEC_FP8_Q_SCALE 1.0f
+#define DEC_FP8_Q_MAX 0x6800u  // 2048 (f16 bits)
+#define DEC_FP8_P_SCALE 0x1p11f
+#endif
+#define DEC_FP8_S_SCALE 0x1p8f     // the f16 scores are the log2-domain scores times 2^-8
+#define DEC_FP8_PV_UNSCALE 0x1p-3f  // the f16 P.V partials are p v times 2^3
 
 // prmt.b32 of x and 0 with selector SEL (a nibble with bit 3 set replicates the sign of the
 // byte it selects).
@@ -101,16 +138,65 @@ __device__ __forceinline__ u32 dec_prmt(u32 x) {
     return r;
 }
 
-// The four e4m3 bytes of w (little-endian: f[0] from the lowest byte), times 2^-120 as f32.
-__device__ __forceinline__ void dec_widen_e4m3x4(u32 w, float* f) {
-    // Bytes b1 and b3 at bits 23..16 with their sign over bits 31..24, b0 and b2 at bits 7..0
-    // with theirs over bits 15..8: shifted left by 4 (20) the byte lands at bits 27..20 under
-    // copies of its sign, and the mask keeps the sign at bit 31 and the 7 low bits.
+// The four e4m3 bytes of w (little-endian) as two f16x2: h01 = (b0, b1) (b0 in the low
+// half), h23 = (b2, b3); times 2^-8 (unscaled with DEC_FP8_HW).
+__device__ __forceinline__ void dec_widen_e4m3x4(u32 w, u32& h01, u32& h23) {
+#if DEC_FP8_HW
+    asm("{.reg .b16 lo, hi;\n\tmov.b32 {lo, hi}, %2;\n\tcvt.rn.f16x2.e4m3x2 %0, lo;\n\t"
+        "cvt.rn.f16x2.e4m3x2 %1, hi;}"
+        : "=r"(h01), "=r"(h23)
+        : "r"(w));
+#else
     const u32 y01 = dec_prmt<0x9180>(w), y23 = dec_prmt<0xB3A2>(w);
-    f[0] = __uint_as_float((y01 << 20) & 0x87f00000u);
-    f[1] = __uint_as_float((y01 << 4) & 0x87f00000u);
-    f[2] = __uint_as_float((y23 << 20) & 0x87f00000u);
-    f[3] = __uint_as_float((y23 << 4) & 0x87f00000u);
+    h01 = (y01 << 7) & 0xbf80bf80u;
+    h23 = (y23 << 7) & 0xbf80bf80u;
+#endif
+}
+
+// a * b + c in f16x2, rounded once per half, subnormals kept (no .ftz).
+__device__ __forceinline__ u32 dec_hfma2(u32 a, u32 b, u32 c) {
+    u32 d;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// (x.lo, x.lo) and (x.hi, x.hi): ptxas folds them into the operand of the HFMA2 that takes
+// them (.H0_H0, .H1_H1), no instruction of their own.
+__device__ __forceinline__ u32 dec_h2_lo(u32 x) {
+    u32 r;
+    asm("{.reg .b16 l, h;\n\tmov.b32 {l, h}, %1;\n\tmov.b32 %0, {l, l};}" : "=r"(r) : "r"(x));
+    return r;
+}
+__device__ __forceinline__ u32 dec_h2_hi(u32 x) {
+    u32 r;
+    asm("{.reg .b16 l, h;\n\tmov.b32 {l, h}, %1;\n\tmov.b32 %0, {h, h};}" : "=r"(r) : "r"(x));
+    return r;
+}
+
+// The halves of an f16x2 as f32 (exact).
+__device__ __forceinline__ void dec_h2_f32(u32 x, float& lo, float& hi) {
+    asm("{.reg .f16 l, h;\n\tmov.b32 {l, h}, %2;\n\tcvt.f32.f16 %0, l;\n\tcvt.f32.f16 %1, h;}"
+        : "=f"(lo), "=f"(hi)
+        : "r"(x));
+}
+
+// (lo, hi) rounded to f16x2, then clamped to +-DEC_FP8_Q_MAX (an infinity from the rounding
+// included).
+__device__ __forceinline__ u32 dec_f32x2_q(float lo, float hi) {
+    u32 r;
+    asm("{.reg .b32 t;\n\tcvt.rn.f16x2.f32 t, %1, %2;\n\tmin.f16x2 t, t, %3;\n\t"
+        "max.f16x2 %0, t, %4;}"
+        : "=r"(r)
+        : "f"(hi), "f"(lo), "r"(DEC_FP8_Q_MAX * 0x10001u),
+          "r"((DEC_FP8_Q_MAX | 0x8000u) * 0x10001u));
+    return r;
+}
+
+// x rounded to f16 (bits).
+__device__ __forceinline__ unsigned short dec_f16(float x) {
+    unsigned short r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    return r;
 }
 
 __device__ __forceinline__ int decode_ctx_len(const DecodeArgs& a, int ctx) {
@@ -182,103 +268,229 @@ __device__ __forceinline__ void decode_scores(const DecodeArgs& a, const u64* bl
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const u32 tok = base + u * TPP + tsub;
-            if constexpr (FP8) {
-                // Word by word (4 elements each), all heads at a time: 4 widened values live
-                // instead of 16; each head still sums its 16 products in element order.
-                const u32 w[4] = {kr[u][0].x, kr[u][0].y, kr[u][0].z, kr[u][0].w};
-                float acc[G];
+            float kf[16];
+            unpack8(kr[u][0], kf);
+            unpack8(kr[u][NL - 1], kf + 8);
 #pragma unroll
-                for (int g = 0; g < G; ++g) acc[g] = 0.f;
+            for (int g = 0; g < G; ++g) {
+                float acc = 0.f;
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    float kf[4];
-                    dec_widen_e4m3x4(w[j], kf);
+                for (int e = 0; e < 16; ++e) acc = fmaf(q[g][e], kf[e], acc);
 #pragma unroll
-                    for (int g = 0; g < G; ++g)
-#pragma unroll
-                        for (int e = 0; e < 4; ++e)
-                            acc[g] = dec_fma(q[g][j * 4 + e], kf[e], acc[g]);
-                }
-#pragma unroll
-                for (int g = 0; g < G; ++g) {
-#pragma unroll
-                    for (int o = TG / 2; o > 0; o >>= 1)
-                        acc[g] += __shfl_xor_sync(FULL_MASK, acc[g], o);
-                    if (r == 0 && tok < plen) sc[g][tok] = acc[g] * DEC_FP8_S_SCALE;
-                }
-            } else {
-                float kf[16];
-                unpack8(kr[u][0], kf);
-                unpack8(kr[u][NL - 1], kf + 8);
-#pragma unroll
-                for (int g = 0; g < G; ++g) {
-                    float acc = 0.f;
-#pragma unroll
-                    for (int e = 0; e < 16; ++e) acc = fmaf(q[g][e], kf[e], acc);
-#pragma unroll
-                    for (int o = TG / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(FULL_MASK, acc, o);
-                    if (r == 0 && tok < plen) sc[g][tok] = acc;
-                }
+                for (int o = TG / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(FULL_MASK, acc, o);
+                if (r == 0 && tok < plen) sc[g][tok] = acc;
             }
         }
     }
 }
 
-// The 8 elements of a V row that a lane owns in decode_pv: 16 bytes of bf16, 8 of e4m3.
-template <class T>
-struct DecVChunk {
-    typedef uint4 type;
-};
-template <>
-struct DecVChunk<DecodeFp8> {
-    typedef uint2 type;
-};
-
-template <class T, int D, int G, int P, int U>
-__device__ __forceinline__ void decode_pv(const DecodeArgs& a, const u64* blk_off, u32 plen,
-                                          float (*sc)[P], float (&acc)[G][8]) {
-    constexpr bool FP8 = DecKv<T>::FP8;
-    typedef typename DecVChunk<T>::type Chunk;
-    constexpr int CH = D / 8;     // 8-element chunks per row (16 bytes of bf16, 8 of e4m3)
-    constexpr int TPI = 32 / CH;  // tokens per warp load; U loads in flight
-    const T* vc = static_cast<const T*>(a.vc);
-    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const u32 c = lane % CH, vsub = lane / CH;
-    for (u32 base = warp * TPI * U; base < plen; base += DEC_WARPS * TPI * U) {
-        Chunk vr[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const u32 tok = base + u * TPI + vsub;
-            vr[u] = Chunk{};
-            if (tok < plen) vr[u] = __ldg((const Chunk*)(vc + tok_off(a, blk_off, tok, D) + c * 8));
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const u32 tok = base + u * TPI + vsub;
-            if (tok < plen) {
-                float vf[8];
-                if constexpr (FP8) {
-                    dec_widen_e4m3x4(vr[u].x, vf);
-                    dec_widen_e4m3x4(vr[u].y, vf + 4);
-                } else {
-                    unpack8(vr[u], vf);
-                }
-#pragma unroll
-                for (int g = 0; g < G; ++g) {
-                    const float p = sc[g][tok];
-#pragma unroll
-                    for (int e = 0; e < 8; ++e)
-                        acc[g][e] = FP8 ? dec_fma(p, vf[e], acc[g][e]) : fmaf(p, vf[e], acc[g][e]);
-                }
-            }
-        }
-    }
+// Sums decode_pv's per-lane accumulators over the lanes of the other tokens of a load.
+template <int D, int G>
+__device__ __forceinline__ void decode_pv_reduce(float (&acc)[G][8]) {
+    constexpr int CH = D / 8;
 #pragma unroll
     for (int o = CH; o < 32; o <<= 1)
 #pragma unroll
         for (int g = 0; g < G; ++g)
 #pragma unroll
             for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(FULL_MASK, acc[g][e], o);
+}
+
+template <class T, int D, int G, int P, int U>
+__device__ __forceinline__ void decode_pv(const DecodeArgs& a, const u64* blk_off, u32 plen,
+                                          float (*sc)[P], float (&acc)[G][8]) {
+    constexpr int CH = D / 8;     // 8-element chunks per row (16 bytes)
+    constexpr int TPI = 32 / CH;  // tokens per warp load; U loads in flight
+    const T* vc = static_cast<const T*>(a.vc);
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const u32 c = lane % CH, vsub = lane / CH;
+    for (u32 base = warp * TPI * U; base < plen; base += DEC_WARPS * TPI * U) {
+        uint4 vr[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const u32 tok = base + u * TPI + vsub;
+            vr[u] = uint4{};
+            if (tok < plen) vr[u] = __ldg((const uint4*)(vc + tok_off(a, blk_off, tok, D) + c * 8));
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const u32 tok = base + u * TPI + vsub;
+            if (tok < plen) {
+                float vf[8];
+                unpack8(vr[u], vf);
+#pragma unroll
+                for (int g = 0; g < G; ++g) {
+                    const float p = sc[g][tok];
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) acc[g][e] = fmaf(p, vf[e], acc[g][e]);
+                }
+            }
+        }
+    }
+    decode_pv_reduce<D, G>(acc);
+}
+
+// The fp8 kernels' head pairs: heads 2i and 2i + 1 share an f16x2 (the even head in the low
+// half) in q (decode_scores_fp8) and in p (decode_pv_fp8), DEC_NP of them; an odd G's last
+// head stands alone (DEC_ODD), its q and p as element pairs. The probabilities of a token sit
+// in DEC_NPS u32 of dec_fp8_probs (its pairs, then the odd head's (p, p), padded to 1, 2 or 4
+// for one vector load).
+#define DEC_NP(G) ((G) / 2)
+#define DEC_ODD(G) ((G) & 1)
+#define DEC_NPS(G) ((G) <= 2 ? 1 : (G) <= 4 ? 2 : 4)
+
+// f16x2 probabilities of the fp8 kernels, [P][DEC_NPS(G)] (decode_impl writes, decode_pv_fp8
+// reads). A static of its own instantiation, so the bf16 kernels do not have it.
+template <int G, int P>
+__device__ __forceinline__ u32* dec_fp8_probs() {
+    __shared__ __align__(16) u32 ph[P * DEC_NPS(G)];
+    return ph;
+}
+
+// The scores of the fp8 kernels: as decode_scores (8 or 4 threads a token, 16 elements each,
+// one 16-byte load), in f16x2. qh holds this thread's 16 q elements of each head pair (pair
+// i, element e at qh[16 i + e]), then an odd head's as 8 element pairs; all times
+// scale_log2 * DEC_FP8_Q_SCALE, clamped (dec_f32x2_q). Scores come out times 2^-8.
+template <int D, int G, int P, int U>
+__device__ __forceinline__ void decode_scores_fp8(const DecodeArgs& a, const u64* blk_off,
+                                                  u32 plen, const u32 (&qh)[G * 8],
+                                                  float (*sc)[P]) {
+    constexpr int TG = D / 16, TPP = 32 / TG, NP = DEC_NP(G), ODD = DEC_ODD(G);
+    const DecodeFp8* kc = static_cast<const DecodeFp8*>(a.kc);
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const u32 r = lane % TG, tsub = lane / TG;
+    for (u32 base = warp * TPP * U; base < plen; base += DEC_WARPS * TPP * U) {
+        uint4 kr[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const u32 tok = base + u * TPP + tsub;
+            kr[u] = make_uint4(0, 0, 0, 0);
+            if (tok < plen)
+                kr[u] = __ldg((const uint4*)(kc + tok_off(a, blk_off, tok, D) +
+                                             score_chunk<DecodeFp8, TG>(r, 0) * 8));
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const u32 tok = base + u * TPP + tsub;
+            const u32 w[4] = {kr[u].x, kr[u].y, kr[u].z, kr[u].w};
+            // One f16 chain of 16 products per head pair (HFMA2: q of the pair times the
+            // element broadcast), one of 8 element pairs for the odd head.
+            u32 acc[NP + ODD];
+#pragma unroll
+            for (int i = 0; i < NP + ODD; ++i) acc[i] = 0u;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                u32 k01, k23;
+                dec_widen_e4m3x4(w[j], k01, k23);
+#pragma unroll
+                for (int i = 0; i < NP; ++i) {
+                    acc[i] = dec_hfma2(qh[16 * i + 4 * j], dec_h2_lo(k01), acc[i]);
+                    acc[i] = dec_hfma2(qh[16 * i + 4 * j + 1], dec_h2_hi(k01), acc[i]);
+                    acc[i] = dec_hfma2(qh[16 * i + 4 * j + 2], dec_h2_lo(k23), acc[i]);
+                    acc[i] = dec_hfma2(qh[16 * i + 4 * j + 3], dec_h2_hi(k23), acc[i]);
+                }
+                if constexpr (ODD) {
+                    acc[NP] = dec_hfma2(qh[16 * NP + 2 * j], k01, acc[NP]);
+                    acc[NP] = dec_hfma2(qh[16 * NP + 2 * j + 1], k23, acc[NP]);
+                }
+            }
+            float s[G];
+#pragma unroll
+            for (int i = 0; i < NP; ++i) dec_h2_f32(acc[i], s[2 * i], s[2 * i + 1]);
+            if constexpr (ODD) {
+                float lo, hi;
+                dec_h2_f32(acc[NP], lo, hi);
+                s[G - 1] = lo + hi;
+            }
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+#pragma unroll
+                for (int o = TG / 2; o > 0; o >>= 1) s[g] += __shfl_xor_sync(FULL_MASK, s[g], o);
+                if (r == 0 && tok < plen) sc[g][tok] = s[g];
+            }
+        }
+    }
+}
+
+// P.V of the fp8 kernels: as decode_pv (D / 8 lanes a token, 8 elements each, one 8-byte
+// load), in f16x2: per pass of U tokens a lane sums p v 2^3 in f16 chains (a head pair's p
+// times the element broadcast; the odd head's (p, p) times element pairs), then adds them
+// into the f32 accumulators times 2^-3.
+template <int D, int G, int P, int U>
+__device__ __forceinline__ void decode_pv_fp8(const DecodeArgs& a, const u64* blk_off, u32 plen,
+                                              const u32* ph, float (&acc)[G][8]) {
+    constexpr int CH = D / 8, TPI = 32 / CH;
+    constexpr int NP = DEC_NP(G), ODD = DEC_ODD(G), NPS = DEC_NPS(G);
+    static_assert(U <= 16, "f16 P.V partials: at most 16 terms (57,344 < 65,504)");
+    const DecodeFp8* vc = static_cast<const DecodeFp8*>(a.vc);
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const u32 c = lane % CH, vsub = lane / CH;
+    for (u32 base = warp * TPI * U; base < plen; base += DEC_WARPS * TPI * U) {
+        uint2 vr[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const u32 tok = base + u * TPI + vsub;
+            vr[u] = make_uint2(0, 0);
+            if (tok < plen) vr[u] = __ldg((const uint2*)(vc + tok_off(a, blk_off, tok, D) + c * 8));
+        }
+        u32 hp[NP > 0 ? NP : 1][8], ho[4];  // (hp unused for G = 1)
+#pragma unroll
+        for (int i = 0; i < NP; ++i)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) hp[i][e] = 0u;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) ho[e] = 0u;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const u32 tok = base + u * TPI + vsub;
+            // Past the partition: p = 0 (and v = 0), no branch.
+            u32 pp[NPS];
+#pragma unroll
+            for (int i = 0; i < NPS; ++i) pp[i] = 0u;
+            if (tok < plen) {
+                if constexpr (NPS == 4) {
+                    const uint4 t = *(const uint4*)(ph + tok * 4);
+                    pp[0] = t.x, pp[1] = t.y, pp[2] = t.z, pp[3] = t.w;
+                } else if constexpr (NPS == 2) {
+                    const uint2 t = *(const uint2*)(ph + tok * 2);
+                    pp[0] = t.x, pp[1] = t.y;
+                } else {
+                    pp[0] = ph[tok];
+                }
+            }
+            u32 v[4];
+            dec_widen_e4m3x4(vr[u].x, v[0], v[1]);
+            dec_widen_e4m3x4(vr[u].y, v[2], v[3]);
+#pragma unroll
+            for (int i = 0; i < NP; ++i)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    hp[i][2 * e] = dec_hfma2(pp[i], dec_h2_lo(v[e]), hp[i][2 * e]);
+                    hp[i][2 * e + 1] = dec_hfma2(pp[i], dec_h2_hi(v[e]), hp[i][2 * e + 1]);
+                }
+            if constexpr (ODD)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) ho[e] = dec_hfma2(pp[NP], v[e], ho[e]);
+        }
+#pragma unroll
+        for (int i = 0; i < NP; ++i)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                float lo, hi;
+                dec_h2_f32(hp[i][e], lo, hi);
+                acc[2 * i][e] = fmaf(lo, DEC_FP8_PV_UNSCALE, acc[2 * i][e]);
+                acc[2 * i + 1][e] = fmaf(hi, DEC_FP8_PV_UNSCALE, acc[2 * i + 1][e]);
+            }
+        if constexpr (ODD)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float lo, hi;
+                dec_h2_f32(ho[e], lo, hi);
+                acc[G - 1][2 * e] = fmaf(lo, DEC_FP8_PV_UNSCALE, acc[G - 1][2 * e]);
+                acc[G - 1][2 * e + 1] = fmaf(hi, DEC_FP8_PV_UNSCALE, acc[G - 1][2 * e + 1]);
+            }
+    }
+    decode_pv_reduce<D, G>(acc);
 }
 
 // Run by the last CTA of (sequence s, KV head kvh) to finish: combines the n partitions of its
@@ -462,10 +674,10 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
     // ... one after the other.
     const bf16* qb = a.qkv + (u64)qrow * a.qkv_stride + (u64)kvh * G * D;
     for (;;) {
-        // q of this group, pre-scaled into the log2 domain (and by 2^64 for fp8 K, see
-        // dec_widen_e4m3x4); chunk layout matches decode_scores. Loaded again for each
-        // partition a CTA takes (from L2), so that it is not held in registers across the loop
-        // (157 registers instead of 128: 3 CTAs an SM instead of 4).
+        // q of this group, pre-scaled into the log2 domain; chunk layout matches decode_scores.
+        // Loaded again for each partition a CTA takes (from L2), so that it is not held in
+        // registers across the loop (157 registers instead of 128: 3 CTAs an SM instead of 4).
+        // The fp8 kernels take it as f16x2 (decode_scores_fp8).
         constexpr int TG = D / 16;
         const float qs = FP8 ? a.scale_log2 * DEC_FP8_Q_SCALE : a.scale_log2;
         float q[G][16];
@@ -480,18 +692,50 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
             }
         // No barrier here (blk_off was published before): the first K loads may issue while q
         // is still on its way.
-        decode_scores<T, D, G, P, U1>(a, blk_off, plen, q, sc);
+        if constexpr (FP8) {
+            constexpr int NP = DEC_NP(G);
+            u32 qh[G * 8];
+#pragma unroll
+            for (int i = 0; i < NP; ++i)
+#pragma unroll
+                for (int e = 0; e < 16; ++e)
+                    qh[16 * i + e] = dec_f32x2_q(q[2 * i][e], q[2 * i + 1][e]);
+            if constexpr (DEC_ODD(G))
+#pragma unroll
+                for (int e = 0; e < 8; ++e)
+                    qh[16 * NP + e] = dec_f32x2_q(q[G - 1][2 * e], q[G - 1][2 * e + 1]);
+            decode_scores_fp8<D, G, P, U1>(a, blk_off, plen, qh, sc);
+        } else {
+            decode_scores<T, D, G, P, U1>(a, blk_off, plen, q, sc);
+        }
         __syncthreads();
         for (int g = warp; g < G; g += DEC_WARPS) {
             float m = NEG_INF;
             for (u32 t = lane; t < plen; t += 32) m = fmaxf(m, sc[g][t]);
             m = warp_max(m);
             float l = 0.f;
-            for (u32 t = lane; t < plen; t += 32) {
-                const float e = exp2f(sc[g][t] - m);
-                // P.V's weights; fp8 V rows come times 2^-120 (dec_widen_e4m3x4), e <= 1.
-                sc[g][t] = FP8 ? e * DEC_FP8_P_SCALE : e;
-                l += e;
+            if constexpr (FP8) {
+                // Scores times 2^-8 (decode_scores_fp8): the 2^8 goes into the subtraction's
+                // FFMA (exact) and the max. P.V's weights as f16 times DEC_FP8_P_SCALE, into
+                // the head's half of the token's pair (both halves for an odd G's last head).
+                const float ms = m * DEC_FP8_S_SCALE;
+                u32* ph = dec_fp8_probs<G, P>();
+                for (u32 t = lane; t < plen; t += 32) {
+                    const float e = exp2f(fmaf(sc[g][t], DEC_FP8_S_SCALE, -ms));
+                    const unsigned short h = dec_f16(e * DEC_FP8_P_SCALE);
+                    if (DEC_ODD(G) && g == G - 1)
+                        ph[t * DEC_NPS(G) + g / 2] = h * 0x10001u;
+                    else
+                        reinterpret_cast<unsigned short*>(ph)[t * 2 * DEC_NPS(G) + g] = h;
+                    l += e;
+                }
+                m = ms;
+            } else {
+                for (u32 t = lane; t < plen; t += 32) {
+                    const float e = exp2f(sc[g][t] - m);
+                    sc[g][t] = e;  // P.V's weights
+                    l += e;
+                }
             }
             l = warp_sum(l);
             if (lane == 0) {
@@ -506,7 +750,10 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
         for (int g = 0; g < G; ++g)
 #pragma unroll
             for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
-        decode_pv<T, D, G, P, U2>(a, blk_off, plen, sc, acc);
+        if constexpr (FP8)
+            decode_pv_fp8<D, G, P, U2>(a, blk_off, plen, dec_fp8_probs<G, P>(), acc);
+        else
+            decode_pv<T, D, G, P, U2>(a, blk_off, plen, sc, acc);
         if (lane < D / 8)
 #pragma unroll
             for (int g = 0; g < G; ++g)

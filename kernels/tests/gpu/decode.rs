@@ -269,6 +269,100 @@ fn paged_decode_attention_fp8_widens_every_value_exactly() -> TestResult {
     Ok(())
 }
 
+/// Dot products far past f16's range in the fp8 kernels (which take q and k as f16, see
+/// decode_attention.cu): every K element 448 (the e4m3 maximum) and q of one sign a head, so
+/// that the products of a dot product are all as large as they get and add up; |q| up to 2^17,
+/// past the kernels' clamp (|q * scale * log2 e| <= 2048). Every token of a head then has the
+/// same score, in the kernel as in the reference, so the weights are uniform and the output is
+/// the mean of the V rows: finite, and as the reference has it (G = 4 and G = 5, whose last head
+/// takes the kernels' odd-head path).
+#[test]
+fn paged_decode_attention_fp8_large_scores_stay_finite() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = rng("paged_decode_attention_fp8_large_scores_stay_finite");
+    let g5 = Case {
+        h: 20,
+        kvh: 4,
+        d: 64,
+        bs: 16,
+        lens: vec![3, 900, 64, 257],
+        max_ctx: 900,
+    };
+    for c in [llama(vec![1, 700, 3000, 64, 0], 3000), g5] {
+        for (q_lo, q_hi) in [(100.0f32, 2000.0f32), (2000.0, 131072.0)] {
+            let s = c.lens.len();
+            let num_blocks = c
+                .lens
+                .iter()
+                .map(|l| l.div_ceil(c.bs).max(1))
+                .sum::<usize>()
+                + 3;
+            let n = num_blocks * c.kvh * c.bs * c.d;
+            let k = vec![F8E4M3::from_f32(448.0); n];
+            let v: Vec<F8E4M3> = (0..n)
+                .map(|_| F8E4M3::from_f32(Fp8Values::Large.sample(&mut rng)))
+                .collect();
+            let cache = Fp8Cache::from_values(k, v, c.kvh, c.bs, c.d);
+            let (tables, bt_stride) = block_tables(&mut rng, &c.lens, c.bs, num_blocks);
+            let stride = (c.h + 2 * c.kvh) * c.d;
+            let qkv: Vec<f32> = (0..s * stride)
+                .map(|i| {
+                    let sign = if (i % stride) / c.d % 2 == 0 {
+                        1.0
+                    } else {
+                        -1.0
+                    };
+                    sign * rng.random_range(q_lo..q_hi)
+                })
+                .collect();
+            let qkv = to_bf16(&qkv);
+            let rows: Vec<i32> = (0..s as i32).collect();
+            let ctx: Vec<i32> = c.lens.iter().map(|&l| l as i32).collect();
+            let scale = 1.0 / (c.d as f64).sqrt();
+            let (d_qkv, d_rows, d_tables, d_ctx) =
+                (up(g, &qkv)?, up(g, &rows)?, up(g, &tables)?, up(g, &ctx)?);
+            let mut ws = workspace(g, decode_workspace_len(s, c.h, c.d, c.max_ctx), s * c.h)?;
+            let mut d_out = up(g, &poison_bf16(s * c.h * c.d))?;
+            let inputs = DecodeInputs {
+                qkv: &d_qkv,
+                stride,
+                rows: &d_rows,
+                tables: &d_tables,
+                bt_stride,
+                ctx: &d_ctx,
+                scale: scale as f32,
+            };
+            let (d_k, d_v) = (up(g, &cache.k)?, up(g, &cache.v)?);
+            inputs.launch(g, &c, &mut d_out, &d_k, &d_v, &mut ws)?;
+            let out = down(g, &d_out)?;
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            for (si, &len) in c.lens.iter().enumerate() {
+                if len == 0 {
+                    continue;
+                }
+                let table = &tables[si * bt_stride..(si + 1) * bt_stride];
+                for h in 0..c.h {
+                    let q = &qkv[si * stride + h * c.d..][..c.d];
+                    let head = h / (c.h / c.kvh);
+                    want.extend(cache.widened.attend(q, table, head, len, scale));
+                    got.extend(out[(si * c.h + h) * c.d..][..c.d].iter().map(|x| {
+                        let x = x.to_f32();
+                        assert!(x.is_finite(), "q in ±[{q_lo}, {q_hi}]: output {x}");
+                        x as f64
+                    }));
+                }
+            }
+            let label = format!(
+                "decode fp8 large scores, q in ±[{q_lo}, {q_hi}], H={} KVH={} D={} lens={:?}",
+                c.h, c.kvh, c.d, c.lens
+            );
+            check_attention(&label, &got, &want, c.d, ATTN_TOL);
+            check_counters_reset(g, &ws, s * c.h, &label)?;
+        }
+    }
+    Ok(())
+}
+
 /// Out-of-range inputs the kernel must tolerate, per sequence index.
 #[derive(Default)]
 struct Faults {
