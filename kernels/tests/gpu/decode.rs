@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 
 use crate::attention_ref::{Fp8Cache, Fp8Values, HostCache, block_tables};
 use crate::common::*;
-use pagedserve_kernels::{F8E4M3, KvElem, decode_partition, decode_workspace_len};
+use pagedserve_kernels::{F8E4M3, Kernels, KvElem, decode_partition, decode_workspace_len};
 
 struct Case {
     h: usize,
@@ -124,6 +124,10 @@ fn reference_cases(rng: &mut rand::rngs::StdRng) -> Vec<Case> {
 #[test]
 fn paged_decode_attention_fp8_matches_reference() -> TestResult {
     let Some(g) = gpu() else { return Ok(()) };
+    fp8_matches_reference(g)
+}
+
+fn fp8_matches_reference(g: &Gpu) -> TestResult {
     let mut rng = rng("paged_decode_attention_fp8");
     let mut cases = reference_cases(&mut rng);
     cases.extend([
@@ -192,6 +196,31 @@ fn paged_decode_attention_fp8_matches_reference() -> TestResult {
 #[test]
 fn paged_decode_attention_fp8_widens_every_value_exactly() -> TestResult {
     let Some(g) = gpu() else { return Ok(()) };
+    fp8_widens_every_value_exactly(g)
+}
+
+/// The fp8 decode kernels as an sm_80 / sm_86 GPU runs them: compiled for sm_86, where e4m3 is
+/// widened by PRMT and masks instead of sm_89's conversion instruction (which the device's own
+/// build uses on an H100), against the same reference and exactness checks.
+#[test]
+fn paged_decode_attention_fp8_sm86_matches_reference() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let device: u32 = g.k.arch().trim_start_matches("sm_").parse().unwrap_or(0);
+    if device < 86 {
+        eprintln!("skipped: {} cannot run sm_86 code", g.k.arch());
+        return Ok(());
+    }
+    let k = Kernels::load_for_arch(g.k.context(), "sm_86", Some(&kernel_cache_dir()))?;
+    assert_eq!(k.arch(), "sm_86");
+    let v = Gpu {
+        stream: g.stream.clone(),
+        k,
+    };
+    fp8_matches_reference(&v)?;
+    fp8_widens_every_value_exactly(&v)
+}
+
+fn fp8_widens_every_value_exactly(g: &Gpu) -> TestResult {
     let mut rng = rng("paged_decode_attention_fp8_widens_every_value_exactly");
     // G = 4, D = 128: one token's V over both KV heads is 256 values, one per byte (the NaN
     // bytes 0x7f and 0xff replaced by zeros).
