@@ -134,9 +134,10 @@ fn cuda_model_gives_the_cpu_greedy_tokens() {
 /// `--kv-cache-dtype fp8`: the fixture through an e4m3 cache (RoPE + KV write as its own
 /// kernel, the fp8 attention kernels), graphs and eager alike, held to the bf16 run's rule
 /// with a wider logit tolerance. e4m3 keeps 3 mantissa bits (relative rounding up to 1/16), so
-/// logits move further from the CPU's: on an H100 (2026-11-26) the largest top-5 difference
-/// before a divergence was 1.54 (bf16 cache: 0.31), and every divergence sat at a CPU top-2
-/// gap of 0.22 or less (two cases flip their first token, at gaps 0.22 and 0.012).
+/// logits move further from the CPU's: on an H100 (2026-11-26/27, both fp8 decode kernels)
+/// the largest top-5 difference before a divergence was 1.57 (bf16 cache: 0.31), and every
+/// divergence sat at a CPU top-2 gap of 0.22 or less (two cases flip their first token, at
+/// gaps 0.22 and 0.012).
 #[test]
 fn fp8_kv_cache_serves_the_fixture() {
     if !gpu() {
