@@ -235,36 +235,33 @@ __device__ __forceinline__ u64 tok_off(const DecodeArgs& a, const u64* blk_off, 
 }
 
 // Chunk (8 elements) c = 0, 1 of the 16 elements that thread r of a token's TG owns in
-// decode_scores: chunks r and r + TG of a bf16 row (each 16-byte load of the TG threads reads
-// one contiguous half row), chunks 2r and 2r + 1 of an fp8 row (one 16-byte load).
+// decode_scores (bf16): chunks r and r + TG of a row (each 16-byte load of the TG threads reads
+// one contiguous half row); in decode_scores_fp8, chunks 2r and 2r + 1 (one 16-byte load).
 template <class T, int TG>
 __device__ __forceinline__ u32 score_chunk(u32 r, u32 c) {
     return DecKv<T>::FP8 ? r * 2 + c : r + c * TG;
 }
 
-template <class T, int D, int G, int P, int U>
+// The scores of the bf16 kernels (the fp8 ones take decode_scores_fp8).
+template <int D, int G, int P, int U>
 __device__ __forceinline__ void decode_scores(const DecodeArgs& a, const u64* blk_off, u32 plen,
                                               const float (&q)[G][16], float (*sc)[P]) {
-    constexpr bool FP8 = DecKv<T>::FP8;
     constexpr int TG = D / 16;    // threads per token, each owning 16 elements (score_chunk)
-    constexpr int TPP = 32 / TG;  // tokens per warp pass; U passes unrolled: 2U (bf16) or U
-                                  // (fp8) 16-byte loads in flight
-    constexpr int NL = FP8 ? 1 : 2;  // 16-byte loads a token
-    const T* kc = static_cast<const T*>(a.kc);
+    constexpr int TPP = 32 / TG;  // tokens per warp pass; U passes unrolled: 2U loads in flight
+    const bf16* kc = static_cast<const bf16*>(a.kc);
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const u32 r = lane % TG, tsub = lane / TG;
     for (u32 base = warp * TPP * U; base < plen; base += DEC_WARPS * TPP * U) {
-        uint4 kr[U][NL];
+        uint4 kr[U][2];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const u32 tok = base + u * TPP + tsub;
             if (tok < plen) {
-                const T* kp = kc + tok_off(a, blk_off, tok, D);
-                kr[u][0] = __ldg((const uint4*)(kp + score_chunk<T, TG>(r, 0) * 8));
-                if constexpr (NL == 2)
-                    kr[u][NL - 1] = __ldg((const uint4*)(kp + score_chunk<T, TG>(r, 1) * 8));
+                const bf16* kp = kc + tok_off(a, blk_off, tok, D);
+                kr[u][0] = __ldg((const uint4*)(kp + score_chunk<bf16, TG>(r, 0) * 8));
+                kr[u][1] = __ldg((const uint4*)(kp + score_chunk<bf16, TG>(r, 1) * 8));
             } else {
-                kr[u][0] = kr[u][NL - 1] = make_uint4(0, 0, 0, 0);
+                kr[u][0] = kr[u][1] = make_uint4(0, 0, 0, 0);
             }
         }
 #pragma unroll
@@ -272,7 +269,7 @@ __device__ __forceinline__ void decode_scores(const DecodeArgs& a, const u64* bl
             const u32 tok = base + u * TPP + tsub;
             float kf[16];
             unpack8(kr[u][0], kf);
-            unpack8(kr[u][NL - 1], kf + 8);
+            unpack8(kr[u][1], kf + 8);
 #pragma unroll
             for (int g = 0; g < G; ++g) {
                 float acc = 0.f;
@@ -298,12 +295,13 @@ __device__ __forceinline__ void decode_pv_reduce(float (&acc)[G][8]) {
             for (int e = 0; e < 8; ++e) acc[g][e] += __shfl_xor_sync(FULL_MASK, acc[g][e], o);
 }
 
-template <class T, int D, int G, int P, int U>
+// P.V of the bf16 kernels (the fp8 ones take decode_pv_fp8).
+template <int D, int G, int P, int U>
 __device__ __forceinline__ void decode_pv(const DecodeArgs& a, const u64* blk_off, u32 plen,
                                           float (*sc)[P], float (&acc)[G][8]) {
     constexpr int CH = D / 8;     // 8-element chunks per row (16 bytes)
     constexpr int TPI = 32 / CH;  // tokens per warp load; U loads in flight
-    const T* vc = static_cast<const T*>(a.vc);
+    const bf16* vc = static_cast<const bf16*>(a.vc);
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const u32 c = lane % CH, vsub = lane / CH;
     for (u32 base = warp * TPI * U; base < plen; base += DEC_WARPS * TPI * U) {
@@ -708,7 +706,7 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
                     qh[16 * NP + e] = dec_f32x2_q(q[G - 1][2 * e], q[G - 1][2 * e + 1]);
             decode_scores_fp8<D, G, P, U1>(a, blk_off, plen, qh, sc);
         } else {
-            decode_scores<T, D, G, P, U1>(a, blk_off, plen, q, sc);
+            decode_scores<D, G, P, U1>(a, blk_off, plen, q, sc);
         }
         __syncthreads();
         for (int g = warp; g < G; g += DEC_WARPS) {
@@ -755,7 +753,7 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
         if constexpr (FP8)
             decode_pv_fp8<D, G, P, U2>(a, blk_off, plen, dec_fp8_probs<G, P>(), acc);
         else
-            decode_pv<T, D, G, P, U2>(a, blk_off, plen, sc, acc);
+            decode_pv<D, G, P, U2>(a, blk_off, plen, sc, acc);
         if (lane < D / 8)
 #pragma unroll
             for (int g = 0; g < G; ++g)

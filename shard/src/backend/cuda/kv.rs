@@ -53,16 +53,18 @@ impl KvCaches {
 /// an fp8 cache always takes the unfused path (QKV projection, then `rope_kv_write`).
 pub trait CacheElem: KvElem {
     /// `qkv = x @ w^T` with RoPE and the KV write fused in, or `None` where this type has no
-    /// fused kernel (nothing was launched; the caller runs the unfused path).
+    /// fused kernel (nothing was launched; the caller runs the unfused path): the default.
     fn gemv_rope_kv(
-        kernels: &Kernels,
-        stream: &CudaStream,
-        qkv: &mut CudaViewMut<'_, bf16>,
-        x: &CudaView<'_, bf16>,
-        w: &CudaView<'_, bf16>,
-        k: usize,
-        rope: &mut RopeKv<'_, Self>,
-    ) -> Option<Result<(), KernelError>>;
+        _kernels: &Kernels,
+        _stream: &CudaStream,
+        _qkv: &mut CudaViewMut<'_, bf16>,
+        _x: &CudaView<'_, bf16>,
+        _w: &CudaView<'_, bf16>,
+        _k: usize,
+        _rope: &mut RopeKv<'_, Self>,
+    ) -> Option<Result<(), KernelError>> {
+        None
+    }
 }
 
 impl CacheElem for bf16 {
@@ -79,16 +81,4 @@ impl CacheElem for bf16 {
     }
 }
 
-impl CacheElem for F8E4M3 {
-    fn gemv_rope_kv(
-        _: &Kernels,
-        _: &CudaStream,
-        _: &mut CudaViewMut<'_, bf16>,
-        _: &CudaView<'_, bf16>,
-        _: &CudaView<'_, bf16>,
-        _: usize,
-        _: &mut RopeKv<'_, Self>,
-    ) -> Option<Result<(), KernelError>> {
-        None
-    }
-}
+impl CacheElem for F8E4M3 {}

@@ -19,7 +19,7 @@ use super::model::{CudaLlama, StepShape};
 use super::weights::LayerWeights;
 use crate::backend::BackendResult;
 use crate::model::DeviceSampling;
-use pagedserve_kernels::{KvDtype, RopeHeads, RopeKv};
+use pagedserve_kernels::{RopeHeads, RopeKv};
 
 /// Model dimensions the kernels need.
 #[derive(Debug, Clone, Copy)]
@@ -135,8 +135,8 @@ pub fn forward_layers(m: &mut CudaLlama, shape: StepShape) -> BackendResult<()> 
         // Decode steps small enough for the GEMV run RoPE + KV write in its epilogue
         // (kernels/cuda/gemv.cu) instead of a kernel of their own; not with a QKV bias, which
         // the epilogue does not add (checked per layer), nor over an fp8 cache: the epilogue
-        // writes bf16 only (`CacheElem::gemv_rope_kv`, which has no fp8 kernel to run).
-        fuse_rope: m.fuse && lin.on_gemv(t, h) && m.kv_caches.dtype() == KvDtype::Bf16,
+        // writes bf16 only (`CacheElem::gemv_rope_kv` has no fp8 kernel and returns `None`).
+        fuse_rope: m.fuse && lin.on_gemv(t, h),
         heads: RopeHeads {
             num_heads: d.heads,
             num_kv_heads: d.kv_heads,
@@ -285,12 +285,11 @@ fn attention<C: CacheElem>(
             sin: cx.sin.as_view(),
             heads: cx.heads,
         };
-        let fused = match cx.fuse_rope && l.qkv_bias.is_none() {
-            true => {
-                let (qkv, x) = (&mut b.qkv.slice_mut(..t * qkvw), &b.h.slice(..t * h));
-                C::gemv_rope_kv(kern, s, qkv, x, &l.qkv.as_view(), h, &mut rope)
-            }
-            false => None,
+        let fused = if cx.fuse_rope && l.qkv_bias.is_none() {
+            let (qkv, x) = (&mut b.qkv.slice_mut(..t * qkvw), &b.h.slice(..t * h));
+            C::gemv_rope_kv(kern, s, qkv, x, &l.qkv.as_view(), h, &mut rope)
+        } else {
+            None
         };
         match fused {
             Some(done) => done.map_err(err("gemv_rope_kv"))?,
