@@ -113,10 +113,7 @@ async fn plan(args: &ServeArgs) -> Result<Plan> {
 fn check_kv_cache_dtype(args: &ServeArgs) -> Result<()> {
     match (args.kv_cache_dtype, args.device.as_str()) {
         (Some(KvCacheDtype::Fp8E4m3), "cpu") => Err(LaunchError::Config(
-            "--kv-cache-dtype fp8 needs a CUDA device: the CPU backend keeps its KV cache in \
-             f32 and has no fp8 cache (on the CPU leave --kv-cache-dtype out or use auto; for \
-             fp8, serve on a GPU with --device cuda)"
-                .into(),
+            pagedserve_proto::kv_cache_dtype::FP8_NEEDS_CUDA.into(),
         )),
         _ => Ok(()),
     }

@@ -26,6 +26,12 @@ pub enum KvCacheDtype {
 /// The values `--kv-cache-dtype` accepts, as error messages and help list them.
 pub const SUPPORTED_KV_CACHE_DTYPES: &str = "auto, bf16 (or bfloat16), fp8 (or fp8_e4m3)";
 
+/// Why fp8 is refused on the CPU, in the same words from the launcher (`--device cpu`, before
+/// the model fetch) and from a shard (`--device auto` without a GPU, or one started by hand).
+pub const FP8_NEEDS_CUDA: &str = "--kv-cache-dtype fp8 needs a CUDA device: the CPU backend \
+     keeps its KV cache in f32 and has no fp8 cache (on the CPU leave --kv-cache-dtype out or \
+     use auto; for fp8, serve on a GPU with --device cuda)";
+
 /// A `--kv-cache-dtype` value pagedserve does not serve.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvCacheDtypeError {

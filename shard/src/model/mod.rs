@@ -169,11 +169,7 @@ pub enum ModelError {
     )]
     MaxModelLen { requested: usize, model: usize },
     /// A `--kv-cache-dtype` this device cannot store (fp8 on the CPU).
-    #[error(
-        "--kv-cache-dtype fp8 needs a CUDA device: the CPU backend keeps its KV cache in f32 \
-         and has no fp8 cache (on the CPU leave --kv-cache-dtype out or use auto; for fp8, \
-         serve on a GPU with --device cuda)"
-    )]
+    #[error("{}", pagedserve_proto::kv_cache_dtype::FP8_NEEDS_CUDA)]
     Fp8KvCacheOnCpu,
     #[error("KV cache too small: {0}")]
     KvCache(String),
