@@ -2,6 +2,8 @@
 
 use cudarc::driver::DriverError;
 
+use crate::kv::KvDtype;
+
 /// Everything a kernel call or the loader can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -49,6 +51,20 @@ pub enum KernelError {
         arch: String,
         limit: usize,
     },
+    /// Decode attention over a KV cache of `dtype` was asked of kernels loaded without that
+    /// cache type (`Kernels::load_for_kv` with `loaded`, which does not list it).
+    #[error(
+        "{kernel}: the kernels were loaded without decode attention over {} KV caches (loaded \
+         for: {}); use Kernels::load, or list {} in Kernels::load_for_kv",
+        .dtype.name(),
+        kv_dtype_names(.loaded),
+        .dtype.name()
+    )]
+    KvDtypeNotLoaded {
+        kernel: String,
+        dtype: KvDtype,
+        loaded: Vec<KvDtype>,
+    },
     /// Arguments whose sizes do not fit together.
     #[error("{kernel}: {msg}")]
     Shape { kernel: &'static str, msg: String },
@@ -61,6 +77,15 @@ impl KernelError {
             msg: msg.into(),
         }
     }
+}
+
+/// `bf16, fp8_e4m3`; `none` for no type.
+fn kv_dtype_names(dtypes: &[KvDtype]) -> String {
+    if dtypes.is_empty() {
+        return "none".into();
+    }
+    let names: Vec<&str> = dtypes.iter().map(|d| d.name()).collect();
+    names.join(", ")
 }
 
 /// `Err(Shape)` unless `got == want`; `what` names the argument.

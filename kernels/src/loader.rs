@@ -10,7 +10,8 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
 use crate::KernelError;
-use crate::units::{GEMV_UNIT, PREFILL_UNIT, SMALL_UNIT, UNITS, Unit, decode_unit};
+use crate::kv::{KV_DTYPES, KvDtype};
+use crate::units::{GEMV_UNIT, PREFILL_UNIT, SMALL_UNIT, UNITS, Unit, decode_unit, units_for};
 
 /// The sources, in the order they are concatenated (common helpers first).
 const COMMON: &str = include_str!("../cuda/common.cuh");
@@ -143,12 +144,24 @@ fn cached_unit(arch: &str, unit: &Unit, cache_dir: Option<&Path>) -> Result<Stri
 }
 
 /// The PTX of every unit of [`UNITS`] for `arch`, in that order: cached ones read, the others
-/// compiled each on its own thread (NVRTC compiles separate programs concurrently).
+/// compiled each on its own thread (NVRTC compiles separate programs concurrently). A shard
+/// needs fewer: the decode units of its KV cache's type only (`Kernels::load_for_kv`).
 pub fn cached_units(arch: &str, cache_dir: Option<&Path>) -> Result<Vec<String>, KernelError> {
+    let all: Vec<usize> = (0..UNITS.len()).collect();
+    cached_unit_set(arch, &all, cache_dir)
+}
+
+/// The PTX of the units of [`UNITS`] at indices `units`, in that order, as [`cached_units`]
+/// gets them.
+fn cached_unit_set(
+    arch: &str,
+    units: &[usize],
+    cache_dir: Option<&Path>,
+) -> Result<Vec<String>, KernelError> {
     std::thread::scope(|scope| {
-        let jobs: Vec<_> = UNITS
+        let jobs: Vec<_> = units
             .iter()
-            .map(|unit| scope.spawn(move || cached_unit(arch, unit, cache_dir)))
+            .map(|&u| scope.spawn(move || cached_unit(arch, &UNITS[u], cache_dir)))
             .collect();
         jobs.into_iter()
             .map(|job| {
@@ -226,11 +239,37 @@ pub(crate) fn check_target_arch(
     }
 }
 
-/// The loaded module and its functions by name.
+/// The loaded modules and their functions by name.
 pub(crate) struct Loaded {
     pub(crate) arch: String,
+    /// The KV-cache types whose decode attention is loaded, in [`KV_DTYPES`] order.
+    pub(crate) kv_dtypes: Vec<KvDtype>,
     _modules: Vec<Arc<CudaModule>>,
     functions: HashMap<String, CudaFunction>,
+}
+
+/// `kv_dtypes` in [`KV_DTYPES`] order, each once.
+fn normalize_kv_dtypes(kv_dtypes: &[KvDtype]) -> Vec<KvDtype> {
+    KV_DTYPES
+        .into_iter()
+        .filter(|d| kv_dtypes.contains(d))
+        .collect()
+}
+
+/// The error of asking for kernel `name` where it is not loaded: `KvDtypeNotLoaded` for decode
+/// attention over a cache type missing from `kv_dtypes` (the types loaded), else `Shape`.
+fn not_loaded(name: &str, kv_dtypes: &[KvDtype]) -> KernelError {
+    let unit = kernel_names()
+        .into_iter()
+        .find_map(|(n, unit)| (n == name).then_some(unit));
+    match unit.and_then(|u| UNITS[u].decode_kv) {
+        Some(dtype) if !kv_dtypes.contains(&dtype) => KernelError::KvDtypeNotLoaded {
+            kernel: name.into(),
+            dtype,
+            loaded: kv_dtypes.to_vec(),
+        },
+        _ => KernelError::shape("load", format!("kernel {name} is not loaded")),
+    }
 }
 
 /// Every `extern "C"` kernel in the sources, with the index in [`UNITS`] of the unit that
@@ -240,7 +279,6 @@ pub(crate) fn kernel_names() -> Vec<(String, usize)> {
         DECODE_PARTITION, DECODE_PARTITION_LARGE, DECODE_PARTITION_SMALL, MAX_GQA_GROUP,
         PREFILL_KEY_TILES, SUPPORTED_HEAD_DIMS, decode_kernel_name, prefill_kernel_name,
     };
-    use crate::kv::KV_DTYPES;
     let mut names: Vec<(String, usize)> = [
         "embedding_kernel",
         "rms_norm_kernel",
@@ -282,14 +320,16 @@ pub(crate) fn kernel_names() -> Vec<(String, usize)> {
 }
 
 impl Loaded {
-    /// Every kernel compiled for the device's own architecture.
+    /// The kernels for KV caches of `kv_dtypes` (every kernel but the decode attention of the
+    /// other types), compiled for the device's own architecture.
     pub(crate) fn load(
         ctx: &Arc<CudaContext>,
         cache_dir: Option<&Path>,
+        kv_dtypes: &[KvDtype],
     ) -> Result<Self, KernelError> {
         let arch = device_arch(ctx)?;
         check_device_arch(ctx.ordinal(), &arch)?;
-        Self::load_arch(ctx, arch, cache_dir)
+        Self::load_arch(ctx, arch, cache_dir, kv_dtypes)
     }
 
     /// Every kernel compiled for `arch`, which the device must be able to run (the same
@@ -302,25 +342,32 @@ impl Loaded {
         let device = device_arch(ctx)?;
         check_device_arch(ctx.ordinal(), &device)?;
         check_target_arch(arch, ctx.ordinal(), &device)?;
-        Self::load_arch(ctx, arch.to_string(), cache_dir)
+        Self::load_arch(ctx, arch.to_string(), cache_dir, &KV_DTYPES)
     }
 
     fn load_arch(
         ctx: &Arc<CudaContext>,
         arch: String,
         cache_dir: Option<&Path>,
+        kv_dtypes: &[KvDtype],
     ) -> Result<Self, KernelError> {
-        let modules = cached_units(&arch, cache_dir)?
+        let kv_dtypes = normalize_kv_dtypes(kv_dtypes);
+        let units = units_for(&kv_dtypes);
+        let modules = cached_unit_set(&arch, &units, cache_dir)?
             .into_iter()
             .map(|ptx| ctx.load_module(Ptx::from_src(ptx)))
             .collect::<Result<Vec<_>, _>>()?;
         let mut functions = HashMap::new();
         for (name, unit) in kernel_names() {
-            let f = modules[unit].load_function(&name)?;
-            functions.insert(name, f);
+            // `units` is sorted: a unit's module sits at the unit's place in it.
+            if let Ok(i) = units.binary_search(&unit) {
+                let f = modules[i].load_function(&name)?;
+                functions.insert(name, f);
+            }
         }
         Ok(Loaded {
             arch,
+            kv_dtypes,
             _modules: modules,
             functions,
         })
@@ -329,7 +376,7 @@ impl Loaded {
     pub(crate) fn get(&self, name: &str) -> Result<&CudaFunction, KernelError> {
         self.functions
             .get(name)
-            .ok_or_else(|| KernelError::shape("load", format!("kernel {name} is not loaded")))
+            .ok_or_else(|| not_loaded(name, &self.kv_dtypes))
     }
 }
 
@@ -381,6 +428,101 @@ mod tests {
             assert!(
                 name.contains("##") || names.iter().any(|n| n == name),
                 "{name} is defined but not in kernel_names"
+            );
+        }
+    }
+
+    #[test]
+    fn only_decode_attention_of_other_kv_dtypes_is_left_out() {
+        use crate::attention::decode_kernel_name;
+        let (b, f) = (KvDtype::Bf16, KvDtype::Fp8E4m3);
+        let sets: [&[KvDtype]; 5] = [&[], &[b], &[f], &[b, f], &[f, b]];
+        for set in sets {
+            let units = units_for(set);
+            for (name, unit) in kernel_names() {
+                let loaded = units.contains(&unit);
+                // What a set leaves out is exactly the decode attention of the types not in it.
+                let decode_of = KV_DTYPES
+                    .into_iter()
+                    .find(|&d| name.starts_with(&format!("paged_decode{}_d", d.tag())));
+                assert_eq!(
+                    loaded,
+                    decode_of.is_none_or(|d| set.contains(&d)),
+                    "{name} with {set:?}"
+                );
+            }
+            // An fp8 server's prefill and RoPE/KV-write kernels live in the shared units.
+            let names: Vec<String> = kernel_names()
+                .into_iter()
+                .filter(|(_, u)| units.contains(u))
+                .map(|(n, _)| n)
+                .collect();
+            for needed in [
+                "rope_kv_write_kernel",
+                "rope_kv_write_fp8_kernel",
+                "paged_prefill_d128",
+                "paged_prefill_fp8_d128",
+                "paged_prefill_fp8_d64_k32",
+            ] {
+                assert!(names.iter().any(|n| n == needed), "{needed} with {set:?}");
+            }
+            for d in KV_DTYPES {
+                assert_eq!(
+                    names.contains(&decode_kernel_name(d, 128, 4, 256)),
+                    set.contains(&d),
+                    "{d:?} decode with {set:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_decode_kernel_of_an_unloaded_kv_dtype_is_a_typed_error() {
+        use crate::attention::decode_kernel_name;
+        let (b, f) = (KvDtype::Bf16, KvDtype::Fp8E4m3);
+        assert_eq!(normalize_kv_dtypes(&[f, b, f]), [b, f]);
+        assert_eq!(normalize_kv_dtypes(&[f]), [f]);
+        let fp8 = decode_kernel_name(f, 128, 4, 256);
+        let err = not_loaded(&fp8, &[b]);
+        assert!(
+            matches!(
+                &err,
+                KernelError::KvDtypeNotLoaded { kernel, dtype: KvDtype::Fp8E4m3, loaded }
+                    if *kernel == fp8 && *loaded == [b]
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "paged_decode_fp8_d128_g4_p256: the kernels were loaded without decode attention \
+             over fp8_e4m3 KV caches (loaded for: bf16); use Kernels::load, or list fp8_e4m3 in \
+             Kernels::load_for_kv"
+        );
+        let bf = decode_kernel_name(b, 64, 8, 64);
+        assert!(matches!(
+            not_loaded(&bf, &[f]),
+            KernelError::KvDtypeNotLoaded {
+                dtype: KvDtype::Bf16,
+                ..
+            }
+        ));
+        assert!(
+            not_loaded(&bf, &[])
+                .to_string()
+                .contains("(loaded for: none)")
+        );
+        // Anything else missing stays a plain "not loaded".
+        for (name, set) in [
+            ("paged_decode_d96_g4_p256", &[b][..]),
+            ("no_such_kernel", &[b][..]),
+            (fp8.as_str(), &[b, f][..]),
+        ] {
+            assert!(
+                matches!(
+                    not_loaded(name, set),
+                    KernelError::Shape { kernel: "load", .. }
+                ),
+                "{name}"
             );
         }
     }

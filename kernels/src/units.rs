@@ -7,6 +7,12 @@
 //! the units compile on as many threads as there are units. The decode instances are split by `PS_DECODE_PART` (see the end
 //! of decode_attention.cu); the whole source, without that define, still holds every kernel
 //! (`full_source`, for `compile_ptx` and the tools).
+//!
+//! Only the decode units are split by KV-cache type: the bf16 ones (`decode0`-`decode3`) and
+//! the fp8 ones (`decode_fp8_0`-`decode_fp8_3`, `PS_DECODE_FP8`). The other units hold the
+//! kernels of both types (`rope_kv_write[_fp8]_kernel` in `small`, `paged_prefill[_fp8]_*` in
+//! `prefill`) and are always loaded; [`units_for`] picks the decode units a shard needs, so a
+//! bf16 server compiles 7 units, not 11.
 
 use crate::kv::KvDtype;
 
@@ -16,6 +22,9 @@ pub(crate) struct Unit {
     pub(crate) name: &'static str,
     pub(crate) files: &'static [&'static str],
     pub(crate) defines: &'static [&'static str],
+    /// The KV-cache type whose decode attention (and nothing else) this unit compiles: loaded
+    /// only for kernels asked for that type. `None`: kernels every server needs, always loaded.
+    pub(crate) decode_kv: Option<KvDtype>,
 }
 
 pub(crate) const UNITS: [Unit; 11] = [
@@ -23,56 +32,67 @@ pub(crate) const UNITS: [Unit; 11] = [
         name: "small",
         files: &["elementwise.cu", "rope.cu", "sample.cu", "bias.cu"],
         defines: &[],
+        decode_kv: None,
     },
     Unit {
         name: "prefill",
         files: &["prefill_attention.cu"],
         defines: &[],
+        decode_kv: None,
     },
     Unit {
         name: "gemv",
         files: &["gemv.cu"],
         defines: &[],
+        decode_kv: None,
     },
     Unit {
         name: "decode0",
         files: &["decode_attention.cu"],
         defines: &["-DPS_DECODE_PART=0"],
+        decode_kv: Some(KvDtype::Bf16),
     },
     Unit {
         name: "decode1",
         files: &["decode_attention.cu"],
         defines: &["-DPS_DECODE_PART=1"],
+        decode_kv: Some(KvDtype::Bf16),
     },
     Unit {
         name: "decode2",
         files: &["decode_attention.cu"],
         defines: &["-DPS_DECODE_PART=2"],
+        decode_kv: Some(KvDtype::Bf16),
     },
     Unit {
         name: "decode3",
         files: &["decode_attention.cu"],
         defines: &["-DPS_DECODE_PART=3"],
+        decode_kv: Some(KvDtype::Bf16),
     },
     Unit {
         name: "decode_fp8_0",
         files: &["decode_attention.cu"],
         defines: &["-DPS_DECODE_PART=0", "-DPS_DECODE_FP8"],
+        decode_kv: Some(KvDtype::Fp8E4m3),
     },
     Unit {
         name: "decode_fp8_1",
         files: &["decode_attention.cu"],
         defines: &["-DPS_DECODE_PART=1", "-DPS_DECODE_FP8"],
+        decode_kv: Some(KvDtype::Fp8E4m3),
     },
     Unit {
         name: "decode_fp8_2",
         files: &["decode_attention.cu"],
         defines: &["-DPS_DECODE_PART=2", "-DPS_DECODE_FP8"],
+        decode_kv: Some(KvDtype::Fp8E4m3),
     },
     Unit {
         name: "decode_fp8_3",
         files: &["decode_attention.cu"],
         defines: &["-DPS_DECODE_PART=3", "-DPS_DECODE_FP8"],
+        decode_kv: Some(KvDtype::Fp8E4m3),
     },
 ];
 
@@ -91,6 +111,15 @@ pub(crate) fn decode_unit(dtype: KvDtype, head_dim: usize, group: usize) -> usiz
         KvDtype::Fp8E4m3 => 7,
     };
     first + if head_dim == 128 { 2 } else { 0 } + usize::from(group > 4)
+}
+
+/// Indices in [`UNITS`], in that order, of the units loaded for KV caches of `kv_dtypes`: those
+/// every server needs and the decode units of each listed type (none for an empty list;
+/// repeats and order do not matter).
+pub(crate) fn units_for(kv_dtypes: &[KvDtype]) -> Vec<usize> {
+    (0..UNITS.len())
+        .filter(|&u| UNITS[u].decode_kv.is_none_or(|d| kv_dtypes.contains(&d)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -135,5 +164,71 @@ mod tests {
             }
         }
         assert_eq!(seen, 16);
+    }
+
+    fn names(units: &[usize]) -> Vec<&'static str> {
+        units.iter().map(|&u| UNITS[u].name).collect()
+    }
+
+    #[test]
+    fn a_kv_dtype_selects_its_own_decode_units_only() {
+        let (b, f) = (KvDtype::Bf16, KvDtype::Fp8E4m3);
+        let shared = ["small", "prefill", "gemv"];
+        assert_eq!(
+            names(&units_for(&[b])),
+            [&shared[..], &["decode0", "decode1", "decode2", "decode3"]].concat()
+        );
+        assert_eq!(
+            names(&units_for(&[f])),
+            [
+                &shared[..],
+                &[
+                    "decode_fp8_0",
+                    "decode_fp8_1",
+                    "decode_fp8_2",
+                    "decode_fp8_3"
+                ]
+            ]
+            .concat()
+        );
+        let all: Vec<usize> = (0..UNITS.len()).collect();
+        assert_eq!(units_for(&[b, f]), all);
+        assert_eq!(units_for(&[f, b, f]), all);
+        assert_eq!(units_for(&crate::kv::KV_DTYPES), all);
+        assert_eq!(names(&units_for(&[])), shared);
+        for d in crate::kv::KV_DTYPES {
+            for (hd, g) in [(64, 1), (64, 8), (128, 4), (128, 5)] {
+                let u = decode_unit(d, hd, g);
+                assert_eq!(UNITS[u].decode_kv, Some(d));
+                assert!(units_for(&[d]).contains(&u));
+                let other = if d == b { f } else { b };
+                assert!(!units_for(&[other]).contains(&u));
+            }
+        }
+    }
+
+    #[test]
+    fn decode_kv_matches_the_defines() {
+        for unit in &UNITS {
+            let part = unit
+                .defines
+                .iter()
+                .any(|d| d.starts_with("-DPS_DECODE_PART="));
+            let fp8 = unit.defines.contains(&"-DPS_DECODE_FP8");
+            let want = match (part, fp8) {
+                (false, false) => None,
+                (true, false) => Some(KvDtype::Bf16),
+                (true, true) => Some(KvDtype::Fp8E4m3),
+                (false, true) => panic!("{}: PS_DECODE_FP8 without a part", unit.name),
+            };
+            assert_eq!(unit.decode_kv, want, "{}", unit.name);
+            // Only decode_attention.cu is split by cache type.
+            assert_eq!(
+                unit.decode_kv.is_some(),
+                unit.files == ["decode_attention.cu"],
+                "{}",
+                unit.name
+            );
+        }
     }
 }

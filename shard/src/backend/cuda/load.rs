@@ -53,8 +53,12 @@ pub fn load_cuda_tp(
     let ordinal = parse_cuda_device(&opts.device)
         .ok_or_else(|| ModelError::UnsupportedDevice(opts.device.clone()))?;
     let gpu = Gpu::open(ordinal)?;
-    let kernels = Kernels::load(&gpu.ctx, opts.gpu.kernel_cache_dir.as_deref())
-        .map_err(cuda_err("compile kernels"))?;
+    let kernels = Kernels::load_for_kv(
+        &gpu.ctx,
+        opts.gpu.kernel_cache_dir.as_deref(),
+        &[cuda_kv_dtype(opts.kv_cache_dtype)],
+    )
+    .map_err(cuda_err("compile kernels"))?;
     let gemm = Gemm::new(&gpu.stream)?;
     let group = tp::join_group(tp, &gpu.stream)?;
     let (cfg, info, w, freq_factors) = match (&opts.gpu.dummy_shape, src) {
