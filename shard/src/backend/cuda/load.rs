@@ -143,6 +143,8 @@ pub fn load_cuda_tp(
     };
     // Buffers, the KV cache and the kernels see this rank's heads and FFN width only.
     let cfg = tp::shard_for(tp, &cfg)?.local_config(&cfg);
+    // Before the KV cache is sized from free memory and the decode graphs are captured.
+    super::gemm_tune::tune_at_load(&gemm, &w, &cfg, info.vocab_size, tp.rank == 0, opts);
     build(
         Parts {
             gpu,

@@ -6,6 +6,9 @@
 mod buffers;
 mod device;
 mod gemm;
+mod gemm_cache;
+mod gemm_lt;
+mod gemm_tune;
 mod graphs;
 mod kv;
 mod linear;
@@ -18,6 +21,8 @@ pub mod tp;
 mod weights;
 
 pub use device::{cuda_device_count, parse_cuda_device};
+pub use gemm::{Gemm, GemmShape, OutType};
+pub use gemm_tune::{TuneReport, TuneShape};
 pub use load::{load_cuda, load_cuda_tp, load_tp_model};
 pub use model::CudaLlama;
 pub use shapes::ModelShape;
