@@ -243,3 +243,176 @@ fn dummy_llama3_8b_shape_loads_and_decodes() {
     let spread = logits[0].iter().fold(0f32, |m, x| m.max(x.abs()));
     assert!(spread > 0.0, "random weights give non-zero logits");
 }
+
+/// Values in [-1, 1] of a fixed sequence, as bf16 (what the GPU multiplies).
+fn random_bf16(len: usize, seed: u64) -> Vec<half::bf16> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            half::bf16::from_f32((state >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+        })
+        .collect()
+}
+
+/// `y[rows, n] = x[rows, k] @ w[n, k]^T` in f64 from the bf16 inputs.
+fn reference_gemm(x: &[half::bf16], w: &[half::bf16], rows: usize, n: usize, k: usize) -> Vec<f64> {
+    let mut y = vec![0f64; rows * n];
+    for r in 0..rows {
+        let xr = &x[r * k..(r + 1) * k];
+        for j in 0..n {
+            let wj = &w[j * k..(j + 1) * k];
+            y[r * n + j] = xr
+                .iter()
+                .zip(wj)
+                .map(|(a, b)| f64::from(a.to_f32()) * f64::from(b.to_f32()))
+                .sum();
+        }
+    }
+    y
+}
+
+/// Runs `gemm` for each of `rows` on fresh random inputs and checks its output against the
+/// f64 reference: within bf16 rounding (2^-8 relative, plus a little of the largest value for
+/// another summation order) for bf16 outputs, within f32 accumulation error (tensor cores'
+/// f32 sums are not exactly IEEE's, hence some slack) for f32 ones.
+fn check_gemm(
+    gemm: &pagedserve_shard::backend::cuda::Gemm,
+    stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+    shape: pagedserve_shard::backend::cuda::GemmShape,
+    w_host: &[half::bf16],
+    w: &cudarc::driver::CudaSlice<half::bf16>,
+    rows: &[usize],
+    label: &str,
+) {
+    use cudarc::driver::DevicePtrMut;
+    use pagedserve_shard::backend::cuda::OutType;
+    let (n, k) = (shape.n, shape.k);
+    for &m in rows {
+        let x_host = random_bf16(m * k, 1000 + m as u64);
+        let x = stream.clone_htod(&x_host).expect("upload x");
+        let want = reference_gemm(&x_host, w_host, m, n, k);
+        let got: Vec<f64> = match shape.out {
+            OutType::Bf16 => {
+                let mut y = stream.alloc_zeros::<half::bf16>(m * n).expect("alloc y");
+                let yp = y.device_ptr_mut(stream).0;
+                gemm.matmul(stream, &x, w, yp, shape.out, m, n, k)
+                    .expect("bf16 GEMM");
+                let y = stream.clone_dtoh(&y).expect("download y");
+                y.iter().map(|v| f64::from(v.to_f32())).collect()
+            }
+            OutType::F32 => {
+                let mut y = stream.alloc_zeros::<f32>(m * n).expect("alloc y");
+                let yp = y.device_ptr_mut(stream).0;
+                gemm.matmul(stream, &x, w, yp, shape.out, m, n, k)
+                    .expect("f32 GEMM");
+                let y = stream.clone_dtoh(&y).expect("download y");
+                y.iter().map(|&v| f64::from(v)).collect()
+            }
+        };
+        stream.synchronize().expect("GEMM ran");
+        let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+        let (rel, abs) = match shape.out {
+            OutType::Bf16 => (1.0 / 256.0, 2e-3 * scale),
+            // Far below bf16's rounding: the f32 output is not rounded through bf16.
+            OutType::F32 => (1e-4, 2e-4 * scale),
+        };
+        for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - r).abs() <= rel * r.abs() + abs,
+                "{label}: {m}x{n}x{k} ({:?} out) row {} col {}: got {g}, want {r}",
+                shape.out,
+                i / n,
+                i % n
+            );
+        }
+    }
+}
+
+#[test]
+fn tuned_gemms_match_an_f64_reference() {
+    use pagedserve_shard::backend::cuda::{Gemm, GemmShape, OutType, TuneShape};
+    if !gpu() {
+        return;
+    }
+    let ctx = cudarc::driver::CudaContext::new(0).expect("open cuda:0");
+    // SAFETY: everything below runs on the one stream, as in the shard (`Gpu::open`).
+    unsafe { ctx.disable_event_tracking() };
+    let stream = ctx.new_stream().expect("stream");
+    // A layer-like bf16 shape tuned up to 200 rows (buckets 48, 64, 96, 128, 160, 192, 200)
+    // on two weight copies, and an lm_head-like f32 one with an n of no power of two.
+    let bf16_shape = GemmShape {
+        out: OutType::Bf16,
+        n: 384,
+        k: 512,
+    };
+    let f32_shape = GemmShape {
+        out: OutType::F32,
+        n: 1000,
+        k: 256,
+    };
+    let w1_host = random_bf16(bf16_shape.n * bf16_shape.k, 1);
+    let w2_host = random_bf16(bf16_shape.n * bf16_shape.k, 2);
+    let wf_host = random_bf16(f32_shape.n * f32_shape.k, 3);
+    let w1 = stream.clone_htod(&w1_host).expect("upload w1");
+    let w2 = stream.clone_htod(&w2_host).expect("upload w2");
+    let wf = stream.clone_htod(&wf_host).expect("upload wf");
+    let shapes = [
+        TuneShape {
+            shape: bf16_shape,
+            max_rows: 200,
+            weights: vec![&w1, &w2],
+        },
+        TuneShape {
+            shape: f32_shape,
+            max_rows: 100,
+            weights: vec![&wf],
+        },
+    ];
+    // On, between and at the ends of buckets; below the first (heuristic) and past the last.
+    let bf16_rows = [
+        1, 17, 32, 33, 40, 48, 49, 50, 63, 64, 65, 100, 130, 199, 200, 256,
+    ];
+    let f32_rows = [1, 33, 47, 48, 64, 97, 99, 100, 150];
+    let check = |gemm: &Gemm, label: &str| {
+        check_gemm(gemm, &stream, bf16_shape, &w1_host, &w1, &bf16_rows, label);
+        check_gemm(gemm, &stream, f32_shape, &wf_host, &wf, &f32_rows, label);
+    };
+
+    let dir = std::env::temp_dir().join(format!("pagedserve-gemm-tune-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let gemm = Gemm::new(&stream).expect("cuBLASLt");
+    check(&gemm, "heuristic");
+    let tuned = gemm.tune(&shapes, Some(&dir)).expect("tune");
+    eprintln!("tuned: {tuned:?}");
+    assert!(!tuned.from_cache);
+    assert_eq!((tuned.shapes, tuned.buckets), (2, 7 + 4));
+    assert_eq!(tuned.changed, gemm.tuned_buckets());
+    check(&gemm, "tuned");
+
+    // A second Gemm reads the picks back from the cache, re-checked.
+    let again = Gemm::new(&stream).expect("cuBLASLt");
+    let cached = again
+        .tune(&shapes, Some(&dir))
+        .expect("tune from the cache");
+    eprintln!("cached: {cached:?}");
+    assert!(cached.from_cache);
+    assert_eq!(cached.buckets, tuned.buckets);
+    assert_eq!(cached.changed + cached.rejected, tuned.changed);
+    check(&again, "cached");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Tuning keeps the first pick wherever nothing is clearly faster: run other candidates
+    // at every row count too, so that an algorithm listed for a bucket's largest row count
+    // is seen to be right (or refused by its check) at the bucket's other counts.
+    let mut installed = 0;
+    for index in 1..4 {
+        let n = gemm.install_candidate(&shapes, index).expect("install");
+        eprintln!("candidate {index}: {n} buckets");
+        installed += n;
+        check(&gemm, &format!("candidate {index}"));
+    }
+    assert!(installed > 0, "the heuristic lists more than one algorithm");
+}
