@@ -5,6 +5,7 @@
 
 mod buffers;
 mod device;
+mod gather;
 mod gemm;
 mod gemm_cache;
 mod gemm_lt;

@@ -13,6 +13,7 @@ use half::bf16;
 
 use super::buffers::Buffers;
 use super::device::cuda_err;
+use super::gather::row_runs;
 use super::kv::{CacheElem, KvCaches};
 use super::linear::{Linear, linear};
 use super::model::{CudaLlama, StepShape};
@@ -376,9 +377,9 @@ pub fn final_norm_and_logits(m: &mut CudaLlama, shape: StepShape) -> BackendResu
     let input: &CudaSlice<bf16> = if identity {
         &b.h
     } else {
-        for (i, &r) in m.gather.iter().enumerate() {
-            let src = b.h.slice(r * h..(r + 1) * h);
-            let mut dst = b.last.slice_mut(i * h..(i + 1) * h);
+        for run in row_runs(&m.gather) {
+            let src = b.h.slice(run.src * h..(run.src + run.len) * h);
+            let mut dst = b.last.slice_mut(run.dst * h..(run.dst + run.len) * h);
             s.memcpy_dtod(&src, &mut dst)
                 .map_err(cuda_err("gather logit rows"))?;
         }
