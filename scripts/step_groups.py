@@ -6,7 +6,8 @@ Usage: step_groups.py SERVER.log
 SERVER.log is a server's log at RUST_LOG=info,pagedserve_shard::engine=trace (gpu-check's
 BENCH_RUST_LOG), which has one `step` line per engine step with prefill_tokens, decode_seqs,
 forward_us and step_us. Prints the steps grouped as docs/perf.md's ShareGPT section groups
-them: prefill chunks, then decode-only steps by batch size.
+them: prefill chunks, then decode-only steps by batch size; then a line fitted through each
+step's forward time against its rows (fixed cost a step, cost a row).
 """
 import re
 import sys
@@ -45,7 +46,31 @@ def main():
         if group:
             t = sum(s["step_us"] for s in group)
             print(f"| {name} | {len(group)} | {t / 1e6:.2f} | {t / len(group) / 1e3:.1f} |")
+    fit(steps)
     return 0
+
+
+def fit(steps):
+    """Least-squares line through (rows, forward time) of the steps that ran rows: a step's
+    fixed cost (every weight read once, at any batch) and its cost a row, and what each adds
+    up to over the run."""
+    pts = [(s["prefill_tokens"] + s["decode_seqs"], s["forward_us"]) for s in steps]
+    pts = [(r, f) for r, f in pts if r > 0]
+    n = len(pts)
+    if n < 2:
+        return
+    mr = sum(r for r, _ in pts) / n
+    mf = sum(f for _, f in pts) / n
+    var = sum((r - mr) ** 2 for r, _ in pts)
+    if var == 0:
+        return
+    per_row = sum((r - mr) * (f - mf) for r, f in pts) / var
+    fixed = mf - per_row * mr
+    rms = (sum((fixed + per_row * r - f) ** 2 for r, f in pts) / n) ** 0.5
+    rows = sum(r for r, _ in pts)
+    print(f"forward ~ {fixed / 1e3:.2f} ms + {per_row:.1f} us x rows (RMS error {rms / 1e3:.2f} ms): "
+          f"{n} steps x fixed = {n * fixed / 1e6:.2f} s, {rows:,} rows x per-row = "
+          f"{rows * per_row / 1e6:.2f} s")
 
 
 if __name__ == "__main__":
