@@ -1,17 +1,19 @@
 // Paged prefill attention (causal, chunked), FlashAttention-2 style on tensor cores:
 // paged_prefill_d64 / paged_prefill_d128, 128 query rows x 64 keys a step, and
-// paged_prefill_d64_k32 / paged_prefill_d128_k32, the same with 32 keys a step (KT, below).
+// paged_prefill_d64_k32 / paged_prefill_d128_k32, the same with 32 keys a step (KT, below); each
+// also as a 64-row kernel, name suffix _m64 (MT, below).
 //
 // Query row j of a sequence chunk sits at position start_pos + j and sees keys 0..=start_pos + j,
 // all read from the paged cache through the block table (this step's K/V were written by
 // rope_kv_write already). Grid (H, num_tiles) over the tile list of prefill_tiles (PF_M = 128
-// query rows a tile, heaviest first): the heads of one tile are neighbours in launch order, so the
-// G heads of a KV head (and all heads of a sequence) read the same K/V out of L2 at about the same
-// time, and the heaviest tiles of every head start first. A CTA of 4 warps takes the 128 rows of
-// one tile and one head, 32 rows a warp in two m16 tiles, so each K or V fragment read from shared
-// memory by ldmatrix feeds two mma rows. Q sits in shared memory (its fragments are re-read each
-// K/V tile: registers go to the 2 x D/8 x 4 O accumulators and the 2 x KT/8 x 4 scores); K/V tiles
-// of KT keys, two stages of cp.async (the next tile loads while this one is computed).
+// query rows a tile, or 64 for the _m64 kernels; heaviest first): the heads of one tile are
+// neighbours in launch order, so the G heads of a KV head (and all heads of a sequence) read the
+// same K/V out of L2 at about the same time, and the heaviest tiles of every head start first. A
+// CTA of 4 warps takes the 128 rows of one tile and one head, 32 rows a warp in two m16 tiles, so
+// each K or V fragment read from shared memory by ldmatrix feeds two mma rows. Q sits in shared
+// memory (its fragments are re-read each K/V tile: registers go to the 2 x D/8 x 4 O accumulators
+// and the 2 x KT/8 x 4 scores); K/V tiles of KT keys, two stages of cp.async (the next tile loads
+// while this one is computed).
 // S = Q·K^T and O += P·V use mma.sync m16n8k16 (bf16 in, f32 accumulate) with an online softmax
 // in the log2 domain; P stays in registers between the two mmas (the S accumulator layout of
 // m16n8k16 is the A layout of the next one once packed to bf16). The causal mask is applied only
@@ -26,21 +28,35 @@
 // The 128 x 64 kernels replaced a 64-row x 32-key kernel: 1 x 512 tokens 60.7 -> 78.1 TFLOP/s,
 // 1 x 2048 139.8 -> 247.8, 1 x 8192 191.4 -> 293.0, 4 x 1024 after 1024 180.4 -> 266.5
 // (H=32 KVH=8 D=128; H100, attn_bench, 2026-11-26).
-// paged_prefill_fp8_d64 / _d128 / _d64_k32 / _d128_k32 read an fp8 (e4m3) cache with the same
-// CTA: its cp.async copies bring the raw e4m3 bytes of a K/V tile (16 dims of a key a copy) into
-// two raw stages of their own, so the pipeline is unchanged (the next tile's bytes load while
-// this one is computed); once a tile has landed, all threads widen it into a single bf16 K/V
-// stage (exact: every e4m3 value is a bf16 value), and the mma code runs as for a bf16 cache.
-// One bf16 stage is enough, as a tile is widened only after the previous one's reads are over
-// (the barrier that ends the wait for its bytes). Their shared memory: Q, one bf16 K and V stage,
-// the block ids, then 4 x KT x D raw bytes (two stages of K and V), (128 + 2 x 64) x 136 x 2 +
-// 4096 + 32,768 = 106,496 B at D = 128, KT = 64 (two CTAs an H100 SM, as for a bf16 cache), and
-// 72,704 B with KT = 32 (the kernel of 99 KB cards).
+// Why 64-row tiles too (MT = 1: the same CTA of 4 warps, 16 rows a warp in one m16 tile, Q of 64
+// rows in shared memory, 16 x D x 2 bytes less a warp-row; the K/V tiles and their pipeline are
+// the 128-row kernels'): a short prompt gives the 128-row kernels too few CTAs. Steps of ShareGPT
+// serving prefill one to three prompts of ~50-400 tokens: 1 x 512 tokens is 4 tiles x 32 heads =
+// 128 CTAs of 4 warps on 132 SMs, one CTA an SM with nothing to hide its latency (68 TFLOP/s over
+// an fp8 cache, against 250-290 at 2k-8k tokens; Nsight, H100). 64-row tiles double the CTAs
+// (two an SM, which shared memory allows at D = 128: 91,136 B bf16, 89,088 B fp8, KT = 64) at the
+// cost of ldmatrix reuse (a K/V fragment feeds one mma row, not two). prefill_tile_rows in
+// attention.rs picks them for a step when its prefill tokens in 128-row tiles, times the heads, are
+// at most the SM count (the 128-row grid would hold at most one CTA an SM, the 64-row one at most
+// two: no second wave); the tile list and the launch both follow that choice. The key tile is the
+// 128-row kernel's (the 64-row kernel of the same KT takes less shared memory, so it fits too).
+// paged_prefill_fp8_d64 / _d128 / _d64_k32 / _d128_k32 (and their _m64) read an fp8 (e4m3)
+// cache with the same CTA: its cp.async copies bring the raw e4m3 bytes of a K/V tile (16 dims
+// of a key a copy) into two raw stages of their own, so the pipeline is unchanged (the next
+// tile's bytes load while this one is computed); once a tile has landed, all threads widen it
+// into a single bf16 K/V stage (exact: every e4m3 value is a bf16 value), and the mma code runs
+// as for a bf16 cache. One bf16 stage is enough, as a tile is widened only after the previous
+// one's reads are over (the barrier that ends the wait for its bytes). Their shared memory: Q,
+// one bf16 K and V stage, the block ids, then 4 x KT x D raw bytes (two stages of K and V),
+// (128 + 2 x 64) x 136 x 2 + 4096 + 32,768 = 106,496 B at D = 128, KT = 64 (two CTAs an H100
+// SM, as for a bf16 cache), and 72,704 B with KT = 32 (the kernel of 99 KB cards).
 #include "common.cuh"
 #include <cuda_fp8.h>
 
+// Query rows a tile of the default kernels (MT = 2); the _m64 ones (MT = 1) take 64.
 #define PF_M 128
 #define PF_THREADS 128
+#define PF_WARPS (PF_THREADS / 32)
 #define PF_BT_SMEM 1024  // block ids staged in shared memory; longer rows read global memory
 
 struct PrefillArgs {
@@ -69,16 +85,22 @@ __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
     return *(const u32*)&v;
 }
 
-// Dynamic shared memory of paged_prefill[_fp8]_d<D>[_k32] (prefill_smem_bytes in attention.rs
-// mirrors it): Q [PF_M][D + 8], K and V [ST][KT][D + 8] each (bf16), then PF_BT_SMEM block ids;
+// Dynamic shared memory of paged_prefill[_fp8]_d<D>[_k32][_m64] (prefill_smem_bytes in
+// attention.rs mirrors it): Q [M][D + 8] (M = 64 MT query rows: PF_M = 128 for the default
+// kernels, 64 for _m64), K and V [ST][KT][D + 8] each (bf16), then PF_BT_SMEM block ids;
 // for an fp8 cache (FP8), then the raw e4m3 tiles as the copies land, K and V [2][KT][D] each
 // (one byte an element, rows unpadded: only the widening pass reads them, 8 bytes a lane). ST:
 // two bf16 stages for a bf16 cache (the copies' stages), one for FP8 (the widening's target).
-template <int D, int KT, bool FP8 = false>
+// Only Q depends on MT: everything after it (LOAD_STAGE, RAW_KV, KV, ST, LDS) is the same for
+// both row counts, so load_kv_tile and pf_widen_stage read those from PfSmem<D, KT, FP8>.
+template <int D, int KT, bool FP8 = false, int MT = 2>
 struct PfSmem {
     static_assert(KT == 32 || KT == 64, "KT: 32 or 64 keys a tile");
+    static_assert(MT == 1 || MT == 2, "MT: 1 or 2 m16 tiles a warp");
+    static constexpr int M = PF_WARPS * 16 * MT;  // query rows a tile
+    static_assert(MT != 2 || M == PF_M, "the default kernels take PF_M rows");
     static constexpr int LDS = D + 8;  // padded rows: ldmatrix rows fall in distinct banks
-    static constexpr int Q = PF_M * LDS;
+    static constexpr int Q = M * LDS;
     static constexpr int KV = KT * LDS;
     static constexpr int ST = FP8 ? 1 : 2;  // bf16 K/V stages
     static constexpr int RAW = (Q + 2 * ST * KV) * 2 + PF_BT_SMEM * 4;  // byte offset of raw tiles
@@ -196,42 +218,42 @@ __device__ __forceinline__ void ldsm_x4_t(u32 (&r)[4], u32 addr) {
                  : "r"(addr));
 }
 
-// One K/V tile for this warp's 32 rows (two m16 tiles): S = Q·K^T, the causal mask where MASK,
+// One K/V tile for this warp's 16 MT rows (MT m16 tiles): S = Q·K^T, the causal mask where MASK,
 // online softmax (log2 domain), O += P·V. qa, ka and va are this lane's ldmatrix addresses
 // (shared window) of the warp's Q rows and the stage's K and V, at fragment (0, 0); every other
 // fragment is a constant offset from them. pos_g is the position of the lane's first row
 // (warp row gid) and last_pos the chunk's last position (rows past the chunk repeat it).
-template <int D, int KT, bool MASK>
-__device__ __forceinline__ void prefill_tile(u32 qa, u32 ka, u32 va, float (&o)[2][D / 8][4],
-                                             float (&m)[2][2], float (&l)[2][2], int kbase,
+template <int D, int KT, int MT, bool MASK>
+__device__ __forceinline__ void prefill_tile(u32 qa, u32 ka, u32 va, float (&o)[MT][D / 8][4],
+                                             float (&m)[MT][2], float (&l)[MT][2], int kbase,
                                              int pos_g, int last_pos, float scale_log2) {
     constexpr int LDS = D + 8, NT = KT / 8;
     const int tig = threadIdx.x & 3;
-    float s[2][NT][4];
+    float s[MT][NT][4];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int i = 0; i < NT; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-        u32 qf[2][4];
+        u32 qf[MT][4];
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) ldsm_x4(qf[mt], qa + (mt * 16 * LDS + kk * 16) * 2);
+        for (int mt = 0; mt < MT; ++mt) ldsm_x4(qf[mt], qa + (mt * 16 * LDS + kk * 16) * 2);
 #pragma unroll
         for (int n2 = 0; n2 < KT / 16; ++n2) {
             u32 b[4];
             ldsm_x4(b, ka + (n2 * 16 * LDS + kk * 16) * 2);
 #pragma unroll
-            for (int mt = 0; mt < 2; ++mt) {
+            for (int mt = 0; mt < MT; ++mt) {
                 pf_mma(s[mt][2 * n2], qf[mt], b[0], b[1]);
                 pf_mma(s[mt][2 * n2 + 1], qf[mt], b[2], b[3]);
             }
         }
     }
     // P, packed to bf16 as soon as it is known: the A fragments of O += P·V.
-    u32 p[2][KT / 16][4];
+    u32 p[MT][KT / 16][4];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
+    for (int mt = 0; mt < MT; ++mt) {
         float mx0 = m[mt][0], mx1 = m[mt][1];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
@@ -281,17 +303,18 @@ __device__ __forceinline__ void prefill_tile(u32 qa, u32 ka, u32 va, float (&o)[
             u32 b[4];
             ldsm_x4_t(b, va + (kk * 16 * LDS + d2 * 16) * 2);
 #pragma unroll
-            for (int mt = 0; mt < 2; ++mt) {
+            for (int mt = 0; mt < MT; ++mt) {
                 pf_mma(o[mt][2 * d2], p[mt][kk], b[0], b[1]);
                 pf_mma(o[mt][2 * d2 + 1], p[mt][kk], b[2], b[3]);
             }
         }
 }
 
-template <int D, int KT, bool FP8 = false>
+template <int D, int KT, bool FP8 = false, int MT = 2>
 __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
-    using SM = PfSmem<D, KT, FP8>;
+    using SM = PfSmem<D, KT, FP8, MT>;
     constexpr int LDS = SM::LDS, CH = D / 8;
+    constexpr int M = SM::M, WR = 16 * MT;  // query rows of the tile, of a warp
     extern __shared__ __align__(16) unsigned char pf_smem[];
     bf16* qsm = (bf16*)pf_smem;
     bf16* ksm = qsm + SM::Q;            // [ST][KT * LDS]
@@ -307,7 +330,7 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
     const int start_pos = valid ? a.seq_info[3 * s + 2] : 0;
     const bool work = valid && q0 >= 0 && q0 < nrows;
     const int nkeys =
-        work ? min(start_pos + min(q0 + PF_M, nrows), (int)(a.bt_stride * a.block_size)) : 0;
+        work ? min(start_pos + min(q0 + M, nrows), (int)(a.bt_stride * a.block_size)) : 0;
     const int* bt_row = a.block_tables + (u64)(work ? s : 0) * a.bt_stride;
     if (work) {
         const int nblk = min((nkeys + (int)a.block_size - 1) >> a.bs_log2, PF_BT_SMEM);
@@ -327,7 +350,7 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
         const int c = threadIdx.x % CH;
         const bf16* qb = a.qkv + (u64)h * D + c * 8;
 #pragma unroll
-        for (int r = threadIdx.x / CH; r < PF_M; r += PF_THREADS / CH) {
+        for (int r = threadIdx.x / CH; r < M; r += PF_THREADS / CH) {
             const bool in = q0 + r < nrows;
             cp_async16(qsm + r * LDS + c * 8,
                        in ? qb + (u64)(row_start + q0 + r) * a.qkv_stride : a.qkv, in ? 16 : 0);
@@ -338,27 +361,29 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
     const u32 ks0 = FP8 ? smem_u32(raw) : smem_u32(ksm);
     load_kv_tile<D, KT, FP8>(ks0, sbt, bt_row, 0, nkeys, kvh, a);
 
-    const int wr0 = q0 + (int)warp * 32;  // the warp's first row within the chunk
+    const int wr0 = q0 + (int)warp * WR;  // the warp's first row within the chunk
     const bool warp_rows = wr0 < nrows;
     const int warp_min_pos = start_pos + min(wr0, last);
-    const int warp_max_pos = start_pos + min(wr0 + 31, last);
+    const int warp_max_pos = start_pos + min(wr0 + WR - 1, last);
     const int pos_g = start_pos + wr0 + gid, last_pos = start_pos + last;
     // This lane's ldmatrix addresses: Q (A operand: rows lane % 16, columns 8 (lane / 16)), K
     // (B operand, keys (lane % 8) + 8 (lane / 16), dims 8 ((lane / 8) % 2)) and V (transposed:
     // keys (lane % 8) + 8 ((lane / 8) % 2), dims 8 (lane / 16)), all of stage 0.
-    const u32 qa = smem_u32(qsm) + ((warp * 32 + (lane & 15)) * LDS + (lane >> 4) * 8) * 2;
+    const u32 qa = smem_u32(qsm) + ((warp * WR + (lane & 15)) * LDS + (lane >> 4) * 8) * 2;
     const u32 ka = smem_u32(ksm) +
                    (((lane & 7) + (lane >> 4) * 8) * LDS + ((lane >> 3) & 1) * 8) * 2;
     const u32 va = smem_u32(vsm) +
                    (((lane & 7) + ((lane >> 3) & 1) * 8) * LDS + (lane >> 4) * 8) * 2;
 
-    float o[2][D / 8][4];
+    float o[MT][D / 8][4];
+    float m[MT][2], l[MT][2];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
         for (int i = 0; i < D / 8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
-    float m[2][2] = {{NEG_INF, NEG_INF}, {NEG_INF, NEG_INF}};
-    float l[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+        m[mt][0] = m[mt][1] = NEG_INF;
+        l[mt][0] = l[mt][1] = 0.f;
+    }
 
     for (int kt = 0; kt < ntiles; ++kt) {
         const int kbase = kt * KT, st = kt & 1;
@@ -385,10 +410,10 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
         const u32 so = FP8 ? 0 : st * SM::KV * 2;
         if (warp_rows && kbase <= warp_max_pos) {  // else every key is masked for this warp
             if (kbase + KT - 1 > warp_min_pos)
-                prefill_tile<D, KT, true>(qa, ka + so, va + so, o, m, l, kbase, pos_g, last_pos,
+                prefill_tile<D, KT, MT, true>(qa, ka + so, va + so, o, m, l, kbase, pos_g, last_pos,
                                           a.scale_log2);
             else
-                prefill_tile<D, KT, false>(qa, ka + so, va + so, o, m, l, kbase, pos_g,
+                prefill_tile<D, KT, MT, false>(qa, ka + so, va + so, o, m, l, kbase, pos_g,
                                            last_pos, a.scale_log2);
         }
         // The next iteration's copies go to this stage, so its reads must end first. Not with
@@ -404,11 +429,11 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
     asm volatile("cp.async.wait_group 0;\n" ::);
     if (!warp_rows) return;
 
-    // Normalize, stage the warp's 32 rows in its own Q rows (only this warp reads them; the
+    // Normalize, stage the warp's WR rows in its own Q rows (only this warp reads them; the
     // loop's last barrier ordered its last reads), then write them out 16 bytes a lane.
-    bf16* ow = qsm + warp * 32 * LDS;
+    bf16* ow = qsm + warp * WR * LDS;
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
+    for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             float li = l[mt][i];
@@ -427,7 +452,7 @@ __device__ __forceinline__ void prefill_impl(const PrefillArgs& a) {
     const u64 ostride = (u64)a.H * D;
     bf16* ob = a.out + (u64)h * D;
 #pragma unroll
-    for (int i = lane; i < 32 * CH; i += 32) {
+    for (int i = lane; i < WR * CH; i += 32) {
         const int r = i / CH, c = i % CH;
         if (wr0 + r < nrows)
             *(uint4*)(ob + (u64)(row_start + wr0 + r) * ostride + c * 8) =
@@ -468,4 +493,40 @@ extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_fp8_d64_k
 
 extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_fp8_d128_k32(PrefillArgs a) {
     prefill_impl<128, 32, true>(a);
+}
+
+// 64 query rows a tile (MT = 1: one m16 tile a warp), for steps whose prefill would give the
+// 128-row kernels at most one CTA an SM (prefill_tile_rows in attention.rs; see the header).
+extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d64_m64(PrefillArgs a) {
+    prefill_impl<64, 64, false, 1>(a);
+}
+
+extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d128_m64(PrefillArgs a) {
+    prefill_impl<128, 64, false, 1>(a);
+}
+
+extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d64_k32_m64(PrefillArgs a) {
+    prefill_impl<64, 32, false, 1>(a);
+}
+
+extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_d128_k32_m64(PrefillArgs a) {
+    prefill_impl<128, 32, false, 1>(a);
+}
+
+extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_fp8_d64_m64(PrefillArgs a) {
+    prefill_impl<64, 64, true, 1>(a);
+}
+
+extern "C" __global__ void __launch_bounds__(PF_THREADS) paged_prefill_fp8_d128_m64(PrefillArgs a) {
+    prefill_impl<128, 64, true, 1>(a);
+}
+
+extern "C" __global__ void __launch_bounds__(PF_THREADS)
+    paged_prefill_fp8_d64_k32_m64(PrefillArgs a) {
+    prefill_impl<64, 32, true, 1>(a);
+}
+
+extern "C" __global__ void __launch_bounds__(PF_THREADS)
+    paged_prefill_fp8_d128_k32_m64(PrefillArgs a) {
+    prefill_impl<128, 32, true, 1>(a);
 }

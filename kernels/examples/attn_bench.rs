@@ -3,17 +3,86 @@
 //! (max_ctx = context), the small batches 1-16 at 1k/4k as the engine launches them (max_ctx
 //! 8192, Llama-3-8B's, so the grid is sized for 8k and the kernel splits by actual length), the
 //! same decode shapes again over an fp8 (e4m3) cache (`--kv-cache-dtype fp8`: half the bytes),
-//! and causal prefill attention over one sequence of 512, 2k and 8k tokens and over 4 chunks of 1k
-//! after 1k cached tokens each, with the device's own key tile (64 keys where shared memory
-//! allows) and again with 32-key tiles (what sm_86 / sm_89 GPUs run at D = 128). Times are per call, medians over samples of back-to-back calls
-//! timed with CUDA events after warm-up, on random inputs; small cases rotate over several block
-//! sets so repeats do not measure L2. Usage: `attn_bench [ptx-cache-dir]`; prints a table.
+//! and causal prefill attention over short prompts as ShareGPT steps prefill them (1 x 200,
+//! 3 x 150, 1 x 512 tokens), one sequence of 2k and 8k tokens and 4 chunks of 1k after 1k cached
+//! tokens each, with the device's own key tile (64 keys where shared memory allows) and again
+//! with 32-key tiles (what sm_86 / sm_89 GPUs run at D = 128). Times are per call, medians over
+//! samples of back-to-back calls timed with CUDA events after warm-up, on random inputs; small
+//! cases rotate over several block sets so repeats do not measure L2. Usage:
+//! `attn_bench [ptx-cache-dir]`; prints a table.
+//!
+//! Environment:
+//! - `ATTN_BENCH_PREFILL_TILE`: the prefill tile sizes to time, comma-separated, each `auto`
+//!   (the size the kernels pick for the step, as the shard launches: 64 query rows a tile for
+//!   short prompts, 128 otherwise), `128` or `64` (forced); default `auto`. E.g.
+//!   `ATTN_BENCH_PREFILL_TILE=128,64,auto` for an A/B of the tile sizes on every prefill shape
+//!   (the `vs` column: TFLOP/s against the first size listed, same shape and key tile).
+//! - `ATTN_BENCH_PREFILL_ONLY=1`: only the prefill tables (no copy bandwidth, decode or sample).
 
 mod common;
 
 use common::{Bench, Res};
 use cudarc::driver::CudaSlice;
 use pagedserve_kernels::{F8E4M3, KvElem, decode_partition, decode_workspace_len, prefill_tiles};
+
+/// A prefill tile size to time: the kernels' own per-step choice, or forced rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tile {
+    Auto,
+    Rows(usize),
+}
+
+impl Tile {
+    /// The rows of a launch over `tokens` prefill rows.
+    fn rows(self, b: &Bench, tokens: usize) -> usize {
+        match self {
+            Tile::Auto => b.k.prefill_tile_rows(tokens, H),
+            Tile::Rows(r) => r,
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Tile::Auto => "auto".into(),
+            Tile::Rows(r) => r.to_string(),
+        }
+    }
+}
+
+/// `ATTN_BENCH_PREFILL_TILE` (see the header): the tile sizes to time, in order.
+fn tile_modes() -> Res<Vec<Tile>> {
+    let Ok(list) = std::env::var("ATTN_BENCH_PREFILL_TILE") else {
+        return Ok(vec![Tile::Auto]);
+    };
+    let mut modes = Vec::new();
+    for m in list.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        modes.push(match m {
+            "auto" => Tile::Auto,
+            _ => match m.parse::<usize>() {
+                Ok(r) if pagedserve_kernels::PREFILL_TILE_ROWS.contains(&r) => Tile::Rows(r),
+                _ => {
+                    return Err(
+                        format!("ATTN_BENCH_PREFILL_TILE: {m:?} is not auto, 128 or 64").into(),
+                    );
+                }
+            },
+        });
+    }
+    if modes.is_empty() {
+        modes.push(Tile::Auto);
+    }
+    Ok(modes)
+}
+
+/// One prefill timing: the shape's name, key tile, tile-size mode and the rows it ran, (ms,
+/// TFLOP/s).
+struct PrefillRow {
+    name: &'static str,
+    kt: usize,
+    mode: Tile,
+    rows: usize,
+    r: (f64, f64),
+}
 
 const H: usize = 32;
 const KVH: usize = 8;
@@ -144,6 +213,7 @@ fn prefill_case<C: pagedserve_kernels::KvElem>(
     kv: &(CudaSlice<C>, CudaSlice<C>),
     pool: usize,
     seqs: &[(usize, usize)],
+    tile_rows: usize,
 ) -> Res<(f64, f64)> {
     let ctx = seqs.iter().map(|&(n, start)| n + start).max().unwrap_or(0);
     let bt_stride = ctx.div_ceil(BS);
@@ -163,7 +233,10 @@ fn prefill_case<C: pagedserve_kernels::KvElem>(
         info.push([row as i32, n as i32, start as i32]);
         row += n;
     }
-    let tiles: Vec<i32> = prefill_tiles(&info).into_iter().flatten().collect();
+    let tiles: Vec<i32> = prefill_tiles(&info, tile_rows)
+        .into_iter()
+        .flatten()
+        .collect();
     let (info, tiles) = (
         b.stream.clone_htod(&info.concat())?,
         b.stream.clone_htod(&tiles)?,
@@ -182,6 +255,7 @@ fn prefill_case<C: pagedserve_kernels::KvElem>(
             bt_stride,
             &info.as_view(),
             &tiles.as_view(),
+            tile_rows,
             H,
             KVH,
             D,
@@ -274,9 +348,78 @@ fn sample_case(
     Ok(ms * 1e3)
 }
 
+/// The prefill shapes: (name, (rows, earlier tokens) per sequence).
+const PREFILL_CASES: [(&str, &[(usize, usize)]); 6] = [
+    // Short prompts as ShareGPT steps prefill them (next to hundreds of decodes).
+    ("1 x 200", &[(200, 0)]),
+    ("3 x 150", &[(150, 0); 3]),
+    ("1 x 512", &[(512, 0)]),
+    ("1 x 2048", &[(2048, 0)]),
+    ("1 x 8192", &[(8192, 0)]),
+    ("4 x 1024 @1024", &[(1024, 1024); 4]),
+];
+
+/// Every prefill shape over `kv` (a cache of `C`), with the device's own key tile and then 32
+/// keys, each with every tile-size mode of `modes`, in that order.
+fn prefill_rows<C: KvElem>(
+    b: &Bench,
+    kv: &(CudaSlice<C>, CudaSlice<C>),
+    pool: usize,
+    modes: &[Tile],
+) -> Res<Vec<PrefillRow>> {
+    let own_kt = b.k.prefill_key_tile_for(C::DTYPE, D).unwrap_or(0);
+    let mut out = Vec::new();
+    for kt in [None, Some(32)] {
+        b.k.set_prefill_key_tile(kt)?;
+        for (name, seqs) in PREFILL_CASES {
+            let tokens = seqs.iter().map(|s| s.0).sum();
+            for &mode in modes {
+                let rows = mode.rows(b, tokens);
+                let r = prefill_case(b, kv, pool, seqs, rows)?;
+                out.push(PrefillRow {
+                    name,
+                    kt: kt.unwrap_or(own_kt),
+                    mode,
+                    rows,
+                    r,
+                });
+            }
+        }
+    }
+    b.k.set_prefill_key_tile(None)?;
+    Ok(out)
+}
+
+/// Prints one prefill table; `vs`: each row's TFLOP/s against `base(i)`'s (in percent).
+fn print_prefill(rows: &[PrefillRow], vs: &str, base: impl Fn(usize) -> f64) {
+    println!(
+        "{:>16} {:>3} {:>5} {:>4} {:>10} {:>9} {:>8}",
+        "sequences", "KT", "tile", "rows", "time_ms", "TFLOP/s", vs
+    );
+    for (i, p) in rows.iter().enumerate() {
+        let (ms, tf) = p.r;
+        let pct = 100.0 * tf / base(i);
+        println!(
+            "{:>16} {:>3} {:>5} {:>4} {ms:>10.3} {tf:>9.1} {pct:>7.1}%",
+            p.name,
+            p.kt,
+            p.mode.label(),
+            p.rows
+        );
+    }
+}
+
 fn main() -> Res<()> {
     let cache = std::env::args().nth(1).map(std::path::PathBuf::from);
     let b = Bench::new(cache.as_deref(), REPS)?;
+    let modes = tile_modes()?;
+    let prefill_only = std::env::var("ATTN_BENCH_PREFILL_ONLY").is_ok_and(|v| v == "1");
+    if prefill_only {
+        let (prefill, prefill8) = prefill_tables(&b, &modes)?;
+        println!("\n== attn_bench ({}, {}) ==", b.ctx.name()?, b.k.arch());
+        print_prefill_tables(&prefill, &prefill8, modes.len());
+        return Ok(());
+    }
     let copy = b.copy_bandwidth()?;
     let pool = 128 * 16384 / BS; // blocks for the largest case
     let n = pool * KVH * BS * D;
@@ -310,42 +453,8 @@ fn main() -> Res<()> {
         fp8_rows.push(decode_case(&b, &kv8, pool, r.ctx, r.max_ctx, r.batch)?);
     }
     drop(kv8);
-    // One sequence of 512 / 2k / 8k tokens, and 4 chunks of 1024 rows after 1024 cached tokens.
-    let prefill_cases: [(&str, Vec<(usize, usize)>); 4] = [
-        ("1 x 512", vec![(512, 0)]),
-        ("1 x 2048", vec![(2048, 0)]),
-        ("1 x 8192", vec![(8192, 0)]),
-        ("4 x 1024 @1024", vec![(1024, 1024); 4]),
-    ];
-    // The device's own key tile first, then 32-key tiles forced.
-    let own_kt = b.k.prefill_key_tile(D).unwrap_or(0);
-    let mut prefill = Vec::new();
-    for kt in [None, Some(32)] {
-        b.k.set_prefill_key_tile(kt)?;
-        for (name, seqs) in &prefill_cases {
-            let r = prefill_case(&b, &kv, pool, seqs)?;
-            prefill.push((name, kt.unwrap_or(own_kt), r));
-        }
-    }
-    b.k.set_prefill_key_tile(None)?;
-    // The same over an fp8 (e4m3) cache: its own smaller pool (8192 tokens' blocks, twice over),
-    // each case's blocks shuffled as above.
-    let pool8 = 2 * 8192 / BS;
-    let kv8 = (
-        prefill_fp8_cache(&b, pool8, 41)?,
-        prefill_fp8_cache(&b, pool8, 42)?,
-    );
-    let fp8 = pagedserve_kernels::KvDtype::Fp8E4m3;
-    let own_kt8 = b.k.prefill_key_tile_for(fp8, D).unwrap_or(0);
-    let mut prefill8 = Vec::new();
-    for kt in [None, Some(32)] {
-        b.k.set_prefill_key_tile(kt)?;
-        for (name, seqs) in &prefill_cases {
-            let r = prefill_case(&b, &kv8, pool8, seqs)?;
-            prefill8.push((name, kt.unwrap_or(own_kt8), r));
-        }
-    }
-    b.k.set_prefill_key_tile(None)?;
+    drop(kv);
+    let (prefill, prefill8) = prefill_tables(&b, &modes)?;
     let modes = [
         ("greedy", 0.0, 0, 1.0),
         ("temperature", 0.8, 0, 1.0),
@@ -419,35 +528,44 @@ fn main() -> Res<()> {
             r16.us / r.us
         );
     }
-    println!(
-        "prefill attention, causal, H=32 KVH=8 D=128 block 16 (rows x tokens @earlier tokens; \
-         flops = 4*H*D*causal pairs):"
-    );
-    println!(
-        "{:>16} {:>3} {:>10} {:>9} {:>8}",
-        "sequences", "KT", "time_ms", "TFLOP/s", "vs own"
-    );
-    for (i, &(name, kt, (ms, tf))) in prefill.iter().enumerate() {
-        // TFLOP/s against the same shape with the device's own key tile.
-        let own = prefill[i % prefill_cases.len()].2.1;
-        let pct = 100.0 * tf / own;
-        println!("{name:>16} {kt:>3} {ms:>10.3} {tf:>9.1} {pct:>7.1}%");
-    }
-    println!(
-        "prefill attention over an fp8 (e4m3) cache, same shapes (vs bf16: TFLOP/s against the \
-         bf16 row of the same shape and key-tile mode):"
-    );
-    println!(
-        "{:>16} {:>3} {:>10} {:>9} {:>8}",
-        "sequences", "KT", "time_ms", "TFLOP/s", "vs bf16"
-    );
-    for (&(name, kt, (ms, tf)), bf) in prefill8.iter().zip(&prefill) {
-        let pct = 100.0 * tf / bf.2.1;
-        println!("{name:>16} {kt:>3} {ms:>10.3} {tf:>9.1} {pct:>7.1}%");
-    }
+    print_prefill_tables(&prefill, &prefill8, modes.len());
     println!("sample over a 128256-token vocabulary:");
     for (name, batch, us) in samples {
         println!("{name:>29} batch {batch:>4}: {us:>8.1} us");
     }
     Ok(())
+}
+
+/// The prefill rows over a bf16 cache, then over an fp8 (e4m3) one (each its own pool of 8192
+/// tokens' blocks, twice over), each case's blocks shuffled.
+fn prefill_tables(b: &Bench, modes: &[Tile]) -> Res<(Vec<PrefillRow>, Vec<PrefillRow>)> {
+    let pool = 2 * 8192 / BS; // twice the blocks of the largest case (8192 tokens)
+    let n = pool * KVH * BS * D;
+    let kv = (b.random_bf16(n, 21, 1.0)?, b.random_bf16(n, 22, 1.0)?);
+    let prefill = prefill_rows(b, &kv, pool, modes)?;
+    drop(kv);
+    let pool8 = 2 * 8192 / BS;
+    let kv8 = (
+        prefill_fp8_cache(b, pool8, 41)?,
+        prefill_fp8_cache(b, pool8, 42)?,
+    );
+    let prefill8 = prefill_rows(b, &kv8, pool8, modes)?;
+    Ok((prefill, prefill8))
+}
+
+/// Both prefill tables: bf16 (`vs`: against the first tile-size mode of the same shape and key
+/// tile), then fp8 (`vs`: against the bf16 row of the same shape, key tile and mode).
+fn print_prefill_tables(prefill: &[PrefillRow], prefill8: &[PrefillRow], modes: usize) {
+    println!(
+        "prefill attention, causal, H=32 KVH=8 D=128 block 16 (rows x tokens @earlier tokens; \
+         flops = 4*H*D*causal pairs; tile: the tile-size mode, rows: the query rows a tile it ran):"
+    );
+    print_prefill(prefill, "vs 1st", |i| prefill[i - i % modes].r.1);
+    println!(
+        "prefill attention over an fp8 (e4m3) cache, same shapes (vs 1st: against the first \
+         tile-size mode, vs bf16: against the bf16 row of the same shape, key tile and mode):"
+    );
+    print_prefill(prefill8, "vs 1st", |i| prefill8[i - i % modes].r.1);
+    println!("fp8 against bf16:");
+    print_prefill(prefill8, "vs bf16", |i| prefill[i].r.1);
 }

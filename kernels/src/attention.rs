@@ -25,7 +25,16 @@ pub const DECODE_PARTITION_SMALL: usize = 64;
 /// combine (H200, Llama-3-8B heads: 84.9% vs 79.3% of copy bandwidth at 4k x 128).
 pub const DECODE_PARTITION_LARGE: usize = 512;
 /// Query rows per prefill tile of [`prefill_tiles`] (PF_M in prefill_attention.cu): one CTA.
+/// The default; steps with little prefill take [`PREFILL_TILE_SMALL`] (see [`prefill_tile_rows`]).
 pub const PREFILL_TILE: usize = 128;
+/// Query rows per prefill tile of the `_m64` kernels (one m16 tile a warp instead of two), for
+/// steps whose prefill would leave the GPU mostly idle with 128-row tiles.
+pub const PREFILL_TILE_SMALL: usize = 64;
+/// The query rows a prefill tile may have, the default first.
+pub const PREFILL_TILE_ROWS: [usize; 2] = [PREFILL_TILE, PREFILL_TILE_SMALL];
+/// 128-row CTAs an SM up to which a step's prefill takes 64-row tiles (see
+/// [`prefill_tile_rows`]).
+const PREFILL_SMALL_CTAS_PER_SM: usize = 1;
 /// Keys per K/V tile of the compiled prefill kernels (KT in prefill_attention.cu), the preferred
 /// first: 64 where the device's shared memory allows it, else 32 (see
 /// [`Kernels::set_prefill_key_tile`]).
@@ -125,21 +134,51 @@ pub fn decode_workspace_len(
     largest + num_seqs * num_heads
 }
 
+/// Query rows per prefill tile (one of [`PREFILL_TILE_ROWS`]) for a step whose prefill chunks
+/// hold `prefill_tokens` rows in all, over `num_heads` query heads (of this GPU), on a GPU of
+/// `sm_count` SMs: [`PREFILL_TILE_SMALL`] when the 128-row grid, `ceil(prefill_tokens / 128) x
+/// num_heads` CTAs, would be at most one CTA an SM, else [`PREFILL_TILE`].
+///
+/// Why: a prefill CTA is 4 warps, and at D = 128 an SM holds two of them (shared memory, ~90 to
+/// 108 KB a CTA, either tile size). With one CTA an SM or fewer, its 4 warps cannot hide their
+/// latency (1 x 512 tokens, 32 heads: 128 CTAs on an H100's 132 SMs, 68 TFLOP/s over an fp8
+/// cache against 250-290 for 2k-8k-token prompts). 64-row tiles double the CTAs, which still fit
+/// one wave (two an SM); past that bound the 128-row grid already fills both slots of most SMs,
+/// and doubling it would only add a wave of CTAs that reuse each K/V fragment half as much. The
+/// count is of the step's tokens, not of its per-sequence tiles, so that the launch can derive
+/// the same choice from the step's shape (rows less decode rows) as the host did from the
+/// sequence table: the two must agree, or rows go missing. On an H100 with 32 heads: up to 512
+/// prefill tokens a step (e.g. 1 x 512, 3 x 150, 1 x 200).
+pub fn prefill_tile_rows(prefill_tokens: usize, num_heads: usize, sm_count: usize) -> usize {
+    let ctas = prefill_tokens.div_ceil(PREFILL_TILE) * num_heads;
+    if ctas <= PREFILL_SMALL_CTAS_PER_SM * sm_count {
+        PREFILL_TILE_SMALL
+    } else {
+        PREFILL_TILE
+    }
+}
+
 /// The prefill tiles `(seq index, first query row within the chunk)` for `seq_info` rows
-/// `(row_start, num_rows, start_pos)`: PREFILL_TILE rows each, the tiles with the most keys
-/// first so the long ones start early and the grid's tail is short.
-pub fn prefill_tiles(seq_info: &[[i32; 3]]) -> Vec<[i32; 2]> {
+/// `(row_start, num_rows, start_pos)`: `tile_rows` rows each (one of [`PREFILL_TILE_ROWS`],
+/// from [`prefill_tile_rows`]; the launch must run the kernel of the same rows), the tiles with
+/// the most keys first so the long ones start early and the grid's tail is short.
+pub fn prefill_tiles(seq_info: &[[i32; 3]], tile_rows: usize) -> Vec<[i32; 2]> {
+    assert!(
+        PREFILL_TILE_ROWS.contains(&tile_rows),
+        "{tile_rows} rows a prefill tile: one of {PREFILL_TILE_ROWS:?}"
+    );
+    let m = tile_rows as i32;
     let mut tiles: Vec<[i32; 2]> = Vec::new();
     for (s, &[_, rows, _]) in seq_info.iter().enumerate() {
         let mut j = 0;
         while j < rows {
             tiles.push([s as i32, j]);
-            j += PREFILL_TILE as i32;
+            j += m;
         }
     }
     let keys = |t: &[i32; 2]| {
         let [_, rows, start] = seq_info[t[0] as usize];
-        start + rows.min(t[1] + PREFILL_TILE as i32)
+        start + rows.min(t[1] + m)
     };
     tiles.sort_by_key(|t| std::cmp::Reverse(keys(t)));
     tiles
@@ -180,35 +219,53 @@ const PREFILL_THREADS: u32 = 128;
 /// Block ids of a sequence staged in shared memory (PF_BT_SMEM).
 const PREFILL_BT_SMEM: usize = 1024;
 
-/// The prefill kernel for caches of `dtype`, head dim `head_dim` and `kt` keys a K/V tile:
-/// `paged_prefill[_fp8]_d{D}` for 64, `paged_prefill[_fp8]_d{D}_k{kt}` otherwise.
+/// The 128-row prefill kernel for caches of `dtype`, head dim `head_dim` and `kt` keys a K/V
+/// tile: `paged_prefill[_fp8]_d{D}` for 64, `paged_prefill[_fp8]_d{D}_k{kt}` otherwise.
 pub(crate) fn prefill_kernel_name(dtype: KvDtype, head_dim: usize, kt: usize) -> String {
-    let tag = dtype.tag();
-    if kt == PREFILL_KEY_TILES[0] {
-        format!("paged_prefill{tag}_d{head_dim}")
-    } else {
-        format!("paged_prefill{tag}_d{head_dim}_k{kt}")
-    }
+    prefill_kernel_name_rows(dtype, head_dim, kt, PREFILL_TILE)
 }
 
-/// Dynamic shared memory of the prefill kernel of `dtype`, `head_dim` and `kt` keys a tile
-/// (`PfSmem<D, KT, FP8>::BYTES`): Q of PREFILL_TILE rows and K and V stages of `kt` keys, rows
-/// padded to D + 8 bf16, then the staged block ids. A bf16 cache has two stages of K and V (its
-/// copies' pipeline); an fp8 cache one, into which the kernel widens each tile, then two stages
-/// of the raw e4m3 K and V tiles (`kt * D` bytes each) for its copies: `32 * kt` bytes less than
-/// a bf16 cache's kernel (106,496 B at D = 128, kt = 64).
-fn prefill_smem_bytes(dtype: KvDtype, head_dim: usize, kt: usize) -> usize {
+/// [`prefill_kernel_name`] for tiles of `rows` query rows: the 128-row name, with `_m{rows}`
+/// after it for other rows (`paged_prefill_fp8_d128_k32_m64`).
+pub(crate) fn prefill_kernel_name_rows(
+    dtype: KvDtype,
+    head_dim: usize,
+    kt: usize,
+    rows: usize,
+) -> String {
+    let tag = dtype.tag();
+    let k = if kt == PREFILL_KEY_TILES[0] {
+        String::new()
+    } else {
+        format!("_k{kt}")
+    };
+    let m = if rows == PREFILL_TILE {
+        String::new()
+    } else {
+        format!("_m{rows}")
+    };
+    format!("paged_prefill{tag}_d{head_dim}{k}{m}")
+}
+
+/// Dynamic shared memory of the prefill kernel of `dtype`, `head_dim`, `kt` keys a tile and
+/// `rows` query rows a tile (`PfSmem<D, KT, FP8, MT = rows / 64>::BYTES`): Q of `rows` rows and
+/// K and V stages of `kt` keys, rows padded to D + 8 bf16, then the staged block ids. A bf16
+/// cache has two stages of K and V (its copies' pipeline); an fp8 cache one, into which the
+/// kernel widens each tile, then two stages of the raw e4m3 K and V tiles (`kt * D` bytes each)
+/// for its copies: `32 * kt` bytes less than a bf16 cache's kernel (106,496 B at D = 128,
+/// kt = 64, 128 rows). 64 rows take `64 * (D + 8) * 2` bytes less (17,408 at D = 128).
+fn prefill_smem_bytes(dtype: KvDtype, head_dim: usize, kt: usize, rows: usize) -> usize {
     let (stages, raw) = match dtype {
         KvDtype::Bf16 => (2, 0),
         KvDtype::Fp8E4m3 => (1, 4 * kt * head_dim),
     };
-    (PREFILL_TILE + 2 * stages * kt) * (head_dim + 8) * 2 + PREFILL_BT_SMEM * 4 + raw
+    (rows + 2 * stages * kt) * (head_dim + 8) * 2 + PREFILL_BT_SMEM * 4 + raw
 }
 
-/// Whether the prefill kernel of `dtype`, `head_dim` and `kt` keys a tile fits `avail` bytes of
-/// dynamic shared memory per block.
+/// Whether the 128-row prefill kernel of `dtype`, `head_dim` and `kt` keys a tile fits `avail`
+/// bytes of dynamic shared memory per block (then so does its 64-row one, which needs less).
 fn key_tile_fits(dtype: KvDtype, head_dim: usize, kt: usize, avail: usize) -> bool {
-    prefill_smem_bytes(dtype, head_dim, kt) <= avail
+    prefill_smem_bytes(dtype, head_dim, kt, PREFILL_TILE) <= avail
 }
 
 /// The key tile a device with `avail` bytes of dynamic shared memory per block runs at
@@ -234,6 +291,11 @@ pub(crate) struct PrefillTiles {
     /// The key tile each (cache type, head dim) runs now (`default` unless a test or benchmark
     /// forced one).
     current: [[AtomicUsize; SUPPORTED_HEAD_DIMS.len()]; KV_DTYPES.len()],
+    /// The device's SMs, for [`prefill_tile_rows`].
+    sm_count: usize,
+    /// Query rows a tile forced by a test or benchmark for every step (0: per step, by
+    /// [`prefill_tile_rows`]).
+    forced_rows: AtomicUsize,
     device: usize,
     device_arch: String,
 }
@@ -254,6 +316,9 @@ impl PrefillTiles {
         let limit = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
             .max(0) as usize;
+        let sm_count = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
+            .max(1) as usize;
         let device = ctx.ordinal();
         let device_arch = crate::loader::device_arch(ctx)?;
         ctx.bind_to_thread()?;
@@ -262,16 +327,23 @@ impl PrefillTiles {
             static_bytes: Default::default(),
             default: Default::default(),
             current: Default::default(),
+            sm_count,
+            forced_rows: AtomicUsize::new(0),
             device,
             device_arch,
         };
         for (t, &dtype) in KV_DTYPES.iter().enumerate() {
             for (i, &d) in SUPPORTED_HEAD_DIMS.iter().enumerate() {
+                // (kt, rows, kernel) of every key tile and tile size.
                 let funcs = PREFILL_KEY_TILES
                     .iter()
-                    .map(|&kt| loaded.get(&prefill_kernel_name(dtype, d, kt)))
-                    .collect::<Result<Vec<_>, _>>()?;
-                for f in &funcs {
+                    .flat_map(|&kt| PREFILL_TILE_ROWS.map(|rows| (kt, rows)))
+                    .map(|(kt, rows)| {
+                        let f = loaded.get(&prefill_kernel_name_rows(dtype, d, kt, rows))?;
+                        Ok((kt, rows, f))
+                    })
+                    .collect::<Result<Vec<_>, KernelError>>()?;
+                for (_, _, f) in &funcs {
                     let b =
                         f.get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?;
                     tiles.static_bytes[t][i] = tiles.static_bytes[t][i].max(b.max(0) as usize);
@@ -281,12 +353,14 @@ impl PrefillTiles {
                 tiles.default[t][i] =
                     default_key_tile(dtype, d, avail).ok_or_else(|| tiles.too_big(t, i, last))?;
                 tiles.current[t][i].store(tiles.default[t][i], Ordering::Relaxed);
-                for (&kt, f) in PREFILL_KEY_TILES.iter().zip(&funcs) {
+                for (kt, rows, f) in funcs {
+                    // A key tile runs where its 128-row kernel fits (key_tile_fits), with
+                    // either tile size; the 64-row kernel needs less.
                     if key_tile_fits(dtype, d, kt, avail) {
                         // Over the 48 KB default: allowed per function, up to the opt-in limit.
                         f.set_attribute(
                             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                            prefill_smem_bytes(dtype, d, kt) as i32,
+                            prefill_smem_bytes(dtype, d, kt, rows) as i32,
                         )?;
                     }
                 }
@@ -316,7 +390,7 @@ impl PrefillTiles {
         let (dtype, d) = (KV_DTYPES[t], SUPPORTED_HEAD_DIMS[i]);
         KernelError::SharedMemory {
             kernel: prefill_kernel_name(dtype, d, kt),
-            need: prefill_smem_bytes(dtype, d, kt) + self.static_bytes[t][i],
+            need: prefill_smem_bytes(dtype, d, kt, PREFILL_TILE) + self.static_bytes[t][i],
             device: self.device,
             arch: self.device_arch.clone(),
             limit: self.limit,
@@ -450,6 +524,37 @@ impl Kernels {
         for cur in p.current.iter().flatten() {
             cur.store(kt, Ordering::Relaxed);
         }
+        Ok(())
+    }
+
+    /// Query rows a prefill tile for a step whose prefill chunks hold `prefill_tokens` rows in
+    /// all over `num_heads` query heads: [`prefill_tile_rows`] with this device's SM count, or
+    /// what [`Kernels::set_prefill_tile_rows`] forced. The tile list ([`prefill_tiles`]) and the
+    /// launch ([`Kernels::paged_prefill_attention`]'s `tile_rows`) must both take this value.
+    pub fn prefill_tile_rows(&self, prefill_tokens: usize, num_heads: usize) -> usize {
+        match self.prefill.forced_rows.load(Ordering::Relaxed) {
+            0 => prefill_tile_rows(prefill_tokens, num_heads, self.prefill.sm_count),
+            rows => rows,
+        }
+    }
+
+    /// The device's SM count, as [`Kernels::prefill_tile_rows`] uses it.
+    pub fn sm_count(&self) -> usize {
+        self.prefill.sm_count
+    }
+
+    /// For tests and benchmarks: makes [`Kernels::prefill_tile_rows`] return `rows` (one of
+    /// [`PREFILL_TILE_ROWS`]) for every step, or with `None` choose per step again. `Err(Shape)`
+    /// for other rows (nothing changes). Only the choice changes: a launch runs the kernel of
+    /// the `tile_rows` it is given.
+    pub fn set_prefill_tile_rows(&self, rows: Option<usize>) -> Result<(), KernelError> {
+        let rows = rows.unwrap_or(0);
+        ensure(
+            "set_prefill_tile_rows",
+            rows == 0 || PREFILL_TILE_ROWS.contains(&rows),
+            || format!("{rows} rows a tile: one of {PREFILL_TILE_ROWS:?}"),
+        )?;
+        self.prefill.forced_rows.store(rows, Ordering::Relaxed);
         Ok(())
     }
 
@@ -606,11 +711,13 @@ impl Kernels {
     /// `(row_start, num_rows, start_pos)` per sequence; query row j of sequence s is row
     /// `row_start + j` of `qkv`/`out`, sits at position `start_pos + j` and attends to cached
     /// keys `0..=start_pos + j` through row s of `block_tables`. `tiles` i32 `[num_tiles, 2]`
-    /// comes from [`prefill_tiles`] (uploaded). The host must keep rows and positions within
-    /// the buffers; the kernel clamps keys to the block-table width. Runs
-    /// `paged_prefill_d{D}` (64 keys a step) or, where the device's shared memory is too small
-    /// for it, `paged_prefill_d{D}_k32` ([`Kernels::prefill_key_tile`]): one CTA of 128 query
-    /// rows (a tile) x one head.
+    /// comes from [`prefill_tiles`] (uploaded) with tiles of `tile_rows` query rows (128 or 64,
+    /// from [`Kernels::prefill_tile_rows`]: the list and the launch must agree, or rows are left
+    /// unwritten). The host must keep rows and positions within the buffers; the kernel clamps
+    /// keys to the block-table width. Runs `paged_prefill_d{D}` (64 keys a step) or, where the
+    /// device's shared memory is too small for it, `paged_prefill_d{D}_k32`
+    /// ([`Kernels::prefill_key_tile`]), with `_m64` after the name for 64-row tiles: one CTA of
+    /// `tile_rows` query rows (a tile) x one head.
     #[allow(clippy::too_many_arguments)]
     pub fn paged_prefill_attention<C: KvElem>(
         &self,
@@ -624,6 +731,7 @@ impl Kernels {
         bt_stride: usize,
         seq_info: &CudaView<'_, i32>,
         tiles: &CudaView<'_, i32>,
+        tile_rows: usize,
         num_heads: usize,
         num_kv_heads: usize,
         head_dim: usize,
@@ -631,6 +739,9 @@ impl Kernels {
         scale: f32,
     ) -> Result<(), KernelError> {
         const K: &str = "paged_prefill_attention";
+        ensure(K, PREFILL_TILE_ROWS.contains(&tile_rows), || {
+            format!("{tile_rows} rows a tile: one of {PREFILL_TILE_ROWS:?}")
+        })?;
         let (_, num_blocks) = check_heads_and_cache(
             K,
             num_heads,
@@ -693,8 +804,8 @@ impl Kernels {
         let kt = self
             .prefill_key_tile_for(C::DTYPE, head_dim)
             .ok_or_else(|| KernelError::shape(K, format!("head_dim {head_dim}")))?;
-        let smem = prefill_smem_bytes(C::DTYPE, head_dim, kt) as u32;
-        let func = self.func(&prefill_kernel_name(C::DTYPE, head_dim, kt))?;
+        let smem = prefill_smem_bytes(C::DTYPE, head_dim, kt, tile_rows) as u32;
+        let func = self.func(&prefill_kernel_name_rows(C::DTYPE, head_dim, kt, tile_rows))?;
         let mut b = self.dependent_launch_of(stream, func);
         b.arg(&args);
         let cfg = LaunchConfig {
@@ -723,14 +834,13 @@ mod tests {
         assert_eq!(decode_grid_z(0, 8, 16, 528), 16);
     }
 
-    #[test]
-    fn prefill_tiles_cover_every_row_once_heaviest_first() {
-        let info = [[0, 130, 0], [130, 1, 500], [131, 64, 10]];
-        let tiles = prefill_tiles(&info);
+    /// The rows each tile of `tiles_of` covers, sorted, against every row of `info` once.
+    fn assert_tiles_cover(info: &[[i32; 3]], tiles: &[[i32; 2]], m: usize) {
         let mut rows: Vec<(i32, i32)> = Vec::new();
-        for &[s, j] in &tiles {
+        for &[s, j] in tiles {
             let [_, n, _] = info[s as usize];
-            rows.extend((j..n.min(j + PREFILL_TILE as i32)).map(|r| (s, r)));
+            assert_eq!(j % m as i32, 0, "tile start {j} off the {m}-row grid");
+            rows.extend((j..n.min(j + m as i32)).map(|r| (s, r)));
         }
         rows.sort_unstable();
         let want: Vec<(i32, i32)> = info
@@ -738,11 +848,116 @@ mod tests {
             .enumerate()
             .flat_map(|(s, &[_, n, _])| (0..n).map(move |r| (s as i32, r)))
             .collect();
-        assert_eq!(rows, want);
+        assert_eq!(rows, want, "{m}-row tiles");
+    }
+
+    /// Keys of the last row of each tile, in list order: nonincreasing (heaviest first).
+    fn assert_heaviest_first(info: &[[i32; 3]], tiles: &[[i32; 2]], m: i32) {
+        let keys: Vec<i32> = tiles
+            .iter()
+            .map(|&[s, j]| {
+                let [_, n, start] = info[s as usize];
+                start + n.min(j + m)
+            })
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] >= w[1]), "{keys:?}");
+    }
+
+    #[test]
+    fn prefill_tiles_cover_every_row_once_heaviest_first() {
+        let info = [[0, 130, 0], [130, 1, 500], [131, 64, 10]];
+        let tiles = prefill_tiles(&info, PREFILL_TILE);
+        assert_tiles_cover(&info, &tiles, PREFILL_TILE);
+        assert_heaviest_first(&info, &tiles, 128);
+        assert_eq!(tiles.len(), 4);
         assert_eq!(
             tiles[0],
             [1, 0],
             "the 501-key tile of sequence 1 goes first"
+        );
+    }
+
+    #[test]
+    fn prefill_tiles_of_64_rows() {
+        // Lengths off the 16- and 64-row grids, a 1-row chunk, later chunks.
+        let info = [
+            [0, 130, 0],
+            [130, 1, 500],
+            [131, 64, 10],
+            [195, 65, 0],
+            [260, 17, 3],
+            [277, 63, 200],
+            [340, 200, 0],
+        ];
+        let tiles = prefill_tiles(&info, PREFILL_TILE_SMALL);
+        assert_tiles_cover(&info, &tiles, PREFILL_TILE_SMALL);
+        assert_heaviest_first(&info, &tiles, 64);
+        // ceil(rows / 64) each: 3 + 1 + 1 + 2 + 1 + 1 + 4.
+        assert_eq!(tiles.len(), 13);
+        assert_eq!(tiles[0], [1, 0], "501 keys");
+        assert_eq!(tiles[1], [5, 0], "263 keys");
+        // The 128-row list of the same step: ceil(rows / 128) each, at most half as many + 1 a
+        // sequence.
+        let big = prefill_tiles(&info, PREFILL_TILE);
+        assert_tiles_cover(&info, &big, PREFILL_TILE);
+        assert_eq!(big.len(), 2 + 1 + 1 + 1 + 1 + 1 + 2);
+        assert!(prefill_tiles(&[], PREFILL_TILE_SMALL).is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "rows a prefill tile")]
+    fn prefill_tiles_refuse_other_tile_sizes() {
+        prefill_tiles(&[[0, 10, 0]], 32);
+    }
+
+    #[test]
+    fn prefill_tile_rows_take_64_while_the_128_row_grid_is_one_cta_an_sm() {
+        // H100: 132 SMs; Llama-3-8B: 32 query heads (16 a GPU with tensor parallelism 2).
+        let (sms, h) = (132, 32);
+        for tokens in [1, 2, 17, 63, 64, 65, 128, 150, 200, 450, 511, 512] {
+            assert_eq!(prefill_tile_rows(tokens, h, sms), 64, "{tokens} tokens");
+        }
+        // 5 x 128 rows x 32 heads = 160 CTAs > 132: 128-row tiles.
+        for tokens in [513, 640, 1024, 2048, 8192, 1 << 20] {
+            assert_eq!(prefill_tile_rows(tokens, h, sms), 128, "{tokens} tokens");
+        }
+        // Fewer heads a GPU: more tokens before the 128-row grid covers the SMs.
+        assert_eq!(prefill_tile_rows(1024, 16, sms), 64);
+        assert_eq!(prefill_tile_rows(1152, 16, sms), 128);
+        // A smaller GPU (L4: 58 SMs): one 128-row tile x 32 heads fits, two do not.
+        assert_eq!(prefill_tile_rows(128, h, 58), 64);
+        assert_eq!(prefill_tile_rows(129, h, 58), 128);
+        // Exactly at the bound: 132 CTAs of 128 rows with 33 heads x 4 tiles.
+        assert_eq!(prefill_tile_rows(512, 33, 132), 64);
+        assert_eq!(prefill_tile_rows(513, 33, 132), 128);
+        // Every choice is a tile size with kernels.
+        for tokens in 0..3000 {
+            assert!(PREFILL_TILE_ROWS.contains(&prefill_tile_rows(tokens, h, sms)));
+        }
+    }
+
+    #[test]
+    fn prefill_kernel_names_carry_the_tile_rows() {
+        let (b, f) = (KvDtype::Bf16, KvDtype::Fp8E4m3);
+        assert_eq!(
+            prefill_kernel_name_rows(b, 128, 64, 128),
+            "paged_prefill_d128"
+        );
+        assert_eq!(
+            prefill_kernel_name_rows(b, 128, 64, 64),
+            "paged_prefill_d128_m64"
+        );
+        assert_eq!(
+            prefill_kernel_name_rows(b, 64, 32, 64),
+            "paged_prefill_d64_k32_m64"
+        );
+        assert_eq!(
+            prefill_kernel_name_rows(f, 128, 32, 64),
+            "paged_prefill_fp8_d128_k32_m64"
+        );
+        assert_eq!(
+            prefill_kernel_name_rows(f, 64, 64, 128),
+            prefill_kernel_name(f, 64, 64)
         );
     }
 
@@ -752,6 +967,7 @@ mod tests {
         for line in [
             format!("#define PF_M {PREFILL_TILE}"),
             format!("#define PF_THREADS {PREFILL_THREADS}"),
+            "#define PF_WARPS (PF_THREADS / 32)".to_string(),
         ] {
             assert!(
                 src.lines().any(|l| l.trim() == line),
@@ -759,7 +975,15 @@ mod tests {
             );
         }
         assert!(src.contains(&format!("#define PF_BT_SMEM {PREFILL_BT_SMEM} ")));
-        // Each kernel name instantiates its head dim, key tile and cache type (`true`: fp8).
+        // Each kernel name instantiates its head dim, key tile and cache type (`true`: fp8);
+        // the 64-row ones MT = 1 (rows = 64 MT: PfSmem's M = PF_WARPS x 16 x MT), the 128-row
+        // ones the default MT = 2.
+        assert_eq!(PREFILL_THREADS as usize / 32 * 16 * 2, PREFILL_TILE);
+        assert_eq!(PREFILL_THREADS as usize / 32 * 16, PREFILL_TILE_SMALL);
+        assert!(
+            src.lines().any(|l| l.trim()
+                == "static constexpr int M = PF_WARPS * 16 * MT;  // query rows a tile")
+        );
         for dtype in KV_DTYPES {
             let fp8 = match dtype {
                 KvDtype::Bf16 => "",
@@ -767,17 +991,20 @@ mod tests {
             };
             for d in SUPPORTED_HEAD_DIMS {
                 for kt in PREFILL_KEY_TILES {
-                    let name = prefill_kernel_name(dtype, d, kt);
-                    let def = src
-                        .split(&format!(" {name}(PrefillArgs a) {{"))
-                        .nth(1)
-                        .unwrap_or_else(|| panic!("{name} not in the source"));
-                    let body = def.split('}').next().unwrap_or_default();
-                    assert_eq!(
-                        body.trim(),
-                        format!("prefill_impl<{d}, {kt}{fp8}>(a);"),
-                        "{name}"
-                    );
+                    for rows in PREFILL_TILE_ROWS {
+                        let name = prefill_kernel_name_rows(dtype, d, kt, rows);
+                        let def = src
+                            .split(&format!(" {name}(PrefillArgs a) {{"))
+                            .nth(1)
+                            .unwrap_or_else(|| panic!("{name} not in the source"));
+                        let body = def.split('}').next().unwrap_or_default();
+                        let args = match (rows, dtype) {
+                            (PREFILL_TILE, _) => format!("{d}, {kt}{fp8}"),
+                            (_, KvDtype::Bf16) => format!("{d}, {kt}, false, {}", rows / 64),
+                            (_, KvDtype::Fp8E4m3) => format!("{d}, {kt}, true, {}", rows / 64),
+                        };
+                        assert_eq!(body.trim(), format!("prefill_impl<{args}>(a);"), "{name}");
+                    }
                 }
             }
         }
@@ -794,12 +1021,29 @@ mod tests {
                 "{line} not in the source"
             );
         }
+        // Q is the only part PfSmem sizes by MT.
+        assert!(
+            src.lines()
+                .any(|l| l.trim() == "static constexpr int Q = M * LDS;")
+        );
         // 106 KB for D = 128: two CTAs fit an H100 SM (228 KB), none an sm_86 / sm_89 block
         // (99 KB opt-in); 72 KB with 32-key tiles.
-        assert_eq!(prefill_smem_bytes(KvDtype::Bf16, 128, 64), 108_544);
-        assert_eq!(prefill_smem_bytes(KvDtype::Bf16, 64, 64), 59_392);
-        assert_eq!(prefill_smem_bytes(KvDtype::Bf16, 128, 32), 73_728);
-        assert_eq!(prefill_smem_bytes(KvDtype::Bf16, 64, 32), 40_960);
+        let b = KvDtype::Bf16;
+        assert_eq!(prefill_smem_bytes(b, 128, 64, 128), 108_544);
+        assert_eq!(prefill_smem_bytes(b, 64, 64, 128), 59_392);
+        assert_eq!(prefill_smem_bytes(b, 128, 32, 128), 73_728);
+        assert_eq!(prefill_smem_bytes(b, 64, 32, 128), 40_960);
+        // 64 rows: 64 x (D + 8) x 2 bytes less Q. At D = 128, KT = 64: 91,136 B, still two CTAs
+        // an H100 SM (and within a 99 KB card's limit, though those run KT = 32).
+        for (d, kt) in [(128, 64), (64, 64), (128, 32), (64, 32)] {
+            assert_eq!(
+                prefill_smem_bytes(b, d, kt, 64),
+                prefill_smem_bytes(b, d, kt, 128) - 64 * (d + 8) * 2
+            );
+        }
+        assert_eq!(prefill_smem_bytes(b, 128, 64, 64), 91_136);
+        assert_eq!(prefill_smem_bytes(b, 128, 32, 64), 56_320);
+        assert!(2 * (prefill_smem_bytes(b, 128, 64, 64) + 1024) <= 233_472);
         assert_eq!(
             prefill_kernel_name(KvDtype::Bf16, 128, 64),
             "paged_prefill_d128"
@@ -812,15 +1056,20 @@ mod tests {
         // (4 x kt x D): 104 KB for D = 128, so two CTAs an H100 SM (210 KB with the 1 KB each
         // reserves, of 228 KB), as with a bf16 cache.
         let f = KvDtype::Fp8E4m3;
-        assert_eq!(prefill_smem_bytes(f, 128, 64), 106_496);
+        assert_eq!(prefill_smem_bytes(f, 128, 64, 128), 106_496);
         assert_eq!(
-            prefill_smem_bytes(f, 128, 64),
+            prefill_smem_bytes(f, 128, 64, 128),
             108_544 - 2 * 64 * 136 * 2 + 4 * 64 * 128
         );
-        assert!(2 * (prefill_smem_bytes(f, 128, 64) + 1024) <= 233_472);
-        assert_eq!(prefill_smem_bytes(f, 64, 64), 57_344);
-        assert_eq!(prefill_smem_bytes(f, 128, 32), 72_704);
-        assert_eq!(prefill_smem_bytes(f, 64, 32), 39_936);
+        assert!(2 * (prefill_smem_bytes(f, 128, 64, 128) + 1024) <= 233_472);
+        assert_eq!(prefill_smem_bytes(f, 64, 64, 128), 57_344);
+        assert_eq!(prefill_smem_bytes(f, 128, 32, 128), 72_704);
+        assert_eq!(prefill_smem_bytes(f, 64, 32, 128), 39_936);
+        // fp8, 64 rows: 89,088 B at D = 128, KT = 64.
+        assert_eq!(prefill_smem_bytes(f, 128, 64, 64), 89_088);
+        assert_eq!(prefill_smem_bytes(f, 128, 32, 64), 55_296);
+        assert_eq!(prefill_smem_bytes(f, 64, 64, 64), 48_128);
+        assert_eq!(prefill_smem_bytes(f, 64, 32, 64), 30_720);
         assert_eq!(prefill_kernel_name(f, 64, 64), "paged_prefill_fp8_d64");
     }
 
@@ -841,7 +1090,7 @@ mod tests {
         // D = 128: 64 keys on an H100 or A100; on a 99 KB card (101,376 B) still past the limit,
         // so 32 keys (72,704 B) there, and 64 at D = 64 (57,344 B), as with a bf16 cache.
         let f = KvDtype::Fp8E4m3;
-        assert_eq!(prefill_smem_bytes(f, 128, 64), 106_496);
+        assert_eq!(prefill_smem_bytes(f, 128, 64, 128), 106_496);
         for limit in [232_448, 166_912] {
             assert_eq!(default_key_tile(f, 128, limit), Some(64));
             assert_eq!(default_key_tile(f, 64, limit), Some(64));

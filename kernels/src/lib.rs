@@ -34,8 +34,8 @@ use cudarc::driver::{CudaContext, CudaFunction, LaunchConfig};
 
 pub use attention::{
     DECODE_MAX_PARTITIONS, DECODE_PARTITION, DECODE_PARTITION_LARGE, DECODE_PARTITION_SMALL,
-    MAX_GQA_GROUP, PREFILL_KEY_TILES, PREFILL_TILE, SUPPORTED_HEAD_DIMS, decode_partition,
-    decode_workspace_len, prefill_tiles,
+    MAX_GQA_GROUP, PREFILL_KEY_TILES, PREFILL_TILE, PREFILL_TILE_ROWS, PREFILL_TILE_SMALL,
+    SUPPORTED_HEAD_DIMS, decode_partition, decode_workspace_len, prefill_tile_rows, prefill_tiles,
 };
 pub use device::{driver_present, nvrtc_present, open_device};
 pub use error::KernelError;

@@ -277,7 +277,8 @@ fn not_loaded(name: &str, kv_dtypes: &[KvDtype]) -> KernelError {
 pub(crate) fn kernel_names() -> Vec<(String, usize)> {
     use crate::attention::{
         DECODE_PARTITION, DECODE_PARTITION_LARGE, DECODE_PARTITION_SMALL, MAX_GQA_GROUP,
-        PREFILL_KEY_TILES, SUPPORTED_HEAD_DIMS, decode_kernel_name, prefill_kernel_name,
+        PREFILL_KEY_TILES, PREFILL_TILE_ROWS, SUPPORTED_HEAD_DIMS, decode_kernel_name,
+        prefill_kernel_name_rows,
     };
     let mut names: Vec<(String, usize)> = [
         "embedding_kernel",
@@ -297,7 +298,9 @@ pub(crate) fn kernel_names() -> Vec<(String, usize)> {
     for dtype in KV_DTYPES {
         for d in SUPPORTED_HEAD_DIMS {
             for kt in PREFILL_KEY_TILES {
-                names.push((prefill_kernel_name(dtype, d, kt), PREFILL_UNIT));
+                for rows in PREFILL_TILE_ROWS {
+                    names.push((prefill_kernel_name_rows(dtype, d, kt, rows), PREFILL_UNIT));
+                }
             }
             for g in 1..=MAX_GQA_GROUP {
                 for p in [

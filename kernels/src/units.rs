@@ -11,7 +11,7 @@
 //! Only the decode units are split by KV-cache type: the bf16 ones (`decode0`-`decode3`) and
 //! the fp8 ones (`decode_fp8_0`-`decode_fp8_3`, `PS_DECODE_FP8`). The other units hold the
 //! kernels of both types (`rope_kv_write[_fp8]_kernel` in `small`, `paged_prefill[_fp8]_*` in
-//! `prefill`) and are always loaded; [`units_for`] picks the decode units a shard needs, so a
+//! `prefill`, the 128- and 64-row (`_m64`) tiles alike) and are always loaded; [`units_for`] picks the decode units a shard needs, so a
 //! bf16 server compiles 7 units, not 11.
 
 use crate::kv::KvDtype;
@@ -139,6 +139,29 @@ mod tests {
         assert_eq!(UNITS[decode_unit(b, 128, 8)].name, "decode3");
         assert_eq!(UNITS[decode_unit(f, 64, 1)].name, "decode_fp8_0");
         assert_eq!(UNITS[decode_unit(f, 128, 8)].name, "decode_fp8_3");
+    }
+
+    #[test]
+    fn the_prefill_unit_compiles_every_prefill_kernel() {
+        // No defines: the unit compiles every instance in prefill_attention.cu, the 64-row
+        // (`_m64`) kernels with the 128-row ones, and kernel_names loads them all from it.
+        let unit = &UNITS[PREFILL_UNIT];
+        assert!(unit.defines.is_empty());
+        assert_eq!(unit.files, ["prefill_attention.cu"]);
+        let prefill: Vec<(String, usize)> = crate::loader::kernel_names()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("paged_prefill"))
+            .collect();
+        // Cache types x head dims x key tiles x tile rows.
+        assert_eq!(prefill.len(), 2 * 2 * 2 * 2);
+        assert!(prefill.iter().all(|&(_, u)| u == PREFILL_UNIT));
+        for name in [
+            "paged_prefill_d128",
+            "paged_prefill_d128_m64",
+            "paged_prefill_fp8_d64_k32_m64",
+        ] {
+            assert!(prefill.iter().any(|(n, _)| n == name), "{name}");
+        }
     }
 
     #[test]

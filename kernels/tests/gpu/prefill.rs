@@ -2,9 +2,13 @@
 //! caches, for each kernel variant a device may run: the one this device picks, 32-key tiles
 //! (what sm_86 / sm_89 GPUs pick at D = 128), and 32-key tiles compiled for sm_86 (what an L4 or
 //! A10 runs, emulated here; for fp8 also the e4m3 widening of GPUs without e4m3 conversions).
+//! Each variant with both tile sizes: 128 query rows a tile and 64 (the `_m64` kernels of short
+//! prompts), every case run with each; and once with the size the device picks per step.
 
 use half::bf16;
-use pagedserve_kernels::{F8E4M3, KernelError, Kernels, KvDtype, KvElem, prefill_tiles};
+use pagedserve_kernels::{
+    F8E4M3, KernelError, Kernels, KvDtype, KvElem, PREFILL_TILE_ROWS, prefill_tiles,
+};
 
 use crate::attention_ref::{HostCache, block_tables};
 use crate::common::*;
@@ -138,11 +142,78 @@ fn paged_prefill_attention_sm86_k32_matches_reference() -> TestResult {
     run_cases::<F8E4M3>(&v, "paged_prefill_attention_fp8_sm86_k32")
 }
 
-/// Every case of [`cases`] on `g`'s kernels over a cache of `C`.
+/// The tile sizes by hand: bad sizes refused (set_prefill_tile_rows and the launch), a forced
+/// size returned for every step, `None` the device's own rule again; then every case with the
+/// tile size the device picks for its rows (what the shard launches), over both cache types.
+#[test]
+fn paged_prefill_attention_tile_rows_auto_matches_reference() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let k = Kernels::load(g.k.context(), Some(&kernel_cache_dir()))?;
+    let sms = k.sm_count();
+    assert!(sms > 0);
+    for (tokens, h) in [(1, 32), (512, 32), (2048, 32), (200, 8), (100_000, 1)] {
+        assert_eq!(
+            k.prefill_tile_rows(tokens, h),
+            pagedserve_kernels::prefill_tile_rows(tokens, h, sms)
+        );
+    }
+    // A short prompt takes 64-row tiles, a long one 128 (on any GPU of 16 SMs or more).
+    assert_eq!(k.prefill_tile_rows(200, 8), 64);
+    assert_eq!(k.prefill_tile_rows(1 << 20, 32), 128);
+    for bad in [0, 32, 48, 256] {
+        let r = k.set_prefill_tile_rows(Some(bad));
+        assert!(matches!(r, Err(KernelError::Shape { .. })), "{bad}: {r:?}");
+    }
+    assert_eq!(
+        k.prefill_tile_rows(200, 8),
+        64,
+        "a refused size changes nothing"
+    );
+    k.set_prefill_tile_rows(Some(128))?;
+    assert_eq!(k.prefill_tile_rows(200, 8), 128);
+    k.set_prefill_tile_rows(Some(64))?;
+    assert_eq!(k.prefill_tile_rows(1 << 20, 32), 64);
+    k.set_prefill_tile_rows(None)?;
+    assert_eq!(k.prefill_tile_rows(1 << 20, 32), 128);
+    let v = Gpu {
+        stream: g.stream.clone(),
+        k,
+    };
+    // A launch of a tile size without kernels is refused before anything runs.
+    let c = &cases()[1];
+    let mut bad_rng = rng("paged_prefill_attention_bad_rows");
+    let r = run_case::<bf16>(&v, &mut bad_rng, c, Rows::Fixed(32));
+    assert!(
+        r.as_ref().is_err_and(|e| matches!(
+            e.downcast_ref::<KernelError>(),
+            Some(KernelError::Shape { .. })
+        )),
+        "{r:?}"
+    );
+    let mut auto_rng = rng("paged_prefill_attention_auto");
+    for c in cases() {
+        run_case::<bf16>(&v, &mut auto_rng, &c, Rows::Auto)?;
+        run_case::<F8E4M3>(&v, &mut auto_rng, &c, Rows::Auto)?;
+    }
+    Ok(())
+}
+
+/// The query rows a tile of a case's launch.
+#[derive(Clone, Copy, Debug)]
+enum Rows {
+    /// These rows (the list and the kernel).
+    Fixed(usize),
+    /// What the kernels pick for the case's prefill rows and heads (as the shard does).
+    Auto,
+}
+
+/// Every case of [`cases`] on `g`'s kernels over a cache of `C`, with each tile size.
 fn run_cases<C: CacheElem>(g: &Gpu, name: &str) -> TestResult {
     let mut rng = rng(name);
-    for c in cases() {
-        run_case::<C>(g, &mut rng, &c)?;
+    for rows in PREFILL_TILE_ROWS {
+        for c in cases() {
+            run_case::<C>(g, &mut rng, &c, Rows::Fixed(rows))?;
+        }
     }
     Ok(())
 }
@@ -249,11 +320,45 @@ fn cases() -> Vec<Case> {
             bad_ids: true,
             seqs: vec![(64, 100), (1, 20), (9, 0)],
         },
+        // Short prompts, the 64-row tiles' target: lengths on and off the 16- and 64-row grids
+        // (1, 17, 63, 64, 65, 200), whole prompts, Llama-3-8B heads (GQA 4).
+        Case {
+            h: 32,
+            kvh: 8,
+            d: 128,
+            bs: 16,
+            bad_ids: false,
+            seqs: vec![(1, 0), (17, 0), (63, 0), (64, 0), (65, 0), (200, 0)],
+        },
+        // The same lengths as later chunks (earlier keys from the cache), GQA 8, D 64.
+        Case {
+            h: 8,
+            kvh: 1,
+            d: 64,
+            bs: 16,
+            bad_ids: false,
+            seqs: vec![(17, 100), (63, 64), (65, 1), (200, 37), (64, 500), (1, 63)],
+        },
+        // One short prompt alone (a ShareGPT step's), D 128, GQA 2, and a chunk after it.
+        Case {
+            h: 4,
+            kvh: 2,
+            d: 128,
+            bs: 32,
+            bad_ids: false,
+            seqs: vec![(150, 0), (150, 150)],
+        },
     ]
 }
 
-/// One case over a cache of `C`: the kernel's output against the f64 reference.
-fn run_case<C: CacheElem>(g: &Gpu, rng: &mut rand::rngs::StdRng, c: &Case) -> TestResult {
+/// One case over a cache of `C` with tiles of `rows` query rows: the kernel's output against the
+/// f64 reference.
+fn run_case<C: CacheElem>(
+    g: &Gpu,
+    rng: &mut rand::rngs::StdRng,
+    c: &Case,
+    rows: Rows,
+) -> TestResult {
     let keys: Vec<usize> = c.seqs.iter().map(|&(n, start)| n + start).collect();
     let num_blocks = keys.iter().map(|k| k.div_ceil(c.bs)).sum::<usize>() + 5;
     // The host cache has one block more than the device's, all zeros: the reference reads the
@@ -307,7 +412,19 @@ fn run_case<C: CacheElem>(g: &Gpu, rng: &mut rand::rngs::StdRng, c: &Case) -> Te
         seq_info.push([row as i32, n as i32, start as i32]);
         row += n;
     }
-    let tiles = prefill_tiles(&seq_info);
+    let tile_rows = match rows {
+        Rows::Fixed(r) => r,
+        Rows::Auto => g.k.prefill_tile_rows(c.seqs.iter().map(|s| s.0).sum(), c.h),
+    };
+    // The list of a size without kernels (refused by the launch) is cut as for 64 rows.
+    let tiles = prefill_tiles(
+        &seq_info,
+        if PREFILL_TILE_ROWS.contains(&tile_rows) {
+            tile_rows
+        } else {
+            64
+        },
+    );
     let scale = 1.0 / (c.d as f64).sqrt();
     let flat_info: Vec<i32> = seq_info.iter().flatten().copied().collect();
     let flat_tiles: Vec<i32> = tiles.iter().flatten().copied().collect();
@@ -354,6 +471,7 @@ fn run_case<C: CacheElem>(g: &Gpu, rng: &mut rand::rngs::StdRng, c: &Case) -> Te
         bt_stride,
         &d_info.as_view(),
         &d_tiles.as_view(),
+        tile_rows,
         c.h,
         c.kvh,
         c.d,
@@ -367,7 +485,7 @@ fn run_case<C: CacheElem>(g: &Gpu, rng: &mut rand::rngs::StdRng, c: &Case) -> Te
         .collect();
     check_rows_written(&out, &owned, c.h * c.d);
     let label = format!(
-        "prefill {} {} KT={} H={} KVH={} D={} bs={} seqs={:?} bad_ids={}",
+        "prefill {} {} KT={} M={tile_rows} ({rows:?}) H={} KVH={} D={} bs={} seqs={:?} bad_ids={}",
         C::DTYPE.name(),
         g.k.arch(),
         g.k.prefill_key_tile_for(C::DTYPE, c.d).unwrap_or(0),

@@ -220,7 +220,8 @@ fn build(
     let layout = MetaLayout {
         t_max,
         s_max,
-        tiles_max: t_max.div_ceil(pagedserve_kernels::PREFILL_TILE) + s_max,
+        // Tiles of the smaller size: a step may take either (ops::prefill_tile_rows).
+        tiles_max: t_max.div_ceil(pagedserve_kernels::PREFILL_TILE_SMALL) + s_max,
         bt_stride: cfg.max_context.div_ceil(block_size),
     };
     let stream = &gpu.stream;
@@ -365,12 +366,9 @@ fn capture_decode_graphs(m: &mut CudaLlama) -> Result<(), ModelError> {
     }
     let started = std::time::Instant::now();
     for bucket in m.graphs.buckets().to_vec() {
-        let staged = stage(
-            &StepPlan::default(),
-            &m.layout,
-            Some(bucket),
-            ops::prefill_tiles,
-        )
+        let staged = stage(&StepPlan::default(), &m.layout, Some(bucket), |info| {
+            ops::prefill_tiles(&m.kernels, m.dims().heads, info)
+        })
         .map_err(|e| ModelError::Backend(e.to_string()))?;
         let mut dst = m.meta.slice_mut(..staged.host.len());
         m.gpu

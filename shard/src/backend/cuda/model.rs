@@ -44,6 +44,19 @@ pub struct StepShape {
     pub sample: bool,
 }
 
+impl StepShape {
+    /// Rows of the step's prefill chunks in all: every row but the decode rows (`stage` refuses
+    /// a step where they differ; 0 without prefill). The prefill tile size follows from it
+    /// (`ops::prefill_tile_rows`), at staging and at launch alike.
+    pub fn prefill_rows(&self) -> usize {
+        if self.prefill_seqs == 0 {
+            0
+        } else {
+            self.rows.saturating_sub(self.decode_seqs)
+        }
+    }
+}
+
 pub struct CudaLlama {
     pub(super) gpu: Gpu,
     pub(super) kernels: Kernels,
@@ -120,8 +133,12 @@ impl CudaLlama {
             true => self.graphs.bucket_for(plan.seqs.len()),
             false => None,
         };
-        let staged = stage(&plan, &self.layout, bucket, ops::prefill_tiles)
-            .map_err(|e| ModelError::InvalidBatch(e.to_string()))?;
+        let heads = self.dims().heads;
+        let kernels = &self.kernels;
+        let staged = stage(&plan, &self.layout, bucket, |info| {
+            ops::prefill_tiles(kernels, heads, info)
+        })
+        .map_err(|e| ModelError::InvalidBatch(e.to_string()))?;
         let shape = StepShape {
             rows: staged.rows,
             decode_seqs: staged.decode_seqs,

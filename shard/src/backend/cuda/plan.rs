@@ -70,7 +70,9 @@ pub struct StagedStep {
 pub struct StageError(pub String);
 
 /// Lays `plan` out in `layout`, padding the rows (and decode sequences) to `pad_rows` when
-/// given (a decode-only graph bucket). `tiles` cuts prefill sequences into query tiles.
+/// given (a decode-only graph bucket). `tiles` cuts prefill sequences into query tiles; their
+/// size follows from the prefill rows in all, which the launch takes from the staged shape as
+/// rows less decode rows: refused where every row is not in some sequence.
 pub fn stage(
     plan: &StepPlan,
     layout: &MetaLayout,
@@ -95,6 +97,12 @@ pub fn stage(
         .or_else(|| too_big("sequences", padded_decode + prefill.len(), layout.s_max))
     {
         return Err(e);
+    }
+    let prefill_rows: usize = prefill.iter().map(|s| s.num_rows).sum();
+    if !prefill.is_empty() && prefill_rows + padded_decode != rows {
+        return Err(StageError(format!(
+            "{prefill_rows} prefill rows and {padded_decode} decode rows, in a step of {rows}"
+        )));
     }
     let seq_info: Vec<[i32; 3]> = prefill
         .iter()
@@ -238,6 +246,16 @@ mod tests {
         assert_eq!(&s.host[L.dq_rows()..L.dq_rows() + 3], &[0, 1, 2]);
         // Padding a step with a prefill chunk is refused.
         assert!(stage(&plan(), &L, Some(4), one_tile_each).is_err());
+    }
+
+    #[test]
+    fn refuses_prefill_steps_with_rows_of_no_sequence() {
+        // The launch takes the prefill rows as rows less decode rows (the tile size follows).
+        let mut p = plan();
+        p.tokens.push(5);
+        p.positions.push(0);
+        p.slots.push(3);
+        assert!(stage(&p, &L, None, one_tile_each).is_err());
     }
 
     #[test]
