@@ -548,13 +548,18 @@ impl Kernels {
     /// for other rows (nothing changes). Only the choice changes: a launch runs the kernel of
     /// the `tile_rows` it is given.
     pub fn set_prefill_tile_rows(&self, rows: Option<usize>) -> Result<(), KernelError> {
-        let rows = rows.unwrap_or(0);
-        ensure(
-            "set_prefill_tile_rows",
-            rows == 0 || PREFILL_TILE_ROWS.contains(&rows),
-            || format!("{rows} rows a tile: one of {PREFILL_TILE_ROWS:?}"),
-        )?;
-        self.prefill.forced_rows.store(rows, Ordering::Relaxed);
+        // `Some(0)` is refused like any other size without kernels: 0 is only how `None` (the
+        // device's own rule) is stored.
+        if let Some(r) = rows {
+            ensure(
+                "set_prefill_tile_rows",
+                PREFILL_TILE_ROWS.contains(&r),
+                || format!("{r} rows a tile: one of {PREFILL_TILE_ROWS:?}"),
+            )?;
+        }
+        self.prefill
+            .forced_rows
+            .store(rows.unwrap_or(0), Ordering::Relaxed);
         Ok(())
     }
 
