@@ -187,17 +187,10 @@ impl Pref {
             CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
         };
         let pref = Self(result::create_matmul_pref().map_err(lt_err("create preference"))?);
-        let bytes = WORKSPACE_BYTES as u64;
-        // SAFETY: pref is alive; the attribute is a uint64_t and `bytes` one, read during the
-        // call only.
-        unsafe {
-            result::set_matmul_pref_attribute(
-                pref.0,
-                CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                (&bytes as *const u64).cast(),
-                mem::size_of::<u64>(),
-            )
-        }
+        pref.set(
+            CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+            WORKSPACE_BYTES as u64,
+        )
         .map_err(lt_err("set workspace preference"))?;
         let [a, b, c] = align.map(u32::from);
         for (attr, value) in [
@@ -206,19 +199,29 @@ impl Pref {
             (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, c),
             (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, c),
         ] {
-            // SAFETY: pref is alive; the alignment attributes are uint32_t and `value` one,
-            // read during the call only.
-            unsafe {
-                result::set_matmul_pref_attribute(
-                    pref.0,
-                    attr,
-                    (&value as *const u32).cast(),
-                    mem::size_of::<u32>(),
-                )
-            }
-            .map_err(lt_err("set alignment preference"))?;
+            pref.set(attr, value)
+                .map_err(lt_err("set alignment preference"))?;
         }
         Ok(pref)
+    }
+
+    /// Sets one attribute. `T` must be the attribute's C type (uint64_t for the workspace,
+    /// uint32_t for the alignments), which every caller passes by value.
+    fn set<T: Copy>(
+        &self,
+        attr: sys::cublasLtMatmulPreferenceAttributes_t,
+        value: T,
+    ) -> Result<(), result::CublasError> {
+        // SAFETY: the preference is alive; `value` is the attribute's type (above) and lives
+        // through the call, which only reads it.
+        unsafe {
+            result::set_matmul_pref_attribute(
+                self.0,
+                attr,
+                (&value as *const T).cast(),
+                mem::size_of::<T>(),
+            )
+        }
     }
 }
 

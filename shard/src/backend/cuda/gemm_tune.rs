@@ -373,27 +373,12 @@ impl Gemm {
         inner: &Inner,
         s: &Scratch,
         w: &Work,
-        (lo, hi): (usize, usize),
+        range: (usize, usize),
     ) -> BackendResult<(usize, Option<Algo>)> {
-        let shape = w.shape;
-        let at_hi = Layouts::new(shape, hi)?;
-        let at_lo = Layouts::new(shape, lo)?;
-        let listed = gemm_lt::heuristic(
-            &inner.handle,
-            &inner.desc,
-            &at_hi,
-            [FULL_ALIGN; 3],
-            CANDIDATES,
-        )?;
-        // Only candidates valid for every row count of the bucket: checked at both ends.
-        let valid: Vec<usize> = (0..listed.len())
-            .filter(|&i| {
-                let algo = &listed[i].algo;
-                gemm_lt::usable(&listed[i])
-                    && gemm_lt::check(&inner.handle, &inner.desc, &at_hi, algo)
-                    && gemm_lt::check(&inner.handle, &inner.desc, &at_lo, algo)
-            })
-            .collect();
+        let (shape, hi) = (w.shape, range.1);
+        let (at_hi, listed) = bucket_candidates(inner, shape, range)?;
+        // Only candidates valid for every row count of the bucket.
+        let valid: Vec<usize> = (0..listed.len()).filter(|&i| listed[i].1).collect();
         if valid.first() != Some(&0) {
             // Nothing to compare with: keep the heuristic's pick for the exact size.
             tracing::debug!(
@@ -426,7 +411,7 @@ impl Gemm {
                     &inner.handle,
                     &inner.desc,
                     &at_hi,
-                    &listed[i].algo,
+                    &listed[i].0,
                     ops,
                     stream.cu_stream(),
                 )
@@ -470,7 +455,7 @@ impl Gemm {
                     first_ms,
                     "GEMM algorithm tuned"
                 );
-                return Ok((i, Some(listed[i].algo)));
+                return Ok((i, Some(listed[i].0)));
             }
             tracing::warn!(
                 ?shape,
@@ -590,7 +575,23 @@ fn resolve(inner: &Inner, work: &[Work], pick: Pick) -> BackendResult<Chosen> {
     if pick.index == 0 {
         return Ok(chosen);
     }
-    let (lo, hi) = range;
+    let (_, listed) = bucket_candidates(inner, shape, range)?;
+    if let Some(&(algo, true)) = listed.get(pick.index) {
+        chosen.index = pick.index;
+        chosen.algo = Some(algo);
+    }
+    Ok(chosen)
+}
+
+/// The layouts at a bucket's largest row count and the heuristic's algorithms for them, each
+/// with whether it can run every row count of the bucket: usable (its workspace fits), and
+/// cuBLASLt's own check passes at both ends. Tuning times these; a cached pick is re-checked
+/// the same way.
+fn bucket_candidates(
+    inner: &Inner,
+    shape: GemmShape,
+    (lo, hi): (usize, usize),
+) -> BackendResult<(Layouts, Vec<(Algo, bool)>)> {
     let at_hi = Layouts::new(shape, hi)?;
     let at_lo = Layouts::new(shape, lo)?;
     let listed = gemm_lt::heuristic(
@@ -600,15 +601,16 @@ fn resolve(inner: &Inner, work: &[Work], pick: Pick) -> BackendResult<Chosen> {
         [FULL_ALIGN; 3],
         CANDIDATES,
     )?;
-    if let Some(h) = listed.get(pick.index).filter(|h| {
-        gemm_lt::usable(h)
-            && gemm_lt::check(&inner.handle, &inner.desc, &at_hi, &h.algo)
-            && gemm_lt::check(&inner.handle, &inner.desc, &at_lo, &h.algo)
-    }) {
-        chosen.index = pick.index;
-        chosen.algo = Some(h.algo);
-    }
-    Ok(chosen)
+    let candidates = listed
+        .iter()
+        .map(|h| {
+            let valid = gemm_lt::usable(h)
+                && gemm_lt::check(&inner.handle, &inner.desc, &at_hi, &h.algo)
+                && gemm_lt::check(&inner.handle, &inner.desc, &at_lo, &h.algo);
+            (h.algo, valid)
+        })
+        .collect();
+    Ok((at_hi, candidates))
 }
 
 /// `shapes` merged by shape (most rows, all weights), sorted, with their buckets; weights that
