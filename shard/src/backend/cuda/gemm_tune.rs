@@ -28,14 +28,13 @@ use super::device::cuda_err;
 use super::gemm::{Gemm, GemmShape, Inner, OutType, Tuned};
 use super::gemm_cache::{self, CacheKey, Pick, ShapeKey};
 use super::gemm_lt::{self, Algo, FULL_ALIGN, Layouts, Operands, WORKSPACE_BYTES};
+// Steps of up to GEMV_ROWS rows run our GEMV, not a GEMM, so tuning starts above it; a GEMM
+// of fewer rows (the GEMV turned off, or an inner size it can't take) keeps the heuristic's
+// pick.
+use super::linear::GEMV_ROWS;
 use super::weights::{LayerWeights, Weights};
 use crate::backend::{BackendError, BackendResult};
 use crate::model::{LlamaConfig, LoadOptions};
-
-/// Steps of up to this many rows run our GEMV, not a GEMM (`linear.rs`'s `GEMV_ROWS`), so
-/// tuning starts above it. A GEMM of fewer rows (the GEMV turned off, or an inner size it
-/// can't take) keeps the heuristic's pick.
-pub(super) const GEMV_ROWS: usize = 32;
 
 /// The upper ends of the row buckets: a GEMM of `rows` rows runs what was tuned for the
 /// smallest bucket of at least `rows`. Dense where decode batches sit (the graph buckets go
@@ -765,8 +764,7 @@ pub(super) fn tune_at_load(
         return;
     }
     // The step limits `load.rs`'s `build` sizes the buffers for.
-    let s_max = opts.gpu.max_num_seqs.max(1);
-    let t_max = opts.gpu.max_batch_tokens.max(s_max);
+    let (t_max, s_max) = super::load::step_limits(opts);
     let layer = |pick: fn(&LayerWeights) -> &CudaSlice<bf16>| w.layers.iter().map(pick).collect();
     let shapes: Vec<TuneShape<'_>> = model_gemms(cfg, vocab, leader, t_max, s_max)
         .into_iter()

@@ -29,7 +29,7 @@ use crate::backend::BackendResult;
 /// of a Llama-3-8B shape on an H100 (2026-11-26, `cuda_bench`, context 1k): 1 row 5.91 ms with
 /// the GEMV against 6.34 with cuBLAS; 4 rows 6.99 against 6.63 with cuBLAS, because every warp
 /// of the warp-per-column GEMV re-read all of x for its one column.
-const GEMV_ROWS: usize = 32;
+pub(super) const GEMV_ROWS: usize = 32;
 const _: () = assert!(GEMV_ROWS <= GEMV_MAX_ROWS);
 
 /// The most rows a step may have to go through the GEMV: [`GEMV_ROWS`], or

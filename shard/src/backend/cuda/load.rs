@@ -197,6 +197,13 @@ fn info(
     }
 }
 
+/// The most rows a step may have (`t_max`) and the most sequences (`s_max`, each at least one
+/// row), which the step buffers are sized for and GEMM tuning covers.
+pub(super) fn step_limits(opts: &LoadOptions) -> (usize, usize) {
+    let s_max = opts.gpu.max_num_seqs.max(1);
+    (opts.gpu.max_batch_tokens.max(s_max), s_max)
+}
+
 fn build(
     parts: Parts,
     freq_factors: Option<&[f32]>,
@@ -211,8 +218,7 @@ fn build(
         w,
         group,
     } = parts;
-    let s_max = opts.gpu.max_num_seqs.max(1);
-    let t_max = opts.gpu.max_batch_tokens.max(s_max);
+    let (t_max, s_max) = step_limits(opts);
     let block_size = opts.block_size;
     if block_size == 0 {
         return Err(ModelError::KvCache("block size 0".into()));
