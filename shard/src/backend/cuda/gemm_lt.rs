@@ -238,6 +238,18 @@ pub(super) fn usable(h: &Heuristic) -> bool {
     h.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && h.workspaceSize <= WORKSPACE_BYTES
 }
 
+/// A heuristic result for cuBLASLt to fill in (the heuristic's output slots, the check's
+/// result): `algo`, no workspace, not initialized.
+fn unfilled(algo: Algo) -> Heuristic {
+    Heuristic {
+        algo,
+        workspaceSize: 0,
+        state: sys::cublasStatus_t::CUBLAS_STATUS_NOT_INITIALIZED,
+        wavesCount: 0.0,
+        reserved: [0; 4],
+    }
+}
+
 /// Up to `max` algorithms for `layouts` on buffers of `align`, in the heuristic's order (best
 /// guess first); empty, not an error, when it has none for this shape. Host-only: no work on
 /// the device, so it may run while a CUDA graph is being captured.
@@ -249,13 +261,7 @@ pub(super) fn heuristic(
     max: usize,
 ) -> BackendResult<Vec<Heuristic>> {
     let pref = Pref::new(align)?;
-    let blank = Heuristic {
-        algo: Algo { data: [0; 8] },
-        workspaceSize: 0,
-        state: sys::cublasStatus_t::CUBLAS_STATUS_NOT_INITIALIZED,
-        wavesCount: 0.0,
-        reserved: [0; 4],
-    };
+    let blank = unfilled(Algo { data: [0; 8] });
     let requested = c_int::try_from(max)
         .map_err(|_| BackendError::Cuda(format!("{max} heuristic results asked")))?;
     let mut out = vec![blank; max];
@@ -289,13 +295,7 @@ pub(super) fn heuristic(
 /// another (split-K and tile choices depend on the sizes), so every row count it is used for
 /// is checked. Host-only, like [`heuristic`].
 pub(super) fn check(handle: &Handle, desc: &Desc, layouts: &Layouts, algo: &Algo) -> bool {
-    let mut result = Heuristic {
-        algo: *algo,
-        workspaceSize: 0,
-        state: sys::cublasStatus_t::CUBLAS_STATUS_NOT_INITIALIZED,
-        wavesCount: 0.0,
-        reserved: [0; 4],
-    };
+    let mut result = unfilled(*algo);
     // SAFETY: handle and descriptors are alive; `algo` and `result` are valid for the call,
     // which writes only `result`.
     let status = unsafe {
