@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::gemm::OutType;
+use super::gemm::{GemmShape, OutType};
 
 /// Bumped whenever the file's meaning changes (the key, the picks, the bucket semantics).
 pub(super) const FORMAT: u32 = 1;
@@ -54,6 +54,26 @@ pub(super) struct Pick {
     pub k: usize,
     pub bucket: usize,
     pub index: usize,
+}
+
+impl Pick {
+    pub fn new(shape: GemmShape, bucket: usize, index: usize) -> Self {
+        Pick {
+            out: shape.out,
+            n: shape.n,
+            k: shape.k,
+            bucket,
+            index,
+        }
+    }
+
+    pub fn shape(&self) -> GemmShape {
+        GemmShape {
+            out: self.out,
+            n: self.n,
+            k: self.k,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

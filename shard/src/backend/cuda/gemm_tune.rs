@@ -196,13 +196,7 @@ impl Gemm {
                 if let Some(dir) = cache_dir {
                     let picks: Vec<Pick> = chosen
                         .iter()
-                        .map(|c| Pick {
-                            out: c.shape.out,
-                            n: c.shape.n,
-                            k: c.shape.k,
-                            bucket: c.range.1,
-                            index: c.index,
-                        })
+                        .map(|c| Pick::new(c.shape, c.range.1, c.index))
                         .collect();
                     if let Err(e) = gemm_cache::store(dir, &key, &picks) {
                         tracing::warn!(dir = %dir.display(), error = %e, "GEMM tuning cache not written");
@@ -218,15 +212,7 @@ impl Gemm {
                  first pick"
             );
         }
-        let mut tuned = Tuned::default();
-        for w in &work {
-            tuned.ranges.insert(w.shape, w.ranges.clone());
-        }
-        for c in &chosen {
-            if let Some(algo) = c.algo {
-                tuned.algos.insert((c.shape, c.range.1), algo);
-            }
-        }
+        let tuned = tuned(&work, &chosen);
         let report = TuneReport {
             shapes: work.len(),
             buckets: work.iter().map(|w| w.ranges.len()).sum(),
@@ -256,22 +242,13 @@ impl Gemm {
             .map_err(cuda_err("bind context"))?;
         let work = plan_work(shapes, &stream);
         let mut inner = self.lock();
-        let mut tuned = Tuned::default();
+        let mut chosen = Vec::new();
         for w in &work {
-            tuned.ranges.insert(w.shape, w.ranges.clone());
             for &(_, hi) in &w.ranges {
-                let pick = Pick {
-                    out: w.shape.out,
-                    n: w.shape.n,
-                    k: w.shape.k,
-                    bucket: hi,
-                    index,
-                };
-                if let Some(algo) = resolve(&inner, &work, pick)?.algo {
-                    tuned.algos.insert((w.shape, hi), algo);
-                }
+                chosen.push(resolve(&inner, &work, Pick::new(w.shape, hi, index))?);
             }
         }
+        let tuned = tuned(&work, &chosen);
         let installed = tuned.algos.len();
         inner.install(tuned);
         Ok(installed)
@@ -553,11 +530,7 @@ impl Gemm {
 /// heuristic's list for its bucket, if that is usable and passes `cublasLtMatmulAlgoCheck` at
 /// both ends of the bucket; else (`algo: None`) the first pick.
 fn resolve(inner: &Inner, work: &[Work], pick: Pick) -> BackendResult<Chosen> {
-    let shape = GemmShape {
-        out: pick.out,
-        n: pick.n,
-        k: pick.k,
-    };
+    let shape = pick.shape();
     // The cache's key holds exactly `work`'s shapes and buckets (`gemm_cache::decode`).
     let range = work
         .iter()
@@ -610,6 +583,21 @@ fn bucket_candidates(
         })
         .collect();
     Ok((at_hi, candidates))
+}
+
+/// What `Gemm` runs from `chosen`: every shape's buckets, and the algorithm of each bucket
+/// whose pick is not the heuristic's first.
+fn tuned(work: &[Work], chosen: &[Chosen]) -> Tuned {
+    let mut tuned = Tuned::default();
+    for w in work {
+        tuned.ranges.insert(w.shape, w.ranges.clone());
+    }
+    for c in chosen {
+        if let Some(algo) = c.algo {
+            tuned.algos.insert((c.shape, c.range.1), algo);
+        }
+    }
+    tuned
 }
 
 /// `shapes` merged by shape (most rows, all weights), sorted, with their buckets; weights that
