@@ -386,6 +386,7 @@ fn capture_decode_graphs(m: &mut CudaLlama) -> Result<(), ModelError> {
             decode_seqs: bucket,
             prefill_seqs: 0,
             num_tiles: 0,
+            tile_rows: 0,
             logit_rows: bucket,
             sample: true,
         };

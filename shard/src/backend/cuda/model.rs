@@ -38,23 +38,14 @@ pub struct StepShape {
     pub decode_seqs: usize,
     pub prefill_seqs: usize,
     pub num_tiles: usize,
+    /// Query rows a prefill tile (128 or 64; 0 without prefill), chosen once at staging
+    /// (`ops::prefill_tiles`) and so the same for the tile list, the launch, and a
+    /// tensor-parallel follower, which is sent the shape.
+    pub tile_rows: usize,
     /// Rows projected to logits.
     pub logit_rows: usize,
     /// Sample on the device (else logits are left for the host).
     pub sample: bool,
-}
-
-impl StepShape {
-    /// Rows of the step's prefill chunks in all: every row but the decode rows (`stage` refuses
-    /// a step where they differ; 0 without prefill). The prefill tile size follows from it
-    /// (`ops::prefill_tile_rows`), at staging and at launch alike.
-    pub fn prefill_rows(&self) -> usize {
-        if self.prefill_seqs == 0 {
-            0
-        } else {
-            self.rows.saturating_sub(self.decode_seqs)
-        }
-    }
 }
 
 pub struct CudaLlama {
@@ -144,6 +135,7 @@ impl CudaLlama {
             decode_seqs: staged.decode_seqs,
             prefill_seqs: staged.prefill_seqs,
             num_tiles: staged.num_tiles,
+            tile_rows: staged.tile_rows,
             logit_rows: if bucket.is_some() {
                 staged.rows
             } else {

@@ -51,21 +51,15 @@ impl Dims {
     }
 }
 
-/// Query rows a prefill tile (128 or 64) for a step whose prefill chunks hold `prefill_tokens`
-/// rows in all, over `heads` query heads: `Kernels::prefill_tile_rows` (64-row tiles where the
-/// 128-row grid would hold at most one CTA an SM). The one rule both sides follow: the tile
-/// list at staging ([`prefill_tiles`], from the sequence table) and the launch (from the step's
-/// shape, [`StepShape::prefill_rows`], which is how a tensor-parallel follower, sent the shape
-/// and the leader's tile list, gets the same size: ranks have the same heads and GPUs).
-pub fn prefill_tile_rows(k: &Kernels, heads: usize, prefill_tokens: usize) -> usize {
-    k.prefill_tile_rows(prefill_tokens, heads)
-}
-
-/// Query tiles of the prefill sequences `(row_start, num_rows, start_pos)`, of the size
-/// [`prefill_tile_rows`] picks for their rows in all.
-pub fn prefill_tiles(k: &Kernels, heads: usize, seq_info: &[[i32; 3]]) -> Vec<[i32; 2]> {
+/// The query rows a tile (128 or 64) for prefill sequences `(row_start, num_rows,
+/// start_pos)` over `heads` query heads, and their tiles of that size. The size is
+/// `Kernels::prefill_tile_rows` of their rows in all (64-row tiles where the 128-row grid
+/// would hold at most one CTA an SM); the staged step keeps it for the launch
+/// ([`StepShape::tile_rows`]).
+pub fn prefill_tiles(k: &Kernels, heads: usize, seq_info: &[[i32; 3]]) -> (usize, Vec<[i32; 2]>) {
     let tokens = seq_info.iter().map(|s| s[1].max(0) as usize).sum();
-    pagedserve_kernels::prefill_tiles(seq_info, prefill_tile_rows(k, heads, tokens))
+    let rows = k.prefill_tile_rows(tokens, heads);
+    (rows, pagedserve_kernels::prefill_tiles(seq_info, rows))
 }
 
 /// Sampling parameters as the sample kernel reads them: arrays of `s_max` entries at fixed
@@ -353,8 +347,7 @@ fn attention<C: CacheElem>(
             cx.bt_stride,
             &cx.seq_info,
             &cx.tiles,
-            // The rows stage cut the tiles to: the same rule over the same rows.
-            prefill_tile_rows(kern, d.heads, shape.prefill_rows()),
+            shape.tile_rows,
             d.heads,
             d.kv_heads,
             d.head_dim,

@@ -58,6 +58,9 @@ pub struct StagedStep {
     pub decode_seqs: usize,
     pub prefill_seqs: usize,
     pub num_tiles: usize,
+    /// Query rows a prefill tile, as `tiles` cut them (0 without prefill): the launch runs the
+    /// kernel of this size.
+    pub tile_rows: usize,
     /// Rows whose logits are returned, in output order.
     pub logit_rows: Vec<usize>,
     /// The meta buffer's prefix to copy (`0..host.len()`).
@@ -70,14 +73,13 @@ pub struct StagedStep {
 pub struct StageError(pub String);
 
 /// Lays `plan` out in `layout`, padding the rows (and decode sequences) to `pad_rows` when
-/// given (a decode-only graph bucket). `tiles` cuts prefill sequences into query tiles; their
-/// size follows from the prefill rows in all, which the launch takes from the staged shape as
-/// rows less decode rows: refused where every row is not in some sequence.
+/// given (a decode-only graph bucket). `tiles` cuts prefill sequences into query tiles and says
+/// their size in rows. Refused where a row of a prefill step is in no sequence.
 pub fn stage(
     plan: &StepPlan,
     layout: &MetaLayout,
     pad_rows: Option<usize>,
-    tiles: impl Fn(&[[i32; 3]]) -> Vec<[i32; 2]>,
+    tiles: impl Fn(&[[i32; 3]]) -> (usize, Vec<[i32; 2]>),
 ) -> Result<StagedStep, StageError> {
     let real_rows = plan.tokens.len();
     let rows = pad_rows.unwrap_or(real_rows).max(real_rows);
@@ -108,7 +110,10 @@ pub fn stage(
         .iter()
         .map(|s| [s.row_start as i32, s.num_rows as i32, s.start_pos as i32])
         .collect();
-    let tile_list = tiles(&seq_info);
+    let (tile_rows, tile_list) = match prefill.is_empty() {
+        true => (0, Vec::new()),
+        false => tiles(&seq_info),
+    };
     if let Some(e) = too_big("prefill tiles", tile_list.len(), layout.tiles_max) {
         return Err(e);
     }
@@ -164,6 +169,7 @@ pub fn stage(
         decode_seqs: padded_decode,
         prefill_seqs: prefill.len(),
         num_tiles: tile_list.len(),
+        tile_rows,
         logit_rows: plan.logit_rows.clone(),
         host,
     })
@@ -181,8 +187,8 @@ mod tests {
         bt_stride: 3,
     };
 
-    fn one_tile_each(info: &[[i32; 3]]) -> Vec<[i32; 2]> {
-        (0..info.len()).map(|i| [i as i32, 0]).collect()
+    fn one_tile_each(info: &[[i32; 3]]) -> (usize, Vec<[i32; 2]>) {
+        (128, (0..info.len()).map(|i| [i as i32, 0]).collect())
     }
 
     fn plan() -> StepPlan {
@@ -220,6 +226,7 @@ mod tests {
             (s.rows, s.decode_seqs, s.prefill_seqs, s.num_tiles),
             (4, 1, 1, 1)
         );
+        assert_eq!(s.tile_rows, 128, "the size `tiles` cut the tiles to");
         assert_eq!(&h[0..4], &[11, 20, 21, 22]);
         assert_eq!(&h[L.positions()..L.positions() + 4], &[5, 0, 1, 2]);
         assert_eq!(h[L.dq_rows()], 0);
@@ -240,6 +247,8 @@ mod tests {
         p.logit_rows = vec![0];
         let s = stage(&p, &L, Some(3), one_tile_each).unwrap();
         assert_eq!((s.rows, s.decode_seqs), (3, 3));
+        // No prefill: no tiles and no tile size, so every step of a bucket has one shape.
+        assert_eq!((s.num_tiles, s.tile_rows), (0, 0));
         assert_eq!(&s.host[..3], &[11, 0, 0]);
         assert_eq!(&s.host[L.slots()..L.slots() + 3], &[9, PAD_SLOT, PAD_SLOT]);
         assert_eq!(&s.host[L.dctx()..L.dctx() + 3], &[6, 0, 0]);

@@ -231,6 +231,7 @@ mod tests {
             decode_seqs: 1,
             prefill_seqs: 0,
             num_tiles: 0,
+            tile_rows: 0,
             logit_rows: 1,
             sample: true,
         };

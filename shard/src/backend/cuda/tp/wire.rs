@@ -67,6 +67,7 @@ impl Frame {
                     sh.decode_seqs,
                     sh.prefill_seqs,
                     sh.num_tiles,
+                    sh.tile_rows,
                     sh.logit_rows,
                     usize::from(sh.sample),
                     usize::from(s.graph),
@@ -91,7 +92,7 @@ impl Frame {
                 nccl_id: payload.try_into().map_err(|_| bad("init"))?,
             }),
             STEP => {
-                if payload.len() < 28 || !payload.len().is_multiple_of(4) {
+                if payload.len() < 32 || !payload.len().is_multiple_of(4) {
                     return Err(bad("step"));
                 }
                 let w = u32s(payload);
@@ -102,11 +103,12 @@ impl Frame {
                         decode_seqs: u(1),
                         prefill_seqs: u(2),
                         num_tiles: u(3),
-                        logit_rows: u(4),
-                        sample: w[5] != 0,
+                        tile_rows: u(4),
+                        logit_rows: u(5),
+                        sample: w[6] != 0,
                     },
-                    graph: w[6] != 0,
-                    meta: w[7..].to_vec(),
+                    graph: w[7] != 0,
+                    meta: w[8..].to_vec(),
                 }))
             }
             t => Err(LinkError::Protocol(format!("unknown frame tag {t:#x}"))),
@@ -154,6 +156,7 @@ mod tests {
                 decode_seqs: 2,
                 prefill_seqs: 1,
                 num_tiles: 3,
+                tile_rows: 64,
                 logit_rows: 3,
                 sample: true,
             },
