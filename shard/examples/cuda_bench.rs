@@ -233,14 +233,27 @@ fn mixed_ms(
         .max(2);
     let warm = (reps - 1).min(2);
     let mut out = [0.0; 3];
-    for (slot, batch) in out.iter_mut().zip([&decodes, &prefills, &both]) {
+    // CUDA_BENCH_PROFILE=1: the profiler API is on only around the last mixed step, so
+    // `ncu --profile-from-start off` sees that step's kernels and not the thousands of the
+    // context fill above (a whole-run ncu of a 300 x 500 fill runs out of time).
+    let profile = std::env::var_os("CUDA_BENCH_PROFILE").is_some();
+    for (i, (slot, batch)) in out.iter_mut().zip([&decodes, &prefills, &both]).enumerate() {
         let params = vec![Some(GREEDY); batch.len()];
         let mut times = Vec::new();
         for rep in 0..reps {
+            let profiled = profile && i == 2 && rep + 1 == reps;
+            if profiled {
+                // SAFETY: the profiler calls take no pointers; the context is current.
+                unsafe { cudarc::driver::sys::cuProfilerStart() };
+            }
             let t = Instant::now();
             model
                 .forward_sampled(batch, &params)
                 .ok_or("no device sampling")??;
+            if profiled {
+                // SAFETY: as above; forward_sampled has synchronised (its tokens are on the host).
+                unsafe { cudarc::driver::sys::cuProfilerStop() };
+            }
             if rep >= warm {
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
