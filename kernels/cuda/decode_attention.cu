@@ -22,8 +22,11 @@
 // share one buffer sized for the largest, zeroed once at allocation.
 // The cache holds bf16 or fp8 e4m3 values (kv.rs); one template serves both, the kernels of an
 // fp8 cache are named paged_decode_fp8_*. The fp8 kernels read one byte an element, widen it
-// exactly to f16 and take scores and P.V in f16x2 (decode_scores_fp8, decode_pv_fp8; the notes
-// above dec_widen_e4m3x4 say why and how exactly); the rest is the bf16 code.
+// exactly to f16 and take scores and P.V on tensor cores (mma.sync m16n8k16, f16 operands, f32
+// sums: decode_scores_mma, decode_pv_mma, the default) or on CUDA cores in f16x2
+// (decode_scores_fp8, decode_pv_fp8: DecodeArgs::fp8_mma = 0, PAGEDSERVE_FP8_DECODE=cuda); the
+// notes above dec_widen_e4m3x4 and above dec_mma_f16 say why and how exactly. The rest is the
+// bf16 code.
 #include "common.cuh"
 
 #define DEC_WARPS 4
@@ -49,6 +52,10 @@ struct DecodeArgs {
     u32 bs_log2, target_ctas;
     u32 max_parts;  // ceil(max_ctx / P): partition slots a (sequence, head) has in ws
     float scale_log2;
+    // fp8 kernels: 0 = scores and P.V on CUDA cores in f16x2 (decode_scores_fp8 /
+    // decode_pv_fp8); else on tensor cores (decode_*_mma), 4 = with DecUnroll::UM4 steps in
+    // flight a warp, any other value DecUnroll::UM.
+    u32 fp8_mma;
 };
 
 // An fp8 e4m3 cache element (the type of the fp8 kernels' caches): sign, 4 exponent bits (bias
@@ -339,11 +346,21 @@ __device__ __forceinline__ void decode_pv(const DecodeArgs& a, const u64* blk_of
 #define DEC_ODD(G) ((G) & 1)
 #define DEC_NPS(G) ((G) <= 2 ? 1 : (G) <= 4 ? 2 : 4)
 
-// f16x2 probabilities of the fp8 kernels, [P][DEC_NPS(G)] (decode_impl writes, decode_pv_fp8
-// reads). A static of its own instantiation, so the bf16 kernels do not have it.
+// Row stride (f16) of the tensor-core path's probabilities, [G][DEC_PM_STRIDE(P)]: 16 halves
+// of padding put the 8-byte B-fragment loads of lanes 0-15 (heads 0-3, token quads 0-3) and
+// of lanes 16-31 each on 32 distinct banks (decode_pv_mma).
+#define DEC_PM_STRIDE(P) ((P) + 16)
+// u32 words of dec_fp8_probs: the f16x2 path's [P][DEC_NPS(G)] or the mma path's
+// [G][DEC_PM_STRIDE(P)] f16, whichever is larger (one kernel holds both paths; fp8_mma picks).
+#define DEC_PH_WORDS(G, P)                                                 \
+    ((P) * DEC_NPS(G) > (G) * DEC_PM_STRIDE(P) / 2 ? (P) * DEC_NPS(G)      \
+                                                    : (G) * DEC_PM_STRIDE(P) / 2)
+
+// Probabilities of the fp8 kernels (decode_impl writes, decode_pv_fp8 / decode_pv_mma read).
+// A static of its own instantiation, so the bf16 kernels do not have it.
 template <int G, int P>
 __device__ __forceinline__ u32* dec_fp8_probs() {
-    __shared__ __align__(16) u32 ph[P * DEC_NPS(G)];
+    __shared__ __align__(16) u32 ph[DEC_PH_WORDS(G, P)];
     return ph;
 }
 
@@ -493,6 +510,237 @@ __device__ __forceinline__ void decode_pv_fp8(const DecodeArgs& a, const u64* bl
     decode_pv_reduce<D, G>(acc);
 }
 
+// ---- The tensor-core path of the fp8 kernels (fp8_mma != 0, the default) ----
+// The f16x2 path above is issue-bound: 5.9 (scores) and 6.4 (P.V) instructions an element on
+// CUDA cores plus the f32 shuffle reductions, 73-82% of copy bandwidth on an H100 where the
+// bf16 kernel reaches 89-93% (docs/perf.md, "FP8 KV cache"). Here both products run on
+// mma.sync.m16n8k16 with f16 operands and f32 accumulators, the cache bytes widened exactly to
+// f16 as above (dec_widen_e4m3x4: cvt.rn.f16x2.e4m3x2 on sm_89+, the PRMT path before), with
+// the same scales: q times scale_log2 * DEC_FP8_Q_SCALE, clamped (scores come out times 2^-8),
+// p times DEC_FP8_P_SCALE (P.V comes out times 2^3). Only the sums differ: f32 in the tensor
+// core instead of f16 chains, so the partial-sum bounds above no longer apply (products of
+// f16 operands are exact in f32) and the roundings are f32 ones.
+//
+// Both products are taken transposed, tokens on the M side and the G <= 8 heads on N (n8, so
+// no group wastes more than half the columns, where heads on M would pad G to 16 rows):
+// - scores: S^T (16 tokens x 8 heads) = K (16 tokens x 16 dims, A) . q^T (16 dims x 8 heads,
+//   B), D / 16 k-steps a 16-token tile. The sum over dims may take the dims in any order as
+//   long as A and B agree, so lane (g = lane / 4, t = lane % 4) loads its own 32 contiguous
+//   bytes (D = 128; 16 at D = 64) of tokens 2g and 2g + 1 of the step, A's rows g and g + 8
+//   (two 16-byte loads each, 64 contiguous bytes of 8 rows an instruction; the two tokens
+//   share a block, so one address), and k-step j takes its word j: bytes (0, 1) are A's
+//   columns 2t, 2t + 1, bytes (2, 3) columns 2t + 8, 2t + 9, so one widening of the word gives
+//   a0 / a2 (token 2g) and one a1 / a3 (token 2g + 1); q (B: column g = head g, rows 2t.. =
+//   the same four dims) is built once in registers in that order (decode_q_mma). The C
+//   fragment's (c0, c2) and (c1, c3) are then one float2 each of the score rows.
+// - P.V: O^T (16 dims x 8 heads) = V^T (16 dims x 16 tokens, A) . P^T (16 tokens x 8 heads,
+//   B), D / 16 m-tiles a 16-token k-step. The sum over tokens and the rows' dims are free in
+//   the same way: lane (g, t) loads tokens 4t..4t + 3 of the step (A's columns 2t, 2t + 1,
+//   2t + 8, 2t + 9; one block, one address), each its D / 8 contiguous bytes at dim D / 8 * g
+//   (one 16-byte load a token at D = 128: 8 lanes read a whole 128-byte row, 4 rows an
+//   instruction), and m-tile i's rows g / g + 8 are dims D / 8 * g + 2i and + 2i + 1. A's
+//   a0 = (V[4t][d], V[4t + 1][d]) pairs two tokens of one dim: one PRMT of the two tokens'
+//   words puts (V[4t][d], V[4t + 1][d], V[4t][d + 1], V[4t + 1][d + 1]) in one register, whose
+//   widening is a0 / a1 (a2 / a3 from tokens 4t + 2, 4t + 3). Per element: 0.25 PRMT + the
+//   widening (0.5 cvt on sm_89+) + 1/8 mma, in registers. The other way, V widened to f16 in
+//   shared memory and read back with ldmatrix.trans, would add a shared store and load of 2
+//   bytes an element, a barrier, and the same widening: more issue and shared-memory traffic
+//   for nothing the PRMT does not already give. P^T's b0 / b1 = the f16 probabilities of head
+//   g, tokens 4t..4t + 3: one 8-byte shared load of row g of the [G][DEC_PM_STRIDE(P)] f16
+//   array (heads g >= G take zeros and their columns are dropped).
+// Tokens past the partition: no loads (zeros), scores not stored (the softmax reads none past
+// plen), probabilities 0 (decode_impl writes zeros up to the next multiple of 16), so no NaN
+// of a stale row can reach the sums. A warp takes 16-token steps warp, warp + 4, ... (UM of
+// them unrolled: 2 UM loads of K and 4 UM of V in flight a lane at D = 128; UM = 2 is 128
+// bytes, as the f16x2 path).
+// SASS (ptxas 12.9, sm_90, d128_g4_p512, this path alone): the scores loop is 217
+// instructions for 2 steps (128 elements a lane: 1.7 an element; 64 F2FP, 16 HMMA, 8 LDG), the
+// P.V loop 219 (64 F2FP, 32 PRMT, 16 HMMA, 8 LDG, 4 LDS), against 5.9 and 6.4 an element on
+// CUDA cores. The index algebra of both was checked by a NumPy emulation of the fragments
+// (D = 64 / 128, G = 1-8, partitions of 1-512 tokens) against q.K^T and P.V.
+
+// D += A.B on tensor cores: A 16x16 f16 (row), B 16x8 f16 (col), D 16x8 f32.
+__device__ __forceinline__ void dec_mma_f16(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
+                                            u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// prmt.b32 of x (bytes 0-3) and y (bytes 4-7) with selector SEL.
+template <u32 SEL>
+__device__ __forceinline__ u32 dec_prmt2(u32 x, u32 y) {
+    u32 r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(x), "r"(y), "n"(SEL));
+    return r;
+}
+
+// (x.b[P], y.b[P], x.b[P + 1], y.b[P + 1]) for P = 0 or 2: dims P, P + 1 of a word of two tokens'
+// rows, paired by dim (decode_pv_mma).
+template <int P>
+__device__ __forceinline__ u32 dec_pair_tokens(u32 x, u32 y) {
+    return dec_prmt2<P == 0 ? 0x5140u : 0x7362u>(x, y);
+}
+
+#define DEC_MMA_TOK 16  // tokens of a warp's step (the m16 of S^T, the k16 of O^T)
+#ifndef DEC_MMA_UNROLL
+#define DEC_MMA_UNROLL 2  // DecUnroll::UM of P >= 256
+#endif
+
+// Lane (g, t)'s q fragments (B of decode_scores_mma): head g's dims of word j (D / 64 16-byte
+// pieces of 16 dims at 64 v + 16 t, word j = dims 64 (j / 4) + 16 t + 4 (j % 4) + 0..3) as
+// qm[2j] = dims (0, 1), qm[2j + 1] = dims (2, 3), times qs, rounded to f16 and clamped
+// (dec_f32x2_q); zeros for heads g >= G.
+template <int D, int G>
+__device__ __forceinline__ void decode_q_mma(const bf16* qb, float qs, u32 (&qm)[D / 8]) {
+    const u32 lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) qm[i] = 0u;
+    if (g < (u32)G) {
+#pragma unroll
+        for (int v = 0; v < D / 64; ++v)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                float f[8];
+                unpack8(*(const uint4*)(qb + g * D + v * 64 + t * 16 + c * 8), f);
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    qm[v * 8 + c * 4 + e] = dec_f32x2_q(f[2 * e] * qs, f[2 * e + 1] * qs);
+            }
+    }
+}
+
+// The scores of the fp8 kernels, tensor-core path (the notes above): qm from decode_q_mma,
+// scores times 2^-8 into sc[head][token] for tokens < plen.
+template <int D, int G, int P, int U>
+__device__ __forceinline__ void decode_scores_mma(const DecodeArgs& a, const u64* blk_off,
+                                                  u32 plen, const u32 (&qm)[D / 8],
+                                                  float (*sc)[P]) {
+    constexpr int NV = D / 64;  // 16-byte loads a token row a lane
+    constexpr int KS = D / 16;  // k-steps: words of a token row a lane
+    const DecodeFp8* kc = static_cast<const DecodeFp8*>(a.kc);
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const u32 g = lane >> 2, t = lane & 3;
+    for (u32 base = warp * DEC_MMA_TOK; base < plen; base += DEC_WARPS * DEC_MMA_TOK * U) {
+        // A's rows g and g + 8 are tokens 2g and 2g + 1 of the step: one block (blocks hold at
+        // least 8 tokens, partitions start at block boundaries), one address.
+        uint4 kr[U][2][NV];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const u32 tok = base + u * DEC_WARPS * DEC_MMA_TOK + 2 * g;
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int v = 0; v < NV; ++v) kr[u][h][v] = make_uint4(0, 0, 0, 0);
+            if (tok < plen) {
+                const DecodeFp8* kp = kc + tok_off(a, blk_off, tok, D) + t * 16;
+#pragma unroll
+                for (int v = 0; v < NV; ++v) kr[u][0][v] = __ldg((const uint4*)(kp + v * 64));
+                if (tok + 1 < plen)
+#pragma unroll
+                    for (int v = 0; v < NV; ++v)
+                        kr[u][1][v] = __ldg((const uint4*)(kp + D + v * 64));
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const u32 t0 = base + u * DEC_WARPS * DEC_MMA_TOK;
+            if (t0 >= plen) break;  // warp-uniform: this and the later steps are past the end
+            float c[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int j = 0; j < KS; ++j) {
+                const uint4& w0 = kr[u][0][j / 4];
+                const uint4& w1 = kr[u][1][j / 4];
+                const u32 x0 = j % 4 == 0 ? w0.x : j % 4 == 1 ? w0.y : j % 4 == 2 ? w0.z : w0.w;
+                const u32 x1 = j % 4 == 0 ? w1.x : j % 4 == 1 ? w1.y : j % 4 == 2 ? w1.z : w1.w;
+                u32 a0, a1, a2, a3;
+                // Row g (token 2g): dims (0, 1) -> cols 2t, 2t + 1, (2, 3) -> 2t + 8, 2t + 9.
+                dec_widen_e4m3x4(x0, a0, a2);
+                dec_widen_e4m3x4(x1, a1, a3);  // row g + 8: token 2g + 1
+                dec_mma_f16(c, a0, a1, a2, a3, qm[2 * j], qm[2 * j + 1]);
+            }
+            // c0, c1: token 2g, heads 2t, 2t + 1; c2, c3: token 2g + 1.
+            const u32 tk = t0 + 2 * g, h0 = 2 * t;
+            if (tk + 1 < plen) {
+                if (h0 < (u32)G) *(float2*)&sc[h0][tk] = make_float2(c[0], c[2]);
+                if (h0 + 1 < (u32)G) *(float2*)&sc[h0 + 1][tk] = make_float2(c[1], c[3]);
+            } else if (tk < plen) {
+                if (h0 < (u32)G) sc[h0][tk] = c[0];
+                if (h0 + 1 < (u32)G) sc[h0 + 1][tk] = c[1];
+            }
+        }
+    }
+}
+
+// P.V of the fp8 kernels, tensor-core path (the notes above): pm the f16 probabilities
+// [G][DEC_PM_STRIDE(P)] times DEC_FP8_P_SCALE, zero from plen to the next multiple of 16.
+// o[i] is m-tile i's C fragment: o[i][0] / o[i][1] = heads 2t / 2t + 1 at dim D / 8 * g + 2i,
+// o[i][2] / o[i][3] the same at dim D / 8 * g + 2i + 1; times 2^3 (DEC_FP8_PV_UNSCALE undoes it).
+template <int D, int G, int P, int U>
+__device__ __forceinline__ void decode_pv_mma(const DecodeArgs& a, const u64* blk_off, u32 plen,
+                                              const unsigned short* pm, float (&o)[D / 16][4]) {
+    constexpr int MT = D / 16;  // m-tiles of 16 dims
+    constexpr int DW = D / 32;  // words of a token row a lane (D / 8 bytes)
+    const DecodeFp8* vc = static_cast<const DecodeFp8*>(a.vc);
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const u32 g = lane >> 2, t = lane & 3;
+    for (u32 base = warp * DEC_MMA_TOK; base < plen; base += DEC_WARPS * DEC_MMA_TOK * U) {
+        // Tokens 4t..4t + 3 of the step: one block (blocks hold at least 8 tokens, partitions
+        // start at block boundaries), one address.
+        u32 vr[U][4][DW];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const u32 tok = base + u * DEC_WARPS * DEC_MMA_TOK + 4 * t;
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int w = 0; w < DW; ++w) vr[u][j][w] = 0u;
+            if (tok < plen) {
+                const DecodeFp8* vp = vc + tok_off(a, blk_off, tok, D) + g * (D / 8);
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    if (tok + j < plen) {
+                        if constexpr (DW == 4) {
+                            const uint4 r = __ldg((const uint4*)(vp + j * D));
+                            vr[u][j][0] = r.x, vr[u][j][1] = r.y;
+                            vr[u][j][2] = r.z, vr[u][j][3] = r.w;
+                        } else {
+                            const uint2 r = __ldg((const uint2*)(vp + j * D));
+                            vr[u][j][0] = r.x, vr[u][j][1] = r.y;
+                        }
+                    }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const u32 t0 = base + u * DEC_WARPS * DEC_MMA_TOK;
+            if (t0 >= plen) break;  // warp-uniform
+            u32 b0 = 0u, b1 = 0u;
+            if (g < (u32)G) {
+                const uint2 pb = *(const uint2*)(pm + g * DEC_PM_STRIDE(P) + t0 + 4 * t);
+                b0 = pb.x, b1 = pb.y;
+            }
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+                const int w = i / 2;
+                u32 x01, x23;
+                if (i % 2 == 0) {
+                    x01 = dec_pair_tokens<0>(vr[u][0][w], vr[u][1][w]);
+                    x23 = dec_pair_tokens<0>(vr[u][2][w], vr[u][3][w]);
+                } else {
+                    x01 = dec_pair_tokens<2>(vr[u][0][w], vr[u][1][w]);
+                    x23 = dec_pair_tokens<2>(vr[u][2][w], vr[u][3][w]);
+                }
+                u32 a0, a1, a2, a3;
+                dec_widen_e4m3x4(x01, a0, a1);  // tokens 4t, 4t + 1: dim 2i -> a0, 2i + 1 -> a1
+                dec_widen_e4m3x4(x23, a2, a3);  // tokens 4t + 2, 4t + 3
+                dec_mma_f16(o[i], a0, a1, a2, a3, b0, b1);
+            }
+        }
+    }
+}
+
 // Run by the last CTA of (sequence s, KV head kvh) to finish: combines the n partitions of its
 // G heads from the workspace (read through L2: other CTAs wrote them during this launch) into
 // `out`. First per head the largest partition max M and the denominator sum_p 2^(m_p - M) l_p
@@ -609,16 +857,26 @@ __device__ __forceinline__ void decode_stage_blocks(const DecodeArgs& a, u32 s, 
 // has the tokens for them (P >= 256): the same bytes in flight per thread, in the same
 // registers (8 uint4 of K, 16 uint2 of V). 64-token partitions are one pass of the CTA either
 // way (D = 128).
+// UM: 16-token steps a warp has in flight in the fp8 kernels' tensor-core path (decode_*_mma):
+// 2 K or 4 V loads of 16 bytes a lane a step at D = 128, so UM = 2 holds the same 128 bytes a
+// lane as U1 / U2 above; a 64-token partition is one step a warp. UM4 (fp8_mma = 4, for
+// timing: PAGEDSERVE_FP8_DECODE=mma4) holds twice that where the partition has the tokens;
+// both fit the registers without spills (ptxas, sm_90 and sm_86), not measured yet.
 template <class T, int P>
 struct DecUnroll {
-    enum { U1 = DecKv<T>::FP8 && P >= 256 ? 8 : 4, U2 = DecKv<T>::FP8 && P >= 256 ? 16 : 8 };
+    enum {
+        U1 = DecKv<T>::FP8 && P >= 256 ? 8 : 4,
+        U2 = DecKv<T>::FP8 && P >= 256 ? 16 : 8,
+        UM = P >= 256 ? DEC_MMA_UNROLL : 1,
+        UM4 = P >= 256 ? 4 : 1
+    };
 };
 
 template <class T, int D, int G, int P, int U1 = DecUnroll<T, P>::U1,
           int U2 = DecUnroll<T, P>::U2>
 __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
     constexpr bool FP8 = DecKv<T>::FP8;
-    __shared__ float sc[G][P];
+    __shared__ __align__(16) float sc[G][P];  // (aligned: decode_scores_mma stores float2)
     __shared__ __align__(16) float red[DEC_WARPS][G][D];
     __shared__ u64 blk_off[P / 8];
     __shared__ float head_max[G], head_sum[G];
@@ -674,39 +932,50 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
     // ... one after the other.
     const bf16* qb = a.qkv + (u64)qrow * a.qkv_stride + (u64)kvh * G * D;
     for (;;) {
-        // q of this group, pre-scaled into the log2 domain; chunk layout matches decode_scores.
-        // Loaded again for each partition a CTA takes (from L2), so that it is not held in
-        // registers across the loop (157 registers instead of 128: 3 CTAs an SM instead of 4).
-        // The fp8 kernels take it as f16x2 (decode_scores_fp8).
-        constexpr int TG = D / 16;
+        // The fp8 kernels' tensor-core path (fp8_mma, uniform over the launch) or the others.
+        const bool mma = FP8 && a.fp8_mma != 0;
         const float qs = FP8 ? a.scale_log2 * DEC_FP8_Q_SCALE : a.scale_log2;
-        float q[G][16];
-#pragma unroll
-        for (int g = 0; g < G; ++g)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                unpack8(*(const uint4*)(qb + g * D + score_chunk<T, TG>(lane % TG, c) * 8),
-                        &q[g][c * 8]);
-#pragma unroll
-                for (int e = 0; e < 8; ++e) q[g][c * 8 + e] *= qs;
-            }
-        // No barrier here (blk_off was published before): the first K loads may issue while q
-        // is still on its way.
-        if constexpr (FP8) {
-            constexpr int NP = DEC_NP(G);
-            u32 qh[G * 8];
-#pragma unroll
-            for (int i = 0; i < NP; ++i)
-#pragma unroll
-                for (int e = 0; e < 16; ++e)
-                    qh[16 * i + e] = dec_f32x2_q(q[2 * i][e], q[2 * i + 1][e]);
-            if constexpr (DEC_ODD(G))
-#pragma unroll
-                for (int e = 0; e < 8; ++e)
-                    qh[16 * NP + e] = dec_f32x2_q(q[G - 1][2 * e], q[G - 1][2 * e + 1]);
-            decode_scores_fp8<D, G, P, U1>(a, blk_off, plen, qh, sc);
+        if (FP8 && mma) {
+            u32 qm[D / 8];
+            decode_q_mma<D, G>(qb, qs, qm);
+            if (a.fp8_mma == 4)
+                decode_scores_mma<D, G, P, DecUnroll<T, P>::UM4>(a, blk_off, plen, qm, sc);
+            else
+                decode_scores_mma<D, G, P, DecUnroll<T, P>::UM>(a, blk_off, plen, qm, sc);
         } else {
-            decode_scores<D, G, P, U1>(a, blk_off, plen, q, sc);
+            // q of this group, pre-scaled into the log2 domain; chunk layout matches
+            // decode_scores. Loaded again for each partition a CTA takes (from L2), so that it
+            // is not held in registers across the loop (157 registers instead of 128: 3 CTAs an
+            // SM instead of 4). The fp8 kernels take it as f16x2 (decode_scores_fp8).
+            constexpr int TG = D / 16;
+            float q[G][16];
+#pragma unroll
+            for (int g = 0; g < G; ++g)
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    unpack8(*(const uint4*)(qb + g * D + score_chunk<T, TG>(lane % TG, c) * 8),
+                            &q[g][c * 8]);
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) q[g][c * 8 + e] *= qs;
+                }
+            // No barrier here (blk_off was published before): the first K loads may issue while
+            // q is still on its way.
+            if constexpr (FP8) {
+                constexpr int NP = DEC_NP(G);
+                u32 qh[G * 8];
+#pragma unroll
+                for (int i = 0; i < NP; ++i)
+#pragma unroll
+                    for (int e = 0; e < 16; ++e)
+                        qh[16 * i + e] = dec_f32x2_q(q[2 * i][e], q[2 * i + 1][e]);
+                if constexpr (DEC_ODD(G))
+#pragma unroll
+                    for (int e = 0; e < 8; ++e)
+                        qh[16 * NP + e] = dec_f32x2_q(q[G - 1][2 * e], q[G - 1][2 * e + 1]);
+                decode_scores_fp8<D, G, P, U1>(a, blk_off, plen, qh, sc);
+            } else {
+                decode_scores<D, G, P, U1>(a, blk_off, plen, q, sc);
+            }
         }
         __syncthreads();
         for (int g = warp; g < G; g += DEC_WARPS) {
@@ -715,19 +984,34 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
             m = warp_max(m);
             float l = 0.f;
             if constexpr (FP8) {
-                // Scores times 2^-8 (decode_scores_fp8): the 2^8 goes into the subtraction's
-                // FFMA (exact) and the max. P.V's weights as f16 times DEC_FP8_P_SCALE, into
-                // the head's half of the token's pair (both halves for an odd G's last head).
+                // Scores times 2^-8 (decode_scores_fp8 / _mma): the 2^8 goes into the
+                // subtraction's FFMA (exact) and the max. P.V's weights as f16 times
+                // DEC_FP8_P_SCALE: for the f16x2 path into the head's half of the token's pair
+                // (both halves for an odd G's last head); for the mma path into row g of
+                // [G][DEC_PM_STRIDE(P)], zeros from plen up to the next multiple of 16 (the
+                // last 16-token step's padding).
                 const float ms = m * DEC_FP8_S_SCALE;
                 u32* ph = dec_fp8_probs<G, P>();
-                for (u32 t = lane; t < plen; t += 32) {
-                    const float e = exp2f(fmaf(sc[g][t], DEC_FP8_S_SCALE, -ms));
-                    const unsigned short h = dec_f16(e * DEC_FP8_P_SCALE);
-                    if (DEC_ODD(G) && g == G - 1)
-                        ph[t * DEC_NPS(G) + g / 2] = h * 0x10001u;
-                    else
-                        reinterpret_cast<unsigned short*>(ph)[t * 2 * DEC_NPS(G) + g] = h;
-                    l += e;
+                if (mma) {
+                    unsigned short* pm =
+                        reinterpret_cast<unsigned short*>(ph) + g * DEC_PM_STRIDE(P);
+                    const u32 pend = (plen + DEC_MMA_TOK - 1) & ~(u32)(DEC_MMA_TOK - 1);
+                    for (u32 t = lane; t < pend; t += 32) {
+                        const float e =
+                            t < plen ? exp2f(fmaf(sc[g][t], DEC_FP8_S_SCALE, -ms)) : 0.f;
+                        pm[t] = dec_f16(e * DEC_FP8_P_SCALE);
+                        l += e;
+                    }
+                } else {
+                    for (u32 t = lane; t < plen; t += 32) {
+                        const float e = exp2f(fmaf(sc[g][t], DEC_FP8_S_SCALE, -ms));
+                        const unsigned short h = dec_f16(e * DEC_FP8_P_SCALE);
+                        if (DEC_ODD(G) && g == G - 1)
+                            ph[t * DEC_NPS(G) + g / 2] = h * 0x10001u;
+                        else
+                            reinterpret_cast<unsigned short*>(ph)[t * 2 * DEC_NPS(G) + g] = h;
+                        l += e;
+                    }
                 }
                 m = ms;
             } else {
@@ -745,20 +1029,44 @@ __device__ __forceinline__ void decode_impl(const DecodeArgs& a) {
         }
         __syncthreads();
 
-        float acc[G][8];
+        if (FP8 && mma) {
+            float o[D / 16][4];
 #pragma unroll
-        for (int g = 0; g < G; ++g)
+            for (int i = 0; i < D / 16; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+            const unsigned short* pm =
+                reinterpret_cast<const unsigned short*>(dec_fp8_probs<G, P>());
+            if (a.fp8_mma == 4)
+                decode_pv_mma<D, G, P, DecUnroll<T, P>::UM4>(a, blk_off, plen, pm, o);
+            else
+                decode_pv_mma<D, G, P, DecUnroll<T, P>::UM>(a, blk_off, plen, pm, o);
+            // Heads 2t, 2t + 1 (those < G) of dims D / 8 * g + 2i, + 2i + 1, times 2^-3.
+            const u32 gi = lane >> 2, h0 = 2 * (lane & 3);
 #pragma unroll
-            for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
-        if constexpr (FP8)
-            decode_pv_fp8<D, G, P, U2>(a, blk_off, plen, dec_fp8_probs<G, P>(), acc);
-        else
-            decode_pv<D, G, P, U2>(a, blk_off, plen, sc, acc);
-        if (lane < D / 8)
+            for (int i = 0; i < D / 16; ++i) {
+                const u32 d = gi * (D / 8) + 2 * i;
+                if (h0 < (u32)G)
+                    *(float2*)&red[warp][h0][d] = make_float2(o[i][0] * DEC_FP8_PV_UNSCALE,
+                                                               o[i][2] * DEC_FP8_PV_UNSCALE);
+                if (h0 + 1 < (u32)G)
+                    *(float2*)&red[warp][h0 + 1][d] = make_float2(
+                        o[i][1] * DEC_FP8_PV_UNSCALE, o[i][3] * DEC_FP8_PV_UNSCALE);
+            }
+        } else {
+            float acc[G][8];
 #pragma unroll
             for (int g = 0; g < G; ++g)
 #pragma unroll
-                for (int e = 0; e < 8; ++e) red[warp][g][lane * 8 + e] = acc[g][e];
+                for (int e = 0; e < 8; ++e) acc[g][e] = 0.f;
+            if constexpr (FP8)
+                decode_pv_fp8<D, G, P, U2>(a, blk_off, plen, dec_fp8_probs<G, P>(), acc);
+            else
+                decode_pv<D, G, P, U2>(a, blk_off, plen, sc, acc);
+            if (lane < D / 8)
+#pragma unroll
+                for (int g = 0; g < G; ++g)
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) red[warp][g][lane * 8 + e] = acc[g][e];
+        }
         __syncthreads();
 
         const u32 max_parts = a.max_parts;

@@ -18,6 +18,14 @@
 //!   `ATTN_BENCH_PREFILL_TILE=128,64,auto` for an A/B of the tile sizes on every prefill shape
 //!   (the `vs` column: TFLOP/s against the first size listed, same shape and key tile).
 //! - `ATTN_BENCH_PREFILL_ONLY=1`: only the prefill tables (no copy bandwidth, decode or sample).
+//! - `ATTN_BENCH_DECODE_ONLY=1`: only copy bandwidth and the decode tables (no prefill or
+//!   sample).
+//! - `ATTN_BENCH_FP8_DECODE`: the fp8 decode paths to time, comma-separated, each `mma`
+//!   (tensor cores), `mma4` (the same, twice the loads in flight) or `cuda` (the CUDA-core
+//!   f16x2 path; see `Kernels::set_fp8_decode`); default: the kernels' own
+//!   (`PAGEDSERVE_FP8_DECODE`, else mma). E.g. `ATTN_BENCH_FP8_DECODE=cuda,mma,mma4` times every
+//!   fp8 decode shape on each (the `vs` column: time of the first path listed / this one, same
+//!   shape).
 
 mod common;
 
@@ -90,10 +98,23 @@ const D: usize = 128;
 const BS: usize = 16;
 const REPS: usize = 10;
 
-/// Random distinct block ids: `sets` tables of `[batch, ctx / BS]`, each set from other blocks
-/// where the pool allows.
+/// `ATTN_BENCH_FP8_DECODE` (see the header): the fp8 decode paths to time, in order (names as
+/// `Kernels::set_fp8_decode` takes them); `None`: the kernels' own.
+fn fp8_decode_modes() -> Vec<Option<String>> {
+    let list = std::env::var("ATTN_BENCH_FP8_DECODE").unwrap_or_default();
+    let modes: Vec<Option<String>> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(|m| Some(m.to_string()))
+        .collect();
+    if modes.is_empty() { vec![None] } else { modes }
+}
+
+/// Random distinct block ids: `sets` tables of `[batch, ceil(ctx / BS)]`, each set from other
+/// blocks where the pool allows.
 fn tables(pool: usize, batch: usize, ctx: usize, sets: usize, seed: u64) -> Vec<i32> {
-    let per = batch * ctx / BS;
+    let per = batch * ctx.div_ceil(BS);
     let mut perm: Vec<i32> = (0..pool as i32).collect();
     let mut x = seed | 1;
     for i in (1..perm.len()).rev() {
@@ -156,7 +177,7 @@ fn decode_case<C: KvElem>(
 ) -> Res<DecodeRow> {
     let bytes = (batch * ctx * KVH * D * 2 * size_of::<C>()) as f64;
     let sets = ((256e6 / bytes).ceil() as usize).clamp(1, 16);
-    let per = batch * ctx / BS;
+    let per = batch * ctx.div_ceil(BS);
     let bt = b
         .stream
         .clone_htod(&tables(pool, batch, ctx, sets, (ctx * 131 + batch) as u64))?;
@@ -183,7 +204,7 @@ fn decode_case<C: KvElem>(
             &kv.0.as_view(),
             &kv.1.as_view(),
             &bt.slice(s * per..(s + 1) * per),
-            ctx / BS,
+            ctx.div_ceil(BS),
             &lens.as_view(),
             &mut ws.as_view_mut(),
             H,
@@ -414,6 +435,14 @@ fn main() -> Res<()> {
     let b = Bench::new(cache.as_deref(), REPS)?;
     let modes = tile_modes()?;
     let prefill_only = std::env::var("ATTN_BENCH_PREFILL_ONLY").is_ok_and(|v| v == "1");
+    let decode_only = std::env::var("ATTN_BENCH_DECODE_ONLY").is_ok_and(|v| v == "1");
+    let fp8_modes = fp8_decode_modes();
+    // Unknown names fail here, not after the bf16 tables.
+    let own = b.k.fp8_decode();
+    for path in fp8_modes.iter().flatten() {
+        b.k.set_fp8_decode(path)?;
+    }
+    b.k.set_fp8_decode(own)?;
     if prefill_only {
         let (prefill, prefill8) = prefill_tables(&b, &modes)?;
         println!("\n== attn_bench ({}, {}) ==", b.ctx.name()?, b.k.arch());
@@ -442,19 +471,34 @@ fn main() -> Res<()> {
     }
     // The big steps of a ShareGPT run at request rate inf: hundreds of sequences of a few
     // hundred tokens each (prompts ~230 tokens, answers ~200), the engine's max_ctx.
-    for (ctx_len, batch) in [(256, 1024), (512, 512), (512, 1024)] {
+    // And a real ShareGPT serving step's decode (Llama-3-8B, fp8 cache: 300 and 200 sequences
+    // of ~500 tokens; 500 is no multiple of the block size, the last block is partial).
+    for (ctx_len, batch) in [(256, 1024), (512, 512), (512, 1024), (500, 300), (500, 200)] {
         small.push(decode_case(&b, &kv, pool, ctx_len, ENGINE_MAX_CTX, batch)?);
     }
     // Every decode shape again over fp8 caches of the same size (pool and block tables as
-    // above, half the bytes), their rows next to the bf16 ones in the table.
+    // above, half the bytes), their rows next to the bf16 ones in the table: once per fp8
+    // decode path of ATTN_BENCH_FP8_DECODE.
     let kv8 = (random_fp8(&b, n, 23)?, random_fp8(&b, n, 24)?);
-    let mut fp8_rows = Vec::new();
-    for r in rows.iter().chain(&small) {
-        fp8_rows.push(decode_case(&b, &kv8, pool, r.ctx, r.max_ctx, r.batch)?);
+    let mut fp8_tables = Vec::new();
+    for mode in &fp8_modes {
+        if let Some(path) = mode {
+            b.k.set_fp8_decode(path)?;
+        }
+        let path = b.k.fp8_decode();
+        let mut fp8_rows = Vec::new();
+        for r in rows.iter().chain(&small) {
+            fp8_rows.push(decode_case(&b, &kv8, pool, r.ctx, r.max_ctx, r.batch)?);
+        }
+        fp8_tables.push((path, fp8_rows));
     }
     drop(kv8);
     drop(kv);
-    let (prefill, prefill8) = prefill_tables(&b, &modes)?;
+    let (prefill, prefill8) = if decode_only {
+        (Vec::new(), Vec::new())
+    } else {
+        prefill_tables(&b, &modes)?
+    };
     let modes = [
         ("greedy", 0.0, 0, 1.0),
         ("temperature", 0.8, 0, 1.0),
@@ -463,7 +507,7 @@ fn main() -> Res<()> {
         ("top-k 50 + top-p 0.9", 0.8, 50, 0.9),
     ];
     let mut samples = Vec::new();
-    for (name, t, k, p) in modes {
+    for (name, t, k, p) in modes.into_iter().filter(|_| !decode_only) {
         for batch in [1, 128] {
             samples.push((
                 name,
@@ -477,7 +521,10 @@ fn main() -> Res<()> {
     for (name, t, k, p) in [
         ("top-p 0.9, peaked", 0.8, 0, 0.9),
         ("top-k 50 + top-p 0.9, peaked", 0.8, 50, 0.9),
-    ] {
+    ]
+    .into_iter()
+    .filter(|_| !decode_only)
+    {
         for batch in [1, 128] {
             samples.push((
                 name,
@@ -508,25 +555,34 @@ fn main() -> Res<()> {
             r.ctx, r.max_ctx, r.batch, r.us, r.gbs
         );
     }
-    println!(
-        "paged decode attention over an fp8 e4m3 cache, the same shapes (bytes = K+V read at 1 \
-         byte an element; x bf16 = bf16 time / fp8 time):"
-    );
-    println!(
-        "{:>7} {:>7} {:>6} {:>5} {:>10} {:>9} {:>7} {:>7}",
-        "context", "max_ctx", "batch", "part", "time_us", "GB/s", "%copy", "x bf16"
-    );
-    for (r, r16) in fp8_rows.iter().zip(rows.iter().chain(&small)) {
-        let (part, pct) = (decode_partition(r.batch, r.max_ctx), 100.0 * r.gbs / copy);
+    let first = &fp8_tables[0].1;
+    for (path, fp8_rows) in &fp8_tables {
         println!(
-            "{:>7} {:>7} {:>6} {part:>5} {:>10.1} {:>9.0} {pct:>6.1}% {:>7.2}",
-            r.ctx,
-            r.max_ctx,
-            r.batch,
-            r.us,
-            r.gbs,
-            r16.us / r.us
+            "paged decode attention over an fp8 e4m3 cache, {path} path, the same shapes (bytes = \
+             K+V read at 1 byte an element; x bf16 = bf16 time / fp8 time; vs {} = its time / \
+             this one's):",
+            fp8_tables[0].0
         );
+        println!(
+            "{:>7} {:>7} {:>6} {:>5} {:>10} {:>9} {:>7} {:>7} {:>7}",
+            "context", "max_ctx", "batch", "part", "time_us", "GB/s", "%copy", "x bf16", "vs"
+        );
+        for ((r, r16), r0) in fp8_rows.iter().zip(rows.iter().chain(&small)).zip(first) {
+            let (part, pct) = (decode_partition(r.batch, r.max_ctx), 100.0 * r.gbs / copy);
+            println!(
+                "{:>7} {:>7} {:>6} {part:>5} {:>10.1} {:>9.0} {pct:>6.1}% {:>7.2} {:>7.3}",
+                r.ctx,
+                r.max_ctx,
+                r.batch,
+                r.us,
+                r.gbs,
+                r16.us / r.us,
+                r0.us / r.us
+            );
+        }
+    }
+    if decode_only {
+        return Ok(());
     }
     print_prefill_tables(&prefill, &prefill8, modes.len());
     println!("sample over a 128256-token vocabulary:");

@@ -2,7 +2,7 @@
 //! (cuda/prefill_attention.cu), plus their host-side helpers.
 
 use std::sync::PoisonError;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{
@@ -209,10 +209,29 @@ struct DecodeArgs {
     target_ctas: u32,
     max_parts: u32,
     scale_log2: f32,
+    fp8_mma: u32,
 }
 
 // SAFETY: plain old data with the C layout of the kernel's parameter.
 unsafe impl DeviceRepr for DecodeArgs {}
+
+/// How decode attention over fp8 caches computes its scores and P·V, by name: `mma` (tensor
+/// cores: mma.sync m16n8k16, f16 operands, f32 sums; the default), `mma4` (the same with twice
+/// the loads in flight a warp in 256- and 512-token partitions, for timing) or `cuda` (the
+/// CUDA-core f16x2 path that came before). Both paths live in the same `paged_decode_fp8_*`
+/// kernels, picked by `DecodeArgs::fp8_mma` (the value next to each name here), so one binary
+/// can time both ([`Kernels::set_fp8_decode`]).
+const FP8_DECODE_PATHS: [(&str, u32); 3] = [("mma", 1), ("mma4", 4), ("cuda", 0)];
+
+/// The fp8 decode path of `PAGEDSERVE_FP8_DECODE` (read once, when a [`Kernels`] loads; unset
+/// or not a name of [`FP8_DECODE_PATHS`]: `mma`), as its `fp8_mma` value.
+fn fp8_decode_from_env() -> u32 {
+    let v = std::env::var("PAGEDSERVE_FP8_DECODE").unwrap_or_default();
+    FP8_DECODE_PATHS
+        .iter()
+        .find(|(name, _)| v.trim().eq_ignore_ascii_case(name))
+        .map_or(FP8_DECODE_PATHS[0].1, |&(_, mode)| mode)
+}
 
 /// Threads per prefill CTA (PF_THREADS in prefill_attention.cu).
 const PREFILL_THREADS: u32 = 128;
@@ -296,6 +315,9 @@ pub(crate) struct PrefillTiles {
     /// Query rows a tile forced by a test or benchmark for every step (0: per step, by
     /// [`prefill_tile_rows`]).
     forced_rows: AtomicUsize,
+    /// The fp8 decode path, as `DecodeArgs::fp8_mma` ([`FP8_DECODE_PATHS`]): not a prefill
+    /// setting, but attention's per-[`Kernels`] state lives here.
+    fp8_decode: AtomicU32,
     device: usize,
     device_arch: String,
 }
@@ -329,6 +351,7 @@ impl PrefillTiles {
             current: Default::default(),
             sm_count,
             forced_rows: AtomicUsize::new(0),
+            fp8_decode: AtomicU32::new(fp8_decode_from_env()),
             device,
             device_arch,
         };
@@ -563,6 +586,34 @@ impl Kernels {
         Ok(())
     }
 
+    /// The path decode attention over fp8 caches takes for its scores and P·V: `mma` (tensor
+    /// cores, the default), `mma4` or `cuda` (CUDA cores), see [`FP8_DECODE_PATHS`]; from
+    /// `PAGEDSERVE_FP8_DECODE` at load, or [`Kernels::set_fp8_decode`].
+    pub fn fp8_decode(&self) -> &'static str {
+        let mode = self.prefill.fp8_decode.load(Ordering::Relaxed);
+        FP8_DECODE_PATHS
+            .iter()
+            .find(|&&(_, m)| m == mode)
+            .map_or("mma", |&(name, _)| name)
+    }
+
+    /// Picks the fp8 decode path (`mma`, `mma4` or `cuda`) for this `Kernels`' later launches
+    /// (benchmarks and tests compare them; a server takes `PAGEDSERVE_FP8_DECODE`'s). A captured
+    /// CUDA graph keeps the path it was captured with.
+    pub fn set_fp8_decode(&self, path: &str) -> Result<(), KernelError> {
+        let &(_, mode) = FP8_DECODE_PATHS
+            .iter()
+            .find(|(name, _)| *name == path)
+            .ok_or_else(|| {
+                KernelError::shape(
+                    "set_fp8_decode",
+                    format!("{path:?}: the fp8 decode paths are mma, mma4 and cuda"),
+                )
+            })?;
+        self.prefill.fp8_decode.store(mode, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// CTAs of decode kernel `name` the GPU holds at once (SMs × resident CTAs a SM), asked of
     /// the driver at the kernel's first launch and kept: eager steps launch it once a layer.
     fn decode_target_ctas(&self, name: &str, func: &CudaFunction) -> Result<u32, KernelError> {
@@ -689,6 +740,10 @@ impl Kernels {
             target_ctas,
             max_parts: to_u32(K, "partitions", parts)?,
             scale_log2: scale * std::f32::consts::LOG2_E,
+            fp8_mma: match C::DTYPE {
+                KvDtype::Fp8E4m3 => self.prefill.fp8_decode.load(Ordering::Relaxed),
+                KvDtype::Bf16 => 0,
+            },
         };
         let mut b = self.dependent_launch_of(stream, func);
         b.arg(&args);

@@ -201,7 +201,8 @@ fn paged_decode_attention_fp8_widens_every_value_exactly() -> TestResult {
 
 /// The fp8 decode kernels as an sm_80 / sm_86 GPU runs them: compiled for sm_86, where e4m3 is
 /// widened by PRMT and masks instead of sm_89's conversion instruction (which the device's own
-/// build uses on an H100), against the same reference and exactness checks.
+/// build uses on an H100), against the same reference and exactness checks, on the
+/// tensor-core path and the CUDA-core one.
 #[test]
 fn paged_decode_attention_fp8_sm86_matches_reference() -> TestResult {
     let Some(g) = gpu() else { return Ok(()) };
@@ -216,8 +217,37 @@ fn paged_decode_attention_fp8_sm86_matches_reference() -> TestResult {
         stream: g.stream.clone(),
         k,
     };
-    fp8_matches_reference(&v)?;
-    fp8_widens_every_value_exactly(&v)
+    // Both paths: tensor cores and CUDA cores widen through the same PRMT code there.
+    for path in ["mma", "cuda"] {
+        v.k.set_fp8_decode(path)?;
+        fp8_matches_reference(&v)?;
+        fp8_widens_every_value_exactly(&v)?;
+    }
+    Ok(())
+}
+
+/// The fp8 tests above run the default path (`mma`, tensor cores, unless the environment sets
+/// `PAGEDSERVE_FP8_DECODE`); this runs them on every other one (`Kernels` of its own, so that
+/// the tests running beside it keep theirs): `mma4` (more loads in flight) and `cuda` (the
+/// CUDA-core f16x2 path).
+#[test]
+fn paged_decode_attention_fp8_other_paths_match_reference() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let k = Kernels::load(g.k.context(), Some(&kernel_cache_dir()))?;
+    let v = Gpu {
+        stream: g.stream.clone(),
+        k,
+    };
+    for path in ["mma", "mma4", "cuda"] {
+        if path == g.k.fp8_decode() {
+            continue;
+        }
+        v.k.set_fp8_decode(path)?;
+        fp8_matches_reference(&v)?;
+        fp8_widens_every_value_exactly(&v)?;
+        fp8_large_scores_stay_finite(&v)?;
+    }
+    Ok(())
 }
 
 fn fp8_widens_every_value_exactly(g: &Gpu) -> TestResult {
@@ -286,8 +316,9 @@ fn fp8_widens_every_value_exactly(g: &Gpu) -> TestResult {
                     let got = out[(i * h + hh) * d + e].to_f32();
                     assert!(
                         got == want,
-                        "S={s} part={part} seq {i} head {hh} [{e}]: got {got}, want {want} \
+                        "{} S={s} part={part} seq {i} head {hh} [{e}]: got {got}, want {want} \
                          (byte {:#04x})",
+                        fp8_path(g, Kv::Fp8(Fp8Values::Bulk)),
                         cache.v[(((i + 1) * kvh + head) * bs) * d + e].to_bits()
                     );
                 }
@@ -308,6 +339,10 @@ fn fp8_widens_every_value_exactly(g: &Gpu) -> TestResult {
 #[test]
 fn paged_decode_attention_fp8_large_scores_stay_finite() -> TestResult {
     let Some(g) = gpu() else { return Ok(()) };
+    fp8_large_scores_stay_finite(g)
+}
+
+fn fp8_large_scores_stay_finite(g: &Gpu) -> TestResult {
     let mut rng = rng("paged_decode_attention_fp8_large_scores_stay_finite");
     let g5 = Case {
         h: 20,
@@ -382,8 +417,12 @@ fn paged_decode_attention_fp8_large_scores_stay_finite() -> TestResult {
                 }
             }
             let label = format!(
-                "decode fp8 large scores, q in ±[{q_lo}, {q_hi}], H={} KVH={} D={} lens={:?}",
-                c.h, c.kvh, c.d, c.lens
+                "decode fp8{} large scores, q in ±[{q_lo}, {q_hi}], H={} KVH={} D={} lens={:?}",
+                fp8_path(g, Kv::Fp8(Fp8Values::Large)),
+                c.h,
+                c.kvh,
+                c.d,
+                c.lens
             );
             check_attention(&label, &got, &want, c.d, ATTN_TOL);
             check_counters_reset(g, &ws, s * c.h, &label)?;
@@ -421,6 +460,14 @@ fn check_counters_reset(g: &Gpu, ws: &CudaSlice<f32>, counters: usize, label: &s
         .collect();
     assert!(bad.is_empty(), "{label}: counters not reset: {bad:?}");
     Ok(())
+}
+
+/// Which fp8 path `g` runs, for failure messages (empty for bf16 caches).
+fn fp8_path(g: &Gpu, kv: Kv) -> String {
+    match kv {
+        Kv::Bf16 => String::new(),
+        Kv::Fp8(_) => format!(" ({} path)", g.k.fp8_decode()),
+    }
 }
 
 fn run_case(g: &Gpu, rng: &mut rand::rngs::StdRng, c: &Case) -> TestResult {
@@ -577,7 +624,8 @@ fn launch_and_check(
     }
     check_rows_written(&out, &expect_written, c.h * c.d);
     let label = format!(
-        "decode {kv:?} H={} KVH={} D={} bs={} max_ctx={} part={} lens={:?}",
+        "decode {kv:?}{} H={} KVH={} D={} bs={} max_ctx={} part={} lens={:?}",
+        fp8_path(g, kv),
         c.h,
         c.kvh,
         c.d,
