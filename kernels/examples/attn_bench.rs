@@ -21,9 +21,9 @@
 //! - `ATTN_BENCH_DECODE_ONLY=1`: only copy bandwidth and the decode tables (no prefill or
 //!   sample).
 //! - `ATTN_BENCH_FP8_DECODE`: the fp8 decode paths to time, comma-separated, each `mma`
-//!   (tensor cores), `mma4` (the same, twice the loads in flight) or `cuda` (the CUDA-core
+//!   (tensor cores), `mma-half` (the same, half the loads in flight) or `cuda` (the CUDA-core
 //!   f16x2 path; see `Kernels::set_fp8_decode`); default: the kernels' own
-//!   (`PAGEDSERVE_FP8_DECODE`, else mma). E.g. `ATTN_BENCH_FP8_DECODE=cuda,mma,mma4` times every
+//!   (`PAGEDSERVE_FP8_DECODE`, else mma). E.g. `ATTN_BENCH_FP8_DECODE=cuda,mma-half,mma` times every
 //!   fp8 decode shape on each (the `vs` column: time of the first path listed / this one, same
 //!   shape).
 

@@ -216,12 +216,13 @@ struct DecodeArgs {
 unsafe impl DeviceRepr for DecodeArgs {}
 
 /// How decode attention over fp8 caches computes its scores and P·V, by name: `mma` (tensor
-/// cores: mma.sync m16n8k16, f16 operands, f32 sums; the default), `mma4` (the same with twice
-/// the loads in flight a warp in 256- and 512-token partitions, for timing) or `cuda` (the
-/// CUDA-core f16x2 path that came before). Both paths live in the same `paged_decode_fp8_*`
+/// cores: mma.sync m16n8k16, f16 operands, f32 sums, four 16-token steps a warp in flight in
+/// 256- and 512-token partitions; the default), `mma-half` (the same with two steps in flight:
+/// 3-15% slower on an H100, kept to time against) or `cuda` (the CUDA-core f16x2 path that
+/// came before: 5-15% slower). Both paths live in the same `paged_decode_fp8_*`
 /// kernels, picked by `DecodeArgs::fp8_mma` (the value next to each name here), so one binary
 /// can time both ([`Kernels::set_fp8_decode`]).
-const FP8_DECODE_PATHS: [(&str, u32); 3] = [("mma", 1), ("mma4", 4), ("cuda", 0)];
+const FP8_DECODE_PATHS: [(&str, u32); 3] = [("mma", 4), ("mma-half", 1), ("cuda", 0)];
 
 /// The fp8 decode path of `PAGEDSERVE_FP8_DECODE` (read once, when a [`Kernels`] loads; unset
 /// or not a name of [`FP8_DECODE_PATHS`]: `mma`), as its `fp8_mma` value.
@@ -587,7 +588,7 @@ impl Kernels {
     }
 
     /// The path decode attention over fp8 caches takes for its scores and P·V: `mma` (tensor
-    /// cores, the default), `mma4` or `cuda` (CUDA cores), see [`FP8_DECODE_PATHS`]; from
+    /// cores, the default), `mma-half` or `cuda` (CUDA cores), see [`FP8_DECODE_PATHS`]; from
     /// `PAGEDSERVE_FP8_DECODE` at load, or [`Kernels::set_fp8_decode`].
     pub fn fp8_decode(&self) -> &'static str {
         let mode = self.prefill.fp8_decode.load(Ordering::Relaxed);
@@ -597,7 +598,7 @@ impl Kernels {
             .map_or("mma", |&(name, _)| name)
     }
 
-    /// Picks the fp8 decode path (`mma`, `mma4` or `cuda`) for this `Kernels`' later launches
+    /// Picks the fp8 decode path (`mma`, `mma-half` or `cuda`) for this `Kernels`' later launches
     /// (benchmarks and tests compare them; a server takes `PAGEDSERVE_FP8_DECODE`'s). A captured
     /// CUDA graph keeps the path it was captured with.
     pub fn set_fp8_decode(&self, path: &str) -> Result<(), KernelError> {
@@ -607,7 +608,7 @@ impl Kernels {
             .ok_or_else(|| {
                 KernelError::shape(
                     "set_fp8_decode",
-                    format!("{path:?}: the fp8 decode paths are mma, mma4 and cuda"),
+                    format!("{path:?}: the fp8 decode paths are mma, mma-half and cuda"),
                 )
             })?;
         self.prefill.fp8_decode.store(mode, Ordering::Relaxed);

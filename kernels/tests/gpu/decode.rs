@@ -228,7 +228,7 @@ fn paged_decode_attention_fp8_sm86_matches_reference() -> TestResult {
 
 /// The fp8 tests above run the default path (`mma`, tensor cores, unless the environment sets
 /// `PAGEDSERVE_FP8_DECODE`); this runs them on every other one (`Kernels` of its own, so that
-/// the tests running beside it keep theirs): `mma4` (more loads in flight) and `cuda` (the
+/// the tests running beside it keep theirs): `mma-half` (fewer loads in flight) and `cuda` (the
 /// CUDA-core f16x2 path).
 #[test]
 fn paged_decode_attention_fp8_other_paths_match_reference() -> TestResult {
@@ -238,7 +238,7 @@ fn paged_decode_attention_fp8_other_paths_match_reference() -> TestResult {
         stream: g.stream.clone(),
         k,
     };
-    for path in ["mma", "mma4", "cuda"] {
+    for path in ["mma", "mma-half", "cuda"] {
         if path == g.k.fp8_decode() {
             continue;
         }
