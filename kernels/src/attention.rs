@@ -296,11 +296,12 @@ fn default_key_tile(dtype: KvDtype, head_dim: usize, avail: usize) -> Option<usi
         .find(|&kt| key_tile_fits(dtype, head_dim, kt, avail))
 }
 
-/// Which prefill kernel runs, per cache type and head dim of [`SUPPORTED_HEAD_DIMS`]: chosen at
-/// load from the device's opt-in shared memory per block, which is also when the kernels that
-/// fit get their dynamic shared memory allowance (a function attribute, set once, not at every
-/// launch).
-pub(crate) struct PrefillTiles {
+/// What attention runs, per [`Kernels`]: which prefill kernel, per cache type and head dim of
+/// [`SUPPORTED_HEAD_DIMS`] (chosen at load from the device's opt-in shared memory per block,
+/// which is also when the kernels that fit get their dynamic shared memory allowance: a
+/// function attribute, set once, not at every launch), the prefill tile rows, and the fp8
+/// decode path.
+pub(crate) struct AttentionChoices {
     /// The device's opt-in shared memory per block, bytes.
     limit: usize,
     /// Static shared memory of each (cache type, head dim)'s prefill kernels (none today: it is
@@ -316,8 +317,7 @@ pub(crate) struct PrefillTiles {
     /// Query rows a tile forced by a test or benchmark for every step (0: per step, by
     /// [`prefill_tile_rows`]).
     forced_rows: AtomicUsize,
-    /// The fp8 decode path, as `DecodeArgs::fp8_mma` ([`FP8_DECODE_PATHS`]): not a prefill
-    /// setting, but attention's per-[`Kernels`] state lives here.
+    /// The fp8 decode path, as `DecodeArgs::fp8_mma` ([`FP8_DECODE_PATHS`]).
     fp8_decode: AtomicU32,
     device: usize,
     device_arch: String,
@@ -331,7 +331,7 @@ fn dtype_index(dtype: KvDtype) -> usize {
     }
 }
 
-impl PrefillTiles {
+impl AttentionChoices {
     /// Reads the device's limit, picks each (cache type, head dim)'s key tile and raises the
     /// dynamic shared memory allowance of every prefill kernel that fits; `Err(SharedMemory)`
     /// when some pair has no kernel that fits.
@@ -345,7 +345,7 @@ impl PrefillTiles {
         let device = ctx.ordinal();
         let device_arch = crate::loader::device_arch(ctx)?;
         ctx.bind_to_thread()?;
-        let mut tiles = PrefillTiles {
+        let mut tiles = AttentionChoices {
             limit,
             static_bytes: Default::default(),
             default: Default::default(),
@@ -515,8 +515,8 @@ impl Kernels {
     /// stage instead of two, plus `4 * kt * D` bytes of raw e4m3 tiles: a little less shared
     /// memory than a bf16 one, so the same key tiles).
     pub fn prefill_key_tile_for(&self, dtype: KvDtype, head_dim: usize) -> Option<usize> {
-        PrefillTiles::index(head_dim)
-            .map(|i| self.prefill.current[dtype_index(dtype)][i].load(Ordering::Relaxed))
+        AttentionChoices::index(head_dim)
+            .map(|i| self.attention.current[dtype_index(dtype)][i].load(Ordering::Relaxed))
     }
 
     /// For tests and benchmarks: makes every head dim's prefill launches use `kt` keys a K/V
@@ -526,7 +526,7 @@ impl Kernels {
     /// `Err(Shape)` for another `kt`, `Err(SharedMemory)` where a head dim's kernel of `kt` keys
     /// does not fit this device; either way nothing changes.
     pub fn set_prefill_key_tile(&self, kt: Option<usize>) -> Result<(), KernelError> {
-        let p = &self.prefill;
+        let p = &self.attention;
         let Some(kt) = kt else {
             for (cur, def) in p.current.iter().zip(&p.default) {
                 for (cur, &kt) in cur.iter().zip(def) {
@@ -556,15 +556,15 @@ impl Kernels {
     /// what [`Kernels::set_prefill_tile_rows`] forced. The tile list ([`prefill_tiles`]) and the
     /// launch ([`Kernels::paged_prefill_attention`]'s `tile_rows`) must both take this value.
     pub fn prefill_tile_rows(&self, prefill_tokens: usize, num_heads: usize) -> usize {
-        match self.prefill.forced_rows.load(Ordering::Relaxed) {
-            0 => prefill_tile_rows(prefill_tokens, num_heads, self.prefill.sm_count),
+        match self.attention.forced_rows.load(Ordering::Relaxed) {
+            0 => prefill_tile_rows(prefill_tokens, num_heads, self.attention.sm_count),
             rows => rows,
         }
     }
 
     /// The device's SM count, as [`Kernels::prefill_tile_rows`] uses it.
     pub fn sm_count(&self) -> usize {
-        self.prefill.sm_count
+        self.attention.sm_count
     }
 
     /// For tests and benchmarks: makes [`Kernels::prefill_tile_rows`] return `rows` (one of
@@ -581,7 +581,7 @@ impl Kernels {
                 || format!("{r} rows a tile: one of {PREFILL_TILE_ROWS:?}"),
             )?;
         }
-        self.prefill
+        self.attention
             .forced_rows
             .store(rows.unwrap_or(0), Ordering::Relaxed);
         Ok(())
@@ -591,7 +591,7 @@ impl Kernels {
     /// cores, the default), `mma-half` or `cuda` (CUDA cores), see [`FP8_DECODE_PATHS`]; from
     /// `PAGEDSERVE_FP8_DECODE` at load, or [`Kernels::set_fp8_decode`].
     pub fn fp8_decode(&self) -> &'static str {
-        let mode = self.prefill.fp8_decode.load(Ordering::Relaxed);
+        let mode = self.attention.fp8_decode.load(Ordering::Relaxed);
         FP8_DECODE_PATHS
             .iter()
             .find(|&&(_, m)| m == mode)
@@ -611,7 +611,7 @@ impl Kernels {
                     format!("{path:?}: the fp8 decode paths are mma, mma-half and cuda"),
                 )
             })?;
-        self.prefill.fp8_decode.store(mode, Ordering::Relaxed);
+        self.attention.fp8_decode.store(mode, Ordering::Relaxed);
         Ok(())
     }
 
@@ -742,7 +742,7 @@ impl Kernels {
             max_parts: to_u32(K, "partitions", parts)?,
             scale_log2: scale * std::f32::consts::LOG2_E,
             fp8_mma: match C::DTYPE {
-                KvDtype::Fp8E4m3 => self.prefill.fp8_decode.load(Ordering::Relaxed),
+                KvDtype::Fp8E4m3 => self.attention.fp8_decode.load(Ordering::Relaxed),
                 KvDtype::Bf16 => 0,
             },
         };
@@ -861,7 +861,7 @@ impl Kernels {
             bs_log2: block_size.trailing_zeros(),
             scale_log2: scale * std::f32::consts::LOG2_E,
         };
-        // The kernel's shared memory allowance was raised at load (PrefillTiles::init).
+        // The kernel's shared memory allowance was raised at load (AttentionChoices::init).
         let kt = self
             .prefill_key_tile_for(C::DTYPE, head_dim)
             .ok_or_else(|| KernelError::shape(K, format!("head_dim {head_dim}")))?;

@@ -53,9 +53,9 @@ pub struct Kernels {
     /// CTAs the GPU holds at once, per decode attention kernel (attention.rs): a device
     /// constant, asked of the driver at a kernel's first launch only.
     decode_ctas: Mutex<HashMap<String, u32>>,
-    /// The prefill kernel's key tile per head dim (attention.rs), chosen at load from the
-    /// device's shared memory per block.
-    prefill: attention::PrefillTiles,
+    /// Attention's choices (attention.rs): the prefill kernel's key tile per head dim, chosen
+    /// at load from the device's shared memory per block, its tile rows, the fp8 decode path.
+    attention: attention::AttentionChoices,
 }
 
 /// Every KV-cache type, as [`Kernels::load`] loads them.
@@ -103,7 +103,7 @@ impl Kernels {
         Ok(Kernels {
             ctx: ctx.clone(),
             pdl: launch::pdl_enabled(&loaded.arch),
-            prefill: attention::PrefillTiles::init(ctx, &loaded)?,
+            attention: attention::AttentionChoices::init(ctx, &loaded)?,
             loaded,
             decode_ctas: Mutex::new(HashMap::new()),
         })
