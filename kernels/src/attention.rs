@@ -228,10 +228,15 @@ const FP8_DECODE_PATHS: [(&str, u32); 3] = [("mma", 4), ("mma-half", 1), ("cuda"
 /// or not a name of [`FP8_DECODE_PATHS`]: `mma`), as its `fp8_mma` value.
 fn fp8_decode_from_env() -> u32 {
     let v = std::env::var("PAGEDSERVE_FP8_DECODE").unwrap_or_default();
+    fp8_decode_mode(&v.trim().to_ascii_lowercase()).unwrap_or(FP8_DECODE_PATHS[0].1)
+}
+
+/// The `fp8_mma` value of the fp8 decode path named exactly `path`.
+fn fp8_decode_mode(path: &str) -> Option<u32> {
     FP8_DECODE_PATHS
         .iter()
-        .find(|(name, _)| v.trim().eq_ignore_ascii_case(name))
-        .map_or(FP8_DECODE_PATHS[0].1, |&(_, mode)| mode)
+        .find(|&&(name, _)| name == path)
+        .map(|&(_, mode)| mode)
 }
 
 /// Threads per prefill CTA (PF_THREADS in prefill_attention.cu).
@@ -602,15 +607,12 @@ impl Kernels {
     /// (benchmarks and tests compare them; a server takes `PAGEDSERVE_FP8_DECODE`'s). A captured
     /// CUDA graph keeps the path it was captured with.
     pub fn set_fp8_decode(&self, path: &str) -> Result<(), KernelError> {
-        let &(_, mode) = FP8_DECODE_PATHS
-            .iter()
-            .find(|(name, _)| *name == path)
-            .ok_or_else(|| {
-                KernelError::shape(
-                    "set_fp8_decode",
-                    format!("{path:?}: the fp8 decode paths are mma, mma-half and cuda"),
-                )
-            })?;
+        let mode = fp8_decode_mode(path).ok_or_else(|| {
+            KernelError::shape(
+                "set_fp8_decode",
+                format!("{path:?}: the fp8 decode paths are mma, mma-half and cuda"),
+            )
+        })?;
         self.attention.fp8_decode.store(mode, Ordering::Relaxed);
         Ok(())
     }
@@ -995,6 +997,16 @@ mod tests {
         for tokens in 0..3000 {
             assert!(PREFILL_TILE_ROWS.contains(&prefill_tile_rows(tokens, h, sms)));
         }
+    }
+
+    #[test]
+    fn fp8_decode_paths_are_found_by_exact_name() {
+        assert_eq!(fp8_decode_mode("mma"), Some(4));
+        assert_eq!(fp8_decode_mode("mma-half"), Some(1));
+        assert_eq!(fp8_decode_mode("cuda"), Some(0));
+        assert_eq!(fp8_decode_mode("MMA"), None);
+        assert_eq!(fp8_decode_mode(" mma"), None);
+        assert_eq!(fp8_decode_mode("mma4"), None);
     }
 
     #[test]
