@@ -164,12 +164,7 @@ impl Gemm {
         cache_dir: Option<&Path>,
     ) -> BackendResult<TuneReport> {
         let started = Instant::now();
-        let stream = Arc::clone(self.stream());
-        stream
-            .context()
-            .bind_to_thread()
-            .map_err(cuda_err("bind context"))?;
-        let work = plan_work(shapes, &stream);
+        let work = self.bound_work(shapes)?;
         let key = self.cache_key(&work)?;
         let mut inner = self.lock();
         let cached = cache_dir.and_then(|dir| gemm_cache::load(dir, &key));
@@ -189,7 +184,7 @@ impl Gemm {
                 let measured = self.measure(&inner, &work);
                 // The scratch is freed by now; a synchronization returns stream-ordered frees
                 // to the device, so that the free memory the KV cache is sized from sees them.
-                stream
+                self.stream()
                     .synchronize()
                     .map_err(cuda_err("GEMM tuning scratch"))?;
                 let chosen = measured?;
@@ -235,12 +230,7 @@ impl Gemm {
         shapes: &[TuneShape<'_>],
         index: usize,
     ) -> BackendResult<usize> {
-        let stream = Arc::clone(self.stream());
-        stream
-            .context()
-            .bind_to_thread()
-            .map_err(cuda_err("bind context"))?;
-        let work = plan_work(shapes, &stream);
+        let work = self.bound_work(shapes)?;
         let mut inner = self.lock();
         let mut chosen = Vec::new();
         for w in &work {
@@ -252,6 +242,17 @@ impl Gemm {
         let installed = tuned.algos.len();
         inner.install(tuned);
         Ok(installed)
+    }
+
+    /// `shapes`' work, with this Gemm's context made the thread's current one first (tuning
+    /// and forced installs run cuBLASLt calls, which use the thread's current context).
+    fn bound_work(&self, shapes: &[TuneShape<'_>]) -> BackendResult<Vec<Work>> {
+        let stream = self.stream();
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(cuda_err("bind context"))?;
+        Ok(plan_work(shapes, stream))
     }
 
     /// The cache key of `work` on this device with this cuBLASLt.
