@@ -8,6 +8,7 @@ pub mod batching;
 pub mod client;
 pub mod error;
 pub mod generation_defaults;
+pub mod listen;
 pub mod metrics;
 pub mod server;
 pub mod state;

@@ -9,6 +9,7 @@ use crate::args::Args;
 use crate::batching::WaitingGate;
 use crate::client::ShardPool;
 use crate::generation_defaults::{GenerationConfigError, GenerationDefaults};
+use crate::listen;
 use crate::metrics::{Metrics, MetricsError};
 use crate::state::AppState;
 use crate::tokenize::{ModelTokenizer, TokenizeError};
@@ -68,12 +69,20 @@ pub fn build_state(args: &Args) -> Result<Arc<AppState>, ServerError> {
 pub async fn run(args: Args) -> Result<(), ServerError> {
     let state = build_state(&args)?;
     let addr = format!("{}:{}", args.host, args.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
+    let listener = listen::bind(&addr, listen::LISTEN_BACKLOG)
         .await
         .map_err(|source| ServerError::Bind {
             addr: addr.clone(),
             source,
         })?;
+    if let Some(cap) = listen::somaxconn().filter(|&c| c < listen::LISTEN_BACKLOG) {
+        tracing::warn!(
+            somaxconn = cap,
+            "net.core.somaxconn caps the listen backlog: a burst of more new connections \
+             than this waits a second for its SYNs to be retried (raise the sysctl, e.g. a \
+             pod's securityContext.sysctls)"
+        );
+    }
     let listener = no_delay(listener);
     tracing::info!(addr = %addr, shards = ?args.shards, "router listening; connecting to shards");
     let app = crate::api::router(Arc::clone(&state));
