@@ -190,8 +190,11 @@ pub struct ServeArgs {
     /// served, as vLLM) or `lof` (longest output first, SGLang's policy for offline
     /// throughput: the request with the most tokens left to generate, by its `max_tokens`,
     /// starts first, so a batch of requests sent at once ends sooner; short requests wait
-    /// behind long ones). Also `--schedule-policy`, SGLang's name.
-    #[arg(long, visible_alias = "schedule-policy", value_parser = ["fcfs", "lof"])]
+    /// behind long ones) or `lof-paced` (`lof`, and each step's token budget paced to the
+    /// queue: the rows still to compute over the steps its longest answer still needs, at
+    /// least 256 tokens, at most `--max-num-batched-tokens`). Also `--schedule-policy`,
+    /// SGLang's name.
+    #[arg(long, visible_alias = "schedule-policy", value_parser = ["fcfs", "lof", "lof-paced"])]
     pub scheduling_policy: Option<String>,
 
     /// Automatic prefix caching, on by default as in vLLM V1 (this flag only confirms it): full

@@ -82,9 +82,11 @@ pub struct Args {
     /// Order in which waiting requests are admitted: `fcfs` (first come, first served; vLLM's
     /// and SGLang's default) or `lof` (longest output first, SGLang's policy for offline
     /// throughput: the request with the most tokens left to generate, by its `max_tokens`,
-    /// goes first; short requests wait behind long ones). Also `--schedule-policy` (SGLang).
+    /// goes first; short requests wait behind long ones) or `lof-paced` (`lof`, and each step's
+    /// token budget paced to the queue: the rows left over the steps the longest answer still
+    /// needs, at least 256, at most `--max-batch-tokens`). Also `--schedule-policy` (SGLang).
     #[arg(long, visible_alias = "schedule-policy", default_value = "fcfs",
-          value_parser = ["fcfs", "lof"])]
+          value_parser = ["fcfs", "lof", "lof-paced"])]
     pub scheduling_policy: String,
     /// CPU compute threads (default: every core). The launcher gives each of N shards cores / N.
     #[arg(long, env = "PAGEDSERVE_THREADS", value_parser = at_least_one())]
@@ -192,6 +194,7 @@ impl Args {
             },
             schedule_policy: match self.scheduling_policy.as_str() {
                 "lof" => SchedulePolicy::Lof,
+                "lof-paced" => SchedulePolicy::LofPaced,
                 _ => SchedulePolicy::Fcfs,
             },
             prefix_caching: self.prefix_caching(),
@@ -265,6 +268,11 @@ mod tests {
             let lof = parse(&[flag, "lof"]).expect("parses");
             assert_eq!(lof.engine_config().schedule_policy, SchedulePolicy::Lof);
         }
+        let paced = parse(&["--scheduling-policy", "lof-paced"]).expect("parses");
+        assert_eq!(
+            paced.engine_config().schedule_policy,
+            SchedulePolicy::LofPaced
+        );
         assert!(parse(&["--scheduling-policy", "priority"]).is_err());
     }
 

@@ -10,6 +10,7 @@
 mod actor;
 mod handle;
 mod outputs;
+mod pacing;
 mod runner;
 mod scheduler;
 mod sequence;
@@ -57,6 +58,18 @@ pub enum SchedulePolicy {
     /// while the short ones fill the steps around it, shortens the run. Short requests wait
     /// behind long ones, and a request without `max_tokens` counts as the longest.
     Lof,
+    /// `Lof`, and each step's token budget paced to the queue (`pacing.rs`): the rows still to
+    /// compute spread over the steps the longest answer still needs, plus slack, between 256
+    /// tokens (and every running decode) and `max_batch_tokens`. For the same offline batches;
+    /// it relies on `max_tokens` being close to each answer's real length.
+    LofPaced,
+}
+
+impl SchedulePolicy {
+    /// Admits the longest output first.
+    pub fn longest_first(self) -> bool {
+        matches!(self, Self::Lof | Self::LofPaced)
+    }
 }
 
 /// Scheduling limits.

@@ -1,5 +1,6 @@
 //! Per-step planning: which sequences run, with how many tokens, and who gets preempted.
 
+use super::pacing::{Backlog, paced_budget};
 use super::sequence::{SeqKey, Sequence};
 use super::{EngineConfig, PrefillPolicy, SchedulePolicy};
 use crate::kv_cache::BlockPool;
@@ -37,7 +38,8 @@ pub(crate) struct Scheduler {
     pub pool: BlockPool,
     /// Admission order: oldest first, so the newest is preempted first.
     pub running: Vec<Sequence>,
-    /// FIFO; preempted sequences go back to the front. Under [`SchedulePolicy::Lof`] it is
+    /// FIFO; preempted sequences go back to the front. Under [`SchedulePolicy::Lof`] (and
+    /// `LofPaced`) it is
     /// re-sorted, longest output first, before a step that follows a change.
     pub waiting: VecDeque<Sequence>,
     /// `waiting` changed since it was last sorted (LOF only).
@@ -141,7 +143,7 @@ impl Scheduler {
     /// first; the sort is stable, so ties keep their order, and it runs only after the queue
     /// changed (new arrivals or preemptions), at most once a step.
     fn order_waiting(&mut self) {
-        if self.config.schedule_policy == SchedulePolicy::Lof && self.waiting_unsorted {
+        if self.config.schedule_policy.longest_first() && self.waiting_unsorted {
             self.waiting
                 .make_contiguous()
                 .sort_by_key(|s| Reverse(s.tokens_left()));
@@ -149,11 +151,30 @@ impl Scheduler {
         self.waiting_unsorted = false;
     }
 
+    /// The token budget of the next step: `max_batch_tokens`, or under
+    /// [`SchedulePolicy::LofPaced`] what the queue's backlog calls for (`pacing.rs`).
+    fn step_budget(&self) -> usize {
+        let max = self.config.max_batch_tokens;
+        if self.config.schedule_policy != SchedulePolicy::LofPaced {
+            return max;
+        }
+        let mut backlog = Backlog::default();
+        for seq in self.running.iter().chain(&self.waiting) {
+            backlog.add(seq.num_uncomputed(), seq.tokens_left());
+        }
+        backlog.decodes = self
+            .running
+            .iter()
+            .filter(|s| s.num_uncomputed() == 1)
+            .count();
+        paced_budget(backlog, max)
+    }
+
     /// Running sequences first (oldest first, each with all it still needs), then
     /// admission in queue order.
     fn schedule_fifo(&mut self) -> Vec<ScheduledChunk> {
         let preemptions_before = self.preemptions_total;
-        let mut budget = self.config.max_batch_tokens;
+        let mut budget = self.step_budget();
         let mut chunks = Vec::new();
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
@@ -186,7 +207,7 @@ impl Scheduler {
     /// this plans exactly what FIFO would.
     fn schedule_shared(&mut self) -> Vec<ScheduledChunk> {
         let preemptions_before = self.preemptions_total;
-        let mut budget = self.config.max_batch_tokens;
+        let mut budget = self.step_budget();
         let mut chunks = Vec::new();
         let mut i = 0;
         while i < self.running.len() && budget > 0 {

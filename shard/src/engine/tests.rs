@@ -112,6 +112,13 @@ fn lof(config: EngineConfig) -> EngineConfig {
     }
 }
 
+fn lof_paced(config: EngineConfig) -> EngineConfig {
+    EngineConfig {
+        schedule_policy: SchedulePolicy::LofPaced,
+        ..config
+    }
+}
+
 fn shared(max_batch_tokens: usize, max_num_seqs: usize) -> EngineConfig {
     EngineConfig {
         prefill_policy: PrefillPolicy::Shared,
@@ -148,6 +155,7 @@ fn batched_with_preemption_matches_solo_runs() {
         shared(24, 16),
         lof(config(64, 16)),
         lof(shared(24, 16)),
+        lof_paced(config(64, 16)),
     ] {
         let mut h = Harness::new(FakeLm::new(4, 14, 1024), config);
         let reqs = lens
@@ -283,6 +291,25 @@ fn longest_output_first_sorts_late_arrivals_in() {
         ]);
         assert_eq!(finish_order(&mut h), want, "{policy:?}");
     }
+}
+
+/// `lof-paced`: the first step's budget is the queue's rows over its longest answer's steps
+/// (+ 1/8, to a multiple of 128), not all of `max_batch_tokens`; every request still completes.
+#[test]
+fn lof_paced_spreads_the_queue_over_the_longest_answer() {
+    let total = |policy: fn(EngineConfig) -> EngineConfig| {
+        let mut h = Harness::new(FakeLm::new(4, 1024, 1024), policy(config(1024, 16)));
+        let reqs = (0..8).map(|i| request(i + 1, prompt(200, i as u32), 2));
+        h.submit(reqs.collect());
+        h.run();
+        assert_eq!(h.results.len(), 8);
+        let first: usize = h.forward_calls()[0].iter().map(|c| c.1).sum();
+        first
+    };
+    // 8 x (200 prompt rows + 1 decode row) = 1,608 rows over 2 steps, x 9/8 = 905: 896, the
+    // nearest multiple of 128 (at least the even 804).
+    assert_eq!(total(lof_paced), 896);
+    assert_eq!(total(lof), 1024);
 }
 
 #[test]
