@@ -20,6 +20,9 @@
 //! - `ATTN_BENCH_PREFILL_ONLY=1`: only the prefill tables (no copy bandwidth, decode or sample).
 //! - `ATTN_BENCH_DECODE_ONLY=1`: only copy bandwidth and the decode tables (no prefill or
 //!   sample).
+//! - `ATTN_BENCH_DECODE_SHAPES`: only copy bandwidth and these decode launches, at the engine's
+//!   max_ctx, fp8 then bf16: comma-separated `SxLEN` (S sequences of LEN tokens) or `SxLO-HI`
+//!   (lengths spread evenly over LO..=HI), e.g. `120x600,120x100-1100,300x500`.
 //! - `ATTN_BENCH_FP8_DECODE`: the fp8 decode paths to time, comma-separated, each `mma`
 //!   (tensor cores), `mma-half` (the same, half the loads in flight) or `cuda` (the CUDA-core
 //!   f16x2 path; see `Kernels::set_fp8_decode`); default: the kernels' own
@@ -175,7 +178,21 @@ fn decode_case<C: KvElem>(
     max_ctx: usize,
     batch: usize,
 ) -> Res<DecodeRow> {
-    let bytes = (batch * ctx * KVH * D * 2 * size_of::<C>()) as f64;
+    decode_case_lens(b, kv, pool, &vec![ctx; batch], max_ctx)
+}
+
+/// [`decode_case`] over sequences of the given lengths (`ctx` of the row: the longest).
+fn decode_case_lens<C: KvElem>(
+    b: &Bench,
+    kv: &(CudaSlice<C>, CudaSlice<C>),
+    pool: usize,
+    ctx_lens: &[usize],
+    max_ctx: usize,
+) -> Res<DecodeRow> {
+    let batch = ctx_lens.len();
+    let ctx = ctx_lens.iter().copied().max().unwrap_or(1);
+    let tokens: usize = ctx_lens.iter().sum();
+    let bytes = (tokens * KVH * D * 2 * size_of::<C>()) as f64;
     let sets = ((256e6 / bytes).ceil() as usize).clamp(1, 16);
     let per = batch * ctx.div_ceil(BS);
     let bt = b
@@ -186,7 +203,8 @@ fn decode_case<C: KvElem>(
     let rows = b
         .stream
         .clone_htod(&(0..batch as i32).collect::<Vec<_>>())?;
-    let lens = b.stream.clone_htod(&vec![ctx as i32; batch])?;
+    let lens: Vec<i32> = ctx_lens.iter().map(|&l| l as i32).collect();
+    let lens = b.stream.clone_htod(&lens)?;
     let mut out = b.random_bf16(batch * H * D, 3, 1.0)?;
     // Zeroed: its last words are the combine's counters.
     let mut ws = b
@@ -452,6 +470,9 @@ fn main() -> Res<()> {
     let copy = b.copy_bandwidth()?;
     let pool = 128 * 16384 / BS; // blocks for the largest case
     let n = pool * KVH * BS * D;
+    if let Some(shapes) = decode_shapes()? {
+        return decode_shapes_table(&b, pool, n, copy, &shapes);
+    }
     let kv = (b.random_bf16(n, 21, 1.0)?, b.random_bf16(n, 22, 1.0)?);
     let mut rows = Vec::new();
     for ctx_len in [1024, 4096, 16384] {
@@ -624,4 +645,82 @@ fn print_prefill_tables(prefill: &[PrefillRow], prefill8: &[PrefillRow], modes: 
     print_prefill(prefill8, "vs 1st", |i| prefill8[i - i % modes].r.1);
     println!("fp8 against bf16:");
     print_prefill(prefill8, "vs bf16", |i| prefill[i].r.1);
+}
+
+/// A decode launch of `ATTN_BENCH_DECODE_SHAPES`: its sequences' lengths.
+type DecodeShape = Vec<usize>;
+
+/// `ATTN_BENCH_DECODE_SHAPES` (see the header): decode launches of `S` sequences whose lengths
+/// spread evenly over `LO..=HI` tokens (`SxLEN`: all `LEN`).
+fn decode_shapes() -> Res<Option<Vec<DecodeShape>>> {
+    let Ok(spec) = std::env::var("ATTN_BENCH_DECODE_SHAPES") else {
+        return Ok(None);
+    };
+    let bad = |what: &str| format!("ATTN_BENCH_DECODE_SHAPES: `{what}` is not SxLEN or SxLO-HI");
+    let mut shapes = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (s, lens) = item.split_once('x').ok_or_else(|| bad(item))?;
+        let s: usize = s.parse().map_err(|_| bad(item))?;
+        let (lo, hi) = match lens.split_once('-') {
+            Some((lo, hi)) => (lo.parse(), hi.parse()),
+            None => (lens.parse(), lens.parse()),
+        };
+        let (lo, hi): (usize, usize) = (lo.map_err(|_| bad(item))?, hi.map_err(|_| bad(item))?);
+        if s == 0 || lo == 0 || hi < lo {
+            return Err(bad(item).into());
+        }
+        let lens = (0..s)
+            .map(|i| lo + (hi - lo) * i / (s - 1).max(1))
+            .collect();
+        shapes.push(lens);
+    }
+    Ok(Some(shapes))
+}
+
+/// Only the `ATTN_BENCH_DECODE_SHAPES` launches, at the engine's max_ctx, over an fp8 cache
+/// with the kernels' own fp8 path (PAGEDSERVE_FP8_DECODE) and over a bf16 cache.
+fn decode_shapes_table(
+    b: &Bench,
+    pool: usize,
+    n: usize,
+    copy: f64,
+    shapes: &[DecodeShape],
+) -> Res<()> {
+    let kv8 = (random_fp8(b, n, 23)?, random_fp8(b, n, 24)?);
+    let mut fp8 = Vec::new();
+    for lens in shapes {
+        fp8.push(decode_case_lens(b, &kv8, pool, lens, ENGINE_MAX_CTX)?);
+    }
+    drop(kv8);
+    let kv = (b.random_bf16(n, 21, 1.0)?, b.random_bf16(n, 22, 1.0)?);
+    let mut bf = Vec::new();
+    for lens in shapes {
+        bf.push(decode_case_lens(b, &kv, pool, lens, ENGINE_MAX_CTX)?);
+    }
+    println!(
+        "\n== attn_bench decode shapes ({}, {}) ==",
+        b.ctx.name()?,
+        b.k.arch()
+    );
+    println!(
+        "device copy bandwidth (read + write): {copy:.0} GB/s; fp8 path {}",
+        b.k.fp8_decode()
+    );
+    println!(
+        "{:>6} {:>11} {:>5} {:>10} {:>7} {:>10} {:>7}",
+        "batch", "lengths", "part", "fp8 us", "%copy", "bf16 us", "%copy"
+    );
+    for ((lens, r8), r16) in shapes.iter().zip(&fp8).zip(&bf) {
+        let (s, lo) = (lens.len(), lens.iter().min().copied().unwrap_or(0));
+        println!(
+            "{s:>6} {:>11} {:>5} {:>10.1} {:>6.1}% {:>10.1} {:>6.1}%",
+            format!("{lo}-{}", r8.ctx),
+            decode_partition(s, ENGINE_MAX_CTX),
+            r8.us,
+            100.0 * r8.gbs / copy,
+            r16.us,
+            100.0 * r16.gbs / copy
+        );
+    }
+    Ok(())
 }

@@ -73,6 +73,9 @@ const LARGE_PAIRS: usize = 256;
 /// the actual lengths. On the device a sequence shorter than `max_ctx` may split into more,
 /// shorter partitions (down to 64 tokens) where the launch would not fill the GPU.
 pub fn decode_partition(num_seqs: usize, max_ctx: usize) -> usize {
+    if let Some(part) = forced_decode_partition() {
+        return part;
+    }
     let pairs = num_seqs * max_ctx.div_ceil(DECODE_PARTITION);
     if pairs < SMALL_PAIRS {
         DECODE_PARTITION_SMALL
@@ -81,6 +84,24 @@ pub fn decode_partition(num_seqs: usize, max_ctx: usize) -> usize {
     } else {
         DECODE_PARTITION_LARGE
     }
+}
+
+/// `PAGEDSERVE_DECODE_PARTITION` (64, 256 or 512; for measurements; any other value is
+/// ignored): every decode launch's longest partition, whatever its size. Read once, so workspaces sized at start and later
+/// launches agree.
+fn forced_decode_partition() -> Option<usize> {
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| {
+        let value = std::env::var("PAGEDSERVE_DECODE_PARTITION").ok()?;
+        value.trim().parse().ok().filter(|p| {
+            [
+                DECODE_PARTITION_SMALL,
+                DECODE_PARTITION,
+                DECODE_PARTITION_LARGE,
+            ]
+            .contains(p)
+        })
+    })
 }
 
 /// Waves of CTAs a decode launch's grid may hold (see [`decode_grid_z`]).
