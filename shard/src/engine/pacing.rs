@@ -5,12 +5,12 @@
 //! few rows it has. Front-loading the work into full-budget steps leaves those last steps nearly
 //! empty (the longest answers decoding alone); spreading it evenly over them costs less, because
 //! a step's cost grows faster than its rows once its GEMMs pass the point where the weight
-//! reads stop hiding the arithmetic (~256 rows for Llama-3-8B on an H100). Measured on an H100,
-//! 1,000 ShareGPT prompts whose longest answer is 1,856 tokens: 10,680 output tok/s with a
+//! reads stop hiding the arithmetic (~256 rows for Llama-3-8B on an H100). Measured on one H100,
+//! 1,000 ShareGPT prompts whose longest answer is 1,856 tokens: 10,725 output tok/s with a
 //! fixed budget of 256 against 10,124 with 512; but a draw whose longest answer is 1,045 tokens
-//! wants ~450 rows a step, and a fixed 256 lost 11% there (docs/perf.md, "Afternoon,
-//! 2026-11-27"). So the budget follows the queue: the rows still to compute over the steps the
-//! longest answer still needs, with some slack.
+//! needs ~400 rows a step, and there a fixed 256 made 11,767 against 13,324-13,430 at 512 (other
+//! H100s; docs/perf.md, "Afternoon, 2026-11-27"). So the budget follows the queue: the rows
+//! still to compute over the steps the longest answer still needs, with some slack.
 
 /// The smallest paced budget: below the GEMMs' ridge a step costs about the same whatever its
 /// rows, so a smaller budget would save nothing and only delay the queue (and an answer that

@@ -38,11 +38,10 @@ pub(crate) struct Scheduler {
     pub pool: BlockPool,
     /// Admission order: oldest first, so the newest is preempted first.
     pub running: Vec<Sequence>,
-    /// FIFO; preempted sequences go back to the front. Under [`SchedulePolicy::Lof`] (and
-    /// `LofPaced`) it is
-    /// re-sorted, longest output first, before a step that follows a change.
+    /// FIFO; preempted sequences go back to the front. Under [`SchedulePolicy::Lof`] and
+    /// `LofPaced` it is re-sorted, longest output first, before a step that follows a change.
     pub waiting: VecDeque<Sequence>,
-    /// `waiting` changed since it was last sorted (LOF only).
+    /// `waiting` changed since it was last sorted (LOF policies only).
     waiting_unsorted: bool,
     /// The keys of every sequence in `running` and `waiting`, so that the duplicate check of
     /// each submitted request is O(1): scanning both queues made a Submit of k requests cost
