@@ -87,8 +87,8 @@ pub fn decode_partition(num_seqs: usize, max_ctx: usize) -> usize {
 }
 
 /// `PAGEDSERVE_DECODE_PARTITION` (64, 256 or 512; for measurements; any other value is
-/// ignored): every decode launch's longest partition, whatever its size. Read once, so workspaces sized at start and later
-/// launches agree.
+/// ignored): every decode launch's longest partition, whatever its size. Read once, so
+/// workspaces sized at start and later launches agree.
 fn forced_decode_partition() -> Option<usize> {
     static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     *FORCED.get_or_init(|| {
@@ -621,7 +621,12 @@ impl Kernels {
         FP8_DECODE_PATHS
             .iter()
             .find(|&&(_, m)| m == mode)
-            .map_or("mma", |&(name, _)| name)
+            .map_or(FP8_DECODE_PATHS[0].0, |&(name, _)| name)
+    }
+
+    /// The names [`Kernels::set_fp8_decode`] takes, the default first.
+    pub fn fp8_decode_paths() -> impl Iterator<Item = &'static str> {
+        FP8_DECODE_PATHS.iter().map(|&(name, _)| name)
     }
 
     /// Picks the fp8 decode path (`mma`, `mma-half` or `cuda`) for this `Kernels`' later launches
@@ -631,7 +636,10 @@ impl Kernels {
         let mode = fp8_decode_mode(path).ok_or_else(|| {
             KernelError::shape(
                 "set_fp8_decode",
-                format!("{path:?}: the fp8 decode paths are mma, mma-half and cuda"),
+                format!(
+                    "{path:?}: the fp8 decode paths are {}",
+                    Self::fp8_decode_paths().collect::<Vec<_>>().join(", ")
+                ),
             )
         })?;
         self.attention.fp8_decode.store(mode, Ordering::Relaxed);
@@ -1028,6 +1036,9 @@ mod tests {
         assert_eq!(fp8_decode_mode("MMA"), None);
         assert_eq!(fp8_decode_mode(" mma"), None);
         assert_eq!(fp8_decode_mode("mma4"), None);
+        // The default first: the GPU tests run every other one.
+        let names: Vec<_> = Kernels::fp8_decode_paths().collect();
+        assert_eq!(names, ["mma", "mma-half", "cuda"]);
     }
 
     #[test]

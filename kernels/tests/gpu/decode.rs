@@ -227,9 +227,9 @@ fn paged_decode_attention_fp8_sm86_matches_reference() -> TestResult {
 }
 
 /// The fp8 tests above run the default path (`mma`, tensor cores, unless the environment sets
-/// `PAGEDSERVE_FP8_DECODE`); this runs them on every other one (`Kernels` of its own, so that
-/// the tests running beside it keep theirs): `mma-half` (fewer loads in flight) and `cuda` (the
-/// CUDA-core f16x2 path).
+/// `PAGEDSERVE_FP8_DECODE`); this runs them on every other one of `Kernels::fp8_decode_paths`
+/// (`Kernels` of its own, so that the tests running beside it keep theirs): today `mma-half`
+/// (fewer loads in flight) and `cuda` (the CUDA-core f16x2 path).
 #[test]
 fn paged_decode_attention_fp8_other_paths_match_reference() -> TestResult {
     let Some(g) = gpu() else { return Ok(()) };
@@ -238,7 +238,7 @@ fn paged_decode_attention_fp8_other_paths_match_reference() -> TestResult {
         stream: g.stream.clone(),
         k,
     };
-    for path in ["mma", "mma-half", "cuda"] {
+    for path in Kernels::fp8_decode_paths() {
         if path == g.k.fp8_decode() {
             continue;
         }
