@@ -51,12 +51,22 @@ fn main() -> ExitCode {
         )
         .init();
     let command = Cli::parse().into_command();
-    // Current-thread on purpose: children are spawned from the main thread, which
-    // PR_SET_PDEATHSIG ties their lifetime to (see supervise.rs).
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // Serve and download run on the main thread alone on purpose: children are spawned from
+    // it, which PR_SET_PDEATHSIG ties their lifetime to (see supervise.rs). The bench spawns no
+    // children and runs each request as a task of its own, so it takes every core: one thread
+    // connecting, sending and reading 1,000 streams at once was itself the bottleneck of a
+    // rate-inf burst (bench/runner.rs).
+    let multi_thread = matches!(command, Command::Bench(_));
+    let built = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(err) => {
             tracing::error!("could not start the async runtime: {err}");
