@@ -14,6 +14,7 @@ use super::model::{CudaLlama, StepShape};
 use super::ops;
 use super::plan::{MetaLayout, stage};
 use super::shapes::ModelShape;
+use super::staging::HostStaging;
 use super::tp::{self, Group, TpConfig};
 use super::weights::Weights;
 use crate::backend::{BackendError, KvLayout, RopeTable, StepPlan};
@@ -237,6 +238,7 @@ fn build(
             .map_err(|e| BackendError::Alloc(format!("{what}: {e}")))
     };
     let meta = alloc_u32(layout.len(), "step metadata")?;
+    let staging = HostStaging::new(&gpu.ctx, &layout)?;
     let sampling = alloc_u32(ops::SAMPLING_WORDS * s_max, "sampling parameters")?;
     let ws_len = pagedserve_kernels::decode_workspace_len(
         s_max,
@@ -307,6 +309,7 @@ fn build(
         bufs,
         layout,
         meta,
+        staging,
         sampling,
         kv_caches,
         cos,
@@ -376,10 +379,11 @@ fn capture_decode_graphs(m: &mut CudaLlama) -> Result<(), ModelError> {
             ops::prefill_tiles(&m.kernels, m.dims().heads, info)
         })
         .map_err(|e| ModelError::Backend(e.to_string()))?;
-        let mut dst = m.meta.slice_mut(..staged.host.len());
+        let (staged, host) = staged;
+        let mut dst = m.meta.slice_mut(..staged.len);
         m.gpu
             .stream
-            .memcpy_htod(&staged.host, &mut dst)
+            .memcpy_htod(&host, &mut dst)
             .map_err(cuda_err("upload step metadata"))?;
         let shape = StepShape {
             rows: bucket,

@@ -18,6 +18,7 @@ mod model;
 mod ops;
 mod plan;
 mod shapes;
+mod staging;
 pub mod tp;
 mod weights;
 

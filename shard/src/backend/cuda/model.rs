@@ -12,7 +12,8 @@ use super::gemm::Gemm;
 use super::graphs::Graphs;
 use super::kv::KvCaches;
 use super::ops::{self, Dims};
-use super::plan::{MetaLayout, StagedStep, stage};
+use super::plan::{MetaLayout, StagedStep};
+use super::staging::HostStaging;
 use super::tp::wire::{LinkError, StepFrame};
 use super::tp::{Group, Role};
 use super::weights::Weights;
@@ -59,6 +60,8 @@ pub struct CudaLlama {
     pub(super) bufs: Buffers,
     pub(super) layout: MetaLayout,
     pub(super) meta: CudaSlice<u32>,
+    /// The metadata's page-locked host side, staged into in place each step.
+    pub(super) staging: HostStaging,
     /// Per-sequence sampling parameters: temperature, top_p (f32 bits), top_k, and seed and
     /// counter (two u32 halves each), `[s_max, 7]`.
     pub(super) sampling: CudaSlice<u32>,
@@ -126,10 +129,12 @@ impl CudaLlama {
         };
         let heads = self.dims().heads;
         let kernels = &self.kernels;
-        let staged = stage(&plan, &self.layout, bucket, |info| {
-            ops::prefill_tiles(kernels, heads, info)
-        })
-        .map_err(|e| ModelError::InvalidBatch(e.to_string()))?;
+        let staged = self
+            .staging
+            .stage(&plan, &self.layout, bucket, |info| {
+                ops::prefill_tiles(kernels, heads, info)
+            })?
+            .map_err(|e| ModelError::InvalidBatch(e.to_string()))?;
         let shape = StepShape {
             rows: staged.rows,
             decode_seqs: staged.decode_seqs,
@@ -153,7 +158,7 @@ impl CudaLlama {
             link.send(StepFrame {
                 shape,
                 graph,
-                meta: staged.host.clone(),
+                meta: self.staging.words(staged.len)?.to_vec(),
             })
             .map_err(|e| ModelError::Backend(e.to_string()))?;
         }
@@ -184,10 +189,7 @@ impl CudaLlama {
         sampling: Option<&[DeviceSampling]>,
     ) -> BackendResult<()> {
         let stream = &self.gpu.stream;
-        let mut dst = self.meta.slice_mut(..staged.host.len());
-        stream
-            .memcpy_htod(&staged.host, &mut dst)
-            .map_err(cuda_err("upload step metadata"))?;
+        self.staging.upload(stream, staged.len, &mut self.meta)?;
         if let Some(params) = sampling {
             let host = ops::pack_sampling(params, self.layout.s_max);
             let mut dst = self.sampling.slice_mut(..host.len());
