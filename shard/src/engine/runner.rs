@@ -242,6 +242,8 @@ impl Engine {
     /// Advances every chunk's sequence, samples where logits came back, checks stop conditions.
     fn apply(&mut self, chunks: &[ScheduledChunk], rows: Vec<Picked>) {
         let mut rows = rows.into_iter();
+        // One clock read for the step's tokens: they all arrived with the same copy.
+        let now = Instant::now();
         for c in chunks {
             let seq = &mut self.scheduler.running[c.seq_idx];
             seq.num_computed = c.start + c.len;
@@ -268,7 +270,7 @@ impl Engine {
                 prompt_tokens: seq.prompt_len as u32,
                 generated_tokens: seq.num_generated() as u32,
                 error: String::new(),
-                timings: seq.record_token(Instant::now()),
+                timings: seq.record_token(now),
                 error_kind: pb::ErrorKind::Internal as i32,
             };
             self.outputs.push(seq.key.stream, out);

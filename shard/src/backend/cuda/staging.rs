@@ -74,8 +74,10 @@ impl HostStaging {
             .words
             .as_slice()
             .map_err(cuda_err("page-locked step metadata"))?;
-        all.get(..len)
-            .ok_or_else(|| BackendError::Alloc(format!("{len} metadata words > {}", all.len())))
+        all.get(..len).ok_or_else(|| BackendError::Shape {
+            op: "step metadata",
+            detail: format!("{len} words > the staging buffer's {}", all.len()),
+        })
     }
 
     /// Queues the copy of the first `len` words into `dst` on `stream`; returns at once.
@@ -86,9 +88,12 @@ impl HostStaging {
         dst: &mut CudaSlice<u32>,
     ) -> BackendResult<()> {
         let src = self.words(len)?;
-        let mut dst = dst.try_slice_mut(..len).ok_or_else(|| {
-            BackendError::Alloc(format!("{len} metadata words > the device buffer's"))
-        })?;
+        let mut dst = dst
+            .try_slice_mut(..len)
+            .ok_or_else(|| BackendError::Shape {
+                op: "step metadata",
+                detail: format!("{len} words > the device buffer's"),
+            })?;
         // A plain slice to cudarc (it would copy the whole `PinnedHostSlice`); the driver
         // knows the memory is page-locked and queues a DMA. `copied` keeps the next write
         // after it.
