@@ -224,23 +224,45 @@ mod tests {
         }
     }
 
-    /// A bin dir with empty stand-ins for the child binaries.
-    fn plan(tag: &str) -> Plan {
-        let dir =
-            std::env::temp_dir().join(format!("pagedserve-children-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        for name in [SHARD_BIN, ROUTER_BIN] {
-            std::fs::write(dir.join(name), b"").expect("write");
+    /// A plan whose bin dir (empty stand-ins for the child binaries) is removed with it.
+    struct TestPlan {
+        plan: Plan,
+        _dir: tempfile::TempDir,
+    }
+
+    impl std::ops::Deref for TestPlan {
+        type Target = Plan;
+        fn deref(&self) -> &Plan {
+            &self.plan
         }
-        Plan {
-            bin_dir: dir,
-            model: "/m/x.gguf".into(),
-            served_name: "x".into(),
-            shard_ports: vec![7001, 7002],
-            threads_per_shard: 3,
-            tp_size: 1,
-            tp_ports: vec![],
-            shard_env: vec![],
+    }
+
+    impl std::ops::DerefMut for TestPlan {
+        fn deref_mut(&mut self) -> &mut Plan {
+            &mut self.plan
+        }
+    }
+
+    fn plan(tag: &str) -> TestPlan {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("pagedserve-children-{tag}-"))
+            .tempdir()
+            .expect("dir");
+        for name in [SHARD_BIN, ROUTER_BIN] {
+            std::fs::write(dir.path().join(name), b"").expect("write");
+        }
+        TestPlan {
+            plan: Plan {
+                bin_dir: dir.path().to_path_buf(),
+                model: "/m/x.gguf".into(),
+                served_name: "x".into(),
+                shard_ports: vec![7001, 7002],
+                threads_per_shard: 3,
+                tp_size: 1,
+                tp_ports: vec![],
+                shard_env: vec![],
+            },
+            _dir: dir,
         }
     }
 
