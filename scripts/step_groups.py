@@ -7,9 +7,13 @@ SERVER.log is a server's log at RUST_LOG=info,pagedserve_shard::engine=trace (gp
 BENCH_RUST_LOG), which has one `step` line per engine step with prefill_tokens, decode_seqs,
 forward_us and step_us. Prints the steps grouped as docs/perf.md's ShareGPT section groups
 them: prefill chunks, then decode-only steps by batch size; then a line fitted through each
-step's forward time against its rows (fixed cost a step, cost a row).
+step's forward time against its rows (fixed cost a step, cost a row). With
+pagedserve_shard::backend=trace too (its `cuda step` lines carry staged_us), it adds the host
+time the GPU waits through between steps: the engine's own work outside the forward pass and
+the backend's staging of each step before its first launch.
 """
 import re
+import statistics
 import sys
 
 GROUPS = [
@@ -47,7 +51,34 @@ def main():
             t = sum(s["step_us"] for s in group)
             print(f"| {name} | {len(group)} | {t / 1e6:.2f} | {t / len(group) / 1e3:.1f} |")
     fit(steps)
+    host_time(steps, sys.argv[1])
     return 0
+
+
+def host_time(steps, path):
+    """The engine's work outside the forward pass, and the backend's staging (plan, layout,
+    copies) before a step's first kernel, split by graph-replayed and eager steps: both are
+    time the GPU has nothing to run, as the engine launches a step only after the last one's
+    tokens are back."""
+    engine = sum(s["step_us"] - s["forward_us"] for s in steps)
+    total = sum(s["step_us"] for s in steps)
+    staged = {True: [], False: []}
+    with open(path, errors="replace") as f:
+        for line in f:
+            if "cuda step" not in line:
+                continue
+            m = re.search(r"staged_us=(\d+)", line)
+            if m:
+                staged["graph=true" in line].append(int(m.group(1)))
+    print(f"host time, GPU idle: engine outside forward {engine / 1e6:.3f} s "
+          f"({engine / max(len(steps), 1):.0f} us a step)", end="")
+    for graph, name in ((False, "eager"), (True, "graph")):
+        xs = staged[graph]
+        if xs:
+            print(f"; staging of {len(xs)} {name} steps {sum(xs) / 1e6:.3f} s "
+                  f"(median {statistics.median(xs):.0f} us)", end="")
+    idle = engine + sum(staged[False]) + sum(staged[True])
+    print(f"; together {100 * idle / max(total, 1):.1f}% of step time")
 
 
 def fit(steps):
