@@ -29,14 +29,18 @@ GROUPS = [
 
 def main():
     steps = []
+    # The backend's staging of each step (`cuda step` lines), graph-replayed (True) or eager.
+    staged = {True: [], False: []}
     with open(sys.argv[1], errors="replace") as f:
         for line in f:
-            if "step_us" not in line:
+            if "step_us" not in line and "staged_us" not in line:
                 continue
             line = re.sub(r"\x1b\[[0-9;]*m", "", line)  # tracing's colours, when it has them
             fields = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
             if {"prefill_tokens", "decode_seqs", "forward_us", "step_us"} <= fields.keys():
                 steps.append(fields)
+            elif "cuda step" in line and "staged_us" in fields:
+                staged["graph=true" in line].append(fields["staged_us"])
     if not steps:
         print("no step lines (was the server run with engine=trace?)")
         return 1
@@ -51,25 +55,17 @@ def main():
             t = sum(s["step_us"] for s in group)
             print(f"| {name} | {len(group)} | {t / 1e6:.2f} | {t / len(group) / 1e3:.1f} |")
     fit(steps)
-    host_time(steps, sys.argv[1])
+    host_time(steps, staged)
     return 0
 
 
-def host_time(steps, path):
+def host_time(steps, staged):
     """The engine's work outside the forward pass, and the backend's staging (plan, layout,
     copies) before a step's first kernel, split by graph-replayed and eager steps: both are
     time the GPU has nothing to run, as the engine launches a step only after the last one's
     tokens are back."""
     engine = sum(s["step_us"] - s["forward_us"] for s in steps)
     total = sum(s["step_us"] for s in steps)
-    staged = {True: [], False: []}
-    with open(path, errors="replace") as f:
-        for line in f:
-            if "cuda step" not in line:
-                continue
-            m = re.search(r"staged_us=(\d+)", line)
-            if m:
-                staged["graph=true" in line].append(int(m.group(1)))
     print(f"host time, GPU idle: engine outside forward {engine / 1e6:.3f} s "
           f"({engine / max(len(steps), 1):.0f} us a step)", end="")
     for graph, name in ((False, "eager"), (True, "graph")):
