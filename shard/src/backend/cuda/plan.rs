@@ -195,9 +195,7 @@ pub fn stage_into(
         let at = layout.block_tables() + idx * layout.bt_stride;
         host[at..at + table.len()].copy_from_slice(table);
         let old = std::mem::replace(&mut marks.table_lens[idx], table.len());
-        if old > table.len() {
-            host[at + table.len()..at + old].fill(0);
-        }
+        zero_past(host, at, table.len(), old);
     };
     for i in 0..padded_decode {
         // Padding sequences attend to nothing (context 0) from a padding row.
@@ -222,24 +220,19 @@ pub fn stage_into(
         host[layout.tiles() + 2 * j + 1] = t[1] as u32;
     }
     // What the last step wrote past this one's counts goes back to zero.
-    let clear = |host: &mut [u32], at: usize, new: usize, old: usize| {
-        if old > new {
-            host[at + new..at + old].fill(0);
-        }
-    };
     for at in [layout.tokens(), layout.positions(), layout.slots()] {
-        clear(host, at, rows, marks.rows);
+        zero_past(host, at, rows, marks.rows);
     }
     for at in [layout.dq_rows(), layout.dctx()] {
-        clear(host, at, padded_decode, marks.decode);
+        zero_past(host, at, padded_decode, marks.decode);
     }
-    clear(
+    zero_past(
         host,
         layout.seq_info(),
         3 * prefill.len(),
         3 * marks.prefill,
     );
-    clear(host, layout.tiles(), 2 * tile_list.len(), 2 * marks.tiles);
+    zero_past(host, layout.tiles(), 2 * tile_list.len(), 2 * marks.tiles);
     (marks.rows, marks.decode) = (rows, padded_decode);
     (marks.prefill, marks.tiles) = (prefill.len(), tile_list.len());
     Ok(StagedStep {
@@ -251,6 +244,14 @@ pub fn stage_into(
         logit_rows: plan.logit_rows.clone(),
         len: layout.block_tables() + n_seqs * layout.bt_stride,
     })
+}
+
+/// Zeroes `host[at + new..at + old]`: what an earlier step wrote past this one's `new` words
+/// of the region at `at` (nothing when it wrote no more).
+fn zero_past(host: &mut [u32], at: usize, new: usize, old: usize) {
+    if old > new {
+        host[at + new..at + old].fill(0);
+    }
 }
 
 #[cfg(test)]
