@@ -56,17 +56,11 @@ fn main() -> ExitCode {
     // children and runs each request as a task of its own, so it takes every core: one thread
     // connecting, sending and reading 1,000 streams at once was itself the bottleneck of a
     // rate-inf burst (bench/runner.rs).
-    let multi_thread = matches!(command, Command::Bench(_));
-    let built = if multi_thread {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let mut builder = match command {
+        Command::Bench(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
     };
-    let runtime = match built {
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             tracing::error!("could not start the async runtime: {err}");
