@@ -121,6 +121,7 @@ impl CudaLlama {
     ) -> Result<StepShape, ModelError> {
         let started = std::time::Instant::now();
         let plan = build_plan(batch, &self.limits())?;
+        let plan_us = started.elapsed().as_micros() as u64;
         let decode_only =
             plan.seqs.iter().all(|s| s.num_rows == 1) && plan.logit_rows.len() == plan.seqs.len();
         let bucket = match decode_only {
@@ -135,6 +136,7 @@ impl CudaLlama {
                 ops::prefill_tiles(kernels, heads, info)
             })?
             .map_err(|e| ModelError::InvalidBatch(e.to_string()))?;
+        let layout_us = started.elapsed().as_micros() as u64;
         let shape = StepShape {
             rows: staged.rows,
             decode_seqs: staged.decode_seqs,
@@ -171,11 +173,13 @@ impl CudaLlama {
             self.gather = staged.logit_rows;
             self.enqueue(shape)?;
         }
-        // Host time to plan, stage and upload the step, then to enqueue it (the GPU runs
-        // behind; RUST_LOG=pagedserve_shard::backend=trace).
+        // Host time to plan, lay out and upload the step (the GPU waits for all three), then
+        // to enqueue it (the GPU runs behind); RUST_LOG=pagedserve_shard::backend=trace.
         tracing::trace!(
             rows = shape.rows,
             graph,
+            plan_us,
+            layout_us,
             staged_us,
             enqueued_us = started.elapsed().as_micros() as u64,
             "cuda step"
@@ -191,11 +195,8 @@ impl CudaLlama {
         let stream = &self.gpu.stream;
         self.staging.upload(stream, staged.len, &mut self.meta)?;
         if let Some(params) = sampling {
-            let host = ops::pack_sampling(params, self.layout.s_max);
-            let mut dst = self.sampling.slice_mut(..host.len());
-            stream
-                .memcpy_htod(&host, &mut dst)
-                .map_err(cuda_err("upload sampling parameters"))?;
+            self.staging
+                .upload_sampling(stream, params, &mut self.sampling)?;
         }
         Ok(())
     }

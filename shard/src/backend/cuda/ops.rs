@@ -67,9 +67,12 @@ pub fn prefill_tiles(k: &Kernels, heads: usize, seq_info: &[[i32; 3]]) -> (usize
 /// each), temperatures, top_p, top_k.
 pub const SAMPLING_WORDS: usize = 7;
 
-pub fn pack_sampling(params: &[DeviceSampling], s_max: usize) -> Vec<u32> {
-    let mut out = vec![0u32; SAMPLING_WORDS * s_max];
-    for (i, p) in params.iter().enumerate().take(s_max) {
+/// Writes `params` into `out` (`SAMPLING_WORDS * s_max` words that hold the `prev` entries
+/// packed before, zeros past them), and zeroes what those left past `params`: `out` ends up
+/// as packing into zeros gives, without clearing all of it each step.
+pub fn pack_sampling_into(params: &[DeviceSampling], s_max: usize, out: &mut [u32], prev: usize) {
+    let n = params.len().min(s_max);
+    for (i, p) in params.iter().enumerate().take(n) {
         out[2 * i] = p.seed as u32;
         out[2 * i + 1] = (p.seed >> 32) as u32;
         out[2 * s_max + 2 * i] = p.counter as u32;
@@ -78,7 +81,18 @@ pub fn pack_sampling(params: &[DeviceSampling], s_max: usize) -> Vec<u32> {
         out[5 * s_max + i] = p.top_p.to_bits();
         out[6 * s_max + i] = p.top_k as u32;
     }
-    out
+    let prev = prev.min(s_max);
+    if prev > n {
+        for (at, width) in [
+            (0, 2),
+            (2 * s_max, 2),
+            (4 * s_max, 1),
+            (5 * s_max, 1),
+            (6 * s_max, 1),
+        ] {
+            out[at + width * n..at + width * prev].fill(0);
+        }
+    }
 }
 
 /// Views of the first `n` entries of each sampling array.
@@ -419,4 +433,55 @@ pub fn final_norm_and_logits(m: &mut CudaLlama, shape: StepShape) -> BackendResu
 pub(super) fn ptr<T>(buf: &mut CudaSlice<T>, s: &CudaStream) -> u64 {
     let (p, _guard) = buf.device_ptr_mut(s);
     p
+}
+
+#[cfg(test)]
+mod sampling_tests {
+    use super::*;
+
+    fn pack_fresh(params: &[DeviceSampling], s_max: usize) -> Vec<u32> {
+        let mut out = vec![0u32; SAMPLING_WORDS * s_max];
+        pack_sampling_into(params, s_max, &mut out, 0);
+        out
+    }
+
+    #[test]
+    fn packing_in_place_gives_what_packing_into_zeros_gives() {
+        let s_max = 5;
+        let mut out = vec![0u32; SAMPLING_WORDS * s_max];
+        let mut prev = 0;
+        for (step, n) in [3, 5, 1, 0, 4, 2, 5, 7].into_iter().enumerate() {
+            let params: Vec<_> = (0..n)
+                .map(|i| DeviceSampling {
+                    temperature: 0.5 + i as f32,
+                    top_k: i as i32 + 1,
+                    top_p: 0.9,
+                    seed: (1u64 << 40) + (step * 10 + i) as u64,
+                    counter: (3u64 << 33) + i as u64,
+                })
+                .collect();
+            pack_sampling_into(&params, s_max, &mut out, prev);
+            prev = n.min(s_max);
+            assert_eq!(
+                out,
+                pack_fresh(&params, s_max),
+                "step {step}, {n} sequences"
+            );
+        }
+        // Seeds and counters are split low word first, at their arrays' offsets.
+        let one = [DeviceSampling {
+            temperature: 1.0,
+            top_k: 7,
+            top_p: 0.5,
+            seed: 0x1_0000_0002,
+            counter: 0x3_0000_0004,
+        }];
+        let p = pack_fresh(&one, s_max);
+        assert_eq!((p[0], p[1]), (2, 1));
+        assert_eq!((p[2 * s_max], p[2 * s_max + 1]), (4, 3));
+        assert_eq!(
+            (p[4 * s_max], p[5 * s_max], p[6 * s_max]),
+            (1.0f32.to_bits(), 0.5f32.to_bits(), 7)
+        );
+    }
 }

@@ -15,30 +15,44 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, PinnedHostSlice};
 
 use super::device::cuda_err;
+use super::ops::{SAMPLING_WORDS, pack_sampling_into};
 use super::plan::{MetaLayout, StageError, StagedMarks, StagedStep, stage_into};
 use crate::backend::{BackendError, BackendResult, StepPlan};
+use crate::model::DeviceSampling;
 
 pub struct HostStaging {
     words: PinnedHostSlice<u32>,
     marks: StagedMarks,
+    /// The per-sequence sampling parameters (`SAMPLING_WORDS * s_max` words), and how many
+    /// sequences' the last step packed.
+    sampling: PinnedHostSlice<u32>,
+    s_max: usize,
+    sampled: usize,
     /// Recorded on the stream after each copy out of `words`: the next write waits for it, as
     /// the DMA reads the buffer after `upload` has returned.
     copied: CudaEvent,
 }
 
 impl HostStaging {
-    /// A zeroed page-locked buffer of `layout.len()` words (2.2 MB for an 8k context and 1,024
-    /// sequences). Cached, not write-combined: a tensor-parallel leader reads it back.
+    /// Zeroed page-locked buffers of `layout.len()` words (2.2 MB for an 8k context and 1,024
+    /// sequences) and of the sampling parameters. Cached, not write-combined: a
+    /// tensor-parallel leader reads the metadata back.
     pub fn new(ctx: &Arc<CudaContext>, layout: &MetaLayout) -> BackendResult<Self> {
-        let alloc = |e| BackendError::Alloc(format!("page-locked step metadata: {e}"));
-        // SAFETY: zeroed below before any read.
-        let mut words =
-            unsafe { ctx.alloc_pinned_with_flags::<u32>(layout.len().max(1), 0) }.map_err(alloc)?;
-        words.as_mut_slice().map_err(alloc)?.fill(0);
+        let zeroed = |len: usize| {
+            let alloc = |e| BackendError::Alloc(format!("page-locked step metadata: {e}"));
+            // SAFETY: zeroed before any read.
+            let mut words =
+                unsafe { ctx.alloc_pinned_with_flags::<u32>(len.max(1), 0) }.map_err(alloc)?;
+            words.as_mut_slice().map_err(alloc)?.fill(0);
+            Ok::<_, BackendError>(words)
+        };
         let copied = ctx.new_event(None).map_err(cuda_err("create an event"))?;
         Ok(Self {
-            words,
+            words: zeroed(layout.len())?,
             marks: StagedMarks::default(),
+            sampling: zeroed(SAMPLING_WORDS * layout.s_max)?,
+            s_max: layout.s_max,
+            sampled: 0,
             copied,
         })
     }
@@ -103,6 +117,40 @@ impl HostStaging {
         self.copied
             .record(stream)
             .map_err(cuda_err("record the metadata copy"))
+    }
+}
+
+impl HostStaging {
+    /// Packs `params` (`ops::pack_sampling_into`) and queues their copy into `dst` after the
+    /// metadata's, the same way.
+    pub fn upload_sampling(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        params: &[DeviceSampling],
+        dst: &mut CudaSlice<u32>,
+    ) -> BackendResult<()> {
+        self.copied
+            .synchronize()
+            .map_err(cuda_err("wait for the last metadata copy"))?;
+        let words = self
+            .sampling
+            .as_mut_slice()
+            .map_err(cuda_err("page-locked sampling parameters"))?;
+        pack_sampling_into(params, self.s_max, words, self.sampled);
+        self.sampled = params.len().min(self.s_max);
+        let src: &[u32] = words;
+        let mut dst = dst.try_slice_mut(..src.len()).ok_or_else(|| {
+            BackendError::Alloc(format!(
+                "{} sampling words > the device buffer's",
+                src.len()
+            ))
+        })?;
+        stream
+            .memcpy_htod(src, &mut dst)
+            .map_err(cuda_err("upload sampling parameters"))?;
+        self.copied
+            .record(stream)
+            .map_err(cuda_err("record the sampling copy"))
     }
 }
 
