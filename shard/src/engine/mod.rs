@@ -10,6 +10,7 @@
 mod actor;
 mod handle;
 mod outputs;
+mod overlap;
 mod pacing;
 mod runner;
 mod scheduler;

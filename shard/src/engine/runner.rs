@@ -1,6 +1,7 @@
 //! The engine proper: command handling and one step (schedule -> forward -> sample -> outputs).
 
 use super::outputs::{Outputs, finished_without_token};
+use super::overlap::InFlight;
 use super::scheduler::{ScheduledChunk, Scheduler};
 use super::sequence::{SeqKey, SeqLimits, Sequence};
 use super::{Command, EngineConfig, EngineSnapshot, StreamId};
@@ -13,11 +14,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 pub(crate) struct Engine {
-    model: Box<dyn CausalLm>,
+    pub(super) model: Box<dyn CausalLm>,
     pub(crate) scheduler: Scheduler,
-    outputs: Outputs,
-    limits: SeqLimits,
+    pub(super) outputs: Outputs,
+    pub(super) limits: SeqLimits,
     config: EngineConfig,
+    /// The step launched last and not yet collected (overlapped steps, `overlap.rs`).
+    pub(super) in_flight: Option<InFlight>,
 }
 
 impl Engine {
@@ -40,12 +43,13 @@ impl Engine {
             outputs: Outputs::default(),
             limits,
             config,
+            in_flight: None,
         }
     }
 
     /// Work to do without waiting for a command: sequences to run or outputs to deliver.
     pub fn has_work(&self) -> bool {
-        self.scheduler.has_work() || self.outputs.has_pending()
+        self.scheduler.has_work() || self.outputs.has_pending() || self.in_flight.is_some()
     }
 
     pub fn handle(&mut self, command: Command) -> ControlFlow<()> {
@@ -144,6 +148,10 @@ impl Engine {
         for stream in self.outputs.closed_streams() {
             self.close_stream(stream);
         }
+        let overlap = self.can_overlap();
+        if !overlap {
+            self.drain();
+        }
         let started = Instant::now();
         let chunks = self.scheduler.schedule();
         let (mut prefill, mut decode) = (0, 0);
@@ -157,7 +165,19 @@ impl Engine {
             }
         }
         let mut forward_us = 0;
-        if !chunks.is_empty() {
+        if overlap {
+            // Launch this step, then take the last one's tokens while the device runs it.
+            let forward_started = Instant::now();
+            let launched = match chunks.is_empty() {
+                true => None,
+                false => self.launch(&chunks),
+            };
+            if let Some(last) = std::mem::replace(&mut self.in_flight, launched) {
+                self.collect(last);
+            }
+            forward_us = forward_started.elapsed().as_micros() as u64;
+            self.scheduler.remove_finished();
+        } else if !chunks.is_empty() {
             let forward_started = Instant::now();
             let result = self.forward(&chunks);
             forward_us = forward_started.elapsed().as_micros() as u64;
@@ -182,6 +202,7 @@ impl Engine {
             decode_seqs = decode,
             running = self.scheduler.running.len(),
             waiting = self.scheduler.waiting.len(),
+            overlap,
             forward_us,
             step_us = started.elapsed().as_micros() as u64,
             "step"
@@ -277,7 +298,7 @@ impl Engine {
         }
     }
 
-    fn fail(&mut self, chunks: &[ScheduledChunk], error: &str) {
+    pub(super) fn fail(&mut self, chunks: &[ScheduledChunk], error: &str) {
         tracing::error!(error, sequences = chunks.len(), "step failed");
         for c in chunks {
             let seq = &mut self.scheduler.running[c.seq_idx];

@@ -52,6 +52,15 @@ pub(crate) struct Sequence {
     pub preempted: bool,
     /// Set when the sequence ended this step; it leaves the batch after outputs are built.
     pub finish: Option<pb::FinishReason>,
+    /// Overlapped steps: the last `pending` entries of `tokens` are placeholders for draws
+    /// still on the device (at most two: one step in flight and the one being launched).
+    pub pending: usize,
+    /// The draw index, in the last launched step, of the newest placeholder: what the next
+    /// step feeds its device with in its place.
+    pub feed: u32,
+    /// Every draw can be made on the device (no penalties, min_p or logprobs), so steps over
+    /// this sequence may overlap.
+    pub device_only: bool,
     /// Arrival on the shard, first scheduling (kept across preemption, as vLLM does) and
     /// first token, for the finished output's `SequenceTimings`.
     arrived: Instant,
@@ -96,7 +105,7 @@ impl Sequence {
         let sampling = req.sampling.unwrap_or_default();
         let config = SamplingConfig::from_proto(&sampling, req.logprobs, req.top_logprobs)
             .map_err(|e| e.to_string())?;
-        Ok(Self {
+        let mut seq = Self {
             key,
             tokens: req.prompt_ids,
             prompt_len,
@@ -111,20 +120,31 @@ impl Sequence {
             ignore_eos: stopping.ignore_eos,
             preempted: false,
             finish: None,
+            pending: 0,
+            feed: 0,
+            device_only: false,
             arrived: Instant::now(),
             scheduled: None,
             first_token: None,
-        })
+        };
+        seq.device_only = seq.device_sampling().is_some();
+        Ok(seq)
     }
 
+    /// Tokens generated and known on the host (what outputs report).
     pub fn num_generated(&self) -> usize {
+        self.tokens.len() - self.pending - self.prompt_len
+    }
+
+    /// Tokens generated or being drawn in a step in flight: the index of the next draw.
+    fn num_drawn(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
 
-    /// Tokens it may still generate: `max_tokens` less those generated (the key of
+    /// Tokens it may still generate: `max_tokens` less those drawn (the key of
     /// longest-output-first admission).
     pub fn tokens_left(&self) -> usize {
-        self.max_tokens.saturating_sub(self.num_generated())
+        self.max_tokens.saturating_sub(self.num_drawn())
     }
 
     /// Tokens still to run through the model before the next token can be sampled.
@@ -178,7 +198,9 @@ impl Sequence {
             return;
         }
         let b = self.block_table.block_size();
-        while (self.cached_blocks + 1) * b <= self.num_computed {
+        // A placeholder's block is registered once its token is known.
+        let known = self.num_computed.min(self.tokens.len() - self.pending);
+        while (self.cached_blocks + 1) * b <= known {
             let j = self.cached_blocks;
             let Some(block) = self.block_table.block(j) else {
                 return;
@@ -230,7 +252,7 @@ impl Sequence {
             top_k: i32::try_from(c.top_k).unwrap_or(0),
             top_p: c.top_p,
             seed: self.device_seed,
-            counter: self.num_generated() as u64,
+            counter: self.num_drawn() as u64,
         })
     }
 
@@ -245,16 +267,67 @@ impl Sequence {
 
     /// Why the sequence must stop after generating `token`, if it must.
     pub fn stop_reason(&self, token: u32, limits: &SeqLimits) -> Option<pb::FinishReason> {
+        self.stop_reason_at(token, self.tokens.len(), limits)
+    }
+
+    /// [`Self::stop_reason`] for the token that makes the sequence `len` tokens long (with
+    /// overlapped steps, placeholders may already follow it).
+    fn stop_reason_at(
+        &self,
+        token: u32,
+        len: usize,
+        limits: &SeqLimits,
+    ) -> Option<pb::FinishReason> {
         if !self.ignore_eos && limits.eos_token_ids.contains(&token) {
             return Some(pb::FinishReason::Stop);
         }
         if self.stop_token_ids.contains(&token) {
             return Some(pb::FinishReason::Stop);
         }
-        if self.num_generated() >= self.max_tokens || self.tokens.len() >= limits.max_seq_len {
+        if len - self.prompt_len >= self.max_tokens || len >= limits.max_seq_len {
             return Some(pb::FinishReason::Length);
         }
         None
+    }
+
+    /// After a launched step that draws this sequence's next token: appends a placeholder
+    /// for draw `draw` so the next step can run on it, unless that token is the last one
+    /// its length allows (then nothing follows it and no row is wasted).
+    pub fn push_placeholder(&mut self, draw: u32, limits: &SeqLimits) {
+        let len = self.tokens.len() + 1;
+        if len - self.prompt_len >= self.max_tokens || len >= limits.max_seq_len {
+            return;
+        }
+        self.tokens.push(0);
+        self.pending += 1;
+        self.feed = draw;
+    }
+
+    /// Puts the collected `token` at `pos`, the oldest placeholder (or appends it where the
+    /// launch left none), and returns why the sequence stops there, if it does: then the
+    /// placeholders after it go. `None` when `pos` is neither (a preempted or finished
+    /// sequence's stale draw), and the sequence is left as it was.
+    pub fn resolve(
+        &mut self,
+        pos: usize,
+        token: u32,
+        limits: &SeqLimits,
+    ) -> Option<Option<pb::FinishReason>> {
+        if self.pending > 0 && pos == self.tokens.len() - self.pending {
+            self.tokens[pos] = token;
+            self.pending -= 1;
+        } else if pos == self.tokens.len() && self.pending == 0 {
+            self.tokens.push(token);
+        } else {
+            return None;
+        }
+        let finish = self.stop_reason_at(token, pos + 1, limits);
+        if finish.is_some() {
+            self.tokens.truncate(pos + 1);
+            self.pending = 0;
+            self.num_computed = self.num_computed.min(pos + 1);
+        }
+        Some(finish)
     }
 }
 

@@ -5,8 +5,9 @@
 //! A wrong block table, a block shared by two sequences or a missed write changes the
 //! tokens (or fails the step), so batched runs only match solo runs if paging is right.
 
-use crate::model::{CausalLm, ModelError, ModelInfo, SeqChunk};
+use crate::model::{CausalLm, DeviceSampling, ModelError, ModelInfo, SeqChunk};
 use pagedserve_proto::v1 as pb;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 /// `(start_pos, len, need_logits)` of every chunk, one entry per forward call.
@@ -27,6 +28,13 @@ pub(crate) struct FakeLm {
     pub fail_next: Arc<Mutex<bool>>,
     /// Sleep per forward, so tests over a socket can act while sequences still run.
     pub step_delay: std::time::Duration,
+    /// Launches overlapped steps (`CausalLm::launch`), drawing the tokens `forward`'s
+    /// logits pick.
+    pub overlap: bool,
+    /// Draws of launched steps not yet collected, oldest first.
+    launched: VecDeque<Vec<u32>>,
+    /// Draws of the step launched last: what feeds the next one's placeholders.
+    last_draws: Vec<u32>,
 }
 
 impl FakeLm {
@@ -51,6 +59,9 @@ impl FakeLm {
             eos_at_len: None,
             fail_next: Arc::default(),
             step_delay: std::time::Duration::ZERO,
+            overlap: false,
+            launched: VecDeque::new(),
+            last_draws: Vec::new(),
         }
     }
 
@@ -99,6 +110,58 @@ impl CausalLm for FakeLm {
     }
 
     fn forward(&mut self, batch: &[SeqChunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let draws = self.run(batch, &[])?;
+        Ok(draws
+            .into_iter()
+            .map(|token| {
+                let mut logits = vec![0.0; FAKE_VOCAB];
+                logits[token as usize] = 10.0;
+                logits
+            })
+            .collect())
+    }
+
+    fn can_launch(&self) -> bool {
+        self.overlap
+    }
+
+    fn launch(
+        &mut self,
+        batch: &[SeqChunk<'_>],
+        params: &[DeviceSampling],
+        feeds: &[(usize, u32)],
+    ) -> Result<(), ModelError> {
+        if self.launched.len() >= 2 {
+            return Err(ModelError::Backend("a third step in flight".into()));
+        }
+        let draws = self.run(batch, feeds)?;
+        if params.len() != draws.len() {
+            return Err(ModelError::InvalidBatch(format!(
+                "{} sampling parameters for {} draws",
+                params.len(),
+                draws.len()
+            )));
+        }
+        self.last_draws = draws.clone();
+        self.launched.push_back(draws);
+        Ok(())
+    }
+
+    fn collect(&mut self) -> Result<Vec<u32>, ModelError> {
+        self.launched
+            .pop_front()
+            .ok_or_else(|| ModelError::Backend("no launched step to collect".into()))
+    }
+}
+
+impl FakeLm {
+    /// One step: writes every chunk's tokens (a fed chunk's last one replaced by the last
+    /// launch's draw, as the device does) and returns the draws of the chunks that need them.
+    fn run(
+        &mut self,
+        batch: &[SeqChunk<'_>],
+        feeds: &[(usize, u32)],
+    ) -> Result<Vec<u32>, ModelError> {
         std::thread::sleep(self.step_delay);
         if let Ok(mut log) = self.log.lock() {
             log.push(
@@ -113,20 +176,29 @@ impl CausalLm for FakeLm {
         {
             return Err(ModelError::Backend("injected failure".into()));
         }
-        for chunk in batch {
+        for (c, chunk) in batch.iter().enumerate() {
+            let fed = match feeds.iter().find(|f| f.0 == c) {
+                Some(&(_, k)) => Some(*self.last_draws.get(k as usize).ok_or_else(|| {
+                    ModelError::InvalidBatch(format!("chunk {c} fed by missing draw {k}"))
+                })?),
+                None => None,
+            };
+            let last = chunk.tokens.len().saturating_sub(1);
             for (i, &token) in chunk.tokens.iter().enumerate() {
+                let token = match fed {
+                    Some(t) if i == last => t,
+                    _ => token,
+                };
                 let pos = chunk.start_pos + i;
                 let slot = self.slot(chunk.block_table, pos)?;
                 self.slots[slot] = Some((token, pos));
             }
         }
-        let mut rows = Vec::new();
-        for chunk in batch.iter().filter(|c| c.need_logits) {
-            let mut logits = vec![0.0; FAKE_VOCAB];
-            logits[self.next_token(chunk)? as usize] = 10.0;
-            rows.push(logits);
-        }
-        Ok(rows)
+        batch
+            .iter()
+            .filter(|c| c.need_logits)
+            .map(|c| self.next_token(c))
+            .collect()
     }
 }
 

@@ -593,9 +593,11 @@ struct Shape {
 }
 
 impl Shape {
-    fn model(&self) -> FakeLm {
+    /// `overlap`: the engine launches overlapped steps (`overlap.rs`).
+    fn model(&self, overlap: bool) -> FakeLm {
         let mut model = FakeLm::new(self.block_size, self.num_blocks, self.max_context);
         model.eos_at_len = self.eos_at_len;
+        model.overlap = overlap;
         model
     }
 }
@@ -654,22 +656,29 @@ fn random_scenario(rng: &mut Rng) -> (Shape, EngineConfig, Vec<Planned>) {
 
 /// The same request alone in a same-sized engine with an unlimited budget.
 fn solo_like(shape: Shape, req: &pb::Request) -> SeqResult {
-    let mut h = Harness::new(shape.model(), EngineConfig::default());
+    let mut h = Harness::new(shape.model(false), EngineConfig::default());
     h.submit(vec![req.clone()]);
     h.run();
     h.results.remove(&req.id).unwrap_or_default()
 }
 
-/// Runs scenario `seed`, checks it, and returns (preemptions, cancelled sequences, prompt
-/// tokens found in the prefix cache).
-fn run_scenario(seed: u64) -> (u64, usize, u64) {
+/// Runs scenario `seed` (with overlapped steps where `overlap`), checks it, and returns
+/// (preemptions, cancelled sequences, prompt tokens found in the prefix cache).
+fn run_scenario(seed: u64, overlap: bool) -> (u64, usize, u64) {
     let mut rng = Rng(seed);
-    let (shape, config, planned) = random_scenario(&mut rng);
+    let (shape, config, mut planned) = random_scenario(&mut rng);
+    if overlap && seed.is_multiple_of(3) {
+        // Some requests need the host's sampler (logprobs): while one is queued, steps are
+        // synchronous again, and the step in flight is collected first.
+        for p in planned.iter_mut().filter(|p| p.request.id % 4 == 3) {
+            p.request.logprobs = true;
+        }
+    }
     let want: Vec<SeqResult> = planned
         .iter()
         .map(|p| solo_like(shape, &p.request))
         .collect();
-    let mut h = Harness::new(shape.model(), config);
+    let mut h = Harness::new(shape.model(overlap), config);
     for step in 0..20_000 {
         let arriving = planned.iter().filter(|p| p.arrive == step);
         h.submit(arriving.map(|p| p.request.clone()).collect());
@@ -732,9 +741,20 @@ fn run_scenario(seed: u64) -> (u64, usize, u64) {
 
 #[test]
 fn random_request_mixes_finish_like_solo_runs_and_free_every_block() {
+    random_request_mixes(false);
+}
+
+/// The same mixes with overlapped steps (`overlap.rs`): placeholders fed by the step in
+/// flight, wasted rows after EOS, preemption and cancellation while a step is in flight.
+#[test]
+fn overlapped_steps_finish_random_mixes_like_solo_runs_and_free_every_block() {
+    random_request_mixes(true);
+}
+
+fn random_request_mixes(overlap: bool) {
     let (mut preempted, mut cancelled, mut cached) = (0, 0, 0);
     for seed in 0..400 {
-        match std::panic::catch_unwind(|| run_scenario(seed)) {
+        match std::panic::catch_unwind(|| run_scenario(seed, overlap)) {
             Ok((p, c, hits)) => {
                 preempted += usize::from(p > 0);
                 cancelled += c;
@@ -809,4 +829,32 @@ fn without_prefix_caching_every_prompt_is_computed() {
     let prefills = prefills_of_lone_requests(&h);
     assert_eq!(prefills, vec![(0, 10, true), (0, 10, true)]);
     assert_eq!(h.last_stats.prefix_cache_queries_total, 0);
+}
+
+/// With overlapped steps a decode block fills while its last token is still a placeholder:
+/// it must be registered with the token drawn, once known, or a later prompt that continues
+/// the answer would miss it (or, worse, match the placeholder).
+#[test]
+fn overlapped_steps_register_answer_blocks_with_the_tokens_drawn() {
+    let p = prompt(10, 3);
+    let want = solo(p.clone(), 5);
+    let mut model = FakeLm::new(4, 16, 64);
+    model.overlap = true;
+    let mut h = Harness::new(model, config(64, 4));
+    h.submit(vec![request(1, p.clone(), 5)]);
+    h.run();
+    assert_eq!(h.results[&1], want);
+    let first_turn = h.forward_calls().len();
+    let mut longer = p.clone();
+    longer.extend(&want.tokens[..3]); // 13 tokens: blocks 0..3 are full
+    h.submit(vec![request(2, longer.clone(), 4)]);
+    h.run();
+    assert_eq!(h.results[&2], solo(longer, 4));
+    assert_eq!(
+        h.forward_calls()[first_turn],
+        vec![(12, 1, true)],
+        "block 2, filled by the answer, is found"
+    );
+    assert_eq!(h.last_stats.prefix_cache_hits_total, 12);
+    assert_eq!(h.free_blocks(), 16);
 }

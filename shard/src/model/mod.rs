@@ -342,6 +342,32 @@ pub trait CausalLm: Send {
     ) -> Option<Result<Vec<Picked>, ModelError>> {
         None
     }
+    /// Whether [`CausalLm::launch`] and [`CausalLm::collect`] are supported: steps the engine
+    /// overlaps, scheduling and launching step n+1 while the device still runs step n (vLLM's
+    /// async scheduling). Only for models that sample on their device.
+    fn can_launch(&self) -> bool {
+        false
+    }
+    /// Queues one step whose every `need_logits` chunk is sampled on the device (`params`, one
+    /// per such chunk, in batch order) and returns without waiting for it. `feeds` lists
+    /// `(chunk index, k)`: that chunk's last token is a placeholder for draw `k` of the step
+    /// launched before this one, which the device puts in place before the step reads it, so
+    /// the host never waits for a token to feed it back. At most two steps are in flight:
+    /// the engine collects the older before it launches again.
+    fn launch(
+        &mut self,
+        _batch: &[SeqChunk<'_>],
+        _params: &[DeviceSampling],
+        _feeds: &[(usize, u32)],
+    ) -> Result<(), ModelError> {
+        Err(ModelError::Backend(
+            "this model cannot launch overlapped steps".into(),
+        ))
+    }
+    /// Waits for the oldest launched step and returns its draws, in batch order.
+    fn collect(&mut self) -> Result<Vec<u32>, ModelError> {
+        Err(ModelError::Backend("no launched step to collect".into()))
+    }
 }
 
 /// What [`CausalLm::forward_sampled`] returns for one sequence.
