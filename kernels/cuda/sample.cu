@@ -494,3 +494,15 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     }
     if (threadIdx.x == 0) out[b] = idx == 0xffffffffu ? 0u : idx;
 }
+
+// Overlapped steps: tokens[feeds[2i]] = draws[feeds[2i + 1]] for i < n. A step launched before
+// the host has read the last step's draws gets them here, on the device, before its embedding
+// reads `tokens`. Indices out of either buffer are skipped (the host checks them too).
+extern "C" __global__ void feed_tokens_kernel(u32* __restrict__ tokens, u32 num_tokens,
+                                              const u32* __restrict__ draws, u32 num_draws,
+                                              const u32* __restrict__ feeds, u32 n) {
+    const u32 i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const u32 row = feeds[2 * i], k = feeds[2 * i + 1];
+    if (row < num_tokens && k < num_draws) tokens[row] = draws[k];
+}

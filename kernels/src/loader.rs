@@ -290,6 +290,7 @@ pub(crate) fn kernel_names() -> Vec<(String, usize)> {
         "rope_kv_write_kernel",
         "add_bias_kernel",
         "sample_kernel",
+        "feed_tokens_kernel",
     ]
     .iter()
     .map(|s| (s.to_string(), SMALL_UNIT))

@@ -1,6 +1,8 @@
 //! Wrapper of device-side sampling (cuda/sample.cu).
 
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{
+    CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
 
 use crate::error::{ensure, expect_len, to_u32};
 use crate::{KernelError, Kernels};
@@ -66,6 +68,49 @@ impl Kernels {
             shared_mem_bytes: 0,
         };
         // SAFETY: every per-row array has B elements and logits B * V.
+        unsafe { lb.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// Overlapped steps: `tokens[feeds[2i]] = draws[feeds[2i + 1]]` for `i < n`, so a step
+    /// launched before the host read the last step's draws runs on them. Pairs whose row or
+    /// draw is out of `tokens` or `draws` are skipped.
+    pub fn feed_tokens(
+        &self,
+        stream: &CudaStream,
+        tokens: &mut CudaViewMut<'_, u32>,
+        draws: &CudaView<'_, u32>,
+        feeds: &CudaView<'_, u32>,
+        n: usize,
+    ) -> Result<(), KernelError> {
+        const K: &str = "feed_tokens";
+        ensure(K, feeds.len() >= 2 * n, || {
+            format!("{} feed words for {n} pairs", feeds.len())
+        })?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (num_tokens, num_draws) = (
+            to_u32(K, "tokens", tokens.len())?,
+            to_u32(K, "draws", draws.len())?,
+        );
+        let count = to_u32(K, "pairs", n)?;
+        let (t, _g0) = tokens.device_ptr_mut(stream);
+        let (d, _g1) = draws.device_ptr(stream);
+        let (f, _g2) = feeds.device_ptr(stream);
+        let mut lb = stream.launch_builder(self.func("feed_tokens_kernel")?);
+        lb.arg(&t)
+            .arg(&num_tokens)
+            .arg(&d)
+            .arg(&num_draws)
+            .arg(&f)
+            .arg(&count);
+        let cfg = LaunchConfig {
+            grid_dim: (count.div_ceil(256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the kernel reads 2n feed words (checked) and bounds every index it writes.
         unsafe { lb.launch(cfg) }?;
         Ok(())
     }

@@ -210,6 +210,18 @@ pub struct ServeArgs {
     #[arg(long, overrides_with_all = ["enable_prefix_caching", "no_enable_prefix_caching"])]
     pub no_enable_prefix_caching: bool,
 
+    /// Overlapped steps on GPUs, on by default (this flag only confirms it): the shard schedules
+    /// and launches step n+1 while the GPU still runs step n, so the GPU does not wait for the
+    /// host between steps (vLLM's `--async-scheduling`). Steps are synchronous anyway while a
+    /// queued request needs the host's sampler (penalties, logprobs, min_p), and on the CPU and
+    /// with tensor parallelism. Of this pair, the last one given wins.
+    #[arg(long, overrides_with_all = ["async_scheduling", "no_async_scheduling"])]
+    pub async_scheduling: bool,
+
+    /// Turn overlapped steps off in every shard: each step waits for the last one's tokens.
+    #[arg(long, overrides_with_all = ["async_scheduling", "no_async_scheduling"])]
+    pub no_async_scheduling: bool,
+
     /// Requests the router holds before they start generating; beyond this it answers 429
     /// (router default: 1024).
     #[arg(long)]
@@ -457,6 +469,7 @@ mod tests {
             "dummy",
             "--enforce-eager",
             "--no-enable-prefix-caching",
+            "--no-async-scheduling",
             "--kv-cache-dtype",
             "fp8",
         ]);
@@ -474,6 +487,7 @@ mod tests {
         assert_eq!(s.load_format.as_deref(), Some("dummy"));
         assert!(s.enforce_eager);
         assert!(!s.prefix_caching());
+        assert!(s.no_async_scheduling);
         assert_eq!(s.kv_cache_dtype, Some(KvCacheDtype::Fp8E4m3));
         // Each alias is the same argument as its own name: giving both is a repeat.
         assert!(parse(&["--max-batch-tokens", "1", "--max-num-batched-tokens", "2"]).is_err());

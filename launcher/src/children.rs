@@ -145,6 +145,9 @@ fn rank_spec(
     if !args.prefix_caching() {
         argv.push("--no-enable-prefix-caching".into());
     }
+    if args.no_async_scheduling {
+        argv.push("--no-async-scheduling".into());
+    }
     let mut env = common_env(args);
     env.extend(plan.shard_env.iter().cloned());
     let threads = plan.threads_per_shard.to_string();

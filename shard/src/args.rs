@@ -134,6 +134,16 @@ pub struct Args {
     /// for later requests.
     #[arg(long, overrides_with_all = ["enable_prefix_caching", "no_enable_prefix_caching"])]
     pub no_enable_prefix_caching: bool,
+    /// Overlapped steps on GPUs, on by default (this flag only confirms it): the shard schedules
+    /// and launches step n+1 while the GPU still runs step n, so the GPU does not wait for the
+    /// host between steps (vLLM's `--async-scheduling`). Steps are synchronous anyway while a
+    /// queued request needs the host's sampler (penalties, logprobs, min_p), and on the CPU and
+    /// with tensor parallelism. Of this pair, the last one given wins.
+    #[arg(long, overrides_with_all = ["async_scheduling", "no_async_scheduling"])]
+    pub async_scheduling: bool,
+    /// Turn overlapped steps off: each step waits for the last one's tokens (for comparison).
+    #[arg(long, overrides_with_all = ["async_scheduling", "no_async_scheduling"])]
+    pub no_async_scheduling: bool,
 }
 
 impl Args {
@@ -163,6 +173,7 @@ impl Args {
                     _ => None,
                 },
                 enforce_eager: self.enforce_eager,
+                async_scheduling: !self.no_async_scheduling,
                 kernel_cache_dir: std::env::var_os("PAGEDSERVE_CACHE")
                     .map(PathBuf::from)
                     .or_else(|| {

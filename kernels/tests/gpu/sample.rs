@@ -444,3 +444,55 @@ fn top_p_alone_through_candidates_matches_the_renormalized_distribution() -> Tes
     }
     Ok(())
 }
+
+/// Overlapped steps: fed rows take their draw, every other row keeps its token, and pairs
+/// out of either buffer are skipped.
+#[test]
+fn feed_tokens_puts_draws_in_place() -> TestResult {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = rng("feed_tokens");
+    for (rows, num_draws, n) in [(7, 3, 2), (600, 384, 300), (1000, 1024, 1000)] {
+        let tokens: Vec<u32> = (0..rows).map(|_| rng.random_range(0..128_000)).collect();
+        let draws: Vec<u32> = (0..num_draws)
+            .map(|_| rng.random_range(0..128_000))
+            .collect();
+        // Distinct rows, in a random order, each with a random draw.
+        let mut order: Vec<u32> = (0..rows as u32).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        let mut feeds: Vec<u32> = order[..n]
+            .iter()
+            .flat_map(|&r| [r, rng.random_range(0..num_draws as u32)])
+            .collect();
+        feeds[0] = rows as u32; // row out of range
+        feeds[3] = num_draws as u32 + 9; // draw out of range
+        let mut want = tokens.clone();
+        for p in feeds.chunks(2) {
+            if (p[0] as usize) < rows && (p[1] as usize) < num_draws {
+                want[p[0] as usize] = draws[p[1] as usize];
+            }
+        }
+        let (mut d_tokens, d_draws, d_feeds) = (up(g, &tokens)?, up(g, &draws)?, up(g, &feeds)?);
+        g.k.feed_tokens(
+            &g.stream,
+            &mut d_tokens.as_view_mut(),
+            &d_draws.as_view(),
+            &d_feeds.as_view(),
+            n,
+        )?;
+        assert_eq!(down(g, &d_tokens)?, want, "{rows} rows, {n} fed");
+        assert!(
+            g.k.feed_tokens(
+                &g.stream,
+                &mut d_tokens.as_view_mut(),
+                &d_draws.as_view(),
+                &d_feeds.as_view(),
+                n + 1,
+            )
+            .is_err(),
+            "more pairs than feed words"
+        );
+    }
+    Ok(())
+}

@@ -117,6 +117,8 @@ pub struct GpuOptions {
     pub dummy_shape: Option<String>,
     /// Run every step eagerly (no CUDA graphs), for debugging.
     pub enforce_eager: bool,
+    /// Let the engine overlap steps (`--no-async-scheduling` turns it off).
+    pub async_scheduling: bool,
     /// Where compiled kernels are cached.
     pub kernel_cache_dir: Option<PathBuf>,
 }
@@ -129,6 +131,7 @@ impl Default for GpuOptions {
             max_num_seqs: 256,
             dummy_shape: None,
             enforce_eager: false,
+            async_scheduling: true,
             kernel_cache_dir: None,
         }
     }

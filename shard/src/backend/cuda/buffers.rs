@@ -33,6 +33,9 @@ pub struct Buffers {
     pub decode_ws: CudaSlice<f32>,
     /// Tokens sampled on the device, `[s_max]`.
     pub sampled: CudaSlice<u32>,
+    /// Overlapped steps: `(row, draw)` pairs, the rows whose token is a draw of the step
+    /// before (`[2 s_max]`).
+    pub feeds: CudaSlice<u32>,
 }
 
 impl Buffers {
@@ -58,6 +61,7 @@ impl Buffers {
             logits: alloc(stream, s_max * vocab, "logits")?,
             decode_ws: alloc(stream, decode_ws_len.max(1), "decode attention workspace")?,
             sampled: alloc(stream, s_max, "sampled tokens")?,
+            feeds: alloc(stream, 2 * s_max, "fed rows")?,
         })
     }
 }

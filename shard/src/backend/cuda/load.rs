@@ -10,6 +10,7 @@ use super::device::{Gpu, cuda_err, parse_cuda_device};
 use super::gemm::Gemm;
 use super::graphs::Graphs;
 use super::kv::KvCaches;
+use super::launches::Launches;
 use super::model::{CudaLlama, StepShape};
 use super::ops;
 use super::plan::{MetaLayout, stage};
@@ -239,6 +240,7 @@ fn build(
     };
     let meta = alloc_u32(layout.len(), "step metadata")?;
     let staging = HostStaging::new(&gpu.ctx, &layout)?;
+    let launches = Launches::new(&gpu.ctx, s_max)?;
     let sampling = alloc_u32(ops::SAMPLING_WORDS * s_max, "sampling parameters")?;
     let ws_len = pagedserve_kernels::decode_workspace_len(
         s_max,
@@ -318,6 +320,8 @@ fn build(
         gemv: std::env::var("PAGEDSERVE_CUDA_GEMV").map_or(true, |v| v != "0"),
         fuse: std::env::var("PAGEDSERVE_CUDA_FUSE").map_or(true, |v| v != "0"),
         tp: group,
+        launches,
+        async_scheduling: opts.gpu.async_scheduling,
     };
     capture_decode_graphs(&mut model)?;
     Ok(model)

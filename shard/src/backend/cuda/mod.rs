@@ -12,6 +12,7 @@ mod gemm_lt;
 mod gemm_tune;
 mod graphs;
 mod kv;
+mod launches;
 mod linear;
 mod load;
 mod model;

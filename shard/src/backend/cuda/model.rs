@@ -11,13 +11,14 @@ use super::device::{Gpu, cuda_err};
 use super::gemm::Gemm;
 use super::graphs::Graphs;
 use super::kv::KvCaches;
+use super::launches::Launches;
 use super::ops::{self, Dims};
 use super::plan::{MetaLayout, StagedStep};
 use super::staging::HostStaging;
 use super::tp::wire::{LinkError, StepFrame};
 use super::tp::{Group, Role};
 use super::weights::Weights;
-use crate::backend::{BackendResult, KvLayout};
+use crate::backend::{AttnSeq, BackendResult, KvLayout};
 use crate::model::batch::{BatchLimits, build_plan};
 use crate::model::{
     CausalLm, DeviceSampling, LlamaConfig, ModelError, ModelInfo, Picked, SeqChunk,
@@ -79,6 +80,10 @@ pub struct CudaLlama {
     pub(super) fuse: bool,
     /// The tensor-parallel group this rank belongs to (`None`: the whole model is here).
     pub(super) tp: Option<Group>,
+    /// Launched steps not yet collected, and where their draws land on the host.
+    pub(super) launches: Launches,
+    /// Steps may overlap ([`CausalLm::launch`]); `--no-async-scheduling` turns it off.
+    pub(super) async_scheduling: bool,
 }
 
 impl CudaLlama {
@@ -118,6 +123,7 @@ impl CudaLlama {
         &mut self,
         batch: &[SeqChunk<'_>],
         sampling: Option<&[DeviceSampling]>,
+        feeds: &[(usize, u32)],
     ) -> Result<StepShape, ModelError> {
         let started = std::time::Instant::now();
         let plan = build_plan(batch, &self.limits())?;
@@ -165,6 +171,7 @@ impl CudaLlama {
             .map_err(|e| ModelError::Backend(e.to_string()))?;
         }
         self.upload(&staged, sampling)?;
+        self.feed(&plan.seqs, feeds)?;
         let staged_us = started.elapsed().as_micros() as u64;
         if graph {
             self.gather.clear();
@@ -199,6 +206,41 @@ impl CudaLlama {
                 .upload_sampling(stream, params, &mut self.sampling)?;
         }
         Ok(())
+    }
+
+    /// Puts the last launched step's draws in place of the placeholders `feeds` names
+    /// (`(chunk, draw)`; see [`CausalLm::launch`]), on the device, after the metadata's copy.
+    fn feed(&mut self, seqs: &[AttnSeq], feeds: &[(usize, u32)]) -> Result<(), ModelError> {
+        if feeds.is_empty() {
+            return Ok(());
+        }
+        let draws = self.launches.last_draws;
+        let pairs = feeds
+            .iter()
+            .map(|&(chunk, k)| match seqs.get(chunk) {
+                Some(s) if (k as usize) < draws => Ok([(s.row_start + s.num_rows - 1) as u32, k]),
+                _ => Err(ModelError::InvalidBatch(format!(
+                    "chunk {chunk} fed by draw {k}: {} chunks, {draws} draws in the last launch",
+                    seqs.len()
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let stream = &self.gpu.stream;
+        self.staging
+            .upload_feeds(stream, &pairs, &mut self.bufs.feeds)?;
+        let layout = self.layout;
+        let mut tokens = self
+            .meta
+            .slice_mut(layout.tokens()..layout.tokens() + layout.t_max);
+        self.kernels
+            .feed_tokens(
+                stream,
+                &mut tokens,
+                &self.bufs.sampled.slice(..draws),
+                &self.bufs.feeds.slice(..2 * pairs.len()),
+                pairs.len(),
+            )
+            .map_err(|e| ModelError::Backend(format!("feed_tokens: {e}")))
     }
 
     /// Enqueues one step of `shape` over the staged metadata. Never synchronizes, so it can
@@ -332,7 +374,8 @@ impl CausalLm for CudaLlama {
             return Ok(Vec::new());
         }
         let wanted = batch.iter().filter(|c| c.need_logits).count();
-        self.run_batch(batch, None)?;
+        self.launches.last_draws = 0;
+        self.run_batch(batch, None, &[])?;
         if wanted == 0 {
             self.gpu
                 .stream
@@ -354,6 +397,45 @@ impl CausalLm for CudaLlama {
     ) -> Option<Result<Vec<Picked>, ModelError>> {
         Some(self.forward_sampled_inner(batch, params))
     }
+
+    /// Not for a tensor-parallel group: its followers would need the draws on their devices.
+    fn can_launch(&self) -> bool {
+        self.async_scheduling && self.tp.is_none()
+    }
+
+    fn launch(
+        &mut self,
+        batch: &[SeqChunk<'_>],
+        params: &[DeviceSampling],
+        feeds: &[(usize, u32)],
+    ) -> Result<(), ModelError> {
+        if !self.can_launch() {
+            return Err(ModelError::Backend(
+                "overlapped steps are off for this model".into(),
+            ));
+        }
+        let wanted = batch.iter().filter(|c| c.need_logits).count();
+        if params.len() != wanted || batch.is_empty() {
+            return Err(ModelError::InvalidBatch(format!(
+                "{} sampling parameters for {wanted} sampled sequences of {} chunks",
+                params.len(),
+                batch.len()
+            )));
+        }
+        if self.launches.is_full() {
+            return Err(ModelError::Backend(
+                "two launched steps are not collected yet".into(),
+            ));
+        }
+        self.run_batch(batch, Some(params), feeds)?;
+        self.launches
+            .queue(&self.gpu.stream, &self.bufs.sampled, wanted)?;
+        Ok(())
+    }
+
+    fn collect(&mut self) -> Result<Vec<u32>, ModelError> {
+        Ok(self.launches.collect()?)
+    }
 }
 
 impl CudaLlama {
@@ -374,7 +456,8 @@ impl CudaLlama {
         }
         // Sequences sampled on the host still get a (greedy, ignored) draw on the device.
         let device: Vec<DeviceSampling> = params.iter().map(|p| p.unwrap_or(GREEDY)).collect();
-        self.run_batch(batch, Some(&device))?;
+        self.launches.last_draws = 0;
+        self.run_batch(batch, Some(&device), &[])?;
         let tokens = self
             .gpu
             .stream

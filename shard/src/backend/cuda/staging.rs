@@ -27,6 +27,8 @@ pub struct HostStaging {
     /// sequences' the last step packed.
     sampling: PinnedHostSlice<u32>,
     s_max: usize,
+    /// Overlapped steps' `(row, draw)` pairs (`2 * s_max` words).
+    feeds: PinnedHostSlice<u32>,
     sampled: usize,
     /// Recorded on the stream after each copy out of `words`: the next write waits for it, as
     /// the DMA reads the buffer after `upload` has returned.
@@ -51,6 +53,7 @@ impl HostStaging {
             words: zeroed(layout.len())?,
             marks: StagedMarks::default(),
             sampling: zeroed(SAMPLING_WORDS * layout.s_max)?,
+            feeds: zeroed(2 * layout.s_max)?,
             s_max: layout.s_max,
             sampled: 0,
             copied,
@@ -151,6 +154,43 @@ impl HostStaging {
         self.copied
             .record(stream)
             .map_err(cuda_err("record the sampling copy"))
+    }
+}
+
+impl HostStaging {
+    /// Writes the `(row, draw)` pairs and queues their copy into `dst` after the metadata's,
+    /// the same way.
+    pub fn upload_feeds(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        pairs: &[[u32; 2]],
+        dst: &mut CudaSlice<u32>,
+    ) -> BackendResult<()> {
+        self.copied
+            .synchronize()
+            .map_err(cuda_err("wait for the last metadata copy"))?;
+        let words = self
+            .feeds
+            .as_mut_slice()
+            .map_err(cuda_err("page-locked fed rows"))?;
+        let n = 2 * pairs.len();
+        let s_max = self.s_max;
+        let too_many = || BackendError::Shape {
+            op: "fed rows",
+            detail: format!("{} pairs > {s_max}", pairs.len()),
+        };
+        let src = words.get_mut(..n).ok_or_else(too_many)?;
+        for (w, p) in src.chunks_exact_mut(2).zip(pairs) {
+            w.copy_from_slice(p);
+        }
+        let src: &[u32] = src;
+        let mut dst = dst.try_slice_mut(..n).ok_or_else(too_many)?;
+        stream
+            .memcpy_htod(src, &mut dst)
+            .map_err(cuda_err("upload fed rows"))?;
+        self.copied
+            .record(stream)
+            .map_err(cuda_err("record the fed rows' copy"))
     }
 }
 
