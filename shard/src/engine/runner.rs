@@ -165,6 +165,8 @@ impl Engine {
             }
         }
         let mut forward_us = 0;
+        // Overlapped steps: host time to launch (the rest of forward_us waits for the device).
+        let mut launch_us = 0;
         if overlap {
             // Launch this step, then take the last one's tokens while the device runs it.
             let forward_started = Instant::now();
@@ -172,6 +174,7 @@ impl Engine {
                 true => None,
                 false => self.launch(&chunks),
             };
+            launch_us = forward_started.elapsed().as_micros() as u64;
             if let Some(last) = std::mem::replace(&mut self.in_flight, launched) {
                 self.collect(last);
             }
@@ -203,6 +206,7 @@ impl Engine {
             running = self.scheduler.running.len(),
             waiting = self.scheduler.waiting.len(),
             overlap,
+            launch_us,
             forward_us,
             step_us = started.elapsed().as_micros() as u64,
             "step"
