@@ -20,43 +20,110 @@ use super::plan::{MetaLayout, StageError, StagedMarks, StagedStep, stage_into};
 use crate::backend::{BackendError, BackendResult, StepPlan};
 use crate::model::DeviceSampling;
 
-pub struct HostStaging {
+/// A page-locked buffer and the event recorded after the last copy out of it: the next write
+/// waits for that copy only (the DMA reads the buffer after `upload` has returned). One event
+/// per buffer: with overlapped steps, step n+1 is staged while step n runs, and a write that
+/// waited for a later copy of another buffer would wait for step n to finish.
+struct Pinned {
     words: PinnedHostSlice<u32>,
+    copied: CudaEvent,
+    what: &'static str,
+}
+
+impl Pinned {
+    /// `len` zeroed words. Cached, not write-combined: a tensor-parallel leader reads the
+    /// metadata back.
+    fn zeroed(ctx: &Arc<CudaContext>, len: usize, what: &'static str) -> BackendResult<Self> {
+        let alloc = |e| BackendError::Alloc(format!("page-locked {what}: {e}"));
+        // SAFETY: zeroed before any read.
+        let mut words =
+            unsafe { ctx.alloc_pinned_with_flags::<u32>(len.max(1), 0) }.map_err(alloc)?;
+        words.as_mut_slice().map_err(alloc)?.fill(0);
+        let copied = ctx.new_event(None).map_err(cuda_err("create an event"))?;
+        Ok(Self {
+            words,
+            copied,
+            what,
+        })
+    }
+
+    /// The buffer, once the last copy out of it is done.
+    fn write(&mut self) -> BackendResult<&mut [u32]> {
+        self.copied
+            .synchronize()
+            .map_err(cuda_err("wait for the last copy of page-locked words"))?;
+        self.words
+            .as_mut_slice()
+            .map_err(cuda_err("page-locked words"))
+    }
+
+    fn read(&self, len: usize) -> BackendResult<&[u32]> {
+        let all = self
+            .words
+            .as_slice()
+            .map_err(cuda_err("page-locked words"))?;
+        all.get(..len).ok_or_else(|| BackendError::Shape {
+            op: self.what,
+            detail: format!("{len} words > the staging buffer's {}", all.len()),
+        })
+    }
+
+    /// Queues the copy of the first `len` words into `dst` on `stream`; returns at once.
+    fn upload(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        len: usize,
+        dst: &mut CudaSlice<u32>,
+    ) -> BackendResult<()> {
+        let what = self.what;
+        let src = self.read(len)?;
+        let mut dst = dst
+            .try_slice_mut(..len)
+            .ok_or_else(|| BackendError::Shape {
+                op: what,
+                detail: format!("{len} words > the device buffer's"),
+            })?;
+        // A plain slice to cudarc (it would copy the whole `PinnedHostSlice`); the driver
+        // knows the memory is page-locked and queues a DMA.
+        stream
+            .memcpy_htod(src, &mut dst)
+            .map_err(cuda_err("upload page-locked words"))?;
+        self.copied
+            .record(stream)
+            .map_err(cuda_err("record a page-locked copy"))
+    }
+}
+
+impl Drop for Pinned {
+    /// The buffer is freed only after the last DMA out of it.
+    fn drop(&mut self) {
+        let _ = self.copied.synchronize();
+    }
+}
+
+pub struct HostStaging {
+    meta: Pinned,
     marks: StagedMarks,
     /// The per-sequence sampling parameters (`SAMPLING_WORDS * s_max` words), and how many
     /// sequences' the last step packed.
-    sampling: PinnedHostSlice<u32>,
+    sampling: Pinned,
+    sampled: usize,
     s_max: usize,
     /// Overlapped steps' `(row, draw)` pairs (`2 * s_max` words).
-    feeds: PinnedHostSlice<u32>,
-    sampled: usize,
-    /// Recorded on the stream after each copy out of `words`: the next write waits for it, as
-    /// the DMA reads the buffer after `upload` has returned.
-    copied: CudaEvent,
+    feeds: Pinned,
 }
 
 impl HostStaging {
     /// Zeroed page-locked buffers of `layout.len()` words (2.2 MB for an 8k context and 1,024
-    /// sequences) and of the sampling parameters. Cached, not write-combined: a
-    /// tensor-parallel leader reads the metadata back.
+    /// sequences), of the sampling parameters and of the fed rows.
     pub fn new(ctx: &Arc<CudaContext>, layout: &MetaLayout) -> BackendResult<Self> {
-        let zeroed = |len: usize| {
-            let alloc = |e| BackendError::Alloc(format!("page-locked step metadata: {e}"));
-            // SAFETY: zeroed before any read.
-            let mut words =
-                unsafe { ctx.alloc_pinned_with_flags::<u32>(len.max(1), 0) }.map_err(alloc)?;
-            words.as_mut_slice().map_err(alloc)?.fill(0);
-            Ok::<_, BackendError>(words)
-        };
-        let copied = ctx.new_event(None).map_err(cuda_err("create an event"))?;
         Ok(Self {
-            words: zeroed(layout.len())?,
+            meta: Pinned::zeroed(ctx, layout.len(), "step metadata")?,
             marks: StagedMarks::default(),
-            sampling: zeroed(SAMPLING_WORDS * layout.s_max)?,
-            feeds: zeroed(2 * layout.s_max)?,
-            s_max: layout.s_max,
+            sampling: Pinned::zeroed(ctx, SAMPLING_WORDS * layout.s_max, "sampling parameters")?,
             sampled: 0,
-            copied,
+            s_max: layout.s_max,
+            feeds: Pinned::zeroed(ctx, 2 * layout.s_max, "fed rows")?,
         })
     }
 
@@ -68,13 +135,7 @@ impl HostStaging {
         pad_rows: Option<usize>,
         tiles: impl Fn(&[[i32; 3]]) -> (usize, Vec<[i32; 2]>),
     ) -> BackendResult<Result<StagedStep, StageError>> {
-        self.copied
-            .synchronize()
-            .map_err(cuda_err("wait for the last metadata copy"))?;
-        let host = self
-            .words
-            .as_mut_slice()
-            .map_err(cuda_err("page-locked step metadata"))?;
+        let host = self.meta.write()?;
         Ok(stage_into(
             plan,
             layout,
@@ -87,116 +148,50 @@ impl HostStaging {
 
     /// The first `len` words as staged (what a tensor-parallel leader sends its followers).
     pub fn words(&self, len: usize) -> BackendResult<&[u32]> {
-        let all = self
-            .words
-            .as_slice()
-            .map_err(cuda_err("page-locked step metadata"))?;
-        all.get(..len).ok_or_else(|| BackendError::Shape {
-            op: "step metadata",
-            detail: format!("{len} words > the staging buffer's {}", all.len()),
-        })
+        self.meta.read(len)
     }
 
-    /// Queues the copy of the first `len` words into `dst` on `stream`; returns at once.
+    /// Queues the copy of the first `len` staged words into `dst` on `stream`; returns at once.
     pub fn upload(
         &mut self,
         stream: &Arc<CudaStream>,
         len: usize,
         dst: &mut CudaSlice<u32>,
     ) -> BackendResult<()> {
-        let src = self.words(len)?;
-        let mut dst = dst
-            .try_slice_mut(..len)
-            .ok_or_else(|| BackendError::Shape {
-                op: "step metadata",
-                detail: format!("{len} words > the device buffer's"),
-            })?;
-        // A plain slice to cudarc (it would copy the whole `PinnedHostSlice`); the driver
-        // knows the memory is page-locked and queues a DMA. `copied` keeps the next write
-        // after it.
-        stream
-            .memcpy_htod(src, &mut dst)
-            .map_err(cuda_err("upload step metadata"))?;
-        self.copied
-            .record(stream)
-            .map_err(cuda_err("record the metadata copy"))
+        self.meta.upload(stream, len, dst)
     }
-}
 
-impl HostStaging {
-    /// Packs `params` (`ops::pack_sampling_into`) and queues their copy into `dst` after the
-    /// metadata's, the same way.
+    /// Packs `params` (`ops::pack_sampling_into`) and queues their copy into `dst`.
     pub fn upload_sampling(
         &mut self,
         stream: &Arc<CudaStream>,
         params: &[DeviceSampling],
         dst: &mut CudaSlice<u32>,
     ) -> BackendResult<()> {
-        self.copied
-            .synchronize()
-            .map_err(cuda_err("wait for the last metadata copy"))?;
-        let words = self
-            .sampling
-            .as_mut_slice()
-            .map_err(cuda_err("page-locked sampling parameters"))?;
+        let words = self.sampling.write()?;
         pack_sampling_into(params, self.s_max, words, self.sampled);
         self.sampled = params.len().min(self.s_max);
-        let src: &[u32] = words;
-        let mut dst = dst.try_slice_mut(..src.len()).ok_or_else(|| {
-            BackendError::Alloc(format!(
-                "{} sampling words > the device buffer's",
-                src.len()
-            ))
-        })?;
-        stream
-            .memcpy_htod(src, &mut dst)
-            .map_err(cuda_err("upload sampling parameters"))?;
-        self.copied
-            .record(stream)
-            .map_err(cuda_err("record the sampling copy"))
+        let len = words.len();
+        self.sampling.upload(stream, len, dst)
     }
-}
 
-impl HostStaging {
-    /// Writes the `(row, draw)` pairs and queues their copy into `dst` after the metadata's,
-    /// the same way.
+    /// Writes the `(row, draw)` pairs and queues their copy into `dst`.
     pub fn upload_feeds(
         &mut self,
         stream: &Arc<CudaStream>,
         pairs: &[[u32; 2]],
         dst: &mut CudaSlice<u32>,
     ) -> BackendResult<()> {
-        self.copied
-            .synchronize()
-            .map_err(cuda_err("wait for the last metadata copy"))?;
-        let words = self
-            .feeds
-            .as_mut_slice()
-            .map_err(cuda_err("page-locked fed rows"))?;
         let n = 2 * pairs.len();
         let s_max = self.s_max;
-        let too_many = || BackendError::Shape {
+        let words = self.feeds.write()?;
+        let src = words.get_mut(..n).ok_or_else(|| BackendError::Shape {
             op: "fed rows",
             detail: format!("{} pairs > {s_max}", pairs.len()),
-        };
-        let src = words.get_mut(..n).ok_or_else(too_many)?;
+        })?;
         for (w, p) in src.chunks_exact_mut(2).zip(pairs) {
             w.copy_from_slice(p);
         }
-        let src: &[u32] = src;
-        let mut dst = dst.try_slice_mut(..n).ok_or_else(too_many)?;
-        stream
-            .memcpy_htod(src, &mut dst)
-            .map_err(cuda_err("upload fed rows"))?;
-        self.copied
-            .record(stream)
-            .map_err(cuda_err("record the fed rows' copy"))
-    }
-}
-
-impl Drop for HostStaging {
-    /// The buffer is freed only after the last DMA out of it.
-    fn drop(&mut self) {
-        let _ = self.copied.synchronize();
+        self.feeds.upload(stream, n, dst)
     }
 }
