@@ -11,6 +11,12 @@ step's forward time against its rows (fixed cost a step, cost a row). With
 pagedserve_shard::backend=trace too (its `cuda step` lines carry staged_us), it adds the host
 time the GPU waits through between steps: the engine's own work outside the forward pass and
 the backend's staging of each step before its first launch.
+
+Overlapped steps (`overlap=true`, the GPU default since 2026-11-27): the host launches step
+n+1 before it waits for step n, so the fit and the GPU-idle line do not apply (a step's
+forward_us is its launch plus the wait for the step before). It prints instead the host's
+launch time and how long it then waited for the GPU: a wait near zero is a step where the GPU
+may have waited for the host.
 """
 import re
 import statistics
@@ -38,6 +44,7 @@ def main():
             line = re.sub(r"\x1b\[[0-9;]*m", "", line)  # tracing's colours, when it has them
             fields = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
             if {"prefill_tokens", "decode_seqs", "forward_us", "step_us"} <= fields.keys():
+                fields["overlap"] = "overlap=true" in line
                 steps.append(fields)
             elif "cuda step" in line and "staged_us" in fields:
                 staged["graph=true" in line].append(fields["staged_us"])
@@ -54,9 +61,26 @@ def main():
         if group:
             t = sum(s["step_us"] for s in group)
             print(f"| {name} | {len(group)} | {t / 1e6:.2f} | {t / len(group) / 1e3:.1f} |")
-    fit(steps)
-    host_time(steps, staged)
+    if any(s["overlap"] for s in steps):
+        overlapped(steps)
+    else:
+        fit(steps)
+        host_time(steps, staged)
     return 0
+
+
+def overlapped(steps):
+    """The host's launch of each overlapped step, and its wait for the step before."""
+    ran = [s for s in steps if s["overlap"] and s["forward_us"] > 0]
+    if not ran:
+        return
+    launch = [s.get("launch_us", 0) for s in ran]
+    wait = [s["forward_us"] - s.get("launch_us", 0) for s in ran]
+    short = sum(1 for w in wait if w < 100)
+    print(f"overlapped steps: {len(ran)}; host launch median {statistics.median(launch):.0f} us "
+          f"(total {sum(launch) / 1e6:.3f} s), then waited for the GPU a median "
+          f"{statistics.median(wait) / 1e3:.2f} ms; {short} steps waited under 100 us "
+          f"(where the GPU may have waited for the host)")
 
 
 def host_time(steps, staged):

@@ -9,6 +9,11 @@
 //! roofline tok/s = copy bandwidth / bytes one decode step reads (every weight but the
 //! embedding table, one embedding row, the KV cache at the context).
 //!
+//! Each decode row is timed twice: synchronous steps (`forward_sampled`: the host waits for a
+//! step's tokens before it stages the next), and overlapped steps as the server runs them
+//! (`launch` / `collect`: step n+1 is queued before step n's tokens are read, its input tokens
+//! fed on the device), timed from one collected step to the next.
+//!
 //! `CUDA_BENCH_KV_CACHE_DTYPE=fp8` runs it over an fp8 (e4m3) KV cache, as
 //! `--kv-cache-dtype fp8` does (one byte an element in the roofline's KV bytes).
 
@@ -90,18 +95,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         |ctx: usize| (c.num_layers * 2 * ctx * c.num_kv_heads * c.head_dim * elem) as f64;
 
     println!(
-        "\n| batch | context | step ms (median) | tok/s | bytes/step GB | roofline tok/s | % roofline |"
+        "\n| batch | context | step ms (median) | tok/s | bytes/step GB | roofline tok/s | % roofline | overlapped step ms | overlapped tok/s | overlapped % roofline |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &batch in &batches {
-        let ms = decode_step_ms(model.as_mut(), batch, context, steps)?;
+        let (ms, overlapped) = decode_step_ms(model.as_mut(), batch, context, steps)?;
         let bytes = weight_bytes + batch as f64 * kv_bytes(context);
         let roof = bw / bytes * batch as f64;
         let tps = batch as f64 * 1e3 / ms;
+        let otps = batch as f64 * 1e3 / overlapped;
         println!(
-            "| {batch} | {context} | {ms:.3} | {tps:.0} | {:.2} | {roof:.0} | {:.1}% |",
+            "| {batch} | {context} | {ms:.3} | {tps:.0} | {:.2} | {roof:.0} | {:.1}% | {overlapped:.3} | {otps:.0} | {:.1}% |",
             bytes / 1e9,
-            100.0 * tps / roof
+            100.0 * tps / roof,
+            100.0 * otps / roof
         );
     }
     // CUDA_BENCH_PREFILL=512,2048,8192: one sequence's prefill chunk of each size, and the rate
@@ -292,15 +299,16 @@ fn prefill_ms(model: &mut dyn CausalLm, tokens: usize) -> Result<f64, Box<dyn st
 }
 
 /// Median wall time of one decode step of `batch` sequences at `context` tokens, after a
-/// prefill and a warm-up.
+/// prefill and a warm-up: synchronous steps, then overlapped ones (from one collected step to
+/// the next; NaN where the model cannot launch steps).
 fn decode_step_ms(
     model: &mut dyn CausalLm,
     batch: usize,
     context: usize,
     steps: usize,
-) -> Result<f64, Box<dyn std::error::Error>> {
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let bs = model.block_size();
-    let per_seq = (context + steps + 8).div_ceil(bs);
+    let per_seq = (context + 2 * (steps + 3) + 8).div_ceil(bs);
     if per_seq * batch > model.num_kv_blocks() {
         return Err(format!("{batch} x {context} tokens do not fit the KV cache").into());
     }
@@ -357,7 +365,49 @@ fn decode_step_ms(
         }
     }
     times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    let sync = times[times.len() / 2];
+    if !model.can_launch() {
+        return Ok((sync, f64::NAN));
+    }
+    // Overlapped: every step's input is the last step's draw, fed on the device; the host's
+    // token is a placeholder (0).
+    let start = context - 1 + steps + 3;
+    let params = vec![GREEDY; batch];
+    let placeholder = [0u32];
+    let mut times = Vec::with_capacity(steps);
+    let mut last = Instant::now();
+    for step in 0..steps + 4 {
+        let pos = start + step;
+        let chunks: Vec<SeqChunk<'_>> = tokens
+            .iter()
+            .zip(&tables)
+            .map(|(t, table)| SeqChunk {
+                tokens: if step == 0 { &t[pos..pos + 1] } else { &placeholder },
+                start_pos: pos,
+                block_table: table,
+                need_logits: true,
+            })
+            .collect();
+        let feeds: Vec<(usize, u32)> = match step {
+            0 => Vec::new(),
+            _ => (0..batch).map(|i| (i, i as u32)).collect(),
+        };
+        model.launch(&chunks, &params, &feeds)?;
+        if step > 0 {
+            let drawn = model.collect()?;
+            if drawn.len() != batch {
+                return Err(format!("{} draws for {batch} sequences", drawn.len()).into());
+            }
+            let now = Instant::now();
+            if step >= 4 {
+                times.push((now - last).as_secs_f64() * 1e3);
+            }
+            last = now;
+        }
+    }
+    model.collect()?;
+    times.sort_by(f64::total_cmp);
+    Ok((sync, times[times.len() / 2]))
 }
 
 /// Bytes read + written per second by a 2 GiB device-to-device copy (median of 20).
