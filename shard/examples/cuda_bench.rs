@@ -384,7 +384,11 @@ fn decode_step_ms(
             .iter()
             .zip(&tables)
             .map(|(t, table)| SeqChunk {
-                tokens: if step == 0 { &t[pos..pos + 1] } else { &placeholder },
+                tokens: if step == 0 {
+                    &t[pos..pos + 1]
+                } else {
+                    &placeholder
+                },
                 start_pos: pos,
                 block_table: table,
                 need_logits: true,

@@ -226,7 +226,10 @@ fn greedy_tokens(model: &mut dyn CausalLm, overlapped: bool, steps: usize) -> Ve
         .map(|c| c.prompt_ids[..c.prompt_ids.len().min(100)].to_vec())
         .collect();
     let per_seq = (100 + steps + 1).div_ceil(16);
-    assert!(4 * per_seq <= FIXTURE_BLOCKS, "the tables fit the fixture's cache");
+    assert!(
+        4 * per_seq <= FIXTURE_BLOCKS,
+        "the tables fit the fixture's cache"
+    );
     let tables: Vec<Vec<u32>> = (0..prompts.len())
         .map(|i| ((i * per_seq) as u32..((i + 1) * per_seq) as u32).collect())
         .collect();
