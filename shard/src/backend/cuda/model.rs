@@ -427,10 +427,16 @@ impl CausalLm for CudaLlama {
                 "two launched steps are not collected yet".into(),
             ));
         }
-        self.run_batch(batch, Some(params), feeds)?;
-        self.launches
-            .queue(&self.gpu.stream, &self.bufs.sampled, wanted)?;
-        Ok(())
+        let launched = self.run_batch(batch, Some(params), feeds).and_then(|_| {
+            Ok(self
+                .launches
+                .queue(&self.gpu.stream, &self.bufs.sampled, wanted)?)
+        });
+        if launched.is_err() {
+            // The sampled buffer may hold this step's draws, or not: nothing may feed from it.
+            self.launches.last_draws = 0;
+        }
+        launched
     }
 
     fn collect(&mut self) -> Result<Vec<u32>, ModelError> {
