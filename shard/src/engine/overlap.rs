@@ -17,7 +17,6 @@
 //! queued sequence draws on the device; otherwise (penalties, logprobs, min_p, a CPU model)
 //! the engine collects the step in flight and runs synchronous steps.
 
-use super::outputs::finished_without_token;
 use super::runner::Engine;
 use super::scheduler::ScheduledChunk;
 use super::sequence::{SeqKey, Sequence};
@@ -169,21 +168,10 @@ impl Engine {
             let Some((seq, _)) = find(&mut s.running, &mut s.waiting, d, &mut index) else {
                 continue;
             };
-            if seq.finish.is_some() {
-                continue;
+            if seq.finish.is_none() {
+                let out = seq.fail(error);
+                self.outputs.push(seq.key.stream, out);
             }
-            seq.finish = Some(pb::FinishReason::Error);
-            seq.tokens.truncate(seq.tokens.len() - seq.pending);
-            seq.pending = 0;
-            let out = finished_without_token(
-                seq.key.id,
-                pb::FinishReason::Error,
-                seq.prompt_len,
-                seq.num_generated(),
-                error.to_string(),
-                pb::ErrorKind::Internal,
-            );
-            self.outputs.push(seq.key.stream, out);
         }
         self.scheduler.remove_where(|q| q.finish.is_some());
     }

@@ -306,15 +306,7 @@ impl Engine {
         tracing::error!(error, sequences = chunks.len(), "step failed");
         for c in chunks {
             let seq = &mut self.scheduler.running[c.seq_idx];
-            seq.finish = Some(pb::FinishReason::Error);
-            let out = finished_without_token(
-                seq.key.id,
-                pb::FinishReason::Error,
-                seq.prompt_len,
-                seq.num_generated(),
-                error.to_string(),
-                pb::ErrorKind::Internal,
-            );
+            let out = seq.fail(error);
             self.outputs.push(seq.key.stream, out);
         }
     }

@@ -1,6 +1,7 @@
 //! One request's state inside the engine.
 
 use super::StreamId;
+use super::outputs::finished_without_token;
 use crate::kv_cache::{BlockPool, BlockTable, CacheId, ROOT, blocks_needed};
 use crate::model::DeviceSampling;
 use crate::sampling::{SampledToken, Sampler, SamplingConfig};
@@ -263,6 +264,22 @@ impl Sequence {
             token_id,
             logprobs: None,
         }
+    }
+
+    /// Ends the sequence with an error (a failed step): drops its placeholders and returns
+    /// the output that tells its stream.
+    pub fn fail(&mut self, error: &str) -> pb::SequenceOutput {
+        self.finish = Some(pb::FinishReason::Error);
+        self.tokens.truncate(self.tokens.len() - self.pending);
+        self.pending = 0;
+        finished_without_token(
+            self.key.id,
+            pb::FinishReason::Error,
+            self.prompt_len,
+            self.num_generated(),
+            error.to_string(),
+            pb::ErrorKind::Internal,
+        )
     }
 
     /// Why the sequence must stop after generating `token`, if it must.

@@ -497,6 +497,44 @@ fn forward_error_fails_the_step_not_the_loop() {
     assert_eq!(h.results[&2].tokens, solo(prompt(5, 1), 4).tokens);
 }
 
+/// Overlapped steps: a launch that fails mid-answer, while the step before is in flight,
+/// ends the sequences it ran (with the tokens they had so far, placeholders dropped) and
+/// nothing else; the step in flight still delivers, and later requests run normally.
+#[test]
+fn a_failed_overlapped_launch_fails_its_sequences_not_the_loop() {
+    let mut model = FakeLm::new(4, 32, 1024);
+    model.overlap = true;
+    let fail = model.fail_next.clone();
+    let mut h = Harness::new(model, config(64, 4));
+    h.submit(vec![
+        request(1, prompt(5, 1), 8),
+        request(2, prompt(6, 2), 8),
+    ]);
+    for _ in 0..4 {
+        h.step();
+    }
+    let before = h.results.get(&1).map_or(0, |r| r.tokens.len());
+    assert!(before >= 2, "{before} tokens before the failure");
+    if let Ok(mut f) = fail.lock() {
+        *f = true;
+    }
+    h.run();
+    for id in [1, 2] {
+        let r = &h.results[&id];
+        assert_eq!(r.finish, ERROR, "request {id}");
+        assert!(r.error.contains("injected"), "{}", r.error);
+        // Tokens delivered before the failure are the solo run's (the Harness checks each
+        // output's generated_tokens against the tokens received).
+        let want = solo(prompt(4 + id as usize, id as u32), 8).tokens;
+        assert!(want.starts_with(&r.tokens), "request {id}: {:?}", r.tokens);
+    }
+    assert_eq!(h.free_blocks(), 32);
+    assert!(h.engine.scheduler.keys_match_queues());
+    h.submit(vec![request(3, prompt(5, 1), 4)]);
+    h.run();
+    assert_eq!(h.results[&3].tokens, solo(prompt(5, 1), 4).tokens);
+}
+
 #[test]
 fn every_step_sends_one_message_per_stream() {
     let mut h = Harness::new(FakeLm::new(4, 64, 1024), config(64, 8));
