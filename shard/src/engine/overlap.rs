@@ -72,12 +72,7 @@ impl Engine {
                     // `can_overlap` checked that every sequence draws on the device.
                     params.push(seq.device_sampling().unwrap_or(DeviceSampling::GREEDY));
                 }
-                SeqChunk {
-                    tokens: &seq.tokens[c.start..c.start + c.len],
-                    start_pos: c.start,
-                    block_table: seq.block_table.ids(),
-                    need_logits: c.need_logits,
-                }
+                c.view(seq)
             })
             .collect();
         let model = &mut self.model;

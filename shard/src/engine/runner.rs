@@ -218,18 +218,7 @@ impl Engine {
     /// there and the rest their logits.
     fn forward(&mut self, chunks: &[ScheduledChunk]) -> Result<Vec<Picked>, String> {
         let running = &self.scheduler.running;
-        let batch: Vec<SeqChunk<'_>> = chunks
-            .iter()
-            .map(|c| {
-                let seq = &running[c.seq_idx];
-                SeqChunk {
-                    tokens: &seq.tokens[c.start..c.start + c.len],
-                    start_pos: c.start,
-                    block_table: seq.block_table.ids(),
-                    need_logits: c.need_logits,
-                }
-            })
-            .collect();
+        let batch: Vec<SeqChunk<'_>> = chunks.iter().map(|c| c.view(&running[c.seq_idx])).collect();
         let device: Vec<Option<DeviceSampling>> = match self.model.samples_on_device() {
             true => chunks
                 .iter()

@@ -4,6 +4,7 @@ use super::pacing::{Backlog, paced_budget};
 use super::sequence::{SeqKey, Sequence};
 use super::{EngineConfig, PrefillPolicy, SchedulePolicy};
 use crate::kv_cache::BlockPool;
+use crate::model::SeqChunk;
 use std::cmp::Reverse;
 use std::collections::{HashSet, VecDeque};
 
@@ -31,6 +32,18 @@ pub(crate) struct ScheduledChunk {
     pub len: usize,
     /// The chunk reaches the end of the sequence, so its logits give the next token.
     pub need_logits: bool,
+}
+
+impl ScheduledChunk {
+    /// What the model runs of `seq` (the sequence this chunk was planned for).
+    pub fn view<'a>(&self, seq: &'a Sequence) -> SeqChunk<'a> {
+        SeqChunk {
+            tokens: &seq.tokens[self.start..self.start + self.len],
+            start_pos: self.start,
+            block_table: seq.block_table.ids(),
+            need_logits: self.need_logits,
+        }
+    }
 }
 
 /// Running and waiting sequences plus the KV block pool they draw from.
