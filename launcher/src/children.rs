@@ -380,18 +380,22 @@ mod tests {
         assert!(value_of(&router, "--kv-cache-dtype").is_none());
     }
 
+    /// How often the shard's command line carries `off` for launcher flags `extra`, where
+    /// `on` (the shard's default) must never be passed.
+    fn off_flag_passes(off: &str, on: &str, extra: &[&str]) -> usize {
+        let spec = shard_spec(&args(extra), &plan("onoff"), 0, 7001).expect("spec");
+        let argv = strings(&spec);
+        assert!(
+            !argv.iter().any(|a| a == on),
+            "on is the shard's default: {argv:?}"
+        );
+        argv.iter().filter(|a| *a == off).count()
+    }
+
     #[test]
     fn shard_gets_no_enable_prefix_caching_only_when_turned_off() {
         let flag = "--no-enable-prefix-caching";
-        let passes = |extra: &[&str]| {
-            let spec = shard_spec(&args(extra), &plan("apc"), 0, 7001).expect("spec");
-            let argv = strings(&spec);
-            assert!(
-                !argv.iter().any(|a| a == "--enable-prefix-caching"),
-                "on is the shard's default: {argv:?}"
-            );
-            argv.iter().filter(|a| *a == flag).count()
-        };
+        let passes = |extra: &[&str]| off_flag_passes(flag, "--enable-prefix-caching", extra);
         assert_eq!(passes(&[]), 0);
         assert_eq!(passes(&["--enable-prefix-caching"]), 0);
         assert_eq!(passes(&[flag]), 1);
@@ -402,6 +406,16 @@ mod tests {
         p.tp_ports = vec![9101];
         let follower = follower_spec(&args(&[flag]), &p, 0, 1).expect("spec");
         assert!(strings(&follower).iter().any(|a| a == flag));
+    }
+
+    #[test]
+    fn shard_gets_no_async_scheduling_only_when_turned_off() {
+        let flag = "--no-async-scheduling";
+        let passes = |extra: &[&str]| off_flag_passes(flag, "--async-scheduling", extra);
+        assert_eq!(passes(&[]), 0);
+        assert_eq!(passes(&["--async-scheduling"]), 0);
+        assert_eq!(passes(&[flag]), 1);
+        assert_eq!(passes(&[flag, "--async-scheduling"]), 0);
     }
 
     #[test]

@@ -358,6 +358,19 @@ mod tests {
     }
 
     #[test]
+    fn async_scheduling_is_on_unless_turned_off() {
+        let on = |extra: &[&str]| {
+            let args = parse(extra).expect("parses");
+            args.load_options().gpu.async_scheduling
+        };
+        assert!(on(&[]), "on by default, as in vLLM");
+        assert!(on(&["--async-scheduling"]));
+        assert!(!on(&["--no-async-scheduling"]));
+        assert!(on(&["--no-async-scheduling", "--async-scheduling"]));
+        assert!(!on(&["--async-scheduling", "--no-async-scheduling"]));
+    }
+
+    #[test]
     fn rejects_zero_and_missing_model() {
         assert!(parse(&["--block-size", "0"]).is_err());
         assert!(parse(&["--max-batch-tokens", "0"]).is_err());
