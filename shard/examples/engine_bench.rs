@@ -7,8 +7,10 @@
 //! as the CUDA backend does) runs a rate-inf burst of ShareGPT-like requests (prompts 4-1,000
 //! tokens, answers 4-1,500, drawn from the seed) through the real engine thread, scheduler and
 //! output streams, with the GPU shard's settings (`lof-paced`, 512-token budget, 1,024
-//! sequences, prefix caching). Every microsecond it prints a step costs is one a GPU would sit
-//! idle; the backend's staging (`cuda step` trace lines) comes on top.
+//! sequences, prefix caching). With synchronous steps every microsecond it prints a step costs
+//! is one a GPU would sit idle; the backend's staging (`cuda step` trace lines) comes on top.
+//! `ENGINE_BENCH_OVERLAP=1` runs overlapped steps (`launch`/`collect`, what the CUDA backend
+//! does since 2026-11-27): the same work, now done while the GPU runs the step before.
 
 use std::time::Instant;
 
@@ -21,6 +23,15 @@ use rand::{Rng, SeedableRng};
 /// Llama-3-8B's vocabulary and context; tokens come back at once and are never EOS.
 struct InstantLm {
     info: ModelInfo,
+    overlap: bool,
+    launched: std::collections::VecDeque<Vec<u32>>,
+}
+
+fn draws(batch: &[SeqChunk<'_>]) -> impl Iterator<Item = u32> {
+    batch
+        .iter()
+        .filter(|c| c.need_logits)
+        .map(|c| 1_000 + (c.start_pos % 50_000) as u32)
 }
 
 impl CausalLm for InstantLm {
@@ -49,11 +60,24 @@ impl CausalLm for InstantLm {
         batch: &[SeqChunk<'_>],
         _params: &[Option<DeviceSampling>],
     ) -> Option<Result<Vec<Picked>, ModelError>> {
-        Some(Ok(batch
-            .iter()
-            .filter(|c| c.need_logits)
-            .map(|c| Picked::Token(1_000 + (c.start_pos % 50_000) as u32))
-            .collect()))
+        Some(Ok(draws(batch).map(Picked::Token).collect()))
+    }
+    fn can_launch(&self) -> bool {
+        self.overlap
+    }
+    fn launch(
+        &mut self,
+        batch: &[SeqChunk<'_>],
+        _params: &[DeviceSampling],
+        _feeds: &[(usize, u32)],
+    ) -> Result<(), ModelError> {
+        self.launched.push_back(draws(batch).collect());
+        Ok(())
+    }
+    fn collect(&mut self) -> Result<Vec<u32>, ModelError> {
+        self.launched
+            .pop_front()
+            .ok_or_else(|| ModelError::Backend("nothing launched".into()))
     }
 }
 
@@ -74,7 +98,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             eos_token_ids: vec![128_001],
             bos_token_id: None,
         },
+        overlap: std::env::var_os("ENGINE_BENCH_OVERLAP").is_some_and(|v| v != "0"),
+        launched: Default::default(),
     };
+    let overlap = model.overlap;
     let config = EngineConfig {
         max_batch_tokens: 512,
         max_num_seqs: 1_024,
@@ -122,10 +149,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok::<_, Box<dyn std::error::Error>>((steps, tokens, started.elapsed().as_secs_f64()))
     })?;
     engine.shutdown();
-    println!("| requests | rows | steps | tokens | s | µs a step | ns a row |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| requests | overlapped | rows | steps | tokens | s | µs a step | ns a row |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     println!(
-        "| {n} | {rows} | {steps} | {tokens} | {secs:.3} | {:.1} | {:.0} |",
+        "| {n} | {overlap} | {rows} | {steps} | {tokens} | {secs:.3} | {:.1} | {:.0} |",
         secs * 1e6 / steps.max(1) as f64,
         secs * 1e9 / rows.max(1) as f64
     );
