@@ -82,16 +82,14 @@ pub fn pack_sampling_into(params: &[DeviceSampling], s_max: usize, out: &mut [u3
         out[6 * s_max + i] = p.top_k as u32;
     }
     let prev = prev.min(s_max);
-    if prev > n {
-        for (at, width) in [
-            (0, 2),
-            (2 * s_max, 2),
-            (4 * s_max, 1),
-            (5 * s_max, 1),
-            (6 * s_max, 1),
-        ] {
-            out[at + width * n..at + width * prev].fill(0);
-        }
+    for (at, width) in [
+        (0, 2),
+        (2 * s_max, 2),
+        (4 * s_max, 1),
+        (5 * s_max, 1),
+        (6 * s_max, 1),
+    ] {
+        super::plan::zero_past(out, at, width * n, width * prev);
     }
 }
 

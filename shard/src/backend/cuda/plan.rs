@@ -248,7 +248,7 @@ pub fn stage_into(
 
 /// Zeroes `host[at + new..at + old]`: what an earlier step wrote past this one's `new` words
 /// of the region at `at` (nothing when it wrote no more).
-fn zero_past(host: &mut [u32], at: usize, new: usize, old: usize) {
+pub(super) fn zero_past(host: &mut [u32], at: usize, new: usize, old: usize) {
     if old > new {
         host[at + new..at + old].fill(0);
     }
