@@ -21,7 +21,7 @@ use super::runner::Engine;
 use super::scheduler::ScheduledChunk;
 use super::sequence::{SeqKey, Sequence};
 use crate::model::{DeviceSampling, SeqChunk};
-use pagedserve_proto::v1 as pb;
+use crate::sampling::SampledToken;
 use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
@@ -135,17 +135,11 @@ impl Engine {
             seq.finish = finish;
             finished_waiting |= waiting && finish.is_some();
             seq.cache_computed_blocks(&s.pool);
-            let out = pb::SequenceOutput {
-                id: seq.key.id,
-                token_ids: vec![token],
-                logprobs: Vec::new(),
-                finish_reason: finish.unwrap_or(pb::FinishReason::Unspecified) as i32,
-                prompt_tokens: seq.prompt_len as u32,
-                generated_tokens: (d.pos + 1 - seq.prompt_len) as u32,
-                error: String::new(),
-                timings: seq.record_token(now),
-                error_kind: pb::ErrorKind::Internal as i32,
+            let sampled = SampledToken {
+                token_id: token,
+                logprobs: None,
             };
+            let out = seq.token_output(&sampled, now);
             self.outputs.push(seq.key.stream, out);
         }
         if finished_waiting {

@@ -271,22 +271,7 @@ impl Engine {
                 None => continue, // counted in `forward`
             };
             seq.finish = seq.stop_reason(sampled.token_id, &self.limits);
-            let out = pb::SequenceOutput {
-                id: seq.key.id,
-                token_ids: vec![sampled.token_id],
-                logprobs: sampled
-                    .logprobs
-                    .as_ref()
-                    .map(Into::into)
-                    .into_iter()
-                    .collect(),
-                finish_reason: seq.finish.unwrap_or(pb::FinishReason::Unspecified) as i32,
-                prompt_tokens: seq.prompt_len as u32,
-                generated_tokens: seq.num_generated() as u32,
-                error: String::new(),
-                timings: seq.record_token(now),
-                error_kind: pb::ErrorKind::Internal as i32,
-            };
+            let out = seq.token_output(&sampled, now);
             self.outputs.push(seq.key.stream, out);
         }
     }

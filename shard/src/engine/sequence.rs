@@ -134,7 +134,12 @@ impl Sequence {
 
     /// Tokens generated and known on the host (what outputs report).
     pub fn num_generated(&self) -> usize {
-        self.tokens.len() - self.pending - self.prompt_len
+        self.known_len() - self.prompt_len
+    }
+
+    /// `tokens` without the placeholders of draws in flight.
+    fn known_len(&self) -> usize {
+        self.tokens.len() - self.pending
     }
 
     /// Tokens generated or being drawn in a step in flight: the index of the next draw.
@@ -200,7 +205,7 @@ impl Sequence {
         }
         let b = self.block_table.block_size();
         // A placeholder's block is registered once its token is known.
-        let known = self.num_computed.min(self.tokens.len() - self.pending);
+        let known = self.num_computed.min(self.known_len());
         while (self.cached_blocks + 1) * b <= known {
             let j = self.cached_blocks;
             let Some(block) = self.block_table.block(j) else {
@@ -270,7 +275,7 @@ impl Sequence {
     /// the output that tells its stream.
     pub fn fail(&mut self, error: &str) -> pb::SequenceOutput {
         self.finish = Some(pb::FinishReason::Error);
-        self.tokens.truncate(self.tokens.len() - self.pending);
+        self.tokens.truncate(self.known_len());
         self.pending = 0;
         finished_without_token(
             self.key.id,
@@ -301,18 +306,43 @@ impl Sequence {
         if self.stop_token_ids.contains(&token) {
             return Some(pb::FinishReason::Stop);
         }
-        if len - self.prompt_len >= self.max_tokens || len >= limits.max_seq_len {
+        if self.at_length_limit(len, limits) {
             return Some(pb::FinishReason::Length);
         }
         None
+    }
+
+    /// A sequence `len` tokens long may generate no more (`max_tokens`, or the longest
+    /// sequence the shard serves).
+    fn at_length_limit(&self, len: usize, limits: &SeqLimits) -> bool {
+        len - self.prompt_len >= self.max_tokens || len >= limits.max_seq_len
+    }
+
+    /// The output of `sampled`, the token just added (finish and timings as they stand now).
+    pub fn token_output(&mut self, sampled: &SampledToken, now: Instant) -> pb::SequenceOutput {
+        pb::SequenceOutput {
+            id: self.key.id,
+            token_ids: vec![sampled.token_id],
+            logprobs: sampled
+                .logprobs
+                .as_ref()
+                .map(Into::into)
+                .into_iter()
+                .collect(),
+            finish_reason: self.finish.unwrap_or(pb::FinishReason::Unspecified) as i32,
+            prompt_tokens: self.prompt_len as u32,
+            generated_tokens: self.num_generated() as u32,
+            error: String::new(),
+            timings: self.record_token(now),
+            error_kind: pb::ErrorKind::Internal as i32,
+        }
     }
 
     /// After a launched step that draws this sequence's next token: appends a placeholder
     /// for draw `draw` so the next step can run on it, unless that token is the last one
     /// its length allows (then nothing follows it and no row is wasted).
     pub fn push_placeholder(&mut self, draw: u32, limits: &SeqLimits) {
-        let len = self.tokens.len() + 1;
-        if len - self.prompt_len >= self.max_tokens || len >= limits.max_seq_len {
+        if self.at_length_limit(self.tokens.len() + 1, limits) {
             return;
         }
         self.tokens.push(0);
@@ -330,7 +360,7 @@ impl Sequence {
         token: u32,
         limits: &SeqLimits,
     ) -> Option<Option<pb::FinishReason>> {
-        if self.pending > 0 && pos == self.tokens.len() - self.pending {
+        if self.pending > 0 && pos == self.known_len() {
             self.tokens[pos] = token;
             self.pending -= 1;
         } else if pos == self.tokens.len() && self.pending == 0 {
