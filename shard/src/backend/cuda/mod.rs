@@ -17,6 +17,7 @@ mod linear;
 mod load;
 mod model;
 mod ops;
+mod pinned;
 mod plan;
 mod shapes;
 mod staging;

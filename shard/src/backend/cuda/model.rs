@@ -126,6 +126,9 @@ impl CudaLlama {
         feeds: &[(usize, u32)],
     ) -> Result<StepShape, ModelError> {
         let started = std::time::Instant::now();
+        // The draws `feeds` may name; whatever happens below, this step's sampling (or its
+        // failure) leaves nothing for a later step to feed from but what `launch` queues.
+        let draws = std::mem::take(&mut self.launches.last_draws);
         let plan = build_plan(batch, &self.limits())?;
         let plan_us = started.elapsed().as_micros() as u64;
         let decode_only =
@@ -171,7 +174,7 @@ impl CudaLlama {
             .map_err(|e| ModelError::Backend(e.to_string()))?;
         }
         self.upload(&staged, sampling)?;
-        self.feed(&plan.seqs, feeds)?;
+        self.feed(&plan.seqs, feeds, draws)?;
         let staged_us = started.elapsed().as_micros() as u64;
         if graph {
             self.gather.clear();
@@ -210,11 +213,16 @@ impl CudaLlama {
 
     /// Puts the last launched step's draws in place of the placeholders `feeds` names
     /// (`(chunk, draw)`; see [`CausalLm::launch`]), on the device, after the metadata's copy.
-    fn feed(&mut self, seqs: &[AttnSeq], feeds: &[(usize, u32)]) -> Result<(), ModelError> {
+    /// `draws`: how many the last launched step drew.
+    fn feed(
+        &mut self,
+        seqs: &[AttnSeq],
+        feeds: &[(usize, u32)],
+        draws: usize,
+    ) -> Result<(), ModelError> {
         if feeds.is_empty() {
             return Ok(());
         }
-        let draws = self.launches.last_draws;
         let pairs = feeds
             .iter()
             .map(|&(chunk, k)| match seqs.get(chunk) {
@@ -374,7 +382,6 @@ impl CausalLm for CudaLlama {
             return Ok(Vec::new());
         }
         let wanted = batch.iter().filter(|c| c.need_logits).count();
-        self.launches.last_draws = 0;
         self.run_batch(batch, None, &[])?;
         if wanted == 0 {
             self.gpu
@@ -427,16 +434,10 @@ impl CausalLm for CudaLlama {
                 "two launched steps are not collected yet".into(),
             ));
         }
-        let launched = self.run_batch(batch, Some(params), feeds).and_then(|_| {
-            Ok(self
-                .launches
-                .queue(&self.gpu.stream, &self.bufs.sampled, wanted)?)
-        });
-        if launched.is_err() {
-            // The sampled buffer may hold this step's draws, or not: nothing may feed from it.
-            self.launches.last_draws = 0;
-        }
-        launched
+        self.run_batch(batch, Some(params), feeds)?;
+        self.launches
+            .queue(&self.gpu.stream, &self.bufs.sampled, wanted)?;
+        Ok(())
     }
 
     fn collect(&mut self) -> Result<Vec<u32>, ModelError> {
@@ -462,7 +463,6 @@ impl CudaLlama {
         }
         // Sequences sampled on the host still get a (greedy, ignored) draw on the device.
         let device: Vec<DeviceSampling> = params.iter().map(|p| p.unwrap_or(GREEDY)).collect();
-        self.launches.last_draws = 0;
         self.run_batch(batch, Some(&device), &[])?;
         let tokens = self
             .gpu
