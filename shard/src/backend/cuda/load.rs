@@ -13,7 +13,7 @@ use super::kv::KvCaches;
 use super::launches::Launches;
 use super::model::{CudaLlama, StepShape};
 use super::ops;
-use super::plan::{MetaLayout, stage};
+use super::plan::MetaLayout;
 use super::shapes::ModelShape;
 use super::staging::HostStaging;
 use super::tp::{self, Group, TpConfig};
@@ -379,16 +379,15 @@ fn capture_decode_graphs(m: &mut CudaLlama) -> Result<(), ModelError> {
     }
     let started = std::time::Instant::now();
     for bucket in m.graphs.buckets().to_vec() {
-        let staged = stage(&StepPlan::default(), &m.layout, Some(bucket), |info| {
-            ops::prefill_tiles(&m.kernels, m.dims().heads, info)
-        })
-        .map_err(|e| ModelError::Backend(e.to_string()))?;
-        let (staged, host) = staged;
-        let mut dst = m.meta.slice_mut(..staged.len);
-        m.gpu
-            .stream
-            .memcpy_htod(&host, &mut dst)
-            .map_err(cuda_err("upload step metadata"))?;
+        // Staged and sent the way every step is (`CudaLlama::run_batch`): padding rows only.
+        let (kernels, heads) = (&m.kernels, m.dims().heads);
+        let staged = m
+            .staging
+            .stage(&StepPlan::default(), &m.layout, Some(bucket), |info| {
+                ops::prefill_tiles(kernels, heads, info)
+            })?
+            .map_err(|e| ModelError::Backend(e.to_string()))?;
+        m.staging.upload(&m.gpu.stream, staged.len, &mut m.meta)?;
         let shape = StepShape {
             rows: bucket,
             decode_seqs: bucket,

@@ -90,28 +90,10 @@ pub struct StageError(pub String);
 /// Lays `plan` out in `layout`, padding the rows (and decode sequences) to `pad_rows` when
 /// given (a decode-only graph bucket). `tiles` cuts prefill sequences into query tiles and says
 /// their size in rows. Refused where a row of a prefill step is in no sequence.
-pub fn stage(
-    plan: &StepPlan,
-    layout: &MetaLayout,
-    pad_rows: Option<usize>,
-    tiles: impl Fn(&[[i32; 3]]) -> (usize, Vec<[i32; 2]>),
-) -> Result<(StagedStep, Vec<u32>), StageError> {
-    let mut host = vec![0u32; layout.len()];
-    let staged = stage_into(
-        plan,
-        layout,
-        pad_rows,
-        tiles,
-        &mut host,
-        &mut StagedMarks::default(),
-    )?;
-    host.truncate(staged.len);
-    Ok((staged, host))
-}
-
-/// [`stage`] into `host`, a buffer of `layout.len()` words that holds what the steps staged
-/// into it before (zeros where `marks` says nothing was written): the step's prefix
-/// `0..len` comes out as `stage` lays it out, and `marks` follows what the buffer now holds.
+///
+/// `host` is a buffer of `layout.len()` words that holds what the steps staged into it before
+/// (zeros where `marks` says nothing was written): the step's prefix `0..len` comes out as
+/// staging into a zeroed buffer lays it out, and `marks` follows what the buffer now holds.
 pub fn stage_into(
     plan: &StepPlan,
     layout: &MetaLayout,
@@ -258,6 +240,26 @@ pub(super) fn zero_past(host: &mut [u32], at: usize, new: usize, old: usize) {
 #[allow(clippy::unwrap_used)] // unwrap is the assertion in tests
 mod tests {
     use super::*;
+
+    /// Stages into a fresh zeroed buffer: the reference the in-place staging is held to.
+    fn stage(
+        plan: &StepPlan,
+        layout: &MetaLayout,
+        pad_rows: Option<usize>,
+        tiles: impl Fn(&[[i32; 3]]) -> (usize, Vec<[i32; 2]>),
+    ) -> Result<(StagedStep, Vec<u32>), StageError> {
+        let mut host = vec![0u32; layout.len()];
+        let staged = stage_into(
+            plan,
+            layout,
+            pad_rows,
+            tiles,
+            &mut host,
+            &mut StagedMarks::default(),
+        )?;
+        host.truncate(staged.len);
+        Ok((staged, host))
+    }
 
     const L: MetaLayout = MetaLayout {
         t_max: 8,
